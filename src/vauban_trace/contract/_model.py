@@ -1,0 +1,559 @@
+"""The trace records: TraceRequest, StageProfile, TraceSpan, TraceArtifact, MissingArtifact,
+Capabilities and Trace.
+
+All records are frozen dataclasses holding only JSON-compatible values (str, int, float, bool,
+None, tuples and string-keyed dicts). ``to_dict()`` gives the JSON document form and
+``from_dict()`` reads it back exactly: ``Trace.from_dict(t.to_dict()) == t`` for every valid trace.
+Construction validates the record's own fields; :func:`vauban_trace.contract.validate_trace`
+checks the graph rules that span several records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from vauban_trace.contract._errors import ContractError
+from vauban_trace.contract._kinds import (
+    CAPABILITY_FOR_KIND,
+    CAPABILITY_NAMES,
+    COUNTER_NAMES,
+    SCHEMA_VERSION,
+    ArtifactKind,
+    MissingReason,
+    Provenance,
+    SpanStatus,
+    SupportLevel,
+)
+
+JSONValue = Any  # str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]
+
+_T = TypeVar("_T")
+
+
+def _enum(cls: type[_T], value: object, where: str) -> _T:
+    try:
+        return cls(value)  # type: ignore[call-arg]
+    except ValueError:
+        allowed = ", ".join(m.value for m in cls)  # type: ignore[attr-defined]
+        raise ContractError(f"{where}: unknown value {value!r} (expected one of: {allowed})") from None
+
+
+def _non_negative(value: float | int | None, where: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ContractError(f"{where}: expected a number, got {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ContractError(f"{where}: must be finite, got {value!r}")
+    if value < 0:
+        raise ContractError(f"{where}: must be >= 0, got {value!r}")
+
+
+def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ContractError(f"{where}: expected an object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ContractError(f"{where}: unknown field(s) {', '.join(unknown)}")
+
+
+def _plain(value: Any) -> Any:
+    """Recursively turn tuples and enums into JSON-native values."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value.value if hasattr(value, "value") and isinstance(value, str) else value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return value.to_dict()  # type: ignore[attr-defined]
+    raise ContractError(f"value of type {type(value).__name__} is not JSON-compatible")
+
+
+def _freeze(obj: object, *names: str) -> None:
+    """Normalise container fields of a frozen record in place (lists -> tuples, dict copies)."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            object.__setattr__(obj, name, _frozen_json(dict(value)))
+        elif isinstance(value, (list, tuple)):
+            object.__setattr__(obj, name, tuple(_frozen_json(list(value))))
+
+
+def _frozen_json(value: Any) -> Any:
+    """Lists become tuples so records stay hashable-ish and round trips compare equal."""
+    if isinstance(value, list):
+        return tuple(_frozen_json(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _frozen_json(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a stage ran: ``kind`` is cpu, cuda, mps, gpu or another executor-defined word;
+    ``label`` is the concrete device (``cuda:0``, ``NVIDIA H100 80GB HBM3``)."""
+
+    kind: str
+    label: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "label": self.label}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Device:
+        _check_keys(cls, data, "device")
+        return cls(kind=str(data["kind"]), label=str(data.get("label", "")))
+
+
+@dataclass(frozen=True)
+class StageProfile:
+    """Scaling (USL) counters of one stage.
+
+    A counter is ``None`` when it was not obtained; ``provenance`` maps each counter name to a
+    :class:`Provenance` word so a declared or derived value is never mistaken for a measurement.
+    A counter that is set MUST have a provenance other than ``unavailable``.
+    ``memory_method`` says which allocator statistic ``memory_bytes`` is (e.g.
+    ``cuda.max_memory_allocated``, ``cpu.rss_peak_delta``).
+    """
+
+    COUNTERS: ClassVar[tuple[str, ...]] = COUNTER_NAMES
+
+    name: str
+    duration_s: float | None = None
+    device_duration_s: float | None = None
+    device: Device | None = None
+    memory_bytes: int | None = None
+    memory_method: str | None = None
+    batch_size: int | None = None
+    token_count: int | None = None
+    queue_depth: int | None = None
+    input_bytes: int | None = None
+    output_bytes: int | None = None
+    h2d_copies: int | None = None
+    h2d_bytes: int | None = None
+    d2h_copies: int | None = None
+    d2h_bytes: int | None = None
+    host_device_copies: int | None = None
+    sync_points: int | None = None
+    instrumentation_d2h_copies: int | None = None
+    instrumentation_d2h_bytes: int | None = None
+    provenance: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "provenance", "metadata")
+        for name in COUNTER_NAMES:
+            _non_negative(getattr(self, name), f"profile {self.name!r} {name}")
+        for key, word in self.provenance.items():
+            if key not in COUNTER_NAMES:
+                raise ContractError(f"profile {self.name!r}: provenance names unknown counter {key!r}")
+            prov = _enum(Provenance, word, f"profile {self.name!r} provenance of {key}")
+            if getattr(self, key) is not None and prov is Provenance.UNAVAILABLE:
+                raise ContractError(
+                    f"profile {self.name!r}: counter {key} has a value but provenance 'unavailable'"
+                )
+
+    def provenance_of(self, counter: str) -> Provenance:
+        """The provenance of ``counter``; ``unavailable`` when unset and undeclared."""
+        if counter not in COUNTER_NAMES:
+            raise ContractError(f"unknown counter {counter!r}")
+        word = self.provenance.get(counter)
+        if word is not None:
+            return Provenance(word)
+        return Provenance.UNAVAILABLE if getattr(self, counter) is None else Provenance.DECLARED
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            out[f.name] = _plain(getattr(self, f.name))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageProfile:
+        _check_keys(cls, data, "profile")
+        kwargs = dict(data)
+        if kwargs.get("device") is not None:
+            kwargs["device"] = Device.from_dict(kwargs["device"])
+        kwargs["provenance"] = dict(kwargs.get("provenance") or {})
+        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A requested intervention: ``name`` (e.g. ``ablate``, ``steer``, ``patch``) at a layer,
+    with free-form JSON parameters (direction digest, alpha, source artifact digest...)."""
+
+    name: str
+    layer_index: int
+    params: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "params")
+        if not self.name:
+            raise ContractError("intervention: name must not be empty")
+        _non_negative(self.layer_index, f"intervention {self.name!r} layer_index")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "layer_index": self.layer_index, "params": _plain(self.params)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Intervention:
+        _check_keys(cls, data, "intervention")
+        return cls(
+            name=data["name"],
+            layer_index=data["layer_index"],
+            params=_frozen_json(dict(data.get("params") or {})),
+        )
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """What was asked of the executor.
+
+    Exactly what the caller requested, independent of what was produced. ``input_text`` is only
+    present when content capture was allowed; ``input_ref`` then names the digest of the stored
+    text artifact instead. At least one of ``input_text``, ``prompt_ids`` or ``input_ref`` MUST be
+    set. ``return_logprobs`` requires ``return_logits``.
+    """
+
+    trace_id: str | None = None
+    input_text: str | None = None
+    prompt_ids: tuple[int, ...] | None = None
+    input_ref: str | None = None
+    requested_artifacts: tuple[str, ...] = ()
+    collect_layers: tuple[int, ...] = ()
+    interventions: tuple[Intervention, ...] = ()
+    apply_chat_template: bool = False
+    return_logits: bool = False
+    return_logprobs: bool = False
+    metadata: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "prompt_ids", "requested_artifacts", "collect_layers", "interventions", "metadata")
+        if self.input_text is None and self.prompt_ids is None and self.input_ref is None:
+            raise ContractError("request: one of input_text, prompt_ids or input_ref is required")
+        seen: set[str] = set()
+        for kind in self.requested_artifacts:
+            _enum(ArtifactKind, kind, "request requested_artifacts")
+            if kind in seen:
+                raise ContractError(f"request: requested_artifacts repeats {kind!r}")
+            seen.add(kind)
+        for layer in self.collect_layers:
+            if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
+                raise ContractError(f"request collect_layers: {layer!r} is not a layer index >= 0")
+        if self.prompt_ids is not None:
+            for tok in self.prompt_ids:
+                if isinstance(tok, bool) or not isinstance(tok, int) or tok < 0:
+                    raise ContractError(f"request prompt_ids: {tok!r} is not a token id")
+        if self.return_logprobs and not self.return_logits:
+            raise ContractError("request: return_logprobs requires return_logits")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TraceRequest:
+        _check_keys(cls, data, "request")
+        kwargs = dict(data)
+        if kwargs.get("prompt_ids") is not None:
+            kwargs["prompt_ids"] = tuple(kwargs["prompt_ids"])
+        for key in ("requested_artifacts", "collect_layers"):
+            kwargs[key] = tuple(kwargs.get(key) or ())
+        kwargs["interventions"] = tuple(
+            Intervention.from_dict(i) for i in kwargs.get("interventions") or ()
+        )
+        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class TraceArtifact:
+    """Typed evidence produced by one span: a pointer into the blob store plus metadata.
+
+    ``digest`` is ``sha256:<hex>`` or ``blake3:<hex>`` over the stored bytes; ``uri`` says where
+    the blob is. ``summary`` holds a few statistics (mean, std, min, max, l2_norm, topk_ids,
+    topk_values); never the tensor itself.
+    """
+
+    id: str
+    kind: str
+    producer_span_id: str
+    shape: tuple[int, ...] = ()
+    dtype: str | None = None
+    digest: str | None = None
+    uri: str | None = None
+    media_type: str | None = None
+    byte_size: int | None = None
+    layer: int | None = None
+    summary: Mapping[str, JSONValue] = field(default_factory=dict)
+    metadata: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "shape", "summary", "metadata")
+        if not self.id:
+            raise ContractError("artifact: id must not be empty")
+        _enum(ArtifactKind, self.kind, f"artifact {self.id!r} kind")
+        for dim in self.shape:
+            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+                raise ContractError(f"artifact {self.id!r} shape: {dim!r} is not a dimension")
+        _non_negative(self.byte_size, f"artifact {self.id!r} byte_size")
+        _non_negative(self.layer, f"artifact {self.id!r} layer")
+        if self.digest is not None:
+            from vauban_trace._exceptions import InvalidDigestError
+            from vauban_trace.contract._digest import check_digest
+
+            try:
+                check_digest(self.digest, where=f"artifact {self.id!r} digest")
+            except InvalidDigestError as exc:
+                raise ContractError(str(exc)) from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TraceArtifact:
+        _check_keys(cls, data, "artifact")
+        kwargs = dict(data)
+        kwargs["shape"] = tuple(kwargs.get("shape") or ())
+        kwargs["summary"] = _frozen_json(dict(kwargs.get("summary") or {}))
+        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class MissingArtifact:
+    """A requested artifact that the trace does not contain, and why."""
+
+    kind: str
+    reason: str
+    detail: str = ""
+    span_id: str | None = None
+    layer: int | None = None
+
+    def __post_init__(self) -> None:
+        _enum(ArtifactKind, self.kind, "missing artifact kind")
+        _enum(MissingReason, self.reason, f"missing {self.kind!r} reason")
+        _non_negative(self.layer, f"missing {self.kind!r} layer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MissingArtifact:
+        _check_keys(cls, data, "missing artifact")
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an executor can honestly produce, per artifact-oriented capability.
+
+    ``levels`` maps every name of :data:`CAPABILITY_NAMES` to a :class:`SupportLevel`; names not
+    given are ``unsupported``. ``notes`` explains partial or unsupported levels.
+    """
+
+    executor: str
+    device_kinds: tuple[str, ...] = ()
+    levels: Mapping[str, str] = field(default_factory=dict)
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "device_kinds", "levels", "notes")
+        for name, level in self.levels.items():
+            if name not in CAPABILITY_NAMES:
+                raise ContractError(f"capabilities: unknown capability {name!r}")
+            _enum(SupportLevel, level, f"capabilities {name}")
+        for name in self.notes:
+            if name not in CAPABILITY_NAMES:
+                raise ContractError(f"capabilities notes: unknown capability {name!r}")
+
+    def level(self, name: str) -> SupportLevel:
+        if name not in CAPABILITY_NAMES:
+            raise ContractError(f"unknown capability {name!r}")
+        return SupportLevel(self.levels.get(name, SupportLevel.UNSUPPORTED))
+
+    def support_for(self, kind: str | ArtifactKind) -> SupportLevel:
+        """Support level for producing an artifact of ``kind``."""
+        art = _enum(ArtifactKind, kind, "artifact kind")
+        cap = CAPABILITY_FOR_KIND.get(art)
+        return SupportLevel.FULL if cap is None else self.level(cap)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "executor": self.executor,
+            "device_kinds": list(self.device_kinds),
+            "levels": {n: str(self.level(n)) for n in CAPABILITY_NAMES},
+            "notes": dict(self.notes),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Capabilities:
+        _check_keys(cls, data, "capabilities")
+        return cls(
+            executor=data["executor"],
+            device_kinds=tuple(data.get("device_kinds") or ()),
+            levels=dict(data.get("levels") or {}),
+            notes=dict(data.get("notes") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class TraceSpan:
+    """One stage (or any instrumented operation) inside a trace."""
+
+    id: str
+    name: str
+    stage: str | None = None
+    parent_id: str | None = None
+    start_unix_nano: int = 0
+    end_unix_nano: int = 0
+    status: str = "unset"
+    error: str | None = None
+    profile: StageProfile | None = None
+    input_artifact_ids: tuple[str, ...] = ()
+    output_artifact_ids: tuple[str, ...] = ()
+    metadata: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "input_artifact_ids", "output_artifact_ids", "metadata")
+        if not self.id:
+            raise ContractError("span: id must not be empty")
+        _enum(SpanStatus, self.status, f"span {self.id!r} status")
+        _non_negative(self.start_unix_nano, f"span {self.id!r} start_unix_nano")
+        _non_negative(self.end_unix_nano, f"span {self.id!r} end_unix_nano")
+
+    @property
+    def duration_s(self) -> float:
+        return max(0, self.end_unix_nano - self.start_unix_nano) / 1e9
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TraceSpan:
+        _check_keys(cls, data, "span")
+        kwargs = dict(data)
+        if kwargs.get("profile") is not None:
+            kwargs["profile"] = StageProfile.from_dict(kwargs["profile"])
+        for key in ("input_artifact_ids", "output_artifact_ids"):
+            kwargs[key] = tuple(kwargs.get(key) or ())
+        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """The evidence-bearing record of one inference request.
+
+    ``complete`` is false when the trace was rebuilt from partial telemetry (no root span, spans
+    whose parent never arrived); ``problems`` then says what is missing. ``resource`` holds the
+    OpenTelemetry resource attributes (``service.name``...).
+    """
+
+    id: str
+    schema_version: str = SCHEMA_VERSION
+    request: TraceRequest | None = None
+    device: Device | None = None
+    capabilities: Capabilities | None = None
+    spans: tuple[TraceSpan, ...] = ()
+    artifacts: tuple[TraceArtifact, ...] = ()
+    missing: tuple[MissingArtifact, ...] = ()
+    complete: bool = True
+    problems: tuple[str, ...] = ()
+    resource: Mapping[str, JSONValue] = field(default_factory=dict)
+    metadata: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _freeze(self, "spans", "artifacts", "missing", "problems", "resource", "metadata")
+        if not self.id:
+            raise ContractError("trace: id must not be empty")
+        major = str(self.schema_version).split(".")[0]
+        if major != SCHEMA_VERSION.split(".")[0]:
+            raise ContractError(
+                f"trace {self.id!r}: schema_version {self.schema_version!r} is not readable "
+                f"(this library reads {SCHEMA_VERSION.split('.')[0]}.x)"
+            )
+
+    # -- lookups ---------------------------------------------------------------------------
+    def span(self, span_id: str) -> TraceSpan:
+        for s in self.spans:
+            if s.id == span_id:
+                return s
+        raise KeyError(span_id)
+
+    def artifact(self, artifact_id: str) -> TraceArtifact:
+        for a in self.artifacts:
+            if a.id == artifact_id:
+                return a
+        raise KeyError(artifact_id)
+
+    def spans_for_stage(self, stage: str) -> tuple[TraceSpan, ...]:
+        return tuple(s for s in self.spans if s.stage == stage)
+
+    def artifacts_of_kind(self, kind: str) -> tuple[TraceArtifact, ...]:
+        return tuple(a for a in self.artifacts if a.kind == kind)
+
+    @property
+    def root(self) -> TraceSpan | None:
+        roots = [s for s in self.spans if s.parent_id is None]
+        return roots[0] if len(roots) == 1 else None
+
+    # -- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Trace:
+        _check_keys(cls, data, "trace")
+        kwargs = dict(data)
+        if kwargs.get("request") is not None:
+            kwargs["request"] = TraceRequest.from_dict(kwargs["request"])
+        if kwargs.get("device") is not None:
+            kwargs["device"] = Device.from_dict(kwargs["device"])
+        if kwargs.get("capabilities") is not None:
+            kwargs["capabilities"] = Capabilities.from_dict(kwargs["capabilities"])
+        kwargs["spans"] = tuple(TraceSpan.from_dict(s) for s in kwargs.get("spans") or ())
+        kwargs["artifacts"] = tuple(TraceArtifact.from_dict(a) for a in kwargs.get("artifacts") or ())
+        kwargs["missing"] = tuple(MissingArtifact.from_dict(m) for m in kwargs.get("missing") or ())
+        kwargs["problems"] = tuple(kwargs.get("problems") or ())
+        kwargs["resource"] = _frozen_json(dict(kwargs.get("resource") or {}))
+        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Trace:
+        import json
+
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ContractError(f"trace JSON is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+
+__all__ = [
+    "Capabilities",
+    "Device",
+    "Intervention",
+    "MissingArtifact",
+    "MissingReason",
+    "StageProfile",
+    "Trace",
+    "TraceArtifact",
+    "TraceRequest",
+    "TraceSpan",
+]
