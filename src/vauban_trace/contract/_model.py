@@ -375,6 +375,12 @@ class Capabilities:
         for name in self.notes:
             if name not in CAPABILITY_NAMES:
                 raise ContractError(f"capabilities notes: unknown capability {name!r}")
+        # every capability is always present: an undeclared one is explicitly unsupported
+        object.__setattr__(
+            self,
+            "levels",
+            {n: str(SupportLevel(self.levels.get(n, SupportLevel.UNSUPPORTED))) for n in CAPABILITY_NAMES},
+        )
 
     def level(self, name: str) -> SupportLevel:
         if name not in CAPABILITY_NAMES:
