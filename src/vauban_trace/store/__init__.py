@@ -1,0 +1,41 @@
+"""The trace database: raw OTLP spans, durable and idempotent, plus rebuilt traces.
+
+::
+
+    from vauban_trace.store import TraceStore
+    ts = TraceStore(".vauban")        # .vauban/traces.sqlite, .vauban/blobs/, .vauban/traces/<id>.json
+    accepted, duplicates = ts.add_spans(export_request)   # committed (fsync'd) when it returns
+    for p in ts.pending_traces():     # changed since last rebuild: p.has_root, p.last_received_unix_nano
+        data = ts.spans_for(p.trace_id)                   # OTLP TracesData
+        for trace in rebuild_traces(data):
+            ts.put_trace(trace, version=p.version)        # JSON in the DB + traces/<id>.json
+    ts.get_trace("4bf92f3577b34da6a3ce929d0e0e4736")      # -> Trace
+    ts.last_trace(); ts.list_traces(service="demo", limit=20)   # -> list[TraceSummary]
+
+- :class:`TraceStore` SQLite (WAL, ``synchronous=FULL``, busy timeout) at ``<dir>/traces.sqlite``.
+  Raw spans are keyed by (trace_id, span_id) and stored as one-span ``ResourceSpans`` protobufs;
+  an identical re-sent span is a duplicate, a changed one replaces the stored copy. One
+  transaction per :meth:`~TraceStore.add_spans` call. Safe from several threads (one connection
+  each) and processes. :meth:`~TraceStore.ingest` also reports rejected spans (bad ids).
+- :class:`TraceSummary` a listed trace: id, service, root name, start, duration, span count,
+  complete.
+- :class:`PendingTrace` per-trace bookkeeping for assemblers: version, has_root, first/last
+  received times.
+- :func:`check_trace_id` canonical 32-hex-digit trace ids (clear :class:`TraceStoreError`
+  otherwise). Missing traces raise :class:`TraceNotFoundError`, which says whether the trace is
+  unknown or only not rebuilt yet.
+"""
+
+from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
+from vauban_trace.store._db import TraceStore
+from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
+
+__all__ = [
+    "IngestResult",
+    "PendingTrace",
+    "TraceNotFoundError",
+    "TraceStore",
+    "TraceStoreError",
+    "TraceSummary",
+    "check_trace_id",
+]

@@ -1,0 +1,464 @@
+"""The trace database: raw OTLP spans (durable, idempotent) and rebuilt traces.
+
+Layout of a store directory::
+
+    <dir>/traces.sqlite          spans + per-trace bookkeeping + rebuilt Trace JSON (WAL)
+    <dir>/blobs/                 LocalArtifactStore of artifact blobs
+    <dir>/traces/<trace_id>.json rebuilt traces as files (written atomically)
+
+Raw spans are keyed by (trace_id, span_id). Each is stored as the serialized protobuf of a
+one-span ``ResourceSpans`` (its resource, its scope, the span), so :meth:`TraceStore.spans_for`
+can regroup a trace's spans into an OTLP ``TracesData``. :meth:`TraceStore.add_spans` runs one
+transaction per call and returns once it is committed with ``synchronous=FULL``: a process killed
+right after the call loses nothing. A re-sent identical span counts as a duplicate and changes
+nothing; a span with the same ids and different content (an updated end time, more events)
+replaces the stored one.
+
+Per trace the store keeps what an assembler needs to decide completeness: first and last
+received times, whether a root span (no parent) was seen, the service (resource
+``service.name``), root span name and start, and a ``version`` bumped on every change of the
+trace's raw spans. :meth:`TraceStore.pending_traces` lists traces changed since their last
+:meth:`TraceStore.put_trace`.
+
+Threads share a store object (one SQLite connection per thread); processes share the directory
+(SQLite locking with a busy timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, TracesData
+from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
+
+from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
+from vauban_trace.artifacts import LocalArtifactStore
+from vauban_trace.contract import Trace
+from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
+from vauban_trace.store._sql import connect, initialise
+
+_log_zero_trace = bytes(16)
+_log_zero_span = bytes(8)
+
+
+def _service_of(resource: Resource) -> str | None:
+    for kv in resource.attributes:
+        if kv.key == SERVICE_NAME and kv.value.WhichOneof("value") == "string_value":
+            return kv.value.string_value
+    return None
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+class TraceStore:
+    """A trace database in a directory (created if missing). See the module docstring."""
+
+    def __init__(self, directory: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
+        self.dir = Path(directory).expanduser()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "traces").mkdir(exist_ok=True)
+        except OSError as exc:
+            raise TraceStoreError(f"cannot create trace store directory {str(self.dir)!r}: {exc}") from exc
+        self.db_path = self.dir / "traces.sqlite"
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._closed = False
+        self._blobs: LocalArtifactStore | None = None
+        initialise(self._conn(), self.db_path)
+
+    def __repr__(self) -> str:
+        return f"TraceStore({str(self.dir)!r})"
+
+    # -- connections -----------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._closed:
+            raise TraceStoreError(f"trace store {str(self.dir)!r} is closed")
+        if os.getpid() != self._pid:  # forked: never reuse the parent's connections
+            self._pid = os.getpid()
+            self._local = threading.local()
+            with self._conns_lock:
+                self._conns = []
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.db_path, busy_timeout_s=self.busy_timeout_s)
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def _write_tx(self, what: str) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise TraceStoreError(f"{what}: cannot start a transaction on {str(self.db_path)!r}: {exc}") from exc
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise TraceStoreError(f"{what}: {str(self.db_path)!r}: {exc}") from exc
+            raise
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        try:
+            return list(self._conn().execute(sql, params).fetchall())
+        except sqlite3.Error as exc:
+            raise TraceStoreError(f"reading {str(self.db_path)!r}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close every connection this object opened (the store can no longer be used)."""
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def blobs(self) -> LocalArtifactStore:
+        """The artifact blob store at ``<dir>/blobs``."""
+        if self._blobs is None:
+            self._blobs = LocalArtifactStore(self.dir / "blobs")
+        return self._blobs
+
+    # -- raw spans -------------------------------------------------------------------------
+    def add_spans(self, request: ExportTraceServiceRequest | TracesData | Iterable[ResourceSpans]) -> tuple[int, int]:
+        """Store every span of ``request``; return (accepted, duplicates). Durable on return.
+
+        Spans with malformed ids are skipped (logged; :meth:`ingest` reports them).
+        """
+        result = self.ingest(request)
+        return result.accepted, result.duplicates
+
+    def ingest(self, request: ExportTraceServiceRequest | TracesData | Iterable[ResourceSpans]) -> IngestResult:
+        """Like :meth:`add_spans`, also reporting rejected spans and the trace ids touched."""
+        if isinstance(request, (ExportTraceServiceRequest, TracesData)):
+            resource_spans: Iterable[ResourceSpans] = request.resource_spans
+        elif isinstance(request, (bytes, str)):
+            raise TraceStoreError("add_spans: expected an ExportTraceServiceRequest or TracesData message, got raw data")
+        else:
+            resource_spans = request
+        rows: list[tuple[str, str, str | None, str, str | None, int, int, bytes]] = []
+        problems: list[str] = []
+        for rs in resource_spans:
+            if not isinstance(rs, ResourceSpans):
+                raise TraceStoreError(f"add_spans: expected ResourceSpans, got {type(rs).__name__}")
+            service = _service_of(rs.resource)
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    problem = _id_problem(span)
+                    if problem:
+                        problems.append(problem)
+                        continue
+                    one = ResourceSpans(resource=rs.resource, schema_url=rs.schema_url)
+                    one.scope_spans.append(ScopeSpans(scope=ss.scope, schema_url=ss.schema_url, spans=[span]))
+                    parent = span.parent_span_id.hex() if span.parent_span_id.strip(b"\0") else None
+                    rows.append((
+                        span.trace_id.hex(), span.span_id.hex(), parent, span.name, service,
+                        int(span.start_time_unix_nano), int(span.end_time_unix_nano),
+                        one.SerializeToString(deterministic=True),
+                    ))
+        if problems:
+            import logging
+
+            logging.getLogger("vauban_trace.store").warning(
+                "vauban-trace store: rejected %d span(s): %s", len(problems), "; ".join(problems[:5])
+            )
+        accepted = duplicates = 0
+        touched: dict[str, None] = {}
+        if rows:
+            now = time.time_ns()
+            with self._write_tx("add_spans") as conn:
+                for tid, sid, parent, name, service, start, end, payload in rows:
+                    old = conn.execute(
+                        "SELECT payload FROM spans WHERE trace_id = ? AND span_id = ?", (tid, sid)
+                    ).fetchone()
+                    if old is not None and bytes(old[0]) == payload:
+                        duplicates += 1
+                        continue
+                    conn.execute(
+                        "INSERT OR REPLACE INTO spans (trace_id, span_id, parent_span_id, name, service, "
+                        "start_unix_nano, end_unix_nano, received_unix_nano, payload) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (tid, sid, parent, name, service, start, end, now, payload),
+                    )
+                    accepted += 1
+                    touched[tid] = None
+                for tid in touched:
+                    _refresh_trace_row(conn, tid, now)
+        return IngestResult(
+            accepted=accepted,
+            duplicates=duplicates,
+            rejected=len(problems),
+            problems=tuple(problems),
+            trace_ids=tuple(touched),
+        )
+
+    def spans_for(self, trace_id: str) -> TracesData:
+        """Every raw span stored for ``trace_id``, regrouped by resource and scope (empty if none)."""
+        tid = check_trace_id(trace_id)
+        rows = self._read(
+            "SELECT payload FROM spans WHERE trace_id = ? ORDER BY start_unix_nano, span_id", (tid,)
+        )
+        data = TracesData()
+        by_resource: dict[bytes, ResourceSpans] = {}
+        by_scope: dict[tuple[bytes, bytes], ScopeSpans] = {}
+        for (payload,) in rows:
+            one = ResourceSpans.FromString(bytes(payload))  # type: ignore[arg-type]
+            rkey = one.resource.SerializeToString(deterministic=True) + b"\0" + one.schema_url.encode()
+            target = by_resource.get(rkey)
+            if target is None:
+                target = data.resource_spans.add()
+                target.resource.CopyFrom(one.resource)
+                target.schema_url = one.schema_url
+                by_resource[rkey] = target
+            for ss in one.scope_spans:
+                skey = (rkey, _scope_key(ss.scope) + b"\0" + ss.schema_url.encode())
+                scope_spans = by_scope.get(skey)
+                if scope_spans is None:
+                    scope_spans = target.scope_spans.add()
+                    scope_spans.scope.CopyFrom(ss.scope)
+                    scope_spans.schema_url = ss.schema_url
+                    by_scope[skey] = scope_spans
+                scope_spans.spans.extend(ss.spans)
+        return data
+
+    def raw_span_count(self, trace_id: str) -> int:
+        """How many raw spans are stored for ``trace_id``."""
+        tid = check_trace_id(trace_id)
+        return int(self._read("SELECT COUNT(*) FROM spans WHERE trace_id = ?", (tid,))[0][0])  # type: ignore[call-overload]
+
+    def pending_traces(self, *, limit: int | None = None) -> list[PendingTrace]:
+        """Traces whose raw spans changed after their last rebuild, oldest activity first."""
+        sql = (
+            "SELECT trace_id, version, rebuilt_version, raw_span_count, has_root, service, root_name, "
+            "first_received_unix_nano, last_received_unix_nano FROM traces "
+            "WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version) "
+            "ORDER BY last_received_unix_nano"
+        )
+        params: tuple[object, ...] = ()
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = (int(limit),)
+        return [
+            PendingTrace(
+                trace_id=str(r[0]), version=int(r[1]), rebuilt_version=None if r[2] is None else int(r[2]),  # type: ignore[call-overload]
+                span_count=int(r[3]), has_root=bool(r[4]), service=r[5], root_name=r[6],  # type: ignore[call-overload,arg-type]
+                first_received_unix_nano=int(r[7]), last_received_unix_nano=int(r[8]),  # type: ignore[call-overload]
+            )
+            for r in self._read(sql, params)
+        ]
+
+    def trace_ids_touched_since(self, since_unix_nano: int) -> list[str]:
+        """Ids of traces that received raw spans at or after ``since_unix_nano`` (wall clock)."""
+        rows = self._read(
+            "SELECT trace_id FROM traces WHERE last_received_unix_nano >= ? ORDER BY last_received_unix_nano",
+            (int(since_unix_nano),),
+        )
+        return [str(r[0]) for r in rows]
+
+    # -- rebuilt traces --------------------------------------------------------------------
+    def trace_json_path(self, trace_id: str) -> Path:
+        """``<dir>/traces/<trace_id>.json`` (whether or not it exists)."""
+        return self.dir / "traces" / f"{check_trace_id(trace_id)}.json"
+
+    def put_trace(self, trace: Trace, *, version: int | None = None) -> Path:
+        """Store a rebuilt trace (JSON in the database and as a file); return the file's path.
+
+        ``version`` is the :attr:`PendingTrace.version` the trace was rebuilt from; spans that
+        arrived after it keep the trace pending. Without it, the trace counts as rebuilt from
+        everything stored now.
+        """
+        if not isinstance(trace, Trace):
+            raise TraceStoreError(f"put_trace: expected a Trace, got {type(trace).__name__}")
+        tid = check_trace_id(trace.id, where="put_trace: trace.id")
+        text = trace.to_json()
+        path = self.trace_json_path(tid)
+        try:
+            _write_atomic(path, text)
+        except OSError as exc:
+            raise TraceStoreError(f"put_trace: cannot write {str(path)!r}: {exc}") from exc
+        root = trace.root
+        spans = trace.spans
+        if root is not None:
+            start, end = root.start_unix_nano, root.end_unix_nano
+        elif spans:
+            start = min(s.start_unix_nano for s in spans)
+            end = max(s.end_unix_nano for s in spans)
+        else:
+            start = end = 0
+        service = trace.resource.get(SERVICE_NAME)
+        now = time.time_ns()
+        with self._write_tx("put_trace") as conn:
+            row = conn.execute("SELECT version, service FROM traces WHERE trace_id = ?", (tid,)).fetchone()
+            rebuilt_version = (row[0] if row is not None else 0) if version is None else int(version)
+            if not isinstance(service, str):
+                service = row[1] if row is not None else None
+            conn.execute(
+                "INSERT INTO traces (trace_id, rebuilt_version, rebuilt_at_unix_nano, trace_json, complete, "
+                "rb_service, rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (trace_id) DO UPDATE SET "
+                "rebuilt_version = excluded.rebuilt_version, rebuilt_at_unix_nano = excluded.rebuilt_at_unix_nano, "
+                "trace_json = excluded.trace_json, complete = excluded.complete, rb_service = excluded.rb_service, "
+                "rb_root_name = excluded.rb_root_name, rb_start_unix_nano = excluded.rb_start_unix_nano, "
+                "rb_duration_s = excluded.rb_duration_s, rb_span_count = excluded.rb_span_count",
+                (
+                    tid, rebuilt_version, now, text, int(trace.complete), service,
+                    root.name if root is not None else None, start, max(0, end - start) / 1e9, len(spans),
+                ),
+            )
+        return path
+
+    def get_trace(self, trace_id: str) -> Trace:
+        """The rebuilt trace ``trace_id``; :class:`TraceNotFoundError` says why it is absent."""
+        tid = check_trace_id(trace_id)
+        rows = self._read("SELECT trace_json, raw_span_count FROM traces WHERE trace_id = ?", (tid,))
+        if not rows:
+            raise TraceNotFoundError(f"no trace {tid} in {str(self.dir)!r}")
+        text, raw = rows[0]
+        if text is None:
+            raise TraceNotFoundError(
+                f"trace {tid} has {raw} raw span(s) in {str(self.dir)!r} but has not been rebuilt yet "
+                "(it is rebuilt once complete)"
+            )
+        return Trace.from_json(str(text))
+
+    def last_trace(self) -> Trace:
+        """The rebuilt trace that started last."""
+        rows = self._read(
+            "SELECT trace_json FROM traces WHERE trace_json IS NOT NULL "
+            "ORDER BY rb_start_unix_nano DESC, rebuilt_at_unix_nano DESC LIMIT 1"
+        )
+        if not rows:
+            raise TraceNotFoundError(f"no rebuilt traces in {str(self.dir)!r} yet")
+        return Trace.from_json(str(rows[0][0]))
+
+    def list_traces(
+        self, service: str | None = None, since_unix_nano: int | None = None, limit: int | None = 20
+    ) -> list[TraceSummary]:
+        """Rebuilt traces, newest start first, optionally of one service / started since a time."""
+        sql = (
+            "SELECT trace_id, rb_service, rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count, "
+            "complete FROM traces WHERE trace_json IS NOT NULL"
+        )
+        params: list[object] = []
+        if service is not None:
+            sql += " AND rb_service = ?"
+            params.append(service)
+        if since_unix_nano is not None:
+            sql += " AND rb_start_unix_nano >= ?"
+            params.append(int(since_unix_nano))
+        sql += " ORDER BY rb_start_unix_nano DESC, rebuilt_at_unix_nano DESC"
+        if limit is not None:
+            if limit < 0:
+                raise TraceStoreError(f"list_traces: limit must be >= 0 or None, got {limit}")
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return [
+            TraceSummary(
+                trace_id=str(r[0]), service=r[1], root_name=r[2], start_unix_nano=int(r[3] or 0),  # type: ignore[arg-type,call-overload]
+                duration_s=float(r[4] or 0.0), span_count=int(r[5] or 0), complete=bool(r[6]),  # type: ignore[arg-type,call-overload]
+            )
+            for r in self._read(sql, tuple(params))
+        ]
+
+    def trace_count(self) -> int:
+        """Number of rebuilt traces stored."""
+        return int(self._read("SELECT COUNT(*) FROM traces WHERE trace_json IS NOT NULL")[0][0])  # type: ignore[call-overload]
+
+
+def _scope_key(scope: InstrumentationScope) -> bytes:
+    return scope.SerializeToString(deterministic=True)
+
+
+def _id_problem(span: Span) -> str | None:
+    if len(span.trace_id) != 16 or span.trace_id == _log_zero_trace:
+        return f"span {span.name!r}: trace_id must be 16 non-zero bytes, got {span.trace_id.hex() or 'empty'}"
+    if len(span.span_id) != 8 or span.span_id == _log_zero_span:
+        return f"span {span.name!r}: span_id must be 8 non-zero bytes, got {span.span_id.hex() or 'empty'}"
+    if span.parent_span_id and len(span.parent_span_id) != 8:
+        return f"span {span.name!r}: parent_span_id must be 8 bytes, got {span.parent_span_id.hex()}"
+    return None
+
+
+def _refresh_trace_row(conn: sqlite3.Connection, tid: str, now: int) -> None:
+    """Recompute one trace's bookkeeping from its raw spans and bump its version."""
+    count, start, end = conn.execute(
+        "SELECT COUNT(*), MIN(start_unix_nano), MAX(end_unix_nano) FROM spans WHERE trace_id = ?", (tid,)
+    ).fetchone()
+    root = conn.execute(
+        "SELECT span_id, name, service, start_unix_nano, end_unix_nano FROM spans "
+        "WHERE trace_id = ? AND parent_span_id IS NULL ORDER BY start_unix_nano, span_id LIMIT 1",
+        (tid,),
+    ).fetchone()
+    if root is not None:
+        root_id, root_name, service, start, end = root
+    else:
+        root_id = root_name = None
+        row = conn.execute(
+            "SELECT service FROM spans WHERE trace_id = ? AND service IS NOT NULL "
+            "ORDER BY start_unix_nano, span_id LIMIT 1",
+            (tid,),
+        ).fetchone()
+        service = row[0] if row is not None else None
+    conn.execute(
+        "INSERT INTO traces (trace_id, service, root_span_id, root_name, start_unix_nano, end_unix_nano, "
+        "raw_span_count, has_root, first_received_unix_nano, last_received_unix_nano, version) "
+        "VALUES (?,?,?,?,?,?,?,?,?,?,1) ON CONFLICT (trace_id) DO UPDATE SET "
+        "service = excluded.service, root_span_id = excluded.root_span_id, root_name = excluded.root_name, "
+        "start_unix_nano = excluded.start_unix_nano, end_unix_nano = excluded.end_unix_nano, "
+        "raw_span_count = excluded.raw_span_count, has_root = excluded.has_root, "
+        "first_received_unix_nano = COALESCE(traces.first_received_unix_nano, excluded.first_received_unix_nano), "
+        "last_received_unix_nano = excluded.last_received_unix_nano, version = traces.version + 1",
+        (tid, service, root_id, root_name, start, end, count, int(root is not None), now, now),
+    )
+
+
+__all__ = ["TraceStore"]

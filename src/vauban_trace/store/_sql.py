@@ -1,0 +1,105 @@
+"""SQLite schema and connection settings of the trace database.
+
+``traces.sqlite`` is opened in WAL mode with ``synchronous=FULL`` (a committed transaction is on
+disk when the call returns) and a busy timeout (several processes may write). ``user_version``
+records the schema version; a newer file is refused instead of being misread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from vauban_trace._exceptions import TraceStoreError
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS spans (
+    trace_id            TEXT    NOT NULL,
+    span_id             TEXT    NOT NULL,
+    parent_span_id      TEXT,               -- NULL for a root span
+    name                TEXT    NOT NULL,
+    service             TEXT,
+    start_unix_nano     INTEGER NOT NULL,
+    end_unix_nano       INTEGER NOT NULL,
+    received_unix_nano  INTEGER NOT NULL,
+    payload             BLOB    NOT NULL,   -- serialized one-span ResourceSpans
+    PRIMARY KEY (trace_id, span_id)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS traces (
+    trace_id                  TEXT PRIMARY KEY,
+    -- raw-span bookkeeping (kept by add_spans)
+    service                   TEXT,
+    root_span_id              TEXT,
+    root_name                 TEXT,
+    start_unix_nano           INTEGER,
+    end_unix_nano             INTEGER,
+    raw_span_count            INTEGER NOT NULL DEFAULT 0,
+    has_root                  INTEGER NOT NULL DEFAULT 0,
+    first_received_unix_nano  INTEGER,
+    last_received_unix_nano   INTEGER,
+    version                   INTEGER NOT NULL DEFAULT 0,
+    -- rebuilt trace (kept by put_trace)
+    rebuilt_version           INTEGER,
+    rebuilt_at_unix_nano      INTEGER,
+    trace_json                TEXT,
+    complete                  INTEGER,
+    rb_service                TEXT,
+    rb_root_name              TEXT,
+    rb_start_unix_nano        INTEGER,
+    rb_duration_s             REAL,
+    rb_span_count             INTEGER
+);
+
+CREATE INDEX IF NOT EXISTS traces_by_start ON traces (rb_start_unix_nano)
+    WHERE trace_json IS NOT NULL;
+CREATE INDEX IF NOT EXISTS traces_pending ON traces (last_received_unix_nano)
+    WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version);
+CREATE INDEX IF NOT EXISTS traces_by_received ON traces (last_received_unix_nano);
+"""
+
+
+def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
+    """A connection with the store's settings (autocommit mode: transactions are explicit)."""
+    try:
+        conn = sqlite3.connect(
+            str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA synchronous = FULL")
+    except sqlite3.Error as exc:
+        raise TraceStoreError(f"cannot open trace database {str(path)!r}: {exc}") from exc
+    return conn
+
+
+def initialise(conn: sqlite3.Connection, path: Path) -> None:
+    """Switch to WAL and create (or check) the schema."""
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise TraceStoreError(f"trace database {str(path)!r}: cannot enable WAL (journal_mode={mode})")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise TraceStoreError(
+                    f"trace database {str(path)!r} has schema version {version}; this vauban-trace "
+                    f"reads up to {SCHEMA_VERSION} (upgrade vauban-trace)"
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise TraceStoreError(f"trace database {str(path)!r} is unusable: {exc}") from exc
+
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "connect", "initialise"]
