@@ -12,12 +12,12 @@ readings, recording nothing rather than a guess).
 
 Deferred readings. Some values can only be read after the device has caught up (CUDA event
 timings): reading them at stage exit would add a host synchronisation on the hot path. A probe
-then returns a :class:`Deferred` as the value. The stage keeps its span open; the enclosing
-traced request resolves every deferred reading once, at request end (after the executor's own
-final synchronisation, when the events are complete and reading them costs nothing), sets the
-attributes and ends each span with its original end timestamp. A stage outside any request
-resolves its deferred readings at its own exit without waiting: a value that is not ready yet is
-recorded as ``unavailable``.
+then returns a :class:`Deferred` as the value. At stage exit the stage sets its other attributes
+and tries the deferred values without waiting; if one is not ready, the span is left open and
+handed to :func:`settle`: a daemon thread polls the readings (non-blocking queries, so the
+workload's thread gains no synchronisation), then sets the attributes and ends the span with its
+original end timestamp. :func:`flush_deferred` waits for all of them (tests, benchmarks, exit);
+a reading still not ready after 60 s is recorded ``unavailable``.
 
 Static attributes. A probe may expose ``attributes`` (a mapping of attribute name to value, e.g.
 the memory method), which every stage it measures records as they are.
@@ -30,10 +30,13 @@ leave them out of the workload's copy and sync counts.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class Deferred:
@@ -114,3 +117,120 @@ def instrumentation_work() -> Iterator[None]:
         yield
     finally:
         _INSTRUMENTATION.reset(token)
+
+
+# -- deferred readings ----------------------------------------------------------------------
+class PendingSpan:
+    """A stage span whose deferred readings are not read yet; ended once they are."""
+
+    __slots__ = ("span", "end_time", "readings", "attr_names")
+
+    def __init__(
+        self,
+        span: Any,
+        end_time: int,
+        readings: dict[str, tuple[Deferred, str]],
+        attr_names: Mapping[str, tuple[str, str]],
+    ) -> None:
+        self.span = span
+        self.end_time = end_time
+        self.readings = readings  # counter -> (deferred, provenance)
+        self.attr_names = attr_names  # counter -> (value attribute, provenance attribute)
+
+    def try_finish(self, wait: bool) -> bool:
+        """Read every deferred value; when all are ready (or ``wait``), set them and end the span."""
+        values: dict[str, int | float | None] = {}
+        for counter, (deferred, _prov) in self.readings.items():
+            value = deferred.read(False)
+            if value is None and not wait:
+                return False
+            values[counter] = value
+        attrs: dict[str, Any] = {}
+        for counter, value in values.items():
+            value_attr, prov_attr = self.attr_names[counter]
+            if value is None:
+                attrs[prov_attr] = "unavailable"
+            else:
+                attrs[value_attr] = value
+                attrs[prov_attr] = self.readings[counter][1]
+        try:
+            self.span.set_attributes(attrs)
+        finally:
+            self.span.end(end_time=self.end_time)
+        return True
+
+
+class _Resolver:
+    """One daemon thread that polls pending spans (non-blocking queries, no host sync)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[PendingSpan, float]] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, pending: PendingSpan, timeout_s: float = 60.0) -> None:
+        with self._cond:
+            self._pending.append((pending, time.monotonic() + timeout_s))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="vauban-deferred", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        delay = 0.0005
+        while True:
+            with self._cond:
+                while not self._pending:
+                    self._cond.wait()
+                batch = list(self._pending)
+            done: list[tuple[PendingSpan, float]] = []
+            now = time.monotonic()
+            for item in batch:
+                try:
+                    if item[0].try_finish(wait=now > item[1]):  # past its deadline: unavailable
+                        done.append(item)
+                except Exception:
+                    done.append(item)
+            with self._cond:
+                for item in done:
+                    self._pending.remove(item)
+                if not self._pending:
+                    self._cond.notify_all()
+            delay = 0.0005 if done else min(delay * 2, 0.01)
+            time.sleep(delay)
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every pending span is ended; False on timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left if left is not None else 0.05)
+        return True
+
+
+_RESOLVER = _Resolver()
+
+
+def settle(pending: PendingSpan) -> None:
+    """End ``pending`` now if its readings are ready, else hand it to the background resolver.
+
+    Never waits on the device: readings are polled (``Event.query``-style) from a daemon thread,
+    so the workload's thread gains no synchronisation.
+    """
+    try:
+        if pending.try_finish(wait=False):
+            return
+    except Exception:
+        return
+    _RESOLVER.submit(pending)
+
+
+def flush_deferred(timeout_s: float | None = 10.0) -> bool:
+    """Wait until every stage span with deferred readings has ended (call before reading spans)."""
+    return _RESOLVER.flush(timeout_s)
+
+
+atexit.register(flush_deferred, 5.0)

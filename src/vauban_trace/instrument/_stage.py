@@ -1,0 +1,451 @@
+"""``stage()``: one inference stage as an OpenTelemetry span with scaling counters.
+
+Usage::
+
+    with stage("decode", token_count=n, batch_size=b) as st:
+        ...
+        st.set_counter("sync_points", k, provenance="measured")
+
+    @stage("forward")                 # also on async functions and generators
+    def forward(input_ids): ...
+
+The span is named after the stage and carries ``vauban.stage``. Each counter of
+:data:`~vauban_trace.contract.COUNTER_NAMES` appears as ``vauban.usl.<counter>`` with
+``vauban.usl.<counter>.provenance``:
+
+- ``duration_s`` is always measured (``time.perf_counter`` around the body);
+- counters passed as keywords are ``declared`` (``set_counter`` takes any provenance);
+- as a decorator with ``measure=True``, ``input_bytes``/``output_bytes`` are ``derived`` from the
+  tensor-like arguments and results (numpy arrays here, torch/mlx through adapters, see
+  ``_values``), and the device is taken from the first tensor seen;
+- active counter probes (``with probes(...)``) are started and stopped around the body and their
+  readings recorded with the provenance they report;
+- every other counter gets only ``vauban.usl.<counter>.provenance = "unavailable"``.
+
+Exceptions raised by the body are recorded on the span (``record_exception``, status ERROR,
+``error.type``) and re-raised unchanged. Without an SDK, entering a stage reads one cached flag and
+returns a shared no-op handle: no span, no attribute dictionary, no clock reads.
+
+A ``Stage`` object used as a context manager is single-use per ``with`` (nesting the *same*
+object is supported through a stack); as a decorator it opens a fresh span per call.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, cast
+
+from opentelemetry import context as _context
+from opentelemetry import trace as _trace
+from opentelemetry import trace as _otel_trace
+from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
+from opentelemetry.util.types import AttributeValue
+
+from vauban_trace import semconv as sc
+from vauban_trace._exceptions import ContractError
+from vauban_trace.contract import COUNTER_NAMES, Provenance
+from vauban_trace.instrument import _spans, _state, _values
+from vauban_trace.instrument._probes import Deferred, PendingSpan, active_probes, settle
+
+_log = logging.getLogger("vauban_trace.instrument")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PROVENANCE_WORDS = frozenset(p.value for p in Provenance)
+_USL = {c: sc.usl(c) for c in COUNTER_NAMES}
+_USL_PROV = {c: sc.usl_provenance(c) for c in COUNTER_NAMES}
+#: the attribute set of a stage about which nothing is known yet
+_ALL_UNAVAILABLE: dict[str, AttributeValue] = {_USL_PROV[c]: "unavailable" for c in COUNTER_NAMES}
+
+
+def _check_counter(name: str, value: object) -> None:
+    if name not in _USL:
+        raise ContractError(f"unknown counter {name!r} (expected one of: {', '.join(COUNTER_NAMES)})")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ContractError(f"counter {name}: expected a number >= 0, got {value!r}")
+
+
+def _device_attrs(device: str) -> dict[str, AttributeValue]:
+    return {sc.DEVICE_KIND: device.split(":", 1)[0], sc.DEVICE_LABEL: device}
+
+
+class StageHandle:
+    """What ``with stage(...) as st`` yields while a span is recording."""
+
+    __slots__ = ("_owned", "_end", "_probes", "_t0", "_token", "span")
+
+    def __init__(self, owned: _spans.Owned, token: object) -> None:
+        self._owned = owned
+        self.span: Span = owned.span
+        self._end: dict[str, AttributeValue] = {}
+        self._probes: list[tuple[Any, object]] = []
+        self._token = token
+        self._t0 = 0.0
+
+    @property
+    def recording(self) -> bool:
+        return True
+
+    def set_counter(self, name: str, value: int | float, *, provenance: str = "declared") -> None:
+        """Set a scaling counter with its provenance (``measured``/``derived``/``declared``)."""
+        _check_counter(name, value)
+        if provenance not in _PROVENANCE_WORDS or provenance == "unavailable":
+            raise ContractError(f"counter {name}: provenance {provenance!r} is not measured/derived/declared")
+        self._end[_USL[name]] = value
+        self._end[_USL_PROV[name]] = provenance
+
+    def set_device(self, device: str) -> None:
+        self._end.update(_device_attrs(device))
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        self.span.set_attribute(key, value)
+
+    def set_metadata(self, metadata: dict[str, Any]) -> None:
+        self._end[sc.SPAN_METADATA] = json.dumps(metadata, sort_keys=True, default=str)
+
+    @property
+    def span_id(self) -> str:
+        return format(self.span.get_span_context().span_id, "016x")
+
+
+class _NoopHandle:
+    """Shared handle of stages entered without an SDK: every method does nothing."""
+
+    __slots__ = ()
+    span: Span = _trace.INVALID_SPAN
+    recording = False
+    span_id = None
+
+    def set_counter(self, name: str, value: int | float, *, provenance: str = "declared") -> None:
+        return None
+
+    def set_device(self, device: str) -> None:
+        return None
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        return None
+
+    def set_metadata(self, metadata: dict[str, Any]) -> None:
+        return None
+
+
+NOOP_HANDLE = _NoopHandle()
+_FAST = hasattr(_otel_trace, "_TRACER_PROVIDER")
+
+
+class Stage:
+    """A stage span, usable as ``with`` block or as decorator (``stage`` is this class).
+
+    ``token_count``, ``batch_size``, ``queue_depth`` and any other counter of
+    :data:`~vauban_trace.contract.COUNTER_NAMES` passed as a keyword are recorded with provenance
+    ``declared``. ``device`` is ``"cpu"``, ``"cuda:0"``...; ``inputs`` are artifact refs (or ids)
+    the stage consumed. ``measure=False`` turns off deriving bytes and device from a decorated
+    function's arguments and results. Unknown counter names raise :class:`ContractError`.
+
+    The constructor only stores its arguments (the no-op path must stay under a microsecond);
+    everything else happens when a span is actually opened.
+    """
+
+    __slots__ = (
+        "name", "_token_count", "_batch_size", "_queue_depth", "_counters", "_device", "_inputs",
+        "_measure", "_provider", "_handles",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        token_count: int | None = None,
+        batch_size: int | None = None,
+        queue_depth: int | None = None,
+        device: str | None = None,
+        inputs: Iterable[Any] | None = None,
+        measure: bool = True,
+        tracer_provider: TracerProvider | None = None,
+        **counters: int | float,
+    ) -> None:
+        self.name = name
+        self._token_count = token_count
+        self._batch_size = batch_size
+        self._queue_depth = queue_depth
+        self._counters = counters
+        self._device = device
+        self._inputs = inputs
+        self._measure = measure
+        self._provider = tracer_provider
+        self._handles: list[StageHandle] | None = None
+        if counters:
+            for key in counters:
+                if key not in _USL:
+                    raise ContractError(
+                        f"stage {name!r}: unknown counter {key!r} (expected one of: {', '.join(COUNTER_NAMES)})"
+                    )
+
+    def _declared(self) -> list[tuple[str, Any]]:
+        out = [("token_count", self._token_count), ("batch_size", self._batch_size), ("queue_depth", self._queue_depth)]
+        out.extend(self._counters.items())
+        return out
+
+    # -- span lifecycle -------------------------------------------------------------------
+    def _begin(self, tracer: Any, extra: dict[str, AttributeValue] | None) -> StageHandle:
+        attrs = dict(_ALL_UNAVAILABLE)
+        attrs[sc.STAGE] = self.name
+        for key, value in self._declared():
+            if value is None:
+                continue
+            _check_counter(key, value)
+            attrs[_USL[key]] = value
+            attrs[_USL_PROV[key]] = "declared"
+        if self._device is not None:
+            attrs.update(_device_attrs(self._device))
+        if self._inputs is not None:
+            attrs[sc.SPAN_INPUT_ARTIFACT_IDS] = [str(getattr(i, "id", i)) for i in self._inputs]
+        if extra:
+            attrs.update(extra)
+        span = tracer.start_span(self.name, attributes=attrs)
+        token = _context.attach(_trace.set_span_in_context(span))
+        owned = _spans.Owned(span, self.name, self.name, tracer)
+        _spans.register(owned)
+        handle = StageHandle(owned, token)
+        probes = active_probes()
+        if probes:
+            for probe in probes:
+                try:
+                    handle._probes.append((probe, probe.start()))
+                except Exception:  # a failing probe records nothing rather than a guess
+                    _log.debug("probe %r failed to start", getattr(probe, "name", probe), exc_info=True)
+        handle._t0 = time.perf_counter()
+        return handle
+
+    def _finish(self, handle: StageHandle, exc: BaseException | None) -> None:
+        elapsed = time.perf_counter() - handle._t0
+        deferred: dict[str, tuple[Deferred, str]] = {}
+        try:
+            end = handle._end
+            for probe, token in reversed(handle._probes):
+                try:
+                    readings = probe.stop(token)
+                except Exception:
+                    _log.debug("probe %r failed to stop", getattr(probe, "name", probe), exc_info=True)
+                    continue
+                static = getattr(probe, "attributes", None)
+                if static:
+                    end.update(static)
+                for counter, (value, provenance) in readings.items():
+                    if counter not in _USL or _USL_PROV[counter] in end:
+                        continue  # the caller's own set_counter wins over a probe
+                    if value is None or provenance == "unavailable":
+                        continue
+                    if isinstance(value, Deferred):  # read later, without a host sync
+                        deferred[counter] = (value, provenance)
+                        end[_USL_PROV[counter]] = "unavailable"  # until read
+                        continue
+                    end[_USL[counter]] = value
+                    end[_USL_PROV[counter]] = provenance
+            end.setdefault(_USL["duration_s"], elapsed)
+            end.setdefault(_USL_PROV["duration_s"], "measured")
+            owned = handle._owned
+            if owned.artifacts and _USL_PROV["instrumentation_d2h_copies"] not in end:
+                end[_USL["instrumentation_d2h_copies"]] = owned.instr_copies
+                end[_USL_PROV["instrumentation_d2h_copies"]] = "measured"
+                end[_USL["instrumentation_d2h_bytes"]] = owned.instr_bytes
+                end[_USL_PROV["instrumentation_d2h_bytes"]] = "measured"
+            span = handle.span
+            if exc is not None:
+                end[sc.ERROR_TYPE] = type(exc).__qualname__
+                if isinstance(exc, Exception):
+                    span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            span.set_attributes(end)
+            _spans.unregister(owned)
+        except Exception:  # telemetry never breaks inference
+            _log.debug("stage %r: failed to finish span attributes", self.name, exc_info=True)
+        finally:
+            if deferred:
+                settle(PendingSpan(handle.span, time.time_ns(), deferred, {c: (_USL[c], _USL_PROV[c]) for c in deferred}))
+            else:
+                handle.span.end()
+            try:
+                _context.detach(cast(Any, handle._token))
+            except Exception:
+                pass
+
+    # -- context manager ------------------------------------------------------------------
+    def __enter__(self) -> StageHandle | _NoopHandle:
+        if self._provider is None and _FAST and _otel_trace._TRACER_PROVIDER is _state._seen_provider:
+            tracer = _state._seen_tracer
+        else:
+            tracer = _state.current_tracer(self._provider)
+        if tracer is None:
+            return NOOP_HANDLE
+        handle = self._begin(tracer, None)
+        if self._handles is None:
+            self._handles = [handle]
+        else:
+            self._handles.append(handle)
+        return handle
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if self._handles:
+            self._finish(self._handles.pop(), exc)
+
+    async def __aenter__(self) -> StageHandle | _NoopHandle:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # -- decorator ------------------------------------------------------------------------
+    def _derive_in(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, AttributeValue] | None:
+        if not self._measure:
+            return None
+        try:
+            nbytes, info, found = _values.total_bytes((*args, *kwargs.values()))
+        except Exception:
+            return None
+        if not found:
+            return None
+        extra: dict[str, AttributeValue] = {_USL["input_bytes"]: nbytes, _USL_PROV["input_bytes"]: "derived"}
+        if info is not None and self._device is None:
+            extra[sc.DEVICE_KIND] = info.device_kind
+            extra[sc.DEVICE_LABEL] = info.device_label
+        return extra
+
+    def _derive_out(self, handle: StageHandle, result: Any) -> None:
+        if not self._measure:
+            return
+        try:
+            nbytes, _info, found = _values.total_bytes((result,))
+        except Exception:
+            return
+        if found and _USL_PROV["output_bytes"] not in handle._end:
+            handle._end[_USL["output_bytes"]] = nbytes
+            handle._end[_USL_PROV["output_bytes"]] = "derived"
+
+    def __call__(self, fn: F) -> F:
+        if inspect.iscoroutinefunction(fn):
+            return cast(F, self._wrap_async(fn))
+        if inspect.isasyncgenfunction(fn):
+            return cast(F, self._wrap_asyncgen(fn))
+        if inspect.isgeneratorfunction(fn):
+            return cast(F, self._wrap_gen(fn))
+        return cast(F, self._wrap_sync(fn))
+
+    def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            tracer = _state.current_tracer(self._provider)
+            if tracer is None:
+                return fn(*args, **kwargs)
+            handle = self._begin(tracer, self._derive_in(args, kwargs))
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish(handle, exc)
+                raise
+            self._derive_out(handle, result)
+            self._finish(handle, None)
+            return result
+
+        return wrapper
+
+    def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            tracer = _state.current_tracer(self._provider)
+            if tracer is None:
+                return await fn(*args, **kwargs)
+            handle = self._begin(tracer, self._derive_in(args, kwargs))
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish(handle, exc)
+                raise
+            self._derive_out(handle, result)
+            self._finish(handle, None)
+            return result
+
+        return wrapper
+
+    def _wrap_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """A generator's span covers its whole iteration; output bytes sum the yielded items.
+
+        The span is made current only while the generator body runs (between ``next`` calls
+        the caller's context is restored), so spans opened by the consumer are not its children.
+        """
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            tracer = _state.current_tracer(self._provider)
+            if tracer is None:
+                return (yield from fn(*args, **kwargs))
+            handle = self._begin(tracer, self._derive_in(args, kwargs))
+            ctx = _context.get_current()
+            _context.detach(cast(Any, handle._token))
+            gen = fn(*args, **kwargs)
+            out_bytes, found = 0, False
+            to_send: Any = None
+            try:
+                while True:
+                    token = _context.attach(ctx)
+                    try:
+                        item = gen.send(to_send)
+                    finally:
+                        _context.detach(token)
+                    if self._measure:
+                        n, _i, f = _values.total_bytes((item,))
+                        out_bytes += n
+                        found = found or f
+                    to_send = yield item
+            except StopIteration as stop:
+                if found and _USL_PROV["output_bytes"] not in handle._end:
+                    handle._end[_USL["output_bytes"]] = out_bytes
+                    handle._end[_USL_PROV["output_bytes"]] = "derived"
+                handle._token = _context.attach(_context.get_current())
+                self._finish(handle, None)
+                return stop.value
+            except BaseException as exc:
+                handle._token = _context.attach(_context.get_current())
+                self._finish(handle, exc)
+                raise
+
+        return wrapper
+
+    def _wrap_asyncgen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            tracer = _state.current_tracer(self._provider)
+            if tracer is None:
+                async for item in fn(*args, **kwargs):
+                    yield item
+                return
+            handle = self._begin(tracer, self._derive_in(args, kwargs))
+            ctx = _context.get_current()
+            _context.detach(cast(Any, handle._token))
+            agen = fn(*args, **kwargs)
+            try:
+                while True:
+                    token = _context.attach(ctx)
+                    try:
+                        item = await agen.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        _context.detach(token)
+                    yield item
+            except BaseException as exc:
+                handle._token = _context.attach(_context.get_current())
+                self._finish(handle, exc)
+                raise
+            handle._token = _context.attach(_context.get_current())
+            self._finish(handle, None)
+
+        return wrapper
+
+
+#: ``stage(name, **counters)`` builds a :class:`Stage`; the class itself, to save a call.
+stage = Stage
