@@ -1,0 +1,156 @@
+"""The assembler: turns stored raw spans into rebuilt :class:`~vauban_trace.contract.Trace` records.
+
+A background thread wakes every ``interval_s`` and asks the store which traces changed since
+their last rebuild (:meth:`TraceStore.pending_traces`; the bookkeeping is durable, so after a
+restart pending work is found on disk, never in memory). A pending trace is rebuilt when
+
+- its root span (no parent) has arrived, which means it has ended since OTel exports a span when
+  it ends, and ``quiet_period_s`` passed since its last span arrived: the trace is complete; or
+- ``incomplete_after_s`` passed since its last span arrived without a root: it is rebuilt anyway,
+  and :func:`~vauban_trace.rebuild.rebuild_traces` marks it incomplete and lists what is missing
+  (no root, parents that never arrived).
+
+Rebuilding is ``rebuild_traces(store.spans_for(id))`` then ``store.put_trace(trace, version=v)``
+where ``v`` is the version read with the pending entry: a span arriving during the rebuild bumps
+the version, so the trace stays pending and is rebuilt again (a late span reopens its trace the
+same way). Data that cannot be rebuilt still yields a stored, incomplete trace whose
+``problems`` say why, so a bad trace is not retried forever.
+
+:meth:`Assembler.run_once` with ``force=True`` rebuilds everything pending regardless of timing
+(the collector's final pass on shutdown).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+
+from vauban_trace.collector._metrics import CollectorMetrics
+from vauban_trace.contract import Trace
+
+if TYPE_CHECKING:
+    from vauban_trace.store import PendingTrace, TraceStore
+
+log = logging.getLogger("vauban_trace.collector")
+
+
+def root_attributes(data: TracesData) -> dict[str, Any]:
+    """Attributes of the first parentless span in ``data`` (plain Python values); {} if none."""
+    for rs in data.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                if not span.parent_span_id:
+                    out: dict[str, Any] = {}
+                    for kv in span.attributes:
+                        which = kv.value.WhichOneof("value")
+                        if which in ("string_value", "bool_value", "int_value", "double_value"):
+                            out[kv.key] = getattr(kv.value, which)
+                    return out
+    return {}
+
+
+class Assembler:
+    """Background rebuild loop over the store's pending traces."""
+
+    def __init__(
+        self,
+        store: TraceStore,
+        metrics: CollectorMetrics,
+        *,
+        quiet_period_s: float = 2.0,
+        incomplete_after_s: float = 30.0,
+        interval_s: float = 0.25,
+        batch: int = 256,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._quiet_ns = int(quiet_period_s * 1e9)
+        self._incomplete_ns = int(incomplete_after_s * 1e9)
+        self._interval = interval_s
+        self._batch = batch
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one pass at a time (loop vs. final pass)
+        self.rebuilt = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="vauban-assembler", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Hint that spans were stored (the loop also polls; this only shortens the wait)."""
+        self._wake.set()
+
+    def stop(self, *, final_pass: bool = True) -> int:
+        """Stop the loop; with ``final_pass`` rebuild everything still pending. Returns rebuilt count."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        return self.run_once(force=True) if final_pass else 0
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # keep assembling; the error is logged and retried next tick
+                log.exception("assembly pass failed")
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self._stop.wait(min(self._interval, 0.05))  # coalesce bursts of wake-ups
+
+    # -- one pass -------------------------------------------------------------------------
+    def ready(self, pending: PendingTrace, now_ns: int) -> bool:
+        quiet = now_ns - pending.last_received_unix_nano
+        if pending.has_root and quiet >= self._quiet_ns:
+            return True
+        return quiet >= self._incomplete_ns
+
+    def run_once(self, *, force: bool = False) -> int:
+        """Rebuild the pending traces that are ready (all of them with ``force``); returns how many."""
+        done = 0
+        with self._lock:
+            for _ in range(10_000):  # bounded even if a store never cleared its pending entries
+                pending = self._store.pending_traces()
+                now = time.time_ns()
+                ready = [p for p in pending if force or self.ready(p, now)][: self._batch]
+                for entry in ready:
+                    self._rebuild(entry)
+                done += len(ready)
+                self.rebuilt += len(ready)
+                self._metrics.pending_traces.set(len(pending) - len(ready))
+                if len(ready) < self._batch:
+                    break
+        return done
+
+    def _rebuild(self, entry: PendingTrace) -> None:
+        from vauban_trace.rebuild import rebuild_traces
+
+        trace: Trace | None = None
+        attrs: Mapping[str, Any] = {}
+        try:
+            data = self._store.spans_for(entry.trace_id)
+            attrs = root_attributes(data)
+            for candidate in rebuild_traces(data):
+                if candidate.id == entry.trace_id:
+                    trace = candidate
+            if trace is None:
+                raise ValueError("rebuild produced no trace with this id")
+        except Exception as exc:  # bad stored data: keep a record of why instead of retrying forever
+            log.warning("trace %s could not be rebuilt: %s", entry.trace_id, exc)
+            trace = Trace(id=entry.trace_id, complete=False, problems=(f"rebuild failed: {exc}",))
+        self._store.put_trace(trace, version=entry.version)
+        self._metrics.traces_rebuilt.labels("complete" if trace.complete else "incomplete").inc()
+        try:
+            self._metrics.observe_trace(trace, attrs)
+        except Exception:  # metrics never block assembly
+            log.exception("observing stage metrics of trace %s failed", entry.trace_id)

@@ -1,0 +1,160 @@
+"""Prometheus metrics of the collector, in a private registry served on ``--metrics``.
+
+The names are a contract (the Grafana dashboard is written against them):
+
+======================================================  =========  ==================================
+name                                                    type       labels
+======================================================  =========  ==================================
+``vauban_collector_spans_received_total``               counter    transport (http, grpc)
+``vauban_collector_spans_rejected_total``               counter    reason (invalid_id, store_error)
+``vauban_collector_spans_duplicated_total``             counter
+``vauban_collector_requests_total``                     counter    transport, code (HTTP status
+                                                                   number or gRPC code name)
+``vauban_collector_traces_rebuilt_total``               counter    state (complete, incomplete)
+``vauban_collector_queue_depth``                        gauge      (export requests in flight)
+``vauban_collector_pending_traces``                     gauge      (traces waiting for assembly)
+``vauban_collector_store_write_seconds``                histogram
+``vauban_stage_duration_seconds``                       histogram  stage, model, sweep_axis,
+                                                                   sweep_value
+``vauban_stage_bytes``                                  histogram  stage, model, direction (in,
+                                                                   out), sweep_axis, sweep_value
+``vauban_stage_sync_points``                            histogram  stage, model, sweep_axis,
+                                                                   sweep_value
+======================================================  =========  ==================================
+
+Stage histograms are observed from rebuilt traces, once per span (a trace rebuilt again after a
+late span only adds the spans not seen before). ``model`` is the root span's
+``gen_ai.request.model``; ``sweep_axis`` / ``sweep_value`` come from the root's
+``vauban.sweep.axis`` / ``vauban.sweep.axis_value`` ("" when absent). Byte counters are observed
+when the stage carries a value; ``sync_points`` only when its provenance is ``measured`` or
+``derived``. An unavailable counter is never observed (not as 0, not at all).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from vauban_trace.contract import Provenance, Trace
+
+_DURATION_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+_BYTES_BUCKETS = tuple(float(4**i) for i in range(3, 17))  # 64 B .. 4 GiB
+_SYNC_BUCKETS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0)
+_WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_OBSERVABLE = (Provenance.MEASURED.value, Provenance.DERIVED.value)
+_STAGE_LABELS = ("stage", "model", "sweep_axis", "sweep_value")
+
+
+class CollectorMetrics:
+    """Every metric of one collector instance, registered in its own :class:`CollectorRegistry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, remember_traces: int = 10_000) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.spans_received = Counter(
+            "vauban_collector_spans_received", "Spans received in export requests.", ["transport"], registry=r
+        )
+        self.spans_rejected = Counter(
+            "vauban_collector_spans_rejected", "Spans refused (partial success or store failure).",
+            ["reason"], registry=r,
+        )
+        self.spans_duplicated = Counter(
+            "vauban_collector_spans_duplicated", "Spans already stored (client retries).", registry=r
+        )
+        self.requests = Counter(
+            "vauban_collector_requests", "Export requests answered.", ["transport", "code"], registry=r
+        )
+        self.traces_rebuilt = Counter(
+            "vauban_collector_traces_rebuilt", "Traces rebuilt by the assembler.", ["state"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "vauban_collector_queue_depth", "Export requests being processed.", registry=r
+        )
+        self.pending_traces = Gauge(
+            "vauban_collector_pending_traces", "Traces whose spans changed since their last rebuild.",
+            registry=r,
+        )
+        self.store_write = Histogram(
+            "vauban_collector_store_write_seconds", "Durable span writes (TraceStore.add_spans).",
+            buckets=_WRITE_BUCKETS, registry=r,
+        )
+        self.stage_duration = Histogram(
+            "vauban_stage_duration_seconds", "Stage span durations from rebuilt traces.",
+            list(_STAGE_LABELS), buckets=_DURATION_BUCKETS, registry=r,
+        )
+        self.stage_bytes = Histogram(
+            "vauban_stage_bytes", "Stage input/output bytes from rebuilt traces.",
+            ["stage", "model", "direction", "sweep_axis", "sweep_value"], buckets=_BYTES_BUCKETS, registry=r,
+        )
+        self.stage_sync_points = Histogram(
+            "vauban_stage_sync_points", "Host-device sync points per stage (measured or derived only).",
+            list(_STAGE_LABELS), buckets=_SYNC_BUCKETS, registry=r,
+        )
+        self._seen: OrderedDict[str, set[str]] = OrderedDict()
+        self._seen_cap = remember_traces
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # -- stage histograms -----------------------------------------------------------------
+    def observe_trace(self, trace: Trace, root_attributes: Mapping[str, Any]) -> int:
+        """Observe the stage histograms for spans of ``trace`` not observed before; returns how many.
+
+        ``root_attributes`` are the root span's OTLP attributes (model and sweep labels).
+        """
+        from vauban_trace import semconv
+
+        model = _label(root_attributes.get(semconv.GEN_AI_REQUEST_MODEL))
+        axis = _label(root_attributes.get(semconv.SWEEP_AXIS))
+        value = _label(root_attributes.get(semconv.SWEEP_AXIS_VALUE))
+        with self._lock:
+            seen = self._seen.pop(trace.id, None) or set()
+            self._seen[trace.id] = seen
+            while len(self._seen) > self._seen_cap:
+                self._seen.popitem(last=False)
+            fresh = [s for s in trace.spans if s.stage and s.id not in seen]
+            seen.update(s.id for s in fresh)
+        for span in fresh:
+            stage = str(span.stage)
+            profile = span.profile
+            duration = profile.duration_s if profile is not None and profile.duration_s is not None else None
+            if duration is None and span.end_unix_nano >= span.start_unix_nano > 0:
+                duration = span.duration_s
+            if duration is not None:
+                self.stage_duration.labels(stage, model, axis, value).observe(duration)
+            if profile is None:
+                continue
+            for direction, counter in (("in", "input_bytes"), ("out", "output_bytes")):
+                amount = getattr(profile, counter)
+                if amount is not None and profile.provenance_of(counter).value != Provenance.UNAVAILABLE.value:
+                    self.stage_bytes.labels(stage, model, direction, axis, value).observe(amount)
+            if profile.sync_points is not None and profile.provenance_of("sync_points").value in _OBSERVABLE:
+                self.stage_sync_points.labels(stage, model, axis, value).observe(profile.sync_points)
+        return len(fresh)
+
+    # -- exposition -----------------------------------------------------------------------
+    def serve(self, host: str, port: int) -> tuple[str, int]:
+        """Serve ``/metrics`` on ``host:port`` (0 picks a port) in a daemon thread; returns the address."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server, self._thread = server, thread
+        return host, int(server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def _label(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
