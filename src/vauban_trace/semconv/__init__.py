@@ -42,6 +42,20 @@ GEN_AI_INPUT_MESSAGES: Final = "gen_ai.input.messages"
 GEN_AI_OUTPUT_MESSAGES: Final = "gen_ai.output.messages"
 ERROR_TYPE: Final = "error.type"
 
+# --- General OpenTelemetry names read back by the rebuild path -----------------------------
+SERVICE_NAME: Final = "service.name"  # resource attribute
+EXCEPTION_EVENT: Final = "exception"  # span event name
+EXCEPTION_TYPE: Final = "exception.type"
+EXCEPTION_MESSAGE: Final = "exception.message"
+# Tag keys of Jaeger's legacy UI model (OTLP -> Jaeger translation), mapped back to OTLP fields
+JAEGER_SPAN_KIND: Final = "span.kind"
+JAEGER_ERROR: Final = "error"
+JAEGER_STATUS_CODE: Final = "otel.status_code"
+JAEGER_STATUS_DESCRIPTION: Final = "otel.status_description"
+JAEGER_SCOPE_NAME: Final = "otel.scope.name"
+JAEGER_SCOPE_VERSION: Final = "otel.scope.version"
+JAEGER_LOG_EVENT: Final = "event"  # log field holding the event name
+
 # --- Trace-level (root span) ---------------------------------------------------------------
 TRACE_ROOT: Final = "vauban.trace.root"
 TRACE_SCHEMA_VERSION: Final = "vauban.trace.schema_version"
