@@ -47,6 +47,7 @@ from vauban_trace import semconv as sc
 from vauban_trace._exceptions import ContractError
 from vauban_trace.contract import ArtifactKind, MissingReason
 from vauban_trace.instrument import _spans, _state, _values
+from vauban_trace.instrument._probes import instrumentation_work
 
 _log = logging.getLogger("vauban_trace.instrument")
 
@@ -100,7 +101,8 @@ def _encode(value: Any) -> tuple[bytes, str, tuple[int, ...], str | None, np.nda
     ):
         ids = [int(v) for v in value]
         return encode_json(ids), MEDIA_JSON, (len(ids),), "int64", None, 0, 0
-    host = _values.to_host(value)
+    with instrumentation_work():  # copies made to hash/store are the instrumentation's, not the workload's
+        host = _values.to_host(value)
     if host is not None:
         array = host.array
         try:

@@ -99,7 +99,10 @@ class Session:
 
     def force_flush(self, timeout_s: float = 30.0) -> bool:
         """Write pending blobs, then export pending spans (and rebuild their traces)."""
-        ok = bool(self.blob_writer.flush(timeout_s))
+        from vauban_trace.instrument._probes import flush_deferred
+
+        ok = flush_deferred(timeout_s)
+        ok = bool(self.blob_writer.flush(timeout_s)) and ok
         for p in self.processors:
             ok = p.force_flush(int(timeout_s * 1000)) and ok
         return ok

@@ -223,26 +223,27 @@ class Stage:
 
     def _finish(self, handle: StageHandle, exc: BaseException | None) -> None:
         elapsed = time.perf_counter() - handle._t0
+        end_ns = time.time_ns()
         deferred: dict[str, tuple[Deferred, str]] = {}
         try:
             end = handle._end
             for probe, token in reversed(handle._probes):
                 try:
                     readings = probe.stop(token)
+                    static = getattr(probe, "attributes", None)
                 except Exception:
                     _log.debug("probe %r failed to stop", getattr(probe, "name", probe), exc_info=True)
                     continue
-                static = getattr(probe, "attributes", None)
                 if static:
-                    end.update(static)
+                    for key, value in static.items():
+                        end.setdefault(key, value)
                 for counter, (value, provenance) in readings.items():
-                    if counter not in _USL or _USL_PROV[counter] in end:
+                    if counter not in _USL or _USL_PROV[counter] in end or counter in deferred:
                         continue  # the caller's own set_counter wins over a probe
                     if value is None or provenance == "unavailable":
                         continue
-                    if isinstance(value, Deferred):  # read later, without a host sync
+                    if isinstance(value, Deferred):
                         deferred[counter] = (value, provenance)
-                        end[_USL_PROV[counter]] = "unavailable"  # until read
                         continue
                     end[_USL[counter]] = value
                     end[_USL_PROV[counter]] = provenance
@@ -266,9 +267,10 @@ class Stage:
             _log.debug("stage %r: failed to finish span attributes", self.name, exc_info=True)
         finally:
             if deferred:
-                settle(PendingSpan(handle.span, time.time_ns(), deferred, {c: (_USL[c], _USL_PROV[c]) for c in deferred}))
+                names = {c: (_USL[c], _USL_PROV[c]) for c in deferred}
+                settle(PendingSpan(handle.span, end_ns, deferred, names))
             else:
-                handle.span.end()
+                handle.span.end(end_time=end_ns)
             try:
                 _context.detach(cast(Any, handle._token))
             except Exception:
