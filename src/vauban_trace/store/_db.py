@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
@@ -54,7 +55,7 @@ _log_zero_span = bytes(8)
 def _service_of(resource: Resource) -> str | None:
     for kv in resource.attributes:
         if kv.key == SERVICE_NAME and kv.value.WhichOneof("value") == "string_value":
-            return kv.value.string_value
+            return str(kv.value.string_value)
     return None
 
 
@@ -141,7 +142,7 @@ class TraceStore:
                 raise TraceStoreError(f"{what}: {str(self.db_path)!r}: {exc}") from exc
             raise
 
-    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         try:
             return list(self._conn().execute(sql, params).fetchall())
         except sqlite3.Error as exc:
@@ -251,7 +252,7 @@ class TraceStore:
         by_resource: dict[bytes, ResourceSpans] = {}
         by_scope: dict[tuple[bytes, bytes], ScopeSpans] = {}
         for (payload,) in rows:
-            one = ResourceSpans.FromString(bytes(payload))  # type: ignore[arg-type]
+            one = ResourceSpans.FromString(bytes(payload))
             rkey = one.resource.SerializeToString(deterministic=True) + b"\0" + one.schema_url.encode()
             target = by_resource.get(rkey)
             if target is None:
@@ -273,7 +274,7 @@ class TraceStore:
     def raw_span_count(self, trace_id: str) -> int:
         """How many raw spans are stored for ``trace_id``."""
         tid = check_trace_id(trace_id)
-        return int(self._read("SELECT COUNT(*) FROM spans WHERE trace_id = ?", (tid,))[0][0])  # type: ignore[call-overload]
+        return int(self._read("SELECT COUNT(*) FROM spans WHERE trace_id = ?", (tid,))[0][0])
 
     def pending_traces(self, *, limit: int | None = None) -> list[PendingTrace]:
         """Traces whose raw spans changed after their last rebuild, oldest activity first."""
@@ -289,9 +290,9 @@ class TraceStore:
             params = (int(limit),)
         return [
             PendingTrace(
-                trace_id=str(r[0]), version=int(r[1]), rebuilt_version=None if r[2] is None else int(r[2]),  # type: ignore[call-overload]
-                span_count=int(r[3]), has_root=bool(r[4]), service=r[5], root_name=r[6],  # type: ignore[call-overload,arg-type]
-                first_received_unix_nano=int(r[7]), last_received_unix_nano=int(r[8]),  # type: ignore[call-overload]
+                trace_id=str(r[0]), version=int(r[1]), rebuilt_version=None if r[2] is None else int(r[2]),
+                span_count=int(r[3]), has_root=bool(r[4]), service=r[5], root_name=r[6],
+                first_received_unix_nano=int(r[7]), last_received_unix_nano=int(r[8]),
             )
             for r in self._read(sql, params)
         ]
@@ -403,19 +404,19 @@ class TraceStore:
             params.append(int(limit))
         return [
             TraceSummary(
-                trace_id=str(r[0]), service=r[1], root_name=r[2], start_unix_nano=int(r[3] or 0),  # type: ignore[arg-type,call-overload]
-                duration_s=float(r[4] or 0.0), span_count=int(r[5] or 0), complete=bool(r[6]),  # type: ignore[arg-type,call-overload]
+                trace_id=str(r[0]), service=r[1], root_name=r[2], start_unix_nano=int(r[3] or 0),
+                duration_s=float(r[4] or 0.0), span_count=int(r[5] or 0), complete=bool(r[6]),
             )
             for r in self._read(sql, tuple(params))
         ]
 
     def trace_count(self) -> int:
         """Number of rebuilt traces stored."""
-        return int(self._read("SELECT COUNT(*) FROM traces WHERE trace_json IS NOT NULL")[0][0])  # type: ignore[call-overload]
+        return int(self._read("SELECT COUNT(*) FROM traces WHERE trace_json IS NOT NULL")[0][0])
 
 
 def _scope_key(scope: InstrumentationScope) -> bytes:
-    return scope.SerializeToString(deterministic=True)
+    return bytes(scope.SerializeToString(deterministic=True))
 
 
 def _id_problem(span: Span) -> str | None:
