@@ -40,18 +40,29 @@ log = logging.getLogger("vauban_trace.collector")
 
 
 def root_attributes(data: TracesData) -> dict[str, Any]:
-    """Attributes of the first parentless span in ``data`` (plain Python values); {} if none."""
+    """Scalar attributes of the request root: the span marked ``vauban.trace.root``, else the
+    first span without a parent; {} when there is neither."""
+    from vauban_trace import semconv
+
+    fallback: Any = None
     for rs in data.resource_spans:
         for ss in rs.scope_spans:
             for span in ss.spans:
-                if not span.parent_span_id:
-                    out: dict[str, Any] = {}
-                    for kv in span.attributes:
-                        which = kv.value.WhichOneof("value")
-                        if which in ("string_value", "bool_value", "int_value", "double_value"):
-                            out[kv.key] = getattr(kv.value, which)
-                    return out
-    return {}
+                attrs = _scalars(span.attributes)
+                if attrs.get(semconv.TRACE_ROOT) is True:
+                    return attrs
+                if fallback is None and not span.parent_span_id:
+                    fallback = attrs
+    return fallback or {}
+
+
+def _scalars(kvs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        which = kv.value.WhichOneof("value")
+        if which in ("string_value", "bool_value", "int_value", "double_value"):
+            out[kv.key] = getattr(kv.value, which)
+    return out
 
 
 class Assembler:

@@ -82,7 +82,7 @@ class Collector:
                 self._http = OTLPHTTPServer(cfg, self.admission, ingestor, self.metrics)
                 self.http_address = (cfg.http[0], self._http.port)
                 self._http_thread = threading.Thread(
-                    target=self._http.serve_forever, kwargs={"poll_interval": 0.2},
+                    target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
                     name="otlp-http", daemon=True,
                 )
                 self._http_thread.start()
