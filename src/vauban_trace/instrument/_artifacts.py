@@ -13,10 +13,11 @@ value                          blob                                   shape / dt
 list/tuple of ints             JSON array of ints                     ``(n,)`` / ``int64``
 dict, float, int, bool         canonical JSON                         ``()`` / ``json``
 numpy array                    safetensors, one tensor ``data``       the array's
-torch / mlx tensor             via the adapter (host copy), then      the tensor's
-                               safetensors; device-to-host copies
-                               are counted on the stage as
-                               ``instrumentation_d2h_*``
+torch / mlx tensor             via the adapter (host copy), then      the host array's
+                               safetensors; device-to-host copies     (metadata keeps
+                               are counted on the stage as            ``source_dtype`` when
+                               ``instrumentation_d2h_*``              widened, e.g. bfloat16,
+                                                                      and ``source_device``)
 ``bytes``                      as is (``application/octet-stream``)   ``(n,)`` / ``uint8``
 =============================  =====================================  ==========================
 
@@ -185,6 +186,7 @@ def record_artifact(
         record_missing(word, "failed", "no artifact store configured (call vauban_trace.configure() or pass store=)", layer)
         return None
     blob, media_type, shape, dtype, array, copies, copied = _encode(value)
+    source = _values.describe(value) if array is not None and not isinstance(value, np.ndarray) else None
     owned = _spans.owner_of(span)
     if owned is not None:
         owned.instr_copies += copies
@@ -213,6 +215,10 @@ def record_artifact(
     meta: dict[str, Any] = dict(metadata or {})
     if name is not None:
         meta["name"] = name
+    if source is not None and source.dtype != dtype:
+        meta["source_dtype"] = source.dtype
+    if source is not None:
+        meta.setdefault("source_device", source.device_label)
     if meta:
         attrs[sc.ARTIFACT_METADATA] = json.dumps(meta, sort_keys=True, default=str)
     if array is not None:
