@@ -83,38 +83,44 @@ def _as_device(device: str | torch.device) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------- memory
+class _Frame:
+    """The running peak of one open stage (compared by identity, never by value)."""
+
+    __slots__ = ("peak",)
+
+    def __init__(self) -> None:
+        self.peak = 0
+
+
 class _PeakFrames:
     """Per-stage peaks over a "peak since last reset" source, correct under nesting."""
 
     def __init__(self, read_peak: Callable[[], int], reset: Callable[[], bool]) -> None:
         self._read_peak = read_peak
         self._reset = reset
-        self._open: list[list[int]] = []
+        self._open: list[_Frame] = []
         self._lock = threading.Lock()
 
-    def start(self) -> list[int] | None:
+    def start(self) -> _Frame | None:
         with self._lock:
             if self._open:
                 current = self._read_peak()
                 for frame in self._open:
-                    if current > frame[0]:
-                        frame[0] = current
+                    if current > frame.peak:
+                        frame.peak = current
             if not self._reset():
                 return None
-            frame = [0]
+            frame = _Frame()
             self._open.append(frame)
             return frame
 
-    def stop(self, frame: list[int]) -> int:
+    def stop(self, frame: _Frame) -> int:
         with self._lock:
-            peak = max(frame[0], self._read_peak())
-            try:
-                self._open.remove(frame)
-            except ValueError:
-                pass
-            for other in self._open:  # the parent saw this peak too
-                if peak > other[0]:
-                    other[0] = peak
+            peak = max(frame.peak, self._read_peak())
+            self._open = [f for f in self._open if f is not frame]
+            for other in self._open:  # the enclosing stages saw this peak too
+                if peak > other.peak:
+                    other.peak = peak
             return peak
 
 

@@ -252,9 +252,10 @@ class DeepCounterProbe:
             "d2h_copies": (d2h, "measured"),
             "d2h_bytes": (d2h_b, "measured"),
             "host_device_copies": (h2d + d2h, "measured"),
-            "instrumentation_d2h_copies": (i_d2h, "measured"),
-            "instrumentation_d2h_bytes": (i_d2h_b, "measured"),
         }
+        if i_d2h:  # otherwise the stage's own tally of record_artifact copies stands
+            readings["instrumentation_d2h_copies"] = (i_d2h, "measured")
+            readings["instrumentation_d2h_bytes"] = (i_d2h_b, "measured")
         if self._report_syncs:
             readings["sync_points"] = (syncs, "measured")
         return readings
