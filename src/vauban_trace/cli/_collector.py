@@ -48,9 +48,9 @@ def register(subparsers: Any) -> None:
                    help="Prometheus /metrics listener (default 127.0.0.1:9464)")
     p.add_argument("--quiet-period", default="2s", metavar="DURATION",
                    help="rebuild a trace this long after its last span once its root arrived (default 2s)")
-    p.add_argument("--incomplete-after", default="30s", metavar="DURATION",
+    p.add_argument("--incomplete-after", default=None, metavar="DURATION",
                    help="rebuild a trace with no root span this long after its last span, "
-                        "marked incomplete (default 30s)")
+                        "marked incomplete (default 30s, and never less than the quiet period)")
     p.add_argument("--max-body", default="20MiB", metavar="SIZE",
                    help="largest request body after decompression (default 20MiB)")
     p.add_argument("--max-inflight", type=int, default=16, metavar="N",
@@ -70,13 +70,15 @@ def build_config(args: argparse.Namespace) -> Any:
     from vauban_trace.collector import CollectorConfig, parse_duration, parse_size, read_token
 
     max_body = parse_size(args.max_body)
+    quiet = parse_duration(args.quiet_period)
+    incomplete = max(30.0, quiet) if args.incomplete_after is None else parse_duration(args.incomplete_after)
     return CollectorConfig(
         store_dir=Path(args.store),
         http=_address(args.http),
         grpc=_address(args.grpc),
         metrics=_address(args.metrics),
-        quiet_period_s=parse_duration(args.quiet_period),
-        incomplete_after_s=parse_duration(args.incomplete_after),
+        quiet_period_s=quiet,
+        incomplete_after_s=incomplete,
         max_body=max_body,
         max_inflight=args.max_inflight,
         max_inflight_bytes=max(parse_size(args.max_inflight_bytes), max_body),

@@ -156,8 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
         if close or self.close_connection:
             head.append("Connection: close")
             self.close_connection = True
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         self.server.metrics.requests.labels("http", str(status)).inc()
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
     def _refuse(self, media: str, refusal: _Refusal) -> None:
         body = status_body(media, refusal.grpc_code, str(refusal), refusal.field)
