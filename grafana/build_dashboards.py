@@ -1,0 +1,596 @@
+"""Generate the Grafana dashboards of the vauban-trace reference deployment.
+
+The two dashboards under ``grafana/dashboards/`` are written by this script, never by hand::
+
+    python grafana/build_dashboards.py            # (re)write grafana/dashboards/*.json
+    python grafana/build_dashboards.py --check    # exit 1 if a checked-in file differs
+
+``tests/deploy`` asserts that the checked-in JSON equals this script's output, and that every
+PromQL expression in it uses only the metric names the vauban collector exposes
+(:data:`METRICS`). The output is deterministic: plain dicts, fixed ids and layout, two-space
+indented JSON with a trailing newline.
+
+Dashboards:
+
+``vauban-collector.json`` (uid ``vauban-collector``)
+    Ingest health of ``vauban-trace collector``: spans received / rejected / duplicated per
+    second, requests by transport and status code, traces rebuilt complete vs incomplete,
+    queue depth, pending (not yet rebuilt) traces, store write latency p50/p95.
+
+``vauban-stages.json`` (uid ``vauban-stages``)
+    Per-stage behaviour seen through the collector's stage histograms: duration p50/p95 by
+    stage and model, executions per second, bytes in/out, sync points per execution, and, for
+    sweep profiles, one XY chart per selected stage plotting stage duration (p50, p95) against
+    ``sweep_value`` for the chosen ``sweep_axis``. The XY chart uses instant queries over the
+    dashboard's time range (``increase(...[$__range])``): the x axis is the swept quantity
+    (token count, batch size...), not time.
+
+Every panel queries the Prometheus data source by its fixed uid ``prometheus``
+(``grafana/provisioning/datasources/datasources.yaml``). No grafana-foundation-sdk: the JSON
+model used here is the classic dashboard model that Grafana 12 (the pinned image) loads from
+file providers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+Json = dict[str, Any]
+
+#: Metric names exposed by the vauban collector (histograms add _bucket/_sum/_count).
+METRICS: tuple[str, ...] = (
+    "vauban_collector_spans_received_total",
+    "vauban_collector_spans_rejected_total",
+    "vauban_collector_spans_duplicated_total",
+    "vauban_collector_requests_total",
+    "vauban_collector_traces_rebuilt_total",
+    "vauban_collector_queue_depth",
+    "vauban_collector_pending_traces",
+    "vauban_collector_store_write_seconds",
+    "vauban_stage_duration_seconds",
+    "vauban_stage_bytes",
+    "vauban_stage_sync_points",
+)
+
+DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
+SCHEMA_VERSION = 41  # classic dashboard JSON model of Grafana 12.x
+DATASOURCE: Json = {"type": "prometheus", "uid": "prometheus"}
+RATE = "$__rate_interval"
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _target(ref: str, expr: str, legend: str = "", *, instant: bool = False) -> Json:
+    target: Json = {
+        "refId": ref,
+        "datasource": dict(DATASOURCE),
+        "editorMode": "code",
+        "expr": expr,
+        "legendFormat": legend or "__auto",
+        "range": not instant,
+        "instant": instant,
+    }
+    if instant:
+        target["format"] = "table"
+    return target
+
+
+def _timeseries(title: str, description: str, unit: str, targets: list[Json], *, stack: bool = False) -> Json:
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": dict(DATASOURCE),
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                "min": 0,
+                "custom": {
+                    "drawStyle": "line",
+                    "lineWidth": 1,
+                    "fillOpacity": 10,
+                    "showPoints": "never",
+                    "spanNulls": False,
+                    "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+                },
+            },
+            "overrides": [],
+        },
+        "options": {
+            "legend": {
+                "displayMode": "table",
+                "placement": "bottom",
+                "showLegend": True,
+                "calcs": ["mean", "max"],
+            },
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        "targets": targets,
+    }
+
+
+def _stat(
+    title: str, description: str, unit: str, target: Json, *, thresholds: list[tuple[float | None, str]]
+) -> Json:
+    return {
+        "type": "stat",
+        "title": title,
+        "description": description,
+        "datasource": dict(DATASOURCE),
+        "fieldConfig": {
+            "defaults": {
+                "unit": unit,
+                "thresholds": {
+                    "mode": "absolute",
+                    "steps": [{"color": color, "value": value} for value, color in thresholds],
+                },
+            },
+            "overrides": [],
+        },
+        "options": {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "textMode": "auto",
+        },
+        "targets": [target],
+    }
+
+
+def _query_variable(name: str, label: str, query: str, *, multi: bool, include_all: bool) -> Json:
+    return {
+        "type": "query",
+        "name": name,
+        "label": label,
+        "datasource": dict(DATASOURCE),
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-variable"},
+        "refresh": 2,
+        "sort": 1,
+        "multi": multi,
+        "includeAll": include_all,
+        "allValue": ".*" if include_all else None,
+        "current": {},
+        "options": [],
+        "hide": 0,
+    }
+
+
+def _layout(panels: list[Json], widths: Sequence[int]) -> list[Json]:
+    """Assign ids and grid positions: panels fill rows of 24 columns, 8 units high."""
+    x = y = 0
+    out: list[Json] = []
+    for index, (panel, width) in enumerate(zip(panels, widths, strict=True), start=1):
+        if x + width > 24:
+            x, y = 0, y + 8
+        placed = {"id": index, **panel, "gridPos": {"h": 8, "w": width, "x": x, "y": y}}
+        out.append(placed)
+        x += width
+    return out
+
+
+def _dashboard(uid: str, title: str, description: str, variables: list[Json], panels: list[Json]) -> Json:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["vauban-trace"],
+        "timezone": "browser",
+        "editable": False,
+        "graphTooltip": 1,
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-1h", "to": "now"},
+        "annotations": {"list": []},
+        "links": [],
+        "templating": {"list": variables},
+        "panels": panels,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Dashboards
+
+
+def build_collector_dashboard() -> Json:
+    """Ingest health of the vauban collector."""
+    sel = '{instance=~"$instance"}'
+    panels = [
+        _timeseries(
+            "Spans received",
+            "Spans accepted per second, by transport (http / grpc).",
+            "ops",
+            [
+                _target(
+                    "A",
+                    f"sum by (transport) (rate(vauban_collector_spans_received_total{sel}[{RATE}]))",
+                    "{{transport}}",
+                )
+            ],
+            stack=True,
+        ),
+        _timeseries(
+            "Spans rejected",
+            "Spans refused per second, by reason (partial_success or whole request).",
+            "ops",
+            [
+                _target(
+                    "A",
+                    f"sum by (reason) (rate(vauban_collector_spans_rejected_total{sel}[{RATE}]))",
+                    "{{reason}}",
+                )
+            ],
+            stack=True,
+        ),
+        _timeseries(
+            "Spans duplicated",
+            "Spans received again (client retries); stored once, counted here.",
+            "ops",
+            [_target("A", f"sum(rate(vauban_collector_spans_duplicated_total{sel}[{RATE}]))", "duplicates")],
+        ),
+        _timeseries(
+            "Export requests",
+            "Export requests per second by transport and status code (HTTP status or gRPC code).",
+            "reqps",
+            [
+                _target(
+                    "A",
+                    f"sum by (transport, code) (rate(vauban_collector_requests_total{sel}[{RATE}]))",
+                    "{{transport}} {{code}}",
+                )
+            ],
+            stack=True,
+        ),
+        _timeseries(
+            "Traces rebuilt",
+            "Traces rebuilt per second: complete (root span ended + quiet period) or incomplete "
+            "(no root span before the incomplete timeout).",
+            "ops",
+            [
+                _target(
+                    "A",
+                    f"sum by (state) (rate(vauban_collector_traces_rebuilt_total{sel}[{RATE}]))",
+                    "{{state}}",
+                )
+            ],
+            stack=True,
+        ),
+        _stat(
+            "Incomplete traces (range)",
+            "Share of traces rebuilt incomplete over the dashboard's time range (0 when none was).",
+            "percentunit",
+            _target(
+                "A",
+                f'(sum(increase(vauban_collector_traces_rebuilt_total{{instance=~"$instance", state="incomplete"}}[$__range]))'
+                f" or vector(0))"
+                f" / clamp_min(sum(increase(vauban_collector_traces_rebuilt_total{sel}[$__range])) or vector(0), 1)",
+                "incomplete",
+            ),
+            thresholds=[(None, "green"), (0.01, "orange"), (0.1, "red")],
+        ),
+        _stat(
+            "Rejected spans (range)",
+            "Rejected spans as a share of received + rejected over the dashboard's time range.",
+            "percentunit",
+            _target(
+                "A",
+                f"(sum(increase(vauban_collector_spans_rejected_total{sel}[$__range])) or vector(0))"
+                f" / clamp_min((sum(increase(vauban_collector_spans_received_total{sel}[$__range])) or vector(0))"
+                f" + (sum(increase(vauban_collector_spans_rejected_total{sel}[$__range])) or vector(0)), 1)",
+                "rejected",
+            ),
+            thresholds=[(None, "green"), (0.001, "orange"), (0.01, "red")],
+        ),
+        _timeseries(
+            "Queue depth",
+            "Export requests accepted but not yet durably stored.",
+            "short",
+            [_target("A", f"sum by (instance) (vauban_collector_queue_depth{sel})", "{{instance}}")],
+        ),
+        _timeseries(
+            "Pending traces",
+            "Traces with stored spans that are not rebuilt yet (waiting for the root span or the quiet period).",
+            "short",
+            [_target("A", f"sum by (instance) (vauban_collector_pending_traces{sel})", "{{instance}}")],
+        ),
+        _timeseries(
+            "Store write latency",
+            "Time to make one export request durable in the store (SQLite commit), p50 and p95.",
+            "s",
+            [
+                _target(
+                    "A",
+                    f"histogram_quantile(0.5, sum by (le) (rate(vauban_collector_store_write_seconds_bucket{sel}[{RATE}])))",
+                    "p50",
+                ),
+                _target(
+                    "B",
+                    f"histogram_quantile(0.95, sum by (le) (rate(vauban_collector_store_write_seconds_bucket{sel}[{RATE}])))",
+                    "p95",
+                ),
+            ],
+        ),
+    ]
+    widths = [12, 12, 12, 12, 12, 6, 6, 12, 12, 24]
+    variables = [
+        _query_variable(
+            "instance",
+            "Instance",
+            "label_values(vauban_collector_requests_total, instance)",
+            multi=True,
+            include_all=True,
+        )
+    ]
+    return _dashboard(
+        "vauban-collector",
+        "vauban-trace: collector ingest",
+        "Ingest health of vauban-trace collector instances (OTLP receive, store, trace rebuild).",
+        variables,
+        _layout(panels, widths),
+    )
+
+
+def _stage_sel(extra: str = "") -> str:
+    return '{stage=~"$stage", model=~"$model"' + extra + "}"
+
+
+def _mean(metric: str, by: str) -> str:
+    sel = _stage_sel()
+    return (
+        f"sum by ({by}) (rate({metric}_sum{sel}[{RATE}])) / sum by ({by}) (rate({metric}_count{sel}[{RATE}]))"
+    )
+
+
+def _sweep_panel() -> Json:
+    """Stage duration against ``sweep_value``: instant queries, table frames, XY chart."""
+    sel = '{stage="$stage", model=~"$model", sweep_axis="$sweep_axis", sweep_value!=""}'
+
+    def quantile(q: str) -> str:
+        return (
+            f"histogram_quantile({q}, sum by (le, sweep_value) "
+            f"(increase(vauban_stage_duration_seconds_bucket{sel}[$__range])))"
+        )
+
+    return {
+        "type": "xychart",
+        "title": "$stage duration vs $sweep_axis",
+        "description": "Duration of the stage (p50, p95 over the time range) at each value of the swept "
+        "quantity. Needs runs recorded as a sweep (vauban.sweep.axis / vauban.sweep.axis_value).",
+        "datasource": dict(DATASOURCE),
+        "repeat": "stage",
+        "repeatDirection": "h",
+        "maxPerRow": 2,
+        "fieldConfig": {
+            "defaults": {
+                "unit": "s",
+                "custom": {"show": "points+lines", "pointSize": {"fixed": 6}, "lineWidth": 1},
+            },
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": "sweep_value"},
+                    "properties": [{"id": "unit", "value": "short"}],
+                }
+            ],
+        },
+        "options": {
+            "mapping": "manual",
+            "series": [
+                {
+                    "name": {"fixed": name},
+                    "frame": {"matcher": {"id": "byIndex", "options": 0}},
+                    "x": {"matcher": {"id": "byName", "options": "sweep_value"}},
+                    "y": {"matcher": {"id": "byName", "options": name}},
+                }
+                for name in ("p50", "p95")
+            ],
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
+            "tooltip": {"mode": "multi", "sort": "none"},
+        },
+        "targets": [
+            _target("A", quantile("0.5"), instant=True),
+            _target("B", quantile("0.95"), instant=True),
+        ],
+        # Two instant table frames (sweep_value, Value #A) and (sweep_value, Value #B) are merged
+        # into one frame keyed by sweep_value; the label is text, so it is converted to a number
+        # to become the x axis.
+        "transformations": [
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True},
+                    "indexByName": {"sweep_value": 0, "Value #A": 1, "Value #B": 2},
+                    "renameByName": {"Value #A": "p50", "Value #B": "p95"},
+                },
+            },
+            {
+                "id": "convertFieldType",
+                "options": {
+                    "conversions": [{"targetField": "sweep_value", "destinationType": "number"}],
+                    "fields": {},
+                },
+            },
+            {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "sweep_value", "desc": False}]}},
+        ],
+    }
+
+
+def build_stages_dashboard() -> Json:
+    """Per-stage duration, bytes and sync points, and duration against a sweep axis."""
+    sel = _stage_sel()
+    panels = [
+        _timeseries(
+            "Stage duration p50",
+            "Median stage duration by stage and model.",
+            "s",
+            [
+                _target(
+                    "A",
+                    f"histogram_quantile(0.5, sum by (le, stage, model) (rate(vauban_stage_duration_seconds_bucket{sel}[{RATE}])))",
+                    "{{stage}} {{model}}",
+                )
+            ],
+        ),
+        _timeseries(
+            "Stage duration p95",
+            "95th percentile stage duration by stage and model.",
+            "s",
+            [
+                _target(
+                    "A",
+                    f"histogram_quantile(0.95, sum by (le, stage, model) (rate(vauban_stage_duration_seconds_bucket{sel}[{RATE}])))",
+                    "{{stage}} {{model}}",
+                )
+            ],
+        ),
+        _timeseries(
+            "Stage executions",
+            "Stage spans per second, by stage and model.",
+            "ops",
+            [
+                _target(
+                    "A",
+                    f"sum by (stage, model) (rate(vauban_stage_duration_seconds_count{sel}[{RATE}]))",
+                    "{{stage}} {{model}}",
+                )
+            ],
+            stack=True,
+        ),
+        _timeseries(
+            "Stage time share",
+            "Seconds spent in each stage per second of wall time (summed over concurrent requests).",
+            "s",
+            [
+                _target(
+                    "A",
+                    f"sum by (stage) (rate(vauban_stage_duration_seconds_sum{sel}[{RATE}]))",
+                    "{{stage}}",
+                )
+            ],
+            stack=True,
+        ),
+        _timeseries(
+            "Bytes in / out per second",
+            "Bytes entering and leaving each stage per second (direction in / out).",
+            "Bps",
+            [
+                _target(
+                    "A",
+                    f"sum by (stage, direction) (rate(vauban_stage_bytes_sum{sel}[{RATE}]))",
+                    "{{stage}} {{direction}}",
+                )
+            ],
+        ),
+        _timeseries(
+            "Bytes per stage execution",
+            "Mean bytes in / out of one stage execution.",
+            "bytes",
+            [_target("A", _mean("vauban_stage_bytes", "stage, direction"), "{{stage}} {{direction}}")],
+        ),
+        _timeseries(
+            "Sync points per execution (mean)",
+            "Mean host/device synchronisation points in one stage execution.",
+            "short",
+            [_target("A", _mean("vauban_stage_sync_points", "stage, model"), "{{stage}} {{model}}")],
+        ),
+        _timeseries(
+            "Sync points per execution (p95)",
+            "95th percentile of synchronisation points in one stage execution.",
+            "short",
+            [
+                _target(
+                    "A",
+                    f"histogram_quantile(0.95, sum by (le, stage, model) (rate(vauban_stage_sync_points_bucket{sel}[{RATE}])))",
+                    "{{stage}} {{model}}",
+                )
+            ],
+        ),
+        _sweep_panel(),
+    ]
+    widths = [12, 12, 12, 12, 12, 12, 12, 12, 12]
+    variables = [
+        _query_variable(
+            "model",
+            "Model",
+            "label_values(vauban_stage_duration_seconds_count, model)",
+            multi=True,
+            include_all=True,
+        ),
+        _query_variable(
+            "stage",
+            "Stage",
+            'label_values(vauban_stage_duration_seconds_count{model=~"$model"}, stage)',
+            multi=True,
+            include_all=True,
+        ),
+        _query_variable(
+            "sweep_axis",
+            "Sweep axis",
+            'label_values(vauban_stage_duration_seconds_count{model=~"$model", sweep_axis!=""}, sweep_axis)',
+            multi=False,
+            include_all=False,
+        ),
+    ]
+    return _dashboard(
+        "vauban-stages",
+        "vauban-trace: inference stages",
+        "Per-stage duration, bytes and sync points from vauban stage spans, and stage duration "
+        "against a sweep axis (token count, batch size...).",
+        variables,
+        _layout(panels, widths),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+DASHBOARDS = {
+    "vauban-collector.json": build_collector_dashboard,
+    "vauban-stages.json": build_stages_dashboard,
+}
+
+
+def render(dashboard: Json) -> str:
+    """The exact text written to disk for ``dashboard``."""
+    return json.dumps(dashboard, indent=2, ensure_ascii=False) + "\n"
+
+
+def rendered() -> dict[str, str]:
+    """File name -> file text for every dashboard."""
+    return {name: render(build()) for name, build in DASHBOARDS.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a checked-in dashboard differs")
+    parser.add_argument(
+        "--out", type=Path, default=DASHBOARD_DIR, help="output folder (default: %(default)s)"
+    )
+    args = parser.parse_args(argv)
+    stale: list[str] = []
+    for name, text in rendered().items():
+        path: Path = args.out / name
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(str(path))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    if stale:
+        print("out of date (run python grafana/build_dashboards.py): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
