@@ -7,10 +7,10 @@ import http.client
 import json
 import zlib
 
+from collector_helpers import gzip_bomb, post, span_count, span_id_of, trace_id_of, vauban_request, wait_for
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from collector_helpers import gzip_bomb, post, span_count, span_id_of, trace_id_of, vauban_request, wait_for
 from vauban_trace.rebuild import traces_data_to_json
 
 PB = "application/x-protobuf"
