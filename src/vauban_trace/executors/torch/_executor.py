@@ -1,0 +1,358 @@
+"""``TorchExecutor``: fully traced inference over a transformers model, one trace per request.
+
+::
+
+    import vauban_trace as vt
+    from vauban_trace.executors.torch import TorchExecutor
+
+    vt.configure(store_dir=".vauban")
+    ex = TorchExecutor.from_pretrained("path/to/model", device="cpu")
+    req = ex.make_request(["Hello", "Paris is"], layers=(0, 1), logprobs=True,
+                          interventions=["steer:layer=1,vector=random:7,alpha=4"])
+    result = ex.run(req, max_new_tokens=16)          # RunResult(trace_id, texts, token_ids, ...)
+    trace = ex.trace(req, max_new_tokens=16)         # runs, flushes, and reads the rebuilt Trace back
+
+Loading is lazy: ``from_pretrained`` checks the directory and reads the config at once (errors
+name the path), and the weights are loaded inside the ``load`` stage of the first traced request,
+so that request's trace shows the load. ``load()`` loads them untraced instead; reading
+``capabilities`` or ``layers`` also loads (the layer list comes from the instantiated modules).
+
+The stages of a request and what each records are in :mod:`._pipeline`; validation of everything
+the caller can get wrong (layers out of range, bad sampling settings, intervention specs, unknown
+weight names) happens before the root span opens and raises :class:`ExecutorError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vauban_trace._exceptions import ConfigurationError, ExecutorError
+from vauban_trace.contract import Capabilities, Intervention, Trace, TraceRequest
+from vauban_trace.executors.torch import _load
+from vauban_trace.executors.torch._capabilities import build_capabilities
+from vauban_trace.executors.torch._intervene import parse_intervention
+from vauban_trace.executors.torch._layers import SITES, LayerMap, find_layers
+from vauban_trace.executors.torch._score import ContinuationScore
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one request produced (the evidence itself is in the trace)."""
+
+    trace_id: str | None
+    texts: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    finish_reasons: tuple[str, ...]
+    prompt_token_ids: tuple[tuple[int, ...], ...] = ()
+    stop_reasons: tuple[str, ...] = ()
+    scores: tuple[ContinuationScore, ...] = ()
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Validated generation and recording settings of one run."""
+
+    max_new_tokens: int = 0
+    do_sample: bool = False
+    seed: int | None = None
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    score_continuation: tuple[str, ...] | None = None
+    deep_counters: bool = False
+    sites: tuple[str, ...] = ("residual",)
+    logits_positions: str = "last"
+    weights: tuple[str, ...] = ()
+    topk: int = 5
+
+
+def _int_or_none(value: Any, name: str, minimum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ExecutorError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def make_options(
+    *,
+    max_new_tokens: int = 0,
+    do_sample: bool = False,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop: str | Sequence[str] | None = None,
+    score_continuation: str | Sequence[str] | None = None,
+    deep_counters: bool = False,
+    sites: Sequence[str] = ("residual",),
+    logits_positions: str = "last",
+    weights: Sequence[str] = (),
+    topk: int = 5,
+) -> RunOptions:
+    """Check the settings of :meth:`TorchExecutor.run`; :class:`ExecutorError` names the bad one."""
+    _int_or_none(max_new_tokens, "max_new_tokens", 0)
+    _int_or_none(seed, "seed", 0)
+    _int_or_none(top_k, "top_k", 1)
+    _int_or_none(topk, "topk", 1)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ExecutorError(f"temperature must be a number > 0, got {temperature!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ExecutorError(f"top_p must be in (0, 1], got {top_p!r}")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise ExecutorError("stop strings must be non-empty strings")
+    score = (score_continuation,) if isinstance(score_continuation, str) else (
+        tuple(score_continuation) if score_continuation is not None else None
+    )
+    if score is not None and (not score or any(not isinstance(s, str) or not s for s in score)):
+        raise ExecutorError("score_continuation must be a non-empty string (or one per prompt)")
+    bad = [s for s in sites if s not in SITES]
+    if bad or not sites:
+        raise ExecutorError(f"sites must be among {', '.join(SITES)}, got {list(sites)!r}")
+    if logits_positions not in ("last", "all"):
+        raise ExecutorError(f"logits_positions must be 'last' or 'all', got {logits_positions!r}")
+    return RunOptions(
+        max_new_tokens=max_new_tokens, do_sample=bool(do_sample), seed=seed, temperature=float(temperature),
+        top_k=top_k, top_p=None if top_p is None else float(top_p), stop=stops, score_continuation=score,
+        deep_counters=bool(deep_counters), sites=tuple(dict.fromkeys(sites)),
+        logits_positions=logits_positions, weights=tuple(weights), topk=topk,
+    )
+
+
+class TorchExecutor:
+    """Traced inference over one transformers model on one device (see the module doc)."""
+
+    def __init__(
+        self,
+        model: Any = None,
+        tokenizer: Any = None,
+        *,
+        device: str | torch.device | None = None,
+        name: str | None = None,
+        _source: _load.Source | None = None,
+        _dtype: torch.dtype | str | None = None,
+    ) -> None:
+        self._source = _source
+        self._dtype = _dtype
+        self._loaded: _load.Loaded | None = None
+        self._layers: LayerMap | None = None
+        self._layers_note = ""
+        self._capabilities: Capabilities | None = None
+        if model is not None:
+            if tokenizer is None:
+                raise ExecutorError("TorchExecutor(model, tokenizer): a tokenizer is required")
+            dev = device if device is not None else next(model.parameters()).device
+            self.device = _load.resolve_device(dev)
+            model.eval()
+            model.to(self.device)
+            self._attach(_load.wrap_loaded(model, tokenizer))
+            self.name = name or str(getattr(model.config, "_name_or_path", "") or type(model).__name__)
+        elif _source is not None:
+            self.device = _load.resolve_device(device)
+            self.name = name or _source.name
+        else:
+            raise ExecutorError("TorchExecutor needs a model and tokenizer (or use from_pretrained)")
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
+        *,
+        name: str | None = None,
+        lazy: bool = True,
+    ) -> TorchExecutor:
+        """An executor for the model in ``path`` (a local directory; a hub id for users with network)."""
+        source = _load.inspect_source(path)
+        executor = cls(device=device, name=name, _source=source, _dtype=_load.resolve_dtype(dtype))
+        if not lazy:
+            executor.load()
+        return executor
+
+    def _attach(self, loaded: _load.Loaded) -> None:
+        self._loaded = loaded
+        self._layers, self._layers_note = find_layers(loaded.model)
+        self._capabilities = build_capabilities(
+            device=self.device, causal_lm=loaded.causal_lm, head_trusted=loaded.head_trusted,
+            head_note=loaded.head_note, layers=self._layers, layers_note=self._layers_note,
+        )
+
+    def load(self) -> None:
+        """Load the weights now (untraced); a no-op when they are loaded."""
+        if self._loaded is None:
+            assert self._source is not None
+            self._attach(_load.load(self._source, self.device, self._dtype))
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
+
+    def _require(self) -> _load.Loaded:
+        self.load()
+        assert self._loaded is not None
+        return self._loaded
+
+    @property
+    def model(self) -> Any:
+        return self._require().model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._require().tokenizer
+
+    @property
+    def layers(self) -> LayerMap | None:
+        """The model's layer list, or ``None`` when it cannot be found (see ``layers_note``)."""
+        self._require()
+        return self._layers
+
+    @property
+    def layers_note(self) -> str:
+        self._require()
+        return self._layers_note
+
+    @property
+    def capabilities(self) -> Capabilities:
+        self._require()
+        assert self._capabilities is not None
+        return self._capabilities
+
+    @property
+    def causal_lm(self) -> bool:
+        if self._loaded is not None:
+            return self._loaded.causal_lm
+        assert self._source is not None
+        return self._source.causal_lm
+
+    # -- requests -------------------------------------------------------------------------
+    def make_request(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        layers: Sequence[int] = (),
+        interventions: Sequence[str | Intervention] = (),
+        logits: bool = False,
+        logprobs: bool = False,
+        artifacts: Sequence[str] = (),
+        chat: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> TraceRequest:
+        """A :class:`TraceRequest` for one prompt or a batch.
+
+        One prompt goes into ``input_text``. A batch is stored as a JSON list in the configured
+        artifact store and named by ``input_ref`` (so its content follows the same capture rules
+        as a single prompt), with ``metadata["batch_size"]``. Intervention specs are parsed here
+        (:func:`parse_intervention`). Requested kinds: ``tokens`` always, ``text`` for causal
+        models, ``logits``/``logprobs`` when asked, ``activation`` with layers,
+        ``intervention_result`` with interventions, plus ``artifacts``.
+        """
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not texts or any(not isinstance(t, str) for t in texts):
+            raise ExecutorError("prompts must be a string or a non-empty list of strings")
+        parsed = tuple(parse_intervention(i) if isinstance(i, str) else i for i in interventions)
+        kinds = ["tokens"]
+        if self.causal_lm:
+            kinds.append("text")
+        if logits or logprobs:
+            kinds.append("logits")
+        if logprobs:
+            kinds.append("logprobs")
+        if layers:
+            kinds.append("activation")
+        if parsed:
+            kinds.append("intervention_result")
+        kinds.extend(artifacts)
+        meta = dict(metadata or {})
+        fields: dict[str, Any] = {}
+        if len(texts) == 1:
+            fields["input_text"] = texts[0]
+        else:
+            from vauban_trace.artifacts import encode_json
+            from vauban_trace.instrument import current_session
+
+            session = current_session()
+            if session is None:
+                raise ConfigurationError("a batch request needs vauban_trace.configure() (its prompts are stored as a blob)")
+            fields["input_ref"] = session.artifact_store.put(encode_json(texts), "application/json").digest
+            meta["batch_size"] = len(texts)
+        try:
+            return TraceRequest(
+                requested_artifacts=tuple(dict.fromkeys(kinds)), collect_layers=tuple(layers),
+                interventions=parsed, apply_chat_template=chat, return_logits=bool(logits or logprobs),
+                return_logprobs=bool(logprobs), metadata=meta, **fields,
+            )
+        except ValueError as exc:
+            raise ExecutorError(f"invalid request: {exc}") from exc
+
+    def run(
+        self,
+        request: TraceRequest,
+        *,
+        max_new_tokens: int = 0,
+        do_sample: bool = False,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        score_continuation: str | Sequence[str] | None = None,
+        deep_counters: bool = False,
+        prompts: Sequence[str] | None = None,
+        sites: Sequence[str] = ("residual",),
+        logits_positions: str = "last",
+        weights: Sequence[str] = (),
+        topk: int = 5,
+    ) -> RunResult:
+        """Run ``request`` as one traced request; see :mod:`._pipeline` for the stages.
+
+        ``prompts`` overrides the request's input (a batch without a configured store).
+        ``sites`` chooses the observed sites (residual, attn, mlp); ``logits_positions`` is
+        ``last`` or ``all``; ``weights`` names parameters for weight snapshots (default: the
+        input embedding) when ``weight_snapshot`` is requested; ``topk`` sizes the logits summary.
+        """
+        from vauban_trace.executors.torch._pipeline import run_request
+
+        opts = make_options(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed, temperature=temperature,
+            top_k=top_k, top_p=top_p, stop=stop, score_continuation=score_continuation,
+            deep_counters=deep_counters, sites=sites, logits_positions=logits_positions,
+            weights=weights, topk=topk,
+        )
+        return run_request(self, request, opts, prompts)
+
+    def trace(self, request: TraceRequest, **kwargs: Any) -> Trace:
+        """:meth:`run`, then flush and return the Trace rebuilt from the embedded store."""
+        from vauban_trace.instrument import current_session
+
+        session = current_session()
+        if session is None or session.store is None:
+            raise ConfigurationError(
+                "trace() reads the rebuilt trace from the embedded store: call "
+                "vauban_trace.configure(store_dir=...) first"
+            )
+        result = self.run(request, **kwargs)
+        return read_trace(session, result.trace_id)
+
+
+def read_trace(session: Any, trace_id: str | None) -> Trace:
+    """Flush deferred readings, blobs and spans, then read the rebuilt trace from the store."""
+    if trace_id is None:
+        raise ConfigurationError("nothing was traced: no OpenTelemetry SDK is recording")
+    from vauban_trace.instrument._probes import flush_deferred
+
+    flush_deferred()
+    session.force_flush()
+    trace: Trace = session.store.get_trace(trace_id)
+    return trace
+
+
+__all__ = ["RunOptions", "RunResult", "TorchExecutor", "make_options", "read_trace"]

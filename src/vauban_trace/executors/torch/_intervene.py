@@ -1,0 +1,367 @@
+"""Interventions: directional ablation, additive steering and activation patching, as forward hooks.
+
+Spec syntax (CLI ``--intervene SPEC``, API :func:`parse_intervention`)::
+
+    SPEC  := NAME ":" PARAM ("," PARAM)*
+    PARAM := KEY "=" VALUE
+
+    ablate:layer=L,direction=REF[,site=S][,positions=P]
+    steer:layer=L,vector=REF[,alpha=A][,normalize=true|false][,site=S][,positions=P]
+    patch:layer=L,source=DIGEST[,site=S]
+
+    REF    := sha256:<hex> | blake3:<hex>    a blob in the artifact store (verified on read):
+                                             safetensors (one tensor) or a JSON list of numbers
+            | random:SEED                    a unit Gaussian direction drawn on the CPU with SEED
+            | file:PATH                      a .safetensors (one tensor) or .npy file (no ',' in PATH)
+    S      := residual (default) | attn | mlp
+    P      := all (default: prompt and generated positions) | prompt
+
+What each does to the hidden state ``h`` (last axis = model width) of site ``S`` in layer ``L``:
+
+- ``ablate``: ``h <- h - (h . d) d`` with ``d`` the direction scaled to unit norm, so the
+  projection of ``h`` onto ``d`` becomes 0 at that site;
+- ``steer``: ``h <- h + alpha * v`` with ``v`` scaled to unit norm (``normalize=false`` keeps
+  ``v`` as given), so the projection onto ``v`` grows by ``alpha``;
+- ``patch``: ``h <- source`` on the prompt positions, ``source`` being an activation artifact
+  of shape ``[batch, prompt_len, width]`` (as the observe stage records them), fetched from the
+  artifact store by digest and verified. Patching applies to the prompt forward pass only.
+
+Parsing errors and vectors of the wrong size raise :class:`ExecutorError` naming the problem.
+
+Each hook measures, on the prompt forward pass, the mean L2 norm of the hidden state before and
+after it acts and, for ablate/steer, the mean projection onto the unit direction before and after.
+These stay on the device until :meth:`InterventionHook.effect` reads them (once, in the intervene
+stage), so the hooks add no host synchronisation to the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vauban_trace._exceptions import ArtifactStoreError, ExecutorError
+from vauban_trace.contract import Intervention
+from vauban_trace.executors.torch._layers import SITES, LayerMap, hidden_of, replace_hidden
+
+NAMES: tuple[str, ...] = ("ablate", "steer", "patch")
+
+_ALLOWED: dict[str, dict[str, bool]] = {  # key -> required
+    "ablate": {"layer": True, "direction": True, "site": False, "positions": False},
+    "steer": {
+        "layer": True, "vector": True, "alpha": False, "normalize": False, "site": False, "positions": False,
+    },
+    "patch": {"layer": True, "source": True, "site": False},
+}
+_DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|blake3:[0-9a-f]{64})$")
+
+
+def _bool(text: str, where: str) -> bool:
+    low = text.strip().lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise ExecutorError(f"{where}: expected true or false, got {text!r}")
+
+
+def _check_ref(text: str, where: str) -> str:
+    if _DIGEST_RE.match(text):
+        return text
+    if text.startswith("random:"):
+        seed = text[len("random:"):]
+        if not seed.isdigit():
+            raise ExecutorError(f"{where}: random:SEED needs a non-negative integer seed, got {text!r}")
+        return text
+    if text.startswith("file:") and len(text) > len("file:"):
+        return text
+    raise ExecutorError(
+        f"{where}: {text!r} is not a vector reference (expected sha256:<64 hex>, blake3:<64 hex>, "
+        "random:SEED or file:PATH)"
+    )
+
+
+def parse_intervention(spec: str) -> Intervention:
+    """Parse ``NAME:key=value,...`` into a contract :class:`Intervention` (see module doc)."""
+    text = spec.strip()
+    name, sep, rest = text.partition(":")
+    name = name.strip().lower()
+    if not sep or name not in NAMES:
+        raise ExecutorError(
+            f"intervention {spec!r}: expected NAME:key=value,... with NAME one of {', '.join(NAMES)}"
+        )
+    allowed = _ALLOWED[name]
+    raw: dict[str, str] = {}
+    for part in (p for p in rest.split(",") if p.strip()):
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if not eq or not value.strip():
+            raise ExecutorError(f"intervention {spec!r}: {part.strip()!r} is not key=value")
+        if key not in allowed:
+            raise ExecutorError(
+                f"intervention {spec!r}: unknown parameter {key!r} for {name} "
+                f"(allowed: {', '.join(allowed)})"
+            )
+        if key in raw:
+            raise ExecutorError(f"intervention {spec!r}: parameter {key!r} given twice")
+        raw[key] = value.strip()
+    missing = [k for k, req in allowed.items() if req and k not in raw]
+    if missing:
+        raise ExecutorError(f"intervention {spec!r}: missing parameter(s) {', '.join(missing)}")
+    where = f"intervention {spec!r}"
+    try:
+        layer = int(raw.pop("layer"))
+    except ValueError:
+        raise ExecutorError(f"{where}: layer must be an integer") from None
+    if layer < 0:
+        raise ExecutorError(f"{where}: layer must be >= 0, got {layer}")
+    params: dict[str, Any] = {"site": raw.pop("site", "residual").lower()}
+    if params["site"] not in SITES:
+        raise ExecutorError(f"{where}: site must be one of {', '.join(SITES)}, got {params['site']!r}")
+    if name == "patch":
+        source = raw.pop("source")
+        if not _DIGEST_RE.match(source):
+            raise ExecutorError(f"{where}: source must be a digest (sha256:<64 hex> or blake3:<64 hex>)")
+        params["source"] = source
+        params["positions"] = "prompt"
+    else:
+        key = "direction" if name == "ablate" else "vector"
+        params[key] = _check_ref(raw.pop(key), where)
+        positions = raw.pop("positions", "all").lower()
+        if positions not in ("all", "prompt"):
+            raise ExecutorError(f"{where}: positions must be all or prompt, got {positions!r}")
+        params["positions"] = positions
+    if name == "steer":
+        try:
+            alpha = float(raw.pop("alpha", "1.0"))
+        except ValueError:
+            raise ExecutorError(f"{where}: alpha must be a number") from None
+        if not math.isfinite(alpha):
+            raise ExecutorError(f"{where}: alpha must be finite")
+        params["alpha"] = alpha
+        params["normalize"] = _bool(raw.pop("normalize", "true"), f"{where} normalize")
+    return Intervention(name=name, layer_index=layer, params=params)
+
+
+def format_intervention(iv: Intervention) -> str:
+    """The spec string of an intervention (inverse of :func:`parse_intervention`)."""
+    parts = [f"layer={iv.layer_index}"]
+    for key, value in iv.params.items():
+        parts.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
+    return f"{iv.name}:" + ",".join(parts)
+
+
+def _array_from_bytes(data: bytes, where: str) -> np.ndarray[Any, Any]:
+    from vauban_trace.artifacts._codecs import decode_array, decode_json
+
+    try:
+        return np.asarray(decode_array(data), dtype=np.float32)
+    except Exception:
+        pass
+    try:
+        obj = decode_json(data)
+    except Exception:
+        raise ExecutorError(f"{where}: blob is neither safetensors nor JSON") from None
+    try:
+        return np.asarray(obj, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ExecutorError(f"{where}: JSON blob is not a list of numbers") from None
+
+
+def load_array(ref: str, store: Any | None, *, where: str) -> np.ndarray[Any, Any]:
+    """Fetch the array a reference names (digest from ``store``, or ``file:PATH``)."""
+    if ref.startswith("file:"):
+        path = Path(ref[len("file:"):]).expanduser()
+        if not path.is_file():
+            raise ExecutorError(f"{where}: file {str(path)!r} does not exist")
+        if path.suffix == ".npy":
+            return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+        return _array_from_bytes(path.read_bytes(), where)
+    if store is None:
+        raise ExecutorError(f"{where}: {ref} names a blob but no artifact store is configured")
+    try:
+        data = store.get(ref)  # verifies the digest
+    except ArtifactStoreError as exc:
+        raise ExecutorError(f"{where}: cannot read {ref} from the artifact store: {exc}") from exc
+    return _array_from_bytes(data, where)
+
+
+@dataclass
+class ResolvedIntervention:
+    """An intervention with its tensors fetched and checked against the model."""
+
+    spec: Intervention
+    site_path: str
+    vector: torch.Tensor | None = None  # unit (or raw) direction, float32 on the device
+    source: torch.Tensor | None = None  # patch source, float32 on the device
+    vector_norm: float | None = None
+
+    @property
+    def site(self) -> str:
+        return str(self.spec.params.get("site", "residual"))
+
+
+def resolve(
+    spec: Intervention,
+    layers: LayerMap,
+    store: Any | None,
+    device: torch.device,
+    batch_shape: tuple[int, int] | None,
+) -> ResolvedIntervention:
+    """Check ``spec`` against the model and fetch its vector or source tensor."""
+    where = f"intervention {format_intervention(spec)!r}"
+    if spec.name not in NAMES:
+        raise ExecutorError(f"{where}: unknown intervention {spec.name!r} (expected {', '.join(NAMES)})")
+    if spec.layer_index >= layers.count:
+        raise ExecutorError(
+            f"{where}: layer {spec.layer_index} is out of range (model has {layers.count} layers: "
+            f"0-{layers.count - 1})"
+        )
+    site = str(spec.params.get("site", "residual"))
+    ref = layers.site(spec.layer_index, site)
+    if ref is None:
+        raise ExecutorError(f"{where}: this model has no {site} site in layer {spec.layer_index}")
+    width = layers.hidden_size
+    if spec.name == "patch":
+        src = str(spec.params.get("source", ""))
+        array = load_array(src, store, where=where)
+        if batch_shape is not None and width is not None and array.shape != (*batch_shape, width):
+            raise ExecutorError(
+                f"{where}: source has shape {list(array.shape)} but this request's {site} hidden "
+                f"state has shape {[*batch_shape, width]}"
+            )
+        return ResolvedIntervention(spec, ref.path, source=torch.from_numpy(array.copy()).to(device))
+    key = "direction" if spec.name == "ablate" else "vector"
+    text = str(spec.params.get(key, ""))
+    if text.startswith("random:"):
+        if width is None:
+            raise ExecutorError(f"{where}: random directions need the model width (config has none)")
+        gen = torch.Generator(device="cpu").manual_seed(int(text[len("random:"):]))
+        vec = torch.randn(width, generator=gen, dtype=torch.float32)
+    else:
+        vec = torch.from_numpy(load_array(text, store, where=where).copy())
+    if vec.dim() != 1 or (width is not None and vec.shape[0] != width):
+        raise ExecutorError(
+            f"{where}: {key} must be a vector of the model width {width}, got shape {list(vec.shape)}"
+        )
+    norm = float(vec.norm())
+    if not math.isfinite(norm) or norm == 0.0:
+        raise ExecutorError(f"{where}: {key} has zero or non-finite norm")
+    if spec.name == "ablate" or bool(spec.params.get("normalize", True)):
+        vec = vec / norm
+    return ResolvedIntervention(spec, ref.path, vector=vec.to(device), vector_norm=norm)
+
+
+@dataclass
+class InterventionHook:
+    """A forward hook applying one intervention; measures its own effect on the prompt pass."""
+
+    item: ResolvedIntervention
+    controller: InterventionSet
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+    def __call__(self, module: Any, args: Any, output: Any) -> Any:
+        phase = self.controller.phase
+        if phase is None:
+            return None
+        h = hidden_of(output)
+        if h is None:
+            return None
+        spec = self.item.spec
+        positions = str(spec.params.get("positions", "all"))
+        if phase != "prefill" and (positions == "prompt" or spec.name == "patch"):
+            return None
+        self.calls[phase] = self.calls.get(phase, 0) + 1
+        hf = h.float()
+        if spec.name == "patch":
+            src = self.item.source
+            assert src is not None
+            if src.shape != hf.shape:
+                raise ExecutorError(
+                    f"patch at layer {spec.layer_index}: source shape {list(src.shape)} does not match "
+                    f"the hidden state {list(hf.shape)}"
+                )
+            new = src
+        else:
+            vec = self.item.vector
+            assert vec is not None
+            if spec.name == "ablate":
+                new = hf - (hf @ vec).unsqueeze(-1) * vec
+            else:
+                new = hf + float(spec.params.get("alpha", 1.0)) * vec
+        if phase == "prefill" and "norm_before" not in self.stats:
+            self.stats["norm_before"] = hf.norm(dim=-1).mean()
+            self.stats["norm_after"] = new.norm(dim=-1).mean()
+            self.stats["max_abs_change"] = (new - hf).abs().max()
+            if self.item.vector is not None:
+                unit = self.item.vector / self.item.vector.norm()
+                self.stats["projection_before"] = (hf @ unit).mean()
+                self.stats["projection_after"] = (new @ unit).mean()
+        return replace_hidden(output, new.to(h.dtype))
+
+    def effect(self) -> dict[str, Any]:
+        """Host-side numbers measured on the prompt forward pass (one read of a few scalars)."""
+        out: dict[str, Any] = {k: float(v.item()) for k, v in self.stats.items()}
+        if "norm_before" in out:
+            out["norm_change"] = out["norm_after"] - out["norm_before"]
+        out["calls"] = dict(self.calls)
+        return out
+
+
+class InterventionSet:
+    """Registers the hooks of several interventions; ``phase`` switches them on and off.
+
+    ``phase`` is ``None`` (hooks pass through: the clean reference run), ``"prefill"`` (the
+    prompt forward pass), ``"decode"`` (generated positions) or ``"score"``.
+    """
+
+    def __init__(self, items: Sequence[ResolvedIntervention], layers: LayerMap) -> None:
+        self.items = list(items)
+        self.layers = layers
+        self.phase: str | None = None
+        self.hooks: list[InterventionHook] = []
+
+    @contextmanager
+    def installed(self) -> Iterator[InterventionSet]:
+        handles = []
+        try:
+            for item in self.items:
+                hook = InterventionHook(item, self)
+                ref = self.layers.site(item.spec.layer_index, item.site)
+                assert ref is not None
+                handles.append(ref.module.register_forward_hook(hook))
+                self.hooks.append(hook)
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    @contextmanager
+    def suspended(self) -> Iterator[None]:
+        """Run the enclosed forward passes without interventions (the clean reference)."""
+        saved = self.phase
+        self.phase = None
+        try:
+            yield
+        finally:
+            self.phase = saved
+
+
+__all__ = [
+    "NAMES",
+    "InterventionHook",
+    "InterventionSet",
+    "ResolvedIntervention",
+    "format_intervention",
+    "load_array",
+    "parse_intervention",
+    "resolve",
+]
