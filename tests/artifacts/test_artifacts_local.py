@@ -253,3 +253,17 @@ def test_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
     with pytest.raises(Exception, match="blob store root"):
         LocalArtifactStore(tmp_path / "f")
+
+
+def test_stale_temporaries_are_swept(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    ref = store.put(b"kept", "t")
+    shard = store.path_for(ref.digest).parent
+    old = shard / ".tmp-killedwriter"
+    old.write_bytes(b"partial")
+    os.utime(old, (1, 1))
+    young = shard / ".tmp-inprogress"
+    young.write_bytes(b"partial")
+    assert store.remove_stale_temporaries(max_age_s=60) == 1
+    assert not old.exists() and young.exists() and store.get(ref.digest) == b"kept"
+    assert list(store.digests()) == [ref.digest]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -252,6 +253,24 @@ class LocalArtifactStore:
         except OSError as exc:
             raise ArtifactStoreError(f"cannot read blob {digest} at {str(path)!r}: {exc}") from exc
         return f"{alg}:{hasher.hexdigest()}" == digest
+
+    def remove_stale_temporaries(self, max_age_s: float = 3600.0) -> int:
+        """Delete ``.tmp-*`` files older than ``max_age_s`` left by writers that were killed.
+
+        Returns how many were removed. Younger temporaries may belong to a write in progress.
+        """
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for alg in DIGEST_ALGORITHMS:
+            base = self.root / alg
+            if not base.is_dir():
+                continue
+            for tmp in base.glob("*/.tmp-*"):
+                with contextlib.suppress(OSError):
+                    if tmp.is_file() and not tmp.is_symlink() and tmp.stat().st_mtime < cutoff:
+                        tmp.unlink()
+                        removed += 1
+        return removed
 
     def digests(self) -> Iterator[str]:
         """Every digest stored (by file name; not verified), in no particular order."""

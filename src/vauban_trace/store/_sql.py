@@ -77,6 +77,10 @@ def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
 def initialise(conn: sqlite3.Connection, path: Path) -> None:
     """Switch to WAL and create (or check) the schema."""
     try:
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() == "wal":
+                return  # already initialised: opening takes no write lock
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise TraceStoreError(f"trace database {str(path)!r}: cannot enable WAL (journal_mode={mode})")
