@@ -6,9 +6,9 @@ import random
 from typing import Any
 
 import pytest
-from conftest import DIGEST, SdkHarness, emit_vauban_request
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
+from rebuild_helpers import DIGEST, SdkHarness, emit_vauban_request
 
 from vauban_trace import semconv as sc
 from vauban_trace._exceptions import RebuildError

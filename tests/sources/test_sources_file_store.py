@@ -8,8 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import encode, make_spans, trace_id_of
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+from sources_helpers import encode, make_spans, trace_id_of
 
 from vauban_trace._exceptions import ConfigurationError, SourceError, TraceNotFoundError
 from vauban_trace.rebuild import rebuild_traces, traces_data_to_json

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeBackend, Route, encode, make_spans, trace_id_of
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+from sources_helpers import FakeBackend, Route, encode, make_spans, trace_id_of
 
 from vauban_trace._exceptions import SourceError, TraceNotFoundError
 from vauban_trace.rebuild import rebuild_from_json, rebuild_traces, traces_data_to_json
