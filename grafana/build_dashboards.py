@@ -81,36 +81,26 @@ def _target(ref: str, expr: str, legend: str = "", *, instant: bool = False) -> 
     return target
 
 
-def _timeseries(title: str, description: str, unit: str, targets: list[Json], *, stack: bool = False) -> Json:
+def _timeseries(
+    title: str, description: str, unit: str, *queries: tuple[str, str], stack: bool = False
+) -> Json:
+    """A time series panel; ``queries`` are (PromQL, legend) pairs, refIds A, B, ..."""
+    targets = [_target(chr(ord("A") + i), expr, legend) for i, (expr, legend) in enumerate(queries)]
+    custom: Json = {"drawStyle": "line", "lineWidth": 1, "fillOpacity": 10, "showPoints": "never"}
+    custom |= {"spanNulls": False, "stacking": {"mode": "normal" if stack else "none", "group": "A"}}
+    legend: Json = {
+        "displayMode": "table",
+        "placement": "bottom",
+        "showLegend": True,
+        "calcs": ["mean", "max"],
+    }
     return {
         "type": "timeseries",
         "title": title,
         "description": description,
         "datasource": dict(DATASOURCE),
-        "fieldConfig": {
-            "defaults": {
-                "unit": unit,
-                "min": 0,
-                "custom": {
-                    "drawStyle": "line",
-                    "lineWidth": 1,
-                    "fillOpacity": 10,
-                    "showPoints": "never",
-                    "spanNulls": False,
-                    "stacking": {"mode": "normal" if stack else "none", "group": "A"},
-                },
-            },
-            "overrides": [],
-        },
-        "options": {
-            "legend": {
-                "displayMode": "table",
-                "placement": "bottom",
-                "showLegend": True,
-                "calcs": ["mean", "max"],
-            },
-            "tooltip": {"mode": "multi", "sort": "desc"},
-        },
+        "fieldConfig": {"defaults": {"unit": unit, "min": 0, "custom": custom}, "overrides": []},
+        "options": {"legend": legend, "tooltip": {"mode": "multi", "sort": "desc"}},
         "targets": targets,
     }
 
@@ -201,53 +191,52 @@ def _dashboard(uid: str, title: str, description: str, variables: list[Json], pa
 # Dashboards
 
 
+def _rate(metric: str, sel: str, by: str = "") -> str:
+    head = f"sum by ({by}) " if by else "sum"
+    return f"{head}(rate({metric}{sel}[{RATE}]))"
+
+
+def _quantile(q: str, bucket: str, sel: str, by: str = "") -> str:
+    return f"histogram_quantile({q}, sum by (le{', ' + by if by else ''}) (rate({bucket}{sel}[{RATE}])))"
+
+
+def _range_sum(metric: str, sel: str) -> str:
+    """Increase over the dashboard range, 0 (not "no data") when the series does not exist yet."""
+    return f"(sum(increase({metric}{sel}[$__range])) or vector(0))"
+
+
 def build_collector_dashboard() -> Json:
     """Ingest health of the vauban collector."""
     sel = '{instance=~"$instance"}'
+    incomplete = '{instance=~"$instance", state="incomplete"}'
+    received, rejected = "vauban_collector_spans_received_total", "vauban_collector_spans_rejected_total"
+    rebuilt, write = "vauban_collector_traces_rebuilt_total", "vauban_collector_store_write_seconds_bucket"
     panels = [
         _timeseries(
             "Spans received",
             "Spans accepted per second, by transport (http / grpc).",
             "ops",
-            [
-                _target(
-                    "A",
-                    f"sum by (transport) (rate(vauban_collector_spans_received_total{sel}[{RATE}]))",
-                    "{{transport}}",
-                )
-            ],
+            (_rate(received, sel, "transport"), "{{transport}}"),
             stack=True,
         ),
         _timeseries(
             "Spans rejected",
             "Spans refused per second, by reason (partial_success or whole request).",
             "ops",
-            [
-                _target(
-                    "A",
-                    f"sum by (reason) (rate(vauban_collector_spans_rejected_total{sel}[{RATE}]))",
-                    "{{reason}}",
-                )
-            ],
+            (_rate(rejected, sel, "reason"), "{{reason}}"),
             stack=True,
         ),
         _timeseries(
             "Spans duplicated",
             "Spans received again (client retries); stored once, counted here.",
             "ops",
-            [_target("A", f"sum(rate(vauban_collector_spans_duplicated_total{sel}[{RATE}]))", "duplicates")],
+            (_rate("vauban_collector_spans_duplicated_total", sel), "duplicates"),
         ),
         _timeseries(
             "Export requests",
             "Export requests per second by transport and status code (HTTP status or gRPC code).",
             "reqps",
-            [
-                _target(
-                    "A",
-                    f"sum by (transport, code) (rate(vauban_collector_requests_total{sel}[{RATE}]))",
-                    "{{transport}} {{code}}",
-                )
-            ],
+            (_rate("vauban_collector_requests_total", sel, "transport, code"), "{{transport}} {{code}}"),
             stack=True,
         ),
         _timeseries(
@@ -255,13 +244,7 @@ def build_collector_dashboard() -> Json:
             "Traces rebuilt per second: complete (root span ended + quiet period) or incomplete "
             "(no root span before the incomplete timeout).",
             "ops",
-            [
-                _target(
-                    "A",
-                    f"sum by (state) (rate(vauban_collector_traces_rebuilt_total{sel}[{RATE}]))",
-                    "{{state}}",
-                )
-            ],
+            (_rate(rebuilt, sel, "state"), "{{state}}"),
             stack=True,
         ),
         _stat(
@@ -270,9 +253,7 @@ def build_collector_dashboard() -> Json:
             "percentunit",
             _target(
                 "A",
-                f'(sum(increase(vauban_collector_traces_rebuilt_total{{instance=~"$instance", state="incomplete"}}[$__range]))'
-                f" or vector(0))"
-                f" / clamp_min(sum(increase(vauban_collector_traces_rebuilt_total{sel}[$__range])) or vector(0), 1)",
+                f"{_range_sum(rebuilt, incomplete)} / clamp_min({_range_sum(rebuilt, sel)}, 1)",
                 "incomplete",
             ),
             thresholds=[(None, "green"), (0.01, "orange"), (0.1, "red")],
@@ -283,9 +264,7 @@ def build_collector_dashboard() -> Json:
             "percentunit",
             _target(
                 "A",
-                f"(sum(increase(vauban_collector_spans_rejected_total{sel}[$__range])) or vector(0))"
-                f" / clamp_min((sum(increase(vauban_collector_spans_received_total{sel}[$__range])) or vector(0))"
-                f" + (sum(increase(vauban_collector_spans_rejected_total{sel}[$__range])) or vector(0)), 1)",
+                f"{_range_sum(rejected, sel)} / clamp_min({_range_sum(received, sel)} + {_range_sum(rejected, sel)}, 1)",
                 "rejected",
             ),
             thresholds=[(None, "green"), (0.001, "orange"), (0.01, "red")],
@@ -294,42 +273,25 @@ def build_collector_dashboard() -> Json:
             "Queue depth",
             "Export requests accepted but not yet durably stored.",
             "short",
-            [_target("A", f"sum by (instance) (vauban_collector_queue_depth{sel})", "{{instance}}")],
+            (f"sum by (instance) (vauban_collector_queue_depth{sel})", "{{instance}}"),
         ),
         _timeseries(
             "Pending traces",
             "Traces with stored spans that are not rebuilt yet (waiting for the root span or the quiet period).",
             "short",
-            [_target("A", f"sum by (instance) (vauban_collector_pending_traces{sel})", "{{instance}}")],
+            (f"sum by (instance) (vauban_collector_pending_traces{sel})", "{{instance}}"),
         ),
         _timeseries(
             "Store write latency",
             "Time to make one export request durable in the store (SQLite commit), p50 and p95.",
             "s",
-            [
-                _target(
-                    "A",
-                    f"histogram_quantile(0.5, sum by (le) (rate(vauban_collector_store_write_seconds_bucket{sel}[{RATE}])))",
-                    "p50",
-                ),
-                _target(
-                    "B",
-                    f"histogram_quantile(0.95, sum by (le) (rate(vauban_collector_store_write_seconds_bucket{sel}[{RATE}])))",
-                    "p95",
-                ),
-            ],
+            (_quantile("0.5", write, sel), "p50"),
+            (_quantile("0.95", write, sel), "p95"),
         ),
     ]
     widths = [12, 12, 12, 12, 12, 6, 6, 12, 12, 24]
-    variables = [
-        _query_variable(
-            "instance",
-            "Instance",
-            "label_values(vauban_collector_requests_total, instance)",
-            multi=True,
-            include_all=True,
-        )
-    ]
+    instances = "label_values(vauban_collector_requests_total, instance)"
+    variables = [_query_variable("instance", "Instance", instances, multi=True, include_all=True)]
     return _dashboard(
         "vauban-collector",
         "vauban-trace: collector ingest",
@@ -427,115 +389,71 @@ def _sweep_panel() -> Json:
 def build_stages_dashboard() -> Json:
     """Per-stage duration, bytes and sync points, and duration against a sweep axis."""
     sel = _stage_sel()
+    duration, sync = "vauban_stage_duration_seconds", "vauban_stage_sync_points"
     panels = [
         _timeseries(
             "Stage duration p50",
             "Median stage duration by stage and model.",
             "s",
-            [
-                _target(
-                    "A",
-                    f"histogram_quantile(0.5, sum by (le, stage, model) (rate(vauban_stage_duration_seconds_bucket{sel}[{RATE}])))",
-                    "{{stage}} {{model}}",
-                )
-            ],
+            (_quantile("0.5", f"{duration}_bucket", sel, "stage, model"), "{{stage}} {{model}}"),
         ),
         _timeseries(
             "Stage duration p95",
             "95th percentile stage duration by stage and model.",
             "s",
-            [
-                _target(
-                    "A",
-                    f"histogram_quantile(0.95, sum by (le, stage, model) (rate(vauban_stage_duration_seconds_bucket{sel}[{RATE}])))",
-                    "{{stage}} {{model}}",
-                )
-            ],
+            (_quantile("0.95", f"{duration}_bucket", sel, "stage, model"), "{{stage}} {{model}}"),
         ),
         _timeseries(
             "Stage executions",
             "Stage spans per second, by stage and model.",
             "ops",
-            [
-                _target(
-                    "A",
-                    f"sum by (stage, model) (rate(vauban_stage_duration_seconds_count{sel}[{RATE}]))",
-                    "{{stage}} {{model}}",
-                )
-            ],
+            (_rate(f"{duration}_count", sel, "stage, model"), "{{stage}} {{model}}"),
             stack=True,
         ),
         _timeseries(
             "Stage time share",
             "Seconds spent in each stage per second of wall time (summed over concurrent requests).",
             "s",
-            [
-                _target(
-                    "A",
-                    f"sum by (stage) (rate(vauban_stage_duration_seconds_sum{sel}[{RATE}]))",
-                    "{{stage}}",
-                )
-            ],
+            (_rate(f"{duration}_sum", sel, "stage"), "{{stage}}"),
             stack=True,
         ),
         _timeseries(
             "Bytes in / out per second",
             "Bytes entering and leaving each stage per second (direction in / out).",
             "Bps",
-            [
-                _target(
-                    "A",
-                    f"sum by (stage, direction) (rate(vauban_stage_bytes_sum{sel}[{RATE}]))",
-                    "{{stage}} {{direction}}",
-                )
-            ],
+            (_rate("vauban_stage_bytes_sum", sel, "stage, direction"), "{{stage}} {{direction}}"),
         ),
         _timeseries(
             "Bytes per stage execution",
             "Mean bytes in / out of one stage execution.",
             "bytes",
-            [_target("A", _mean("vauban_stage_bytes", "stage, direction"), "{{stage}} {{direction}}")],
+            (_mean("vauban_stage_bytes", "stage, direction"), "{{stage}} {{direction}}"),
         ),
         _timeseries(
             "Sync points per execution (mean)",
             "Mean host/device synchronisation points in one stage execution.",
             "short",
-            [_target("A", _mean("vauban_stage_sync_points", "stage, model"), "{{stage}} {{model}}")],
+            (_mean(sync, "stage, model"), "{{stage}} {{model}}"),
         ),
         _timeseries(
             "Sync points per execution (p95)",
             "95th percentile of synchronisation points in one stage execution.",
             "short",
-            [
-                _target(
-                    "A",
-                    f"histogram_quantile(0.95, sum by (le, stage, model) (rate(vauban_stage_sync_points_bucket{sel}[{RATE}])))",
-                    "{{stage}} {{model}}",
-                )
-            ],
+            (_quantile("0.95", f"{sync}_bucket", sel, "stage, model"), "{{stage}} {{model}}"),
         ),
         _sweep_panel(),
     ]
-    widths = [12, 12, 12, 12, 12, 12, 12, 12, 12]
+    widths = [12] * len(panels)
+    count = f"{duration}_count"
     variables = [
+        _query_variable("model", "Model", f"label_values({count}, model)", multi=True, include_all=True),
         _query_variable(
-            "model",
-            "Model",
-            "label_values(vauban_stage_duration_seconds_count, model)",
-            multi=True,
-            include_all=True,
-        ),
-        _query_variable(
-            "stage",
-            "Stage",
-            'label_values(vauban_stage_duration_seconds_count{model=~"$model"}, stage)',
-            multi=True,
-            include_all=True,
+            "stage", "Stage", f'label_values({count}{{model=~"$model"}}, stage)', multi=True, include_all=True
         ),
         _query_variable(
             "sweep_axis",
             "Sweep axis",
-            'label_values(vauban_stage_duration_seconds_count{model=~"$model", sweep_axis!=""}, sweep_axis)',
+            f'label_values({count}{{model=~"$model", sweep_axis!=""}}, sweep_axis)',
             multi=False,
             include_all=False,
         ),
