@@ -150,10 +150,7 @@ class Stage:
     everything else happens when a span is actually opened.
     """
 
-    __slots__ = (
-        "name", "_token_count", "_batch_size", "_queue_depth", "_counters", "_device", "_inputs",
-        "_measure", "_provider", "_handles",
-    )
+    __slots__ = ("name", "_opts", "_counters", "_provider", "_handles")
 
     def __init__(
         self,
@@ -169,13 +166,9 @@ class Stage:
         **counters: int | float,
     ) -> None:
         self.name = name
-        self._token_count = token_count
-        self._batch_size = batch_size
-        self._queue_depth = queue_depth
+        # one tuple instead of six slots: the no-op path pays for every store
+        self._opts = (token_count, batch_size, queue_depth, device, inputs, measure)
         self._counters = counters
-        self._device = device
-        self._inputs = inputs
-        self._measure = measure
         self._provider = tracer_provider
         self._handles: list[StageHandle] | None = None
         if counters:
@@ -186,9 +179,24 @@ class Stage:
                     )
 
     def _declared(self) -> list[tuple[str, Any]]:
-        out = [("token_count", self._token_count), ("batch_size", self._batch_size), ("queue_depth", self._queue_depth)]
+        opts = self._opts
+        out: list[tuple[str, Any]] = [("token_count", opts[0]), ("batch_size", opts[1]), ("queue_depth", opts[2])]
         out.extend(self._counters.items())
         return out
+
+    @property
+    def _device(self) -> str | None:
+        device: str | None = self._opts[3]
+        return device
+
+    @property
+    def _inputs(self) -> Iterable[Any] | None:
+        inputs: Iterable[Any] | None = self._opts[4]
+        return inputs
+
+    @property
+    def _measure(self) -> bool:
+        return bool(self._opts[5])
 
     # -- span lifecycle -------------------------------------------------------------------
     def _begin(self, tracer: Any, extra: dict[str, AttributeValue] | None) -> StageHandle:
