@@ -136,22 +136,23 @@ def _stat(
 
 
 def _query_variable(name: str, label: str, query: str, *, multi: bool, include_all: bool) -> Json:
-    return {
+    variable: Json = {
         "type": "query",
         "name": name,
         "label": label,
         "datasource": dict(DATASOURCE),
-        "definition": query,
         "query": {"query": query, "refId": f"{name}-variable"},
         "refresh": 2,
         "sort": 1,
         "multi": multi,
         "includeAll": include_all,
-        "allValue": ".*" if include_all else None,
         "current": {},
         "options": [],
         "hide": 0,
     }
+    if include_all:
+        variable["allValue"] = ".*"
+    return variable
 
 
 def _layout(panels: list[Json], widths: Sequence[int]) -> list[Json]:

@@ -54,7 +54,6 @@ def _promql() -> Iterator[tuple[str, str, bool]]:
         for var in dash["templating"]["list"]:
             query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
             yield f"{name}: variable {var['name']}", query, False  # label_values(), not PromQL
-            yield f"{name}: variable {var['name']} definition", var["definition"], False
     for ds in _datasources():
         for query in ds.get("jsonData", {}).get("tracesToMetrics", {}).get("queries", []):
             yield f"datasource {ds['name']}: {query['name']}", query["query"], True
