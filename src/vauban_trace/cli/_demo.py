@@ -53,8 +53,8 @@ def _quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _capabilities() -> Any:
@@ -98,7 +98,7 @@ def traced_inference(model_dir: Path, prompt: str) -> str:
     ) as req:
         with vt.stage("load", device="cpu") as st:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            model.eval()
+            model.eval()  # type: ignore[no-untyped-call]
             tok = AutoTokenizer.from_pretrained(model_dir)
             weights = sum(p.numel() * p.element_size() for p in model.parameters())
             st.set_counter("output_bytes", weights, provenance="derived")

@@ -41,8 +41,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from opentelemetry import context as _context
-from opentelemetry import trace as _trace
 from opentelemetry import trace as _otel_trace
+from opentelemetry import trace as _trace
 from opentelemetry.trace import Span, Status, StatusCode, TracerProvider
 from opentelemetry.util.types import AttributeValue
 

@@ -106,7 +106,7 @@ def _train_tokenizer(vocab_size: int) -> Any:
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
     )
-    wrapped = PreTrainedTokenizerFast(
+    wrapped = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
     )
     wrapped.chat_template = CHAT_TEMPLATE
@@ -203,12 +203,12 @@ def build_tiny_model(
         state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         try:
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
         finally:
             torch.random.set_rng_state(state)
         model.eval()
         model.save_pretrained(tmp)
-        GenerationConfig(
+        GenerationConfig(  # type: ignore[no-untyped-call]
             bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
             do_sample=False,
         ).save_pretrained(tmp)
