@@ -114,7 +114,7 @@ def test_jaeger_v1_ui_fixture() -> None:
 
 
 def test_jaeger_ui_status_kind_and_scope_tags() -> None:
-    trace = {
+    trace: dict[str, Any] = {
         "traceID": "1" * 32,
         "spans": [{
             "traceID": "1" * 32, "spanID": "2" * 16, "operationName": "op", "startTime": 10, "duration": 2,

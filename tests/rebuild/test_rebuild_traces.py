@@ -224,11 +224,11 @@ def test_bad_values_are_refused_one_by_one(sdk: SdkHarness) -> None:
             s.add_event(sc.EVENT_ARTIFACT_MISSING, {sc.ARTIFACT_KIND: "logits", sc.MISSING_REASON: "lazy"})
     t = _only(rebuild_traces(sdk.request()))
     assert t.complete and t.request is None
-    s = t.spans[1]
-    assert s.profile is not None and s.profile.memory_bytes is None
-    assert s.profile.provenance_of("memory_bytes") == "unavailable"
-    assert s.profile.batch_size == 2 and "batch_size" not in s.profile.provenance
-    assert [a.id for a in t.artifacts] == ["c"] and s.input_artifact_ids == () and t.missing == ()
+    stage = t.spans[1]
+    assert stage.profile is not None and stage.profile.memory_bytes is None
+    assert stage.profile.provenance_of("memory_bytes") == "unavailable"
+    assert stage.profile.batch_size == 2 and "batch_size" not in stage.profile.provenance
+    assert [a.id for a in t.artifacts] == ["c"] and stage.input_artifact_ids == () and t.missing == ()
     text = "\n".join(t.problems)
     for needle in ("request refused", "must be >= 0", "'guessed'", "without vauban.artifact.id",
                    "artifact 'a' refused", "artifact 'b' refused", "'c' recorded more than once",

@@ -139,6 +139,9 @@ def _dedupe(raws: list[_Raw], problems: list[str]) -> dict[str, _Raw]:
         by_id.setdefault(raw.hex, []).append(raw)
     kept: dict[str, _Raw] = {}
     for sid, copies in by_id.items():
+        if len(copies) == 1:
+            kept[sid] = copies[0]
+            continue
         best = max(
             copies,
             key=lambda r: (r.span.end_time_unix_nano > 0, len(r.span.attributes) + len(r.span.events), -r.seq),
