@@ -70,6 +70,7 @@ class RunOptions:
     logits_positions: str = "last"
     weights: tuple[str, ...] = ()
     topk: int = 5
+    ignore_eos: bool = False
 
 
 def _int_or_none(value: Any, name: str, minimum: int) -> int | None:
@@ -95,6 +96,7 @@ def make_options(
     logits_positions: str = "last",
     weights: Sequence[str] = (),
     topk: int = 5,
+    ignore_eos: bool = False,
 ) -> RunOptions:
     """Check the settings of :meth:`TorchExecutor.run`; :class:`ExecutorError` names the bad one."""
     _int_or_none(max_new_tokens, "max_new_tokens", 0)
@@ -122,7 +124,7 @@ def make_options(
         max_new_tokens=max_new_tokens, do_sample=bool(do_sample), seed=seed, temperature=float(temperature),
         top_k=top_k, top_p=None if top_p is None else float(top_p), stop=stops, score_continuation=score,
         deep_counters=bool(deep_counters), sites=tuple(dict.fromkeys(sites)),
-        logits_positions=logits_positions, weights=tuple(weights), topk=topk,
+        logits_positions=logits_positions, weights=tuple(weights), topk=topk, ignore_eos=bool(ignore_eos),
     )
 
 
@@ -311,13 +313,15 @@ class TorchExecutor:
         logits_positions: str = "last",
         weights: Sequence[str] = (),
         topk: int = 5,
+        ignore_eos: bool = False,
     ) -> RunResult:
         """Run ``request`` as one traced request; see :mod:`._pipeline` for the stages.
 
         ``prompts`` overrides the request's input (a batch without a configured store).
         ``sites`` chooses the observed sites (residual, attn, mlp); ``logits_positions`` is
         ``last`` or ``all``; ``weights`` names parameters for weight snapshots (default: the
-        input embedding) when ``weight_snapshot`` is requested; ``topk`` sizes the logits summary.
+        input embedding) when ``weight_snapshot`` is requested; ``topk`` sizes the logits summary;
+        ``ignore_eos`` generates through end-of-sequence tokens (fixed-length runs, benchmarks).
         """
         from vauban_trace.executors.torch._pipeline import run_request
 
@@ -325,7 +329,7 @@ class TorchExecutor:
             max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed, temperature=temperature,
             top_k=top_k, top_p=top_p, stop=stop, score_continuation=score_continuation,
             deep_counters=deep_counters, sites=sites, logits_positions=logits_positions,
-            weights=weights, topk=topk,
+            weights=weights, topk=topk, ignore_eos=ignore_eos,
         )
         return run_request(self, request, opts, prompts)
 

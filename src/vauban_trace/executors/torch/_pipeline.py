@@ -307,7 +307,7 @@ def _run_stages(ex: TorchExecutor, req: Any, request: TraceRequest, opts: RunOpt
                 ivset.phase = "decode"
             params = _decode.DecodeParams(
                 max_new_tokens=opts.max_new_tokens, do_sample=opts.do_sample, temperature=opts.temperature,
-                top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed, eos_token_ids=_eos_ids(tok, model),
+                top_k=opts.top_k, top_p=opts.top_p, seed=opts.seed, eos_token_ids=frozenset() if opts.ignore_eos else _eos_ids(tok, model),
                 pad_token_id=pad_id, stop=opts.stop, return_logprobs=plan.want_logprobs and plan.head,
             )
             with stage("decode", batch_size=plan.batch, device=dev) as st:
