@@ -24,9 +24,15 @@ def _env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One model cache for the module: the tiny model is built once."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, cache: Path) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("demo")
-    store, cache = root / "store", root / "cache"
+    store = root / "store"
     proc = subprocess.run(
         [*_CLI, "demo", "--store", str(store), "--cache", str(cache)],
         capture_output=True, text=True, env=_env(), timeout=300,
@@ -82,3 +88,46 @@ def test_show_last_json_matches_and_digests_verify(demo: tuple[Path, str]) -> No
     assert forward.profile.provenance_of("sync_points") == "unavailable"
     assert trace.request is not None and trace.request.input_text is None  # content capture off
     assert blobs.verify(trace.request.input_ref)  # type: ignore[arg-type]
+
+
+def test_demo_exports_over_otlp_when_the_standard_variables_are_set(tmp_path: Path, cache: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            req = trace_service_pb2.ExportTraceServiceRequest()
+            req.ParseFromString(body)
+            received.append(req)
+            reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = _env()
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{server.server_port}"
+        env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
+        args = [*_CLI, "demo", "--store", str(tmp_path / "store"), "--cache", str(cache)]
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert f"otlp/http: http://127.0.0.1:{server.server_port}/v1/traces" in proc.stdout
+    trace_id = re.search(r"^trace ([0-9a-f]{32})", proc.stdout, re.M).group(1)  # type: ignore[union-attr]
+    spans = [s for r in received for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert {s.trace_id.hex() for s in spans} == {trace_id}
+    assert {"load", "tokenize", "forward", "score", "decode"} <= {s.name for s in spans}
