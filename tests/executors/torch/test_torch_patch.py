@@ -187,7 +187,6 @@ def test_bare_forward_is_one_request(tiny: tuple[Any, Any], traced: Any) -> None
     inputs = tok("Hello world", return_tensors="pt")
     with instrument_model(model, tok, tracer_provider=tp, deep_counters=True):
         model(**inputs)
-    spans = _by_name(exporter)
     names = sorted(s.name for s in exporter.get_finished_spans())
     assert names == ["forward", f"forward {model_name(model)}"]
     stage_span = next(s for s in exporter.get_finished_spans() if s.name == "forward")

@@ -44,9 +44,11 @@ A ``TorchDispatchMode`` and a ``TorchFunctionMode`` are entered while a stage is
   of a device tensor is one device-to-host copy of one element. Bytes are ``numel * element_size``
   of what is moved.
 - sync points: scalar reads (``aten._local_scalar_dense``, ``is_nonzero``), ``tolist()``,
-  data-dependent shapes (``nonzero``, boolean-mask indexing and assignment, ``masked_select``,
-  ``unique``). On CPU these are counted too: they are the places that would wait for a device,
-  and the host waits for the values there as well.
+  blocking (``non_blocking=False``) copies between host and device, data-dependent shapes
+  (``nonzero``, boolean-mask indexing and assignment, ``masked_select``, ``unique``). On CPU the
+  scalar reads, ``tolist()`` and data-dependent shapes are counted too: they are the places that
+  would wait for a device, and the host waits for the values there as well. On CUDA the
+  ``sync_points`` of a deep stage come from the (exact) sync debug mode counter instead.
 - copies made inside ``instrumentation_work()`` go to ``instrumentation_d2h_copies/bytes`` and
   are left out of the workload's counts.
 
@@ -67,6 +69,7 @@ from typing import Any
 import torch
 
 from vauban_trace import semconv as sc
+from vauban_trace.executors.torch._deep import DeepCounterProbe
 from vauban_trace.instrument._probes import CounterProbe, Deferred, Readings, in_instrumentation_work
 
 __all__ = ["make_probes", "MemoryProbe", "CudaSyncProbe", "CudaTimeProbe", "HostDeviceProbe", "DeepCounterProbe"]
@@ -256,7 +259,7 @@ class _SyncWarnCounter:
             if warnings.showwarning == self._show:
                 warnings.showwarning = self._saved_show
             try:
-                warnings.filters.remove(self._filter)  # type: ignore[arg-type]
+                warnings.filters.remove(self._filter)  # type: ignore[attr-defined]
                 warnings._filters_mutated()  # type: ignore[attr-defined]
             except (ValueError, AttributeError):
                 pass
@@ -295,7 +298,7 @@ class CudaTimeProbe:
 
     def start(self) -> object:
         try:
-            event = torch.cuda.Event(enable_timing=True)
+            event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             event.record()
             return event
         except Exception:
@@ -306,13 +309,13 @@ class CudaTimeProbe:
             return {"device_duration_s": (None, "unavailable")}
         try:
             begin = token
-            end = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             end.record()
         except Exception:
             return {"device_duration_s": (None, "unavailable")}
 
         def read(wait: bool) -> float | None:
-            if not end.query():
+            if not end.query():  # type: ignore[no-untyped-call]
                 if not wait:
                     return None
                 end.synchronize()
@@ -350,8 +353,6 @@ class HostDeviceProbe:
 
 def make_probes(device: str | torch.device, *, deep: bool = False) -> list[CounterProbe]:
     """The probes for a workload on ``device`` ("cpu", "cuda:0", "mps"...); see the module manual."""
-    from vauban_trace.executors.torch._deep import DeepCounterProbe
-
     dev = _as_device(device)
     result: list[CounterProbe] = [MemoryProbe(dev)]
     if dev.type == "cuda":
@@ -362,10 +363,3 @@ def make_probes(device: str | torch.device, *, deep: bool = False) -> list[Count
         result.append(HostDeviceProbe(dev))
     return result
 
-
-def __getattr__(name: str) -> Any:
-    if name == "DeepCounterProbe":
-        from vauban_trace.executors.torch._deep import DeepCounterProbe
-
-        return DeepCounterProbe
-    raise AttributeError(name)

@@ -79,10 +79,12 @@ class DeepTotals:
     def snapshot(self) -> tuple[int, ...]:
         return (self.h2d, self.h2d_bytes, self.d2h, self.d2h_bytes, self.syncs, self.instr_d2h, self.instr_d2h_bytes)
 
-    def copy(self, src: torch.device, dst: torch.device, nbytes: int) -> None:
+    def copy(self, src: torch.device, dst: torch.device, nbytes: int, blocking: bool = False) -> None:
         src_host, dst_host = _is_host(src), _is_host(dst)
         if src_host == dst_host:
             return
+        if blocking:  # a blocking copy waits for the device (memcpy and stream sync)
+            self.sync()
         if src_host:
             self.h2d += 1
             self.h2d_bytes += nbytes
@@ -98,9 +100,9 @@ class DeepTotals:
             self.syncs += 1
 
 
-class _Dispatch(TorchDispatchMode):
+class _Dispatch(TorchDispatchMode):  # type: ignore[no-untyped-call]
     def __init__(self, totals: DeepTotals) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.totals = totals
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -119,16 +121,18 @@ class _Dispatch(TorchDispatchMode):
             if func in _TO_COPY:
                 src = args[0]
                 dst = kwargs.get("device") or src.device
-                totals.copy(src.device, torch.device(dst), _nbytes(src))
+                totals.copy(src.device, torch.device(dst), _nbytes(src), not kwargs.get("non_blocking", False))
             else:
                 dst, src = args[0], args[1]
+                non_blocking = args[2] if len(args) > 2 else kwargs.get("non_blocking", False)
                 if isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor):
-                    totals.copy(src.device, dst.device, _nbytes(src))
+                    totals.copy(src.device, dst.device, _nbytes(src), not non_blocking)
         elif func in _SCALAR_OPS:
             src = args[0]
-            totals.sync()
-            if not _is_host(src.device):
-                totals.copy(src.device, torch.device("cpu"), int(src.element_size()))
+            if _is_host(src.device):
+                totals.sync()
+            else:
+                totals.copy(src.device, torch.device("cpu"), int(src.element_size()), True)
         elif func in _SHAPE_SYNC_OPS:
             if func._overloadpacket is _aten.repeat_interleave and kwargs.get("output_size") is not None:
                 return
@@ -160,16 +164,17 @@ class _Function(TorchFunctionMode):
             try:
                 if func is _TOLIST:
                     src = args[0]
-                    totals.sync()
-                    if not _is_host(src.device):
-                        totals.copy(src.device, torch.device("cpu"), _nbytes(src))
+                    if _is_host(src.device):
+                        totals.sync()  # the host reads every value: a device would be waited for here
+                    else:
+                        totals.copy(src.device, torch.device("cpu"), _nbytes(src), True)
                 elif isinstance(result, torch.Tensor) and not _is_host(result.device):
                     data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
                     if isinstance(data, torch.Tensor):
                         if data.device != result.device:
-                            totals.copy(data.device, result.device, _nbytes(data))
+                            totals.copy(data.device, result.device, _nbytes(data), True)
                     else:
-                        totals.copy(torch.device("cpu"), result.device, _nbytes(result))
+                        totals.copy(torch.device("cpu"), result.device, _nbytes(result), True)
             except Exception:
                 pass
             return result
@@ -216,11 +221,11 @@ class DeepCounterProbe:
             state = self._state()
             if state.depth == 0:
                 modes = (_Function(state.totals), _Dispatch(state.totals))
-                modes[0].__enter__()
+                modes[0].__enter__()  # type: ignore[no-untyped-call]
                 try:
-                    modes[1].__enter__()
+                    modes[1].__enter__()  # type: ignore[no-untyped-call]
                 except Exception:
-                    modes[0].__exit__(None, None, None)
+                    modes[0].__exit__(None, None, None)  # type: ignore[no-untyped-call]
                     raise
                 state.modes = modes
             state.depth += 1
@@ -239,8 +244,8 @@ class DeepCounterProbe:
                 state.depth -= 1
                 if state.depth == 0 and state.modes is not None:
                     modes, state.modes = state.modes, None
-                    modes[1].__exit__(None, None, None)
-                    modes[0].__exit__(None, None, None)
+                    modes[1].__exit__(None, None, None)  # type: ignore[no-untyped-call]
+                    modes[0].__exit__(None, None, None)  # type: ignore[no-untyped-call]
         except Exception:
             pass
         if not isinstance(token, tuple) or after is None:

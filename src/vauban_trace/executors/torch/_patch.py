@@ -68,10 +68,9 @@ from opentelemetry.trace import TracerProvider
 from vauban_trace import semconv as sc
 from vauban_trace._exceptions import ContractError
 from vauban_trace.contract import ArtifactKind, TraceRequest
-from vauban_trace.instrument import probes, record_artifact, record_missing, stage, traced_request
-from vauban_trace.instrument import _state
-from vauban_trace.instrument._probes import CounterProbe
 from vauban_trace.executors.torch._counters import make_probes
+from vauban_trace.instrument import _state, probes, record_artifact, record_missing, stage, traced_request
+from vauban_trace.instrument._probes import CounterProbe
 
 __all__ = ["InstrumentedModel", "instrument_model", "uninstrument_model", "GenerateTracer"]
 
@@ -109,7 +108,8 @@ def _model_device(model: Any, ids: torch.Tensor | None) -> torch.device:
     if isinstance(dev, torch.device):
         return dev
     try:
-        return next(model.parameters()).device
+        found: torch.device = next(model.parameters()).device
+        return found
     except (StopIteration, AttributeError, TypeError):
         return torch.device("cpu")
 
@@ -249,7 +249,7 @@ class GenerateTracer:
         if isinstance(current, wrapt.FunctionWrapper) and getattr(current, "_self_vauban", False):
             yield
             return
-        wrapper = _wrap(getattr(model, "forward"), self.forward)
+        wrapper = _wrap(model.forward, self.forward)
         model.__dict__["forward"] = wrapper
         try:
             yield
@@ -422,9 +422,9 @@ class GenerateTracer:
                 return wrapped(*args, **kwargs)
 
 
-def _wrap(bound: Any, wrapper: Any) -> wrapt.FunctionWrapper:
-    fw = wrapt.FunctionWrapper(bound, wrapper)
-    fw._self_vauban = True
+def _wrap(bound: Any, wrapper: Any) -> Any:
+    fw: Any = wrapt.FunctionWrapper(bound, wrapper)
+    fw._self_vauban = True  # wrapt keeps ``_self_*`` attributes on the wrapper itself
     return fw
 
 

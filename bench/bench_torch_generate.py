@@ -1,0 +1,211 @@
+"""PyTorch generate overhead: traced ``model.generate()`` against plain, on the same model, one run.
+
+Workload: a random-initialised Llama built offline by ``vauban_trace.executors.torch.tiny``
+(hidden 512, 8 layers, float32, CPU), a prompt of ``--prompt-tokens`` tokens, greedy ``generate``
+of exactly ``--new-tokens`` tokens (``min_new_tokens`` = ``max_new_tokens``). The SDK is the
+product's default: ``vauban_trace.configure()`` with the embedded exporter (batch processor,
+SQLite trace store in a temporary directory).
+
+Modes, interleaved in every repeat (the order rotates each repeat so drift hits all modes alike):
+
+- ``plain``: the model as loaded, no wrappers (the SDK is configured but nothing emits);
+- ``traced``: ``instrument_model(model)``: root span, prefill/decode stages, cheap counters;
+- ``deep``: ``instrument_model(model, deep_counters=True)``: per-op copy/sync counting;
+- ``capture``: ``instrument_model(model, layers=all)``: the residual stream of every layer for the
+  prompt positions, stored as artifacts (hashing and writing in the background writer);
+- ``profiler``: plain model under ``torch.profiler.profile(activities=[CPU])``.
+
+Reported: median wall time per generate and its ratio to ``plain`` (ratio of medians), and the
+median of per-repeat ratios. Target: ``traced`` <= 1.03.
+
+Usage::
+
+    python bench/bench_torch_generate.py                  # print the table
+    python bench/bench_torch_generate.py --write-docs     # also replace the "PyTorch generate
+                                                          # overhead" section of docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import vauban_trace as vt
+from vauban_trace.executors.torch._patch import instrument_model
+from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model
+from vauban_trace.instrument._probes import flush_deferred
+
+SECTION = "PyTorch generate overhead"
+MODES = ("plain", "traced", "deep", "capture", "profiler")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _setup(hidden: int, layers: int, prompt_tokens: int) -> tuple[Any, dict[str, torch.Tensor]]:
+    directory = cached_tiny_model("llama", hidden_size=hidden, num_layers=layers, max_position_embeddings=1024)
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    model.eval()
+    tok = AutoTokenizer.from_pretrained(directory)
+    text = " ".join(SENTENCES)
+    ids = tok(text, return_tensors="pt")["input_ids"][:, :prompt_tokens]
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+@contextlib.contextmanager
+def _mode(model: Any, mode: str, layers: int) -> Iterator[None]:
+    if mode == "plain":
+        yield
+        return
+    if mode == "profiler":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]):
+            yield
+        return
+    kwargs: dict[str, Any] = {}
+    if mode == "deep":
+        kwargs["deep_counters"] = True
+    if mode == "capture":
+        kwargs["layers"] = tuple(range(layers))
+    handle = instrument_model(model, **kwargs)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    model, inputs = _setup(args.hidden, args.layers, args.prompt_tokens)
+    store = tempfile.mkdtemp(prefix="vauban-bench-")
+    session = vt.configure(store_dir=store, exporter="embedded")
+    gen_kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
+
+    def once(mode: str) -> float:
+        with _mode(model, mode, args.layers):
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = model.generate(**inputs, **gen_kwargs)
+            elapsed = time.perf_counter() - t0
+        assert out.shape[1] == inputs["input_ids"].shape[1] + args.new_tokens
+        return elapsed
+
+    modes = [m for m in MODES if m in args.modes]
+    for mode in modes:  # warm-up
+        once(mode)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(args.repeat):
+        order = modes[r % len(modes):] + modes[: r % len(modes)]
+        for mode in order:
+            times[mode].append(once(mode))
+        flush_deferred(10.0)
+        session.flush() if hasattr(session, "flush") else None
+    # decode-step time of the plain model (to show the workload meets the >= 5 ms requirement)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+    prefill_s = time.perf_counter() - t0
+    plain_med = statistics.median(times["plain"])
+    step_ms = (plain_med - prefill_s) / max(1, args.new_tokens - 1) * 1000
+    rows = []
+    for mode in modes:
+        med = statistics.median(times[mode])
+        pair = statistics.median(t / p for t, p in zip(times[mode], times["plain"], strict=True))
+        rows.append((mode, med * 1000, med / plain_med, pair))
+    return {"rows": rows, "step_ms": step_ms, "prefill_ms": prefill_s * 1000}
+
+
+def _table(result: dict[str, Any], args: argparse.Namespace) -> str:
+    lines = [
+        "| mode | median ms / generate | ratio of medians | median of paired ratios |",
+        "|---|---|---|---|",
+    ]
+    for mode, ms, ratio, pair in result["rows"]:
+        lines.append(f"| {mode} | {ms:.1f} | {ratio:.3f} | {pair:.3f} |")
+    return "\n".join(lines)
+
+
+def _doc_section(result: dict[str, Any], args: argparse.Namespace) -> str:
+    cmd = "python bench/bench_torch_generate.py --write-docs" + (
+        f" --repeat {args.repeat}" if args.repeat != 15 else ""
+    )
+    nproc = os.cpu_count()
+    return f"""## {SECTION}
+
+Command: `{cmd}`
+
+Machine: `uname -m` = {platform.machine()}, `nproc` = {nproc}, CPU: {_cpu_name()}; Python {platform.python_version()}, torch {torch.__version__}, {args.threads} torch threads.
+
+Workload: random-initialised Llama (hidden {args.hidden}, {args.layers} layers, float32) built offline by
+`executors/torch/tiny.py`; prompt {args.prompt_tokens} tokens; greedy `generate` of exactly {args.new_tokens}
+new tokens; plain decode step ≈ {result['step_ms']:.1f} ms (prefill + 1 token ≈ {result['prefill_ms']:.0f} ms).
+SDK: `vauban_trace.configure()` with the embedded exporter (batch processor, SQLite store).
+{args.repeat} repeats, the five modes interleaved in each repeat (order rotated), after one warm-up each.
+
+{_table(result, args)}
+
+- `traced`: `instrument_model(model)`: GenAI root span + `prefill` / `decode` stages with the cheap
+  counters (duration, CPU peak RSS via `clear_refs`/`VmHWM`, copies 0 derived). Target ≤ 1.03.
+- `deep`: `deep_counters=True` (TorchDispatchMode + TorchFunctionMode counting every op).
+- `capture`: `layers=` all {args.layers} layers: residual stream of each layer for the prompt positions
+  stored as `activation` artifacts (blake3 + background writer).
+- `profiler`: the plain model under `torch.profiler.profile(activities=[CPU])` (start/stop included).
+"""
+
+
+def write_docs(section: str) -> None:
+    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args(argv)
+    args.modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if "plain" not in args.modes:
+        parser.error("--modes must include plain")
+    result = run(args)
+    print(f"decode step ≈ {result['step_ms']:.1f} ms; prefill+1 ≈ {result['prefill_ms']:.0f} ms")
+    print(_table(result, args))
+    if args.write_docs:
+        write_docs(_doc_section(result, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

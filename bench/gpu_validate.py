@@ -1,0 +1,334 @@
+"""GPU validation of the torch counters and of ``instrument_model`` (run on a CUDA machine).
+
+Checks, each against an independent reference:
+
+1. Deep copy counters vs ``torch.profiler`` (CUDA activity): for each operation of a scripted
+   workload, the number and bytes of ``Memcpy HtoD`` / ``Memcpy DtoH`` events the profiler saw
+   against the deep probe's ``h2d_*`` / ``d2h_*``; and the sync debug mode's count of
+   synchronisations against the deep probe's ``sync_points``.
+2. Synchronisations of ``generate`` with tracing on (cheap counters, artifact capture off) vs the
+   untraced run, counted two ways: ``torch.cuda.set_sync_debug_mode("warn")`` warnings (plus
+   those the sync probe counted while a stage was open), and the profiler's CUDA runtime
+   synchronisation calls (``cudaStreamSynchronize``, ``cudaDeviceSynchronize``,
+   ``cudaEventSynchronize``, ``cudaMemcpy``).
+3. Copies of one ``generate`` seen by the deep probe vs the profiler's memcpy events.
+4. Device time: every traced stage span has ``device_duration_s`` measured (deferred, no sync).
+5. Overhead: traced vs plain ``generate`` wall time, interleaved repeats, median ratio.
+
+Usage (on the GPU machine)::
+
+    python bench/gpu_validate.py --out result.json            # prints a markdown report
+    python bench/gpu_validate.py --write-docs result.json     # here: write the "GPU validation"
+                                                              # section of docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SECTION = "GPU validation"
+SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+
+
+def _profile(fn: Callable[[], Any]) -> dict[str, Any]:
+    """Memcpy events (count, bytes per direction) and runtime sync calls during ``fn()``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    path = tempfile.mktemp(suffix=".json")
+    prof.export_chrome_trace(path)
+    trace = json.loads(Path(path).read_text())
+    os.unlink(path)
+    out: dict[str, Any] = {"HtoD": [0, 0], "DtoH": [0, 0], "DtoD": [0, 0], "sync_calls": {}}
+    for ev in trace.get("traceEvents", []):
+        name = str(ev.get("name", ""))
+        if ev.get("cat") == "gpu_memcpy" or name.startswith("Memcpy"):
+            for key in ("HtoD", "DtoH", "DtoD"):
+                if key in name:
+                    out[key][0] += 1
+                    out[key][1] += int((ev.get("args") or {}).get("bytes", 0))
+        elif ev.get("cat") == "cuda_runtime" and name in SYNC_CALLS:
+            out["sync_calls"][name] = out["sync_calls"].get(name, 0) + 1
+    # the final torch.cuda.synchronize() we added is one cudaDeviceSynchronize: take it off
+    if out["sync_calls"].get("cudaDeviceSynchronize"):
+        out["sync_calls"]["cudaDeviceSynchronize"] -= 1
+    out["sync_total"] = sum(out["sync_calls"].values())
+    return out
+
+
+def _warn_syncs(fn: Callable[[], Any]) -> tuple[Any, int]:
+    import torch
+
+    from vauban_trace.executors.torch._counters import _SYNC_COUNTER
+
+    before = _SYNC_COUNTER.total
+    saved = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as log:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            result = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(saved)
+    seen = sum(1 for w in log if "synchronizing CUDA operation" in str(w.message))
+    return result, seen + (_SYNC_COUNTER.total - before)
+
+
+def _deep(fn: Callable[[], Any]) -> dict[str, int]:
+    from vauban_trace.executors.torch._deep import DeepCounterProbe
+
+    probe = DeepCounterProbe()
+    token = probe.start()
+    try:
+        fn()
+    finally:
+        readings = probe.stop(token)
+    return {k: int(v[0]) for k, v in readings.items() if v[0] is not None}
+
+
+def scripted_cases() -> list[tuple[str, Callable[[], Any]]]:
+    import torch
+
+    host = torch.randn(1024, 1024)
+    dev = torch.randn(1024, 1024, device="cuda")
+    pinned = torch.ones(4096).pin_memory()
+    target = torch.empty(4096, device="cuda")
+    return [
+        ("x.to('cuda') 4 MiB", lambda: host.to("cuda")),
+        ("torch.tensor(list, device='cuda')", lambda: torch.tensor([1.0, 2.0, 3.0], device="cuda")),
+        ("torch.as_tensor(ndarray, device='cuda')", lambda: torch.as_tensor(host.numpy()[:16], device="cuda")),
+        ("y.cpu() 4 MiB", lambda: dev.cpu()),
+        ("y.sum().item()", lambda: dev.sum().item()),
+        ("y[0, :16].tolist()", lambda: dev[0, :16].tolist()),
+        ("bool((y > 0).any())", lambda: bool((dev > 0).any())),
+        ("y[0].nonzero()", lambda: dev[0].nonzero()),
+        ("y[0][y[0] > 0] (mask)", lambda: dev[0][dev[0] > 0]),
+        ("empty.copy_(pinned, non_blocking)", lambda: target.copy_(pinned, non_blocking=True)),
+        ("y * 2 (no copy)", lambda: dev * 2),
+    ]
+
+
+def validate_scripted() -> list[dict[str, Any]]:
+    import torch
+
+    rows = []
+    for name, fn in scripted_cases():
+        fn()
+        torch.cuda.synchronize()
+        prof = _profile(fn)
+        torch.cuda.synchronize()
+        deep = _deep(fn)
+        torch.cuda.synchronize()
+        _r, warn = _warn_syncs(fn)
+        torch.cuda.synchronize()
+        rows.append({
+            "op": name,
+            "prof_h2d": prof["HtoD"][0], "prof_h2d_bytes": prof["HtoD"][1],
+            "prof_d2h": prof["DtoH"][0], "prof_d2h_bytes": prof["DtoH"][1],
+            "deep_h2d": deep.get("h2d_copies", 0), "deep_h2d_bytes": deep.get("h2d_bytes", 0),
+            "deep_d2h": deep.get("d2h_copies", 0), "deep_d2h_bytes": deep.get("d2h_bytes", 0),
+            "warn_syncs": warn, "deep_syncs": deep.get("sync_points", 0), "prof_sync_calls": prof["sync_total"],
+        })
+    return rows
+
+
+def validate_generate(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from vauban_trace import semconv as sc
+    from vauban_trace.executors.torch._patch import instrument_model
+    from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model
+    from vauban_trace.instrument._probes import flush_deferred
+
+    directory = cached_tiny_model("llama", hidden_size=args.hidden, num_layers=args.layers, max_position_embeddings=1024)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.bfloat16).to("cuda").eval()
+    tok = AutoTokenizer.from_pretrained(directory)
+    ids = tok(" ".join(SENTENCES * 4), return_tensors="pt")["input_ids"][:, : args.prompt_tokens]
+    inputs = {"input_ids": ids.to("cuda"), "attention_mask": torch.ones_like(ids).to("cuda")}
+    kw = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+
+    def plain() -> Any:
+        return model.generate(**inputs, **kw)
+
+    for _ in range(2):
+        plain()
+    out: dict[str, Any] = {"model": f"random Llama hidden {args.hidden}, {args.layers} layers, bf16",
+                           "prompt_tokens": int(ids.shape[1]), "new_tokens": args.new_tokens}
+    plain_out, out["warn_syncs_plain"] = _warn_syncs(plain)
+    prof_plain = _profile(plain)
+    with instrument_model(model, tok, tracer_provider=tp):
+        model.generate(**inputs, **kw)
+        flush_deferred(30.0)
+        exporter.clear()
+        traced_out, out["warn_syncs_traced"] = _warn_syncs(plain)
+        flush_deferred(30.0)
+        spans = {s.name.split(" ")[0]: s for s in exporter.get_finished_spans()}
+        prof_traced = _profile(plain)
+    out["same_tokens"] = bool(torch.equal(plain_out, traced_out))
+    out["prof_sync_plain"], out["prof_sync_traced"] = prof_plain["sync_calls"], prof_traced["sync_calls"]
+    out["prof_memcpy_plain"] = {k: prof_plain[k] for k in ("HtoD", "DtoH")}
+    out["prof_memcpy_traced"] = {k: prof_traced[k] for k in ("HtoD", "DtoH")}
+    stage_attrs: dict[str, dict[str, Any]] = {}
+    for name in ("prefill", "decode"):
+        a = spans[name].attributes if name in spans else {}
+        stage_attrs[name] = {
+            "sync_points": a.get(sc.usl("sync_points")),
+            "device_duration_s": a.get(sc.usl("device_duration_s")),
+            "device_duration_prov": a.get(sc.usl_provenance("device_duration_s")),
+            "duration_s": a.get(sc.usl("duration_s")),
+            "memory_bytes": a.get(sc.usl("memory_bytes")),
+        }
+    out["stages"] = stage_attrs
+    # deep counters over one generate vs the profiler's memcpy events
+    out["deep_generate"] = _deep(plain)
+    # overhead: traced vs plain, interleaved
+    handle = None
+    times: dict[str, list[float]] = {"plain": [], "traced": []}
+    for r in range(args.repeat):
+        for mode in (("plain", "traced") if r % 2 == 0 else ("traced", "plain")):
+            if mode == "traced":
+                handle = instrument_model(model, tok, tracer_provider=tp)
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            plain()
+            torch.cuda.synchronize()
+            times[mode].append(time.perf_counter() - t0)
+            if handle is not None:
+                handle.remove()
+                handle = None
+        flush_deferred(30.0)
+        exporter.clear()
+    out["plain_ms"] = statistics.median(times["plain"]) * 1000
+    out["traced_ms"] = statistics.median(times["traced"]) * 1000
+    out["ratio"] = out["traced_ms"] / out["plain_ms"]
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    props = torch.cuda.get_device_properties(0)
+    result: dict[str, Any] = {
+        "card": torch.cuda.get_device_name(0), "memory_gib": round(props.total_memory / 2**30, 1),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+    result["scripted"] = validate_scripted()
+    result["generate"] = validate_generate(args)
+    return result
+
+
+def markdown(result: dict[str, Any], pytest_line: str = "") -> str:
+    g = result["generate"]
+    lines = [
+        f"## {SECTION}",
+        "",
+        "Command (on the GPU machine): `python bench/gpu_validate.py --out result.json`, then here "
+        "`python bench/gpu_validate.py --write-docs result.json`.",
+        "",
+        f"Card: {result['card']} ({result['memory_gib']} GiB), torch {result['torch']} (CUDA {result['cuda']}), "
+        f"transformers {result['transformers']}, {result['date']}.",
+    ]
+    if pytest_line:
+        lines += ["", f"CUDA tests (`python -m pytest -q tests/executors/torch/test_torch_cuda.py`): {pytest_line}"]
+    lines += [
+        "",
+        "### Deep copy counters vs torch.profiler, per operation",
+        "",
+        "| operation | profiler HtoD n / bytes | deep h2d n / bytes | profiler DtoH n / bytes | deep d2h n / bytes "
+        "| sync debug mode syncs | deep syncs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in result["scripted"]:
+        lines.append(
+            f"| `{r['op']}` | {r['prof_h2d']} / {r['prof_h2d_bytes']} | {r['deep_h2d']} / {r['deep_h2d_bytes']} "
+            f"| {r['prof_d2h']} / {r['prof_d2h_bytes']} | {r['deep_d2h']} / {r['deep_d2h_bytes']} "
+            f"| {r['warn_syncs']} | {r['deep_syncs']} |"
+        )
+    st = g["stages"]
+    deep = g["deep_generate"]
+    lines += [
+        "",
+        f"### generate: {g['model']}, prompt {g['prompt_tokens']} tokens, {g['new_tokens']} new tokens (greedy)",
+        "",
+        "| check | untraced | traced (cheap counters, capture off) |",
+        "|---|---|---|",
+        f"| synchronisations, sync debug mode | {g['warn_syncs_plain']} | {g['warn_syncs_traced']} |",
+        f"| CUDA runtime sync calls, profiler | {json.dumps(g['prof_sync_plain'])} | {json.dumps(g['prof_sync_traced'])} |",
+        f"| memcpy events, profiler [count, bytes] | {json.dumps(g['prof_memcpy_plain'])} | {json.dumps(g['prof_memcpy_traced'])} |",
+        f"| identical greedy tokens | | {g['same_tokens']} |",
+        f"| median wall time per generate ({len(st) and 'interleaved'}) | {g['plain_ms']:.1f} ms | {g['traced_ms']:.1f} ms "
+        f"(ratio {g['ratio']:.3f}) |",
+        "",
+        f"Deep probe over one untraced generate: h2d {deep.get('h2d_copies')} copies / {deep.get('h2d_bytes')} bytes, "
+        f"d2h {deep.get('d2h_copies')} / {deep.get('d2h_bytes')} bytes, {deep.get('sync_points')} syncs "
+        f"(profiler: HtoD {g['prof_memcpy_plain']['HtoD']}, DtoH {g['prof_memcpy_plain']['DtoH']}).",
+        "",
+        "Traced stage spans: "
+        + "; ".join(
+            f"`{n}` sync_points {v['sync_points']}, device_duration_s {v['device_duration_s']} ({v['device_duration_prov']}), "
+            f"wall duration_s {v['duration_s']}, memory_bytes {v['memory_bytes']}"
+            for n, v in st.items()
+        )
+        + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_docs(section: str) -> None:
+    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="gpu_validate.json")
+    parser.add_argument("--write-docs", metavar="RESULT_JSON")
+    parser.add_argument("--pytest-line", default="", help="summary line of the CUDA test run, for the docs")
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--prompt-tokens", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.write_docs:
+        result = json.loads(Path(args.write_docs).read_text())
+        write_docs(markdown(result, args.pytest_line or result.get("pytest_line", "")))
+        return 0
+    result = run(args)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
