@@ -193,3 +193,28 @@ def test_otlp_grpc_env_exports_to_local_receiver(tmp_path: Path, monkeypatch: py
         assert session.store.get_trace(trace_id).complete
     finally:
         server.stop(None)
+
+
+def test_spans_and_blobs_are_flushed_at_exit(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, vauban_trace as vt\n"
+        f"vt.configure(store_dir={str(tmp_path / 'vb')!r})\n"
+        "with vt.traced_request(vt.TraceRequest(prompt_ids=(1, 2)), model='m') as req:\n"
+        "    with vt.stage('forward'):\n"
+        "        vt.record_artifact('logits', np.ones((1, 2, 8), np.float32))\n"
+        "print(req.trace_id)\n"  # no flush, no shutdown: the exit hook must do it
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    trace_id = proc.stdout.strip()
+    from vauban_trace.store import TraceStore
+
+    with TraceStore(tmp_path / "vb") as store:
+        trace = store.get_trace(trace_id)
+        (art,) = trace.artifacts
+        assert art.digest is not None and store.blobs.verify(art.digest)

@@ -278,6 +278,7 @@ def configure(
             processors.append(BatchSpanProcessor(exp))
             descriptions.append(text)
         provider = _install_provider(service_name)
+        _register_exit_hook()
         session = Session(
             store_dir=directory, store=store, artifact_store=blobs, blob_writer=writer,
             exporters=descriptions, provider=provider, processors=processors, embedded=embedded, key=key,
@@ -302,4 +303,13 @@ def _at_exit() -> None:
             pass
 
 
-atexit.register(_at_exit)
+_exit_hook_registered = False
+
+
+def _register_exit_hook() -> None:
+    """Register the exit flush once, *after* the provider exists: atexit runs hooks last-in
+    first-out, so ours (deferred readings, blobs, spans) runs before the SDK shuts the provider."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_at_exit)
+        _exit_hook_registered = True
