@@ -7,7 +7,7 @@ Spec syntax (CLI ``--intervene SPEC``, API :func:`parse_intervention`)::
 
     ablate:layer=L,direction=REF[,site=S][,positions=P]
     steer:layer=L,vector=REF[,alpha=A][,normalize=true|false][,site=S][,positions=P]
-    patch:layer=L,source=DIGEST[,site=S]
+    patch:layer=L,source=DIGEST[,site=S][,positions=prompt]
 
     REF    := sha256:<hex> | blake3:<hex>    a blob in the artifact store (verified on read):
                                              safetensors (one tensor) or a JSON list of numbers
@@ -58,7 +58,7 @@ _ALLOWED: dict[str, dict[str, bool]] = {  # key -> required
     "steer": {
         "layer": True, "vector": True, "alpha": False, "normalize": False, "site": False, "positions": False,
     },
-    "patch": {"layer": True, "source": True, "site": False},
+    "patch": {"layer": True, "source": True, "site": False, "positions": False},
 }
 _DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|blake3:[0-9a-f]{64})$")
 
@@ -130,6 +130,8 @@ def parse_intervention(spec: str) -> Intervention:
         if not _DIGEST_RE.match(source):
             raise ExecutorError(f"{where}: source must be a digest (sha256:<64 hex> or blake3:<64 hex>)")
         params["source"] = source
+        if raw.pop("positions", "prompt").lower() != "prompt":
+            raise ExecutorError(f"{where}: patch applies to the prompt positions only (positions=prompt)")
         params["positions"] = "prompt"
     else:
         key = "direction" if name == "ablate" else "vector"

@@ -312,7 +312,7 @@ def _run_stages(ex: TorchExecutor, req: Any, request: TraceRequest, opts: RunOpt
             )
             with stage("decode", batch_size=plan.batch, device=dev) as st:
                 decoded = _decode.decode(model, logits, cache, mask, params, _detokenizer(tok))
-                _decode_attrs(st, decoded)
+                _decode_attrs(st, decoded, ivset)
                 if decoded.chosen_logprobs is not None:
                     with _recording():
                         record_artifact("logprobs", decoded.chosen_logprobs, metadata={
@@ -442,7 +442,7 @@ def _intervene(ivset: InterventionSet, model: Any, ids: torch.Tensor, mask: torc
                             metadata={"intervention": spec.name, "site": hook.item.site})
 
 
-def _decode_attrs(st: Any, d: _decode.DecodeResult) -> None:
+def _decode_attrs(st: Any, d: _decode.DecodeResult, ivset: InterventionSet | None) -> None:
     times = d.step_times_s
     st.set_attribute(sc.DECODE_STEPS, d.steps)
     st.set_attribute(sc.DECODE_STEP_P50_S, _percentile(times, 50))
@@ -451,8 +451,11 @@ def _decode_attrs(st: Any, d: _decode.DecodeResult) -> None:
     st.set_attribute(sc.DECODE_STEP_MEAN_S, statistics.fmean(times) if times else 0.0)
     st.set_attribute(sc.DECODE_STOP_REASON, d.loop_stop_reason)
     st.set_counter("token_count", sum(len(t) for t in d.tokens), provenance="derived")
-    st.set_metadata({"stop_reasons": d.stop_reasons, "forward_steps": d.forward_steps,
-                     "generated": [len(t) for t in d.tokens]})
+    meta: dict[str, Any] = {"stop_reasons": d.stop_reasons, "forward_steps": d.forward_steps,
+                            "generated": [len(t) for t in d.tokens]}
+    if ivset is not None:  # how often each intervention acted on generated positions
+        meta["intervention_calls"] = [h.calls.get("decode", 0) for h in ivset.hooks]
+    st.set_metadata(meta)
 
 
 def _score(model: Any, tok: Any, prompt_ids: list[list[int]], opts: RunOptions, plan: _Plan,
