@@ -39,6 +39,7 @@ _KINDS = {
     "producer": Span.SPAN_KIND_PRODUCER,
     "consumer": Span.SPAN_KIND_CONSUMER,
 }
+_MAX_MICROS = (2**64 - 1) // 1000
 _STATUS = {"OK": Status.STATUS_CODE_OK, "ERROR": Status.STATUS_CODE_ERROR, "UNSET": Status.STATUS_CODE_UNSET}
 
 
@@ -90,7 +91,7 @@ def _convert_trace(trace: Any, where: str, out: TracesData) -> None:
                 raise RebuildError(f"{where}.processes[{pid!r}]: expected an object")
             if proc.get("serviceName"):
                 rs.resource.attributes.add(key=sc.SERVICE_NAME).value.string_value = str(proc["serviceName"])
-            for j, tag in enumerate(proc.get("tags") or []):
+            for j, tag in enumerate(_arr(proc.get("tags"), f"{where}.processes[{pid!r}].tags")):
                 _tag(rs.resource.attributes.add(), tag, f"{where}.processes[{pid!r}].tags[{j}]")
         span = Span()
         scope = _convert_span(raw, sw, span)
@@ -109,14 +110,17 @@ def _convert_span(raw: Mapping[str, Any], where: str, span: Span) -> tuple[str, 
     span.name = str(raw.get("operationName") or "")
     start_us = _number(raw.get("startTime"), where + ".startTime")
     span.start_time_unix_nano = start_us * 1000
-    span.end_time_unix_nano = (start_us + _number(raw.get("duration"), where + ".duration")) * 1000
+    end_us = start_us + _number(raw.get("duration"), where + ".duration")
+    if end_us > _MAX_MICROS:
+        raise RebuildError(f"{where}.duration: the span would end past the 64-bit nanosecond range")
+    span.end_time_unix_nano = end_us * 1000
     parent = _parent_and_links(raw, where, span)
     if parent is not None:
         span.parent_span_id = parent
     scope = ["", ""]
     error_tag = False
     status_set = False
-    for j, tag in enumerate(raw.get("tags") or []):
+    for j, tag in enumerate(_arr(raw.get("tags"), where + ".tags")):
         tw = f"{where}.tags[{j}]"
         kv = KeyValue()
         _tag(kv, tag, tw)
@@ -138,14 +142,14 @@ def _convert_span(raw: Mapping[str, Any], where: str, span: Span) -> tuple[str, 
             span.attributes.append(kv)
     if error_tag and not status_set:
         span.status.code = Status.STATUS_CODE_ERROR
-    for j, log in enumerate(raw.get("logs") or []):
+    for j, log in enumerate(_arr(raw.get("logs"), where + ".logs")):
         lw = f"{where}.logs[{j}]"
         if not isinstance(log, Mapping):
             raise RebuildError(f"{lw}: expected an object")
         event = span.events.add()
         event.time_unix_nano = _number(log.get("timestamp"), lw + ".timestamp") * 1000
         event.name = "log"
-        for k, field in enumerate(log.get("fields") or []):
+        for k, field in enumerate(_arr(log.get("fields"), lw + ".fields")):
             kv = KeyValue()
             _tag(kv, field, f"{lw}.fields[{k}]")
             if kv.key == sc.JAEGER_LOG_EVENT and kv.value.HasField("string_value"):
@@ -157,7 +161,7 @@ def _convert_span(raw: Mapping[str, Any], where: str, span: Span) -> tuple[str, 
 
 def _parent_and_links(raw: Mapping[str, Any], where: str, span: Span) -> bytes | None:
     refs: list[tuple[str, bytes, bytes]] = []
-    for j, ref in enumerate(raw.get("references") or []):
+    for j, ref in enumerate(_arr(raw.get("references"), where + ".references")):
         rw = f"{where}.references[{j}]"
         if not isinstance(ref, Mapping):
             raise RebuildError(f"{rw}: expected an object")
@@ -204,6 +208,14 @@ def _tag(out: KeyValue, tag: Any, where: str) -> None:
         raise RebuildError(f"{where}.value: {value!r} is not a valid {kind}") from None
 
 
+def _arr(value: Any, where: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RebuildError(f"{where}: expected an array, got {type(value).__name__}")
+    return value
+
+
 def _number(value: Any, where: str) -> int:
     if isinstance(value, bool):
         raise RebuildError(f"{where}: expected microseconds, got a boolean")
@@ -211,8 +223,8 @@ def _number(value: Any, where: str) -> int:
         number = int(value or 0)
     except (TypeError, ValueError):
         raise RebuildError(f"{where}: {value!r} is not a number of microseconds") from None
-    if number < 0:
-        raise RebuildError(f"{where}: {number} is negative")
+    if not 0 <= number <= _MAX_MICROS:
+        raise RebuildError(f"{where}: {number} microseconds is out of range")
     return number
 
 

@@ -142,7 +142,7 @@ def _resource_spans(value: Any, where: str) -> ResourceSpans:
     if resource is not None:
         res = _obj(resource, where + ".resource")
         _attributes(out.resource.attributes, _get(res, "attributes"), where + ".resource.attributes")
-        out.resource.dropped_attributes_count = _uint(
+        out.resource.dropped_attributes_count = _uint32(
             _get(res, "droppedAttributesCount", "dropped_attributes_count"), where + ".resource.droppedAttributesCount"
         )
     out.schema_url = _str(_get(doc, "schemaUrl", "schema_url"), where + ".schemaUrl")
@@ -186,13 +186,15 @@ def _span(value: Any, where: str) -> Span:
     if parent not in (None, ""):
         out.parent_span_id = parse_id(parent, SPAN_ID_BYTES, where + ".parentSpanId")
     out.trace_state = _str(_get(doc, "traceState", "trace_state"), where + ".traceState")
-    out.flags = _uint(_get(doc, "flags"), where + ".flags")
+    out.flags = _uint32(_get(doc, "flags"), where + ".flags")
     out.name = _str(_get(doc, "name"), where + ".name")
     out.kind = _enum(_get(doc, "kind"), _SPAN_KINDS, where + ".kind")  # type: ignore[assignment]
     out.start_time_unix_nano = _uint(_get(doc, "startTimeUnixNano", "start_time_unix_nano"), where + ".startTimeUnixNano")
     out.end_time_unix_nano = _uint(_get(doc, "endTimeUnixNano", "end_time_unix_nano"), where + ".endTimeUnixNano")
     _attributes(out.attributes, _get(doc, "attributes"), where + ".attributes")
-    out.dropped_attributes_count = _uint(_get(doc, "droppedAttributesCount", "dropped_attributes_count"), where)
+    out.dropped_attributes_count = _uint32(
+        _get(doc, "droppedAttributesCount", "dropped_attributes_count"), where + ".droppedAttributesCount"
+    )
     for i, ev in enumerate(_list(_get(doc, "events"), where + ".events")):
         ew = f"{where}.events[{i}]"
         evd = _obj(ev, ew)
@@ -200,8 +202,10 @@ def _span(value: Any, where: str) -> Span:
         event.time_unix_nano = _uint(_get(evd, "timeUnixNano", "time_unix_nano"), ew + ".timeUnixNano")
         event.name = _str(_get(evd, "name"), ew + ".name")
         _attributes(event.attributes, _get(evd, "attributes"), ew + ".attributes")
-        event.dropped_attributes_count = _uint(_get(evd, "droppedAttributesCount", "dropped_attributes_count"), ew)
-    out.dropped_events_count = _uint(_get(doc, "droppedEventsCount", "dropped_events_count"), where)
+        event.dropped_attributes_count = _uint32(
+            _get(evd, "droppedAttributesCount", "dropped_attributes_count"), ew + ".droppedAttributesCount"
+        )
+    out.dropped_events_count = _uint32(_get(doc, "droppedEventsCount", "dropped_events_count"), where + ".droppedEventsCount")
     for i, ln in enumerate(_list(_get(doc, "links"), where + ".links")):
         lw = f"{where}.links[{i}]"
         lnd = _obj(ln, lw)
@@ -209,9 +213,9 @@ def _span(value: Any, where: str) -> Span:
         link.trace_id = parse_id(_get(lnd, "traceId", "trace_id"), TRACE_ID_BYTES, lw + ".traceId")
         link.span_id = parse_id(_get(lnd, "spanId", "span_id"), SPAN_ID_BYTES, lw + ".spanId")
         link.trace_state = _str(_get(lnd, "traceState", "trace_state"), lw + ".traceState")
-        link.flags = _uint(_get(lnd, "flags"), lw + ".flags")
+        link.flags = _uint32(_get(lnd, "flags"), lw + ".flags")
         _attributes(link.attributes, _get(lnd, "attributes"), lw + ".attributes")
-    out.dropped_links_count = _uint(_get(doc, "droppedLinksCount", "dropped_links_count"), where)
+    out.dropped_links_count = _uint32(_get(doc, "droppedLinksCount", "dropped_links_count"), where + ".droppedLinksCount")
     status = _get(doc, "status")
     if status is not None:
         sd = _obj(status, where + ".status")
@@ -295,6 +299,13 @@ def _int(value: Any, where: str, *, signed: bool) -> int:
 
 def _uint(value: Any, where: str) -> int:
     return _int(value, where, signed=False)
+
+
+def _uint32(value: Any, where: str) -> int:
+    number = _int(value, where, signed=False)
+    if number > 2**32 - 1:
+        raise RebuildError(f"{where}: {number} is outside the uint32 range")
+    return number
 
 
 def _double(value: Any, where: str) -> float:
