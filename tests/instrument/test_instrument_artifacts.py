@@ -132,3 +132,23 @@ def test_thousand_artifacts_spill_and_all_rebuild(spans: InMemorySpanExporter, t
     assert {a.id for a in trace.artifacts} == {r.id for r in refs if r}
     assert {a.producer_span_id for a in trace.artifacts} == {st.span_id}
     assert trace.missing == ()
+
+
+def test_exception_on_a_full_span_does_not_push_out_an_artifact(
+    spans: InMemorySpanExporter, tmp_path: Any
+) -> None:
+    store = LocalArtifactStore(tmp_path / "blobs", fsync=False)
+    with pytest.raises(ZeroDivisionError):
+        with vt.stage("forward"):
+            for i in range(128):
+                vt.record_artifact("metric", i, store=store)
+            1 / 0  # noqa: B018
+    stage_spans = [s for s in spans.get_finished_spans() if s.name == "forward"]
+    assert all(s.dropped_events == 0 for s in stage_spans)
+    artifacts = [e for s in stage_spans for e in s.events if e.name == sc.EVENT_ARTIFACT]
+    exceptions = [e for s in stage_spans for e in s.events if e.name == "exception"]
+    assert len(artifacts) == 128 and len(exceptions) == 1
+    (trace,) = rebuild_traces(encode_spans(spans.get_finished_spans()))
+    assert len(trace.artifacts) == 128
+    (span,) = trace.spans
+    assert span.status == "error"

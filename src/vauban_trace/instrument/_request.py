@@ -224,8 +224,7 @@ def traced_request(
     except BaseException as exc:
         try:
             span.set_attribute(sc.ERROR_TYPE, type(exc).__qualname__)
-            if isinstance(exc, Exception):
-                span.record_exception(exc)
+            _spans.record_exception(span, exc)
             span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
         except Exception:
             _log.debug("could not record the exception on the root span", exc_info=True)

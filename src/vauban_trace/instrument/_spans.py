@@ -93,25 +93,36 @@ def _span_stage(span: Span) -> str | None:
 
 def add_event(span: Span, name: str, attributes: Mapping[str, AttributeValue]) -> Span:
     """Add an event to ``span`` or, past its event limit, to a spill span; returns where it went."""
+    target, close_after = _target(span)
+    target.add_event(name, attributes)
+    _after_add(span, target, close_after)
+    return target
+
+
+def record_exception(span: Span, exc: BaseException) -> None:
+    """``span.record_exception(exc)``, on a spill span when ``span`` has no room for the event."""
+    if not isinstance(exc, Exception):
+        return
+    target, close_after = _target(span)
+    target.record_exception(exc)
+    _after_add(span, target, close_after)
+
+
+def _target(span: Span) -> tuple[Span, bool]:
+    """The span that should take the next event, and whether to end it right after (foreign)."""
     owned = owner_of(span)
     limit = _state.event_limit(span)
     if owned is None:
         if _state.event_count(span, 0) < limit:
-            span.add_event(name, attributes)
-            return span
+            return span, False
         tracer = _state.current_tracer()
         if tracer is None:  # pragma: no cover - a recording span implies a tracer
-            span.add_event(name, attributes)
-            return span
-        spill = _open_spill(span, _span_name(span), _span_stage(span), tracer)
-        spill.add_event(name, attributes)
-        spill.end()
-        return spill
+            return span, False
+        return _open_spill(span, _span_name(span), _span_stage(span), tracer), True
     with owned.lock:
         if owned.spill is None and _state.event_count(span, owned.own_events) < limit:
-            span.add_event(name, attributes)
             owned.own_events += 1
-            return span
+            return span, False
         if owned.spill is not None and _state.event_count(owned.spill, owned.spill_events) >= _state.event_limit(
             owned.spill
         ):
@@ -119,6 +130,10 @@ def add_event(span: Span, name: str, attributes: Mapping[str, AttributeValue]) -
         if owned.spill is None:
             owned.spill = _open_spill(span, owned.name, owned.stage, owned.tracer)
             owned.spill_events = 0
-        owned.spill.add_event(name, attributes)
         owned.spill_events += 1
-        return owned.spill
+        return owned.spill, False
+
+
+def _after_add(span: Span, target: Span, close_after: bool) -> None:
+    if close_after:
+        target.end()

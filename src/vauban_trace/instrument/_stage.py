@@ -266,8 +266,7 @@ class Stage:
             span = handle.span
             if exc is not None:
                 end[sc.ERROR_TYPE] = type(exc).__qualname__
-                if isinstance(exc, Exception):
-                    span.record_exception(exc)
+                _spans.record_exception(span, exc)
                 span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
             span.set_attributes(end)
             _spans.unregister(owned)
