@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 from rebuild_helpers import SdkHarness, emit_vauban_request
 
+from vauban_trace import semconv as sc
 from vauban_trace._exceptions import RebuildError
 from vauban_trace.contract import Trace, validate_trace
 from vauban_trace.rebuild import rebuild_from_json, traces_data_to_json
@@ -67,3 +68,41 @@ def test_mutated_documents_fail_cleanly(which: int, pick: int, junk: Any) -> Non
     for t in traces:
         validate_trace(t)
         assert Trace.from_json(t.to_json()) == t
+
+
+_TYPED = [
+    {"stringValue": "x"}, {"boolValue": True}, {"doubleValue": -1.5}, {"intValue": "-3"}, {"doubleValue": "NaN"},
+    {"arrayValue": {"values": [{"stringValue": "a"}, {"intValue": "2"}]}},
+    {"kvlistValue": {"values": [{"key": "k", "value": {"intValue": "1"}}]}}, {},
+]
+
+
+def test_any_typed_value_in_any_attribute_never_breaks_rebuild() -> None:
+    """Well-formed OTLP with wrong-typed vauban attributes rebuilds: refusals go to problems.
+    The one exception is the schema version: an unreadable one refuses the trace."""
+    base = DOCS[-1]
+    slots = []
+    for i, rs in enumerate(base["resourceSpans"]):
+        for j, ss in enumerate(rs["scopeSpans"]):
+            for k, span in enumerate(ss["spans"]):
+                for a in range(len(span.get("attributes", []))):
+                    slots.append((i, j, k, None, a))
+                for e, ev in enumerate(span.get("events", [])):
+                    for a in range(len(ev.get("attributes", []))):
+                        slots.append((i, j, k, e, a))
+    assert len(slots) > 80
+    for i, j, k, e, a in slots:
+        for typed in _TYPED:
+            doc = copy.deepcopy(base)
+            span = doc["resourceSpans"][i]["scopeSpans"][j]["spans"][k]
+            holder = span if e is None else span["events"][e]
+            holder["attributes"][a]["value"] = typed
+            try:
+                traces = rebuild_from_json(doc)
+            except RebuildError as exc:
+                assert holder["attributes"][a]["key"] == sc.TRACE_SCHEMA_VERSION and typed, exc
+                assert "schema_version" in str(exc) and "is not readable" in str(exc)
+                continue
+            for t in traces:
+                validate_trace(t)
+                assert Trace.from_json(t.to_json()) == t

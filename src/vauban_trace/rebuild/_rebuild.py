@@ -294,7 +294,7 @@ def _build_trace(trace_id: str, raws: list[_Raw]) -> Trace:
         )
         return validate_trace(trace)
     except ContractError as exc:
-        raise RebuildError(f"trace {trace_id!r} cannot be rebuilt: {exc}") from None
+        raise RebuildError(f"cannot rebuild: {exc}") from None
 
 
 @dataclass

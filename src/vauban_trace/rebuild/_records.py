@@ -110,7 +110,7 @@ def build_profile(
         vkey, pkey = sc.usl(counter), sc.usl_provenance(counter)
         raw, word = attrs.pop(vkey, None), attrs.pop(pkey, None)
         if word is not None:
-            if word in _PROVENANCE_WORDS:
+            if isinstance(word, str) and word in _PROVENANCE_WORDS:
                 provenance[counter] = str(word)
             else:
                 problems.append(f"{where}: {pkey} {word!r} is not a provenance word; ignored")
