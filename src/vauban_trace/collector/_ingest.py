@@ -9,11 +9,14 @@ UNAVAILABLE + RetryInfo), so memory stays bounded however many clients push, and
 rest with :meth:`TraceStore.add_spans` (durable when it returns: only then does the receiver
 answer 200), counts everything in :class:`CollectorMetrics`, and wakes the assembler.
 Duplicates (a client re-sending after a lost reply) are absorbed by the store's idempotent
-insert and only counted.
+insert and only counted. All writes go through one writer thread with group commit (see
+:class:`Ingestor`), so the number of SQLite connections does not grow with client connections.
 """
 
 from __future__ import annotations
 
+import itertools
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -96,19 +99,46 @@ class Outcome:
     message: str
 
 
+class _Job:
+    __slots__ = ("request", "valid", "done", "result", "error")
+
+    def __init__(self, request: ExportTraceServiceRequest, valid: int) -> None:
+        self.request = request
+        self.valid = valid
+        self.done = threading.Event()
+        self.result: tuple[int, int] = (0, 0)
+        self.error: BaseException | None = None
+
+
 class Ingestor:
-    """Validate, durably store and count the spans of one export request."""
+    """Validate, durably store and count the spans of export requests.
+
+    Every store write happens on ONE writer thread (one SQLite connection, whatever the number
+    of client connections), and requests queued while a write is running are committed together
+    in the next transaction (group commit): each caller still gets its answer only after the
+    transaction holding its spans committed.
+    """
 
     def __init__(
         self,
         store: TraceStore,
         metrics: CollectorMetrics,
         on_stored: Callable[[], None] | None = None,
+        *,
+        max_group: int = 64,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._on_stored = on_stored
-        self._write_lock = threading.Lock()
+        self._max_group = max_group
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._write_loop, name="vauban-store-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the writer thread after the queued writes (call once no request is in flight)."""
+        self._queue.put(None)
+        self._thread.join()
 
     def ingest(self, request: ExportTraceServiceRequest, transport: str) -> Outcome:
         """Store the valid spans of ``request``; raises :class:`StoreUnavailable` if the write failed."""
@@ -120,17 +150,56 @@ class Ingestor:
             self._metrics.spans_rejected.labels("invalid_id").inc(check.rejected)
         accepted = duplicates = 0
         if check.valid:
-            started = time.perf_counter()
-            try:
-                with self._write_lock:
-                    accepted, duplicates = self._store.add_spans(request)
-            except Exception as exc:
-                self._metrics.spans_rejected.labels("store_error").inc(check.valid)
-                raise StoreUnavailable(f"the trace store could not write the spans: {exc}") from exc
-            finally:
-                self._metrics.store_write.observe(time.perf_counter() - started)
-            if duplicates:
-                self._metrics.spans_duplicated.inc(duplicates)
-            if accepted and self._on_stored is not None:
-                self._on_stored()
+            job = _Job(request, check.valid)
+            self._queue.put(job)
+            job.done.wait()
+            if job.error is not None:
+                raise StoreUnavailable(f"the trace store could not write the spans: {job.error}") from job.error
+            accepted, duplicates = job.result
         return Outcome(accepted, duplicates, check.rejected, check.message())
+
+    def _write_loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs = [first]
+            while len(jobs) < self._max_group:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stopping = True
+                    break
+                jobs.append(nxt)
+            self._write(jobs)
+
+    def _write(self, jobs: list[_Job]) -> None:
+        started = time.perf_counter()
+        try:
+            if len(jobs) == 1:
+                accepted, duplicates = self._store.add_spans(jobs[0].request)
+            else:
+                merged = itertools.chain.from_iterable(job.request.resource_spans for job in jobs)
+                accepted, duplicates = self._store.add_spans(merged)
+        except BaseException as exc:
+            self._metrics.spans_rejected.labels("store_error").inc(sum(job.valid for job in jobs))
+            for job in jobs:
+                job.error = exc
+                job.done.set()
+            return
+        finally:
+            self._metrics.store_write.observe(time.perf_counter() - started)
+        if duplicates:
+            self._metrics.spans_duplicated.inc(duplicates)
+        if len(jobs) == 1:
+            jobs[0].result = (accepted, duplicates)
+        else:  # per-request split is unknown inside one transaction; report the group's share
+            for job in jobs:
+                job.result = (job.valid, 0)
+        for job in jobs:
+            job.done.set()
+        if accepted and self._on_stored is not None:
+            self._on_stored()

@@ -47,6 +47,7 @@ class Collector:
         self.grpc_address: tuple[str, int] | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.assembler: Assembler | None = None
+        self._ingestor: Ingestor | None = None
         self.admission = Admission(config.max_inflight, config.max_inflight_bytes, self.metrics)
         self._started = False
         self._stopped = False
@@ -71,7 +72,7 @@ class Collector:
             incomplete_after_s=cfg.incomplete_after_s,
             interval_s=cfg.assemble_interval_s,
         )
-        ingestor = Ingestor(self._store, self.metrics, on_stored=self.assembler.wake)
+        ingestor = self._ingestor = Ingestor(self._store, self.metrics, on_stored=self.assembler.wake)
         try:
             if cfg.metrics is not None:
                 self.metrics_address = self.metrics.serve(*cfg.metrics)
@@ -111,6 +112,8 @@ class Collector:
             log.warning("requests still in flight after %.1fs; closing anyway", timeout)
         if grpc_done is not None:
             grpc_done.wait(timeout)
+        if self._ingestor is not None:
+            self._ingestor.close()
         if self.assembler is not None:
             try:
                 self.assembler.stop(final_pass=self._store is not None)
