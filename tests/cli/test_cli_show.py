@@ -75,7 +75,8 @@ def test_show_from_store_default_source(tmp_path: Path, monkeypatch: pytest.Monk
     store.close()
     monkeypatch.chdir(tmp_path)
     assert main(["show", tid.upper()]) == 0
-    assert tid in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert tid in out and f"trace JSON: .vauban/traces/{tid}.json" in out
     assert main(["show", "--last", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["id"] == tid
 

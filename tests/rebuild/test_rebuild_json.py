@@ -214,3 +214,17 @@ def test_normalize_trace_id() -> None:
     assert normalize_trace_id(_b64(TID)) == TID
     with pytest.raises(RebuildError, match="trace id: 'zz' is neither 32 hex digits"):
         normalize_trace_id("zz")
+
+
+def test_pre_1_0_and_snake_case_keys() -> None:
+    legacy = {"resource_spans": [{"instrumentationLibrarySpans": [{
+        "instrumentationLibrary": {"name": "old-lib", "version": "0.9"},
+        "spans": [{"trace_id": TID, "span_id": "00000000000000ab", "name": "n",
+                   "start_time_unix_nano": "5", "end_time_unix_nano": 9,
+                   "status": {"code": "STATUS_CODE_ERROR", "message": "bad"}}],
+    }]}]}
+    td = traces_data_from_json(legacy)
+    ss = td.resource_spans[0].scope_spans[0]
+    assert ss.scope.name == "old-lib" and ss.spans[0].end_time_unix_nano == 9
+    (t,) = rebuild_traces(td)
+    assert t.spans[0].status == "error" and t.spans[0].error == "bad"

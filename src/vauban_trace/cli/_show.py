@@ -6,21 +6,19 @@
     vauban-trace show --last   [--source SRC] [--json]
 
 ``--source`` is any :func:`vauban_trace.sources.open_source` spec (default ``store:.vauban``).
-``--json`` prints the Trace document exactly as ``Trace.to_json(indent=2)``; otherwise a readable
-summary (``vauban_trace.cli._render.render_trace_summary`` when present, else the compact
-rendering below). Unknown trace, unreachable source, malformed id: one line on stderr, exit 2.
+``--json`` prints the Trace document exactly as ``Trace.to_json(indent=2)``; otherwise the
+readable summary of ``vauban_trace.cli._render.render_trace_summary`` (with the path of the trace
+JSON file when the source is a store). Unknown trace, unreachable source, malformed id: one line on stderr, exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from vauban_trace._exceptions import ConfigurationError
-from vauban_trace.contract import COUNTER_NAMES, Trace, TraceSpan
+from vauban_trace.contract import Trace
 
 DEFAULT_SOURCE = "store:.vauban"
 
@@ -58,53 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(trace: Trace, *, trace_json_path: Path | None = None) -> str:
-    """The shared renderer when it exists, else :func:`render_minimal`."""
-    name = "vauban_trace.cli._render"
-    if importlib.util.find_spec(name) is not None:
-        module = importlib.import_module(name)
-        text: str = module.render_trace_summary(trace, trace_json_path=trace_json_path)
-        return text.rstrip("\n")
-    return render_minimal(trace, trace_json_path=trace_json_path)
+    """The readable summary (the renderer shared with ``vauban-trace demo``)."""
+    from vauban_trace.cli._render import render_trace_summary
 
-
-def _counters(span: TraceSpan) -> str:
-    prof = span.profile
-    if prof is None:
-        return ""
-    parts = []
-    for name in COUNTER_NAMES:
-        value = getattr(prof, name)
-        if value is None or name == "duration_s":
-            continue
-        parts.append(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}")
-    return " ".join(parts)
-
-
-def render_minimal(trace: Trace, *, trace_json_path: Path | None = None) -> str:
-    meta = trace.metadata
-    lines = [f"trace {trace.id}  service={meta.get('service_name') or '-'}  spans={len(trace.spans)}  "
-             f"{'complete' if trace.complete else 'INCOMPLETE'}"]
-    if trace.request is not None:
-        req = trace.request
-        lines.append(f"request: artifacts={','.join(req.requested_artifacts) or '-'} "
-                     f"layers={','.join(map(str, req.collect_layers)) or '-'} interventions={len(req.interventions)}")
-    if trace.capabilities is not None:
-        lines.append(f"executor: {trace.capabilities.executor}")
-    depth: dict[str, int] = {}
-    for span in trace.spans:
-        d = depth.get(span.parent_id, -1) + 1 if span.parent_id is not None else 0
-        depth[span.id] = d
-        dur = span.profile.duration_s if span.profile is not None and span.profile.duration_s is not None else None
-        shown = f"{dur * 1000:.3f} ms" if dur is not None else "-"
-        status = "" if span.status != "error" else f"  ERROR {span.error or ''}".rstrip()
-        stage = f" [{span.stage}]" if span.stage else ""
-        extra = _counters(span)
-        outs = f" -> {len(span.output_artifact_ids)} artifact(s)" if span.output_artifact_ids else ""
-        lines.append(f"{'  ' * (d + 1)}{span.name}{stage}  {shown}{('  ' + extra) if extra else ''}{outs}{status}")
-    for miss in trace.missing:
-        lines.append(f"missing {miss.kind}: {miss.reason}{(' (' + miss.detail + ')') if miss.detail else ''}")
-    for problem in trace.problems:
-        lines.append(f"problem: {problem}")
-    if trace_json_path is not None:
-        lines.append(f"trace JSON: {trace_json_path}")
-    return "\n".join(lines)
+    return render_trace_summary(trace, trace_json_path=trace_json_path).rstrip("\n")
