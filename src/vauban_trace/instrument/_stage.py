@@ -138,7 +138,7 @@ _FAST = hasattr(_otel_trace, "_TRACER_PROVIDER")
 
 
 class Stage:
-    """A stage span, usable as ``with`` block or as decorator (``stage`` is this class).
+    """A stage span, usable as ``with`` block or as decorator (usually built with :func:`stage`).
 
     ``token_count``, ``batch_size``, ``queue_depth`` and any other counter of
     :data:`~vauban_trace.contract.COUNTER_NAMES` passed as a keyword are recorded with provenance
@@ -285,10 +285,23 @@ class Stage:
 
     # -- context manager ------------------------------------------------------------------
     def __enter__(self) -> StageHandle | _NoopHandle:
-        if self._provider is None and _FAST and _otel_trace._TRACER_PROVIDER is _state._seen_provider:
+        # fast path: the global provider is the one seen last time (see _state); an OTel API
+        # without the private global falls back to _enter_checked (installed below)
+        if self._provider is None and _otel_trace._TRACER_PROVIDER is _state._seen_provider:
             tracer = _state._seen_tracer
         else:
             tracer = _state.current_tracer(self._provider)
+        if tracer is None:
+            return NOOP_HANDLE
+        handle = self._begin(tracer, None)
+        if self._handles is None:
+            self._handles = [handle]
+        else:
+            self._handles.append(handle)
+        return handle
+
+    def _enter_checked(self) -> StageHandle | _NoopHandle:
+        tracer = _state.current_tracer(self._provider)
         if tracer is None:
             return NOOP_HANDLE
         handle = self._begin(tracer, None)
@@ -456,5 +469,40 @@ class Stage:
         return wrapper
 
 
-#: ``stage(name, **counters)`` builds a :class:`Stage`; the class itself, to save a call.
-stage = Stage
+if not _FAST:  # pragma: no cover - depends on the OpenTelemetry API's internals
+    Stage.__enter__ = Stage._enter_checked  # type: ignore[method-assign]
+
+_new = object.__new__
+
+
+def stage(
+    name: str,
+    *,
+    token_count: int | None = None,
+    batch_size: int | None = None,
+    queue_depth: int | None = None,
+    device: str | None = None,
+    inputs: Iterable[Any] | None = None,
+    measure: bool = True,
+    tracer_provider: TracerProvider | None = None,
+    **counters: int | float,
+) -> Stage:
+    """A stage span: ``with stage("decode", token_count=n) as st:`` or ``@stage("forward")``.
+
+    Same arguments as :class:`Stage`. Built with ``object.__new__`` and direct slot stores rather
+    than a class call: on the no-op path this is most of the cost of a stage (see
+    docs/benchmarks.md, "Stage span overhead").
+    """
+    st = _new(Stage)
+    st.name = name
+    st._opts = (token_count, batch_size, queue_depth, device, inputs, measure)
+    st._counters = counters
+    st._provider = tracer_provider
+    st._handles = None
+    if counters:
+        for key in counters:
+            if key not in _USL:
+                raise ContractError(
+                    f"stage {name!r}: unknown counter {key!r} (expected one of: {', '.join(COUNTER_NAMES)})"
+                )
+    return st
