@@ -101,8 +101,8 @@ def _quiet() -> None:
     try:
         from transformers.utils import logging as tf_logging
 
-        tf_logging.set_verbosity_error()
-        tf_logging.disable_progress_bar()
+        tf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+        tf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     except Exception:
         pass
 

@@ -165,7 +165,7 @@ def decode(
     forward_steps = 0
     active: torch.Tensor | None = None
     pad = torch.full((batch,), params.pad_token_id, dtype=torch.long, device=device)
-    for step in range(params.max_new_tokens):
+    for _step in range(params.max_new_tokens):
         t0 = time.perf_counter()
         nxt = _select(last, params, gen)
         if active is not None:  # some sequences have stopped: feed them the pad id

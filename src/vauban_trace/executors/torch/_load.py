@@ -156,7 +156,7 @@ def _module_path(model: torch.nn.Module, target: torch.nn.Module | None) -> str 
         return None
     for name, mod in model.named_modules():
         if mod is target:
-            return name
+            return str(name)
     return None
 
 
@@ -191,7 +191,8 @@ def load(source: Source, device: torch.device, dtype: torch.dtype | str | None) 
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        model, info = cls.from_pretrained(source.location, **kwargs)
+        loaded: Any = cls.from_pretrained(source.location, **kwargs)
+        model, info = loaded
     except Exception as exc:
         raise ExecutorError(f"cannot load the model in {source.location!r}: {type(exc).__name__}: {exc}") from exc
     try:

@@ -170,7 +170,7 @@ def _precheck_layers(ex: TorchExecutor, request: TraceRequest) -> None:
     count = config_layer_count(ex._source.config)
     wanted = [*request.collect_layers, *(i.layer_index for i in request.interventions)]
     bad = [i for i in wanted if count is not None and i >= count]
-    if bad:
+    if bad and count is not None:
         raise ExecutorError(f"layer {bad[0]} is out of range: the model has {count} layers (0-{count - 1})")
 
 
@@ -232,10 +232,10 @@ def _run_stages(ex: TorchExecutor, req: Any, request: TraceRequest, opts: RunOpt
             prompt_ids = plan.ids
         else:
             assert plan.texts is not None
-            texts = plan.texts
+            inputs = plan.texts
             if request.apply_chat_template:
-                texts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True) for t in texts]
-            prompt_ids = [list(tok(t, add_special_tokens=not request.apply_chat_template)["input_ids"]) for t in texts]
+                inputs = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True) for t in inputs]
+            prompt_ids = [list(tok(t, add_special_tokens=not request.apply_chat_template)["input_ids"]) for t in inputs]
         if any(len(p) == 0 for p in prompt_ids):
             raise ExecutorError("a prompt tokenized to zero tokens")
         n_prompt = sum(len(p) for p in prompt_ids)
@@ -346,11 +346,12 @@ def _run_stages(ex: TorchExecutor, req: Any, request: TraceRequest, opts: RunOpt
                 record_artifact("tokens", gen[0] if plan.batch == 1 else gen, metadata={"role": "completion"})
         req.set_finish_reasons(reasons)
     req.set_usage(input_tokens=n_prompt, output_tokens=sum(len(t) for t in gen))
-    return result_cls(
+    result: RunResult = result_cls(
         trace_id=req.trace_id, texts=tuple(texts), token_ids=tuple(tuple(t) for t in gen),
         finish_reasons=tuple(reasons), prompt_token_ids=tuple(tuple(p) for p in prompt_ids),
         stop_reasons=tuple(decoded.stop_reasons) if decoded is not None else (), scores=tuple(scores),
     )
+    return result
 
 
 def _pad_id(tok: Any, model: Any) -> int:

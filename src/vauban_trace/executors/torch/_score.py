@@ -49,7 +49,7 @@ def score_continuations(
     logprobs = logits.float().log_softmax(-1)
     results: list[ContinuationScore] = []
     gathered: list[torch.Tensor] = []
-    for row, (prompt, cont) in enumerate(zip(prompts, continuations, strict=True)):
+    for row, cont in enumerate(continuations):
         start = width - len(cont)  # first continuation position
         positions = torch.arange(start - 1, width - 1, device=device)
         targets = ids[row, start:]
