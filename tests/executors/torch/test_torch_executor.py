@@ -285,3 +285,41 @@ def test_missing_model_directory_and_bad_device(tmp_path: Any) -> None:
         TorchExecutor.from_pretrained(directory, device="tpu")
     with pytest.raises(ExecutorError, match="unknown dtype"):
         TorchExecutor.from_pretrained(directory, dtype="float7")
+
+
+def test_batch_where_one_sequence_hits_eos_matches_generate(session: Any) -> None:
+    ex = executor("mistral")
+    free = ex.run(ex.make_request(PROMPTS), max_new_tokens=12, ignore_eos=True)
+    eos = free.token_ids[0][3]
+    config = ex.model.generation_config
+    saved = config.eos_token_id
+    config.eos_token_id = eos
+    try:
+        result = ex.run(ex.make_request(PROMPTS), max_new_tokens=12)
+        tok = ex.tokenizer
+        tok.padding_side = "left"
+        enc = tok(PROMPTS, return_tensors="pt", padding=True)
+        with torch.no_grad():
+            ref = ex.model.generate(**enc, max_new_tokens=12, do_sample=False)[:, enc["input_ids"].shape[1]:].tolist()
+    finally:
+        config.eos_token_id = saved
+    first = list(free.token_ids[0]).index(eos)
+    assert list(result.token_ids[0]) == list(free.token_ids[0][: first + 1])
+    assert result.stop_reasons[0] == "eos" and result.finish_reasons[0] == "stop"
+    for mine, theirs in zip(result.token_ids, ref, strict=True):
+        assert list(mine) == theirs[: len(mine)]
+        assert all(t == tok.pad_token_id for t in theirs[len(mine):])
+
+
+def test_all_positions_logits_and_bfloat16_evidence(session: Any) -> None:
+    ex = TorchExecutor.from_pretrained(cached_tiny_model("llama", hidden_size=64, num_layers=2), dtype="bfloat16")
+    trace = ex.trace(ex.make_request(PROMPTS, layers=(1,), logprobs=True), logits_positions="all", max_new_tokens=2)
+    width = max(len(ex.tokenizer(p)["input_ids"]) for p in PROMPTS)
+    (logits,) = trace.artifacts_of_kind("logits")
+    assert logits.shape[:2] == (2, width) and logits.metadata["positions"] == "all"
+    assert logits.metadata["source_dtype"] == "bfloat16"
+    (act,) = trace.artifacts_of_kind("activation")
+    assert act.metadata["source_dtype"] == "bfloat16" and act.dtype == "float32"
+    lp = [a for a in trace.artifacts_of_kind("logprobs") if a.metadata.get("positions") == "all"][0]
+    values = blob(session, lp.digest)
+    np.testing.assert_allclose(np.exp(values).sum(-1), 1.0, rtol=1e-3)
