@@ -85,7 +85,7 @@ def test_model_whose_layers_cannot_be_found_is_unsupported_not_a_crash() -> None
     assert caps.level("can_emit_activations") == "unsupported"
     assert caps.level("can_apply_interventions") == "unsupported"
     assert "7 identical layers" in caps.notes["can_emit_activations"]
-    # inference still runs; without an SDK nothing is recorded, and no hook is needed
+    # inference still runs: no hook is needed, the requested activations are declared missing
     result = ex.run(ex.make_request("Hello", layers=(0,)), max_new_tokens=2)
     assert len(result.token_ids[0]) == 2
 
