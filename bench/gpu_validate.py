@@ -175,7 +175,7 @@ def validate_generate(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(2):
         plain()
     out: dict[str, Any] = {"model": f"random Llama hidden {args.hidden}, {args.layers} layers, bf16",
-                           "prompt_tokens": int(ids.shape[1]), "new_tokens": args.new_tokens}
+                           "prompt_tokens": int(ids.shape[1]), "new_tokens": args.new_tokens, "repeat": args.repeat}
     plain_out, out["warn_syncs_plain"] = _warn_syncs(plain)
     prof_plain = _profile(plain)
     with instrument_model(model, tok, tracer_provider=tp):
@@ -187,6 +187,18 @@ def validate_generate(args: argparse.Namespace) -> dict[str, Any]:
         spans = {s.name.split(" ")[0]: s for s in exporter.get_finished_spans()}
         prof_traced = _profile(plain)
     out["same_tokens"] = bool(torch.equal(plain_out, traced_out))
+    # is the untraced run itself repeatable? (bf16 argmax ties on a random model can flip)
+    runs = [plain() for _ in range(3)]
+    out["plain_repeatable"] = all(bool(torch.equal(runs[0], r)) for r in runs[1:]) and bool(torch.equal(runs[0], plain_out))
+    first = (plain_out != traced_out).nonzero()
+    out["first_difference"] = int(first[0, 1]) - int(ids.shape[1]) if first.numel() else None
+    with instrument_model(model, tok, tracer_provider=tp):
+        traced_runs = [plain() for _ in range(3)]
+    flush_deferred(30.0)
+    exporter.clear()
+    out["traced_equals_plain_runs"] = [
+        [bool(torch.equal(t, p)) for p in runs] for t in traced_runs
+    ]
     out["prof_sync_plain"], out["prof_sync_traced"] = prof_plain["sync_calls"], prof_traced["sync_calls"]
     out["prof_memcpy_plain"] = {k: prof_plain[k] for k in ("HtoD", "DtoH")}
     out["prof_memcpy_traced"] = {k: prof_traced[k] for k in ("HtoD", "DtoH")}
@@ -223,6 +235,40 @@ def validate_generate(args: argparse.Namespace) -> dict[str, Any]:
     out["plain_ms"] = statistics.median(times["plain"]) * 1000
     out["traced_ms"] = statistics.median(times["traced"]) * 1000
     out["ratio"] = out["traced_ms"] / out["plain_ms"]
+    out["paired_ratio"] = statistics.median(t / p for t, p in zip(times["traced"], times["plain"], strict=True))
+    out["min_ratio"] = min(times["traced"]) / min(times["plain"])
+    # deep counters: cost on this launch-bound workload (a few interleaved runs)
+    deep_t: list[float] = []
+    plain_t: list[float] = []
+    for _ in range(5):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        plain()
+        torch.cuda.synchronize()
+        plain_t.append(time.perf_counter() - t0)
+        with instrument_model(model, tok, tracer_provider=tp, deep_counters=True):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            plain()
+            torch.cuda.synchronize()
+            deep_t.append(time.perf_counter() - t0)
+        flush_deferred(30.0)
+        exporter.clear()
+    out["deep_ratio"] = statistics.median(deep_t) / statistics.median(plain_t)
+    # token equality under deterministic algorithms (bf16 greedy on a random model is not
+    # repeatable otherwise: see plain_repeatable)
+    torch.use_deterministic_algorithms(True)
+    try:
+        det_plain = [plain() for _ in range(2)]
+        with instrument_model(model, tok, tracer_provider=tp):
+            det_traced = [plain() for _ in range(2)]
+        flush_deferred(30.0)
+        out["deterministic_plain_repeatable"] = bool(torch.equal(det_plain[0], det_plain[1]))
+        out["deterministic_traced_equals_plain"] = all(bool(torch.equal(t, det_plain[0])) for t in det_traced)
+    except Exception as exc:  # report, do not lose the other figures
+        out["deterministic_error"] = repr(exc)
+    finally:
+        torch.use_deterministic_algorithms(False)
     return out
 
 
@@ -279,13 +325,20 @@ def markdown(result: dict[str, Any], pytest_line: str = "") -> str:
         f"| synchronisations, sync debug mode | {g['warn_syncs_plain']} | {g['warn_syncs_traced']} |",
         f"| CUDA runtime sync calls, profiler | {json.dumps(g['prof_sync_plain'])} | {json.dumps(g['prof_sync_traced'])} |",
         f"| memcpy events, profiler [count, bytes] | {json.dumps(g['prof_memcpy_plain'])} | {json.dumps(g['prof_memcpy_traced'])} |",
-        f"| identical greedy tokens | | {g['same_tokens']} |",
-        f"| median wall time per generate ({len(st) and 'interleaved'}) | {g['plain_ms']:.1f} ms | {g['traced_ms']:.1f} ms "
-        f"(ratio {g['ratio']:.3f}) |",
+        f"| identical greedy tokens (first traced run vs untraced) | untraced runs repeatable: {g.get('plain_repeatable')} "
+        f"| {g['same_tokens']} (first differing new token: {g.get('first_difference')}) |",
+        f"| median wall time per generate ({g['repeat']} interleaved repeats) | {g['plain_ms']:.1f} ms | {g['traced_ms']:.1f} ms "
+        f"(ratio of medians {g['ratio']:.3f}, median paired ratio {g.get('paired_ratio', float('nan')):.3f}, "
+        f"ratio of minima {g.get('min_ratio', float('nan')):.3f}) |",
+        f"| deep counters (5 interleaved runs) | | ratio {g.get('deep_ratio', float('nan')):.2f} |",
+        f"| greedy tokens under `torch.use_deterministic_algorithms(True)` | repeatable: "
+        f"{g.get('deterministic_plain_repeatable')} | identical to untraced: {g.get('deterministic_traced_equals_plain')} |",
         "",
         f"Deep probe over one untraced generate: h2d {deep.get('h2d_copies')} copies / {deep.get('h2d_bytes')} bytes, "
         f"d2h {deep.get('d2h_copies')} / {deep.get('d2h_bytes')} bytes, {deep.get('sync_points')} syncs "
         f"(profiler: HtoD {g['prof_memcpy_plain']['HtoD']}, DtoH {g['prof_memcpy_plain']['DtoH']}).",
+        "",
+        f"Three more traced runs against three untraced runs, token equality matrix: {g.get('traced_equals_plain_runs')}.",
         "",
         "Traced stage spans: "
         + "; ".join(
@@ -318,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=30)
     args = parser.parse_args(argv)
     if args.write_docs:
         result = json.loads(Path(args.write_docs).read_text())

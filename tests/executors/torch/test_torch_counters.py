@@ -156,6 +156,7 @@ def test_deep_counts_host_to_device_copies_and_bytes_meta_device() -> None:
     torch.tensor([1.0, 2.0], device="meta")  # built from host data: 8 bytes (no dispatcher copy)
     torch.as_tensor(m, device="meta")  # already there: no copy
     torch.empty(3, device="meta").copy_(torch.ones(3, dtype=torch.float64))  # copy_ cpu -> meta: 24 bytes
+    torch.empty(0).to("meta")  # empty: nothing moves, not counted
     readings = probe.stop(token)
     assert readings["h2d_copies"] == (3, "measured")
     assert readings["h2d_bytes"] == (72, "measured")

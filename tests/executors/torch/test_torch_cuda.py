@@ -108,6 +108,8 @@ def test_cuda_deep_counts_scripted_copies_and_syncs_exactly() -> None:
     back = (dev * 2).cpu()  # d2h 4000, blocking
     dev.sum().item()  # d2h 4, blocking
     dev[:10].tolist()  # d2h 40, blocking
+    dev.nonzero()  # d2h 4 (the element count), blocking
+    torch.empty(0).to("cuda")  # empty: nothing moves, not counted
     pinned = torch.ones(10).pin_memory()
     dev[:10].copy_(pinned, non_blocking=True)  # h2d 40, asynchronous: no sync
     with instrumentation_work():
@@ -115,9 +117,9 @@ def test_cuda_deep_counts_scripted_copies_and_syncs_exactly() -> None:
     readings = probe.stop(token)
     assert back.device.type == "cpu"
     assert readings["h2d_copies"] == (3, "measured") and readings["h2d_bytes"] == (4052, "measured")
-    assert readings["d2h_copies"] == (3, "measured") and readings["d2h_bytes"] == (4044, "measured")
-    assert readings["host_device_copies"] == (6, "measured")
-    assert readings["sync_points"] == (5, "measured")  # every one of the five is a blocking copy
+    assert readings["d2h_copies"] == (4, "measured") and readings["d2h_bytes"] == (4048, "measured")
+    assert readings["host_device_copies"] == (7, "measured")
+    assert readings["sync_points"] == (6, "measured")  # every one of the six is a blocking copy
     assert readings["instrumentation_d2h_copies"] == (1, "measured")
     assert readings["instrumentation_d2h_bytes"] == (20, "measured")
 

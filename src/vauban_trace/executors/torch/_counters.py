@@ -41,8 +41,10 @@ A ``TorchDispatchMode`` and a ``TorchFunctionMode`` are entered while a stage is
   ``.to(device)``, ``.cuda()``, ``numpy(force=True)``); ``Tensor.tolist()`` of a device tensor;
   tensors built from host data on a device (``torch.tensor`` / ``as_tensor`` / ``asarray`` with a
   device, which never reach the dispatcher); a scalar read (``.item()``, ``bool(t)``, ``int(t)``)
-  of a device tensor is one device-to-host copy of one element. Bytes are ``numel * element_size``
-  of what is moved.
+  of a device tensor is one device-to-host copy of one element; ``nonzero`` and boolean-mask
+  indexing on a device read the element count back (one 4-byte device-to-host copy, as the
+  profiler shows on torch 2.11). Bytes are ``numel * element_size`` of what is moved; copies of
+  empty tensors move nothing and are not counted.
 - sync points: scalar reads (``aten._local_scalar_dense``, ``is_nonzero``), ``tolist()``,
   blocking (``non_blocking=False``) copies between host and device, data-dependent shapes
   (``nonzero``, boolean-mask indexing and assignment, ``masked_select``, ``unique``). On CPU the

@@ -52,6 +52,11 @@ _SHAPE_SYNC_OPS = _overloads(
 )
 _MASK_OPS = _overloads(_aten.index, _aten.index_put_, _aten.index_put, _aten._index_put_impl_)
 _MASK_DTYPES = (torch.bool, torch.uint8)
+_NONZERO = _overloads(_aten.nonzero)
+_HOST = torch.device("cpu")
+#: bytes of the element count that ``nonzero`` (and boolean masking, which uses it) reads back to
+#: the host on CUDA; matched against torch.profiler's Memcpy DtoH events on torch 2.11 (H200)
+_COUNT_BYTES = 4
 
 _TO_COPY = _overloads(_aten._to_copy)
 _CREATORS = frozenset({torch.tensor, torch.as_tensor, torch.asarray})
@@ -81,7 +86,7 @@ class DeepTotals:
 
     def copy(self, src: torch.device, dst: torch.device, nbytes: int, blocking: bool = False) -> None:
         src_host, dst_host = _is_host(src), _is_host(dst)
-        if src_host == dst_host:
+        if src_host == dst_host or nbytes == 0:  # an empty tensor moves nothing and waits for nothing
             return
         if blocking:  # a blocking copy waits for the device (memcpy and stream sync)
             self.sync()
@@ -136,12 +141,19 @@ class _Dispatch(TorchDispatchMode):  # type: ignore[no-untyped-call]
         elif func in _SHAPE_SYNC_OPS:
             if func._overloadpacket is _aten.repeat_interleave and kwargs.get("output_size") is not None:
                 return
-            totals.sync()
+            src = args[0]
+            if func in _NONZERO and not _is_host(src.device):
+                totals.copy(src.device, _HOST, _COUNT_BYTES, True)  # the element count comes to the host
+            else:
+                totals.sync()
         elif func in _MASK_OPS:
             indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
             for index in indices or ():
                 if isinstance(index, torch.Tensor) and index.dtype in _MASK_DTYPES:
-                    totals.sync()
+                    if _is_host(index.device):
+                        totals.sync()
+                    else:  # the mask goes through nonzero: its element count comes to the host
+                        totals.copy(index.device, _HOST, _COUNT_BYTES, True)
                     break
 
 
