@@ -68,21 +68,23 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, text: str, *, sync: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
 class TraceStore:
@@ -317,45 +319,61 @@ class TraceStore:
         arrived after it keep the trace pending. Without it, the trace counts as rebuilt from
         everything stored now.
         """
-        if not isinstance(trace, Trace):
-            raise TraceStoreError(f"put_trace: expected a Trace, got {type(trace).__name__}")
-        tid = check_trace_id(trace.id, where="put_trace: trace.id")
-        text = trace.to_json()
-        path = self.trace_json_path(tid)
-        try:
-            _write_atomic(path, text)
-        except OSError as exc:
-            raise TraceStoreError(f"put_trace: cannot write {str(path)!r}: {exc}") from exc
-        root = trace.root
-        spans = trace.spans
-        if root is not None:
-            start, end = root.start_unix_nano, root.end_unix_nano
-        elif spans:
-            start = min(s.start_unix_nano for s in spans)
-            end = max(s.end_unix_nano for s in spans)
-        else:
-            start = end = 0
-        service = trace.resource.get(SERVICE_NAME)
+        return self.put_traces([(trace, version)])[0]
+
+    def put_traces(self, items: Iterable[tuple[Trace, int | None]], *, sync_files: bool = True) -> list[Path]:
+        """Store several rebuilt traces in ONE database transaction (one commit, one fsync).
+
+        Each item is ``(trace, version)`` as for :meth:`put_trace`. Files are written atomically
+        first; with ``sync_files=False`` they are not fsync'd (the database copy, which
+        :meth:`get_trace` reads, is still durable when this returns; after a power cut a file may
+        be missing until the trace is stored again).
+        """
+        prepared = []
+        for trace, version in items:
+            if not isinstance(trace, Trace):
+                raise TraceStoreError(f"put_trace: expected a Trace, got {type(trace).__name__}")
+            tid = check_trace_id(trace.id, where="put_trace: trace.id")
+            text = trace.to_json()
+            path = self.trace_json_path(tid)
+            try:
+                _write_atomic(path, text, sync=sync_files)
+            except OSError as exc:
+                raise TraceStoreError(f"put_trace: cannot write {str(path)!r}: {exc}") from exc
+            prepared.append((trace, version, tid, text, path))
+        if not prepared:
+            return []
         now = time.time_ns()
         with self._write_tx("put_trace") as conn:
-            row = conn.execute("SELECT version, service FROM traces WHERE trace_id = ?", (tid,)).fetchone()
-            rebuilt_version = (row[0] if row is not None else 0) if version is None else int(version)
-            if not isinstance(service, str):
-                service = row[1] if row is not None else None
-            conn.execute(
-                "INSERT INTO traces (trace_id, rebuilt_version, rebuilt_at_unix_nano, trace_json, complete, "
-                "rb_service, rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (trace_id) DO UPDATE SET "
-                "rebuilt_version = excluded.rebuilt_version, rebuilt_at_unix_nano = excluded.rebuilt_at_unix_nano, "
-                "trace_json = excluded.trace_json, complete = excluded.complete, rb_service = excluded.rb_service, "
-                "rb_root_name = excluded.rb_root_name, rb_start_unix_nano = excluded.rb_start_unix_nano, "
-                "rb_duration_s = excluded.rb_duration_s, rb_span_count = excluded.rb_span_count",
-                (
-                    tid, rebuilt_version, now, text, int(trace.complete), service,
-                    root.name if root is not None else None, start, max(0, end - start) / 1e9, len(spans),
-                ),
-            )
-        return path
+            for trace, version, tid, text, _path in prepared:
+                root = trace.root
+                spans = trace.spans
+                if root is not None:
+                    start, end = root.start_unix_nano, root.end_unix_nano
+                elif spans:
+                    start = min(s.start_unix_nano for s in spans)
+                    end = max(s.end_unix_nano for s in spans)
+                else:
+                    start = end = 0
+                service = trace.resource.get(SERVICE_NAME)
+                row = conn.execute("SELECT version, service FROM traces WHERE trace_id = ?", (tid,)).fetchone()
+                rebuilt_version = (row[0] if row is not None else 0) if version is None else int(version)
+                if not isinstance(service, str):
+                    service = row[1] if row is not None else None
+                conn.execute(
+                    "INSERT INTO traces (trace_id, rebuilt_version, rebuilt_at_unix_nano, trace_json, complete, "
+                    "rb_service, rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (trace_id) DO UPDATE SET "
+                    "rebuilt_version = excluded.rebuilt_version, rebuilt_at_unix_nano = excluded.rebuilt_at_unix_nano, "
+                    "trace_json = excluded.trace_json, complete = excluded.complete, rb_service = excluded.rb_service, "
+                    "rb_root_name = excluded.rb_root_name, rb_start_unix_nano = excluded.rb_start_unix_nano, "
+                    "rb_duration_s = excluded.rb_duration_s, rb_span_count = excluded.rb_span_count",
+                    (
+                        tid, rebuilt_version, now, text, int(trace.complete), service,
+                        root.name if root is not None else None, start, max(0, end - start) / 1e9, len(spans),
+                    ),
+                )
+        return [item[4] for item in prepared]
 
     def get_trace(self, trace_id: str) -> Trace:
         """The rebuilt trace ``trace_id``; :class:`TraceNotFoundError` says why it is absent."""
