@@ -220,3 +220,33 @@ def test_stage_object_reused_as_context_manager(spans: InMemorySpanExporter) -> 
         with st:
             pass
     assert len([s for s in spans.get_finished_spans() if s.name == "decode"]) == 3
+
+
+def test_decorator_derives_bytes_from_torch_tensors(spans: InMemorySpanExporter) -> None:
+    import torch
+
+    @vt.stage("forward")
+    def forward(ids: torch.Tensor, mask: torch.Tensor) -> Any:
+        return {"logits": torch.zeros(1, ids.shape[1], 16, dtype=torch.bfloat16)}
+
+    forward(torch.ones(1, 5, dtype=torch.int64), mask=torch.ones(1, 5, dtype=torch.int64))
+    a = _only(spans, "forward").attributes
+    assert a[sc.usl("input_bytes")] == 2 * 5 * 8
+    assert a[sc.usl("output_bytes")] == 5 * 16 * 2
+    assert a[sc.DEVICE_LABEL] == "cpu"
+
+
+def test_inputs_link_consumed_artifacts(spans: InMemorySpanExporter, blob_store: Any) -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from vauban_trace.rebuild import rebuild_traces
+
+    with vt.traced_request(vt.TraceRequest(prompt_ids=(1,)), model="m"):
+        with vt.stage("tokenize"):
+            ref = vt.record_artifact("tokens", [1, 2], store=blob_store)
+        with vt.stage("forward", inputs=[ref]) as st:
+            st.set_metadata({"kernel": "eager"})
+    (trace,) = rebuild_traces(encode_spans(spans.get_finished_spans()))
+    fwd = trace.spans_for_stage("forward")[0]
+    assert ref is not None and fwd.input_artifact_ids == (ref.id,)
+    assert fwd.metadata["kernel"] == "eager"
