@@ -167,7 +167,7 @@ class Stage:
     ) -> None:
         self.name = name
         # one tuple instead of six slots: the no-op path pays for every store
-        self._opts = (token_count, batch_size, queue_depth, device, inputs, measure)
+        self._opts = (token_count, batch_size, queue_depth, device, None if inputs is None else tuple(inputs), measure)
         self._counters = counters
         self._provider = tracer_provider
         self._handles: list[StageHandle] | None = None
@@ -495,7 +495,7 @@ def stage(
     """
     st = _new(Stage)
     st.name = name
-    st._opts = (token_count, batch_size, queue_depth, device, inputs, measure)
+    st._opts = (token_count, batch_size, queue_depth, device, None if inputs is None else tuple(inputs), measure)
     st._counters = counters
     st._provider = tracer_provider
     st._handles = None
