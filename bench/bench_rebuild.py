@@ -4,7 +4,7 @@ Workload: ``--traces`` traced requests made with the real OpenTelemetry SDK (in-
 and encoded by the official OTLP encoder. Each request has a root span carrying the request,
 capabilities and GenAI attributes, ``--stages`` stage spans with four counters (value +
 provenance) and ``--artifacts`` artifact events each (digest, shape, summary statistics). The
-table gives the median over ``--repeat`` runs of: ``rebuild_traces`` on the
+table gives the median over ``--repeat`` interleaved runs of: ``rebuild_traces`` on the
 ``ExportTraceServiceRequest``, on its serialized bytes, ``traces_data_from_json`` alone, and
 ``rebuild_from_json`` on the OTLP JSON text (hex ids), in spans per second and ms per trace.
 
@@ -71,13 +71,10 @@ def workload(n_traces: int, n_stages: int, n_artifacts: int) -> Any:
     return encode_spans(exporter.get_finished_spans())
 
 
-def _median_s(fn: Callable[[], Any], repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _time_s(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def write_section(doc: Path, body: str) -> None:
@@ -103,14 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(traces_data_to_json(td))
     n_spans = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
     assert len(rebuild_traces(req)) == args.traces and rebuild_from_json(text) == rebuild_traces(raw)
-    rows = []
-    for label, fn in (
+    variants: list[tuple[str, Callable[[], Any]]] = [
         ("rebuild_traces(ExportTraceServiceRequest)", lambda: rebuild_traces(req)),
         ("rebuild_traces(protobuf bytes)", lambda: rebuild_traces(raw)),
         ("traces_data_from_json(text) only", lambda: traces_data_from_json(text)),
         ("rebuild_from_json(text)", lambda: rebuild_from_json(text)),
-    ):
-        s = _median_s(fn, args.repeat)
+    ]
+    samples: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for _ in range(args.repeat):  # interleaved, so load drift hits every variant alike
+        for label, fn in variants:
+            samples[label].append(_time_s(fn))
+    rows = []
+    for label, _ in variants:
+        s = statistics.median(samples[label])
         rows.append(f"| {label} | {n_spans / s:,.0f} | {1000 * s / args.traces:.3f} |")
     body = "\n".join([
         "Command: `python bench/bench_rebuild.py --write-docs`",
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Workload: {args.traces} traces x (1 root + {args.stages} stage spans with 4 counters and "
         f"{args.artifacts} artifact events each) = {n_spans} spans, {len(raw) / 1e6:.1f} MB protobuf, "
-        f"{len(text) / 1e6:.1f} MB OTLP JSON; median of {args.repeat} runs, one thread.",
+        f"{len(text) / 1e6:.1f} MB OTLP JSON; median of {args.repeat} interleaved runs, one thread.",
         "",
         "| path | spans/s | ms per trace |",
         "|---|---|---|",

@@ -122,6 +122,8 @@ def _get(doc: Mapping[str, Any], camel: str, snake: str | None = None) -> Any:
 
 
 def _obj(value: Any, where: str) -> Mapping[str, Any]:
+    if type(value) is dict:  # fast path: json.loads output
+        return value
     if not isinstance(value, Mapping):
         raise RebuildError(f"{where}: expected an object, got {type(value).__name__}")
     return value
