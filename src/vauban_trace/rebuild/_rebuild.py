@@ -60,6 +60,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status, 
 from vauban_trace import semconv as sc
 from vauban_trace._exceptions import RebuildError
 from vauban_trace.contract import (
+    SCHEMA_VERSION,
     ContractError,
     MissingArtifact,
     Trace,
@@ -299,7 +300,7 @@ def _build_trace(trace_id: str, raws: list[_Raw]) -> Trace:
 
 @dataclass
 class _RootFacts:
-    schema_version: str = "1.0"
+    schema_version: str = SCHEMA_VERSION
     request: Any = None
     device: Any = None
     capabilities: Any = None

@@ -29,6 +29,7 @@ Tempo (port 3200):
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,8 +72,9 @@ class _HttpSource(TraceSource):
         self.spec = spec
         self.http = HttpJson(url, spec, timeout_s)
 
+    @abstractmethod
     def find_traces(self, service: str | None = None, since: timedelta | None = None, limit: int = 20) -> list[Trace]:
-        raise NotImplementedError
+        """Rebuilt traces matching a search, newest first."""
 
     def list_traces(
         self, service: str | None = None, since: timedelta | None = None, limit: int = 20
