@@ -73,14 +73,16 @@ def test_partial_success_for_bad_ids(make_collector):
     spans.add(trace_id=bytes(16), span_id=b"\x02" * 8, name="zero trace id")
     spans.add(trace_id=trace_id_of(0, 5), span_id=bytes(8), name="zero span id")
     spans.add(trace_id=trace_id_of(0, 5), span_id=b"\x03" * 8, parent_span_id=b"\x04" * 3, name="bad parent")
+    spans.add(trace_id=trace_id_of(0, 5), span_id=b"\x05" * 8, start_time_unix_nano=2**64 - 1, name="year 2554")
     status, _, out = post(c.http_address, req.SerializeToString())
     assert status == 200
     partial = ExportTraceServiceResponse.FromString(out).partial_success
-    assert partial.rejected_spans == 4
-    for why in ("not 16 bytes", "all-zero trace id", "all-zero span id", "parent span id"):
+    assert partial.rejected_spans == 5
+    for why in ("not 16 bytes", "all-zero trace id", "all-zero span id", "parent span id", "2262"):
         assert why in partial.error_message
     assert _stored(c, tids[0]) == 5  # the good spans of the same request were kept
     assert c.metrics.spans_rejected.labels("invalid_id")._value.get() == 4
+    assert c.metrics.spans_rejected.labels("invalid_time")._value.get() == 1
 
 
 def test_partial_success_in_json(make_collector):

@@ -6,8 +6,9 @@
   directly, OTLP JSON through :func:`vauban_trace.rebuild.traces_data_from_json` (the one JSON
   reader of the project: hex ids, int64 as strings or numbers, unknown fields ignored).
 - :func:`drop_invalid_spans` removes spans whose ids are malformed (trace id not 16 bytes or all
-  zero, span id not 8 bytes or all zero, parent id neither empty nor 8 bytes) and says how many
-  and why, for ``partial_success``.
+  zero, span id not 8 bytes or all zero, parent id neither empty nor 8 bytes) or whose start/end
+  time is past 2^63 ns (valid fixed64 on the wire, but no 64-bit signed column holds it), and
+  says how many and why, for ``partial_success``.
 - :func:`export_response` / :func:`status_body` encode replies in the request's media type.
 
 Every failure caused by the client's bytes is a :class:`BadRequest` (HTTP 400 /
@@ -33,6 +34,7 @@ MEDIA_TYPES = (PROTOBUF, JSON)
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
+_MAX_TIME = 2**63  # fixed64 on the wire; nanoseconds past 2262 do not fit a signed 64-bit column
 
 
 class BadRequest(Exception):
@@ -140,6 +142,7 @@ class Validation:
     valid: int = 0
     rejected: int = 0
     reasons: dict[str, int] | None = None
+    bad_time: int = 0  # of ``rejected``: spans refused for their timestamps (the rest: their ids)
 
     def message(self) -> str:
         if not self.rejected or not self.reasons:
@@ -148,7 +151,7 @@ class Validation:
         return "rejected " + "; ".join(parts) + " (ids must be 16-byte trace / 8-byte span ids, not all zero)"
 
 
-def _problem(trace_id: bytes, span_id: bytes, parent: bytes) -> str | None:
+def _problem(trace_id: bytes, span_id: bytes, parent: bytes, start: int, end: int) -> str | None:
     if len(trace_id) != 16:
         return "a trace id that is not 16 bytes"
     if trace_id == _ZERO_TRACE:
@@ -159,6 +162,8 @@ def _problem(trace_id: bytes, span_id: bytes, parent: bytes) -> str | None:
         return "an all-zero span id"
     if parent and len(parent) != 8:
         return "a parent span id that is not 8 bytes"
+    if start >= _MAX_TIME or end >= _MAX_TIME:
+        return "a timestamp past the year 2262 (over 2^63 ns)"
     return None
 
 
@@ -174,9 +179,13 @@ def drop_invalid_spans(request: ExportTraceServiceRequest) -> Validation:
                 sid = sp.span_id
                 if len(tid) == 16 and len(sid) == 8 and tid != _ZERO_TRACE and sid != _ZERO_SPAN:
                     parent = sp.parent_span_id
-                    if not parent or len(parent) == 8:
+                    if (not parent or len(parent) == 8) and sp.start_time_unix_nano < _MAX_TIME \
+                            and sp.end_time_unix_nano < _MAX_TIME:
                         continue
-                why = _problem(tid, sid, sp.parent_span_id) or "an invalid id"
+                why = _problem(tid, sid, sp.parent_span_id, sp.start_time_unix_nano, sp.end_time_unix_nano) \
+                    or "an invalid id"
+                if why.startswith("a timestamp"):
+                    result.bad_time += 1
                 if result.reasons is None:
                     result.reasons = {}
                 result.reasons[why] = result.reasons.get(why, 0) + 1

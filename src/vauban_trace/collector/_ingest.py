@@ -146,8 +146,10 @@ class Ingestor:
         received = check.valid + check.rejected
         if received:
             self._metrics.spans_received.labels(transport).inc(received)
-        if check.rejected:
-            self._metrics.spans_rejected.labels("invalid_id").inc(check.rejected)
+        if check.rejected - check.bad_time:
+            self._metrics.spans_rejected.labels("invalid_id").inc(check.rejected - check.bad_time)
+        if check.bad_time:
+            self._metrics.spans_rejected.labels("invalid_time").inc(check.bad_time)
         accepted = duplicates = 0
         if check.valid:
             job = _Job(request, check.valid)

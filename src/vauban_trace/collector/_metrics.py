@@ -6,7 +6,8 @@ The names are a contract (the Grafana dashboard is written against them):
 name                                                    type       labels
 ======================================================  =========  ==================================
 ``vauban_collector_spans_received_total``               counter    transport (http, grpc)
-``vauban_collector_spans_rejected_total``               counter    reason (invalid_id, store_error)
+``vauban_collector_spans_rejected_total``               counter    reason (invalid_id, invalid_time,
+                                                                   store_error)
 ``vauban_collector_spans_duplicated_total``             counter
 ``vauban_collector_requests_total``                     counter    transport, code (HTTP status
                                                                    number or gRPC code name)
