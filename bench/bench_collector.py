@@ -24,7 +24,6 @@ import http.client
 import os
 import platform
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -173,6 +172,102 @@ def end_to_end(payloads: list[bytes], warmup: list[bytes], core: int, store: Pat
     return {"ingest": spans / t_ingest, "rebuilt": spans / t_total, "cpu_s": cpu, "wall_s": t_total}
 
 
+class _NullStore:
+    """Accepts spans and forgets them: isolates the receiver (HTTP, decode, checks, hand-off)."""
+
+    def add_spans(self, request: object) -> tuple[int, int]:
+        return 0, 0
+
+    def pending_traces(self) -> list[object]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+def serve_null(port: int) -> None:
+    """``--serve-null PORT``: run the collector's receiver over a null store until SIGTERM."""
+    import signal
+    import threading
+
+    from vauban_trace.cli._collector import _tune_malloc
+    from vauban_trace.collector import Collector, CollectorConfig
+
+    _tune_malloc()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    config = CollectorConfig(http=("127.0.0.1", port), grpc=None, metrics=None)
+    with Collector(config, store=_NullStore()):  # type: ignore[arg-type]
+        print("vauban-trace collector: store null", flush=True)
+        stop.wait()
+
+
+def receiver_only(payloads: list[bytes], core: int) -> float:
+    """Spans/s through the HTTP receiver alone (null store), collector pinned to ``core``."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve-null", str(port)], stdout=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: _pin(core))
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for body in payloads[:4]:  # warm-up
+            conn.request("POST", "/v1/traces", body=body, headers={"Content-Type": "application/x-protobuf"})
+            conn.getresponse().read()
+        t0 = time.perf_counter()
+        for body in payloads:
+            conn.request("POST", "/v1/traces", body=body, headers={"Content-Type": "application/x-protobuf"})
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+        elapsed = time.perf_counter() - t0
+        conn.close()
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return len(payloads) * TRACES_PER_BATCH * SPANS_PER_TRACE / elapsed
+
+
+def breakdown(batches: int = 8) -> dict[str, float]:
+    """CPU microseconds per span of each step of the pipeline, measured in this process."""
+    from vauban_trace.collector._codec import drop_invalid_spans
+    from vauban_trace.rebuild import rebuild_traces
+
+    payloads = [make_batch(5_000_000 + i) for i in range(batches)]
+    n = batches * TRACES_PER_BATCH * SPANS_PER_TRACE
+    out: dict[str, float] = {}
+    clock = time.process_time
+    with tempfile.TemporaryDirectory(prefix="vauban-bench-") as tmp:
+        store = TraceStore(Path(tmp) / "store")
+        t = clock()
+        reqs = [ExportTraceServiceRequest.FromString(p) for p in payloads]
+        out["decode protobuf (FromString)"] = clock() - t
+        t = clock()
+        for r in reqs:
+            drop_invalid_spans(r)
+        out["id/time checks (collector)"] = clock() - t
+        t = clock()
+        for r in reqs:
+            store.add_spans(r)
+        out["TraceStore.add_spans (durable write)"] = clock() - t
+        pending = store.pending_traces()
+        t = clock()
+        datas = [store.spans_for(p.trace_id) for p in pending]
+        out["TraceStore.spans_for (read back)"] = clock() - t
+        t = clock()
+        traces = [rebuild_traces(d)[0] for d in datas]
+        out["rebuild_traces"] = clock() - t
+        t = clock()
+        for tr in traces:
+            tr.to_json()
+        out["Trace.to_json (inside put_traces)"] = clock() - t
+        t = clock()
+        store.put_traces([(tr, p.version) for tr, p in zip(traces, pending, strict=True)], sync_files=False)
+        out["TraceStore.put_traces (incl. to_json)"] = clock() - t
+        store.close()
+    return {k: v / n * 1e6 for k, v in out.items()}
+
+
 def _proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -214,12 +309,17 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=60, help="timed batches of 512 spans (default 60)")
     ap.add_argument("--repeat", type=int, default=3, help="end-to-end runs; the median is reported")
     ap.add_argument("--write-docs", action="store_true", help="replace the section in docs/benchmarks.md")
+    ap.add_argument("--serve-null", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve_null is not None:
+        serve_null(args.serve_null)
+        return
     cores = sorted(os.sched_getaffinity(0))
     server_core, client_core = cores[-1], cores[0]
     payloads = [make_batch(i) for i in range(args.batches)]
     parse_rate = None
     runs = []
+    receiver = []
     for r in range(args.repeat):
         _pin(client_core)
         parse = parse_only(payloads, 5)
@@ -228,11 +328,17 @@ def main() -> None:
         fresh = [make_batch(1_000_000 * (r + 1) + i) for i in range(args.batches)]
         with tempfile.TemporaryDirectory(prefix="vauban-bench-") as tmp:
             runs.append(end_to_end(fresh, warm, server_core, Path(tmp) / "store"))
-        print(f"run {r + 1}: parse-only {parse:,.0f} spans/s; ingest {runs[-1]['ingest']:,.0f} spans/s; "
+        receiver.append(receiver_only(fresh, server_core))
+        print(f"run {r + 1}: parse-only {parse:,.0f} spans/s; receiver-only {receiver[-1]:,.0f} spans/s; "
+              f"ingest {runs[-1]['ingest']:,.0f} spans/s; "
               f"rebuilt {runs[-1]['rebuilt']:,.0f} spans/s (collector CPU {runs[-1]['cpu_s']:.2f}s "
               f"of {runs[-1]['wall_s']:.2f}s wall)", flush=True)
     assert parse_rate is not None
+    _pin(client_core)
+    steps = breakdown()
+    recv = statistics.median(receiver)
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    cpu_rate = len(payloads) * TRACES_PER_BATCH * SPANS_PER_TRACE / med["cpu_s"]
     ratio = med["rebuilt"] / parse_rate
     size = statistics.mean(len(p) for p in payloads)
     verdict_abs = "meets" if med["rebuilt"] >= 20_000 else f"MISSES by {20_000 - med['rebuilt']:,.0f} spans/s"
@@ -254,15 +360,59 @@ def main() -> None:
         "| measure | spans/s (one core) | vs parse-only | target |",
         "|---|---|---|---|",
         f"| parse-only (`FromString`) | {parse_rate:,.0f} | 100% | the limit |",
-        f"| ingest: posted, durable, 200 | {med['ingest']:,.0f} | {med['ingest'] / parse_rate:.1%} | |",
-        f"| rebuilt: ingest + assembly + stored Trace | {med['rebuilt']:,.0f} | {ratio:.1%} | "
+        f"| receiver only: HTTP + decode + checks + hand-off, null store | {recv:,.0f} | "
+        f"{recv / parse_rate:.1%} | |",
+        f"| ingest: posted, durable, 200 (assembler running alongside) | {med['ingest']:,.0f} | "
+        f"{med['ingest'] / parse_rate:.1%} | |",
+        f"| rebuilt: ingest + assembly + stored Trace (wall) | {med['rebuilt']:,.0f} | {ratio:.1%} | "
         f">= 20,000: {verdict_abs}; >= 50%: {verdict_ratio} |",
+        f"| rebuilt per collector CPU-second | {cpu_rate:,.0f} | {cpu_rate / parse_rate:.1%} | |",
+        "",
+        "Where one core's time goes (CPU µs per span, each step measured alone in the bench process):",
+        "",
+        "| step | owner | µs/span |",
+        "|---|---|---|",
+        *(f"| {name} | {_OWNERS.get(name, '')} | {us:.1f} |" for name, us in steps.items()),
+        "",
+        _why(steps, recv, parse_rate, med["rebuilt"]),
         "",
     ]
     text = "\n".join(lines)
     print(text)
     if args.write_docs:
         _write_section(text)
+
+
+def _why(steps: dict[str, float], recv: float, parse_rate: float, rebuilt: float) -> str:
+    total = sum(v for k, v in steps.items() if k != "Trace.to_json (inside put_traces)")
+    own = steps["id/time checks (collector)"]
+    downstream = total - own - steps["decode protobuf (FromString)"]
+    load = os.getloadavg()[0]
+    verdict = "met" if rebuilt >= max(20_000, 0.5 * parse_rate) else "missed"
+    return (
+        f"Targets {verdict}. The pipeline costs about {total:.0f} CPU µs per span on this machine, i.e. at most "
+        f"{1e6 / total:,.0f} spans/s on one core; the collector's own per-span checks are {own:.1f} µs and its "
+        f"whole receiver (HTTP, decode, checks, hand-off to the writer) runs at {recv:,.0f} spans/s "
+        f"({recv / parse_rate:.0%} of parse-only). {downstream:.0f} µs/span are the durable write, the read-back, "
+        f"`rebuild_traces` and the Trace JSON, which every span must go through to end up as a stored Trace: "
+        f"20,000 spans/s on one core needs them under 50 µs/span together, 50% of parse-only under "
+        f"{2e6 / parse_rate:.1f} µs/span. What the collector does about its share: one writer thread with group "
+        f"commit (one SQLite connection, one fsync per group of requests), rebuild deferred to the assembler "
+        f"and done once per trace after the quiet period, one transaction per assembly pass "
+        f"(`TraceStore.put_traces`), no re-serialisation between receipt and `add_spans`. "
+        f"1-minute load average at the end of the run: {load:.2f} (the machine is shared)."
+    )
+
+
+_OWNERS = {
+    "decode protobuf (FromString)": "protobuf (upb)",
+    "id/time checks (collector)": "collector",
+    "TraceStore.add_spans (durable write)": "store",
+    "TraceStore.spans_for (read back)": "store",
+    "rebuild_traces": "rebuild",
+    "Trace.to_json (inside put_traces)": "contract",
+    "TraceStore.put_traces (incl. to_json)": "store + contract",
+}
 
 
 def _write_section(text: str) -> None:
@@ -277,6 +427,4 @@ def _write_section(text: str) -> None:
 
 
 if __name__ == "__main__":
-    if shutil.which("df") is None:
-        pass
     main()
