@@ -115,7 +115,8 @@ def test_node_sdk_json_exporter(make_collector, tmp_path):
     trace = wait_for(lambda: c.store.trace_count() and not c.store.pending_traces()
                      and len(c.store.get_trace(trace_id).spans) == 4 and c.store.get_trace(trace_id))
     assert trace.complete and not trace.problems
-    assert [s.stage for s in trace.spans if s.stage] == stages
+    # JS start times of spans opened back to back can tie: compare the stages, not their order
+    assert sorted(s.stage for s in trace.spans if s.stage) == sorted(stages)
     assert trace.request is not None and trace.request.input_text == "hello from node"
     assert trace.resource.get("service.name") == "node-client"
     assert {a.id for a in trace.artifacts} == {f"{s}-out" for s in stages}
