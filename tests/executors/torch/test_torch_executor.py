@@ -323,3 +323,17 @@ def test_all_positions_logits_and_bfloat16_evidence(session: Any) -> None:
     lp = [a for a in trace.artifacts_of_kind("logprobs") if a.metadata.get("positions") == "all"][0]
     values = blob(session, lp.digest)
     np.testing.assert_allclose(np.exp(values).sum(-1), 1.0, rtol=1e-3)
+
+
+def test_deep_counters_count_the_decode_loops_host_reads(session: Any) -> None:
+    ex = executor("llama")
+    cheap = ex.trace(ex.make_request(PROMPTS[0], layers=(0,)), max_new_tokens=5, ignore_eos=True)
+    deep = ex.trace(ex.make_request(PROMPTS[0], layers=(0,)), max_new_tokens=5, ignore_eos=True, deep_counters=True)
+    cheap_dec = cheap.spans_for_stage("decode")[0].profile
+    deep_dec = deep.spans_for_stage("decode")[0].profile
+    assert cheap_dec is not None and deep_dec is not None
+    assert cheap_dec.sync_points is None and cheap_dec.provenance_of("sync_points") == "unavailable"
+    # one host read of the token ids per step (the stop check), counted by the deep probe on CPU
+    assert deep_dec.provenance_of("sync_points") == "measured"
+    assert deep_dec.sync_points is not None and deep_dec.sync_points >= 5
+    assert deep_dec.metadata.get("usl.mode") == "deep"
