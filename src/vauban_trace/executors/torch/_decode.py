@@ -90,6 +90,19 @@ def _cache_of(out: Any) -> Any:
     return None
 
 
+def _accepts(model: torch.nn.Module, name: str) -> bool:
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True
+    return name in params
+
+
+def positions_kwargs(model: torch.nn.Module, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``{"position_ids": positions}`` for models whose forward takes them, else nothing."""
+    return {"position_ids": positions} if _accepts(model, "position_ids") else {}
+
+
 def position_ids_for(mask: torch.Tensor) -> torch.Tensor:
     """Positions that ignore left padding (``generate``'s rule)."""
     pos = mask.long().cumsum(-1) - 1
@@ -103,8 +116,8 @@ def prefill(
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=position_ids_for(attention_mask),
         use_cache=use_cache,
+        **positions_kwargs(model, position_ids_for(attention_mask)),
     )
     return out.logits, (_cache_of(out) if use_cache else None)
 
@@ -153,6 +166,7 @@ def decode(
     batch = logits.shape[0]
     device = logits.device
     key = cache_keyword(model)
+    with_positions = _accepts(model, "position_ids")
     gen = _make_generator(device, params.seed) if params.do_sample else None
     tokens: list[list[int]] = [[] for _ in range(batch)]
     reasons: list[str | None] = [None] * batch
@@ -196,8 +210,8 @@ def decode(
         out = model(
             input_ids=nxt.unsqueeze(-1),
             attention_mask=mask,
-            position_ids=positions,
             use_cache=True,
+            **({"position_ids": positions} if with_positions else {}),
             **{key: cache},
         )
         forward_steps += 1
@@ -230,5 +244,6 @@ __all__ = [
     "cache_keyword",
     "decode",
     "position_ids_for",
+    "positions_kwargs",
     "prefill",
 ]

@@ -123,8 +123,14 @@ class _Plan:
         params = dict(loaded.model.named_parameters())
         names = list(opts.weights)
         if self.want_weights and not names:
-            emb = loaded.model.get_input_embeddings()
-            names = [n for n, p in params.items() if p is getattr(emb, "weight", None)][:1]
+            try:
+                emb = loaded.model.get_input_embeddings()
+            except (NotImplementedError, AttributeError):
+                emb = None
+            names = [n for n, p in params.items() if emb is not None and p is getattr(emb, "weight", None)][:1]
+            if not names:
+                raise ExecutorError("weight_snapshot: name the parameters to snapshot (weights=...); "
+                                    "this model exposes no input embedding")
         unknown = [n for n in names if n not in params]
         if unknown:
             raise ExecutorError(f"unknown parameter {unknown[0]!r} (e.g. {', '.join(list(params)[:3])})")

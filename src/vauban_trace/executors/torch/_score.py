@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vauban_trace.executors.torch._decode import position_ids_for
+from vauban_trace.executors.torch._decode import position_ids_for, positions_kwargs
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def score_continuations(
         ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
         mask[row, width - len(seq):] = 1
     ids, mask = ids.to(device), mask.to(device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_for(mask), use_cache=False).logits
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **positions_kwargs(model, position_ids_for(mask))).logits
     logprobs = logits.float().log_softmax(-1)
     results: list[ContinuationScore] = []
     gathered: list[torch.Tensor] = []
