@@ -257,6 +257,7 @@ def test_chat_template_is_applied_and_named_in_the_operation(session: Any) -> No
 )
 def test_bad_settings_raise_before_anything_is_traced(kwargs: dict[str, Any], message: str, session: Any) -> None:
     ex = executor("llama")
+    session.force_flush()  # earlier runs' spans land first
     before = len(session.store.list_traces(limit=1000))
     with pytest.raises(ExecutorError, match=message):
         ex.run(ex.make_request(PROMPTS[0]), **kwargs)
