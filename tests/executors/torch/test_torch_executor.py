@@ -257,6 +257,7 @@ def test_chat_template_is_applied_and_named_in_the_operation(session: Any) -> No
 )
 def test_bad_settings_raise_before_anything_is_traced(kwargs: dict[str, Any], message: str, session: Any) -> None:
     ex = executor("llama")
+    ex.load()  # loaded: every check runs before the root span (lazy executors check some after "load")
     session.force_flush()  # earlier runs' spans land first
     before = len(session.store.list_traces(limit=1000))
     with pytest.raises(ExecutorError, match=message):
