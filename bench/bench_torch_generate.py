@@ -102,12 +102,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     session = vt.configure(store_dir=store, exporter="embedded")
     gen_kwargs = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
 
+    cpu: dict[str, list[float]] = {}
+
     def once(mode: str) -> float:
         with _mode(model, mode, args.layers):
+            c0 = time.thread_time()
             t0 = time.perf_counter()
             with torch.inference_mode():
                 out = model.generate(**inputs, **gen_kwargs)
             elapsed = time.perf_counter() - t0
+            cpu.setdefault(mode, []).append(time.thread_time() - c0)
         assert out.shape[1] == inputs["input_ids"].shape[1] + args.new_tokens
         return elapsed
 
@@ -115,6 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for mode in modes:  # warm-up
         once(mode)
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu.clear()
     for r in range(args.repeat):
         order = modes[r % len(modes):] + modes[: r % len(modes)]
         for mode in order:
@@ -132,17 +137,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for mode in modes:
         med = statistics.median(times[mode])
         pair = statistics.median(t / p for t, p in zip(times[mode], times["plain"], strict=True))
-        rows.append((mode, med * 1000, med / plain_med, pair))
-    return {"rows": rows, "step_ms": step_ms, "prefill_ms": prefill_s * 1000}
+        cpu_ratio = statistics.median(cpu[mode]) / statistics.median(cpu["plain"])
+        rows.append((mode, med * 1000, med / plain_med, pair, min(times[mode]) / min(times["plain"]), cpu_ratio))
+    return {"rows": rows, "step_ms": step_ms, "prefill_ms": prefill_s * 1000, "load": _loadavg()}
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def _table(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
-        "| mode | median ms / generate | ratio of medians | median of paired ratios |",
-        "|---|---|---|---|",
+        "| mode | median ms / generate | ratio of medians | median of paired ratios | ratio of minima "
+        "| main-thread CPU time ratio |",
+        "|---|---|---|---|---|---|",
     ]
-    for mode, ms, ratio, pair in result["rows"]:
-        lines.append(f"| {mode} | {ms:.1f} | {ratio:.3f} | {pair:.3f} |")
+    for mode, ms, ratio, pair, mins, cpu_ratio in result["rows"]:
+        lines.append(f"| {mode} | {ms:.1f} | {ratio:.3f} | {pair:.3f} | {mins:.3f} | {cpu_ratio:.3f} |")
     return "\n".join(lines)
 
 
@@ -161,7 +175,10 @@ Workload: random-initialised Llama (hidden {args.hidden}, {args.layers} layers, 
 `executors/torch/tiny.py`; prompt {args.prompt_tokens} tokens; greedy `generate` of exactly {args.new_tokens}
 new tokens; plain decode step ≈ {result['step_ms']:.1f} ms (prefill + 1 token ≈ {result['prefill_ms']:.0f} ms).
 SDK: `vauban_trace.configure()` with the embedded exporter (batch processor, SQLite store).
-{args.repeat} repeats, the five modes interleaved in each repeat (order rotated), after one warm-up each.
+{args.repeat} repeats, the modes interleaved in each repeat (order rotated), after one warm-up each.
+Load average when the run ended: {result['load']} (the machine is shared: other processes run beside the
+benchmark, so wall-time medians are noisy; the paired ratios, the ratio of minima and the main-thread
+CPU time, which waiting does not inflate, are the steadier figures).
 
 {_table(result, args)}
 

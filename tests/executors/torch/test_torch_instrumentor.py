@@ -171,3 +171,41 @@ def test_instrument_and_uninstrument_in_process() -> None:
     exporter.clear()
     model.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=2, do_sample=False)
     assert exporter.get_finished_spans() == ()
+
+
+def test_concurrent_generate_calls_share_the_temporary_forward_wrapper() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = cached_tiny_model("llama", hidden_size=64, num_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    inst = TransformersInstrumentor()
+    inst.instrument(tracer_provider=tp)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(3):
+                model.generate(**tok("Hello world", return_tensors="pt"), max_new_tokens=4, min_new_tokens=4,
+                               do_sample=False)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        inst.uninstrument()
+    assert not errors
+    assert "forward" not in model.__dict__
+    spans = exporter.get_finished_spans()
+    roots = [s for s in spans if s.name.startswith("text_completion")]
+    decodes = [s for s in spans if s.name == "decode"]
+    assert len(roots) == 6 and len(decodes) == 6
+    assert all(d.attributes[sc.DECODE_STEPS] == 3 for d in decodes)

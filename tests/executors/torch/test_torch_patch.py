@@ -154,6 +154,8 @@ def test_content_is_captured_only_on_opt_in(tiny: tuple[Any, Any], traced: Any, 
     completion = tok.decode(out[0, inputs["input_ids"].shape[1]:].tolist(), skip_special_tokens=True)
     assert messages == [{"role": "assistant", "parts": [{"type": "text", "content": completion}]}]
     assert list(root[sc.REQUEST_PROMPT_IDS]) == inputs["input_ids"][0].tolist()
+    prompt = tok.decode(inputs["input_ids"][0].tolist(), skip_special_tokens=True)
+    assert json.loads(root[sc.GEN_AI_INPUT_MESSAGES]) == [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
     assert "emit" in spans
 
 

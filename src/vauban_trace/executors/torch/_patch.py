@@ -57,6 +57,7 @@ import contextvars
 import json
 import os
 import statistics
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -77,6 +78,9 @@ __all__ = ["InstrumentedModel", "instrument_model", "uninstrument_model", "Gener
 PROVIDER = "huggingface.transformers"
 _CAPTURABLE = ("tokens", "text", "logits", "activation")
 _GEN: contextvars.ContextVar[_GenState | None] = contextvars.ContextVar("vauban_trace_generate", default=None)
+_PATCH_LOCK = threading.Lock()
+#: id(model) -> [what was in the instance's __dict__ before, number of calls using the wrapper]
+_TEMP_REFS: dict[int, list[Any]] = {}
 
 
 def model_name(model: Any) -> str:
@@ -139,7 +143,10 @@ def _eos_ids(model: Any, kwargs: dict[str, Any]) -> set[int]:
 
 
 class _GenState:
-    __slots__ = ("tracer", "device", "batch", "calls", "decode_stage", "decode_handle", "starts", "capture", "kinds")
+    __slots__ = (
+        "tracer", "device", "batch", "calls", "decode_stage", "decode_handle", "starts", "capture", "kinds",
+        "prompt_rows",
+    )
 
     def __init__(self, tracer: GenerateTracer, device: torch.device, batch: int, kinds: frozenset[str]) -> None:
         self.tracer = tracer
@@ -148,6 +155,7 @@ class _GenState:
         self.calls = 0
         self.decode_stage: Any = None
         self.decode_handle: Any = None
+        self.prompt_rows: list[list[int]] | None = None
         self.starts: list[float] = []
         self.capture: Any = None
         self.kinds = kinds
@@ -244,21 +252,39 @@ class GenerateTracer:
 
     @contextlib.contextmanager
     def _forward_patched(self, model: Any) -> Iterator[None]:
-        """Make sure ``model.forward`` goes through :meth:`forward` for the duration of a call."""
-        current = model.__dict__.get("forward")
-        if isinstance(current, wrapt.FunctionWrapper) and getattr(current, "_self_vauban", False):
-            yield
-            return
-        wrapper = _wrap(model.forward, self.forward)
-        model.__dict__["forward"] = wrapper
+        """Make sure ``model.forward`` goes through :meth:`forward` for the duration of a call.
+
+        Concurrent calls on one instance share one temporary wrapper (reference-counted), removed
+        when the last of them returns; a permanent wrapper (``instrument_model``) is left alone.
+        """
+        with _PATCH_LOCK:
+            current = model.__dict__.get("forward")
+            if isinstance(current, wrapt.FunctionWrapper) and getattr(current, "_self_vauban", False):
+                refs = _TEMP_REFS.get(id(model))
+                if refs is None:  # permanent: instrument_model's own wrapper
+                    owned = False
+                else:
+                    refs[1] += 1
+                    owned = True
+            else:
+                wrapper = _wrap(model.forward, self.forward)
+                model.__dict__["forward"] = wrapper
+                _TEMP_REFS[id(model)] = [current, 1]
+                owned = True
         try:
             yield
         finally:
-            if model.__dict__.get("forward") is wrapper:
-                if current is None:
-                    del model.__dict__["forward"]
-                else:
-                    model.__dict__["forward"] = current
+            if owned:
+                with _PATCH_LOCK:
+                    refs = _TEMP_REFS.get(id(model))
+                    if refs is not None:
+                        refs[1] -= 1
+                        if refs[1] <= 0:
+                            del _TEMP_REFS[id(model)]
+                            if refs[0] is None:
+                                model.__dict__.pop("forward", None)
+                            else:
+                                model.__dict__["forward"] = refs[0]
 
     def _close_decode(self, state: _GenState, exc: BaseException | None) -> None:
         st = state.decode_stage
@@ -310,6 +336,8 @@ class GenerateTracer:
                 self._emit(req, state, None)
                 return
             rows = new.detach().to("cpu").tolist()
+            if ids is not None and _state.capture_content_enabled():
+                state.prompt_rows = ids.detach().to("cpu").tolist()
             eos = _eos_ids(model, kwargs)
             produced, reasons = 0, []
             for row in rows:
@@ -347,6 +375,10 @@ class GenerateTracer:
             if content and texts is not None:
                 msgs = [{"role": "assistant", "parts": [{"type": "text", "content": t}]} for t in texts]
                 req.set_attribute(sc.GEN_AI_OUTPUT_MESSAGES, json.dumps(msgs))
+                if state.prompt_rows is not None:
+                    prompts = [str(self.tokenizer.decode(r, skip_special_tokens=True)) for r in state.prompt_rows]
+                    inputs = [{"role": "user", "parts": [{"type": "text", "content": t}]} for t in prompts]
+                    req.set_attribute(sc.GEN_AI_INPUT_MESSAGES, json.dumps(inputs))
 
     # -- forward --------------------------------------------------------------------------
     def forward(self, wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
