@@ -71,7 +71,7 @@ from vauban_trace._exceptions import ContractError
 from vauban_trace.contract import ArtifactKind, TraceRequest
 from vauban_trace.executors.torch._counters import make_probes
 from vauban_trace.instrument import _state, probes, record_artifact, record_missing, stage, traced_request
-from vauban_trace.instrument._probes import CounterProbe
+from vauban_trace.instrument._probes import CounterProbe, instrumentation_work
 
 __all__ = ["InstrumentedModel", "instrument_model", "uninstrument_model", "GenerateTracer"]
 
@@ -335,9 +335,10 @@ class GenerateTracer:
                     req.set_finish_reasons(["stop"] * batch)
                 self._emit(req, state, None)
                 return
-            rows = new.detach().to("cpu").tolist()
-            if ids is not None and _state.capture_content_enabled():
-                state.prompt_rows = ids.detach().to("cpu").tolist()
+            with instrumentation_work():  # the instrumentation's own read, counted apart
+                rows = new.detach().to("cpu").tolist()
+                if ids is not None and _state.capture_content_enabled():
+                    state.prompt_rows = ids.detach().to("cpu").tolist()
             eos = _eos_ids(model, kwargs)
             produced, reasons = 0, []
             for row in rows:
