@@ -74,7 +74,7 @@ def test_pending_work_is_found_in_the_store_on_startup(make_collector, tmp_path)
     with TraceStore(store_dir) as ts:  # spans stored by a collector that died before assembling
         req, tids = vauban_request(3, salt=54)
         ts.add_spans(req)
-        assert len(ts.pending_traces()) == 3
+        assert len(ts.pending_traces()) == ts.pending_count() == 3
     c = make_collector(store_dir=store_dir, quiet_period_s=0.0)
     wait_for(lambda: c.store.trace_count() == 3)
     assert all(c.store.get_trace(t).complete for t in tids)

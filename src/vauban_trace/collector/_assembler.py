@@ -78,6 +78,7 @@ class Assembler:
         incomplete_after_s: float = 30.0,
         interval_s: float = 0.25,
         batch: int = 256,
+        scan: int = 4096,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -85,6 +86,7 @@ class Assembler:
         self._incomplete_ns = int(incomplete_after_s * 1e9)
         self._interval = interval_s
         self._batch = batch
+        self._scan = max(scan, batch)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -132,14 +134,17 @@ class Assembler:
         done = 0
         with self._lock:
             for _ in range(10_000):  # bounded even if a store never cleared its pending entries
-                pending = self._store.pending_traces()
+                # oldest activity first, so the traces whose quiet period is over come first; the
+                # scan is capped so a large backlog does not cost a full listing on every tick
+                pending = self._store.pending_traces(limit=self._scan)
                 now = time.time_ns()
                 ready = [p for p in pending if force or self.ready(p, now)][: self._batch]
                 if ready:
                     self._rebuild_batch(ready)
                 done += len(ready)
                 self.rebuilt += len(ready)
-                self._metrics.pending_traces.set(len(pending) - len(ready))
+                total = len(pending) if len(pending) < self._scan else self._store.pending_count()
+                self._metrics.pending_traces.set(max(0, total - len(ready)))
                 if len(ready) < self._batch:
                     break
         return done

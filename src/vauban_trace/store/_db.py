@@ -278,6 +278,12 @@ class TraceStore:
         tid = check_trace_id(trace_id)
         return int(self._read("SELECT COUNT(*) FROM spans WHERE trace_id = ?", (tid,))[0][0])
 
+    def pending_count(self) -> int:
+        """How many traces :meth:`pending_traces` would list (without building them)."""
+        return int(self._read(
+            "SELECT COUNT(*) FROM traces WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version)"
+        )[0][0])
+
     def pending_traces(self, *, limit: int | None = None) -> list[PendingTrace]:
         """Traces whose raw spans changed after their last rebuild, oldest activity first."""
         sql = (
