@@ -139,7 +139,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pair = statistics.median(t / p for t, p in zip(times[mode], times["plain"], strict=True))
         cpu_ratio = statistics.median(cpu[mode]) / statistics.median(cpu["plain"])
         rows.append((mode, med * 1000, med / plain_med, pair, min(times[mode]) / min(times["plain"]), cpu_ratio))
-    return {"rows": rows, "step_ms": step_ms, "prefill_ms": prefill_s * 1000, "load": _loadavg()}
+    tiny = _tiny_overhead(args, gen_kwargs) if args.tiny_pairs else None
+    if args.verbose:
+        for mode in modes:
+            print(mode, " ".join(f"{t * 1000:.0f}" for t in times[mode]))
+    return {"rows": rows, "step_ms": step_ms, "prefill_ms": prefill_s * 1000, "load": _loadavg(), "tiny": tiny}
+
+
+def _tiny_overhead(args: argparse.Namespace, gen_kwargs: dict[str, Any]) -> dict[str, float]:
+    """Absolute cost of tracing per generate, on a model so small that the noise floor is low."""
+    directory = cached_tiny_model("llama", hidden_size=64, num_layers=2)
+    model = AutoModelForCausalLM.from_pretrained(directory).eval()
+    ids = AutoTokenizer.from_pretrained(directory)(" ".join(SENTENCES[:2]), return_tensors="pt")["input_ids"]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    wall: dict[str, list[float]] = {"plain": [], "traced": []}
+    cpu: dict[str, list[float]] = {"plain": [], "traced": []}
+    for i in range(args.tiny_pairs + 2):
+        for mode in (("plain", "traced") if i % 2 == 0 else ("traced", "plain")):
+            with _mode(model, mode, 2):
+                c0, t0 = time.thread_time(), time.perf_counter()
+                with torch.inference_mode():
+                    model.generate(**inputs, **gen_kwargs)
+                if i >= 2:  # the first two pairs warm up
+                    wall[mode].append(time.perf_counter() - t0)
+                    cpu[mode].append(time.thread_time() - c0)
+    return {
+        "plain_ms": statistics.median(wall["plain"]) * 1000,
+        "wall_ms": (statistics.median(wall["traced"]) - statistics.median(wall["plain"])) * 1000,
+        "cpu_ms": (statistics.median(cpu["traced"]) - statistics.median(cpu["plain"])) * 1000,
+    }
 
 
 def _loadavg() -> str:
@@ -163,7 +191,7 @@ def _table(result: dict[str, Any], args: argparse.Namespace) -> str:
 def _doc_section(result: dict[str, Any], args: argparse.Namespace) -> str:
     cmd = "python bench/bench_torch_generate.py --write-docs" + (
         f" --repeat {args.repeat}" if args.repeat != 15 else ""
-    )
+    ) + (f" --threads {args.threads}" if args.threads != max(1, min(2, os.cpu_count() or 1)) else "")
     nproc = os.cpu_count()
     return f"""## {SECTION}
 
@@ -182,6 +210,7 @@ CPU time, which waiting does not inflate, are the steadier figures).
 
 {_table(result, args)}
 
+{_tiny_text(result, args)}
 - `traced`: `instrument_model(model)`: GenAI root span + `prefill` / `decode` stages with the cheap
   counters (duration, CPU peak RSS via `clear_refs`/`VmHWM`, copies 0 derived). Target ≤ 1.03.
 - `deep`: `deep_counters=True` (TorchDispatchMode + TorchFunctionMode counting every op).
@@ -189,6 +218,19 @@ CPU time, which waiting does not inflate, are the steadier figures).
   stored as `activation` artifacts (blake3 + background writer).
 - `profiler`: the plain model under `torch.profiler.profile(activities=[CPU])` (start/stop included).
 """
+
+
+def _tiny_text(result: dict[str, Any], args: argparse.Namespace) -> str:
+    tiny = result.get("tiny")
+    if not tiny:
+        return ""
+    plain = next(r for r in result["rows"] if r[0] == "plain")[1]
+    return (
+        f"Absolute cost of tracing, measured where the noise floor is low (a hidden-64, 2-layer Llama, same "
+        f"{args.new_tokens}-token generate, {args.tiny_pairs} interleaved pairs; plain {tiny['plain_ms']:.1f} ms): "
+        f"{tiny['wall_ms']:.2f} ms wall and {tiny['cpu_ms']:.2f} ms main-thread CPU per generate, i.e. "
+        f"{1 + tiny['wall_ms'] / plain:.4f}x on the {plain:.0f} ms generate above.\n"
+    )
 
 
 def write_docs(section: str) -> None:
@@ -212,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="print every timing")
+    parser.add_argument("--tiny-pairs", type=int, default=40, help="pairs for the absolute-cost measurement (0: skip)")
     args = parser.parse_args(argv)
     args.modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     if "plain" not in args.modes:
@@ -219,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(f"decode step ≈ {result['step_ms']:.1f} ms; prefill+1 ≈ {result['prefill_ms']:.0f} ms")
     print(_table(result, args))
+    if result["tiny"]:
+        print("absolute cost per generate on a tiny model:", result["tiny"])
     if args.write_docs:
         write_docs(_doc_section(result, args))
     return 0
