@@ -235,7 +235,7 @@ def gzip_bomb(inflated: int = 64 * 1024 * 1024) -> bytes:
     return _BOMBS[inflated]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -57,6 +57,9 @@ def register(subparsers: Any) -> None:
                    help="export requests processed at once; more get 503/UNAVAILABLE (default 16)")
     p.add_argument("--max-inflight-bytes", default="64MiB", metavar="SIZE",
                    help="request bytes processed at once (default 64MiB)")
+    p.add_argument("--max-pending-traces", type=int, default=100_000, metavar="N",
+                   help="refuse new requests (503/UNAVAILABLE) while more traces wait for assembly "
+                        "(default 100000; 0 disables)")
     p.add_argument("--token-file", default=None, metavar="FILE",
                    help="require 'Authorization: Bearer <token>' with the token in FILE "
                         "(default: env VAUBAN_COLLECTOR_TOKEN, else no token)")
@@ -82,6 +85,7 @@ def build_config(args: argparse.Namespace) -> Any:
         max_body=max_body,
         max_inflight=args.max_inflight,
         max_inflight_bytes=max(parse_size(args.max_inflight_bytes), max_body),
+        max_pending_traces=args.max_pending_traces or None,
         token=read_token(args.token_file),
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,

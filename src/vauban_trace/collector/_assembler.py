@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
@@ -79,6 +79,7 @@ class Assembler:
         interval_s: float = 0.25,
         batch: int = 256,
         scan: int = 4096,
+        on_backlog: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -87,6 +88,7 @@ class Assembler:
         self._interval = interval_s
         self._batch = batch
         self._scan = max(scan, batch)
+        self._on_backlog = on_backlog
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -144,7 +146,10 @@ class Assembler:
                 done += len(ready)
                 self.rebuilt += len(ready)
                 total = len(pending) if len(pending) < self._scan else self._store.pending_count()
-                self._metrics.pending_traces.set(max(0, total - len(ready)))
+                backlog = max(0, total - len(ready))
+                self._metrics.pending_traces.set(backlog)
+                if self._on_backlog is not None:
+                    self._on_backlog(backlog)
                 if len(ready) < self._batch:
                     break
         return done

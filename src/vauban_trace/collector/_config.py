@@ -89,6 +89,8 @@ class CollectorConfig:
     ``max_body`` caps a request body after decompression (413 / RESOURCE_EXHAUSTED past it).
     A trace is rebuilt ``quiet_period_s`` after its last span once its root span has arrived,
     or ``incomplete_after_s`` after its last span when no root ever came (stored incomplete).
+    While more than ``max_pending_traces`` traces wait for assembly, new requests are refused
+    the same way (the assembly backlog stays bounded); None disables that bound.
     """
 
     store_dir: Path = Path(".vauban")
@@ -102,6 +104,7 @@ class CollectorConfig:
     max_inflight: int = 16
     max_inflight_bytes: int = 64 * 1024 * 1024
     max_connections: int = 256
+    max_pending_traces: int | None = 100_000
     retry_after_s: int = 1
     token: str | None = None
     tls_cert: Path | None = None

@@ -1,7 +1,8 @@
 """Admission control and the durable write shared by the HTTP and gRPC receivers.
 
 :class:`Admission` bounds the work in flight: at most ``max_requests`` export requests and
-``max_bytes`` of request bodies at once, both transports together. :meth:`Admission.try_enter`
+``max_bytes`` of request bodies at once, both transports together, and no new request while
+the assembly backlog is over ``max_backlog`` traces. :meth:`Admission.try_enter`
 never blocks: a request over either bound is refused at once (HTTP 503 + ``Retry-After``, gRPC
 UNAVAILABLE + RetryInfo), so memory stays bounded however many clients push, and clients retry.
 
@@ -39,9 +40,12 @@ class StoreUnavailable(Exception):
 class Admission:
     """Non-blocking bounds on concurrent export requests and their bytes."""
 
-    def __init__(self, max_requests: int, max_bytes: int, metrics: CollectorMetrics | None = None) -> None:
+    def __init__(self, max_requests: int, max_bytes: int, metrics: CollectorMetrics | None = None,
+                 *, max_backlog: int | None = None) -> None:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
+        self.max_backlog = max_backlog
+        self.backlog = 0  # traces waiting for assembly, set by the assembler after each pass
         self._requests = 0
         self._bytes = 0
         self._cond = threading.Condition()
@@ -52,6 +56,8 @@ class Admission:
         """Reserve room for one request of ``nbytes``; False (at once) when there is none."""
         with self._cond:
             if self.draining or self._requests >= self.max_requests:
+                return False
+            if self.max_backlog is not None and self.backlog > self.max_backlog:
                 return False
             if self._requests and self._bytes + nbytes > self.max_bytes:
                 return False  # a lone request always fits (max_bytes >= max_body)

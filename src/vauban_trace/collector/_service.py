@@ -48,7 +48,8 @@ class Collector:
         self.metrics_address: tuple[str, int] | None = None
         self.assembler: Assembler | None = None
         self._ingestor: Ingestor | None = None
-        self.admission = Admission(config.max_inflight, config.max_inflight_bytes, self.metrics)
+        self.admission = Admission(config.max_inflight, config.max_inflight_bytes, self.metrics,
+                                   max_backlog=config.max_pending_traces)
         self._started = False
         self._stopped = False
 
@@ -71,6 +72,7 @@ class Collector:
             quiet_period_s=cfg.quiet_period_s,
             incomplete_after_s=cfg.incomplete_after_s,
             interval_s=cfg.assemble_interval_s,
+            on_backlog=self._set_backlog,
         )
         ingestor = self._ingestor = Ingestor(self._store, self.metrics, on_stored=self.assembler.wake)
         try:
@@ -97,6 +99,9 @@ class Collector:
             raise
         self._started = True
         return self
+
+    def _set_backlog(self, pending: int) -> None:
+        self.admission.backlog = pending
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful shutdown (see the module docstring); safe to call twice."""
