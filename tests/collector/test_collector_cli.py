@@ -31,9 +31,11 @@ def test_defaults_and_flags(tmp_path, monkeypatch):
     assert cfg.http == ("127.0.0.1", 4318) and cfg.grpc == ("127.0.0.1", 4317)
     assert cfg.metrics == ("127.0.0.1", 9464) and cfg.max_body == 20 * 1024 * 1024
     assert cfg.quiet_period_s == 2.0 and cfg.incomplete_after_s == 30.0 and cfg.token is None
+    assert cfg.max_inflight == 16 and cfg.max_pending_traces == 100_000
     args = build_parser().parse_args(["collector", "--grpc", "off", "--metrics", "off", "--quiet-period", "90s",
-                                      "--max-body", "1MiB"])
+                                      "--max-body", "1MiB", "--max-pending-traces", "0"])
     cfg = build_config(args)
+    assert cfg.max_pending_traces is None and cfg.max_body == 1024 * 1024
     assert cfg.grpc is None and cfg.metrics is None and cfg.incomplete_after_s == 90.0
     monkeypatch.setenv("VAUBAN_COLLECTOR_TOKEN", "tok")
     assert build_config(build_parser().parse_args(["collector"])).token == "tok"
