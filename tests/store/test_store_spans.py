@@ -202,3 +202,71 @@ def test_one_span_resource_spans_payload(tmp_path: Path) -> None:
         rs = ResourceSpans.FromString(payload)
         assert len(rs.scope_spans) == 1 and len(rs.scope_spans[0].spans) == 1
         assert rs.resource.attributes[0].key == "service.name"
+
+
+def test_payload_bytes_match_protobuf_serialization(tmp_path: Path) -> None:
+    import sqlite3
+
+    from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
+
+    req = make_request(make_span(TRACE_A, ROOT, "root", attrs={"k": "v" * 300}))
+    req.resource_spans[0].schema_url = "https://opentelemetry.io/schemas/1.26.0"
+    req.resource_spans[0].scope_spans[0].schema_url = "https://example.com/scope"
+    ts = TraceStore(tmp_path)
+    ts.add_spans(req)
+    conn = sqlite3.connect(tmp_path / "traces.sqlite")
+    (payload,) = conn.execute("SELECT payload FROM spans").fetchone()
+    conn.close()
+    rs, ss = req.resource_spans[0], req.resource_spans[0].scope_spans[0]
+    expected = ResourceSpans(resource=rs.resource, schema_url=rs.schema_url)
+    expected.scope_spans.append(ScopeSpans(scope=ss.scope, schema_url=ss.schema_url, spans=[ss.spans[0]]))
+    assert bytes(payload) == expected.SerializeToString(deterministic=True)
+    data = ts.spans_for(TRACE_A)
+    assert data.resource_spans[0].schema_url == rs.schema_url
+    assert data.resource_spans[0].scope_spans[0].schema_url == ss.schema_url
+    assert ts.spans_for_bytes(TRACE_A) == data.SerializeToString()
+
+
+def test_resource_and_scope_absent_round_trip(tmp_path: Path) -> None:
+    req = make_request(make_span(TRACE_A, ROOT, "bare"))
+    req.resource_spans[0].ClearField("resource")
+    req.resource_spans[0].scope_spans[0].ClearField("scope")
+    ts = TraceStore(tmp_path)
+    assert ts.add_spans(req) == (1, 0)
+    data = ts.spans_for(TRACE_A)
+    assert not data.resource_spans[0].HasField("resource")
+    assert not data.resource_spans[0].scope_spans[0].HasField("scope")
+    assert _span_names(data) == ["bare"]
+    assert ts.pending_traces()[0].service is None
+
+
+def test_superseded_inside_one_request(tmp_path: Path) -> None:
+    ts = TraceStore(tmp_path)
+    first = make_span(TRACE_A, ROOT, "root", end=100)
+    second = make_span(TRACE_A, ROOT, "root", end=200)
+    assert ts.add_spans(make_request(first, second)) == (2, 0)
+    spans = [s for rs in ts.spans_for(TRACE_A).resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert [s.end_time_unix_nano for s in spans] == [200]
+    assert ts.raw_span_count(TRACE_A) == 1
+
+
+def test_bookkeeping_incremental_matches_recompute(tmp_path: Path) -> None:
+    """Spans arriving in pieces (incremental path) and a replacement (recompute path) agree."""
+    ts = TraceStore(tmp_path)
+    late_root = make_span(TRACE_A, ROOT, "late-root", start=5, end=50)
+    early_root = make_span(TRACE_A, "00000000000000aa", "early-root", start=1, end=40)
+    child = make_span(TRACE_A, CHILD, "child", parent=ROOT, start=10, end=90)
+    ts.add_spans(make_request(child, service="worker"))
+    assert (ts.pending_traces()[0].service, ts.pending_traces()[0].has_root) == ("worker", False)
+    ts.add_spans(make_request(late_root, service="api"))
+    p = ts.pending_traces()[0]
+    assert (p.root_name, p.service, p.span_count) == ("late-root", "api", 2)
+    ts.add_spans(make_request(early_root, service="api"))
+    incremental = ts.pending_traces()[0]
+    assert incremental.root_name == "early-root" and incremental.span_count == 3
+    # replacing a span forces a recompute from stored spans: same answers
+    ts.add_spans(make_request(make_span(TRACE_A, CHILD, "child", parent=ROOT, start=10, end=95), service="worker"))
+    recomputed = ts.pending_traces()[0]
+    assert (recomputed.root_name, recomputed.service, recomputed.span_count, recomputed.has_root) == (
+        incremental.root_name, incremental.service, incremental.span_count, incremental.has_root)
+    assert recomputed.version == incremental.version + 1

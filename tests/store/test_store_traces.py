@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from store_testlib import CHILD, ROOT, TRACE_A, TRACE_B, make_request, make_span
+from store_testlib import CHILD, CHILD2, ROOT, TRACE_A, TRACE_B, make_request, make_span
 
 from vauban_trace.contract import Trace, TraceSpan
 from vauban_trace.store import (
@@ -207,3 +207,47 @@ def test_spans_survive_sigkill_right_after_add_spans(tmp_path: Path) -> None:
     assert p.span_count == 200
     assert ts.add_spans(make_request(make_span(TRACE_A, f"{1:016x}", "s0"))) == (0, 1)
     assert os.path.exists(tmp_path / "traces.sqlite")
+
+
+_V1_SCHEMA = """
+CREATE TABLE spans (trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL,
+    service TEXT, start_unix_nano INTEGER NOT NULL, end_unix_nano INTEGER NOT NULL,
+    received_unix_nano INTEGER NOT NULL, payload BLOB NOT NULL, PRIMARY KEY (trace_id, span_id)) WITHOUT ROWID;
+CREATE TABLE traces (trace_id TEXT PRIMARY KEY, service TEXT, root_span_id TEXT, root_name TEXT,
+    start_unix_nano INTEGER, end_unix_nano INTEGER, raw_span_count INTEGER NOT NULL DEFAULT 0,
+    has_root INTEGER NOT NULL DEFAULT 0, first_received_unix_nano INTEGER, last_received_unix_nano INTEGER,
+    version INTEGER NOT NULL DEFAULT 0, rebuilt_version INTEGER, rebuilt_at_unix_nano INTEGER, trace_json TEXT,
+    complete INTEGER, rb_service TEXT, rb_root_name TEXT, rb_start_unix_nano INTEGER, rb_duration_s REAL,
+    rb_span_count INTEGER);
+PRAGMA user_version = 1;
+"""
+
+
+def test_version_1_database_is_migrated(tmp_path: Path) -> None:
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+    conn = sqlite3.connect(tmp_path / "traces.sqlite")
+    conn.executescript(_V1_SCHEMA)
+    payloads = []
+    for sid, parent, start, end in ((ROOT, None, 10, 100), (CHILD, ROOT, 5, 120)):
+        rs = ResourceSpans()
+        rs.scope_spans.add().spans.append(make_span(TRACE_A, sid, sid, parent=parent, start=start, end=end))
+        payloads.append(rs.SerializeToString())
+        conn.execute("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?)",
+                     (TRACE_A, sid, parent, sid, None, start, end, 1, payloads[-1]))
+    conn.execute("INSERT INTO traces (trace_id, root_span_id, root_name, start_unix_nano, end_unix_nano, "
+                 "raw_span_count, has_root, first_received_unix_nano, last_received_unix_nano, version) "
+                 "VALUES (?,?,?,?,?,?,?,?,?,?)", (TRACE_A, ROOT, ROOT, 10, 100, 2, 1, 1, 1, 1))
+    conn.commit()
+    conn.close()
+    ts = TraceStore(tmp_path)
+    assert ts.raw_span_count(TRACE_A) == 2
+    (p,) = ts.pending_traces()
+    assert (p.span_count, p.has_root, p.root_name) == (2, True, ROOT)
+    assert ts.add_spans(make_request(make_span(TRACE_A, CHILD2, "new", parent=ROOT))) == (1, 0)
+    assert ts.raw_span_count(TRACE_A) == 3
+    conn = sqlite3.connect(tmp_path / "traces.sqlite")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT start_unix_nano, end_unix_nano, root_start_unix_nano FROM traces").fetchone() == (
+        5, 2_000, 10)
+    conn.close()

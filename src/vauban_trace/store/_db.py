@@ -27,6 +27,7 @@ Threads share a store object (one SQLite connection per thread); processes share
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import tempfile
@@ -37,27 +38,18 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, TracesData
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.artifacts import LocalArtifactStore
 from vauban_trace.contract import Trace
+from vauban_trace.store._ingest import extract_rows, store_rows
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
 from vauban_trace.store._sql import connect, initialise
+from vauban_trace.store._wire import traces_data_bytes
 
-_log_zero_trace = bytes(16)
-_log_zero_span = bytes(8)
-
-
-def _service_of(resource: Resource) -> str | None:
-    for kv in resource.attributes:
-        if kv.key == SERVICE_NAME and kv.value.WhichOneof("value") == "string_value":
-            return str(kv.value.string_value)
-    return None
-
+_log = logging.getLogger("vauban_trace.store")
 
 def _fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
@@ -185,57 +177,19 @@ class TraceStore:
         """Like :meth:`add_spans`, also reporting rejected spans and the trace ids touched."""
         if isinstance(request, (ExportTraceServiceRequest, TracesData)):
             resource_spans: Iterable[ResourceSpans] = request.resource_spans
-        elif isinstance(request, (bytes, str)):
+        elif isinstance(request, (bytes, bytearray, memoryview, str)):
             raise TraceStoreError("add_spans: expected an ExportTraceServiceRequest or TracesData message, got raw data")
         else:
             resource_spans = request
-        rows: list[tuple[str, str, str | None, str, str | None, int, int, bytes]] = []
-        problems: list[str] = []
-        for rs in resource_spans:
-            if not isinstance(rs, ResourceSpans):
-                raise TraceStoreError(f"add_spans: expected ResourceSpans, got {type(rs).__name__}")
-            service = _service_of(rs.resource)
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    problem = _id_problem(span)
-                    if problem:
-                        problems.append(problem)
-                        continue
-                    one = ResourceSpans(resource=rs.resource, schema_url=rs.schema_url)
-                    one.scope_spans.append(ScopeSpans(scope=ss.scope, schema_url=ss.schema_url, spans=[span]))
-                    parent = span.parent_span_id.hex() if span.parent_span_id.strip(b"\0") else None
-                    rows.append((
-                        span.trace_id.hex(), span.span_id.hex(), parent, span.name, service,
-                        int(span.start_time_unix_nano), int(span.end_time_unix_nano),
-                        one.SerializeToString(deterministic=True),
-                    ))
+        rows, problems = extract_rows(resource_spans)
         if problems:
-            import logging
-
-            logging.getLogger("vauban_trace.store").warning(
-                "vauban-trace store: rejected %d span(s): %s", len(problems), "; ".join(problems[:5])
-            )
+            _log.warning("vauban-trace store: rejected %d span(s): %s", len(problems), "; ".join(problems[:5]))
         accepted = duplicates = 0
-        touched: dict[str, None] = {}
+        touched: list[str] = []
         if rows:
             now = time.time_ns()
             with self._write_tx("add_spans") as conn:
-                for tid, sid, parent, name, service, start, end, payload in rows:
-                    old = conn.execute(
-                        "SELECT payload FROM spans WHERE trace_id = ? AND span_id = ?", (tid, sid)
-                    ).fetchone()
-                    if old is not None and bytes(old[0]) == payload:
-                        duplicates += 1
-                        continue
-                    conn.execute(
-                        "INSERT OR REPLACE INTO spans (trace_id, span_id, parent_span_id, name, service, "
-                        "start_unix_nano, end_unix_nano, received_unix_nano, payload) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (tid, sid, parent, name, service, start, end, now, payload),
-                    )
-                    accepted += 1
-                    touched[tid] = None
-                for tid in touched:
-                    _refresh_trace_row(conn, tid, now)
+                accepted, duplicates, touched = store_rows(conn, rows, now)
         return IngestResult(
             accepted=accepted,
             duplicates=duplicates,
@@ -245,33 +199,20 @@ class TraceStore:
         )
 
     def spans_for(self, trace_id: str) -> TracesData:
-        """Every raw span stored for ``trace_id``, regrouped by resource and scope (empty if none)."""
+        """Every raw span stored for ``trace_id``, regrouped by resource and scope (empty if none).
+
+        Spans come in start-time order (ties: span id) inside their resource/scope group.
+        """
+        data: TracesData = TracesData.FromString(self.spans_for_bytes(trace_id))
+        return data
+
+    def spans_for_bytes(self, trace_id: str) -> bytes:
+        """:meth:`spans_for` as a serialized ``TracesData`` (what ``rebuild_traces`` also accepts)."""
         tid = check_trace_id(trace_id)
         rows = self._read(
             "SELECT payload FROM spans WHERE trace_id = ? ORDER BY start_unix_nano, span_id", (tid,)
         )
-        data = TracesData()
-        by_resource: dict[bytes, ResourceSpans] = {}
-        by_scope: dict[tuple[bytes, bytes], ScopeSpans] = {}
-        for (payload,) in rows:
-            one = ResourceSpans.FromString(bytes(payload))
-            rkey = one.resource.SerializeToString(deterministic=True) + b"\0" + one.schema_url.encode()
-            target = by_resource.get(rkey)
-            if target is None:
-                target = data.resource_spans.add()
-                target.resource.CopyFrom(one.resource)
-                target.schema_url = one.schema_url
-                by_resource[rkey] = target
-            for ss in one.scope_spans:
-                skey = (rkey, _scope_key(ss.scope) + b"\0" + ss.schema_url.encode())
-                scope_spans = by_scope.get(skey)
-                if scope_spans is None:
-                    scope_spans = target.scope_spans.add()
-                    scope_spans.scope.CopyFrom(ss.scope)
-                    scope_spans.schema_url = ss.schema_url
-                    by_scope[skey] = scope_spans
-                scope_spans.spans.extend(ss.spans)
-        return data
+        return traces_data_bytes(bytes(r[0]) for r in rows)
 
     def raw_span_count(self, trace_id: str) -> int:
         """How many raw spans are stored for ``trace_id``."""
@@ -350,35 +291,25 @@ class TraceStore:
         if not prepared:
             return []
         now = time.time_ns()
+        params = []
+        for trace, version, tid, text, _path in prepared:
+            root = trace.root
+            spans = trace.spans
+            if root is not None:
+                start, end = root.start_unix_nano, root.end_unix_nano
+            elif spans:
+                start = min(s.start_unix_nano for s in spans)
+                end = max(s.end_unix_nano for s in spans)
+            else:
+                start = end = 0
+            service = trace.resource.get(SERVICE_NAME)
+            params.append((
+                tid, None if version is None else int(version), now, text, int(trace.complete),
+                service if isinstance(service, str) else None, root.name if root is not None else None,
+                start, max(0, end - start) / 1e9, len(spans),
+            ))
         with self._write_tx("put_trace") as conn:
-            for trace, version, tid, text, _path in prepared:
-                root = trace.root
-                spans = trace.spans
-                if root is not None:
-                    start, end = root.start_unix_nano, root.end_unix_nano
-                elif spans:
-                    start = min(s.start_unix_nano for s in spans)
-                    end = max(s.end_unix_nano for s in spans)
-                else:
-                    start = end = 0
-                service = trace.resource.get(SERVICE_NAME)
-                row = conn.execute("SELECT version, service FROM traces WHERE trace_id = ?", (tid,)).fetchone()
-                rebuilt_version = (row[0] if row is not None else 0) if version is None else int(version)
-                if not isinstance(service, str):
-                    service = row[1] if row is not None else None
-                conn.execute(
-                    "INSERT INTO traces (trace_id, rebuilt_version, rebuilt_at_unix_nano, trace_json, complete, "
-                    "rb_service, rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (trace_id) DO UPDATE SET "
-                    "rebuilt_version = excluded.rebuilt_version, rebuilt_at_unix_nano = excluded.rebuilt_at_unix_nano, "
-                    "trace_json = excluded.trace_json, complete = excluded.complete, rb_service = excluded.rb_service, "
-                    "rb_root_name = excluded.rb_root_name, rb_start_unix_nano = excluded.rb_start_unix_nano, "
-                    "rb_duration_s = excluded.rb_duration_s, rb_span_count = excluded.rb_span_count",
-                    (
-                        tid, rebuilt_version, now, text, int(trace.complete), service,
-                        root.name if root is not None else None, start, max(0, end - start) / 1e9, len(spans),
-                    ),
-                )
+            conn.executemany(_PUT_TRACE, params)
         return [item[4] for item in prepared]
 
     def get_trace(self, trace_id: str) -> Trace:
@@ -439,51 +370,16 @@ class TraceStore:
         return int(self._read("SELECT COUNT(*) FROM traces WHERE trace_json IS NOT NULL")[0][0])
 
 
-def _scope_key(scope: InstrumentationScope) -> bytes:
-    return bytes(scope.SerializeToString(deterministic=True))
-
-
-def _id_problem(span: Span) -> str | None:
-    if len(span.trace_id) != 16 or span.trace_id == _log_zero_trace:
-        return f"span {span.name!r}: trace_id must be 16 non-zero bytes, got {span.trace_id.hex() or 'empty'}"
-    if len(span.span_id) != 8 or span.span_id == _log_zero_span:
-        return f"span {span.name!r}: span_id must be 8 non-zero bytes, got {span.span_id.hex() or 'empty'}"
-    if span.parent_span_id and len(span.parent_span_id) != 8:
-        return f"span {span.name!r}: parent_span_id must be 8 bytes, got {span.parent_span_id.hex()}"
-    return None
-
-
-def _refresh_trace_row(conn: sqlite3.Connection, tid: str, now: int) -> None:
-    """Recompute one trace's bookkeeping from its raw spans and bump its version."""
-    count, start, end = conn.execute(
-        "SELECT COUNT(*), MIN(start_unix_nano), MAX(end_unix_nano) FROM spans WHERE trace_id = ?", (tid,)
-    ).fetchone()
-    root = conn.execute(
-        "SELECT span_id, name, service, start_unix_nano, end_unix_nano FROM spans "
-        "WHERE trace_id = ? AND parent_span_id IS NULL ORDER BY start_unix_nano, span_id LIMIT 1",
-        (tid,),
-    ).fetchone()
-    if root is not None:
-        root_id, root_name, service, start, end = root
-    else:
-        root_id = root_name = None
-        row = conn.execute(
-            "SELECT service FROM spans WHERE trace_id = ? AND service IS NOT NULL "
-            "ORDER BY start_unix_nano, span_id LIMIT 1",
-            (tid,),
-        ).fetchone()
-        service = row[0] if row is not None else None
-    conn.execute(
-        "INSERT INTO traces (trace_id, service, root_span_id, root_name, start_unix_nano, end_unix_nano, "
-        "raw_span_count, has_root, first_received_unix_nano, last_received_unix_nano, version) "
-        "VALUES (?,?,?,?,?,?,?,?,?,?,1) ON CONFLICT (trace_id) DO UPDATE SET "
-        "service = excluded.service, root_span_id = excluded.root_span_id, root_name = excluded.root_name, "
-        "start_unix_nano = excluded.start_unix_nano, end_unix_nano = excluded.end_unix_nano, "
-        "raw_span_count = excluded.raw_span_count, has_root = excluded.has_root, "
-        "first_received_unix_nano = COALESCE(traces.first_received_unix_nano, excluded.first_received_unix_nano), "
-        "last_received_unix_nano = excluded.last_received_unix_nano, version = traces.version + 1",
-        (tid, service, root_id, root_name, start, end, count, int(root is not None), now, now),
-    )
+_PUT_TRACE = (
+    "INSERT INTO traces (trace_id, rebuilt_version, rebuilt_at_unix_nano, trace_json, complete, rb_service, "
+    "rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count) VALUES (?1, COALESCE(?2, 0), ?3, ?4, ?5, "
+    "?6, ?7, ?8, ?9, ?10) ON CONFLICT (trace_id) DO UPDATE SET "
+    "rebuilt_version = COALESCE(?2, traces.version), rebuilt_at_unix_nano = excluded.rebuilt_at_unix_nano, "
+    "trace_json = excluded.trace_json, complete = excluded.complete, "
+    "rb_service = COALESCE(excluded.rb_service, traces.service), rb_root_name = excluded.rb_root_name, "
+    "rb_start_unix_nano = excluded.rb_start_unix_nano, rb_duration_s = excluded.rb_duration_s, "
+    "rb_span_count = excluded.rb_span_count"
+)
 
 
 __all__ = ["TraceStore"]

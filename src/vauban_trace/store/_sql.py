@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vauban_trace._exceptions import TraceStoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -25,8 +25,8 @@ CREATE TABLE IF NOT EXISTS spans (
     end_unix_nano       INTEGER NOT NULL,
     received_unix_nano  INTEGER NOT NULL,
     payload             BLOB    NOT NULL,   -- serialized one-span ResourceSpans
-    PRIMARY KEY (trace_id, span_id)
-) WITHOUT ROWID;
+    UNIQUE (trace_id, span_id)
+);
 
 CREATE TABLE IF NOT EXISTS traces (
     trace_id                  TEXT PRIMARY KEY,
@@ -34,8 +34,9 @@ CREATE TABLE IF NOT EXISTS traces (
     service                   TEXT,
     root_span_id              TEXT,
     root_name                 TEXT,
-    start_unix_nano           INTEGER,
-    end_unix_nano             INTEGER,
+    root_start_unix_nano      INTEGER,
+    start_unix_nano           INTEGER,   -- min start over raw spans
+    end_unix_nano             INTEGER,   -- max end over raw spans
     raw_span_count            INTEGER NOT NULL DEFAULT 0,
     has_root                  INTEGER NOT NULL DEFAULT 0,
     first_received_unix_nano  INTEGER,
@@ -59,6 +60,26 @@ CREATE INDEX IF NOT EXISTS traces_pending ON traces (last_received_unix_nano)
     WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version);
 CREATE INDEX IF NOT EXISTS traces_by_received ON traces (last_received_unix_nano);
 """
+
+#: Statements upgrading a database of version N to N + 1.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 -> 2: spans becomes a rowid table (large payloads make WITHOUT ROWID slow); the trace row
+    # keeps the root's start separately and start/end become the raw spans' min/max.
+    1: (
+        "ALTER TABLE spans RENAME TO spans_v1",
+        SCHEMA.split(";")[0],
+        "INSERT INTO spans (trace_id, span_id, parent_span_id, name, service, start_unix_nano, "
+        "end_unix_nano, received_unix_nano, payload) SELECT trace_id, span_id, parent_span_id, name, "
+        "service, start_unix_nano, end_unix_nano, received_unix_nano, payload FROM spans_v1",
+        "DROP TABLE spans_v1",
+        "ALTER TABLE traces ADD COLUMN root_start_unix_nano INTEGER",
+        "UPDATE traces SET root_start_unix_nano = (SELECT s.start_unix_nano FROM spans s "
+        "WHERE s.trace_id = traces.trace_id AND s.span_id = traces.root_span_id), "
+        "start_unix_nano = (SELECT MIN(s.start_unix_nano) FROM spans s WHERE s.trace_id = traces.trace_id), "
+        "end_unix_nano = (SELECT MAX(s.end_unix_nano) FROM spans s WHERE s.trace_id = traces.trace_id) "
+        "WHERE version > 0",
+    ),
+}
 
 
 def connect(path: Path, *, busy_timeout_s: float) -> sqlite3.Connection:
@@ -92,14 +113,24 @@ def initialise(conn: sqlite3.Connection, path: Path) -> None:
                     f"trace database {str(path)!r} has schema version {version}; this vauban-trace "
                     f"reads up to {SCHEMA_VERSION} (upgrade vauban-trace)"
                 )
+            if version == 0:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            else:
+                while version < SCHEMA_VERSION:
+                    for statement in MIGRATIONS[version]:
+                        conn.execute(statement)
+                    version += 1
+                for statement in SCHEMA.split(";"):  # indexes added since
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
