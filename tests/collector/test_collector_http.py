@@ -202,3 +202,31 @@ def test_root_span_ids_survive_exactly(make_collector):
     data = c.store.spans_for(tids[0])
     got = {sp.span_id for rs in data.resource_spans for ss in rs.scope_spans for sp in ss.spans}
     assert span_id_of(trace_id_of(0, 13), 0) in got and len(got) == 5
+
+
+def test_trickling_body_gets_408_and_frees_its_slot(make_collector):
+    import socket
+    import time
+
+    c = make_collector(max_inflight=1, socket_timeout_s=0.5)
+    with socket.create_connection(c.http_address, timeout=10) as s:
+        s.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                  b"Content-Length: 1000\r\n\r\n")
+        reply = b""
+        for _ in range(40):  # one byte every 0.1 s: each recv succeeds, the body never completes in time
+            try:
+                s.sendall(b"\x00")
+            except OSError:
+                break
+            time.sleep(0.1)
+            s.setblocking(False)
+            try:
+                reply += s.recv(65536)
+            except BlockingIOError:
+                pass
+            s.setblocking(True)
+            if reply:
+                break
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:60]
+    req, _ = vauban_request(1, salt=14)
+    assert post(c.http_address, req.SerializeToString())[0] == 200  # the only slot is free again

@@ -66,7 +66,7 @@ def media_type(content_type: str | None) -> str:
     )
 
 
-def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+def inflate(body: bytes | bytearray, encoding: str | None, limit: int) -> bytes | bytearray:
     """Decode ``Content-Encoding`` (none, identity, gzip, deflate) with an output cap of ``limit``.
 
     Raises :class:`TooLarge` as soon as the output would pass ``limit`` (never inflating more
@@ -112,7 +112,7 @@ def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
     return b"".join(out)
 
 
-def decode_request(body: bytes, media: str) -> ExportTraceServiceRequest:
+def decode_request(body: bytes | bytearray, media: str) -> ExportTraceServiceRequest:
     """Parse an export request in ``media`` (see :data:`MEDIA_TYPES`); :class:`BadRequest` if invalid."""
     if media == PROTOBUF:
         try:
@@ -125,7 +125,7 @@ def decode_request(body: bytes, media: str) -> ExportTraceServiceRequest:
     if not body.strip():
         raise BadRequest("empty JSON body: send an OTLP JSON object such as {\"resourceSpans\": []}")
     try:
-        data = traces_data_from_json(body)
+        data = traces_data_from_json(bytes(body))
     except RecursionError:
         raise BadRequest("JSON body is nested too deeply") from None
     except Exception as exc:  # any failure here is caused by the client's bytes

@@ -27,6 +27,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -50,6 +51,7 @@ log = logging.getLogger("vauban_trace.collector")
 
 TRACES_PATH = "/v1/traces"
 _CHUNK = 256 * 1024
+_MIN_RATE = 256 * 1024  # bytes/s a body must at least arrive at (beyond the socket timeout)
 # gRPC status code numbers for google.rpc.Status.code
 _INVALID_ARGUMENT, _NOT_FOUND, _RESOURCE_EXHAUSTED, _UNAUTHENTICATED = 3, 5, 8, 16
 _UNAVAILABLE, _INTERNAL, _UNIMPLEMENTED = 14, 13, 12
@@ -68,6 +70,10 @@ class _Refusal(Exception):
         self.field = field
         self.close = close
         self.retry_after = retry_after
+
+
+class _SlowBody(Exception):
+    """The client sent its body slower than the body deadline allows."""
 
 
 class OTLPHTTPServer(ThreadingHTTPServer):
@@ -202,13 +208,24 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             left -= len(chunk)
 
-    def _read_body(self, length: int | None, cap: int) -> bytes:
+    def _read_body(self, length: int | None, cap: int) -> bytes | bytearray:
+        """The request body; a client slower than the body deadline gets 408 and is dropped
+        (so a trickling sender cannot hold an in-flight slot for long)."""
+        allowed = self.server.config.socket_timeout_s + (length or cap) / _MIN_RATE
+        deadline = time.monotonic() + allowed
         if length is not None:
-            data = self.rfile.read(length)
-            if len(data) != length:
-                self.close_connection = True
-                raise BadRequest(f"body ended after {len(data)} of {length} bytes")
-            return data
+            buf = bytearray(length)
+            view = memoryview(buf)
+            got = 0
+            while got < length:
+                if time.monotonic() > deadline:
+                    raise _SlowBody(f"body not received within {allowed:.0f}s")
+                n = self.rfile.readinto1(view[got:])
+                if not n:
+                    self.close_connection = True
+                    raise BadRequest(f"body ended after {got} of {length} bytes")
+                got += n
+            return buf
         parts: list[bytes] = []
         total = 0
         while True:
@@ -226,6 +243,8 @@ class _Handler(BaseHTTPRequestHandler):
             if total > cap:
                 self.close_connection = True
                 raise TooLarge(f"chunked body is over the {cap}-byte limit")
+            if time.monotonic() > deadline:
+                raise _SlowBody("chunked body not received in time")
             data = self.rfile.read(size)
             if len(data) != size or self.rfile.readline(8) not in (b"\r\n", b"\n"):
                 self.close_connection = True
@@ -290,6 +309,8 @@ class _Handler(BaseHTTPRequestHandler):
         except StoreUnavailable as exc:
             log.warning("%s", exc)
             self._refuse(media, _Refusal(503, _UNAVAILABLE, str(exc), retry_after=True))
+        except _SlowBody as exc:
+            self._refuse(media, _Refusal(408, _UNAVAILABLE, str(exc), close=True))
         except (OSError, TimeoutError):
             self.close_connection = True  # client went away mid-body; nothing acknowledged
         except Exception:
