@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
@@ -29,8 +29,7 @@ _ZERO_SPAN = bytes(8)
 _IN_CHUNK = 500  # span ids per IN (...) lookup
 
 
-@dataclass(frozen=True)
-class SpanRow:
+class SpanRow(NamedTuple):
     trace_id: str
     span_id: str
     parent_span_id: str | None
@@ -79,14 +78,14 @@ def extract_rows(resource_spans: Iterable[ResourceSpans]) -> tuple[list[SpanRow]
                     continue
                 parent = span.parent_span_id
                 rows.append(SpanRow(
-                    trace_id=span.trace_id.hex(),
-                    span_id=span.span_id.hex(),
-                    parent_span_id=parent.hex() if parent and parent != _ZERO_SPAN else None,
-                    name=span.name,
-                    service=service,
-                    start=int(span.start_time_unix_nano),
-                    end=int(span.end_time_unix_nano),
-                    payload=wrap_span(env, span.SerializeToString(deterministic=True)),
+                    span.trace_id.hex(),
+                    span.span_id.hex(),
+                    parent.hex() if parent and parent != _ZERO_SPAN else None,
+                    span.name,
+                    service,
+                    span.start_time_unix_nano,
+                    span.end_time_unix_nano,
+                    wrap_span(env, span.SerializeToString(deterministic=True)),
                 ))
     return rows, problems
 
@@ -129,8 +128,7 @@ def store_rows(conn: sqlite3.Connection, rows: list[SpanRow], now: int) -> tuple
         before = conn.total_changes
         conn.executemany(
             _UPSERT,
-            [(r.trace_id, r.span_id, r.parent_span_id, r.name, r.service, r.start, r.end, now, r.payload)
-             for r in spans.values()],
+            [(*r[:7], now, r[7]) for r in spans.values()],
         )
         changed = conn.total_changes - before
         new = [r for sid, r in spans.items() if sid not in existing]
