@@ -17,6 +17,10 @@
   an identical re-sent span is a duplicate, a changed one replaces the stored copy. One
   transaction per :meth:`~TraceStore.add_spans` call. Safe from several threads (one connection
   each) and processes. :meth:`~TraceStore.ingest` also reports rejected spans (bad ids).
+  Other verbs: ``spans_for_bytes`` (serialized ``TracesData``), ``raw_span_count``,
+  ``pending_count``, ``trace_ids_touched_since``, ``put_traces`` (many rebuilt traces in one
+  transaction), ``trace_json_path``, ``trace_count``, ``blobs`` (the ``LocalArtifactStore``).
+  Older databases are migrated on open; newer ones are refused.
 - :class:`TraceSummary` a listed trace: id, service, root name, start, duration, span count,
   complete.
 - :class:`PendingTrace` per-trace bookkeeping for assemblers: version, has_root, first/last
