@@ -321,7 +321,7 @@ def markdown(result: dict[str, Any], pytest_line: str = "", also: list[dict[str,
         f"transformers {result['transformers']}, {result['date']}.",
     ]
     if pytest_line:
-        lines += ["", f"CUDA tests (`python -m pytest -q tests/executors/torch/test_torch_cuda.py`): {pytest_line}"]
+        lines += ["", f"CUDA tests: {pytest_line}"]
     lines += [
         "",
         "### Deep copy counters vs torch.profiler, per operation",
