@@ -22,8 +22,9 @@ Cheap probes (the default; no per-operation cost)
 ``sync_points`` (CUDA)
     Exact count of synchronising CUDA calls, measured with ``torch.cuda.set_sync_debug_mode("warn")``
     while a stage is open: each synchronising call raises a warning, which is counted and
-    swallowed (other warnings pass through untouched). Syncs made by the instrumentation itself
-    (inside ``instrumentation_work()``) are not counted.
+    swallowed (other warnings pass through untouched; if the application had set "warn" itself,
+    its warnings are passed on too, and an application's "error" mode is left as it is). Syncs made
+    by the instrumentation itself (inside ``instrumentation_work()``) are not counted.
 ``device_duration_s`` (CUDA)
     Elapsed time on the current stream between two CUDA events recorded at stage entry and exit
     (idle gaps included). Reading it needs the events to have completed, so the value is a
@@ -236,7 +237,8 @@ class _SyncWarnCounter:
         if _SYNC_MESSAGE.match(str(message)):
             if not in_instrumentation_work():
                 self.total += 1
-            return
+            if self._saved_mode == 0:  # the mode is ours: swallow; the user's own "warn": pass it on
+                return
         self._saved_show(message, category, filename, lineno, file, line)
 
     def acquire(self) -> None:
@@ -249,7 +251,8 @@ class _SyncWarnCounter:
             warnings.filterwarnings("always", message=_SYNC_MESSAGE.pattern, category=UserWarning)
             self._filter = warnings.filters[0]
             self._saved_mode = torch.cuda.get_sync_debug_mode()
-            torch.cuda.set_sync_debug_mode("warn")
+            if self._saved_mode != 2:  # never downgrade the user's "error" mode
+                torch.cuda.set_sync_debug_mode("warn")
 
     def release(self) -> None:
         with self._lock:
