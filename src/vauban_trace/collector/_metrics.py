@@ -98,6 +98,7 @@ class CollectorMetrics:
             list(_STAGE_LABELS), buckets=_SYNC_BUCKETS, registry=r,
         )
         self._seen: OrderedDict[str, set[str]] = OrderedDict()
+        self._child_cache: dict[tuple[str, str, str, str], tuple[Any, Any, Any, Any]] = {}
         self._seen_cap = remember_traces
         self._lock = threading.Lock()
         self._server: Any = None
@@ -122,22 +123,37 @@ class CollectorMetrics:
             fresh = [s for s in trace.spans if s.stage and s.id not in seen]
             seen.update(s.id for s in fresh)
         for span in fresh:
-            stage = str(span.stage)
+            duration_h, bytes_in, bytes_out, sync_h = self._children(str(span.stage), model, axis, value)
             profile = span.profile
             duration = profile.duration_s if profile is not None and profile.duration_s is not None else None
             if duration is None and span.end_unix_nano >= span.start_unix_nano > 0:
                 duration = span.duration_s
             if duration is not None:
-                self.stage_duration.labels(stage, model, axis, value).observe(duration)
+                duration_h.observe(duration)
             if profile is None:
                 continue
-            for direction, counter in (("in", "input_bytes"), ("out", "output_bytes")):
-                amount = getattr(profile, counter)
-                if amount is not None and profile.provenance_of(counter).value != Provenance.UNAVAILABLE.value:
-                    self.stage_bytes.labels(stage, model, direction, axis, value).observe(amount)
-            if profile.sync_points is not None and profile.provenance_of("sync_points").value in _OBSERVABLE:
-                self.stage_sync_points.labels(stage, model, axis, value).observe(profile.sync_points)
+            # the contract forbids a value with provenance "unavailable": a set value is observable
+            if profile.input_bytes is not None:
+                bytes_in.observe(profile.input_bytes)
+            if profile.output_bytes is not None:
+                bytes_out.observe(profile.output_bytes)
+            if profile.sync_points is not None and profile.provenance.get("sync_points") in _OBSERVABLE:
+                sync_h.observe(profile.sync_points)
         return len(fresh)
+
+    def _children(self, stage: str, model: str, axis: str, value: str) -> tuple[Any, Any, Any, Any]:
+        """The labelled histogram children of one (stage, model, sweep) combination, cached."""
+        key = (stage, model, axis, value)
+        found = self._child_cache.get(key)
+        if found is None:
+            found = (
+                self.stage_duration.labels(stage, model, axis, value),
+                self.stage_bytes.labels(stage, model, "in", axis, value),
+                self.stage_bytes.labels(stage, model, "out", axis, value),
+                self.stage_sync_points.labels(stage, model, axis, value),
+            )
+            self._child_cache[key] = found
+        return found
 
     # -- exposition -----------------------------------------------------------------------
     def serve(self, host: str, port: int) -> tuple[str, int]:
