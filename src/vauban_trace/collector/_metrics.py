@@ -98,7 +98,7 @@ class CollectorMetrics:
             list(_STAGE_LABELS), buckets=_SYNC_BUCKETS, registry=r,
         )
         self._seen: OrderedDict[str, set[str]] = OrderedDict()
-        self._child_cache: dict[tuple[str, str, str, str], tuple[Any, Any, Any, Any]] = {}
+        self._child_cache: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._seen_cap = remember_traces
         self._lock = threading.Lock()
         self._server: Any = None
@@ -122,37 +122,33 @@ class CollectorMetrics:
                 self._seen.popitem(last=False)
             fresh = [s for s in trace.spans if s.stage and s.id not in seen]
             seen.update(s.id for s in fresh)
+        child = self._child
         for span in fresh:
-            duration_h, bytes_in, bytes_out, sync_h = self._children(str(span.stage), model, axis, value)
+            stage = str(span.stage)
             profile = span.profile
             duration = profile.duration_s if profile is not None and profile.duration_s is not None else None
             if duration is None and span.end_unix_nano >= span.start_unix_nano > 0:
                 duration = span.duration_s
             if duration is not None:
-                duration_h.observe(duration)
+                child(self.stage_duration, (stage, model, axis, value)).observe(duration)
             if profile is None:
                 continue
             # the contract forbids a value with provenance "unavailable": a set value is observable
             if profile.input_bytes is not None:
-                bytes_in.observe(profile.input_bytes)
+                child(self.stage_bytes, (stage, model, "in", axis, value)).observe(profile.input_bytes)
             if profile.output_bytes is not None:
-                bytes_out.observe(profile.output_bytes)
+                child(self.stage_bytes, (stage, model, "out", axis, value)).observe(profile.output_bytes)
             if profile.sync_points is not None and profile.provenance.get("sync_points") in _OBSERVABLE:
-                sync_h.observe(profile.sync_points)
+                child(self.stage_sync_points, (stage, model, axis, value)).observe(profile.sync_points)
         return len(fresh)
 
-    def _children(self, stage: str, model: str, axis: str, value: str) -> tuple[Any, Any, Any, Any]:
-        """The labelled histogram children of one (stage, model, sweep) combination, cached."""
-        key = (stage, model, axis, value)
+    def _child(self, histogram: Histogram, labels: tuple[str, ...]) -> Any:
+        """``histogram.labels(*labels)``, cached; created only when first observed, so a series
+        never appears without an observation."""
+        key = (histogram._name, labels)
         found = self._child_cache.get(key)
         if found is None:
-            found = (
-                self.stage_duration.labels(stage, model, axis, value),
-                self.stage_bytes.labels(stage, model, "in", axis, value),
-                self.stage_bytes.labels(stage, model, "out", axis, value),
-                self.stage_sync_points.labels(stage, model, axis, value),
-            )
-            self._child_cache[key] = found
+            found = self._child_cache[key] = histogram.labels(*labels)
         return found
 
     # -- exposition -----------------------------------------------------------------------
