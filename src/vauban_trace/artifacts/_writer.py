@@ -9,7 +9,8 @@ A single item larger than the byte bound is accepted when the queue is empty.
 Write errors never reach the inference thread: they are logged and appended to
 :attr:`BackgroundWriter.errors` as :class:`WriteError` records. :meth:`flush` waits for the
 queue to drain; :meth:`close` flushes and stops the worker; an ``atexit`` hook flushes writers
-still open at interpreter exit. After ``close``, ``submit`` writes synchronously (still never
+still open at interpreter exit (waiting at most :data:`ATEXIT_TIMEOUT_S`, then logging what is
+lost rather than hanging the exit). After ``close``, ``submit`` writes synchronously (still never
 raising write errors).
 """
 
@@ -32,6 +33,8 @@ _log = logging.getLogger("vauban_trace.artifacts")
 DEFAULT_MAX_PENDING_BYTES = 256 << 20
 #: Default bound on blobs queued but not yet written.
 DEFAULT_MAX_PENDING_ITEMS = 4096
+#: How long the interpreter-exit flush waits for the worker before giving up (and logging).
+ATEXIT_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,11 @@ class BackgroundWriter:
 
         def _flush_at_exit() -> None:
             writer = ref()
-            if writer is not None:
-                writer.close()
+            if writer is not None and not writer.close(timeout=ATEXIT_TIMEOUT_S):
+                _log.error(
+                    "vauban-trace: %d blob(s) still unwritten after %.0f s at exit; giving up on them",
+                    writer.pending_items, ATEXIT_TIMEOUT_S,
+                )
 
         self._atexit = _flush_at_exit
         atexit.register(_flush_at_exit)
