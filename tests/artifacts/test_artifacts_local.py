@@ -267,3 +267,10 @@ def test_stale_temporaries_are_swept(tmp_path: Path) -> None:
     assert store.remove_stale_temporaries(max_age_s=60) == 1
     assert not old.exists() and young.exists() and store.get(ref.digest) == b"kept"
     assert list(store.digests()) == [ref.digest]
+
+
+def test_uri_round_trip_with_spaces_and_unicode(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path / "my blobs é#%")
+    ref = store.put(b"odd path", "t")
+    assert "%20" in ref.uri and "#" not in ref.uri
+    assert get_uri(ref.uri) == b"odd path" and store.get_uri(ref.uri) == b"odd path"
