@@ -380,9 +380,10 @@ def markdown(result: dict[str, Any], pytest_line: str = "", also: list[dict[str,
         "- Tracing with cheap counters adds no synchronisation and no copy: the sync debug mode and the profiler's "
         "`cudaStreamSynchronize` calls give the same count with and without tracing; device time comes from CUDA "
         "events read later by a polling thread (`Event.query`, never a wait).",
-        "- Greedy `generate` in bf16 on this random model is not repeatable even untraced (near-tied logits and "
-        "non-deterministic kernels: the equality matrix shows the untraced runs themselves falling into two "
-        "groups); under `torch.use_deterministic_algorithms(True)` traced and untraced tokens are identical.",
+        "- Greedy `generate` in bf16 on this random model is not repeatable even untraced (the untraced runs did "
+        "not all give the same tokens: near-tied logits and non-deterministic kernels), so token equality between "
+        "traced and untraced runs says nothing there either way; under `torch.use_deterministic_algorithms(True)` "
+        "the untraced runs repeat and the traced tokens are identical to them.",
         "- Decode here is launch-bound (about 20 ms per token, host-side Python); the deep counters' per-op "
         "cost doubles it, so they stay opt-in.",
     ]
