@@ -113,6 +113,7 @@ class OTLPHTTPServer(ThreadingHTTPServer):
             if not full:
                 self._connections += 1
         if full:
+            self.metrics.requests.labels("http", "503").inc()
             try:
                 if self.ssl_context is None:
                     request.sendall(_BUSY)
