@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from vauban_trace._exceptions import InvalidDigestError
+from vauban_trace.contract._digest import check_digest
 from vauban_trace.contract._errors import ContractError
 from vauban_trace.contract._kinds import (
     CAPABILITY_FOR_KIND,
@@ -32,6 +34,7 @@ from vauban_trace.contract._kinds import (
 JSONValue = Any  # str | int | float | bool | None | list[JSONValue] | dict[str, JSONValue]
 
 _T = TypeVar("_T")
+_COUNTER_SET = frozenset(COUNTER_NAMES)
 
 
 def _enum(cls: type[_T], value: object, where: str) -> _T:
@@ -42,8 +45,30 @@ def _enum(cls: type[_T], value: object, where: str) -> _T:
         raise ContractError(f"{where}: unknown value {value!r} (expected one of: {allowed})") from None
 
 
+#: The words of each closed vocabulary, for membership checks that build no enum member.
+_WORDS: dict[type, frozenset[str]] = {
+    cls: frozenset(m.value for m in cls)  # type: ignore[attr-defined]
+    for cls in (ArtifactKind, MissingReason, Provenance, SpanStatus, SupportLevel)
+}
+
+
+def _check_word(cls: type, value: object, where: str) -> None:
+    """Refuse ``value`` unless it is a word of ``cls`` (same check and message as :func:`_enum`)."""
+    try:
+        if value in _WORDS[cls]:
+            return
+    except TypeError:  # unhashable: certainly not a word
+        pass
+    _enum(cls, value, where)
+
+
 def _non_negative(value: float | int | None, where: str) -> None:
     if value is None:
+        return
+    cls = type(value)
+    if cls is int:
+        if value < 0:
+            raise ContractError(f"{where}: must be >= 0, got {value!r}")
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ContractError(f"{where}: expected a number, got {type(value).__name__}")
@@ -53,17 +78,50 @@ def _non_negative(value: float | int | None, where: str) -> None:
         raise ContractError(f"{where}: must be >= 0, got {value!r}")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_KNOWN_KEYS: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    """The dataclass field names of ``cls`` in declaration order (cached)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+        _KNOWN_KEYS[cls] = frozenset(names)
+    return names
+
+
 def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
     if not isinstance(data, Mapping):
         raise ContractError(f"{where}: expected an object, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
+    known = _KNOWN_KEYS.get(cls)
+    if known is None:
+        _field_names(cls)
+        known = _KNOWN_KEYS[cls]
+    if known.issuperset(data):
+        return
     unknown = sorted(set(data) - known)
     if unknown:
         raise ContractError(f"{where}: unknown field(s) {', '.join(unknown)}")
 
 
+#: Exact types that are JSON scalars as they are (subclasses such as enums take the slow road).
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
     """Recursively turn tuples and enums into JSON-native values."""
+    cls = type(value)
+    if cls in _SCALARS:
+        return value
+    if cls is dict:
+        return {
+            (k if type(k) is str else str(k)): (v if type(v) in _SCALARS else _plain(v)) for k, v in value.items()
+        }
+    if cls is tuple or cls is list:
+        return [v if type(v) in _SCALARS else _plain(v) for v in value]
+    if cls in _RECORDS:
+        return value.to_dict()
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value.value if hasattr(value, "value") and isinstance(value, str) else value
     if isinstance(value, (list, tuple)):
@@ -75,6 +133,15 @@ def _plain(value: Any) -> Any:
     raise ContractError(f"value of type {type(value).__name__} is not JSON-compatible")
 
 
+def _record_dict(obj: Any) -> dict[str, Any]:
+    """``{field: _plain(value)}`` in declaration order: the generic ``to_dict``."""
+    values = obj.__dict__
+    return {
+        name: (value if type(value := values[name]) in _SCALARS else _plain(value))
+        for name in _FIELD_NAMES.get(type(obj)) or _field_names(type(obj))
+    }
+
+
 def _freeze(obj: object, *names: str) -> None:
     """Normalise container fields of a frozen record in place (lists -> tuples, dict copies)."""
     for name in names:
@@ -82,17 +149,27 @@ def _freeze(obj: object, *names: str) -> None:
         if value is None:
             continue
         if isinstance(value, Mapping):
-            object.__setattr__(obj, name, _frozen_json(dict(value)))
+            if not value and type(value) is dict:
+                object.__setattr__(obj, name, {})
+                continue
+            object.__setattr__(obj, name, _frozen_dict(value))
         elif isinstance(value, (list, tuple)):
-            object.__setattr__(obj, name, tuple(_frozen_json(list(value))))
+            object.__setattr__(obj, name, tuple([v if type(v) in _SCALARS else _frozen_json(v) for v in value]))
+
+
+def _frozen_dict(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A fresh dict of ``value`` with nested lists as tuples (see :func:`_frozen_json`)."""
+    return {k: (v if type(v) in _SCALARS else _frozen_json(v)) for k, v in value.items()}
 
 
 def _frozen_json(value: Any) -> Any:
     """Lists become tuples so records stay hashable-ish and round trips compare equal."""
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, list):
-        return tuple(_frozen_json(v) for v in value)
+        return tuple([v if type(v) in _SCALARS else _frozen_json(v) for v in value])
     if isinstance(value, dict):
-        return {k: _frozen_json(v) for k, v in value.items()}
+        return {k: (v if type(v) in _SCALARS else _frozen_json(v)) for k, v in value.items()}
     return value
 
 
@@ -150,13 +227,16 @@ class StageProfile:
 
     def __post_init__(self) -> None:
         _freeze(self, "provenance", "metadata")
+        values = self.__dict__
         for name in COUNTER_NAMES:
-            _non_negative(getattr(self, name), f"profile {self.name!r} {name}")
+            value = values[name]
+            if value is not None and (type(value) is not int or value < 0):
+                _non_negative(value, f"profile {self.name!r} {name}")
         for key, word in self.provenance.items():
-            if key not in COUNTER_NAMES:
+            if key not in _COUNTER_SET:
                 raise ContractError(f"profile {self.name!r}: provenance names unknown counter {key!r}")
-            prov = _enum(Provenance, word, f"profile {self.name!r} provenance of {key}")
-            if getattr(self, key) is not None and prov is Provenance.UNAVAILABLE:
+            _check_word(Provenance, word, f"profile {self.name!r} provenance of {key}")
+            if word == "unavailable" and values[key] is not None:
                 raise ContractError(
                     f"profile {self.name!r}: counter {key} has a value but provenance 'unavailable'"
                 )
@@ -171,10 +251,7 @@ class StageProfile:
         return Provenance.UNAVAILABLE if getattr(self, counter) is None else Provenance.DECLARED
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            out[f.name] = _plain(getattr(self, f.name))
-        return out
+        return _record_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StageProfile:
@@ -243,7 +320,7 @@ class TraceRequest:
             raise ContractError("request: one of input_text, prompt_ids or input_ref is required")
         seen: set[str] = set()
         for kind in self.requested_artifacts:
-            _enum(ArtifactKind, kind, "request requested_artifacts")
+            _check_word(ArtifactKind, kind, "request requested_artifacts")
             if kind in seen:
                 raise ContractError(f"request: requested_artifacts repeats {kind!r}")
             seen.add(kind)
@@ -258,7 +335,7 @@ class TraceRequest:
             raise ContractError("request: return_logprobs requires return_logits")
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return _record_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TraceRequest:
@@ -301,23 +378,22 @@ class TraceArtifact:
         _freeze(self, "shape", "summary", "metadata")
         if not self.id:
             raise ContractError("artifact: id must not be empty")
-        _enum(ArtifactKind, self.kind, f"artifact {self.id!r} kind")
+        _check_word(ArtifactKind, self.kind, f"artifact {self.id!r} kind")
         for dim in self.shape:
             if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
                 raise ContractError(f"artifact {self.id!r} shape: {dim!r} is not a dimension")
-        _non_negative(self.byte_size, f"artifact {self.id!r} byte_size")
-        _non_negative(self.layer, f"artifact {self.id!r} layer")
+        if self.byte_size is not None:
+            _non_negative(self.byte_size, f"artifact {self.id!r} byte_size")
+        if self.layer is not None:
+            _non_negative(self.layer, f"artifact {self.id!r} layer")
         if self.digest is not None:
-            from vauban_trace._exceptions import InvalidDigestError
-            from vauban_trace.contract._digest import check_digest
-
             try:
                 check_digest(self.digest, where=f"artifact {self.id!r} digest")
             except InvalidDigestError as exc:
                 raise ContractError(str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return _record_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TraceArtifact:
@@ -340,12 +416,13 @@ class MissingArtifact:
     layer: int | None = None
 
     def __post_init__(self) -> None:
-        _enum(ArtifactKind, self.kind, "missing artifact kind")
-        _enum(MissingReason, self.reason, f"missing {self.kind!r} reason")
-        _non_negative(self.layer, f"missing {self.kind!r} layer")
+        _check_word(ArtifactKind, self.kind, "missing artifact kind")
+        _check_word(MissingReason, self.reason, f"missing {self.kind!r} reason")
+        if self.layer is not None:
+            _non_negative(self.layer, f"missing {self.kind!r} layer")
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return _record_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MissingArtifact:
@@ -371,7 +448,7 @@ class Capabilities:
         for name, level in self.levels.items():
             if name not in CAPABILITY_NAMES:
                 raise ContractError(f"capabilities: unknown capability {name!r}")
-            _enum(SupportLevel, level, f"capabilities {name}")
+            _check_word(SupportLevel, level, f"capabilities {name}")
         for name in self.notes:
             if name not in CAPABILITY_NAMES:
                 raise ContractError(f"capabilities notes: unknown capability {name!r}")
@@ -433,16 +510,19 @@ class TraceSpan:
         _freeze(self, "input_artifact_ids", "output_artifact_ids", "metadata")
         if not self.id:
             raise ContractError("span: id must not be empty")
-        _enum(SpanStatus, self.status, f"span {self.id!r} status")
-        _non_negative(self.start_unix_nano, f"span {self.id!r} start_unix_nano")
-        _non_negative(self.end_unix_nano, f"span {self.id!r} end_unix_nano")
+        _check_word(SpanStatus, self.status, f"span {self.id!r} status")
+        start, end = self.start_unix_nano, self.end_unix_nano
+        if type(start) is not int or start < 0:
+            _non_negative(start, f"span {self.id!r} start_unix_nano")
+        if type(end) is not int or end < 0:
+            _non_negative(end, f"span {self.id!r} end_unix_nano")
 
     @property
     def duration_s(self) -> float:
         return max(0, self.end_unix_nano - self.start_unix_nano) / 1e9
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return _record_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TraceSpan:
@@ -515,12 +595,14 @@ class Trace:
 
     # -- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return _record_dict(self)
 
     def to_json(self, *, indent: int | None = None) -> str:
         import json
 
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False)
+        # check_circular=False: to_dict() builds fresh containers (a cycle could not get this far),
+        # and skipping the marker bookkeeping halves the encoder's time; the text is unchanged.
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=False, allow_nan=False, check_circular=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Trace:
@@ -550,6 +632,11 @@ class Trace:
             raise ContractError(f"trace JSON is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
 
+
+#: Record types, which ``_plain`` turns into their ``to_dict()``.
+_RECORDS: frozenset[type] = frozenset(
+    {Capabilities, Device, Intervention, MissingArtifact, StageProfile, Trace, TraceArtifact, TraceRequest, TraceSpan}
+)
 
 __all__ = [
     "Capabilities",
