@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from system_tools import require_tool
 from vauban_trace.artifacts import (
     MEDIA_TYPE_JSON,
     BlobNotFoundError,
@@ -54,7 +54,6 @@ def test_stored_file_hash_reproduces_digest(tmp_path: Path, algorithm: str) -> N
     assert compute_digest(data, algorithm) == ref.digest and verify_bytes(data, ref.digest)
 
 
-@pytest.mark.skipif(shutil.which("sha256sum") is None, reason="coreutils sha256sum not installed")
 def test_sha256sum_tool_agrees(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path, algorithm="sha256")
     ref = store.put(b'{"a":1}', MEDIA_TYPE_JSON)
@@ -62,11 +61,11 @@ def test_sha256sum_tool_agrees(tmp_path: Path) -> None:
     assert ref.digest == "sha256:" + out.stdout.split()[0]
 
 
-@pytest.mark.skipif(shutil.which("b3sum") is None, reason="b3sum not installed")
 def test_b3sum_tool_agrees(tmp_path: Path) -> None:
+    b3sum = require_tool("b3sum", "b3sum")
     store = LocalArtifactStore(tmp_path)
     ref = store.put(b'{"a":1}', MEDIA_TYPE_JSON)
-    out = subprocess.run(["b3sum", str(store.path_for(ref.digest))], capture_output=True, text=True, check=True)
+    out = subprocess.run([b3sum, str(store.path_for(ref.digest))], capture_output=True, text=True, check=True)
     assert ref.digest == "blake3:" + out.stdout.split()[0]
 
 

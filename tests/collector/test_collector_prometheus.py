@@ -9,8 +9,6 @@ queries ``/api/v1/query`` with PromQL. Only the pid started here is stopped.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -23,25 +21,11 @@ import pytest
 from collector_helpers import add_vauban_trace, free_port, post, trace_id_of
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from system_tools import require_tool
+
 
 def _prometheus_binary() -> str:
-    found = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else None)
-    if found:
-        return found
-    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        result = subprocess.run(["apt-get", "install", "-y", "prometheus"], capture_output=True, text=True, env=env)
-        if result.returncode != 0:
-            subprocess.run(["apt-get", "update"], capture_output=True, env=env)
-            result = subprocess.run(["apt-get", "install", "-y", "prometheus"], capture_output=True, text=True,
-                                    env=env)
-        found = shutil.which("prometheus") or ("/usr/bin/prometheus" if os.path.exists("/usr/bin/prometheus") else None)
-        if found:
-            return found
-        pytest.fail(f"could not install Debian's prometheus package (apt-get exit {result.returncode}): "
-                    f"{result.stderr.strip()[-400:]}")
-    pytest.fail("the 'prometheus' binary is required for this test: install Debian's package "
-                "(apt-get install -y prometheus) or run the tests as root so they can install it")
+    return require_tool("prometheus", "prometheus")
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ never skips: these checks are the only validation the deployment files get.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from system_tools import require_tool as require_tool  # re-exported to the deploy tests
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,27 +58,6 @@ HISTOGRAMS = frozenset(
         "vauban_stage_sync_points",
     }
 )
-
-
-def require_tool(name: str, package: str) -> str:
-    """Path of executable ``name``, installing Debian ``package`` when missing (root only)."""
-    found = shutil.which(name)
-    if found:
-        return found
-    hint = f"`{name}` is not installed; install it with: apt-get install -y {package}"
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        pytest.fail(f"{hint} (cannot install it here: not root or no apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
-    result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    if result.returncode != 0:  # stale package lists: refresh once and retry
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env, timeout=900)
-        result = subprocess.run(install, capture_output=True, text=True, env=env, timeout=900)
-    found = shutil.which(name)
-    if not found:
-        tail = (result.stdout + result.stderr)[-1500:]
-        pytest.fail(f"{hint}; `{' '.join(install)}` did not provide it (exit {result.returncode}):\n{tail}")
-    return found
 
 
 def compose_config(docker_compose: str, *files: str) -> dict[str, Any]:
