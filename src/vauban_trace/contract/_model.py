@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from vauban_trace._exceptions import InvalidDigestError
-from vauban_trace.contract._digest import check_digest
+from vauban_trace.contract._digest import DIGEST_ALGORITHMS, check_digest
 from vauban_trace.contract._errors import ContractError
 from vauban_trace.contract._kinds import (
     CAPABILITY_FOR_KIND,
@@ -35,6 +36,13 @@ JSONValue = Any  # str | int | float | bool | None | list[JSONValue] | dict[str,
 
 _T = TypeVar("_T")
 _COUNTER_SET = frozenset(COUNTER_NAMES)
+_ARTIFACT_KINDS = frozenset(m.value for m in ArtifactKind)
+_SPAN_STATUSES = frozenset(m.value for m in SpanStatus)
+_PROVENANCE_WORDS = frozenset(m.value for m in Provenance)
+#: Exactly the digests ``check_digest`` accepts, for a one-call check of the common case.
+_VALID_DIGEST = re.compile(
+    "(?:" + "|".join(f"{re.escape(alg)}:[0-9a-f]{{{n}}}" for alg, n in DIGEST_ALGORITHMS.items()) + r")\Z"
+)
 
 
 def _enum(cls: type[_T], value: object, where: str) -> _T:
@@ -143,18 +151,25 @@ def _record_dict(obj: Any) -> dict[str, Any]:
 
 
 def _freeze(obj: object, *names: str) -> None:
-    """Normalise container fields of a frozen record in place (lists -> tuples, dict copies)."""
+    """Normalise container fields of a frozen record in place (lists -> tuples, dict copies).
+
+    Writes go straight to the instance ``__dict__`` (what ``object.__setattr__`` does for these
+    slot-less records, minus the attribute machinery).
+    """
+    values = obj.__dict__
     for name in names:
-        value = getattr(obj, name)
-        if value is None:
+        value = values[name]
+        cls = type(value)
+        if cls is dict:
+            values[name] = {k: (v if type(v) in _SCALARS else _frozen_json(v)) for k, v in value.items()}
+        elif cls is tuple or cls is list:
+            values[name] = tuple([v if type(v) in _SCALARS else _frozen_json(v) for v in value])
+        elif value is None:
             continue
-        if isinstance(value, Mapping):
-            if not value and type(value) is dict:
-                object.__setattr__(obj, name, {})
-                continue
-            object.__setattr__(obj, name, _frozen_dict(value))
+        elif isinstance(value, Mapping):
+            values[name] = _frozen_dict(value)
         elif isinstance(value, (list, tuple)):
-            object.__setattr__(obj, name, tuple([v if type(v) in _SCALARS else _frozen_json(v) for v in value]))
+            values[name] = tuple([v if type(v) in _SCALARS else _frozen_json(v) for v in value])
 
 
 def _frozen_dict(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,12 +245,17 @@ class StageProfile:
         values = self.__dict__
         for name in COUNTER_NAMES:
             value = values[name]
-            if value is not None and (type(value) is not int or value < 0):
-                _non_negative(value, f"profile {self.name!r} {name}")
+            if value is None:
+                continue
+            cls = type(value)
+            if (cls is int or cls is float) and 0 <= value < math.inf:
+                continue
+            _non_negative(value, f"profile {self.name!r} {name}")
         for key, word in self.provenance.items():
             if key not in _COUNTER_SET:
                 raise ContractError(f"profile {self.name!r}: provenance names unknown counter {key!r}")
-            _check_word(Provenance, word, f"profile {self.name!r} provenance of {key}")
+            if type(word) is not str or word not in _PROVENANCE_WORDS:
+                _check_word(Provenance, word, f"profile {self.name!r} provenance of {key}")
             if word == "unavailable" and values[key] is not None:
                 raise ContractError(
                     f"profile {self.name!r}: counter {key} has a value but provenance 'unavailable'"
@@ -260,8 +280,8 @@ class StageProfile:
         if kwargs.get("device") is not None:
             kwargs["device"] = Device.from_dict(kwargs["device"])
         kwargs["provenance"] = dict(kwargs.get("provenance") or {})
-        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
-        return cls(**kwargs)
+        kwargs["metadata"] = dict(kwargs.get("metadata") or {})
+        return _new_record(cls, kwargs)
 
 
 @dataclass(frozen=True)
@@ -288,7 +308,7 @@ class Intervention:
         return cls(
             name=data["name"],
             layer_index=data["layer_index"],
-            params=_frozen_json(dict(data.get("params") or {})),
+            params=dict(data.get("params") or {}),
         )
 
 
@@ -348,8 +368,8 @@ class TraceRequest:
         kwargs["interventions"] = tuple(
             Intervention.from_dict(i) for i in kwargs.get("interventions") or ()
         )
-        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
-        return cls(**kwargs)
+        kwargs["metadata"] = dict(kwargs.get("metadata") or {})
+        return _new_record(cls, kwargs)
 
 
 @dataclass(frozen=True)
@@ -378,15 +398,19 @@ class TraceArtifact:
         _freeze(self, "shape", "summary", "metadata")
         if not self.id:
             raise ContractError("artifact: id must not be empty")
-        _check_word(ArtifactKind, self.kind, f"artifact {self.id!r} kind")
+        kind = self.kind
+        if type(kind) is not str or kind not in _ARTIFACT_KINDS:
+            _check_word(ArtifactKind, kind, f"artifact {self.id!r} kind")
         for dim in self.shape:
-            if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-                raise ContractError(f"artifact {self.id!r} shape: {dim!r} is not a dimension")
+            if type(dim) is not int or dim < 0:
+                if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
+                    raise ContractError(f"artifact {self.id!r} shape: {dim!r} is not a dimension")
         if self.byte_size is not None:
             _non_negative(self.byte_size, f"artifact {self.id!r} byte_size")
         if self.layer is not None:
             _non_negative(self.layer, f"artifact {self.id!r} layer")
-        if self.digest is not None:
+        digest = self.digest
+        if digest is not None and (type(digest) is not str or _VALID_DIGEST.match(digest) is None):
             try:
                 check_digest(self.digest, where=f"artifact {self.id!r} digest")
             except InvalidDigestError as exc:
@@ -400,9 +424,9 @@ class TraceArtifact:
         _check_keys(cls, data, "artifact")
         kwargs = dict(data)
         kwargs["shape"] = tuple(kwargs.get("shape") or ())
-        kwargs["summary"] = _frozen_json(dict(kwargs.get("summary") or {}))
-        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
-        return cls(**kwargs)
+        kwargs["summary"] = dict(kwargs.get("summary") or {})
+        kwargs["metadata"] = dict(kwargs.get("metadata") or {})
+        return _new_record(cls, kwargs)
 
 
 @dataclass(frozen=True)
@@ -427,7 +451,7 @@ class MissingArtifact:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MissingArtifact:
         _check_keys(cls, data, "missing artifact")
-        return cls(**dict(data))
+        return _new_record(cls, dict(data))
 
 
 @dataclass(frozen=True)
@@ -510,7 +534,9 @@ class TraceSpan:
         _freeze(self, "input_artifact_ids", "output_artifact_ids", "metadata")
         if not self.id:
             raise ContractError("span: id must not be empty")
-        _check_word(SpanStatus, self.status, f"span {self.id!r} status")
+        status = self.status
+        if type(status) is not str or status not in _SPAN_STATUSES:
+            _check_word(SpanStatus, status, f"span {self.id!r} status")
         start, end = self.start_unix_nano, self.end_unix_nano
         if type(start) is not int or start < 0:
             _non_negative(start, f"span {self.id!r} start_unix_nano")
@@ -532,8 +558,8 @@ class TraceSpan:
             kwargs["profile"] = StageProfile.from_dict(kwargs["profile"])
         for key in ("input_artifact_ids", "output_artifact_ids"):
             kwargs[key] = tuple(kwargs.get(key) or ())
-        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
-        return cls(**kwargs)
+        kwargs["metadata"] = dict(kwargs.get("metadata") or {})
+        return _new_record(cls, kwargs)
 
 
 @dataclass(frozen=True)
@@ -618,9 +644,9 @@ class Trace:
         kwargs["artifacts"] = tuple(TraceArtifact.from_dict(a) for a in kwargs.get("artifacts") or ())
         kwargs["missing"] = tuple(MissingArtifact.from_dict(m) for m in kwargs.get("missing") or ())
         kwargs["problems"] = tuple(kwargs.get("problems") or ())
-        kwargs["resource"] = _frozen_json(dict(kwargs.get("resource") or {}))
-        kwargs["metadata"] = _frozen_json(dict(kwargs.get("metadata") or {}))
-        return cls(**kwargs)
+        kwargs["resource"] = dict(kwargs.get("resource") or {})
+        kwargs["metadata"] = dict(kwargs.get("metadata") or {})
+        return _new_record(cls, kwargs)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Trace:
@@ -631,6 +657,52 @@ class Trace:
         except ValueError as exc:
             raise ContractError(f"trace JSON is not valid JSON: {exc}") from exc
         return cls.from_dict(data)
+
+
+_INIT_SPECS: dict[type, tuple[dict[str, Any], tuple[str, ...], frozenset[str], frozenset[str]]] = {}
+
+
+def _init_spec(cls: type) -> tuple[dict[str, Any], tuple[str, ...], frozenset[str], frozenset[str]]:
+    """(plain defaults, default-factory field names, required names, all names) of a record."""
+    spec = _INIT_SPECS.get(cls)
+    if spec is None:
+        defaults: dict[str, Any] = {}
+        factories: list[str] = []
+        required: set[str] = set()
+        for f in dataclasses.fields(cls):
+            if f.default is not dataclasses.MISSING:
+                defaults[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                if f.default_factory is not dict:
+                    raise TypeError(f"{cls.__name__}.{f.name}: only dict factories are supported here")
+                defaults[f.name] = None
+                factories.append(f.name)
+            else:
+                defaults[f.name] = None
+                required.add(f.name)
+        spec = _INIT_SPECS[cls] = (defaults, tuple(factories), frozenset(required), frozenset(defaults))
+    return spec
+
+
+def _new_record(cls: type[_T], values: dict[str, Any]) -> _T:
+    """``cls(**values)`` for internal callers (rebuild, ``from_dict``), without the generated
+    ``__init__``'s one ``object.__setattr__`` call per field: the instance dict is filled in one
+    go, then ``__post_init__`` freezes and validates exactly as public construction does. Any
+    missing or unknown field goes through ``cls(**values)`` itself, for its usual TypeError."""
+    defaults, factories, required, known = _INIT_SPECS.get(cls) or _init_spec(cls)
+    if not (required <= values.keys() and known.issuperset(values)):
+        return cls(**values)
+    obj = object.__new__(cls)
+    attrs = obj.__dict__
+    attrs.update(defaults)
+    attrs.update(values)
+    for name in factories:
+        if name not in values:
+            attrs[name] = {}
+    post_init = getattr(cls, "__post_init__", None)
+    if post_init is not None:
+        post_init(obj)
+    return obj
 
 
 #: Record types, which ``_plain`` turns into their ``to_dict()``.

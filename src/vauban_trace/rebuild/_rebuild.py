@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -68,6 +69,7 @@ from vauban_trace.contract import (
     TraceSpan,
     validate_trace,
 )
+from vauban_trace.contract._model import _new_record  # cls(**fields) minus the per-field setattr calls
 from vauban_trace.rebuild._records import (
     build_artifact,
     build_capabilities,
@@ -80,6 +82,9 @@ from vauban_trace.rebuild._values import attributes, parse_json_attr
 
 OtlpInput = ExportTraceServiceRequest | TracesData | bytes | bytearray | memoryview | Iterable[ResourceSpans]
 
+_EVENT_ARTIFACT = sc.EVENT_ARTIFACT
+_EVENT_MISSING = sc.EVENT_ARTIFACT_MISSING
+_order_key = itemgetter(0, 1, 2)  # (producer position, event time, source/event index) of a found record
 _STATUS_WORDS = {Status.STATUS_CODE_UNSET: "unset", Status.STATUS_CODE_OK: "ok", Status.STATUS_CODE_ERROR: "error"}
 
 
@@ -91,6 +96,10 @@ class _Raw:
     resource: dict[str, Any]
     seq: int
     attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def _start_key(raw: _Raw) -> tuple[int, str]:
+    return (raw.span.start_time_unix_nano, raw.hex)
 
 
 def resource_spans_of(data: OtlpInput) -> list[ResourceSpans]:
@@ -214,8 +223,7 @@ def _build_trace(trace_id: str, raws: list[_Raw]) -> Trace:
             complete = False
             problems.append(f"span {sid!r}: parent {r.parent!r} not received (orphan)")
 
-    ordered = sorted(present.values(), key=lambda r: (r.span.start_time_unix_nano, r.hex))
-    position = {r.hex: i for i, r in enumerate(ordered)}
+    ordered = sorted(present.values(), key=_start_key)
     spills_for: dict[str, list[_Raw]] = {}
     for sid, target in folded.items():
         spills_for.setdefault(target, []).append(spans[sid])
@@ -225,34 +233,39 @@ def _build_trace(trace_id: str, raws: list[_Raw]) -> Trace:
     found_artifacts: list[tuple[int, int, int, TraceArtifact]] = []
     missing: list[tuple[int, int, int, MissingArtifact]] = []
     built: list[tuple[_Raw, dict[str, Any]]] = []
-    for raw in ordered:
+    for producer, raw in enumerate(ordered):  # producer == position[raw.hex]
         kwargs = _span_fields(raw, raw is root, trace_id, trace_resource, remote_parent, root_extra, problems)
-        producer = position[raw.hex]
-        sources = [raw, *sorted(spills_for.get(raw.hex, []), key=lambda r: (r.span.start_time_unix_nano, r.hex))]
+        spills = spills_for.get(raw.hex)
+        sources = [raw] if spills is None else [raw, *sorted(spills, key=_start_key)]
         if len(sources) > 1:
             kwargs["metadata"]["spill_span_ids"] = [s.hex for s in sources[1:]]
         other_events: list[dict[str, Any]] = []
+        wheres: dict[str, str] = {}  # "span ... event ..." per event name, built once
         for src_index, src in enumerate(sources):
+            base = src_index * 1_000_000
             for ev_index, ev in enumerate(src.span.events):
-                order_key = (producer, ev.time_unix_nano, src_index * 1_000_000 + ev_index)
-                where = f"span {raw.hex!r} event {ev.name!r}"
-                if ev.name == sc.EVENT_ARTIFACT:
-                    art = build_artifact(attributes(ev.attributes), raw.hex, where, problems)
-                    if art is not None:
-                        found_artifacts.append((*order_key, art))
-                elif ev.name == sc.EVENT_ARTIFACT_MISSING:
-                    miss = build_missing(attributes(ev.attributes), raw.hex, where, problems)
-                    if miss is not None:
-                        missing.append((*order_key, miss))
+                ev_name = ev.name
+                if ev_name == _EVENT_ARTIFACT or ev_name == _EVENT_MISSING:
+                    where = wheres.get(ev_name)
+                    if where is None:
+                        where = wheres[ev_name] = f"span {raw.hex!r} event {ev_name!r}"
+                    if ev_name == _EVENT_ARTIFACT:
+                        art = build_artifact(attributes(ev.attributes), raw.hex, where, problems)
+                        if art is not None:
+                            found_artifacts.append((producer, ev.time_unix_nano, base + ev_index, art))
+                    else:
+                        miss = build_missing(attributes(ev.attributes), raw.hex, where, problems)
+                        if miss is not None:
+                            missing.append((producer, ev.time_unix_nano, base + ev_index, miss))
                 elif src is raw:
                     other_events.append(
-                        {"name": ev.name, "time_unix_nano": ev.time_unix_nano, "attributes": attributes(ev.attributes)}
+                        {"name": ev_name, "time_unix_nano": ev.time_unix_nano, "attributes": attributes(ev.attributes)}
                     )
         if other_events:
             kwargs["metadata"]["events"] = other_events
         built.append((raw, kwargs))
 
-    found_artifacts.sort(key=lambda t: t[:3])
+    found_artifacts.sort(key=_order_key)
     artifacts: list[TraceArtifact] = []
     seen_ids: set[str] = set()
     outputs: dict[str, list[str]] = {}
@@ -269,14 +282,10 @@ def _build_trace(trace_id: str, raws: list[_Raw]) -> Trace:
         unknown = [a for a in inputs if a not in seen_ids]
         if unknown:
             problems.append(f"span {raw.hex!r}: input artifact(s) {', '.join(map(repr, unknown))} not in the trace")
-        trace_spans.append(
-            TraceSpan(
-                input_artifact_ids=tuple(a for a in inputs if a in seen_ids),
-                output_artifact_ids=tuple(outputs.get(raw.hex, ())),
-                **kwargs,
-            )
-        )
-    missing.sort(key=lambda t: t[:3])
+        kwargs["input_artifact_ids"] = tuple(a for a in inputs if a in seen_ids) if inputs else ()
+        kwargs["output_artifact_ids"] = tuple(outputs.get(raw.hex, ()))
+        trace_spans.append(_new_record(TraceSpan, kwargs))
+    missing.sort(key=_order_key)
     metadata = _trace_metadata(trace_spans, artifacts, root, trace_resource, present, root_extra)
     try:
         trace = Trace(

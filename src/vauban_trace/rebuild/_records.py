@@ -27,6 +27,7 @@ from vauban_trace.contract import (
     TraceRequest,
 )
 from vauban_trace.contract._kinds import CAPABILITY_NAMES
+from vauban_trace.contract._model import _new_record  # cls(**fields) minus the per-field setattr calls
 from vauban_trace.rebuild._values import parse_json_attr
 
 _FLOAT_COUNTERS = frozenset({"duration_s", "device_duration_s"})
@@ -39,6 +40,22 @@ _DECODE_NAMES = (
     sc.DECODE_STEP_MEAN_S,
     sc.DECODE_STOP_REASON,
 )
+
+
+#: Per counter, in display order: (counter, value attribute, provenance attribute, is a float).
+_USL_KEYS: tuple[tuple[str, str, str, bool], ...] = tuple(
+    (c, sc.usl(c), sc.usl_provenance(c), c in _FLOAT_COUNTERS) for c in COUNTER_NAMES
+)
+_USL_NAMES = frozenset(name for _, vkey, pkey, _ in _USL_KEYS for name in (vkey, pkey))
+#: Attributes that go to ``profile.metadata`` under their short name.
+_PROFILE_META_KEYS: tuple[tuple[str, str], ...] = tuple(
+    (key, key.removeprefix("vauban.")) for key in (sc.COUNTER_MODE, *_DECODE_NAMES)
+)
+_ARTIFACT_TEXT_FIELDS = ((sc.ARTIFACT_DIGEST, "digest"), (sc.ARTIFACT_URI, "uri"),
+                         (sc.ARTIFACT_MEDIA_TYPE, "media_type"), (sc.ARTIFACT_DTYPE, "dtype"))
+_SUMMARY_ITEMS: tuple[tuple[str, str], ...] = tuple(sc.SUMMARY_KEYS.items())
+_MEASURED = Provenance.MEASURED.value
+_UNAVAILABLE = Provenance.UNAVAILABLE.value
 
 
 class _Bad(ValueError):
@@ -69,7 +86,7 @@ def _as_float(value: Any, what: str) -> float:
 def _int_list(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, list):
         raise _Bad(f"{what}: expected an integer array, got {value!r}")
-    return tuple(_as_int(v, what) for v in value)
+    return tuple([v if type(v) is int else _as_int(v, what) for v in value])
 
 
 def _str_list(value: Any, what: str) -> tuple[str, ...]:
@@ -106,44 +123,47 @@ def build_profile(
     (measured by the emitting SDK's clock) fills ``duration_s``."""
     values: dict[str, Any] = {}
     provenance: dict[str, str] = {}
-    for counter in COUNTER_NAMES:
-        vkey, pkey = sc.usl(counter), sc.usl_provenance(counter)
-        raw, word = attrs.pop(vkey, None), attrs.pop(pkey, None)
-        if word is not None:
-            if isinstance(word, str) and word in _PROVENANCE_WORDS:
-                provenance[counter] = str(word)
-            else:
-                problems.append(f"{where}: {pkey} {word!r} is not a provenance word; ignored")
-        if raw is None:
-            continue
-        try:
-            value = _as_float(raw, vkey) if counter in _FLOAT_COUNTERS else _as_int(raw, vkey)
-            if value < 0:
-                raise _Bad(f"{vkey}: must be >= 0, got {value!r}")
-        except _Bad as exc:
-            problems.append(f"{where}: {exc}; counter marked unavailable")
-            provenance[counter] = Provenance.UNAVAILABLE.value
-            continue
-        if provenance.get(counter) == Provenance.UNAVAILABLE.value:
-            problems.append(f"{where}: {vkey} has a value but provenance 'unavailable'; value dropped")
-            continue
-        values[counter] = value
+    if not _USL_NAMES.isdisjoint(attrs):
+        for counter, vkey, pkey, is_float in _USL_KEYS:
+            if vkey not in attrs and pkey not in attrs:
+                continue
+            raw, word = attrs.pop(vkey, None), attrs.pop(pkey, None)
+            if word is not None:
+                if isinstance(word, str) and word in _PROVENANCE_WORDS:
+                    provenance[counter] = str(word)
+                else:
+                    problems.append(f"{where}: {pkey} {word!r} is not a provenance word; ignored")
+            if raw is None:
+                continue
+            try:
+                if type(raw) is int and not is_float:
+                    value = raw
+                else:
+                    value = _as_float(raw, vkey) if is_float else _as_int(raw, vkey)
+                if value < 0:
+                    raise _Bad(f"{vkey}: must be >= 0, got {value!r}")
+            except _Bad as exc:
+                problems.append(f"{where}: {exc}; counter marked unavailable")
+                provenance[counter] = _UNAVAILABLE
+                continue
+            if provenance.get(counter) == _UNAVAILABLE:
+                problems.append(f"{where}: {vkey} has a value but provenance 'unavailable'; value dropped")
+                continue
+            values[counter] = value
     if "duration_s" not in values and "duration_s" not in provenance and span_duration_s is not None:
         values["duration_s"] = span_duration_s
-        provenance["duration_s"] = Provenance.MEASURED.value
+        provenance["duration_s"] = _MEASURED
     metadata: dict[str, Any] = {}
     method = attrs.pop(sc.MEMORY_METHOD, None)
-    for key in (sc.COUNTER_MODE, *_DECODE_NAMES):
+    for key, short in _PROFILE_META_KEYS:
         if key in attrs:
-            metadata[_short(key)] = attrs.pop(key)
-    return StageProfile(
-        name=name,
-        device=device,
-        memory_method=None if method is None else str(method),
-        provenance=provenance,
-        metadata=metadata,
-        **values,
-    )
+            metadata[short] = attrs.pop(key)
+    values["name"] = name
+    values["device"] = device
+    values["memory_method"] = None if method is None else str(method)
+    values["provenance"] = provenance
+    values["metadata"] = metadata
+    return _new_record(StageProfile, values)
 
 
 def build_artifact(attrs: dict[str, Any], producer: str, where: str, problems: list[str]) -> TraceArtifact | None:
@@ -153,8 +173,7 @@ def build_artifact(attrs: dict[str, Any], producer: str, where: str, problems: l
         return None
     kwargs: dict[str, Any] = {"id": art_id, "kind": attrs.pop(sc.ARTIFACT_KIND, None), "producer_span_id": producer}
     try:
-        for key, field in ((sc.ARTIFACT_DIGEST, "digest"), (sc.ARTIFACT_URI, "uri"),
-                           (sc.ARTIFACT_MEDIA_TYPE, "media_type"), (sc.ARTIFACT_DTYPE, "dtype")):
+        for key, field in _ARTIFACT_TEXT_FIELDS:
             if key in attrs:
                 kwargs[field] = str(attrs.pop(key))
         if sc.ARTIFACT_SHAPE in attrs:
@@ -163,11 +182,14 @@ def build_artifact(attrs: dict[str, Any], producer: str, where: str, problems: l
             kwargs["byte_size"] = _as_int(attrs.pop(sc.ARTIFACT_BYTE_SIZE), sc.ARTIFACT_BYTE_SIZE)
         if sc.ARTIFACT_LAYER in attrs:
             kwargs["layer"] = _as_int(attrs.pop(sc.ARTIFACT_LAYER), sc.ARTIFACT_LAYER)
-        kwargs["summary"] = {key: attrs.pop(name) for name, key in sc.SUMMARY_KEYS.items() if name in attrs}
-        metadata = _json_object(attrs, sc.ARTIFACT_METADATA, f"{where} artifact {art_id!r}", problems)
-        metadata.update(attrs)  # unknown event attributes are kept, never lost
+        kwargs["summary"] = {key: attrs.pop(name) for name, key in _SUMMARY_ITEMS if name in attrs}
+        if sc.ARTIFACT_METADATA in attrs:
+            metadata = _json_object(attrs, sc.ARTIFACT_METADATA, f"{where} artifact {art_id!r}", problems)
+            metadata.update(attrs)
+        else:
+            metadata = attrs  # unknown event attributes are kept, never lost
         kwargs["metadata"] = metadata
-        return TraceArtifact(**kwargs)
+        return _new_record(TraceArtifact, kwargs)
     except (_Bad, ContractError) as exc:
         problems.append(f"{where}: artifact {art_id!r} refused: {exc}")
         return None
