@@ -1,0 +1,31 @@
+"""MLX / mlx-lm executor: traced inference with the torch executor's trace shape (see docs/mlx-executor.md).
+
+Public API:
+
+- :class:`MlxExecutor` — ``MlxExecutor.from_pretrained(dir)``; ``executor.capabilities``;
+  ``executor.run(request, max_new_tokens=..., sites=..., logits_positions=..., topk=...) -> RunResult``.
+- :func:`find_layers` / :class:`ResidualCapture` — decoder layer discovery and residual capture.
+- :class:`MlxMemoryProbe` / :class:`EvalCounter` — the counter probes of its stages.
+
+Importing this package imports mlx (and mlx-lm when a model is loaded); the core package never
+does. The ``_values`` module is the adapter the instrumentation uses to describe and copy
+``mlx.core.array`` values.
+"""
+
+from vauban_trace.executors.mlx._capabilities import build_capabilities
+from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
+from vauban_trace.executors.mlx._executor import MlxExecutor, MlxRunOptions, RunResult, make_mlx_options
+from vauban_trace.executors.mlx._layers import MlxLayers, ResidualCapture, find_layers
+
+__all__ = [
+    "EvalCounter",
+    "MlxExecutor",
+    "MlxLayers",
+    "MlxMemoryProbe",
+    "MlxRunOptions",
+    "ResidualCapture",
+    "RunResult",
+    "build_capabilities",
+    "find_layers",
+    "make_mlx_options",
+]

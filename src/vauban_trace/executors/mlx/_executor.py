@@ -1,0 +1,202 @@
+"""``MlxExecutor``: traced inference over an mlx-lm model, one trace per request.
+
+::
+
+    import vauban_trace as vt
+    from vauban_trace.contract import TraceRequest
+    from vauban_trace.executors.mlx import MlxExecutor
+
+    vt.configure(store_dir=".vauban")
+    ex = MlxExecutor.from_pretrained("path/to/model")      # config checked now, weights in `load`
+    req = TraceRequest(input_text="Paris is", collect_layers=(0, 1), return_logits=True,
+                       return_logprobs=True,
+                       requested_artifacts=("tokens", "text", "logits", "logprobs", "activation"))
+    result = ex.run(req, max_new_tokens=8)                  # RunResult(trace_id, texts, token_ids, ...)
+
+The weights are read by mlx-lm (``mlx_lm.utils.load_model``: the same ``model.safetensors`` as
+transformers) and the tokenizer from the same directory (``mlx_lm.utils.load_tokenizer``, which
+wraps the Hugging Face tokenizer files). Loading is lazy, as in the torch executor: the first
+traced request shows a ``load`` stage; ``load()`` or reading ``capabilities`` loads untraced.
+
+The stages of a request are in :mod:`._pipeline`. Everything the caller can get wrong (a missing
+directory, a layer out of range, a batch of several prompts) raises :class:`ExecutorError`
+before the root span opens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vauban_trace._exceptions import ExecutorError
+from vauban_trace.contract import Capabilities, TraceRequest
+from vauban_trace.executors.mlx._capabilities import build_capabilities
+from vauban_trace.executors.mlx._layers import SITES_BUILT, MlxLayers, config_layer_count, find_layers
+from vauban_trace.executors.mlx._values import device_label
+
+ALL_SITES = ("residual", "attn", "mlp")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one request produced (the evidence itself is in the trace)."""
+
+    trace_id: str | None
+    texts: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    finish_reasons: tuple[str, ...]
+    prompt_token_ids: tuple[tuple[int, ...], ...] = ()
+    stop_reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MlxRunOptions:
+    max_new_tokens: int = 0
+    sites: tuple[str, ...] = ("residual",)
+    logits_positions: str = "last"
+    topk: int = 5
+    ignore_eos: bool = False
+
+
+def make_mlx_options(
+    *, max_new_tokens: int = 0, sites: Sequence[str] = ("residual",), logits_positions: str = "last",
+    topk: int = 5, ignore_eos: bool = False,
+) -> MlxRunOptions:
+    """Check the settings of :meth:`MlxExecutor.run`; :class:`ExecutorError` names the bad one."""
+    for name, value, low in (("max_new_tokens", max_new_tokens, 0), ("topk", topk, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ExecutorError(f"{name} must be an integer >= {low}, got {value!r}")
+    if isinstance(sites, str) or not sites or any(s not in ALL_SITES for s in sites):
+        raise ExecutorError(f"sites must be among {', '.join(ALL_SITES)}, got {sites!r}")
+    if logits_positions not in ("last", "all"):
+        raise ExecutorError(f"logits_positions must be 'last' or 'all', got {logits_positions!r}")
+    return MlxRunOptions(max_new_tokens, tuple(dict.fromkeys(sites)), logits_positions, topk, bool(ignore_eos))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ExecutorError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ExecutorError(f"{path} is not a JSON object")
+    return value
+
+
+class MlxExecutor:
+    """Traced inference over one mlx-lm model (see the module doc)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, name: str | None = None) -> None:
+        directory = Path(path).expanduser()
+        if not directory.is_dir():
+            raise ExecutorError(f"model directory {str(directory)!r} does not exist (the MLX executor loads local directories)")
+        if not (directory / "config.json").is_file():
+            raise ExecutorError(f"{str(directory)!r} has no config.json: not a model directory")
+        self.path = directory.resolve()
+        self.config = _read_json(self.path / "config.json")
+        self.name = name or self.path.name
+        self.device = device_label()
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._layers: MlxLayers | None = None
+        self._layers_note = ""
+        self._capabilities: Capabilities | None = None
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike[str], *, name: str | None = None, lazy: bool = True) -> MlxExecutor:
+        """An executor for the model in the local directory ``path``; ``lazy=False`` loads now."""
+        executor = cls(path, name=name)
+        if not lazy:
+            executor.load()
+        return executor
+
+    # -- loading ----------------------------------------------------------------------------
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def eos_token_ids(self) -> frozenset[int]:
+        """End-of-sequence ids: ``generation_config.json`` first, then ``config.json`` (transformers' rule)."""
+        value = None
+        gen = self.path / "generation_config.json"
+        if gen.is_file():
+            value = _read_json(gen).get("eos_token_id")
+        if value is None:
+            value = self.config.get("eos_token_id")
+        if value is None:
+            return frozenset(int(v) for v in getattr(self.tokenizer, "eos_token_ids", ()) or ())
+        return frozenset([int(value)] if isinstance(value, int) else [int(v) for v in value])
+
+    def load(self) -> None:
+        """Load weights and tokenizer now (untraced); a no-op when loaded."""
+        if self._model is not None:
+            return
+        from mlx_lm.utils import load_model, load_tokenizer
+
+        try:
+            model, config = load_model(self.path)
+            tokenizer = load_tokenizer(self.path)
+        except Exception as exc:
+            raise ExecutorError(f"mlx-lm cannot load {str(self.path)!r}: {type(exc).__name__}: {exc}") from exc
+        self._model, self._tokenizer = model, tokenizer
+        self._layers, self._layers_note = find_layers(model, config)
+        self._capabilities = build_capabilities(
+            device_kind=self.device, layers_found=self._layers is not None, layers_note=self._layers_note)
+
+    @property
+    def model(self) -> Any:
+        self.load()
+        return self._model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer (mlx-lm's wrapper keeps it as ``_tokenizer``)."""
+        self.load()
+        return getattr(self._tokenizer, "_tokenizer", self._tokenizer)
+
+    @property
+    def layers(self) -> MlxLayers | None:
+        self.load()
+        return self._layers
+
+    @property
+    def capabilities(self) -> Capabilities:
+        self.load()
+        assert self._capabilities is not None
+        return self._capabilities
+
+    def layer_count(self) -> int | None:
+        """The layer count: from the loaded list, else from the config (no loading)."""
+        if self._layers is not None:
+            return self._layers.count
+        return config_layer_count(self.config)
+
+    # -- requests ---------------------------------------------------------------------------
+    def run(
+        self,
+        request: TraceRequest,
+        *,
+        max_new_tokens: int = 0,
+        sites: Sequence[str] = ("residual",),
+        logits_positions: str = "last",
+        topk: int = 5,
+        ignore_eos: bool = False,
+    ) -> RunResult:
+        """Run ``request`` as one traced request (stages in :mod:`._pipeline`).
+
+        ``max_new_tokens`` > 0 decodes greedily; ``sites`` other than ``residual`` are recorded
+        missing (not built); ``logits_positions`` is ``last`` or ``all``; ``topk`` sizes the
+        logits summary; ``ignore_eos`` generates exactly ``max_new_tokens`` tokens.
+        """
+        from vauban_trace.executors.mlx._pipeline import run_request
+
+        opts = make_mlx_options(max_new_tokens=max_new_tokens, sites=sites, logits_positions=logits_positions,
+                                topk=topk, ignore_eos=ignore_eos)
+        return run_request(self, request, opts)
+
+
+__all__ = ["ALL_SITES", "SITES_BUILT", "MlxExecutor", "MlxRunOptions", "RunResult", "make_mlx_options"]

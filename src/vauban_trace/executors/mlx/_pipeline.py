@@ -1,0 +1,347 @@
+"""The stages of one traced MLX request, in order, with the torch executor's names and artifacts.
+
+=========  =================================================================================
+stage      what happens / what is recorded on it
+=========  =================================================================================
+load       only in the first request of a lazily loaded executor: mlx-lm weights, tokenizer
+tokenize   chat template (optional), tokenization with the Hugging Face tokenizer;
+           ``tokens`` artifact of the prompt ids; token_count, batch_size
+batch      the ``mx.array`` of input ids (one prompt: no padding); metadata padded length,
+           padding tokens, pad id; input_bytes derived from the array
+prefill    the prompt forward pass (mlx-lm KV cache when decoding follows) with the residual
+           capture installed, evaluated once (``mx.eval`` of logits and captured states);
+           ``logits`` / ``logprobs`` of the last (or every) position, top-k in the summary
+observe    ``activation`` artifacts of the residual stream after each requested layer
+           (layer, site=residual, module, module_class, positions=prompt, source_dtype)
+decode     greedy loop over ``model(token, cache=cache)``; per-step facts folded into
+           vauban.decode.* attributes; ``logprobs`` of the chosen tokens when asked
+emit       detokenization: ``text`` and ``tokens`` of the generated output; usage and
+           finish reasons on the root span
+=========  =================================================================================
+
+Not built (recorded missing on the root span with reason ``unsupported`` before any stage runs):
+interventions (``intervention_result``), ``weight_snapshot``, continuation scores (``metric``),
+the ``attn``/``mlp`` sites, batches of more than one prompt (refused with an error), sampling.
+
+Counters: token_count and batch_size as in the torch executor (derived / declared),
+``duration_s`` measured, ``memory_bytes`` from the MLX allocator peak (measured, method
+``mlx.peak_memory``), ``sync_points`` = the evaluations this executor makes in the stage
+(measured); copies and device time are ``unavailable``. Every artifact is converted to numpy
+inside ``instrumentation_work()``; that copy is counted as ``instrumentation_d2h_*``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+import mlx.core as mx
+import numpy as np
+
+from vauban_trace import semconv as sc
+from vauban_trace._exceptions import ExecutorError
+from vauban_trace.contract import TraceRequest
+from vauban_trace.executors.mlx._capabilities import INTERVENTIONS_NOTE, SITES_NOTE, WEIGHTS_NOTE
+from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
+from vauban_trace.executors.mlx._layers import ResidualCapture
+from vauban_trace.executors.mlx._values import dtype_name
+from vauban_trace.instrument import probes, record_artifact, record_missing, stage, traced_request
+from vauban_trace.instrument._probes import instrumentation_work
+
+if TYPE_CHECKING:
+    from vauban_trace.executors.mlx._executor import MlxExecutor, MlxRunOptions, RunResult
+
+STOP_EOS, STOP_LENGTH = "eos", "max_new_tokens"
+_FINISH = {STOP_EOS: "stop", STOP_LENGTH: "length"}
+_OWN_KINDS = frozenset({"text", "tokens", "logits", "logprobs", "activation"})
+_NOT_BUILT = {
+    "intervention_result": INTERVENTIONS_NOTE,
+    "weight_snapshot": WEIGHTS_NOTE,
+    "metric": "continuation scores are not built in the MLX executor yet",
+}
+
+
+def _prompt(request: TraceRequest) -> tuple[str | None, list[int] | None]:
+    """The request's one prompt, as text or ids; a batch is refused."""
+    if request.prompt_ids is not None:
+        if request.apply_chat_template:
+            raise ExecutorError("apply_chat_template needs input text, not prompt_ids")
+        return None, list(request.prompt_ids)
+    if request.input_text is not None:
+        return request.input_text, None
+    from vauban_trace.artifacts import decode_json
+    from vauban_trace.instrument import current_session
+
+    session = current_session()
+    if session is None:
+        raise ExecutorError(f"request input_ref {request.input_ref} needs a configured artifact store")
+    try:
+        value = decode_json(session.artifact_store.get(request.input_ref))
+    except Exception as exc:
+        raise ExecutorError(f"cannot read request input {request.input_ref}: {exc}") from exc
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or any(not isinstance(t, str) for t in texts):
+        raise ExecutorError(f"request input {request.input_ref} is not a string or a list of strings")
+    if len(texts) != 1:
+        raise ExecutorError(f"the MLX executor runs one prompt per request; this request holds {len(texts)} "
+                            "(batches are not built yet)")
+    return texts[0], None
+
+
+class _Plan:
+    """Everything checked before the root span opens."""
+
+    def __init__(self, ex: MlxExecutor, request: TraceRequest) -> None:
+        self.text, self.ids = _prompt(request)
+        self.requested = set(request.requested_artifacts)
+        self.want_logits = request.return_logits or "logits" in self.requested
+        self.want_logprobs = request.return_logprobs or "logprobs" in self.requested
+        count = ex.layer_count()
+        self.layers = list(request.collect_layers)
+        if not self.layers and "activation" in self.requested and count is not None:
+            self.layers = list(range(count))
+        bad = [i for i in self.layers if count is not None and i >= count]
+        if bad and count is not None:
+            raise ExecutorError(f"layer {bad[0]} is out of range: the model has {count} layers (0-{count - 1})")
+        self.interventions = bool(request.interventions)
+        if request.apply_chat_template and ex.loaded and getattr(ex.tokenizer, "chat_template", None) is None:
+            raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
+
+
+@contextmanager
+def _recording() -> Iterator[None]:
+    with instrumentation_work():
+        yield
+
+
+def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> RunResult:
+    from vauban_trace import __version__
+    from vauban_trace.executors.mlx._executor import RunResult
+
+    plan = _Plan(ex, request)
+    needs_load = not ex.loaded
+    counter = EvalCounter()
+    import mlx_lm
+
+    with probes(MlxMemoryProbe(), counter), traced_request(
+        request, model=ex.name, provider="mlx_lm", operation="chat" if request.apply_chat_template else "text_completion",
+        capabilities=None if needs_load else ex.capabilities, executor="mlx",
+        executor_version=f"vauban-trace {__version__}; mlx {mx.__version__}; mlx-lm {mlx_lm.__version__}",
+        device=ex.device, max_tokens=opts.max_new_tokens,
+    ) as req:
+        if needs_load:
+            with stage("load", device=ex.device) as st:
+                ex.load()
+                st.set_metadata({"class": type(ex.model).__name__, "missing_weights": 0})
+            if req.recording:
+                from vauban_trace.instrument._request import _capability_attrs
+
+                req.span.set_attributes(_capability_attrs(ex.capabilities))
+            if request.apply_chat_template and getattr(ex.tokenizer, "chat_template", None) is None:
+                raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
+        return _run_stages(ex, req, request, opts, plan, counter, RunResult)
+
+
+def _declare_missing(ex: MlxExecutor, plan: _Plan, opts: MlxRunOptions) -> None:
+    for kind, note in _NOT_BUILT.items():
+        if kind in plan.requested or (kind == "intervention_result" and plan.interventions):
+            record_missing(kind, "unsupported", note)
+    for kind in sorted(plan.requested - _OWN_KINDS - set(_NOT_BUILT)):
+        record_missing(kind, "unsupported", f"the MLX executor does not produce {kind} artifacts")
+    if plan.layers and ex.layers is None:
+        record_missing("activation", "unsupported", ex.capabilities.notes.get("can_emit_activations", ""))
+
+
+def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOptions, plan: _Plan,
+                counter: EvalCounter, result_cls: Any) -> RunResult:
+    model, tok, dev = ex.model, ex.tokenizer, ex.device
+    _declare_missing(ex, plan, opts)
+
+    # -- tokenize ---------------------------------------------------------------------------
+    with stage("tokenize", batch_size=1, device="cpu") as st:
+        if plan.ids is not None:
+            prompt_ids = plan.ids
+        else:
+            assert plan.text is not None
+            text = plan.text
+            if request.apply_chat_template:
+                text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                               add_generation_prompt=True)
+            prompt_ids = [int(i) for i in tok(text, add_special_tokens=not request.apply_chat_template)["input_ids"]]
+        if not prompt_ids:
+            raise ExecutorError("the prompt tokenized to zero tokens")
+        n_prompt = len(prompt_ids)
+        st.set_counter("token_count", n_prompt, provenance="derived")
+        st.set_metadata({"chat_template": request.apply_chat_template, "lengths": [n_prompt]})
+        with _recording():
+            record_artifact("tokens", prompt_ids, metadata={"role": "prompt"})
+
+    # -- batch ------------------------------------------------------------------------------
+    pad_id = _pad_id(tok, ex)
+    with stage("batch", batch_size=1, device=dev) as st:
+        ids = mx.array([prompt_ids], dtype=mx.int32)
+        counter.eval(ids)
+        st.set_counter("token_count", n_prompt, provenance="derived")
+        st.set_counter("input_bytes", int(ids.nbytes), provenance="derived")
+        st.set_metadata({"padding_side": "left", "padded_length": n_prompt, "padding_tokens": 0,
+                         "pad_token_id": pad_id})
+
+    layers = ex.layers
+    capture = ResidualCapture(layers, plan.layers) if (plan.layers and layers is not None and "residual" in opts.sites) else None
+    generate = opts.max_new_tokens > 0
+    # -- prefill ----------------------------------------------------------------------------
+    with stage("prefill", batch_size=1, device=dev) as st:
+        st.set_counter("token_count", n_prompt, provenance="derived")
+        cache = None
+        if generate:
+            from mlx_lm.models.cache import make_prompt_cache
+
+            cache = make_prompt_cache(model)
+        with capture.installed() if capture is not None else nullcontext():
+            logits = model(ids, cache=cache)
+        counter.eval(logits, *(capture.arrays() if capture is not None else ()))
+        st.set_counter("output_bytes", int(logits.nbytes), provenance="derived")
+        if plan.want_logits or plan.want_logprobs:
+            _record_logits(logits, opts, plan)
+    # -- observe ----------------------------------------------------------------------------
+    if plan.layers and layers is not None:
+        with stage("observe", batch_size=1, device=dev):
+            _observe(capture, plan, opts)
+    # -- decode -----------------------------------------------------------------------------
+    decoded: _Decoded | None = None
+    if generate:
+        eos = frozenset() if opts.ignore_eos else ex.eos_token_ids()
+        with stage("decode", batch_size=1, device=dev) as st:
+            decoded = _decode(model, logits, cache, opts.max_new_tokens, eos, plan.want_logprobs, counter)
+            _decode_attrs(st, decoded)
+            if decoded.chosen_logprobs is not None:
+                with _recording():
+                    record_artifact("logprobs", decoded.chosen_logprobs, metadata={
+                        "positions": "generated", "lengths": [len(decoded.tokens)]})
+    elif "text" in plan.requested:
+        record_missing("text", "not_requested", "max_new_tokens is 0: nothing was generated")
+    # -- emit -------------------------------------------------------------------------------
+    texts: list[str] = []
+    gen: list[int] = []
+    reasons: list[str] = []
+    if decoded is not None:
+        with stage("emit", batch_size=1, device="cpu") as st:
+            gen = decoded.tokens
+            texts = [str(tok.decode(gen, skip_special_tokens=True))]
+            reasons = [_FINISH[decoded.stop_reason]]
+            st.set_counter("token_count", len(gen), provenance="derived")
+            with _recording():
+                record_artifact("text", texts[0], metadata={"role": "completion"})
+                record_artifact("tokens", gen, metadata={"role": "completion"})
+        req.set_finish_reasons(reasons)
+    req.set_usage(input_tokens=n_prompt, output_tokens=len(gen))
+    result: RunResult = result_cls(
+        trace_id=req.trace_id, texts=tuple(texts), token_ids=(tuple(gen),) if decoded is not None else (),
+        finish_reasons=tuple(reasons), prompt_token_ids=(tuple(prompt_ids),),
+        stop_reasons=(decoded.stop_reason,) if decoded is not None else (),
+    )
+    return result
+
+
+def _pad_id(tok: Any, ex: MlxExecutor) -> int:
+    value = getattr(tok, "pad_token_id", None)
+    if isinstance(value, int):
+        return value
+    eos = ex.eos_token_ids()
+    return min(eos) if eos else 0
+
+
+def _log_softmax(x: mx.array) -> mx.array:
+    x = x.astype(mx.float32)
+    return x - mx.logsumexp(x, axis=-1, keepdims=True)
+
+
+def _record_logits(logits: mx.array, opts: MlxRunOptions, plan: _Plan) -> None:
+    values = logits[:, -1, :] if opts.logits_positions == "last" else logits
+    meta = {"positions": opts.logits_positions, "padding": "left"}
+    with _recording():
+        if plan.want_logits:
+            record_artifact("logits", values, metadata={**meta, "source_dtype": dtype_name(values.dtype)}, topk=opts.topk)
+        if plan.want_logprobs:
+            record_artifact("logprobs", _log_softmax(values), metadata=meta, topk=opts.topk)
+
+
+def _observe(capture: ResidualCapture | None, plan: _Plan, opts: MlxRunOptions) -> None:
+    with _recording():
+        if capture is not None:
+            for layer, path, array in capture.items():
+                if array is None:
+                    record_missing("activation", "failed", f"{path} did not run during prefill", layer)
+                    continue
+                record_artifact("activation", array, layer=layer, metadata={
+                    "site": "residual", "module": path, "module_class": type(capture.layers.container[layer]).__name__,
+                    "positions": "prompt", "source_dtype": dtype_name(array.dtype)})
+        for site in opts.sites:
+            if site == "residual":
+                continue
+            for layer in plan.layers:
+                record_missing("activation", "unsupported", f"layer {layer} {site}: {SITES_NOTE}", layer)
+
+
+class _Decoded:
+    def __init__(self) -> None:
+        self.tokens: list[int] = []
+        self.stop_reason = STOP_LENGTH
+        self.step_times_s: list[float] = []
+        self.forward_steps = 0
+        self.chosen_logprobs: mx.array | None = None
+
+
+def _decode(model: Any, logits: mx.array, cache: Any, max_new: int, eos: frozenset[int], want_lp: bool,
+            counter: EvalCounter) -> _Decoded:
+    """Greedy: the first token from the prompt's last logits, then one cached step per token.
+
+    Each step ends when its next logits are evaluated (``mx.eval``) and its token id is read
+    on the host (``item()``, needed for the stop check): two counted synchronisation points per
+    step, one per forward pass and one per token read.
+    """
+    import time
+
+    out = _Decoded()
+    chosen: list[mx.array] = []
+    last = logits[:, -1, :]
+    for _ in range(max_new):
+        t0 = time.perf_counter()
+        nxt = mx.argmax(last, axis=-1)
+        if want_lp:
+            chosen.append(mx.take_along_axis(_log_softmax(last), nxt[:, None], axis=-1))
+        token = int(counter.item(nxt[0]))
+        out.tokens.append(token)
+        stop = STOP_EOS if token in eos else (STOP_LENGTH if len(out.tokens) >= max_new else None)
+        if stop is not None:
+            out.stop_reason = stop
+            out.step_times_s.append(time.perf_counter() - t0)
+            break
+        step_logits = model(nxt[:, None], cache=cache)
+        last = step_logits[:, -1, :]
+        counter.eval(last)
+        out.forward_steps += 1
+        out.step_times_s.append(time.perf_counter() - t0)
+    if chosen:
+        out.chosen_logprobs = mx.concatenate(chosen, axis=-1)
+        counter.eval(out.chosen_logprobs)
+    return out
+
+
+def _decode_attrs(st: Any, d: _Decoded) -> None:
+    times = d.step_times_s
+    arr = np.asarray(times, dtype=np.float64)
+    st.set_attribute(sc.DECODE_STEPS, len(d.tokens))
+    st.set_attribute(sc.DECODE_STEP_P50_S, float(np.percentile(arr, 50)) if times else 0.0)
+    st.set_attribute(sc.DECODE_STEP_P95_S, float(np.percentile(arr, 95)) if times else 0.0)
+    st.set_attribute(sc.DECODE_STEP_MAX_S, max(times) if times else 0.0)
+    st.set_attribute(sc.DECODE_STEP_MEAN_S, statistics.fmean(times) if times else 0.0)
+    st.set_attribute(sc.DECODE_STOP_REASON, d.stop_reason)
+    st.set_counter("token_count", len(d.tokens), provenance="derived")
+    st.set_metadata({"stop_reasons": [d.stop_reason], "forward_steps": d.forward_steps,
+                     "generated": [len(d.tokens)]})
+
+
+__all__ = ["run_request"]

@@ -1,0 +1,54 @@
+"""Value adapter for ``mlx.core.array``: how the instrumentation describes and copies MLX arrays.
+
+The core (:mod:`vauban_trace.instrument._values`) imports this module only when it meets a value
+whose type lives in ``mlx``. It provides the two adapter functions:
+
+- :func:`describe` — bytes (``array.nbytes``), device, shape and dtype, read from metadata: no
+  evaluation, no copy. MLX arrays carry no device of their own (unified memory); the device is
+  the default device the executor runs on (``cpu`` on Linux, ``gpu`` with Metal).
+- :func:`to_host` — a numpy copy of the array. The conversion evaluates the array if it is still
+  lazy (the MLX executor evaluates everything it records inside the stage first, so the
+  conversion only copies). ``bfloat16`` (no numpy dtype) is widened to ``float32``. The copy is
+  reported as one device-to-host copy of the array's bytes, which the stage records as
+  ``instrumentation_d2h_*``: on unified memory it is a memory copy from the MLX buffer into a
+  numpy buffer, not a bus transfer, but it is the instrumentation's cost all the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import numpy as np
+
+from vauban_trace.instrument._values import HostArray, ValueInfo
+
+_WIDEN = frozenset({"bfloat16"})
+
+
+def dtype_name(dtype: Any) -> str:
+    """``mlx.core.float32`` -> ``float32``."""
+    return str(dtype).removeprefix("mlx.core.")
+
+
+def device_label() -> str:
+    """``cpu`` or ``gpu``: the default device of this process."""
+    return "gpu" if mx.default_device().type == mx.DeviceType.gpu else "cpu"
+
+
+def describe(value: Any) -> ValueInfo | None:
+    if not isinstance(value, mx.array):
+        return None
+    label = device_label()
+    return ValueInfo(int(value.nbytes), label, label, tuple(int(d) for d in value.shape), dtype_name(value.dtype))
+
+
+def to_host(value: Any) -> HostArray:
+    array = value
+    if dtype_name(array.dtype) in _WIDEN:
+        array = array.astype(mx.float32)
+    host = np.array(array, copy=True)
+    return HostArray(host, 1, int(host.nbytes))
+
+
+__all__ = ["describe", "device_label", "dtype_name", "to_host"]
