@@ -139,7 +139,7 @@ class MlxExecutor:
 
         try:
             model, config = load_model(self.path)
-            tokenizer = load_tokenizer(self.path)
+            tokenizer = load_tokenizer(self.path)  # type: ignore[no-untyped-call]
         except Exception as exc:
             raise ExecutorError(f"mlx-lm cannot load {str(self.path)!r}: {type(exc).__name__}: {exc}") from exc
         self._model, self._tokenizer = model, tokenizer

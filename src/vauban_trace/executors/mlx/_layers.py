@@ -30,6 +30,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 SITES_BUILT = ("residual",)
+_MODULE: type = nn.Module  # type: ignore[attr-defined]
 _COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
@@ -60,7 +61,7 @@ class MlxLayers:
 def find_layers(model: Any, config: Mapping[str, Any]) -> tuple[MlxLayers | None, str]:
     """``(MlxLayers, "")``, or ``(None, reason)`` when no layer list is found."""
     layers = getattr(model, "layers", None)
-    if not isinstance(layers, list) or not layers or not all(isinstance(m, nn.Module) for m in layers):
+    if not isinstance(layers, list) or not layers or not all(isinstance(m, _MODULE) for m in layers):
         return None, f"{type(model).__name__} exposes no list of layer modules as .layers"
     expected = config_layer_count(config)
     if expected is not None and expected != len(layers):

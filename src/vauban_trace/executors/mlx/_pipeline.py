@@ -123,12 +123,10 @@ def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> 
     plan = _Plan(ex, request)
     needs_load = not ex.loaded
     counter = EvalCounter()
-    import mlx_lm
-
     with probes(MlxMemoryProbe(), counter), traced_request(
         request, model=ex.name, provider="mlx_lm", operation="chat" if request.apply_chat_template else "text_completion",
         capabilities=None if needs_load else ex.capabilities, executor="mlx",
-        executor_version=f"vauban-trace {__version__}; mlx {mx.__version__}; mlx-lm {mlx_lm.__version__}",
+        executor_version=f"vauban-trace {__version__}; {_framework_versions()}",
         device=ex.device, max_tokens=opts.max_new_tokens,
     ) as req:
         if needs_load:
@@ -142,6 +140,18 @@ def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> 
             if request.apply_chat_template and getattr(ex.tokenizer, "chat_template", None) is None:
                 raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
         return _run_stages(ex, req, request, opts, plan, counter, RunResult)
+
+
+def _framework_versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    words = []
+    for dist in ("mlx", "mlx-lm"):
+        try:
+            words.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            words.append(f"{dist} unknown")
+    return "; ".join(words)
 
 
 def _declare_missing(ex: MlxExecutor, plan: _Plan, opts: MlxRunOptions) -> None:
