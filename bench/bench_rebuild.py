@@ -1,17 +1,23 @@
-"""Throughput of the rebuild path: OTLP -> Trace, from protobuf and from OTLP JSON.
+"""Throughput of the rebuild path: OTLP -> Trace, from protobuf and from OTLP JSON, and of the
+Trace JSON document (``to_dict``, ``to_json``, ``from_json``).
 
 Workload: ``--traces`` traced requests made with the real OpenTelemetry SDK (in-memory exporter)
 and encoded by the official OTLP encoder. Each request has a root span carrying the request,
 capabilities and GenAI attributes, ``--stages`` stage spans with four counters (value +
 provenance) and ``--artifacts`` artifact events each (digest, shape, summary statistics). The
 table gives the median over ``--repeat`` interleaved runs of: ``rebuild_traces`` on the
-``ExportTraceServiceRequest``, on its serialized bytes, ``traces_data_from_json`` alone, and
-``rebuild_from_json`` on the OTLP JSON text (hex ids), in spans per second and ms per trace.
+``ExportTraceServiceRequest``, on its serialized bytes, ``traces_data_from_json`` alone,
+``rebuild_from_json`` on the OTLP JSON text (hex ids), and ``to_dict`` / ``to_json`` /
+``Trace.from_json`` of the rebuilt traces, in spans per second and microseconds per span.
 
-::
+``--baseline-src DIR`` also measures another checkout of the package (``DIR`` is its ``src``
+folder, e.g. a ``git worktree`` of an older commit in /tmp) on the very same workload bytes, in
+alternating subprocesses (``--rounds`` each), and prints the two side by side::
 
     python bench/bench_rebuild.py                 # print the table
     python bench/bench_rebuild.py --write-docs    # also replace the "Rebuild" section of docs/benchmarks.md
+    git worktree add /tmp/old <commit>
+    python bench/bench_rebuild.py --baseline-src /tmp/old/src --write-docs
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import os
 import platform
 import re
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,47 +93,125 @@ def write_section(doc: Path, body: str) -> None:
     doc.write_text(text.rstrip("\n") + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--traces", type=int, default=200)
-    parser.add_argument("--stages", type=int, default=8)
-    parser.add_argument("--artifacts", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=7)
-    parser.add_argument("--write-docs", action="store_true")
-    args = parser.parse_args(argv)
-    req = workload(args.traces, args.stages, args.artifacts)
+def measure(raw: bytes, n_traces: int, repeat: int) -> dict[str, list[float]]:
+    """Seconds per run of every variant over the workload ``raw`` (serialized request)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from vauban_trace.contract import Trace
+
+    req = ExportTraceServiceRequest.FromString(raw)
     td = TracesData()
     td.resource_spans.extend(req.resource_spans)
-    raw = req.SerializeToString()
     text = json.dumps(traces_data_to_json(td))
-    n_spans = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
-    assert len(rebuild_traces(req)) == args.traces and rebuild_from_json(text) == rebuild_traces(raw)
+    traces = rebuild_traces(req)
+    docs = [t.to_json() for t in traces]
+    assert len(traces) == n_traces and rebuild_from_json(text) == rebuild_traces(raw)
+    assert [Trace.from_json(d) for d in docs] == traces
     variants: list[tuple[str, Callable[[], Any]]] = [
         ("rebuild_traces(ExportTraceServiceRequest)", lambda: rebuild_traces(req)),
         ("rebuild_traces(protobuf bytes)", lambda: rebuild_traces(raw)),
         ("traces_data_from_json(text) only", lambda: traces_data_from_json(text)),
         ("rebuild_from_json(text)", lambda: rebuild_from_json(text)),
+        ("Trace.to_dict() of the rebuilt traces", lambda: [t.to_dict() for t in traces]),
+        ("Trace.to_json() of the rebuilt traces", lambda: [t.to_json() for t in traces]),
+        ("Trace.from_json(text) of those documents", lambda: [Trace.from_json(d) for d in docs]),
     ]
     samples: dict[str, list[float]] = {label: [] for label, _ in variants}
-    for _ in range(args.repeat):  # interleaved, so load drift hits every variant alike
+    for _ in range(repeat):  # interleaved, so load drift hits every variant alike
         for label, fn in variants:
             samples[label].append(_time_s(fn))
+    return samples
+
+
+def _run_child(src: str | None, workload_file: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    cmd = [sys.executable, __file__, "--measure-only", str(workload_file), "--traces", str(args.traces),
+           "--repeat", str(args.repeat)]
+    out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    if src is not None and not str(result.pop("package")).startswith(str(Path(src).resolve())):
+        raise SystemExit(f"--baseline-src {src}: the child imported another vauban_trace")
+    result.pop("package", None)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--traces", type=int, default=200)
+    parser.add_argument("--stages", type=int, default=8)
+    parser.add_argument("--artifacts", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--baseline-src", help="src folder of another checkout to compare against")
+    parser.add_argument("--baseline-label", default="before", help="column title of the baseline")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating subprocess rounds with --baseline-src")
+    parser.add_argument("--measure-only", metavar="FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args(argv)
+    if args.measure_only:  # child of --baseline-src: print the samples as JSON
+        import vauban_trace
+
+        samples: dict[str, Any] = measure(Path(args.measure_only).read_bytes(), args.traces, args.repeat)
+        samples["package"] = str(Path(vauban_trace.__file__).resolve())
+        print(json.dumps(samples))
+        return 0
+    req = workload(args.traces, args.stages, args.artifacts)
+    raw = req.SerializeToString()
+    td = TracesData()
+    td.resource_spans.extend(req.resource_spans)
+    text_mb = len(json.dumps(traces_data_to_json(td))) / 1e6
+    n_spans = sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+    load = os.getloadavg()[0]
+    if args.baseline_src:
+        with tempfile.TemporaryDirectory() as tmp:
+            wl = Path(tmp) / "workload.pb"
+            wl.write_bytes(raw)
+            before: dict[str, list[float]] = {}
+            after: dict[str, list[float]] = {}
+            for _ in range(args.rounds):
+                for into, src in ((before, args.baseline_src), (after, None)):
+                    for label, values in _run_child(src, wl, args).items():
+                        into.setdefault(label, []).extend(values)
+    else:
+        before, after = {}, measure(raw, args.traces, args.repeat)
+
+    def us(samples: list[float]) -> float:
+        return 1e6 * statistics.median(samples) / n_spans
+
     rows = []
-    for label, _ in variants:
-        s = statistics.median(samples[label])
-        rows.append(f"| {label} | {n_spans / s:,.0f} | {1000 * s / args.traces:.3f} |")
+    for label, values in after.items():
+        now = f"{1e6 / us(values):,.0f} | {us(values):.1f}"
+        if before:
+            old = before[label]
+            rows.append(f"| {label} | {1e6 / us(old):,.0f} | {us(old):.1f} | {now} | "
+                        f"{us(old) / us(values):.2f}x |")
+        else:
+            rows.append(f"| {label} | {now} |")
+    runs = f"median of {args.repeat} interleaved runs" + (
+        f" x {args.rounds} alternating subprocess rounds per side" if before else "")
+    command = "python bench/bench_rebuild.py" + "".join(
+        f" {flag} {value}" for flag, value, default in (
+            ("--traces", args.traces, 200), ("--stages", args.stages, 8), ("--artifacts", args.artifacts, 4),
+            ("--repeat", args.repeat, 7), ("--baseline-src", args.baseline_src, None),
+            ("--rounds", args.rounds if before else 3, 3)) if value != default) + " --write-docs"
+    if before:
+        head = [f"| path | {args.baseline_label} spans/s | {args.baseline_label} µs/span | now spans/s | now µs/span "
+                "| speed-up |", "|---|---|---|---|---|---|"]
+    else:
+        head = ["| path | spans/s | µs/span |", "|---|---|---|"]
     body = "\n".join([
-        "Command: `python bench/bench_rebuild.py --write-docs`",
+        f"Command: `{command}`",
         "",
         f"Machine: `uname -m` = {platform.machine()}, `nproc` = {os.cpu_count()}; Python {platform.python_version()}; "
-        f"load average at start {os.getloadavg()[0]:.1f}",
+        f"load average at start {load:.1f}",
         "",
         f"Workload: {args.traces} traces x (1 root + {args.stages} stage spans with 4 counters and "
         f"{args.artifacts} artifact events each) = {n_spans} spans, {len(raw) / 1e6:.1f} MB protobuf, "
-        f"{len(text) / 1e6:.1f} MB OTLP JSON; median of {args.repeat} interleaved runs, one thread.",
+        f"{text_mb:.1f} MB OTLP JSON; {runs}, one thread. The to_dict/to_json/from_json rows are per span of "
+        "the rebuilt traces (each span's share of its Trace document).",
         "",
-        "| path | spans/s | ms per trace |",
-        "|---|---|---|",
+        *head,
         *rows,
     ])
     print(body)

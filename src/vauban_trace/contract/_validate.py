@@ -26,35 +26,43 @@ from vauban_trace.contract._model import Trace
 def trace_problems(trace: Trace) -> list[str]:
     """Every graph-rule violation of ``trace``, as messages naming the offending ids."""
     problems: list[str] = []
-    span_counts = Counter(s.id for s in trace.spans)
-    for span_id, n in span_counts.items():
-        if n > 1:
-            problems.append(f"span id {span_id!r} is used by {n} spans")
-    art_counts = Counter(a.id for a in trace.artifacts)
-    for art_id, n in art_counts.items():
-        if n > 1:
-            problems.append(f"artifact id {art_id!r} is used by {n} artifacts")
-    span_ids = set(span_counts)
-    art_ids = set(art_counts)
+    span_list = [s.id for s in trace.spans]
+    span_ids = set(span_list)
+    if len(span_ids) != len(span_list):
+        for span_id, n in Counter(span_list).items():
+            if n > 1:
+                problems.append(f"span id {span_id!r} is used by {n} spans")
+    art_list = [a.id for a in trace.artifacts]
+    art_ids = set(art_list)
+    if len(art_ids) != len(art_list):
+        for art_id, n in Counter(art_list).items():
+            if n > 1:
+                problems.append(f"artifact id {art_id!r} is used by {n} artifacts")
     produced: dict[str, set[str]] = {}
     for art in trace.artifacts:
         if art.producer_span_id not in span_ids:
             problems.append(f"artifact {art.id!r}: producer span {art.producer_span_id!r} does not exist")
         produced.setdefault(art.producer_span_id, set()).add(art.id)
+    nothing: set[str] = set()
+    complete = trace.complete
     for span in trace.spans:
         for art_id in span.input_artifact_ids:
             if art_id not in art_ids:
                 problems.append(f"span {span.id!r}: input artifact {art_id!r} does not exist")
-        for art_id in span.output_artifact_ids:
-            if art_id not in art_ids:
-                problems.append(f"span {span.id!r}: output artifact {art_id!r} does not exist")
-        declared = set(span.output_artifact_ids)
-        actual = produced.get(span.id, set())
-        for art_id in sorted(declared - actual - (declared - art_ids)):
-            problems.append(f"span {span.id!r}: output {art_id!r} names another span as producer")
-        for art_id in sorted(actual - declared):
-            problems.append(f"span {span.id!r}: artifact {art_id!r} names it as producer but is not among its outputs")
-        if span.parent_id is not None and span.parent_id not in span_ids and trace.complete:
+        outputs = span.output_artifact_ids
+        actual = produced.get(span.id, nothing)
+        if (outputs or actual) and set(outputs) != actual:  # equal sets: every rule below holds
+            for art_id in outputs:
+                if art_id not in art_ids:
+                    problems.append(f"span {span.id!r}: output artifact {art_id!r} does not exist")
+            declared = set(outputs)
+            for art_id in sorted(declared - actual - (declared - art_ids)):
+                problems.append(f"span {span.id!r}: output {art_id!r} names another span as producer")
+            for art_id in sorted(actual - declared):
+                problems.append(
+                    f"span {span.id!r}: artifact {art_id!r} names it as producer but is not among its outputs"
+                )
+        if span.parent_id is not None and span.parent_id not in span_ids and complete:
             problems.append(f"span {span.id!r}: parent {span.parent_id!r} does not exist")
     for miss in trace.missing:
         if miss.span_id is not None and miss.span_id not in span_ids:
