@@ -213,3 +213,22 @@ def test_errors_before_the_root_span(pair: tuple[MlxExecutor, TorchExecutor], tm
     with pytest.raises(ExecutorError, match="max_new_tokens"):
         mex.run(request(PROMPTS[0]), max_new_tokens=-1)
 
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral"])
+def test_other_families_match_torch(family: str, session: Any) -> None:
+    """Qwen2 iterates a fresh slice of its layer list (``pipeline_layers``): the capture must still run."""
+    directory = cached_tiny_model(family, hidden_size=64, num_layers=2)
+    mex, tex = MlxExecutor.from_pretrained(directory), TorchExecutor.from_pretrained(directory)
+    req = request(PROMPTS[1], collect_layers=(0, 1))
+    mr, tr = mex.run(req, max_new_tokens=4, ignore_eos=True), tex.run(req, max_new_tokens=4, ignore_eos=True)
+    m, t = rebuilt(session, mr.trace_id), rebuilt(session, tr.trace_id)
+    assert m.missing == () and m.complete
+    assert shape_of(m) == shape_of(t)
+    for kind in ("logits", "activation"):
+        for ma, ta in zip(sorted(m.artifacts_of_kind(kind), key=lambda a: a.layer or 0),
+                          sorted(t.artifacts_of_kind(kind), key=lambda a: a.layer or 0), strict=True):
+            assert cosine(blob(session, ma.digest), blob(session, ta.digest)) > 0.999
+    assert mr.token_ids == tr.token_ids
+    layers = mex.layers
+    assert layers is not None and all(type(layers.module(i)).__name__ == "TransformerBlock" for i in range(2))

@@ -1,11 +1,13 @@
 """Find the decoder layers of an mlx-lm model and capture the residual stream after them.
 
 Discovery (:func:`find_layers`): mlx-lm models expose their block list as ``model.layers`` (a
-property returning ``model.model.layers`` for Llama, Qwen2, Mistral, ``model.model.h`` for GPT-2;
-mlx-lm's own cache builder relies on it). It is accepted when it is a list of ``nn.Module`` whose
+property returning ``model.model.layers`` for Llama and Mistral, ``model.model.h`` for GPT-2, a
+fresh slice ``pipeline_layers`` for Qwen2; mlx-lm's own cache builder relies on it). It is accepted when it is a list of ``nn.Module`` whose
 length matches the config's layer count (``num_hidden_layers``, ``n_layer``, ``num_layers``)
 when the config states one. The module path of each layer (``model.layers.3``) comes from
-``named_modules()``, so artifacts name the same modules as the torch executor's.
+``named_modules()``, so artifacts name the same modules as the torch executor's; the list that
+owns the layers in the module tree (found by that path) is the one the capture writes into, so a
+model that slices its list on every call still runs the taps.
 
 Capture (:class:`ResidualCapture`): mlx-lm models are plain Python: the inner model loops over
 that list and calls each layer. While the capture is installed, the requested entries of the list
@@ -46,12 +48,16 @@ def config_layer_count(config: Mapping[str, Any]) -> int | None:
 class MlxLayers:
     """The decoder layer list of a model and the module path of each layer."""
 
-    container: list[Any]
+    container: list[Any]  # the list the model's forward pass iterates (or slices)
+    slots: tuple[int, ...]  # index of each layer in ``container``
     paths: tuple[str, ...]
 
     @property
     def count(self) -> int:
-        return len(self.container)
+        return len(self.slots)
+
+    def module(self, index: int) -> Any:
+        return self.container[self.slots[index]]
 
     @property
     def path(self) -> str:
@@ -68,7 +74,32 @@ def find_layers(model: Any, config: Mapping[str, Any]) -> tuple[MlxLayers | None
         return None, f"{type(model).__name__}.layers has {len(layers)} entries, the config states {expected} layers"
     by_id = {id(m): name for name, m in model.named_modules()}
     paths = tuple(by_id.get(id(m), f"layers.{i}") for i, m in enumerate(layers))
-    return MlxLayers(layers, paths), ""
+    container = _owner_list(model, paths[0]) or layers
+    slots = []
+    for m in layers:
+        slot = next((j for j, other in enumerate(container) if other is m), None)
+        if slot is None:
+            return None, f"cannot locate layer {by_id.get(id(m), '?')} in the list the model iterates"
+        slots.append(slot)
+    return MlxLayers(container, tuple(slots), paths), ""
+
+
+def _owner_list(model: Any, first_path: str) -> list[Any] | None:
+    """The list that holds the layers in the module tree (``model.layers`` of the inner model).
+
+    ``model.layers`` may be a fresh slice on each access (Qwen2's ``pipeline_layers``); replacing
+    an entry of a slice would change nothing, so the capture writes into the owning list.
+    """
+    owner: Any = model
+    parts = first_path.split(".")[:-1]
+    if not parts:
+        return None
+    for part in parts:
+        try:
+            owner = owner[part] if isinstance(owner, dict) else getattr(owner, part)
+        except (KeyError, AttributeError, TypeError):
+            return None
+    return owner if isinstance(owner, list) else None
 
 
 def _hidden(output: Any) -> mx.array | None:
@@ -109,14 +140,14 @@ class ResidualCapture:
     @contextmanager
     def installed(self) -> Iterator[ResidualCapture]:
         container = self.layers.container
-        originals = {i: container[i] for i in self.indices}
+        originals = {i: container[self.layers.slots[i]] for i in self.indices}
         try:
             for i, layer in originals.items():
-                container[i] = _LayerTap(layer, i, self.captured)
+                container[self.layers.slots[i]] = _LayerTap(layer, i, self.captured)
             yield self
         finally:
             for i, layer in originals.items():
-                container[i] = layer
+                container[self.layers.slots[i]] = layer
 
     def arrays(self) -> list[mx.array]:
         return list(self.captured.values())

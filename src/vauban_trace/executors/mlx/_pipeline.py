@@ -286,7 +286,7 @@ def _observe(capture: ResidualCapture | None, plan: _Plan, opts: MlxRunOptions) 
                     record_missing("activation", "failed", f"{path} did not run during prefill", layer)
                     continue
                 record_artifact("activation", array, layer=layer, metadata={
-                    "site": "residual", "module": path, "module_class": type(capture.layers.container[layer]).__name__,
+                    "site": "residual", "module": path, "module_class": type(capture.layers.module(layer)).__name__,
                     "positions": "prompt", "source_dtype": dtype_name(array.dtype)})
         for site in opts.sites:
             if site == "residual":
