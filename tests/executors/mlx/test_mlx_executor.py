@@ -24,7 +24,7 @@ from vauban_trace.artifacts import decode_array, decode_json  # noqa: E402
 from vauban_trace.contract import Intervention, Trace, TraceRequest, validate_trace  # noqa: E402
 from vauban_trace.executors.mlx import MlxExecutor  # noqa: E402
 from vauban_trace.executors.torch import TorchExecutor  # noqa: E402
-from vauban_trace.executors.torch.tiny import cached_tiny_model  # noqa: E402
+from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model  # noqa: E402
 from vauban_trace.instrument._probes import flush_deferred  # noqa: E402
 
 PROMPTS = ["Paris is the capital", "The quick brown fox jumps over", "Hello world", "A trace records"]
@@ -112,7 +112,7 @@ def test_trace_shape_matches_torch(pair: tuple[MlxExecutor, TorchExecutor], sess
 
 def test_logits_direction_and_greedy_tokens_match_torch(pair: tuple[MlxExecutor, TorchExecutor], session: Any) -> None:
     mex, tex = pair
-    for prompt in PROMPTS:
+    for prompt in (*PROMPTS, *SENTENCES):
         req = request(prompt, collect_layers=(1,))
         mr, tr = mex.run(req, max_new_tokens=5), tex.run(req, max_new_tokens=5)
         m, t = rebuilt(session, mr.trace_id), rebuilt(session, tr.trace_id)
