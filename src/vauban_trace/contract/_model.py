@@ -55,7 +55,7 @@ def _enum(cls: type[_T], value: object, where: str) -> _T:
 
 #: The words of each closed vocabulary, for membership checks that build no enum member.
 _WORDS: dict[type, frozenset[str]] = {
-    cls: frozenset(m.value for m in cls)  # type: ignore[attr-defined]
+    cls: frozenset(m.value for m in cls)
     for cls in (ArtifactKind, MissingReason, Provenance, SpanStatus, SupportLevel)
 }
 
@@ -114,7 +114,9 @@ def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
 
 
 #: Exact types that are JSON scalars as they are (subclasses such as enums take the slow road).
-_SCALARS = frozenset({str, int, float, bool, type(None)})
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+#: Types ``_freeze`` leaves as they are: the scalars, and records (completed below, once defined).
+_LEAVES: set[type] = set(_SCALARS)
 
 
 def _plain(value: Any) -> Any:
@@ -161,30 +163,30 @@ def _freeze(obj: object, *names: str) -> None:
         value = values[name]
         cls = type(value)
         if cls is dict:
-            values[name] = {k: (v if type(v) in _SCALARS else _frozen_json(v)) for k, v in value.items()}
+            values[name] = {k: (v if type(v) in _LEAVES else _frozen_json(v)) for k, v in value.items()}
         elif cls is tuple or cls is list:
-            values[name] = tuple([v if type(v) in _SCALARS else _frozen_json(v) for v in value])
+            values[name] = tuple([v if type(v) in _LEAVES else _frozen_json(v) for v in value])
         elif value is None:
             continue
         elif isinstance(value, Mapping):
             values[name] = _frozen_dict(value)
         elif isinstance(value, (list, tuple)):
-            values[name] = tuple([v if type(v) in _SCALARS else _frozen_json(v) for v in value])
+            values[name] = tuple([v if type(v) in _LEAVES else _frozen_json(v) for v in value])
 
 
 def _frozen_dict(value: Mapping[str, Any]) -> dict[str, Any]:
     """A fresh dict of ``value`` with nested lists as tuples (see :func:`_frozen_json`)."""
-    return {k: (v if type(v) in _SCALARS else _frozen_json(v)) for k, v in value.items()}
+    return {k: (v if type(v) in _LEAVES else _frozen_json(v)) for k, v in value.items()}
 
 
 def _frozen_json(value: Any) -> Any:
     """Lists become tuples so records stay hashable-ish and round trips compare equal."""
-    if type(value) in _SCALARS:
+    if type(value) in _LEAVES:
         return value
     if isinstance(value, list):
-        return tuple([v if type(v) in _SCALARS else _frozen_json(v) for v in value])
+        return tuple([v if type(v) in _LEAVES else _frozen_json(v) for v in value])
     if isinstance(value, dict):
-        return {k: (v if type(v) in _SCALARS else _frozen_json(v)) for k, v in value.items()}
+        return {k: (v if type(v) in _LEAVES else _frozen_json(v)) for k, v in value.items()}
     return value
 
 
@@ -412,7 +414,7 @@ class TraceArtifact:
         digest = self.digest
         if digest is not None and (type(digest) is not str or _VALID_DIGEST.match(digest) is None):
             try:
-                check_digest(self.digest, where=f"artifact {self.id!r} digest")
+                check_digest(digest, where=f"artifact {self.id!r} digest")
             except InvalidDigestError as exc:
                 raise ContractError(str(exc)) from exc
 
@@ -709,6 +711,8 @@ def _new_record(cls: type[_T], values: dict[str, Any]) -> _T:
 _RECORDS: frozenset[type] = frozenset(
     {Capabilities, Device, Intervention, MissingArtifact, StageProfile, Trace, TraceArtifact, TraceRequest, TraceSpan}
 )
+
+_LEAVES.update(_RECORDS)
 
 __all__ = [
     "Capabilities",

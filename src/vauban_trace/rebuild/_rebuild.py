@@ -358,7 +358,7 @@ def _span_fields(
     metadata.update(attrs)
     if is_root and remote_parent is not None:
         metadata["remote_parent_id"] = remote_parent
-    if raw.resource != trace_resource:
+    if raw.resource is not trace_resource and raw.resource != trace_resource:
         metadata["resource"] = raw.resource
     status = _STATUS_WORDS.get(span.status.code, "unset")
     return {

@@ -135,6 +135,7 @@ def build_profile(
                     problems.append(f"{where}: {pkey} {word!r} is not a provenance word; ignored")
             if raw is None:
                 continue
+            value: float | int
             try:
                 if type(raw) is int and not is_float:
                     value = raw
