@@ -154,8 +154,8 @@ def test_unsupported_requests_are_recorded_missing(pair: tuple[MlxExecutor, Torc
     validate_trace(m)
     assert m.complete, m.problems
     missing = {(x.kind, x.reason, x.layer) for x in m.missing}
-    assert missing == {("intervention_result", "unsupported", None), ("weight_snapshot", "unsupported", None),
-                       ("metric", "unsupported", None), ("activation", "unsupported", 0)}
+    assert missing == {("intervention_result", "unsupported", None), ("metric", "unsupported", None),
+                       ("activation", "unsupported", 0)}
     assert all(x.detail for x in m.missing)
     assert "intervene" not in child_stages(m)
     assert not m.artifacts_of_kind("intervention_result")
@@ -169,11 +169,10 @@ def test_capabilities_are_honest(pair: tuple[MlxExecutor, TorchExecutor]) -> Non
     caps = pair[0].capabilities
     assert caps.executor == "mlx" and caps.device_kinds == ("cpu",)
     assert caps.levels["can_apply_interventions"] == "unsupported"
-    assert caps.levels["can_inspect_weights"] == "unsupported"
     assert caps.levels["can_emit_activations"] == "partial"
     assert caps.levels["can_profile_sync_points"] == "partial"
     assert caps.levels["can_profile_device_memory"] == "full"
-    for name in ("can_emit_tokens", "can_emit_logits", "can_emit_logprobs", "can_emit_text"):
+    for name in ("can_emit_tokens", "can_emit_logits", "can_emit_logprobs", "can_emit_text", "can_inspect_weights"):
         assert caps.levels[name] == "full"
     for name, level in caps.levels.items():
         if level != "full":
@@ -232,3 +231,21 @@ def test_other_families_match_torch(family: str, session: Any) -> None:
     assert mr.token_ids == tr.token_ids
     layers = mex.layers
     assert layers is not None and all(type(layers.module(i)).__name__ == "TransformerBlock" for i in range(2))
+
+
+def test_weight_snapshots_equal_torch(pair: tuple[MlxExecutor, TorchExecutor], session: Any) -> None:
+    mex, tex = pair
+    req = request(PROMPTS[0], extra=["weight_snapshot"])
+    m = rebuilt(session, mex.run(req).trace_id)
+    t = rebuilt(session, tex.run(req).trace_id)
+    assert shape_of(m) == shape_of(t)
+    (ms,), (ts,) = m.artifacts_of_kind("weight_snapshot"), t.artifacts_of_kind("weight_snapshot")
+    assert ms.metadata["parameter"] == ts.metadata["parameter"] == "model.embed_tokens.weight"
+    assert m.span(ms.producer_span_id).stage == "observe"
+    assert np.array_equal(blob(session, ms.digest), blob(session, ts.digest))  # same file, float32
+    name = "model.layers.1.mlp.up_proj.weight"
+    named = rebuilt(session, mex.run(request(PROMPTS[0]), weights=[name]).trace_id)
+    (snap,) = named.artifacts_of_kind("weight_snapshot")
+    assert snap.metadata["parameter"] == name and snap.shape == (128, 64)
+    with pytest.raises(ExecutorError, match="unknown parameter 'nope'"):
+        mex.run(request(PROMPTS[0]), weights=["nope"])

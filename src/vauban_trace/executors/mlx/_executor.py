@@ -39,6 +39,7 @@ from vauban_trace.executors.mlx._layers import SITES_BUILT, MlxLayers, config_la
 from vauban_trace.executors.mlx._values import device_label
 
 ALL_SITES = ("residual", "attn", "mlp")
+_EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight")
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,12 @@ class MlxRunOptions:
     logits_positions: str = "last"
     topk: int = 5
     ignore_eos: bool = False
+    weights: tuple[str, ...] = ()
 
 
 def make_mlx_options(
     *, max_new_tokens: int = 0, sites: Sequence[str] = ("residual",), logits_positions: str = "last",
-    topk: int = 5, ignore_eos: bool = False,
+    topk: int = 5, ignore_eos: bool = False, weights: Sequence[str] = (),
 ) -> MlxRunOptions:
     """Check the settings of :meth:`MlxExecutor.run`; :class:`ExecutorError` names the bad one."""
     for name, value, low in (("max_new_tokens", max_new_tokens, 0), ("topk", topk, 1)):
@@ -74,7 +76,10 @@ def make_mlx_options(
         raise ExecutorError(f"sites must be among {', '.join(ALL_SITES)}, got {sites!r}")
     if logits_positions not in ("last", "all"):
         raise ExecutorError(f"logits_positions must be 'last' or 'all', got {logits_positions!r}")
-    return MlxRunOptions(max_new_tokens, tuple(dict.fromkeys(sites)), logits_positions, topk, bool(ignore_eos))
+    if isinstance(weights, str) or any(not isinstance(w, str) or not w for w in weights):
+        raise ExecutorError(f"weights must be a list of parameter names, got {weights!r}")
+    return MlxRunOptions(max_new_tokens, tuple(dict.fromkeys(sites)), logits_positions, topk, bool(ignore_eos),
+                         tuple(dict.fromkeys(weights)))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -169,6 +174,26 @@ class MlxExecutor:
         assert self._capabilities is not None
         return self._capabilities
 
+    def parameters(self) -> dict[str, Any]:
+        """Every parameter by its dotted name (the names of the checkpoint for mlx-lm models)."""
+        from mlx.utils import tree_flatten
+
+        return dict(tree_flatten(self.model.parameters()))
+
+    def resolve_weights(self, names: Sequence[str]) -> list[str]:
+        """Check parameter names; none given: the input embedding. ``ExecutorError`` names a bad one."""
+        params = self.parameters()
+        if not names:
+            found = [n for n in params if n.endswith(_EMBEDDING_SUFFIXES)][:1]
+            if not found:
+                raise ExecutorError("weight_snapshot: name the parameters to snapshot (weights=...); "
+                                    "no input embedding parameter found")
+            return found
+        unknown = [n for n in names if n not in params]
+        if unknown:
+            raise ExecutorError(f"unknown parameter {unknown[0]!r} (e.g. {', '.join(list(params)[:3])})")
+        return list(names)
+
     def layer_count(self) -> int | None:
         """The layer count: from the loaded list, else from the config (no loading)."""
         if self._layers is not None:
@@ -185,17 +210,20 @@ class MlxExecutor:
         logits_positions: str = "last",
         topk: int = 5,
         ignore_eos: bool = False,
+        weights: Sequence[str] = (),
     ) -> RunResult:
         """Run ``request`` as one traced request (stages in :mod:`._pipeline`).
 
         ``max_new_tokens`` > 0 decodes greedily; ``sites`` other than ``residual`` are recorded
         missing (not built); ``logits_positions`` is ``last`` or ``all``; ``topk`` sizes the
-        logits summary; ``ignore_eos`` generates exactly ``max_new_tokens`` tokens.
+        logits summary; ``ignore_eos`` generates exactly ``max_new_tokens`` tokens; ``weights``
+        names parameters (``model.layers.0.mlp.up_proj.weight``) for ``weight_snapshot``
+        artifacts (default when the kind is requested: the input embedding).
         """
         from vauban_trace.executors.mlx._pipeline import run_request
 
         opts = make_mlx_options(max_new_tokens=max_new_tokens, sites=sites, logits_positions=logits_positions,
-                                topk=topk, ignore_eos=ignore_eos)
+                                topk=topk, ignore_eos=ignore_eos, weights=weights)
         return run_request(self, request, opts)
 
 

@@ -12,7 +12,8 @@ prefill    the prompt forward pass (mlx-lm KV cache when decoding follows) with 
            capture installed, evaluated once (``mx.eval`` of logits and captured states);
            ``logits`` / ``logprobs`` of the last (or every) position, top-k in the summary
 observe    ``activation`` artifacts of the residual stream after each requested layer
-           (layer, site=residual, module, module_class, positions=prompt, source_dtype)
+           (layer, site=residual, module, module_class, positions=prompt, source_dtype);
+           ``weight_snapshot`` artifacts of named parameters (metadata parameter, source_dtype)
 decode     greedy loop over ``model(token, cache=cache)``; per-step facts folded into
            vauban.decode.* attributes; ``logprobs`` of the chosen tokens when asked
 emit       detokenization: ``text`` and ``tokens`` of the generated output; usage and
@@ -20,7 +21,7 @@ emit       detokenization: ``text`` and ``tokens`` of the generated output; usag
 =========  =================================================================================
 
 Not built (recorded missing on the root span with reason ``unsupported`` before any stage runs):
-interventions (``intervention_result``), ``weight_snapshot``, continuation scores (``metric``),
+interventions (``intervention_result``), continuation scores (``metric``),
 the ``attn``/``mlp`` sites, batches of more than one prompt (refused with an error), sampling.
 
 Counters: token_count and batch_size as in the torch executor (derived / declared),
@@ -43,7 +44,7 @@ import numpy as np
 from vauban_trace import semconv as sc
 from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import TraceRequest
-from vauban_trace.executors.mlx._capabilities import INTERVENTIONS_NOTE, SITES_NOTE, WEIGHTS_NOTE
+from vauban_trace.executors.mlx._capabilities import INTERVENTIONS_NOTE, SITES_NOTE
 from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
 from vauban_trace.executors.mlx._layers import ResidualCapture
 from vauban_trace.executors.mlx._values import dtype_name
@@ -55,10 +56,9 @@ if TYPE_CHECKING:
 
 STOP_EOS, STOP_LENGTH = "eos", "max_new_tokens"
 _FINISH = {STOP_EOS: "stop", STOP_LENGTH: "length"}
-_OWN_KINDS = frozenset({"text", "tokens", "logits", "logprobs", "activation"})
+_OWN_KINDS = frozenset({"text", "tokens", "logits", "logprobs", "activation", "weight_snapshot"})
 _NOT_BUILT = {
     "intervention_result": INTERVENTIONS_NOTE,
-    "weight_snapshot": WEIGHTS_NOTE,
     "metric": "continuation scores are not built in the MLX executor yet",
 }
 
@@ -93,7 +93,7 @@ def _prompt(request: TraceRequest) -> tuple[str | None, list[int] | None]:
 class _Plan:
     """Everything checked before the root span opens."""
 
-    def __init__(self, ex: MlxExecutor, request: TraceRequest) -> None:
+    def __init__(self, ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> None:
         self.text, self.ids = _prompt(request)
         self.requested = set(request.requested_artifacts)
         self.want_logits = request.return_logits or "logits" in self.requested
@@ -106,6 +106,10 @@ class _Plan:
         if bad and count is not None:
             raise ExecutorError(f"layer {bad[0]} is out of range: the model has {count} layers (0-{count - 1})")
         self.interventions = bool(request.interventions)
+        self.want_weights = "weight_snapshot" in self.requested or bool(opts.weights)
+        self.weight_names: list[str] = []
+        if self.want_weights and ex.loaded:  # else right after the load stage
+            self.weight_names = ex.resolve_weights(opts.weights)
         if request.apply_chat_template and ex.loaded and getattr(ex.tokenizer, "chat_template", None) is None:
             raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
 
@@ -120,7 +124,7 @@ def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> 
     from vauban_trace import __version__
     from vauban_trace.executors.mlx._executor import RunResult
 
-    plan = _Plan(ex, request)
+    plan = _Plan(ex, request, opts)
     needs_load = not ex.loaded
     counter = EvalCounter()
     with probes(MlxMemoryProbe(), counter), traced_request(
@@ -137,6 +141,8 @@ def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> 
                 from vauban_trace.instrument._request import _capability_attrs
 
                 req.span.set_attributes(_capability_attrs(ex.capabilities))
+            if plan.want_weights:
+                plan.weight_names = ex.resolve_weights(opts.weights)
             if request.apply_chat_template and getattr(ex.tokenizer, "chat_template", None) is None:
                 raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
         return _run_stages(ex, req, request, opts, plan, counter, RunResult)
@@ -216,9 +222,11 @@ def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOp
         if plan.want_logits or plan.want_logprobs:
             _record_logits(logits, opts, plan)
     # -- observe ----------------------------------------------------------------------------
-    if plan.layers and layers is not None:
+    if (plan.layers and layers is not None) or plan.weight_names:
         with stage("observe", batch_size=1, device=dev):
             _observe(capture, plan, opts)
+            if plan.weight_names:
+                _snapshot(ex, plan)
     # -- decode -----------------------------------------------------------------------------
     decoded: _Decoded | None = None
     if generate:
@@ -293,6 +301,14 @@ def _observe(capture: ResidualCapture | None, plan: _Plan, opts: MlxRunOptions) 
                 continue
             for layer in plan.layers:
                 record_missing("activation", "unsupported", f"layer {layer} {site}: {SITES_NOTE}", layer)
+
+
+def _snapshot(ex: MlxExecutor, plan: _Plan) -> None:
+    params = ex.parameters()
+    with _recording():
+        for name in plan.weight_names:
+            value = params[name]
+            record_artifact("weight_snapshot", value, metadata={"parameter": name, "source_dtype": dtype_name(value.dtype)})
 
 
 class _Decoded:
