@@ -20,9 +20,10 @@ emit       detokenization: ``text`` and ``tokens`` of the generated output; usag
            finish reasons on the root span
 =========  =================================================================================
 
-Not built (recorded missing on the root span with reason ``unsupported`` before any stage runs):
-interventions (``intervention_result``), continuation scores (``metric``),
-the ``attn``/``mlp`` sites, batches of more than one prompt (refused with an error), sampling.
+Not built: interventions (``intervention_result``) and continuation scores (``metric``), recorded
+missing on the root span with reason ``unsupported`` before any stage runs; the ``attn``/``mlp``
+sites, recorded missing per layer on the observe span; batches of more than one prompt (refused
+with an error); sampling.
 
 Counters: token_count and batch_size as in the torch executor (derived / declared),
 ``duration_s`` measured, ``memory_bytes`` from the MLX allocator peak (measured, method
