@@ -23,7 +23,6 @@ import hashlib
 import http.client
 import os
 import platform
-import re
 import socket
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchdoc import cpu_model, replace_section
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -293,13 +293,7 @@ def _proc_cpu(pid: int) -> float:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"model name\s*:\s*(.+)", f.read())
-            cpu = m.group(1).strip() if m else cpu
-    except OSError:
-        pass
+    cpu = cpu_model()
     import google.protobuf
 
     impl = "upb"
@@ -411,7 +405,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.write_docs:
-        _write_section(text)
+        replace_section(SECTION, text)
 
 
 def _why(steps: dict[str, float], recv: float, parse_rate: float, rebuilt: float) -> str:
@@ -445,17 +439,6 @@ _OWNERS = {
     "Trace.to_json (inside put_traces)": "contract",
     "TraceStore.put_traces (incl. to_json)": "store + contract",
 }
-
-
-def _write_section(text: str) -> None:
-    doc = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-    start = doc.find(SECTION)
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        nxt = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text + ("\n" + doc[nxt + 1:] if nxt >= 0 else "")
-    DOCS.write_text(doc.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

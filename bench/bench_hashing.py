@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import blake3
+from benchdoc import cpu_model, replace_section
 
 from vauban_trace.artifacts import BackgroundWriter, LocalArtifactStore
 
@@ -120,14 +121,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     flags = ""
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -143,17 +137,6 @@ def machine() -> str:
         f"Python {platform.python_version()}, blake3 {blake3.__version__}; "
         f"load average when the run started: {load}; process niceness {os.nice(0)}"
     )
-
-
-def write_section(doc: Path, body: str) -> None:
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = f"{SECTION}\n\n{body.rstrip()}\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    doc.write_text(text.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         text = ref.read_text().strip()
         body += f"\n### Same script on another machine (saved output: `{ref.as_posix()}`)\n\n{text}\n"
     if args.write_docs:
-        write_section(REPO / "docs" / "benchmarks.md", body)
+        replace_section(SECTION, f"{SECTION}\n\n{body}")
         print(f"updated {REPO / 'docs' / 'benchmarks.md'} ({SECTION})")
     return 0
 

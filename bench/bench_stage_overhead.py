@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
+
+from benchdoc import cpu_model, replace_section
 
 SECTION = "## Stage span overhead"
 
@@ -125,14 +125,7 @@ def sdk_variants() -> tuple[dict[str, Callable[[], None]], Any, int]:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     import opentelemetry.version as otel_version
 
     return (
@@ -145,17 +138,6 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def write_section(doc: Path, body: str) -> None:
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = f"{SECTION}\n\n{body.rstrip()}\n\n"
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    doc.write_text(text.rstrip("\n") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(body)
     if args.write_docs:
-        write_section(Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md", body)
+        replace_section(SECTION, f"{SECTION}\n\n{body}")
     return 0
 
 

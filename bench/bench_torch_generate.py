@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from benchdoc import cpu_model, replace_section
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import vauban_trace as vt
@@ -50,16 +50,6 @@ from vauban_trace.instrument._probes import flush_deferred
 
 SECTION = "PyTorch generate overhead"
 MODES = ("plain", "traced", "deep", "capture", "profiler")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _setup(hidden: int, layers: int, prompt_tokens: int) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -213,7 +203,7 @@ def _doc_section(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 Command: `{cmd}`
 
-Machine: `uname -m` = {platform.machine()}, `nproc` = {nproc}, CPU: {_cpu_name()}; Python {platform.python_version()}, torch {torch.__version__}, {args.threads} torch threads.
+Machine: `uname -m` = {platform.machine()}, `nproc` = {nproc}, CPU: {cpu_model()}; Python {platform.python_version()}, torch {torch.__version__}, {args.threads} torch threads.
 
 Workload: random-initialised Llama (hidden {args.hidden}, {args.layers} layers, float32) built offline by
 `executors/torch/tiny.py`; prompt {args.prompt_tokens} tokens; greedy `generate` of exactly {args.new_tokens}
@@ -263,17 +253,6 @@ def _tiny_text(result: dict[str, Any], args: argparse.Namespace) -> str:
     )
 
 
-def write_docs(section: str) -> None:
-    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=15)
@@ -299,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     if result["tiny"]:
         print("absolute cost per generate on a tiny model:", result["tiny"])
     if args.write_docs:
-        write_docs(_doc_section(result, args))
+        replace_section(f"## {SECTION}", _doc_section(result, args))
     return 0
 
 

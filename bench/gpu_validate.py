@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchdoc import replace_section
 
 SECTION = "GPU validation"
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
@@ -390,17 +391,6 @@ def markdown(result: dict[str, Any], pytest_line: str = "", also: list[dict[str,
     return "\n".join(lines) + "\n"
 
 
-def write_docs(section: str) -> None:
-    path = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="gpu_validate.json")
@@ -416,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_docs:
         result = json.loads(Path(args.write_docs).read_text())
         others = [json.loads(Path(p).read_text()) for p in args.also]
-        write_docs(markdown(result, args.pytest_line or result.get("pytest_line", ""), others))
+        replace_section(f"## {SECTION}", markdown(result, args.pytest_line or result.get("pytest_line", ""), others))
         return 0
     result = run(args)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
