@@ -88,18 +88,24 @@ _order_key = itemgetter(0, 1, 2)  # (producer position, event time, source/event
 _STATUS_WORDS = {Status.STATUS_CODE_UNSET: "unset", Status.STATUS_CODE_OK: "ok", Status.STATUS_CODE_ERROR: "error"}
 
 
-@dataclass
 class _Raw:
-    span: Span
-    hex: str
-    parent: str | None
-    resource: dict[str, Any]
-    seq: int
-    attrs: dict[str, Any] = field(default_factory=dict)
+    """One received span with what the rebuild derives from it (a plain slotted class: one is
+    made per span, so construction cost counts)."""
+
+    __slots__ = ("span", "hex", "parent", "resource", "seq", "start", "attrs")
+
+    def __init__(self, span: Span, hex_id: str, parent: str | None, resource: dict[str, Any], seq: int) -> None:
+        self.span = span
+        self.hex = hex_id
+        self.parent = parent
+        self.resource = resource
+        self.seq = seq
+        self.start: int = span.start_time_unix_nano
+        self.attrs: dict[str, Any] = {}
 
 
 def _start_key(raw: _Raw) -> tuple[int, str]:
-    return (raw.span.start_time_unix_nano, raw.hex)
+    return (raw.start, raw.hex)
 
 
 def resource_spans_of(data: OtlpInput) -> list[ResourceSpans]:
@@ -185,7 +191,7 @@ def _resolve_spills(spans: dict[str, _Raw], problems: list[str]) -> dict[str, st
 
 
 def _find_root(spans: dict[str, _Raw], problems: list[str]) -> str | None:
-    order = sorted(spans.values(), key=lambda r: (r.span.start_time_unix_nano, r.hex))
+    order = sorted(spans.values(), key=_start_key)
     marked = [r for r in order if r.attrs.get(sc.TRACE_ROOT) is True]
     if len(marked) > 1:
         problems.append(f"{len(marked)} spans are marked {sc.TRACE_ROOT}; the earliest is the root")
@@ -339,15 +345,16 @@ def _span_fields(
         _root_facts(attrs, trace_id, device, where, root_facts, problems)
     start, end = span.start_time_unix_nano, span.end_time_unix_nano
     duration = (end - start) / 1e9 if end > 0 and end >= start else None
-    name = str(stage) if stage is not None else span.name
+    span_name = span.name
+    name = str(stage) if stage is not None else span_name
     profile = build_profile(name, attrs, device, duration, where, problems)
     inputs: list[str] = []
     if sc.SPAN_INPUT_ARTIFACT_IDS in attrs:
         value = attrs.pop(sc.SPAN_INPUT_ARTIFACT_IDS)
         value = [value] if isinstance(value, str) else value
         inputs = [str(v) for v in value] if isinstance(value, list) else []
-    metadata: dict[str, Any] = {}
     if sc.SPAN_METADATA in attrs:
+        metadata: dict[str, Any] = {}
         raw_meta = attrs.pop(sc.SPAN_METADATA)
         parsed, err = parse_json_attr(raw_meta)
         if err is None and isinstance(parsed, dict):
@@ -355,7 +362,9 @@ def _span_fields(
         else:
             problems.append(f"{where}: {sc.SPAN_METADATA} is {err or 'not a JSON object'}; kept as text")
             metadata[sc.SPAN_METADATA] = raw_meta
-    metadata.update(attrs)
+        metadata.update(attrs)
+    else:
+        metadata = attrs  # already this span's own copy: what is left unconsumed
     if is_root and remote_parent is not None:
         metadata["remote_parent_id"] = remote_parent
     if raw.resource is not trace_resource and raw.resource != trace_resource:
@@ -363,7 +372,7 @@ def _span_fields(
     status = _STATUS_WORDS.get(span.status.code, "unset")
     return {
         "id": raw.hex,
-        "name": span.name,
+        "name": span_name,
         "stage": None if stage is None else str(stage),
         "parent_id": raw.parent,
         "start_unix_nano": start,
