@@ -98,6 +98,11 @@ class RequestHandle:
         self.span.set_attribute(sc.DEVICE_KIND, device.split(":", 1)[0])
         self.span.set_attribute(sc.DEVICE_LABEL, device)
 
+    def set_capabilities(self, capabilities: Capabilities) -> None:
+        """Declare (or re-declare) the executor's capabilities, e.g. once a lazy load has run."""
+        if self.recording:
+            self.span.set_attributes(_capability_attrs(capabilities))
+
 
 def _request_attrs(request: TraceRequest, capture: bool, store: Any) -> dict[str, AttributeValue]:
     from vauban_trace.artifacts import encode_json

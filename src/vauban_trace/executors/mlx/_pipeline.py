@@ -138,10 +138,7 @@ def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> 
             with stage("load", device=ex.device) as st:
                 ex.load()
                 st.set_metadata({"class": type(ex.model).__name__, "missing_weights": 0})
-            if req.recording:
-                from vauban_trace.instrument._request import _capability_attrs
-
-                req.span.set_attributes(_capability_attrs(ex.capabilities))
+            req.set_capabilities(ex.capabilities)
             if plan.want_weights:
                 plan.weight_names = ex.resolve_weights(opts.weights)
             if request.apply_chat_template and getattr(ex.tokenizer, "chat_template", None) is None:

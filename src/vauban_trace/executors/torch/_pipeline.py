@@ -214,10 +214,7 @@ def run_request(ex: TorchExecutor, request: TraceRequest, opts: RunOptions, prom
 
 
 def _set_capabilities(req: Any, ex: TorchExecutor) -> None:
-    from vauban_trace.instrument._request import _capability_attrs
-
-    if req.recording:
-        req.span.set_attributes(_capability_attrs(ex.capabilities))
+    req.set_capabilities(ex.capabilities)
 
 
 def _run_stages(ex: TorchExecutor, req: Any, request: TraceRequest, opts: RunOptions, plan: _Plan, result_cls: Any) -> RunResult:
