@@ -69,10 +69,12 @@ def _capabilities() -> Any:
             "can_emit_logits": "full",
             "can_emit_logprobs": "full",
             "can_emit_activations": "partial",
+            "can_profile_device_memory": "partial",
         },
         notes={
             "can_emit_activations": "hidden states of the requested layers only (output_hidden_states)",
             "can_inspect_weights": "the demo does not capture weights",
+            "can_profile_device_memory": "CPU only: the process's peak resident set per stage (cpu.rss_peak)",
         },
     )
 
@@ -83,6 +85,7 @@ def traced_inference(model_dir: Path, prompt: str) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import vauban_trace as vt
+    from vauban_trace.executors.torch import make_probes
 
     request = vt.TraceRequest(
         input_text=prompt,
@@ -95,7 +98,7 @@ def traced_inference(model_dir: Path, prompt: str) -> str:
     with vt.traced_request(
         request, model=MODEL_NAME, capabilities=_capabilities(), executor="vauban-demo",
         executor_version=vt.__version__, device="cpu", seed=0, max_tokens=1,
-    ) as req:
+    ) as req, vt.probes(*make_probes("cpu")):  # measured memory; copies derived for the host
         with vt.stage("load", device="cpu") as st:
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
             model.eval()  # type: ignore[no-untyped-call]
