@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from vauban_trace._exceptions import VaubanTraceError
 
@@ -20,7 +21,7 @@ _COMMANDS = ("_demo", "_run", "_show", "_traces", "_collector")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
         self.exit(2, f"vauban-trace: error: {message}\n")
 
 

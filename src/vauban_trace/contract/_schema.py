@@ -94,7 +94,7 @@ def _type_schema(tp: Any, owner: str, name: str, defs: dict[str, Any]) -> dict[s
         if keys:
             out["propertyNames"] = {"enum": list(keys)}
         return out
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         _record_schema(tp, defs)
         return {"$ref": f"#/$defs/{tp.__name__}"}
     if tp is Any:
