@@ -50,6 +50,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from vauban_trace._exceptions import ConfigurationError
+from vauban_trace.contract import Trace
 from vauban_trace.instrument import _state
 from vauban_trace.instrument._embedded import EmbeddedExporter
 
@@ -106,6 +107,19 @@ class Session:
         for p in self.processors:
             ok = p.force_flush(int(timeout_s * 1000)) and ok
         return ok
+
+    def read_trace(self, trace_id: str | None) -> Trace:
+        """Flush (deferred readings, blobs, spans), then the Trace rebuilt in the embedded store.
+
+        The only way a Trace comes back in-process: through the same rebuild as every source.
+        """
+        if trace_id is None:
+            raise ConfigurationError("nothing was traced: no OpenTelemetry SDK is recording")
+        if self.store is None:
+            raise ConfigurationError("this session keeps no local store (keep_local=False)")
+        self.force_flush()
+        trace: Trace = self.store.get_trace(trace_id)
+        return trace
 
     def shutdown(self) -> None:
         """Flush everything and detach this session's processors (idempotent)."""

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import mlx.core  # noqa: E402,F401  (the mlx extra is part of `make test`: a missing mlx fails, never skips)
+import mlx_lm  # noqa: E402,F401
 import numpy as np
 import pytest
-
-pytest.importorskip("mlx.core")
-pytest.importorskip("mlx_lm")
 
 import vauban_trace as vt  # noqa: E402
 from vauban_trace._exceptions import ExecutorError  # noqa: E402
@@ -249,3 +248,10 @@ def test_weight_snapshots_equal_torch(pair: tuple[MlxExecutor, TorchExecutor], s
     assert snap.metadata["parameter"] == name and snap.shape == (128, 64)
     with pytest.raises(ExecutorError, match="unknown parameter 'nope'"):
         mex.run(request(PROMPTS[0]), weights=["nope"])
+
+
+
+def test_trace_returns_the_rebuilt_trace_from_the_store(pair: tuple[MlxExecutor, TorchExecutor], session: Any) -> None:
+    trace = pair[0].trace(request("Paris is"))
+    assert trace == session.store.get_trace(trace.id)
+    assert {a.kind for a in trace.artifacts} >= {"tokens", "logits", "logprobs"}

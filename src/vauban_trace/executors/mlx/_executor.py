@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vauban_trace._exceptions import ExecutorError
-from vauban_trace.contract import Capabilities, TraceRequest
+from vauban_trace._exceptions import ConfigurationError, ExecutorError
+from vauban_trace.contract import Capabilities, Trace, TraceRequest
 from vauban_trace.executors.mlx._capabilities import build_capabilities
 from vauban_trace.executors.mlx._layers import SITES_BUILT, MlxLayers, config_layer_count, find_layers
 from vauban_trace.executors.mlx._values import device_label
@@ -225,6 +225,19 @@ class MlxExecutor:
         opts = make_mlx_options(max_new_tokens=max_new_tokens, sites=sites, logits_positions=logits_positions,
                                 topk=topk, ignore_eos=ignore_eos, weights=weights)
         return run_request(self, request, opts)
+
+    def trace(self, request: TraceRequest, **kwargs: Any) -> Trace:
+        """:meth:`run`, then flush and return the Trace rebuilt from the embedded store."""
+        from vauban_trace.instrument import current_session
+
+        session = current_session()
+        if session is None:
+            raise ConfigurationError(
+                "trace() reads the rebuilt trace from the embedded store: call "
+                "vauban_trace.configure(store_dir=...) first"
+            )
+        trace: Trace = session.read_trace(self.run(request, **kwargs).trace_id)
+        return trace
 
 
 __all__ = ["ALL_SITES", "SITES_BUILT", "MlxExecutor", "MlxRunOptions", "RunResult", "make_mlx_options"]

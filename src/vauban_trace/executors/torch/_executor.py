@@ -348,14 +348,8 @@ class TorchExecutor:
 
 
 def read_trace(session: Any, trace_id: str | None) -> Trace:
-    """Flush deferred readings, blobs and spans, then read the rebuilt trace from the store."""
-    if trace_id is None:
-        raise ConfigurationError("nothing was traced: no OpenTelemetry SDK is recording")
-    from vauban_trace.instrument._probes import flush_deferred
-
-    flush_deferred()
-    session.force_flush()
-    trace: Trace = session.store.get_trace(trace_id)
+    """Flush, then read the rebuilt trace from ``session``'s store (see ``Session.read_trace``)."""
+    trace: Trace = session.read_trace(trace_id)
     return trace
 
 
