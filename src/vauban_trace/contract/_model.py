@@ -6,6 +6,13 @@ None, tuples and string-keyed dicts). ``to_dict()`` gives the JSON document form
 ``from_dict()`` reads it back exactly: ``Trace.from_dict(t.to_dict()) == t`` for every valid trace.
 Construction validates the record's own fields; :func:`vauban_trace.contract.validate_trace`
 checks the graph rules that span several records.
+
+Speed: records are built once per span by the rebuild and read back by ``from_dict``, so the
+checks avoid building enum members (membership in frozensets of the vocabulary words), the
+freezing copies only containers, and ``to_dict`` walks cached field-name tuples. Internal callers
+(``from_dict``, :mod:`vauban_trace.rebuild`) construct through ``_new_record``, which fills the
+instance dict in one go and then runs the very same ``__post_init__`` (freeze + validation) as
+public construction: behaviour, messages and the JSON text are unchanged.
 """
 
 from __future__ import annotations

@@ -135,14 +135,16 @@ def rebuild_traces(data: OtlpInput) -> list[Trace]:
         resource = attributes(rs.resource.attributes)
         for ss in rs.scope_spans:
             for span in ss.spans:
-                if len(span.trace_id) != 16 or len(span.span_id) != 8:
+                trace_id, span_id = span.trace_id, span.span_id
+                if len(trace_id) != 16 or len(span_id) != 8:
                     raise RebuildError(
                         f"span {span.name!r}: trace id must be 16 bytes and span id 8 bytes "
-                        f"(got {len(span.trace_id)} and {len(span.span_id)})"
+                        f"(got {len(trace_id)} and {len(span_id)})"
                     )
-                parent = span.parent_span_id.hex() if any(span.parent_span_id) else None
-                raw = _Raw(span, span.span_id.hex(), parent, resource, seq)
-                groups.setdefault(span.trace_id.hex(), []).append(raw)
+                parent_id = span.parent_span_id
+                parent = parent_id.hex() if any(parent_id) else None
+                raw = _Raw(span, span_id.hex(), parent, resource, seq)
+                groups.setdefault(trace_id.hex(), []).append(raw)
                 seq += 1
     traces = [_build_trace(tid, raws) for tid, raws in groups.items()]
     traces.sort(key=lambda t: (min((s.start_unix_nano for s in t.spans), default=0), t.id))

@@ -28,7 +28,8 @@ def any_value(value: AnyValue) -> Any:
     if which == "int_value":
         return value.int_value
     if which == "double_value":
-        return json_safe_float(value.double_value)
+        x = value.double_value
+        return x if -math.inf < x < math.inf else json_safe_float(x)
     if which == "array_value":
         return [any_value(v) for v in value.array_value.values]
     if which == "kvlist_value":
