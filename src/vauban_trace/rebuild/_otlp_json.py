@@ -228,16 +228,52 @@ def _span(value: Any, where: str) -> Span:
 
 def _attributes(target: Any, value: Any, where: str) -> None:
     for i, kv in enumerate(_list(value, where)):
-        kw = f"{where}[{i}]"
-        kvd = _obj(kv, kw)
+        kvd = kv if type(kv) is dict else _obj(kv, f"{where}[{i}]")
         key = _get(kvd, "key")
         if not isinstance(key, str):
-            raise RebuildError(f"{kw}.key: expected a string, got {type(key).__name__}")
+            raise RebuildError(f"{where}[{i}].key: expected a string, got {type(key).__name__}")
         item: KeyValue = target.add()
         item.key = key
         raw = _get(kvd, "value")
-        if raw is not None:
-            _any_value(item.value, raw, f"{kw}.value", 0)
+        if raw is not None and not _plain_scalar(item.value, raw):
+            _any_value(item.value, raw, f"{where}[{i}].value", 0)
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _plain_scalar(out: AnyValue, value: Any) -> bool:
+    """Fast path for the common ``{"stringValue": "x"}``-style value (one canonical key, a value
+    of the expected JSON type): set it and return True. Anything else returns False untouched,
+    and :func:`_any_value` handles it (with its checks and error messages)."""
+    if type(value) is not dict or len(value) != 1:
+        return False
+    ((key, v),) = value.items()
+    cls = type(v)
+    if key == "stringValue":
+        if cls is str:
+            out.string_value = v
+            return True
+    elif key == "intValue":
+        if cls is str:
+            try:
+                v = int(v.strip())
+            except ValueError:
+                return False
+        elif cls is not int:
+            return False
+        if _INT64_MIN <= v <= _INT64_MAX:
+            out.int_value = v
+            return True
+    elif key == "doubleValue":
+        if cls is float or cls is int:
+            out.double_value = float(v)
+            return True
+    elif key == "boolValue":
+        if cls is bool:
+            out.bool_value = v
+            return True
+    return False
 
 
 def _any_value(out: AnyValue, value: Any, where: str, depth: int) -> None:
@@ -256,8 +292,11 @@ def _any_value(out: AnyValue, value: Any, where: str, depth: int) -> None:
         out.double_value = _double(v, where + ".doubleValue")
     elif (v := _get(doc, "arrayValue", "array_value")) is not None:
         out.array_value.SetInParent()
+        values = out.array_value.values
         for i, item in enumerate(_list(_get(_obj(v, where + ".arrayValue"), "values"), where + ".arrayValue.values")):
-            _any_value(out.array_value.values.add(), item, f"{where}.arrayValue.values[{i}]", depth + 1)
+            element = values.add()
+            if depth >= _MAX_DEPTH or not _plain_scalar(element, item):
+                _any_value(element, item, f"{where}.arrayValue.values[{i}]", depth + 1)
     elif (v := _get(doc, "kvlistValue", "kvlist_value")) is not None:
         out.kvlist_value.SetInParent()
         _attributes(out.kvlist_value.values, _get(_obj(v, where + ".kvlistValue"), "values"), where + ".kvlistValue.values")
