@@ -41,12 +41,12 @@ from vauban_trace.contract._model import (
     Intervention,
     MissingArtifact,
     StageProfile,
-    Trace,
     TraceArtifact,
     TraceRequest,
     TraceSpan,
 )
 from vauban_trace.contract._schema import trace_json_schema
+from vauban_trace.contract._trace import Trace
 from vauban_trace.contract._validate import trace_problems, validate_trace
 
 __all__ = [

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import types
 import typing
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from vauban_trace.contract import _model
+from vauban_trace.contract import _model, _trace
 from vauban_trace.contract._kinds import (
     CAPABILITY_NAMES,
     COUNTER_NAMES,
@@ -106,7 +107,7 @@ def _record_schema(cls: type, defs: dict[str, Any]) -> None:
     if cls.__name__ in defs:
         return
     defs[cls.__name__] = {}  # reserve (recursion guard)
-    hints = typing.get_type_hints(cls, vars(_model))
+    hints = typing.get_type_hints(cls, {**vars(_model), **vars(sys.modules[cls.__module__])})
     props: dict[str, Any] = {}
     required: list[str] = []
     for f in dataclasses.fields(cls):
@@ -128,7 +129,7 @@ def _record_schema(cls: type, defs: dict[str, Any]) -> None:
 def trace_json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of a Trace document."""
     defs: dict[str, Any] = {}
-    _record_schema(_model.Trace, defs)
+    _record_schema(_trace.Trace, defs)
     root = defs.pop("Trace")
     root["properties"]["schema_version"] = {"type": "string", "pattern": r"^" + SCHEMA_VERSION.split(".")[0] + r"\.[0-9]+$"}
     return {

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import Counter
 
 from vauban_trace.contract._errors import ContractError
-from vauban_trace.contract._model import Trace
+from vauban_trace.contract._trace import Trace
 
 
 def trace_problems(trace: Trace) -> list[str]:

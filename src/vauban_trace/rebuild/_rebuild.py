@@ -69,7 +69,7 @@ from vauban_trace.contract import (
     TraceSpan,
     validate_trace,
 )
-from vauban_trace.contract._model import _new_record  # cls(**fields) minus the per-field setattr calls
+from vauban_trace.contract._base import _new_record  # cls(**fields) minus the per-field setattr calls
 from vauban_trace.rebuild._records import (
     build_artifact,
     build_capabilities,
