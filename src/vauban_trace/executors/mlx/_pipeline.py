@@ -45,6 +45,7 @@ import numpy as np
 from vauban_trace import semconv as sc
 from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import TraceRequest
+from vauban_trace.executors._common import request_inputs
 from vauban_trace.executors.mlx._capabilities import INTERVENTIONS_NOTE, SITES_NOTE
 from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
 from vauban_trace.executors.mlx._layers import ResidualCapture
@@ -66,25 +67,10 @@ _NOT_BUILT = {
 
 def _prompt(request: TraceRequest) -> tuple[str | None, list[int] | None]:
     """The request's one prompt, as text or ids; a batch is refused."""
-    if request.prompt_ids is not None:
-        if request.apply_chat_template:
-            raise ExecutorError("apply_chat_template needs input text, not prompt_ids")
-        return None, list(request.prompt_ids)
-    if request.input_text is not None:
-        return request.input_text, None
-    from vauban_trace.artifacts import decode_json
-    from vauban_trace.instrument import current_session
-
-    session = current_session()
-    if session is None:
-        raise ExecutorError(f"request input_ref {request.input_ref} needs a configured artifact store")
-    try:
-        value = decode_json(session.artifact_store.get(request.input_ref))
-    except Exception as exc:
-        raise ExecutorError(f"cannot read request input {request.input_ref}: {exc}") from exc
-    texts = [value] if isinstance(value, str) else value
-    if not isinstance(texts, list) or not texts or any(not isinstance(t, str) for t in texts):
-        raise ExecutorError(f"request input {request.input_ref} is not a string or a list of strings")
+    texts, ids = request_inputs(request)
+    if ids is not None:
+        return None, ids[0]
+    assert texts is not None
     if len(texts) != 1:
         raise ExecutorError(f"the MLX executor runs one prompt per request; this request holds {len(texts)} "
                             "(batches are not built yet)")

@@ -44,6 +44,7 @@ import torch
 from vauban_trace import semconv as sc
 from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import TraceRequest
+from vauban_trace.executors._common import request_inputs
 from vauban_trace.executors.torch import _decode
 from vauban_trace.executors.torch._intervene import InterventionSet, ResolvedIntervention, resolve
 from vauban_trace.executors.torch._observe import ActivationCapture
@@ -72,26 +73,7 @@ def _inputs(request: TraceRequest, prompts: Sequence[str] | None) -> tuple[list[
         if not texts or any(not isinstance(t, str) for t in texts):
             raise ExecutorError("prompts must be a non-empty list of strings")
         return texts, None
-    if request.prompt_ids is not None:
-        if request.apply_chat_template:
-            raise ExecutorError("apply_chat_template needs input text, not prompt_ids")
-        return None, [list(request.prompt_ids)]
-    if request.input_text is not None:
-        return [request.input_text], None
-    from vauban_trace.artifacts import decode_json
-    from vauban_trace.instrument import current_session
-
-    session = current_session()
-    if session is None:
-        raise ExecutorError(f"request input_ref {request.input_ref} needs a configured artifact store")
-    try:
-        value = decode_json(session.artifact_store.get(request.input_ref))
-    except Exception as exc:
-        raise ExecutorError(f"cannot read request input {request.input_ref}: {exc}") from exc
-    texts = [value] if isinstance(value, str) else value
-    if not isinstance(texts, list) or not texts or any(not isinstance(t, str) for t in texts):
-        raise ExecutorError(f"request input {request.input_ref} is not a string or a list of strings")
-    return texts, None
+    return request_inputs(request)
 
 
 class _Plan:
