@@ -10,7 +10,13 @@ restart pending work is found on disk, never in memory). A pending trace is rebu
   and :func:`~vauban_trace.rebuild.rebuild_traces` marks it incomplete and lists what is missing
   (no root, parents that never arrived).
 
-Rebuilding is ``rebuild_traces(store.spans_for(id))``, then the traces of one pass (up to
+Rebuilding is ``rebuild_traces(store.spans_for(id))``, where the spans of a trace whose version
+is still 1 (all its spans came in one durable write) come from the snapshot the collector's
+writer handed over (:meth:`Assembler.remember`, bytes identical to ``spans_for_bytes``) instead
+of being read back from SQLite; any later change bumps the version and the snapshot is ignored,
+and after a restart there are none: the store stays the source of truth. Snapshots are bounded
+(``snapshot_bytes``, 16 MiB by default: while full, new traces are not kept and are read back
+like any other, so memory stays bounded under overload). Then the traces of one pass (up to
 ``batch``) are stored with ``store.put_traces([(trace, v), ...])`` in one transaction, where
 ``v`` is the version read with the pending entry: a span arriving during the rebuild bumps
 the version, so the trace stays pending and is rebuilt again (a late span reopens its trace the
@@ -80,6 +86,7 @@ class Assembler:
         batch: int = 256,
         scan: int = 4096,
         on_backlog: Callable[[int], None] | None = None,
+        snapshot_bytes: int = 16 << 20,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -94,6 +101,34 @@ class Assembler:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one pass at a time (loop vs. final pass)
         self.rebuilt = 0
+        self._snapshots: dict[str, bytes] = {}  # trace id -> spans_for_bytes at version 1
+        self._snapshot_size = 0
+        self._snapshot_cap = snapshot_bytes
+        self._snapshot_lock = threading.Lock()
+        self.snapshot_hits = 0
+
+    def remember(self, snapshots: Mapping[str, bytes]) -> None:
+        """Keep the spans of traces just stored for the first time (version 1), see the module doc."""
+        with self._snapshot_lock:
+            for tid, data in snapshots.items():
+                old = self._snapshots.pop(tid, None)
+                if old is not None:
+                    self._snapshot_size -= len(old)
+                if self._snapshot_size + len(data) <= self._snapshot_cap:  # full: read back later
+                    self._snapshots[tid] = data
+                    self._snapshot_size += len(data)
+
+    def _drop_snapshots(self) -> None:
+        with self._snapshot_lock:
+            self._snapshots.clear()
+            self._snapshot_size = 0
+
+    def _take_snapshot(self, entry: PendingTrace) -> bytes | None:
+        with self._snapshot_lock:
+            data = self._snapshots.pop(entry.trace_id, None)
+            if data is not None:
+                self._snapshot_size -= len(data)
+        return data if data is not None and entry.version == 1 else None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -150,6 +185,8 @@ class Assembler:
                 self._metrics.pending_traces.set(backlog)
                 if self._on_backlog is not None:
                     self._on_backlog(backlog)
+                if not pending and self._snapshots:
+                    self._drop_snapshots()  # left by a trace rebuilt before its snapshot came
                 if len(ready) < self._batch:
                     break
         return done
@@ -157,16 +194,19 @@ class Assembler:
     def _rebuild_batch(self, entries: list[PendingTrace]) -> None:
         """Rebuild ``entries`` and store them in one transaction (one commit for the batch)."""
         built = [self._rebuild(entry) for entry in entries]
-        # the database copy is durable at commit; the traces/<id>.json mirrors are not fsync'd
-        # one by one (that would cost three fsyncs per trace) and are rewritten on the next put
-        self._store.put_traces([(trace, entry.version) for entry, (trace, _) in zip(entries, built, strict=True)],
-                               sync_files=False)
+        # stage histograms first, so a trace readable from the store has been observed (a retry
+        # after a failed put observes nothing twice: observe_trace skips spans already seen)
         for trace, attrs in built:
-            self._metrics.traces_rebuilt.labels("complete" if trace.complete else "incomplete").inc()
             try:
                 self._metrics.observe_trace(trace, attrs)
             except Exception:  # metrics never block assembly
                 log.exception("observing stage metrics of trace %s failed", trace.id)
+        # the database copy is durable at commit; the traces/<id>.json mirrors are not fsync'd
+        # one by one (that would cost three fsyncs per trace) and are rewritten on the next put
+        self._store.put_traces([(trace, entry.version) for entry, (trace, _) in zip(entries, built, strict=True)],
+                               sync_files=False)
+        for trace, _attrs in built:
+            self._metrics.traces_rebuilt.labels("complete" if trace.complete else "incomplete").inc()
 
     def _rebuild(self, entry: PendingTrace) -> tuple[Trace, Mapping[str, Any]]:
         from vauban_trace.rebuild import rebuild_traces
@@ -174,7 +214,12 @@ class Assembler:
         trace: Trace | None = None
         attrs: Mapping[str, Any] = {}
         try:
-            data = self._store.spans_for(entry.trace_id)
+            snapshot = self._take_snapshot(entry)
+            if snapshot is not None:
+                data = TracesData.FromString(snapshot)
+                self.snapshot_hits += 1
+            else:
+                data = self._store.spans_for(entry.trace_id)
             attrs = root_attributes(data)
             for candidate in rebuild_traces(data):
                 if candidate.id == entry.trace_id:

@@ -20,11 +20,12 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
 from vauban_trace.collector._codec import drop_invalid_spans
 from vauban_trace.collector._metrics import CollectorMetrics
@@ -132,8 +133,10 @@ class Ingestor:
         on_stored: Callable[[], None] | None = None,
         *,
         max_group: int = 64,
+        on_snapshots: Callable[[Mapping[str, bytes]], None] | None = None,
     ) -> None:
         self._store = store
+        self._on_snapshots = on_snapshots
         self._metrics = metrics
         self._on_stored = on_stored
         self._max_group = max_group
@@ -187,11 +190,17 @@ class Ingestor:
     def _write(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
         try:
-            if len(jobs) == 1:
-                accepted, duplicates = self._store.add_spans(jobs[0].request)
+            request: ExportTraceServiceRequest | Iterable[ResourceSpans] = (
+                jobs[0].request if len(jobs) == 1
+                else itertools.chain.from_iterable(job.request.resource_spans for job in jobs)
+            )
+            if self._on_snapshots is None:
+                accepted, duplicates = self._store.add_spans(request)
             else:
-                merged = itertools.chain.from_iterable(job.request.resource_spans for job in jobs)
-                accepted, duplicates = self._store.add_spans(merged)
+                result = self._store.ingest(request, snapshots=True)
+                accepted, duplicates = result.accepted, result.duplicates
+                if result.snapshots:
+                    self._on_snapshots(result.snapshots)
         except BaseException as exc:
             self._metrics.spans_rejected.labels("store_error").inc(sum(job.valid for job in jobs))
             for job in jobs:

@@ -34,6 +34,7 @@ when the stage carries a value; ``sync_points`` only when its provenance is ``me
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -122,7 +123,9 @@ class CollectorMetrics:
                 self._seen.popitem(last=False)
             fresh = [s for s in trace.spans if s.stage and s.id not in seen]
             seen.update(s.id for s in fresh)
-        child = self._child
+        # gather per label set, then observe each set in bulk (one lock round per bucket hit,
+        # not one bisect + two locked increments per value)
+        batches: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
         for span in fresh:
             stage = str(span.stage)
             profile = span.profile
@@ -130,16 +133,21 @@ class CollectorMetrics:
             if duration is None and span.end_unix_nano >= span.start_unix_nano > 0:
                 duration = span.duration_s
             if duration is not None:
-                child(self.stage_duration, (stage, model, axis, value)).observe(duration)
+                batches.setdefault((self.stage_duration, (stage, model, axis, value)), []).append(duration)
             if profile is None:
                 continue
             # the contract forbids a value with provenance "unavailable": a set value is observable
             if profile.input_bytes is not None:
-                child(self.stage_bytes, (stage, model, "in", axis, value)).observe(profile.input_bytes)
+                batches.setdefault((self.stage_bytes, (stage, model, "in", axis, value)), []).append(
+                    profile.input_bytes)
             if profile.output_bytes is not None:
-                child(self.stage_bytes, (stage, model, "out", axis, value)).observe(profile.output_bytes)
+                batches.setdefault((self.stage_bytes, (stage, model, "out", axis, value)), []).append(
+                    profile.output_bytes)
             if profile.sync_points is not None and profile.provenance.get("sync_points") in _OBSERVABLE:
-                child(self.stage_sync_points, (stage, model, axis, value)).observe(profile.sync_points)
+                batches.setdefault((self.stage_sync_points, (stage, model, axis, value)), []).append(
+                    profile.sync_points)
+        for (histogram, labels), amounts in batches.items():
+            _observe_many(self._child(histogram, labels), amounts)
         return len(fresh)
 
     def _child(self, histogram: Histogram, labels: tuple[str, ...]) -> Any:
@@ -163,6 +171,28 @@ class CollectorMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+def _observe_many(child: Any, amounts: list[float]) -> None:
+    """``child.observe(a)`` for every amount, in bulk: the same buckets and sum as one
+    ``observe`` per value (``le`` buckets are inclusive: a value lands in the first bucket whose
+    bound is >= it), with one increment per bucket hit. Falls back to ``observe`` when the
+    prometheus_client internals are not the expected ones."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if not isinstance(bounds, list) or not isinstance(buckets, list) or len(buckets) != len(bounds) or total is None:
+        for amount in amounts:
+            child.observe(amount)
+        return
+    counts: dict[int, int] = {}
+    for amount in amounts:
+        if amount == amount:  # NaN matches no bucket in observe() either (it only adds to the sum)
+            i = bisect_left(bounds, amount)
+            counts[i] = counts.get(i, 0) + 1
+    total.inc(sum(amounts))
+    for i, n in counts.items():
+        buckets[i].inc(n)
 
 
 def _label(value: Any) -> str:

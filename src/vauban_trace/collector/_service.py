@@ -74,7 +74,11 @@ class Collector:
             interval_s=cfg.assemble_interval_s,
             on_backlog=self._set_backlog,
         )
-        ingestor = self._ingestor = Ingestor(self._store, self.metrics, on_stored=self.assembler.wake)
+        ingestor = self._ingestor = Ingestor(
+            self._store, self.metrics, on_stored=self.assembler.wake,
+            # spans of new traces go to the assembler as they were stored (no read-back)
+            on_snapshots=self.assembler.remember if isinstance(self._store, TraceStore) else None,
+        )
         try:
             if cfg.metrics is not None:
                 self.metrics_address = self.metrics.serve(*cfg.metrics)

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from vauban_trace._exceptions import TraceStoreError
-from vauban_trace.store._wire import envelope, wrap_span
+from vauban_trace.store._wire import envelope, ld, wrap_span
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -38,6 +38,8 @@ class SpanRow(NamedTuple):
     start: int
     end: int
     payload: bytes
+    span: bytes = b""  # the serialized span alone (inside ``payload``)
+    env: tuple[bytes, ...] = ()  # its ``envelope`` (resource and scope around it)
 
 
 def service_of(resource: Resource) -> str | None:
@@ -77,6 +79,7 @@ def extract_rows(resource_spans: Iterable[ResourceSpans]) -> tuple[list[SpanRow]
                     problems.append(problem)
                     continue
                 parent = span.parent_span_id
+                raw = span.SerializeToString(deterministic=True)
                 rows.append(SpanRow(
                     span.trace_id.hex(),
                     span.span_id.hex(),
@@ -85,7 +88,9 @@ def extract_rows(resource_spans: Iterable[ResourceSpans]) -> tuple[list[SpanRow]
                     service,
                     span.start_time_unix_nano,
                     span.end_time_unix_nano,
-                    wrap_span(env, span.SerializeToString(deterministic=True)),
+                    wrap_span(env, raw),
+                    raw,
+                    env,
                 ))
     return rows, problems
 
@@ -100,8 +105,14 @@ _UPSERT = (
 )
 
 
-def store_rows(conn: sqlite3.Connection, rows: list[SpanRow], now: int) -> tuple[int, int, list[str]]:
-    """Upsert ``rows``; return (accepted, duplicates, trace ids whose raw spans changed)."""
+def store_rows(
+    conn: sqlite3.Connection, rows: list[SpanRow], now: int, fresh_out: dict[str, list[SpanRow]] | None = None
+) -> tuple[int, int, list[str]]:
+    """Upsert ``rows``; return (accepted, duplicates, trace ids whose raw spans changed).
+
+    With ``fresh_out``, the spans of every trace that had no stored span before (its version is
+    1 after this call, and these rows are all its raw spans) are put there by trace id.
+    """
     by_trace: dict[str, dict[str, SpanRow]] = {}
     accepted = duplicates = 0
     for row in rows:
@@ -113,8 +124,29 @@ def store_rows(conn: sqlite3.Connection, rows: list[SpanRow], now: int) -> tuple
         if earlier is not None:
             accepted += 1  # superseded inside the request: counts, the later copy is stored
         spans[row.span_id] = row
+    # one lookup for the bookkeeping of every trace in the request: a trace without it has no
+    # stored span, so its spans are all new and need no per-trace existence check
+    known = _known_traces(conn, list(by_trace))
+    fresh_rows: list[tuple[object, ...]] = []
+    fresh_traces: list[tuple[object, ...]] = []
+    for tid, spans in by_trace.items():
+        if tid not in known:
+            fresh_rows.extend((*r[:7], now, r[7]) for r in spans.values())
+            fresh_traces.append(_bookkeeping(tid, None, list(spans.values()), now))
+            if fresh_out is not None:
+                fresh_out[tid] = list(spans.values())
+    if fresh_rows:
+        before = conn.total_changes
+        conn.executemany(_UPSERT, fresh_rows)
+        changed = conn.total_changes - before  # all of them, unless spans outlived their trace row
+        accepted += changed
+        duplicates += len(fresh_rows) - changed
+        conn.executemany(_UPSERT_TRACE, fresh_traces)
     touched: list[str] = []
     for tid, spans in by_trace.items():
+        if tid not in known:
+            touched.append(tid)
+            continue
         ids = list(spans)
         existing: set[str] = set()
         for i in range(0, len(ids), _IN_CHUNK):
@@ -141,8 +173,21 @@ def store_rows(conn: sqlite3.Connection, rows: list[SpanRow], now: int) -> tuple
         if replaced > 0:
             _recompute(conn, tid, now)
         else:
-            _add_new(conn, tid, new, now)
+            conn.execute(_UPSERT_TRACE, _bookkeeping(tid, known[tid], new, now))
     return accepted, duplicates, touched
+
+
+def _known_traces(conn: sqlite3.Connection, tids: list[str]) -> dict[str, tuple[object, ...]]:
+    """Bookkeeping columns of the traces among ``tids`` that have stored spans."""
+    known: dict[str, tuple[object, ...]] = {}
+    for i in range(0, len(tids), _IN_CHUNK):
+        chunk = tids[i : i + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for r in conn.execute(
+            f"SELECT trace_id, {_TRACE_COLUMNS} FROM traces WHERE version > 0 AND trace_id IN ({marks})", chunk
+        ):
+            known[str(r[0])] = tuple(r[1:])
+    return known
 
 
 _TRACE_COLUMNS = (
@@ -161,16 +206,21 @@ _UPSERT_TRACE = (
 )
 
 
-def _add_new(conn: sqlite3.Connection, tid: str, new: list[SpanRow], now: int) -> None:
-    """Bookkeeping after inserting only new spans (no stored span changed)."""
-    row = conn.execute(
-        f"SELECT {_TRACE_COLUMNS} FROM traces WHERE trace_id = ? AND version > 0", (tid,)
-    ).fetchone()
+def _bookkeeping(tid: str, row: tuple[object, ...] | None, new: list[SpanRow], now: int) -> tuple[object, ...]:
+    """Parameters of ``_UPSERT_TRACE`` after inserting only new spans (no stored span changed);
+    ``row`` is the trace's stored bookkeeping (``_TRACE_COLUMNS``), None for a trace without spans."""
+    service: Any
+    root_id: Any
+    root_name: Any
+    root_start: Any
+    start: Any
+    end: Any
     if row is None:
         service = root_id = root_name = root_start = start = end = None
         count = 0
     else:
-        service, root_id, root_name, root_start, start, end, count, _has_root = row
+        service, root_id, root_name, root_start, start, end, count_any, _has_root = row
+        count = int(count_any)  # type: ignore[call-overload]
     root_service: str | None = None
     root_changed = False
     for r in new:
@@ -183,11 +233,8 @@ def _add_new(conn: sqlite3.Connection, tid: str, new: list[SpanRow], now: int) -
         service = next((r.service for r in new if r.service is not None), None)
     if root_changed and root_service is not None:
         service = root_service
-    conn.execute(
-        _UPSERT_TRACE,
-        (tid, service, root_id, root_name, root_start, start, end, count + len(new), int(root_id is not None),
-         now, now),
-    )
+    return (tid, service, root_id, root_name, root_start, start, end, count + len(new), int(root_id is not None),
+            now, now)
 
 
 def _recompute(conn: sqlite3.Connection, tid: str, now: int) -> None:
@@ -217,4 +264,23 @@ def _recompute(conn: sqlite3.Connection, tid: str, now: int) -> None:
     )
 
 
-__all__ = ["SpanRow", "extract_rows", "id_problem", "service_of", "store_rows"]
+def snapshot_bytes(rows: list[SpanRow]) -> bytes:
+    """Serialized ``TracesData`` of ``rows`` (one trace's spans), exactly as
+    :meth:`TraceStore.spans_for_bytes` would return them had they been read back: start-time
+    order (ties: span id), regrouped by resource and scope in order of first appearance."""
+    groups: dict[tuple[bytes, bytes], dict[tuple[bytes, bytes], list[bytes]]] = {}
+    for r in sorted(rows, key=lambda r: (r.start, r.span_id)):
+        res_prefix, res_suffix, scope_prefix, scope_suffix = r.env
+        groups.setdefault((res_prefix, res_suffix), {}).setdefault((scope_prefix, scope_suffix), []).append(
+            ld(2, r.span))
+    out = []
+    for (res_prefix, res_suffix), by_scope in groups.items():
+        parts = [res_prefix]
+        for (scope_prefix, scope_suffix), spans in by_scope.items():
+            parts.append(ld(2, b"".join((scope_prefix, *spans, scope_suffix))))
+        parts.append(res_suffix)
+        out.append(ld(1, b"".join(parts)))
+    return b"".join(out)
+
+
+__all__ = ["SpanRow", "snapshot_bytes", "extract_rows", "id_problem", "service_of", "store_rows"]
