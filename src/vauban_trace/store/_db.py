@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import sqlite3
-import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -60,16 +59,33 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_OPEN_TMP = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def _write_atomic(path: Path, text: str, *, sync: bool = True) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path``.
+
+    The temporary name is unique per process and thread (``.tmp-<name>.<pid>.<thread>``), so no
+    random name has to be drawn; a leftover of a crashed process is truncated and reused, and a
+    symlink in its place is refused (``O_NOFOLLOW``).
+    """
+    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}"
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        fd = os.open(tmp, _OPEN_TMP, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, _OPEN_TMP, 0o644)
+    try:
+        try:
+            data = text.encode("utf-8")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fchmod(fd, 0o644)  # whatever the umask, like the files written before
             if sync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
