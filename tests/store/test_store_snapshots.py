@@ -5,6 +5,7 @@ from __future__ import annotations
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from store_testlib import CHILD, CHILD2, ROOT, TRACE_A, TRACE_B, make_request, make_span
 
+from vauban_trace.contract import Trace
 from vauban_trace.store import TraceStore
 
 
@@ -25,8 +26,10 @@ def test_snapshots_are_what_spans_for_bytes_reads_back(tmp_path):
     with TraceStore(tmp_path) as ts:
         result = ts.ingest(_two_resources(), snapshots=True)
         assert set(result.snapshots) == {TRACE_A, TRACE_B}
-        for tid, data in result.snapshots.items():
-            assert data == ts.spans_for_bytes(tid)
+        for tid, snapshot in result.snapshots.items():
+            assert snapshot.nbytes > 0
+            assert snapshot.data() == ts.spans_for_bytes(tid)
+            assert snapshot.data() is snapshot.data()  # built once
         assert {p.trace_id: p.version for p in ts.pending_traces()} == {TRACE_A: 1, TRACE_B: 1}
         # without the flag there are none, and a trace already stored gets none either
         assert ts.ingest(make_request(make_span(TRACE_A, "00f067aa0ba902ba", "x", parent=ROOT))).snapshots == {}
@@ -39,5 +42,10 @@ def test_duplicates_and_put_trace_first_still_give_version_one_snapshots(tmp_pat
         req = make_request(make_span(TRACE_A, ROOT, "root"), make_span(TRACE_A, ROOT, "root"))
         result = ts.ingest(req, snapshots=True)
         assert (result.accepted, result.duplicates) == (1, 1)
-        assert result.snapshots[TRACE_A] == ts.spans_for_bytes(TRACE_A)
+        assert result.snapshots[TRACE_A].data() == ts.spans_for_bytes(TRACE_A)
         assert ts.ingest(req, snapshots=True).snapshots == {}  # a resend changes nothing
+        # a trace row stored before any raw span (put_trace) does not count as stored spans
+        ts.put_trace(Trace(id=TRACE_B, complete=False, problems=("placeholder",)))
+        late = ts.ingest(make_request(make_span(TRACE_B, ROOT, "root")), snapshots=True)
+        assert late.snapshots[TRACE_B].data() == ts.spans_for_bytes(TRACE_B)
+        assert [p.version for p in ts.pending_traces() if p.trace_id == TRACE_B] == [1]

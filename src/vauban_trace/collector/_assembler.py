@@ -41,7 +41,7 @@ from vauban_trace.collector._metrics import CollectorMetrics
 from vauban_trace.contract import Trace
 
 if TYPE_CHECKING:
-    from vauban_trace.store import PendingTrace, TraceStore
+    from vauban_trace.store import PendingTrace, SpanSnapshot, TraceStore
 
 log = logging.getLogger("vauban_trace.collector")
 
@@ -101,22 +101,22 @@ class Assembler:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one pass at a time (loop vs. final pass)
         self.rebuilt = 0
-        self._snapshots: dict[str, bytes] = {}  # trace id -> spans_for_bytes at version 1
+        self._snapshots: dict[str, SpanSnapshot] = {}  # trace id -> its spans at version 1
         self._snapshot_size = 0
         self._snapshot_cap = snapshot_bytes
         self._snapshot_lock = threading.Lock()
         self.snapshot_hits = 0
 
-    def remember(self, snapshots: Mapping[str, bytes]) -> None:
+    def remember(self, snapshots: Mapping[str, SpanSnapshot]) -> None:
         """Keep the spans of traces just stored for the first time (version 1), see the module doc."""
         with self._snapshot_lock:
             for tid, data in snapshots.items():
                 old = self._snapshots.pop(tid, None)
                 if old is not None:
-                    self._snapshot_size -= len(old)
-                if self._snapshot_size + len(data) <= self._snapshot_cap:  # full: read back later
+                    self._snapshot_size -= old.nbytes
+                if self._snapshot_size + data.nbytes <= self._snapshot_cap:  # full: read back later
                     self._snapshots[tid] = data
-                    self._snapshot_size += len(data)
+                    self._snapshot_size += data.nbytes
 
     def _drop_snapshots(self) -> None:
         with self._snapshot_lock:
@@ -125,10 +125,10 @@ class Assembler:
 
     def _take_snapshot(self, entry: PendingTrace) -> bytes | None:
         with self._snapshot_lock:
-            data = self._snapshots.pop(entry.trace_id, None)
-            if data is not None:
-                self._snapshot_size -= len(data)
-        return data if data is not None and entry.version == 1 else None
+            snapshot = self._snapshots.pop(entry.trace_id, None)
+            if snapshot is not None:
+                self._snapshot_size -= snapshot.nbytes
+        return snapshot.data() if snapshot is not None and entry.version == 1 else None
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:

@@ -31,7 +31,7 @@ from vauban_trace.collector._codec import drop_invalid_spans
 from vauban_trace.collector._metrics import CollectorMetrics
 
 if TYPE_CHECKING:
-    from vauban_trace.store import TraceStore
+    from vauban_trace.store import SpanSnapshot, TraceStore
 
 
 class StoreUnavailable(Exception):
@@ -133,7 +133,7 @@ class Ingestor:
         on_stored: Callable[[], None] | None = None,
         *,
         max_group: int = 64,
-        on_snapshots: Callable[[Mapping[str, bytes]], None] | None = None,
+        on_snapshots: Callable[[Mapping[str, SpanSnapshot]], None] | None = None,
     ) -> None:
         self._store = store
         self._on_snapshots = on_snapshots

@@ -28,15 +28,20 @@
 - :func:`check_trace_id` canonical 32-hex-digit trace ids (clear :class:`TraceStoreError`
   otherwise). Missing traces raise :class:`TraceNotFoundError`, which says whether the trace is
   unknown or only not rebuilt yet.
+- :class:`SpanSnapshot` the spans of a trace new to the store, as ``ingest(..., snapshots=True)``
+  hands them back (``data()`` = ``spans_for_bytes``): the collector's assembler rebuilds from it
+  instead of reading the trace back.
 """
 
 from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.store._db import TraceStore
+from vauban_trace.store._ingest import SpanSnapshot
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
 
 __all__ = [
     "IngestResult",
     "PendingTrace",
+    "SpanSnapshot",
     "TraceNotFoundError",
     "TraceStore",
     "TraceStoreError",

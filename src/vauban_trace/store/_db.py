@@ -43,7 +43,7 @@ from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.artifacts import LocalArtifactStore
 from vauban_trace.contract import Trace
-from vauban_trace.store._ingest import SpanRow, extract_rows, snapshot_bytes, store_rows
+from vauban_trace.store._ingest import SpanRow, SpanSnapshot, extract_rows, store_rows
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
 from vauban_trace.store._sql import connect, initialise
 from vauban_trace.store._wire import traces_data_bytes
@@ -195,8 +195,8 @@ class TraceStore:
         """Like :meth:`add_spans`, also reporting rejected spans and the trace ids touched.
 
         With ``snapshots``, :attr:`IngestResult.snapshots` maps every trace that had no stored span
-        before this call to :meth:`spans_for_bytes` of it as committed (its version is then 1), built
-        from the spans in hand instead of read back: a caller that rebuilds soon (the collector's
+        before this call to a :class:`SpanSnapshot` whose ``data()`` is :meth:`spans_for_bytes` of it
+        as committed (its version is then 1), built from the spans in hand instead of read back: a caller that rebuilds soon (the collector's
         assembler) can skip the read-back while the trace's version is still 1.
         """
         if isinstance(request, (ExportTraceServiceRequest, TracesData)):
@@ -216,7 +216,7 @@ class TraceStore:
             with self._write_tx("add_spans") as conn:
                 accepted, duplicates, touched = store_rows(conn, rows, now, fresh)
         return IngestResult(
-            snapshots={tid: snapshot_bytes(spans) for tid, spans in fresh.items()} if fresh else {},
+            snapshots={tid: SpanSnapshot(spans) for tid, spans in fresh.items()} if fresh else {},
             accepted=accepted,
             duplicates=duplicates,
             rejected=len(problems),

@@ -38,8 +38,7 @@ class SpanRow(NamedTuple):
     start: int
     end: int
     payload: bytes
-    span: bytes = b""  # the serialized span alone (inside ``payload``)
-    env: tuple[bytes, ...] = ()  # its ``envelope`` (resource and scope around it)
+    env: tuple[bytes, ...] = ()  # the ``envelope`` (resource and scope) around the span in ``payload``
 
 
 def service_of(resource: Resource) -> str | None:
@@ -79,7 +78,6 @@ def extract_rows(resource_spans: Iterable[ResourceSpans]) -> tuple[list[SpanRow]
                     problems.append(problem)
                     continue
                 parent = span.parent_span_id
-                raw = span.SerializeToString(deterministic=True)
                 rows.append(SpanRow(
                     span.trace_id.hex(),
                     span.span_id.hex(),
@@ -88,8 +86,7 @@ def extract_rows(resource_spans: Iterable[ResourceSpans]) -> tuple[list[SpanRow]
                     service,
                     span.start_time_unix_nano,
                     span.end_time_unix_nano,
-                    wrap_span(env, raw),
-                    raw,
+                    wrap_span(env, span.SerializeToString(deterministic=True)),
                     env,
                 ))
     return rows, problems
@@ -264,6 +261,26 @@ def _recompute(conn: sqlite3.Connection, tid: str, now: int) -> None:
     )
 
 
+class SpanSnapshot:
+    """The spans of one trace as just stored, turned into :meth:`TraceStore.spans_for_bytes`'s
+    bytes only when asked (:meth:`data`), so the writer that produced it pays nothing for it."""
+
+    __slots__ = ("_rows", "_data", "nbytes")
+
+    def __init__(self, rows: list[SpanRow]) -> None:
+        self._rows: list[SpanRow] | None = rows
+        self._data: bytes | None = None
+        #: bytes of the stored payloads it holds (what it costs in memory, roughly)
+        self.nbytes: int = sum(len(r.payload) for r in rows)
+
+    def data(self) -> bytes:
+        """Serialized ``TracesData``, exactly what ``spans_for_bytes`` returns for these spans."""
+        if self._data is None:
+            assert self._rows is not None
+            self._data, self._rows = snapshot_bytes(self._rows), None
+        return self._data
+
+
 def snapshot_bytes(rows: list[SpanRow]) -> bytes:
     """Serialized ``TracesData`` of ``rows`` (one trace's spans), exactly as
     :meth:`TraceStore.spans_for_bytes` would return them had they been read back: start-time
@@ -271,8 +288,16 @@ def snapshot_bytes(rows: list[SpanRow]) -> bytes:
     groups: dict[tuple[bytes, bytes], dict[tuple[bytes, bytes], list[bytes]]] = {}
     for r in sorted(rows, key=lambda r: (r.start, r.span_id)):
         res_prefix, res_suffix, scope_prefix, scope_suffix = r.env
+        # payload = res_prefix + LD(2, scope_prefix + LD(2, span) + scope_suffix) + res_suffix:
+        # cut the LD(2, span) field out of it
+        payload = r.payload
+        i = len(res_prefix) + 1
+        while payload[i] & 0x80:
+            i += 1
+        start = i + 1 + len(scope_prefix)
+        end = len(payload) - len(res_suffix) - len(scope_suffix)
         groups.setdefault((res_prefix, res_suffix), {}).setdefault((scope_prefix, scope_suffix), []).append(
-            ld(2, r.span))
+            payload[start:end])
     out = []
     for (res_prefix, res_suffix), by_scope in groups.items():
         parts = [res_prefix]
@@ -283,4 +308,4 @@ def snapshot_bytes(rows: list[SpanRow]) -> bytes:
     return b"".join(out)
 
 
-__all__ = ["SpanRow", "snapshot_bytes", "extract_rows", "id_problem", "service_of", "store_rows"]
+__all__ = ["SpanRow", "SpanSnapshot", "snapshot_bytes", "extract_rows", "id_problem", "service_of", "store_rows"]

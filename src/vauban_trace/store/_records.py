@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vauban_trace.store._ingest import SpanSnapshot
 
 from vauban_trace._exceptions import TraceStoreError
 
@@ -90,9 +93,9 @@ class IngestResult:
     rejected: int = 0
     problems: tuple[str, ...] = field(default_factory=tuple)
     trace_ids: tuple[str, ...] = field(default_factory=tuple)
-    #: with ``ingest(..., snapshots=True)``: trace id -> serialized ``TracesData`` of its spans, for
-    #: each trace that had no stored span before the call (version 1 now)
-    snapshots: Mapping[str, bytes] = field(default_factory=dict)
+    #: with ``ingest(..., snapshots=True)``: trace id -> :class:`SpanSnapshot` of its spans (``data()``
+    #: = ``spans_for_bytes``), for each trace that had no stored span before the call (version 1 now)
+    snapshots: Mapping[str, SpanSnapshot] = field(default_factory=dict)
 
 
 __all__ = ["IngestResult", "PendingTrace", "TraceSummary", "check_trace_id"]
