@@ -16,8 +16,8 @@ What is measured (``python bench/bench_collector.py [--batches 60] [--write-docs
 Targets: end-to-end >= 50% of parse-only and >= 20,000 spans/s on one core.
 
 ``--baseline DIR`` also measures the collector of an earlier source tree (``DIR/src``; its step
-breakdown with ``DIR/bench``), each run just before the matching run of this tree, so a before/after
-comparison is made under the same machine load.
+breakdown with ``DIR/bench``), its runs interleaved with those of this tree, so a before/after
+comparison is made under the same machine load (the order alternates from run to run).
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def make_batch(index: int) -> bytes:
                 _kv(sc.ARTIFACT_DTYPE, "float32"), _kv(sc.ARTIFACT_BYTE_SIZE, 131072),
                 _kv(sc.ARTIFACT_STAT_MEAN, 0.01), _kv(sc.ARTIFACT_STAT_STD, 1.02),
             ])
-    return req.SerializeToString()
+    data: bytes = req.SerializeToString()
+    return data
 
 
 def _pin(core: int) -> None:
@@ -256,7 +257,7 @@ def receiver_only(payloads: list[bytes], core: int) -> tuple[float, float]:
 #: step names of the breakdown; READ_BACK is the fallback path, not on the way of a new trace
 SPANS_STEP = "spans for the rebuild (new trace: in-memory snapshot)"
 READ_BACK = "TraceStore.spans_for (read back: late spans, after a restart)"
-FILES = "of which traces/<id>.json files (a new file per trace, inside put_traces)"
+FILES = "of which traces/<id>.json files (a new file per trace; median of 3 rounds)"
 _OLD_NAMES = {"TraceStore.spans_for (read back)": SPANS_STEP}  # the same step before snapshots
 
 
@@ -307,11 +308,14 @@ def breakdown(batches: int = 8) -> dict[str, float]:
         out["TraceStore.put_traces (incl. to_json)"] = clock() - t
         from vauban_trace.store._db import _write_atomic
 
-        texts = [(store.dir / "scratch" / f"{tr.id}.json", tr.to_json()) for tr in traces]
-        t = clock()
-        for path, text in texts:
-            _write_atomic(path, text, sync=False)
-        out[FILES] = clock() - t
+        texts = [(f"{tr.id}.json", tr.to_json()) for tr in traces]
+        rounds = []
+        for k in range(3):  # file creation cost swings several-fold on this VM: median of 3 rounds
+            t = clock()
+            for name, text in texts:
+                _write_atomic(store.dir / f"scratch{k}" / name, text, sync=False)
+            rounds.append(clock() - t)
+        out[FILES] = statistics.median(rounds)
         t = clock()
         for p in pending:
             store.spans_for(p.trace_id)
@@ -393,7 +397,9 @@ def main() -> None:
         parse_rate = parse if parse_rate is None else max(parse_rate, parse)
         warm = [make_batch(100_000 + r * 10 + i) for i in range(4)]
         fresh = [make_batch(1_000_000 * (r + 1) + i) for i in range(args.batches)]
-        if args.baseline is not None:  # before this tree's runs, under the same conditions
+        def baseline_runs(fresh: list[bytes] = fresh, warm: list[bytes] = warm, r: int = r) -> None:
+            """The same payloads through the baseline tree's collector."""
+            assert args.baseline is not None
             with tempfile.TemporaryDirectory(prefix="vauban-bench-") as tmp:
                 base_runs.append(end_to_end(fresh, warm, server_core, Path(tmp) / "store", code=args.baseline))
             with tempfile.TemporaryDirectory(prefix="vauban-bench-") as tmp:
@@ -401,11 +407,16 @@ def main() -> None:
                                               code=args.baseline))
             print(f"run {r + 1} baseline: ingest only {base_ingest[-1]['ingest']:,.0f} spans/s; "
                   f"rebuilt {base_runs[-1]['rebuilt']:,.0f} spans/s", flush=True)
+
+        if args.baseline is not None and r % 2 == 0:  # alternate the order: drift favours neither
+            baseline_runs()
         with tempfile.TemporaryDirectory(prefix="vauban-bench-") as tmp:
             runs.append(end_to_end(fresh, warm, server_core, Path(tmp) / "store"))
-        receiver.append(receiver_only(fresh * 5, server_core))  # x5: CPU time has 10 ms ticks
         with tempfile.TemporaryDirectory(prefix="vauban-bench-") as tmp:
             ingest_only.append(end_to_end(fresh, warm, server_core, Path(tmp) / "store", assemble=False))
+        if args.baseline is not None and r % 2 == 1:
+            baseline_runs()
+        receiver.append(receiver_only(fresh * 5, server_core))  # x5: CPU time has 10 ms ticks
         print(f"run {r + 1}: parse-only {parse:,.0f} spans/s; receiver-only {receiver[-1][0]:,.0f} spans/s "
               f"({receiver[-1][1]:,.0f} per CPU-s); "
               f"ingest only {ingest_only[-1]['ingest']:,.0f} spans/s; "
@@ -457,9 +468,9 @@ def main() -> None:
         f"another; quiet period 0 s. `rebuilt` stops the clock when every trace is rebuilt and stored; "
         f"`ingest` when the last 200 arrived. Medians of {args.repeat} runs; parse-only is the best of "
         f"{args.repeat}x5 passes of `ExportTraceServiceRequest.FromString` over the same payloads on one core."
-        + (f" `before` is the collector of {label}, run in the same process on the same payloads, each of its "
-           f"runs just before the matching run of the current code (the machine is shared and its speed "
-           f"drifts, so only figures of one run are compared)." if args.baseline is not None else ""),
+        + (f" `before` is the collector of {label}, driven by the same process with the same payloads, its "
+           f"runs alternating with those of the current code (before them in odd runs, after them in even "
+           f"ones: the machine is shared and its speed drifts)." if args.baseline is not None else ""),
         "",
         "| measure | before: spans/s | now: spans/s (one core) | now vs parse-only | target |",
         "|---|---|---|---|---|",
@@ -528,8 +539,12 @@ def _why(steps: dict[str, float], recv: float, parse_rate: float, rebuilt: float
         f"`traces/<id>.json` copy (documented layout, read by the CLI and tests right after a trace is stored) "
         f"costs one new file per trace (create + write + rename): {steps[FILES]:.0f} µs/span here, "
         f"{steps[FILES] * SPANS_PER_TRACE:.0f} µs per trace, nearly all of it creating the inode in the kernel "
-        f"(this VM's ext4; it varies from run to run); writing it lazily or from another thread would not make "
-        f"it cheaper on one core, and the CLI and tests expect the file once the trace is stored. "
+        f"(this VM's ext4; it varies several-fold from run to run). Writing it from another thread would "
+        f"not make it cheaper on one core; writing it lazily (on first `trace_json_path`) would skip it for "
+        f"traces nobody opens, but the documented layout, the CLI and the tests expect the file as soon as "
+        f"the trace is stored, so it stays. Before/after: `rebuild_traces` and `Trace.to_json` are the same "
+        f"code in both columns, and the filesystem's share moves with the machine's load, so compare the "
+        f"collector/store rows. "
         f"1-minute load average at the end of the run: {load:.2f} (the machine is shared)."
     )
 
