@@ -457,7 +457,7 @@ def main() -> None:
         SECTION, "",
         f"Command: `python bench/bench_collector.py --batches {args.batches} --repeat {args.repeat} --write-docs"
         + (" --baseline DIR" if args.baseline is not None else "") + "`"
-        + (f", DIR holding {label} (`git archive` of `src` and `bench`)" if args.baseline is not None else ""),
+        + (f", DIR holding {label}" if args.baseline is not None else ""),
         "",
         f"Machine: {machine()}",
         "",
