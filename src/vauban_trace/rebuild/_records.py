@@ -26,8 +26,8 @@ from vauban_trace.contract import (
     TraceArtifact,
     TraceRequest,
 )
-from vauban_trace.contract._kinds import CAPABILITY_NAMES
 from vauban_trace.contract._base import _new_record  # cls(**fields) minus the per-field setattr calls
+from vauban_trace.contract._kinds import CAPABILITY_NAMES
 from vauban_trace.rebuild._values import parse_json_attr
 
 _FLOAT_COUNTERS = frozenset({"duration_s", "device_duration_s"})
