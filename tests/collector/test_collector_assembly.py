@@ -130,3 +130,35 @@ def test_assembly_backlog_bound_refuses_new_requests(make_collector):
     assert status == 503 and headers["retry-after"] == "1"
     c.admission.max_backlog = 10  # once the backlog is under the bound again, requests flow
     assert post(c.http_address, vauban_request(1, salt=58)[0].SerializeToString())[0] == 200
+
+
+
+def test_stage_histograms_wait_for_the_root_labels(make_collector) -> None:
+    """A trace rebuilt incomplete (root not there yet) is observed only once its root arrives,
+    under the root's model label, never under an empty one."""
+    c = make_collector(quiet_period_s=0.1, incomplete_after_s=0.2)
+    tid = trace_id_of(9001)
+    full = ExportTraceServiceRequest()
+    add_vauban_trace(full, tid, model="late-root-model")
+    spans = list(full.resource_spans[0].scope_spans[0].spans)
+
+    def only(keep) -> bytes:
+        req = ExportTraceServiceRequest()
+        req.CopyFrom(full)
+        del req.resource_spans[0].scope_spans[0].spans[:]
+        req.resource_spans[0].scope_spans[0].spans.extend(s for s in spans if keep(s))
+        return req.SerializeToString()
+
+    def stage_counts() -> list:
+        reg = c.metrics.registry
+        return [x for m in reg.collect() for x in m.samples if x.name == "vauban_stage_duration_seconds_count"]
+
+    assert post(c.http_address, only(lambda s: s.parent_span_id))[0] == 200
+    trace = wait_for(lambda: not c.store.pending_traces() and c.store.trace_count() and c.store.get_trace(tid.hex()))
+    assert not trace.complete
+    assert stage_counts() == []
+
+    assert post(c.http_address, only(lambda s: not s.parent_span_id))[0] == 200
+    wait_for(lambda: not c.store.pending_traces() and c.store.get_trace(tid.hex()).complete)
+    counted = stage_counts()
+    assert len(counted) == 4 and all(x.labels["model"] == "late-root-model" and x.value == 1 for x in counted)

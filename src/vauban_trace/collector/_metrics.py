@@ -109,9 +109,16 @@ class CollectorMetrics:
     def observe_trace(self, trace: Trace, root_attributes: Mapping[str, Any]) -> int:
         """Observe the stage histograms for spans of ``trace`` not observed before; returns how many.
 
-        ``root_attributes`` are the root span's OTLP attributes (model and sweep labels).
+        ``root_attributes`` are the root span's OTLP attributes (model and sweep labels). While a
+        trace has no root yet (rebuilt incomplete before its root arrived) nothing is observed and
+        nothing is marked seen: its labels are unknown, and observing under an empty model label
+        would count those spans under the wrong series for good. They are observed once the root
+        has arrived; a trace whose root never arrives is not counted in the stage histograms.
         """
         from vauban_trace import semconv
+
+        if not root_attributes:
+            return 0
 
         model = _label(root_attributes.get(semconv.GEN_AI_REQUEST_MODEL))
         axis = _label(root_attributes.get(semconv.SWEEP_AXIS))

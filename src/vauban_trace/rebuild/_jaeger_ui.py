@@ -221,7 +221,7 @@ def _number(value: Any, where: str) -> int:
         raise RebuildError(f"{where}: expected microseconds, got a boolean")
     try:
         number = int(value or 0)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise RebuildError(f"{where}: {value!r} is not a number of microseconds") from None
     if not 0 <= number <= _MAX_MICROS:
         raise RebuildError(f"{where}: {number} microseconds is out of range")
