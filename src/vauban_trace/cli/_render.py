@@ -129,7 +129,7 @@ def _artifact_line(art: TraceArtifact, producers: dict[str, str]) -> str:
     elif art.summary and art.summary.get("mean") is not None:
         extra = f"  mean {float(art.summary['mean']):.4g}  l2 {float(art.summary.get('l2_norm') or 0):.4g}"
     producer = producers.get(art.producer_span_id, art.producer_span_id)
-    return f"  {art.kind:<12}{layer:<9}{desc:<24} {_short_digest(art.digest)}  from {producer}{extra}"
+    return f"  {art.kind:<19}{layer:<9}{desc:<24} {_short_digest(art.digest)}  from {producer}{extra}"
 
 
 def render_trace_summary(trace: Trace, *, trace_json_path: Path | str | None = None) -> str:
