@@ -6,8 +6,9 @@ The two dashboards under ``grafana/dashboards/`` are written by this script, nev
     python grafana/build_dashboards.py --check    # exit 1 if a checked-in file differs
 
 ``tests/deploy`` asserts that the checked-in JSON equals this script's output, and that every
-PromQL expression in it uses only the metric names the vauban collector exposes
-(:data:`METRICS`). The output is deterministic: plain dicts, fixed ids and layout, two-space
+PromQL expression in it uses only the metric names the vauban collector exposes (defined in
+``vauban_trace.collector._metrics``; ``tests/deploy/test_deploy_live.py`` checks a live collector
+serves every one of them). The output is deterministic: plain dicts, fixed ids and layout, two-space
 indented JSON with a trailing newline.
 
 Dashboards:
@@ -41,21 +42,6 @@ from pathlib import Path
 from typing import Any
 
 Json = dict[str, Any]
-
-#: Metric names exposed by the vauban collector (histograms add _bucket/_sum/_count).
-METRICS: tuple[str, ...] = (
-    "vauban_collector_spans_received_total",
-    "vauban_collector_spans_rejected_total",
-    "vauban_collector_spans_duplicated_total",
-    "vauban_collector_requests_total",
-    "vauban_collector_traces_rebuilt_total",
-    "vauban_collector_queue_depth",
-    "vauban_collector_pending_traces",
-    "vauban_collector_store_write_seconds",
-    "vauban_stage_duration_seconds",
-    "vauban_stage_bytes",
-    "vauban_stage_sync_points",
-)
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboards"
 SCHEMA_VERSION = 41  # classic dashboard JSON model of Grafana 12.x
