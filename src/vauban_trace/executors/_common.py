@@ -1,5 +1,6 @@
 """Framework-free pieces shared by every executor (no torch, no mlx imports).
 
+:class:`RunResult` is what ``run`` returns (the torch executor adds continuation scores).
 ``request_inputs(request)`` resolves what a :class:`TraceRequest` asks to run: its prompt texts
 (``input_text``, or the JSON string / list of strings stored in the artifact store under
 ``input_ref``, verified by digest) or its ``prompt_ids``. Errors name the request field at fault.
@@ -7,8 +8,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import TraceRequest
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one request produced (the evidence itself is in the trace). Executors may extend it."""
+
+    trace_id: str | None
+    texts: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    finish_reasons: tuple[str, ...]
+    prompt_token_ids: tuple[tuple[int, ...], ...] = ()
+    stop_reasons: tuple[str, ...] = ()
 
 
 def request_inputs(request: TraceRequest) -> tuple[list[str] | None, list[list[int]] | None]:

@@ -34,24 +34,13 @@ from typing import Any
 
 from vauban_trace._exceptions import ConfigurationError, ExecutorError
 from vauban_trace.contract import Capabilities, Trace, TraceRequest
+from vauban_trace.executors._common import RunResult
 from vauban_trace.executors.mlx._capabilities import build_capabilities
 from vauban_trace.executors.mlx._layers import SITES_BUILT, MlxLayers, config_layer_count, find_layers
 from vauban_trace.executors.mlx._values import device_label
 
 ALL_SITES = ("residual", "attn", "mlp")
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight")
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """What one request produced (the evidence itself is in the trace)."""
-
-    trace_id: str | None
-    texts: tuple[str, ...]
-    token_ids: tuple[tuple[int, ...], ...]
-    finish_reasons: tuple[str, ...]
-    prompt_token_ids: tuple[tuple[int, ...], ...] = ()
-    stop_reasons: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import torch
 
 from vauban_trace._exceptions import ConfigurationError, ExecutorError
 from vauban_trace.contract import Capabilities, Intervention, Trace, TraceRequest
+from vauban_trace.executors._common import RunResult as _BaseRunResult
 from vauban_trace.executors.torch import _load
 from vauban_trace.executors.torch._capabilities import build_capabilities
 from vauban_trace.executors.torch._intervene import parse_intervention
@@ -41,15 +42,9 @@ from vauban_trace.executors.torch._score import ContinuationScore
 
 
 @dataclass(frozen=True)
-class RunResult:
-    """What one request produced (the evidence itself is in the trace)."""
+class RunResult(_BaseRunResult):
+    """What one request produced (the evidence itself is in the trace), plus continuation scores."""
 
-    trace_id: str | None
-    texts: tuple[str, ...]
-    token_ids: tuple[tuple[int, ...], ...]
-    finish_reasons: tuple[str, ...]
-    prompt_token_ids: tuple[tuple[int, ...], ...] = ()
-    stop_reasons: tuple[str, ...] = ()
     scores: tuple[ContinuationScore, ...] = ()
 
 
