@@ -1,0 +1,24 @@
+"""Build script for the optional C accelerators (everything else is in pyproject.toml).
+
+``vauban_trace.rebuild._crebuild`` rebuilds clean traces straight to Trace JSON. It is optional:
+where no C compiler is available the build skips it and the pure-Python rebuild, which is the
+reference implementation, does all the work (same output, slower). ``VAUBAN_TRACE_REQUIRE_NATIVE=1``
+makes a failed build an error instead (CI sets it, so the accelerator is always tested there).
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+_REQUIRED = os.environ.get("VAUBAN_TRACE_REQUIRE_NATIVE") == "1"
+
+setup(
+    ext_modules=[
+        Extension(
+            "vauban_trace.rebuild._crebuild",
+            sources=["src/vauban_trace/rebuild/_crebuild.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=not _REQUIRED,
+        )
+    ]
+)
