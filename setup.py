@@ -1,6 +1,7 @@
 """Build script for the optional C accelerators (everything else is in pyproject.toml).
 
-``vauban_trace.rebuild._crebuild`` rebuilds clean traces straight to Trace JSON. It is optional:
+``vauban_trace.rebuild._crebuild`` rebuilds clean traces straight to Trace JSON;
+``vauban_trace.store._cwire`` cuts an export request into the store's per-span rows. Both are optional:
 where no C compiler is available the build skips it and the pure-Python rebuild, which is the
 reference implementation, does all the work (same output, slower). ``VAUBAN_TRACE_REQUIRE_NATIVE=1``
 makes a failed build an error instead (CI sets it, so the accelerator is always tested there).
@@ -19,6 +20,12 @@ setup(
             sources=["src/vauban_trace/rebuild/_crebuild.c"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=not _REQUIRED,
-        )
+        ),
+        Extension(
+            "vauban_trace.store._cwire",
+            sources=["src/vauban_trace/store/_cwire.c"],
+            extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            optional=not _REQUIRED,
+        ),
     ]
 )
