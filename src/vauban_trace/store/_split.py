@@ -1,0 +1,60 @@
+"""Native fast path of :func:`vauban_trace.store._ingest.extract_rows` for a serialized request.
+
+::
+
+    rows = split_rows(data)          # data: serialized ExportTraceServiceRequest (or TracesData)
+    if rows is None:                 # not handled natively: use the Python path
+        rows, problems = extract_rows(ExportTraceServiceRequest.FromString(data).resource_spans)
+
+:func:`split_rows` returns exactly ``extract_rows(ExportTraceServiceRequest.FromString(data)
+.resource_spans)[0]`` (same :class:`SpanRow` values in the same order, payload and envelope bytes
+identical), computed by the C extension ``_cwire`` straight from the bytes: the resource, scope
+and span bytes are sliced out of the input instead of being re-serialized, which is exact
+because the extension first checks that every message is in the canonical form upb's
+deterministic serialization writes (known fields in field-number order, no default-valued
+scalar, minimal varints, valid UTF-8). It returns None, and the caller falls back, when:
+
+- the extension is not built, or ``VAUBAN_TRACE_NO_NATIVE=1`` was set when this module was imported;
+- any message is not canonical (unknown or reordered fields, an explicit zero, an overlong varint,
+  attribute values nested deeper than 64 messages), or the bytes are not a valid request;
+- any span would be rejected (bad trace/span/parent id, a time of 2^63 ns or more): the Python
+  path reports those problems.
+
+It never raises on bad input and never reads past the buffer.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import cast
+
+from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
+
+from vauban_trace.store._ingest import SpanRow
+
+_native: ModuleType | None
+try:
+    from vauban_trace.store import _cwire as _native  # type: ignore[attr-defined, no-redef, unused-ignore]
+except ImportError:  # not built (no C compiler at install time)
+    _native = None
+
+if os.environ.get("VAUBAN_TRACE_NO_NATIVE") == "1":
+    _native = None
+if _native is not None:
+    _native.configure(SERVICE_NAME, SpanRow)
+
+
+def native_available() -> bool:
+    """Whether :func:`split_rows` can return rows at all (extension built and not disabled)."""
+    return _native is not None
+
+
+def split_rows(data: bytes) -> list[SpanRow] | None:
+    """The store's rows of a serialized export request, or None: use the Python path."""
+    if _native is None:
+        return None
+    return cast("list[SpanRow] | None", _native.split(data))
+
+
+__all__ = ["native_available", "split_rows"]
