@@ -333,6 +333,16 @@ static int check_msg(int type, P p, P end, int depth, Capture *cap) {
         last = (int)num;
         if (cap) cap->seen |= 1u << num;
         if (!check_field(fd, wire, &p, end, depth, (int)num, cap)) return 0;
+        if (fd->sub == T_KEYVALUE && fd->kind == K_MSG && num < 16) {
+            /* the rest of a run of attributes: same one-byte tag, straight to check_kv */
+            const uint8_t tag = (uint8_t)key;
+            while (p < end && *p == tag) {
+                size_t n;
+                p++;
+                if (!rd_len(&p, end, &n) || depth >= MAX_DEPTH || !check_kv(p, p + n, depth + 1)) return 0;
+                p += n;
+            }
+        }
     }
     return 1;
 }
