@@ -11,6 +11,8 @@ store, every source) goes through this package::
     data = traces_data_from_json({"result": {...}})        # -> TracesData (Jaeger v3 wrapper)
     data = traces_data_from_jaeger_ui({"data": [...]})     # Jaeger legacy UI model -> TracesData
     doc = traces_data_to_json(data)                        # canonical OTLP JSON (hex ids)
+    docs = rebuild_documents(protobuf_bytes)               # [TraceDocument]: Trace JSON + summary,
+                                                           # native accelerator for clean traces
 
 How spans become records (stage spans, counters with provenance, artifact events, spill spans
 folded into the span they overflowed from, root request/capabilities, completeness) is described
@@ -24,6 +26,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from vauban_trace.contract import Trace
+from vauban_trace.rebuild._documents import (
+    StageObservation,
+    TraceDocument,
+    native_available,
+    rebuild_documents,
+)
 from vauban_trace.rebuild._ids import normalize_trace_id, parse_trace_id
 from vauban_trace.rebuild._jaeger_ui import traces_data_from_jaeger_ui
 from vauban_trace.rebuild._otlp_json import traces_data_from_json, traces_data_to_json
@@ -37,8 +45,12 @@ def rebuild_from_json(obj: Mapping[str, Any] | str | bytes) -> list[Trace]:
 
 __all__ = [
     "OtlpInput",
+    "StageObservation",
+    "TraceDocument",
+    "native_available",
     "normalize_trace_id",
     "parse_trace_id",
+    "rebuild_documents",
     "rebuild_from_json",
     "rebuild_traces",
     "resource_spans_of",
