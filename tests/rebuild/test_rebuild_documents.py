@@ -108,9 +108,9 @@ def test_torch_executor_traces_take_the_native_road(tmp_path: Path) -> None:
     try:
         ex = TorchExecutor.from_pretrained(cached_tiny_model("llama", hidden_size=32, num_layers=2))
         ex.run(ex.make_request(["Hello world"], layers=(0, 1)), max_new_tokens=3)
-        spans = memory.get_finished_spans()
     finally:
         session.shutdown()
+    spans = memory.get_finished_spans()
     parts = split_per_trace(encode_spans(spans).SerializeToString())
     assert parts
     for data in parts:

@@ -1,0 +1,140 @@
+"""Cost per span of turning ONE trace's OTLP protobuf into its stored Trace JSON: the Python
+rebuild (``rebuild_traces`` + ``to_json``) against the native accelerator (``_crebuild``).
+
+Workloads (each a list of serialized one-trace requests, as the collector stores them):
+
+* ``collector``: the collector benchmark's batches (``make_batch`` of bench/bench_collector.py)
+  split per trace: 16 spans per trace, counters with provenance, one artifact event per stage;
+* ``artifacts``: SDK traces with many artifact events (``workload`` of bench/bench_rebuild.py:
+  ``--stages`` stage spans x ``--artifacts`` artifact events each).
+
+Per workload and road, the median over ``--repeat`` interleaved runs of the CPU time
+(``time.process_time``) of the whole list, in microseconds per span:
+
+* ``python``: ``rebuild_traces(data)`` then ``to_json()`` of each trace;
+* ``python docs``: ``python_documents(data)`` (the fallback of ``rebuild_documents``, with the
+  summary fields);
+* ``native``: ``_crebuild.rebuild_one(data)`` alone;
+* ``rebuild_documents``: the public call (native road + TraceDocument wrapping).
+
+Before timing, every document of the native road is checked byte for byte against the Python
+road (a mismatch aborts the benchmark)::
+
+    python bench/bench_rebuild_native.py [--batches 4] [--traces 32] [--stages 8] [--artifacts 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_collector import make_batch  # noqa: E402
+from bench_rebuild import workload  # noqa: E402
+
+from vauban_trace.rebuild import native_available, rebuild_documents, rebuild_traces  # noqa: E402
+from vauban_trace.rebuild import _documents as documents  # noqa: E402
+
+
+def split_per_trace(data: bytes) -> list[bytes]:
+    """One serialized ExportTraceServiceRequest per trace id (resource and scope copied)."""
+    req = ExportTraceServiceRequest.FromString(data)
+    parts: dict[bytes, ExportTraceServiceRequest] = {}
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            for span in ss.spans:
+                out = parts.get(span.trace_id)
+                if out is None:
+                    out = parts[span.trace_id] = ExportTraceServiceRequest()
+                    nrs = out.resource_spans.add()
+                    nrs.resource.CopyFrom(rs.resource)
+                    nrs.scope_spans.add().scope.CopyFrom(ss.scope)
+                out.resource_spans[-1].scope_spans[-1].spans.append(span)
+    return [p.SerializeToString() for p in parts.values()]
+
+
+def span_count(parts: list[bytes]) -> int:
+    return sum(len(ss.spans) for p in parts for rs in ExportTraceServiceRequest.FromString(p).resource_spans
+               for ss in rs.scope_spans)
+
+
+def _cpu(fn: Callable[[], Any]) -> float:
+    t0 = time.process_time()
+    fn()
+    return time.process_time() - t0
+
+
+def roads(parts: list[bytes]) -> dict[str, Callable[[], Any]]:
+    native = documents._NATIVE
+
+    def python() -> None:
+        for p in parts:
+            for t in rebuild_traces(p):
+                t.to_json()
+
+    def python_docs() -> None:
+        for p in parts:
+            documents.python_documents(p)
+
+    def c_only() -> None:
+        for p in parts:
+            native.rebuild_one(p)
+
+    def public() -> None:
+        for p in parts:
+            rebuild_documents(p)
+
+    return {"python": python, "python docs": python_docs, "native": c_only, "rebuild_documents": public}
+
+
+def verify(parts: list[bytes]) -> None:
+    for p in parts:
+        doc = rebuild_documents(p)[0]
+        if not doc.native:
+            raise SystemExit("a workload trace did not take the native road")
+        ref = documents.python_documents(p)[0]
+        if doc.json != ref.json or doc.stages != ref.stages or doc.root_labels != ref.root_labels:
+            raise SystemExit("native and Python documents differ")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batches", type=int, default=4, help="collector batches (32 traces of 16 spans each)")
+    ap.add_argument("--traces", type=int, default=32, help="artifact-heavy traces")
+    ap.add_argument("--stages", type=int, default=8)
+    ap.add_argument("--artifacts", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=7)
+    args = ap.parse_args()
+    if not native_available():
+        raise SystemExit("the _crebuild extension is not built (python setup.py build_ext --inplace)")
+    workloads = {
+        "collector": [p for i in range(args.batches) for p in split_per_trace(make_batch(i))],
+        "artifacts": split_per_trace(workload(args.traces, args.stages, args.artifacts).SerializeToString()),
+    }
+    print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+          f"CPU time, median of {args.repeat}")
+    print(f"{'workload':<10} {'spans':>6} {'road':<18} {'us/span':>9} {'spans/s':>10} {'speed-up':>9}")
+    for name, parts in workloads.items():
+        verify(parts)
+        n = span_count(parts)
+        fns = roads(parts)
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(args.repeat):
+            for k, fn in fns.items():
+                times[k].append(_cpu(fn))
+        base = statistics.median(times["python"])
+        for k, ts in times.items():
+            med = statistics.median(ts)
+            print(f"{name:<10} {n:>6} {k:<18} {med / n * 1e6:>9.2f} {n / med:>10,.0f} {base / med:>8.1f}x")
+
+
+if __name__ == "__main__":
+    main()
