@@ -121,7 +121,7 @@ _scalars = st.one_of(
     st.builds(lambda v: AnyValue(string_value=v), st.text(max_size=20)),
     st.builds(lambda v: AnyValue(bool_value=v), st.booleans()),
     st.builds(lambda v: AnyValue(int_value=v), st.integers(-(2**63), 2**63 - 1)),
-    st.builds(lambda v: AnyValue(double_value=v), st.floats(allow_nan=False)),
+    st.builds(lambda v: AnyValue(double_value=v), st.floats()),  # NaN and -0.0 included
     st.builds(lambda v: AnyValue(bytes_value=v), st.binary(max_size=20)),
     st.builds(lambda v: AnyValue(string_value_strindex=v), st.integers(-(2**31), 2**31 - 1)),
     st.just(AnyValue()),
