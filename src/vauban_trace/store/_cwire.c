@@ -574,7 +574,7 @@ static int add_resource_spans(PyObject *rows, P p, P end) {
     }
     q = ss_first;
     while (q < ss_end && rc == 1) {
-        P ss, ssend, spn_start = NULL, span_first = NULL, span_end = NULL, sp = q, sx = q;
+        P ss, ssend, span_first = NULL, span_end = NULL, sp = q, sx = q;
         size_t spn = 0, sxn = 0, ssn;
         if (!next_ld(&q, ss_end, &num, &fstart, &ss, &ssn)) {
             rc = 0;
@@ -610,7 +610,6 @@ static int add_resource_spans(PyObject *rows, P p, P end) {
                 sxn = (size_t)(r - fstart);
             }
         }
-        (void)spn_start;
         if (rc != 1 || !span_first) continue;
         PyObject *env = PyTuple_New(4);
         if (!env) {
