@@ -47,9 +47,22 @@ static int nkeys;
 static int htab[HSIZE];
 
 static uint32_t hash_bytes(const uint8_t *p, Py_ssize_t n) {
-    uint32_t h = 2166136261u;
-    for (Py_ssize_t i = 0; i < n; i++) h = (h ^ p[i]) * 16777619u;
-    return h;
+    /* word-at-a-time multiply-xor (keys share long prefixes: every byte counts) */
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 29;
+    }
+    if (i < n) {
+        uint64_t w = 0;
+        memcpy(&w, p + i, (size_t)(n - i));
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+    }
+    h ^= h >> 32;
+    return (uint32_t)h;
 }
 
 static int lookup_key(const uint8_t *p, Py_ssize_t n) {
@@ -516,14 +529,32 @@ static int put_u16esc(Buf *b, unsigned c) {
     return put(b, t, 6);
 }
 
+/* bytes json.dumps copies as they are: printable ASCII but the quote and the backslash */
+static uint8_t PLAIN[256];
+
+static void init_plain(void) {
+    for (int c = 0x20; c <= 0x7e; c++) PLAIN[c] = 1;
+    PLAIN['"'] = PLAIN['\\'] = 0;
+}
+
 /* A JSON string (json.dumps, ensure_ascii=True) from valid UTF-8. */
 static int put_jstr(Buf *b, Str s) {
     TRY(buf_reserve(b, (size_t)s.n + 2));
     b->p[b->n++] = '"';
     const uint8_t *p = s.p, *end = s.p + s.n;
+    {
+        const uint8_t *q = p;
+        while (q < end && PLAIN[*q]) q++;
+        if (q == end) { /* the common case: nothing to escape */
+            memcpy(b->p + b->n, p, (size_t)s.n);
+            b->n += (size_t)s.n;
+            b->p[b->n++] = '"';
+            return 0;
+        }
+    }
     while (p < end) {
         const uint8_t *q = p;
-        while (q < end && *q >= 0x20 && *q <= 0x7e && *q != '"' && *q != '\\') q++;
+        while (q < end && PLAIN[*q]) q++;
         if (q > p) TRY(put(b, (const char *)p, (size_t)(q - p)));
         if (q >= end) break;
         unsigned c = *q;
@@ -763,6 +794,12 @@ static int skip_field(const uint8_t **pp, const uint8_t *end, int wt) {
 
 static int valid_utf8(Str s) {
     const uint8_t *p = s.p, *end = s.p + s.n;
+    while (end - p >= 8) { /* ASCII fast path */
+        uint64_t w;
+        memcpy(&w, p, 8);
+        if (w & 0x8080808080808080ull) break;
+        p += 8;
+    }
     while (p < end) {
         uint8_t c = *p;
         if (c < 0x80) {
@@ -931,9 +968,18 @@ static int push_attr(Str m) {
 
 /* No key twice in attrs[a0 .. a0+an) (attributes() is a dict comprehension). */
 static int unique_keys(int a0, int an) {
-    for (int i = a0 + 1; i < a0 + an; i++)
-        for (int j = a0; j < i; j++)
-            if (str_eq(G.attrs[i].key, G.attrs[j].key)) return BAIL;
+    for (int i = a0 + 1; i < a0 + an; i++) {
+        const Attr *x = &G.attrs[i];
+        for (int j = a0; j < i; j++) {
+            const Attr *y = &G.attrs[j];
+            /* interned names are unique: known keys compare by id */
+            if (x->kid >= 0 || y->kid >= 0) {
+                if (x->kid == y->kid) return BAIL;
+            } else if (str_eq(x->key, y->key)) {
+                return BAIL;
+            }
+        }
+    }
     return 0;
 }
 
@@ -2389,7 +2435,8 @@ static PyObject *rebuild(Str data) {
         PyMem_RawFree(all.p);
         goto out;
     }
-    PyObject *json = PyUnicode_DecodeASCII(all.p, (Py_ssize_t)all.n, "strict");
+    PyObject *json = PyUnicode_New((Py_ssize_t)all.n, 127); /* the text is ASCII by construction */
+    if (json != NULL) memcpy(PyUnicode_1BYTE_DATA(json), all.p, all.n);
     PyMem_RawFree(all.p);
     if (json == NULL) goto out;
     /* root labels by the collector's rule */
@@ -2466,5 +2513,6 @@ static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_crebuild", "Native acc
 
 PyMODINIT_FUNC PyInit__crebuild(void) {
     for (int i = 0; i < HSIZE; i++) htab[i] = -1;
+    init_plain();
     return PyModule_Create(&mod);
 }
