@@ -46,8 +46,7 @@ def run(args: argparse.Namespace) -> int:
         trace = src.last_trace() if args.last else src.get_trace(args.trace_id)
         json_path: Path | None = None
         if isinstance(src, StoreSource):
-            candidate = src.trace_json_path(trace.id)
-            json_path = candidate if candidate.is_file() else None
+            json_path = src.trace_json_file(trace.id)
     if args.json:
         print(trace.to_json(indent=2))
     else:

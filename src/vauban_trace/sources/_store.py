@@ -54,5 +54,9 @@ class StoreSource(TraceSource):
     def trace_json_path(self, trace_id: str) -> Path:
         return self.store.trace_json_path(trace_id)
 
+    def trace_json_file(self, trace_id: str) -> Path | None:
+        """The trace's ``traces/<id>.json`` (written from the database if missing), None if not rebuilt."""
+        return self.store.trace_json_file(trace_id)
+
     def close(self) -> None:
         self.store.close()

@@ -19,7 +19,10 @@
   each) and processes. :meth:`~TraceStore.ingest` also reports rejected spans (bad ids).
   Other verbs: ``spans_for_bytes`` (serialized ``TracesData``), ``raw_span_count``,
   ``pending_count``, ``trace_ids_touched_since``, ``put_traces`` (many rebuilt traces in one
-  transaction), ``trace_json_path``, ``trace_count``, ``blobs`` (the ``LocalArtifactStore``).
+  transaction), ``put_documents`` (the same for traces already serialised, e.g. by
+  ``vauban_trace.rebuild.rebuild_documents``), ``trace_json_path`` (where the file goes),
+  ``trace_json_file`` (the file, written from the database first when ``trace_files="on_read"``
+  left it out), ``trace_count``, ``blobs`` (the ``LocalArtifactStore``).
   Older databases are migrated on open; newer ones are refused.
 - :class:`TraceSummary` a listed trace: id, service, root name, start, duration, span count,
   complete.
@@ -34,7 +37,7 @@
 """
 
 from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
-from vauban_trace.store._db import TraceStore
+from vauban_trace.store._db import TraceDocumentLike, TraceFiles, TraceStore
 from vauban_trace.store._ingest import SpanSnapshot
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
 
@@ -42,6 +45,8 @@ __all__ = [
     "IngestResult",
     "PendingTrace",
     "SpanSnapshot",
+    "TraceDocumentLike",
+    "TraceFiles",
     "TraceNotFoundError",
     "TraceStore",
     "TraceStoreError",

@@ -6,6 +6,12 @@ Layout of a store directory::
     <dir>/blobs/                 LocalArtifactStore of artifact blobs
     <dir>/traces/<trace_id>.json rebuilt traces as files (written atomically)
 
+The database copy of a rebuilt trace is the durable one; the ``traces/<id>.json`` file mirrors
+it. With ``trace_files="eager"`` (the default) every put writes the file; with ``"on_read"`` (the
+collector's default: creating one file per trace costs more than rebuilding the trace) a put only
+removes a stale file, and :meth:`TraceStore.trace_json_file` writes it from the database the
+first time somebody asks for it.
+
 Raw spans are keyed by (trace_id, span_id). Each is stored as the serialized protobuf of a
 one-span ``ResourceSpans`` (its resource, its scope, the span), so :meth:`TraceStore.spans_for`
 can regroup a trace's spans into an OTLP ``TracesData``. :meth:`TraceStore.add_spans` runs one
@@ -34,8 +40,9 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
+from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
@@ -45,6 +52,7 @@ from vauban_trace.artifacts import LocalArtifactStore
 from vauban_trace.contract import Trace
 from vauban_trace.store._ingest import SpanRow, SpanSnapshot, extract_rows, store_rows
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
+from vauban_trace.store._split import split_rows
 from vauban_trace.store._sql import connect, initialise
 from vauban_trace.store._wire import traces_data_bytes
 
@@ -95,10 +103,43 @@ def _write_atomic(path: Path, text: str, *, sync: bool = True) -> None:
         _fsync_dir(path.parent)
 
 
+TraceFiles = Literal["eager", "on_read"]
+
+
+class TraceDocumentLike(Protocol):
+    """A rebuilt trace already serialised (``vauban_trace.rebuild.TraceDocument`` is one)."""
+
+    @property
+    def trace_id(self) -> str: ...
+    @property
+    def json(self) -> str: ...
+    @property
+    def complete(self) -> bool: ...
+    @property
+    def service(self) -> str | None: ...
+    @property
+    def root_name(self) -> str | None: ...
+    @property
+    def start_unix_nano(self) -> int: ...
+    @property
+    def end_unix_nano(self) -> int: ...
+    @property
+    def span_count(self) -> int: ...
+
+
 class TraceStore:
     """A trace database in a directory (created if missing). See the module docstring."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        busy_timeout_s: float = 30.0,
+        trace_files: TraceFiles = "eager",
+    ) -> None:
+        if trace_files not in ("eager", "on_read"):
+            raise TraceStoreError(f"trace_files must be 'eager' or 'on_read', got {trace_files!r}")
+        self.trace_files: TraceFiles = trace_files
         self.dir = Path(directory).expanduser()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -199,13 +240,49 @@ class TraceStore:
         as committed (its version is then 1), built from the spans in hand instead of read back: a caller that rebuilds soon (the collector's
         assembler) can skip the read-back while the trace's version is still 1.
         """
-        if isinstance(request, (ExportTraceServiceRequest, TracesData)):
-            resource_spans: Iterable[ResourceSpans] = request.resource_spans
-        elif isinstance(request, (bytes, bytearray, memoryview, str)):
-            raise TraceStoreError("add_spans: expected an ExportTraceServiceRequest or TracesData message, got raw data")
-        else:
-            resource_spans = request
-        rows, problems = extract_rows(resource_spans)
+        if isinstance(request, (bytes, bytearray, memoryview, str)):
+            raise TraceStoreError("add_spans: expected an ExportTraceServiceRequest or TracesData message, got raw data"
+                                  " (ingest_parts takes serialized requests)")
+        return self.ingest_parts([request], snapshots=snapshots)
+
+    def ingest_parts(
+        self,
+        parts: Iterable[bytes | ExportTraceServiceRequest | TracesData | Iterable[ResourceSpans]],
+        *,
+        snapshots: bool = False,
+    ) -> IngestResult:
+        """:meth:`ingest` of several requests in ONE transaction (group commit).
+
+        A part may also be a serialized ``ExportTraceServiceRequest`` / ``TracesData`` that the
+        caller already decoded successfully (the collector passes request bodies): its rows are
+        then cut straight from the bytes by the C splitter when it is built and the bytes are in
+        canonical form, which gives the same rows as decoding them (see ``_split``).
+        """
+        rows: list[SpanRow] = []
+        problems: list[str] = []
+        for part in parts:
+            if isinstance(part, (bytes, bytearray, memoryview)):
+                data = bytes(part)
+                cut = split_rows(data)
+                if cut is not None:
+                    rows.extend(cut)
+                    continue
+                try:
+                    part = ExportTraceServiceRequest.FromString(data)
+                except DecodeError as exc:
+                    raise TraceStoreError(f"add_spans: the request could not be decoded: {exc}") from None
+            elif isinstance(part, str):
+                raise TraceStoreError("add_spans: expected an ExportTraceServiceRequest or TracesData message, got text")
+            if isinstance(part, (ExportTraceServiceRequest, TracesData)):
+                resource_spans: Iterable[ResourceSpans] = part.resource_spans
+            else:
+                resource_spans = part
+            part_rows, part_problems = extract_rows(resource_spans)
+            rows.extend(part_rows)
+            problems.extend(part_problems)
+        return self._ingest_rows(rows, problems, snapshots)
+
+    def _ingest_rows(self, rows: list[SpanRow], problems: list[str], snapshots: bool) -> IngestResult:
         if problems:
             _log.warning("vauban-trace store: rejected %d span(s): %s", len(problems), "; ".join(problems[:5]))
         accepted = duplicates = 0
@@ -294,49 +371,69 @@ class TraceStore:
         """
         return self.put_traces([(trace, version)])[0]
 
+    def trace_json_file(self, trace_id: str) -> Path | None:
+        """The path of ``traces/<id>.json``, written from the database first if it is missing;
+        None when the trace has not been rebuilt (see ``trace_files`` in the module docstring)."""
+        path = self.trace_json_path(trace_id)
+        if path.is_file():
+            return path
+        rows = self._read("SELECT trace_json FROM traces WHERE trace_id = ?", (check_trace_id(trace_id),))
+        if not rows or rows[0][0] is None:
+            return None
+        try:
+            _write_atomic(path, str(rows[0][0]), sync=False)
+        except OSError as exc:
+            raise TraceStoreError(f"cannot write {str(path)!r}: {exc}") from exc
+        return path
+
     def put_traces(self, items: Iterable[tuple[Trace, int | None]], *, sync_files: bool = True) -> list[Path]:
         """Store several rebuilt traces in ONE database transaction (one commit, one fsync).
 
-        Each item is ``(trace, version)`` as for :meth:`put_trace`. Files are written atomically
-        first; with ``sync_files=False`` they are not fsync'd (the database copy, which
-        :meth:`get_trace` reads, is still durable when this returns; after a power cut a file may
-        be missing until the trace is stored again).
+        Each item is ``(trace, version)`` as for :meth:`put_trace`. Files (``trace_files="eager"``)
+        are written atomically first; with ``sync_files=False`` they are not fsync'd (the database
+        copy, which :meth:`get_trace` reads, is still durable when this returns; after a power cut a
+        file may be missing until the trace is stored again).
         """
-        prepared = []
+        docs = []
         for trace, version in items:
             if not isinstance(trace, Trace):
                 raise TraceStoreError(f"put_trace: expected a Trace, got {type(trace).__name__}")
-            tid = check_trace_id(trace.id, where="put_trace: trace.id")
-            text = trace.to_json()
+            docs.append((_TraceRow.of(trace), version))
+        return self.put_documents(docs, sync_files=sync_files)
+
+    def put_documents(
+        self, items: Iterable[tuple[TraceDocumentLike, int | None]], *, sync_files: bool = True
+    ) -> list[Path]:
+        """:meth:`put_traces` for traces already serialised (``rebuild_documents`` gives them):
+        the JSON text is stored as is, so it MUST be the trace's ``Trace.to_json()``."""
+        prepared = []
+        eager = self.trace_files == "eager"
+        for doc, version in items:
+            tid = check_trace_id(doc.trace_id, where="put_trace: trace.id")
             path = self.trace_json_path(tid)
             try:
-                _write_atomic(path, text, sync=sync_files)
+                if eager:
+                    _write_atomic(path, doc.json, sync=sync_files)
+                else:  # a stale mirror would contradict the database; trace_json_file rewrites it
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
             except OSError as exc:
                 raise TraceStoreError(f"put_trace: cannot write {str(path)!r}: {exc}") from exc
-            prepared.append((trace, version, tid, text, path))
+            prepared.append((doc, version, tid, path))
         if not prepared:
             return []
         now = time.time_ns()
-        params = []
-        for trace, version, tid, text, _path in prepared:
-            root = trace.root
-            spans = trace.spans
-            if root is not None:
-                start, end = root.start_unix_nano, root.end_unix_nano
-            elif spans:
-                start = min(s.start_unix_nano for s in spans)
-                end = max(s.end_unix_nano for s in spans)
-            else:
-                start = end = 0
-            service = trace.resource.get(SERVICE_NAME)
-            params.append((
-                tid, None if version is None else int(version), now, text, int(trace.complete),
-                service if isinstance(service, str) else None, root.name if root is not None else None,
-                start, max(0, end - start) / 1e9, len(spans),
-            ))
+        params = [
+            (
+                tid, None if version is None else int(version), now, doc.json, int(doc.complete), doc.service,
+                doc.root_name, doc.start_unix_nano, max(0, doc.end_unix_nano - doc.start_unix_nano) / 1e9,
+                doc.span_count,
+            )
+            for doc, version, tid, _path in prepared
+        ]
         with self._write_tx("put_trace") as conn:
             conn.executemany(_PUT_TRACE, params)
-        return [item[4] for item in prepared]
+        return [item[3] for item in prepared]
 
     def get_trace(self, trace_id: str) -> Trace:
         """The rebuilt trace ``trace_id``; :class:`TraceNotFoundError` says why it is absent."""
@@ -396,6 +493,37 @@ class TraceStore:
         return int(self._read("SELECT COUNT(*) FROM traces WHERE trace_json IS NOT NULL")[0][0])
 
 
+class _TraceRow:
+    """The :class:`TraceDocumentLike` of a :class:`Trace` object (its JSON made here)."""
+
+    __slots__ = ("trace_id", "json", "complete", "service", "root_name", "start_unix_nano", "end_unix_nano",
+                 "span_count")
+
+    def __init__(self, trace: Trace) -> None:
+        root = trace.root
+        spans = trace.spans
+        if root is not None:
+            start, end = root.start_unix_nano, root.end_unix_nano
+        elif spans:
+            start = min(s.start_unix_nano for s in spans)
+            end = max(s.end_unix_nano for s in spans)
+        else:
+            start = end = 0
+        service = trace.resource.get(SERVICE_NAME)
+        self.trace_id = trace.id
+        self.json = trace.to_json()
+        self.complete = trace.complete
+        self.service = service if isinstance(service, str) else None
+        self.root_name = root.name if root is not None else None
+        self.start_unix_nano = start
+        self.end_unix_nano = end
+        self.span_count = len(spans)
+
+    @classmethod
+    def of(cls, trace: Trace) -> _TraceRow:
+        return cls(trace)
+
+
 _PUT_TRACE = (
     "INSERT INTO traces (trace_id, rebuilt_version, rebuilt_at_unix_nano, trace_json, complete, rb_service, "
     "rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count) VALUES (?1, COALESCE(?2, 0), ?3, ?4, ?5, "
@@ -408,4 +536,4 @@ _PUT_TRACE = (
 )
 
 
-__all__ = ["TraceStore"]
+__all__ = ["TraceDocumentLike", "TraceFiles", "TraceStore"]

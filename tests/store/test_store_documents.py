@@ -1,0 +1,81 @@
+"""put_documents (serialised traces), the on-read trace files, and ingest_parts with request bytes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from store_testlib import CHILD, ROOT, TRACE_A, TRACE_B, make_request, make_span
+
+from vauban_trace.contract import Trace, TraceSpan
+from vauban_trace.store import TraceStore, TraceStoreError
+from vauban_trace.store._ingest import extract_rows
+
+
+@dataclass(frozen=True)
+class _Doc:
+    trace_id: str
+    json: str
+    complete: bool
+    service: str | None
+    root_name: str | None
+    start_unix_nano: int
+    end_unix_nano: int
+    span_count: int
+
+
+def _trace(tid: str) -> Trace:
+    return Trace(id=tid, spans=(TraceSpan(id=ROOT, name="root", start_unix_nano=10, end_unix_nano=2_000_000_010),),
+                 resource={"service.name": "svc"})
+
+
+def _doc(trace: Trace) -> _Doc:
+    return _Doc(trace.id, trace.to_json(), trace.complete, "svc", "root", 10, 2_000_000_010, 1)
+
+
+def test_put_documents_stores_the_text_and_the_index(tmp_path: Path) -> None:
+    ts = TraceStore(tmp_path)
+    trace = _trace(TRACE_A)
+    [path] = ts.put_documents([(_doc(trace), None)])
+    assert path.read_text() == trace.to_json()
+    assert ts.get_trace(TRACE_A) == trace
+    [summary] = ts.list_traces()
+    assert (summary.trace_id, summary.service, summary.root_name, summary.duration_s, summary.span_count) == (
+        TRACE_A, "svc", "root", 2.0, 1)
+    with pytest.raises(TraceStoreError, match="trace.id"):
+        ts.put_documents([(_Doc("nope", "{}", True, None, None, 0, 0, 0), None)])
+
+
+def test_on_read_files_are_written_when_asked_and_never_stale(tmp_path: Path) -> None:
+    ts = TraceStore(tmp_path, trace_files="on_read")
+    first = _trace(TRACE_A)
+    ts.put_traces([(first, None)])
+    path = ts.trace_json_path(TRACE_A)
+    assert not path.exists()  # not written by the put
+    assert ts.trace_json_file(TRACE_A) == path and Trace.from_json(path.read_text()) == first
+    second = Trace(id=TRACE_A, spans=first.spans, resource={"service.name": "svc"}, metadata={"v": 2})
+    ts.put_documents([(_doc(second), None)])
+    assert not path.exists()  # the stale mirror is gone at once
+    assert Trace.from_json(ts.trace_json_file(TRACE_A).read_text()) == second  # type: ignore[union-attr]
+    assert ts.trace_json_file(TRACE_B) is None  # never rebuilt
+    with pytest.raises(TraceStoreError, match="trace_files"):
+        TraceStore(tmp_path, trace_files="sometimes")  # type: ignore[arg-type]
+
+
+def test_ingest_parts_takes_messages_and_bytes_in_one_transaction(tmp_path: Path) -> None:
+    ts = TraceStore(tmp_path)
+    a = make_request(make_span(TRACE_A, ROOT, "root"), make_span(TRACE_A, CHILD, "child", parent=ROOT))
+    b = make_request(make_span(TRACE_B, ROOT, "other-root"))
+    result = ts.ingest_parts([a.SerializeToString(), b], snapshots=True)
+    assert (result.accepted, result.duplicates, set(result.snapshots)) == (3, 0, {TRACE_A, TRACE_B})
+    again = ts.ingest_parts([a.SerializeToString(), b.SerializeToString()])
+    assert (again.accepted, again.duplicates) == (0, 3)
+    rows = extract_rows(a.resource_spans)[0]
+    assert ts.spans_for_bytes(TRACE_A) == result.snapshots[TRACE_A].data()
+    assert sorted(r.span_id for r in rows) == sorted(s.span_id.hex() for s in ts.spans_for(TRACE_A)
+                                                     .resource_spans[0].scope_spans[0].spans)
+    with pytest.raises(TraceStoreError, match="could not be decoded"):
+        ts.ingest_parts([b"\xff\xff\xff"])
+    with pytest.raises(TraceStoreError, match="raw data"):
+        ts.ingest(a.SerializeToString())  # type: ignore[arg-type]
