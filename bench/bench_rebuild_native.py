@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_collector import make_batch  # noqa: E402
 from bench_rebuild import workload  # noqa: E402
 
-from vauban_trace.rebuild import native_available, rebuild_documents, rebuild_traces  # noqa: E402
 from vauban_trace.rebuild import _documents as documents  # noqa: E402
+from vauban_trace.rebuild import native_available, rebuild_documents, rebuild_traces  # noqa: E402
 
 
 def split_per_trace(data: bytes) -> list[bytes]:

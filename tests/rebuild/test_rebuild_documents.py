@@ -38,8 +38,8 @@ from rebuild_helpers import SdkHarness, emit_vauban_request
 from vauban_trace import semconv as sc
 from vauban_trace._exceptions import RebuildError
 from vauban_trace.contract import ArtifactKind, MissingReason, Provenance, SupportLevel, Trace
-from vauban_trace.rebuild import native_available, rebuild_documents, rebuild_traces
 from vauban_trace.rebuild import _documents as documents
+from vauban_trace.rebuild import native_available, rebuild_documents, rebuild_traces
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))

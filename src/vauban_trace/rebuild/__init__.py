@@ -29,6 +29,7 @@ from vauban_trace.contract import Trace
 from vauban_trace.rebuild._documents import (
     StageObservation,
     TraceDocument,
+    document_of,
     native_available,
     rebuild_documents,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "OtlpInput",
     "StageObservation",
     "TraceDocument",
+    "document_of",
     "native_available",
     "normalize_trace_id",
     "parse_trace_id",
