@@ -187,11 +187,8 @@ def native_result(data: bytes) -> TraceDocument | None:
     got = _NATIVE.rebuild_one(data)
     if got is None:
         return None
-    from vauban_trace.rebuild._documents import StageObservation
-
     t, text, complete, service, root_name, start, end, count, stages, labels = got
-    return TraceDocument(t, text, complete, service, root_name, start, end, count,
-                         tuple(StageObservation(*s) for s in stages), labels, True)
+    return TraceDocument(t, text, complete, service, root_name, start, end, count, stages, labels, True)
 
 
 def python_result(data: bytes) -> list[TraceDocument] | None:

@@ -157,6 +157,8 @@ static struct {
     Str meta_keys[16]; /* the keys the rebuild computes in Trace.metadata */
     int nmeta_keys;
     PyObject *parse_json; /* parse_json_attr: str -> (value, error | None) */
+    PyTypeObject *stage_cls; /* StageObservation (slots dataclass), or NULL: plain tuples */
+    PyObject *stage_slots[8];
     int ready;
 } C;
 
@@ -463,6 +465,28 @@ static PyObject *configure(PyObject *self, PyObject *cfg) {
     Py_XDECREF(C.parse_json);
     Py_INCREF(pj);
     C.parse_json = pj;
+    Py_CLEAR(C.stage_cls);
+    for (int i = 0; i < 7; i++) Py_CLEAR(C.stage_slots[i]);
+    PyObject *sc = PyDict_GetItemString(cfg, "stage_class");
+    PyObject *sf = PyDict_GetItemString(cfg, "stage_fields");
+    if (sc != NULL && sf != NULL) {
+        if (!PyType_Check(sc) || !PyTuple_Check(sf) || PyTuple_GET_SIZE(sf) != 7) {
+            PyErr_SetString(PyExc_TypeError, "configure: stage_class / stage_fields");
+            return NULL;
+        }
+        for (int i = 0; i < 7; i++) {
+            PyObject *d = PyObject_GetAttr(sc, PyTuple_GET_ITEM(sf, i));
+            if (d == NULL) return NULL;
+            if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+                Py_DECREF(d);
+                PyErr_SetString(PyExc_TypeError, "configure: stage_class fields must be slots");
+                return NULL;
+            }
+            C.stage_slots[i] = d;
+        }
+        Py_INCREF(sc);
+        C.stage_cls = (PyTypeObject *)sc;
+    }
     C.ready = 1;
     Py_RETURN_NONE;
 }
@@ -1952,6 +1976,22 @@ static int put_error(Buf *b, Span *sp) {
     return put_jstr(b, et->s);
 }
 
+/* A StageObservation from the 7-tuple t: allocated and filled through its slot descriptors
+ * (what the dataclass __init__ does with object.__setattr__, minus the Python frames). */
+static PyObject *make_slotted(PyObject *t) {
+    PyTypeObject *cls = C.stage_cls;
+    PyObject *obj = cls->tp_alloc(cls, 0);
+    if (obj == NULL) return NULL;
+    for (int i = 0; i < 7; i++) {
+        PyObject *d = C.stage_slots[i];
+        if (Py_TYPE(d)->tp_descr_set(d, obj, PyTuple_GET_ITEM(t, i)) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+    }
+    return obj;
+}
+
 typedef struct {
     int has;
     int is_int;
@@ -2187,6 +2227,12 @@ static int put_span(Out *o, Span *sp, int is_root) {
                                     cval_obj(&val[C.c_input_bytes]), cval_obj(&val[C.c_output_bytes]),
                                     cval_obj(&val[C.c_sync_points]), sync_prov);
         if (t == NULL) goto bad_profile;
+        if (C.stage_cls != NULL) { /* the StageObservation itself, filled through its slots */
+            PyObject *obj = make_slotted(t);
+            Py_DECREF(t);
+            if (obj == NULL) goto bad_profile;
+            t = obj;
+        }
         int ar = PyList_Append(o->stages, t);
         Py_DECREF(t);
         if (ar) goto bad_profile;
@@ -2505,7 +2551,8 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_O, "configure(cfg: dict) -> None: attribute names and vocabularies."},
     {"rebuild_one", rebuild_one, METH_O,
      "rebuild_one(data) -> (trace_id, json, complete, service, root_name, start, end, span_count, stages, "
-     "root_labels) | None (None: not the clean one-trace case; use the Python rebuild)."},
+     "root_labels) | None (None: not the clean one-trace case; use the Python rebuild). stages is a tuple of "
+     "StageObservation when configure() was given stage_class, else of 7-tuples."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_crebuild", "Native accelerator of rebuild_traces.", -1,

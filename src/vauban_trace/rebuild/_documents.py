@@ -138,6 +138,8 @@ def _config() -> dict[str, Any]:
             Trace, TraceSpan, StageProfile, TraceArtifact, MissingArtifact, TraceRequest, Device, Capabilities,
             Intervention)},
         "parse_json": parse_json_attr,
+        # the C road builds StageObservation records itself, through their slots
+        "stage_class": StageObservation, "stage_fields": _field_names(StageObservation),
     }
 
 
@@ -181,8 +183,7 @@ def rebuild_documents(data: bytes | bytearray | memoryview) -> list[TraceDocumen
         got = _NATIVE.rebuild_one(data)
         if got is not None:
             tid, text, complete, service, root_name, start, end, count, stages, labels = got
-            return [TraceDocument(tid, text, complete, service, root_name, start, end, count,
-                                  tuple(StageObservation(*s) for s in stages), labels, True)]
+            return [TraceDocument(tid, text, complete, service, root_name, start, end, count, stages, labels, True)]
     return python_documents(data)
 
 
