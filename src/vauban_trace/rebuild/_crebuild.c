@@ -512,6 +512,7 @@ static int buf_reserve(Buf *b, size_t extra) {
 }
 
 static int put(Buf *b, const char *s, size_t n) {
+    if (n == 0) return 0;
     TRY(buf_reserve(b, n));
     memcpy(b->p + b->n, s, n);
     b->n += n;
@@ -570,7 +571,7 @@ static int put_jstr(Buf *b, Str s) {
         const uint8_t *q = p;
         while (q < end && PLAIN[*q]) q++;
         if (q == end) { /* the common case: nothing to escape */
-            memcpy(b->p + b->n, p, (size_t)s.n);
+            if (s.n) memcpy(b->p + b->n, p, (size_t)s.n);
             b->n += (size_t)s.n;
             b->p[b->n++] = '"';
             return 0;
