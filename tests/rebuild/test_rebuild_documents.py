@@ -404,3 +404,15 @@ def test_document_round_trips_to_the_trace() -> None:
     trace = doc.trace()
     assert trace == rebuild_traces(rich_trace("rt").data())[0]
     assert json.loads(doc.json)["id"] == doc.trace_id
+
+
+def test_buffer_inputs_and_wrong_types() -> None:
+    data = rich_trace("buffers").data()
+    expected = rebuild_documents(data)
+    assert rebuild_documents(bytearray(data)) == expected == rebuild_documents(memoryview(data))
+    spread = bytearray(2 * len(data))
+    spread[::2] = data
+    strided = rebuild_documents(memoryview(spread)[::2])  # not contiguous: the Python road
+    assert [(d.json, d.stages, d.native) for d in strided] == [(d.json, d.stages, False) for d in expected]
+    with pytest.raises(RebuildError):
+        rebuild_documents("not protobuf")  # type: ignore[arg-type]

@@ -2532,7 +2532,10 @@ out:
 static PyObject *rebuild_one(PyObject *self, PyObject *arg) {
     if (!C.ready || busy) Py_RETURN_NONE;
     Py_buffer view;
-    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) { /* not contiguous bytes: the Python road */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
     busy = 1;
     Str data = {(const uint8_t *)view.buf, view.len};
     PyObject *r = rebuild(data);
@@ -2540,7 +2543,9 @@ static PyObject *rebuild_one(PyObject *self, PyObject *arg) {
     PyBuffer_Release(&view);
     if (r == NULL) {
         if (PyErr_Occurred()) {
-            if (PyErr_ExceptionMatches(PyExc_MemoryError)) return NULL;
+            /* KeyboardInterrupt & co. (raised in a json.loads call) and MemoryError propagate;
+             * anything else only means "not the clean case": the Python road reproduces it */
+            if (!PyErr_ExceptionMatches(PyExc_Exception) || PyErr_ExceptionMatches(PyExc_MemoryError)) return NULL;
             PyErr_Clear();
         }
         Py_RETURN_NONE;
