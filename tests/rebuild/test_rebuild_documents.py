@@ -416,3 +416,30 @@ def test_buffer_inputs_and_wrong_types() -> None:
     assert [(d.json, d.stages, d.native) for d in strided] == [(d.json, d.stages, False) for d in expected]
     with pytest.raises(RebuildError):
         rebuild_documents("not protobuf")  # type: ignore[arg-type]
+
+
+@needs_native
+def test_wire_layout_variants() -> None:
+    base = ExportTraceServiceRequest.FromString(rich_trace("layout", n_stages=3).data())
+    spans = list(base.resource_spans[0].scope_spans[0].spans)
+    # the same resource in several ResourceSpans and ScopeSpans, scopes with attributes
+    split = ExportTraceServiceRequest()
+    for i, span in enumerate(spans):
+        rs = split.resource_spans.add()
+        rs.resource.CopyFrom(base.resource_spans[0].resource)
+        rs.schema_url = "https://opentelemetry.io/schemas/1.26.0"
+        ss = rs.scope_spans.add()
+        ss.scope.name = f"scope-{i % 2}"
+        ss.scope.attributes.append(kv("scope.attr", [1, "x"]))
+        ss.spans.append(span)
+    one = check(split.SerializeToString(), must_be_native=True)
+    # unknown fields (top level and inside a span) are skipped, as protobuf does
+    unknown = base.SerializeToString() + b"\x98\x06\x01"
+    assert one is not None and check(unknown, must_be_native=True) == one
+    # links: the rebuild ignores them, the accelerator leaves them to the Python road
+    linked = ExportTraceServiceRequest()
+    linked.CopyFrom(base)
+    linked.resource_spans[0].scope_spans[0].spans[1].links.add(trace_id=tid("l"), span_id=sid("l"))
+    data = linked.SerializeToString()
+    assert native_result(data) is None
+    assert rebuild_documents(data)[0].json == rebuild_traces(data)[0].to_json()
