@@ -562,14 +562,29 @@ static void init_plain(void) {
     PLAIN['"'] = PLAIN['\\'] = 0;
 }
 
+/* first byte at or after p that json.dumps escapes (end if none): 8 bytes at a time */
+static const uint8_t *plain_run(const uint8_t *q, const uint8_t *end) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (end - q >= 8) {
+        uint64_t x;
+        memcpy(&x, q, 8);
+        uint64_t quote = x ^ (ones * '"'), bslash = x ^ (ones * '\\'), del = x ^ (ones * 0x7f);
+        uint64_t bad = ((x - ones * 0x20) & ~x) | x | ((quote - ones) & ~quote) | ((bslash - ones) & ~bslash) |
+                       ((del - ones) & ~del);
+        if (bad & highs) break;
+        q += 8;
+    }
+    while (q < end && PLAIN[*q]) q++;
+    return q;
+}
+
 /* A JSON string (json.dumps, ensure_ascii=True) from valid UTF-8. */
 static int put_jstr(Buf *b, Str s) {
     TRY(buf_reserve(b, (size_t)s.n + 2));
     b->p[b->n++] = '"';
     const uint8_t *p = s.p, *end = s.p + s.n;
     {
-        const uint8_t *q = p;
-        while (q < end && PLAIN[*q]) q++;
+        const uint8_t *q = plain_run(p, end);
         if (q == end) { /* the common case: nothing to escape */
             if (s.n) memcpy(b->p + b->n, p, (size_t)s.n);
             b->n += (size_t)s.n;
@@ -578,8 +593,7 @@ static int put_jstr(Buf *b, Str s) {
         }
     }
     while (p < end) {
-        const uint8_t *q = p;
-        while (q < end && PLAIN[*q]) q++;
+        const uint8_t *q = plain_run(p, end);
         if (q > p) TRY(put(b, (const char *)p, (size_t)(q - p)));
         if (q >= end) break;
         unsigned c = *q;
@@ -637,9 +651,24 @@ static int put_key(Buf *b, int *first, Str k) {
     return PUTS(b, ": ");
 }
 
+/* a literal key of this file (plain ASCII: written without escaping) */
 static int put_keyc(Buf *b, int *first, const char *k) {
-    Str s = {(const uint8_t *)k, (Py_ssize_t)strlen(k)};
-    return put_key(b, first, s);
+    size_t n = strlen(k); /* a constant: folded by the compiler after inlining */
+    TRY(buf_reserve(b, n + 6));
+    char *w = b->p + b->n;
+    if (!*first) {
+        *w++ = ',';
+        *w++ = ' ';
+    }
+    *first = 0;
+    *w++ = '"';
+    memcpy(w, k, n);
+    w += n;
+    *w++ = '"';
+    *w++ = ':';
+    *w++ = ' ';
+    b->n = (size_t)(w - b->p);
+    return 0;
 }
 
 /* Python value (as json.loads + json_safe made it) -> JSON text, exactly as json.dumps. */
