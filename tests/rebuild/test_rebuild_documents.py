@@ -443,3 +443,14 @@ def test_wire_layout_variants() -> None:
     data = linked.SerializeToString()
     assert native_result(data) is None
     assert rebuild_documents(data)[0].json == rebuild_traces(data)[0].to_json()
+
+
+@needs_native
+def test_string_escaping_matches_json_dumps() -> None:
+    rng = random.Random(3)
+    alphabet = [chr(c) for c in range(0x90)] + ["\u00e9", "\u2028", "\u2603", "\uffff", "\U0001F600", "\U0010FFFF"]
+    for i in range(1000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
+        b = TraceBuilder(f"esc{i}")
+        b.span(text, sid(f"esc{i}"), attrs={sc.TRACE_ROOT: True, "k" + text: text, "list": [text, text[:3]]})
+        check(b.data(), must_be_native=True)
