@@ -91,6 +91,8 @@ def test_ids_never_reach_the_filesystem(make_collector, tmp_path):
     req, tids = vauban_request(2, salt=30)
     assert post(c.http_address, req.SerializeToString())[0] == 200
     wait_for(lambda: c.store.trace_count() == 2)
+    for tid in tids:  # trace files are written on read by default
+        assert c.store.trace_json_file(tid) is not None
     names = [p.name for p in (c.config.store_dir / "traces").iterdir()]
     assert names and all(re.fullmatch(r"[0-9a-f]{32}\.json", n) for n in names)
 

@@ -65,6 +65,8 @@ def register(subparsers: Any) -> None:
                         "(default: env VAUBAN_COLLECTOR_TOKEN, else no token)")
     p.add_argument("--tls-cert", default=None, metavar="FILE", help="TLS certificate (PEM) for both listeners")
     p.add_argument("--tls-key", default=None, metavar="FILE", help="TLS private key (PEM)")
+    p.add_argument("--trace-files", default="on-read", choices=["on-read", "eager"],
+                   help="write traces/<id>.json when first read (default) or on every rebuild")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -89,6 +91,7 @@ def build_config(args: argparse.Namespace) -> Any:
         token=read_token(args.token_file),
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
+        trace_files=args.trace_files.replace("-", "_"),
     )
 
 

@@ -10,14 +10,16 @@ restart pending work is found on disk, never in memory). A pending trace is rebu
   and :func:`~vauban_trace.rebuild.rebuild_traces` marks it incomplete and lists what is missing
   (no root, parents that never arrived).
 
-Rebuilding is ``rebuild_traces(store.spans_for(id))``, where the spans of a trace whose version
+Rebuilding is ``rebuild_documents(store.spans_for_bytes(id))`` (the rebuild's serialised form of
+``rebuild_traces``: Trace JSON plus what the metrics and the store's index need, made by the C
+accelerator for clean traces), where the spans of a trace whose version
 is still 1 (all its spans came in one durable write) come from the snapshot the collector's
 writer handed over (:meth:`Assembler.remember`, bytes identical to ``spans_for_bytes``) instead
 of being read back from SQLite; any later change bumps the version and the snapshot is ignored,
 and after a restart there are none: the store stays the source of truth. Snapshots are bounded
 (``snapshot_bytes``, 16 MiB by default: while full, new traces are not kept and are read back
 like any other, so memory stays bounded under overload). Then the traces of one pass (up to
-``batch``) are stored with ``store.put_traces([(trace, v), ...])`` in one transaction, where
+``batch``) are stored with ``store.put_documents([(doc, v), ...])`` in one transaction, where
 ``v`` is the version read with the pending entry: a span arriving during the rebuild bumps
 the version, so the trace stays pending and is rebuilt again (a late span reopens its trace the
 same way). Data that cannot be rebuilt still yields a stored, incomplete trace whose
@@ -41,6 +43,7 @@ from vauban_trace.collector._metrics import CollectorMetrics
 from vauban_trace.contract import Trace
 
 if TYPE_CHECKING:
+    from vauban_trace.rebuild import TraceDocument
     from vauban_trace.store import PendingTrace, SpanSnapshot, TraceStore
 
 log = logging.getLogger("vauban_trace.collector")
@@ -195,38 +198,34 @@ class Assembler:
         """Rebuild ``entries`` and store them in one transaction (one commit for the batch)."""
         built = [self._rebuild(entry) for entry in entries]
         # stage histograms first, so a trace readable from the store has been observed (a retry
-        # after a failed put observes nothing twice: observe_trace skips spans already seen)
-        for trace, attrs in built:
-            try:
-                self._metrics.observe_trace(trace, attrs)
-            except Exception:  # metrics never block assembly
-                log.exception("observing stage metrics of trace %s failed", trace.id)
-        # the database copy is durable at commit; the traces/<id>.json mirrors are not fsync'd
-        # one by one (that would cost three fsyncs per trace) and are rewritten on the next put
-        self._store.put_traces([(trace, entry.version) for entry, (trace, _) in zip(entries, built, strict=True)],
-                               sync_files=False)
-        for trace, _attrs in built:
-            self._metrics.traces_rebuilt.labels("complete" if trace.complete else "incomplete").inc()
+        # after a failed put observes nothing twice: observe_stages skips spans already seen)
+        try:
+            self._metrics.observe_documents(built)
+        except Exception:  # metrics never block assembly
+            log.exception("observing stage metrics of %d trace(s) failed", len(built))
+        # the database copy is durable at commit; traces/<id>.json mirrors (trace_files="eager")
+        # are not fsync'd one by one (that would cost three fsyncs per trace) and are rewritten
+        # on the next put
+        self._store.put_documents([(doc, entry.version) for entry, doc in zip(entries, built, strict=True)],
+                                  sync_files=False)
+        for doc in built:
+            self._metrics.traces_rebuilt.labels("complete" if doc.complete else "incomplete").inc()
 
-    def _rebuild(self, entry: PendingTrace) -> tuple[Trace, Mapping[str, Any]]:
-        from vauban_trace.rebuild import rebuild_traces
+    def _rebuild(self, entry: PendingTrace) -> TraceDocument:
+        from vauban_trace.rebuild import document_of, rebuild_documents
 
-        trace: Trace | None = None
-        attrs: Mapping[str, Any] = {}
         try:
             snapshot = self._take_snapshot(entry)
             if snapshot is not None:
-                data = TracesData.FromString(snapshot)
                 self.snapshot_hits += 1
+                data = snapshot
             else:
-                data = self._store.spans_for(entry.trace_id)
-            attrs = root_attributes(data)
-            for candidate in rebuild_traces(data):
-                if candidate.id == entry.trace_id:
-                    trace = candidate
-            if trace is None:
-                raise ValueError("rebuild produced no trace with this id")
+                data = self._store.spans_for_bytes(entry.trace_id)
+            for doc in rebuild_documents(data):
+                if doc.trace_id == entry.trace_id:
+                    return doc
+            raise ValueError("rebuild produced no trace with this id")
         except Exception as exc:  # bad stored data: keep a record of why instead of retrying forever
             log.warning("trace %s could not be rebuilt: %s", entry.trace_id, exc)
             trace = Trace(id=entry.trace_id, complete=False, problems=(f"rebuild failed: {exc}",))
-        return trace, attrs
+            return document_of(trace, None)

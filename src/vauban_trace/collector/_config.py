@@ -91,6 +91,9 @@ class CollectorConfig:
     or ``incomplete_after_s`` after its last span when no root ever came (stored incomplete).
     While more than ``max_pending_traces`` traces wait for assembly, new requests are refused
     the same way (the assembly backlog stays bounded); None disables that bound.
+    ``trace_files`` is the store's policy for ``traces/<id>.json`` mirrors: ``"on_read"`` (default:
+    written from the database when first asked for, e.g. by ``vauban-trace show``) or ``"eager"``
+    (written on every rebuild, one new file per trace).
     """
 
     store_dir: Path = Path(".vauban")
@@ -110,6 +113,7 @@ class CollectorConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     socket_timeout_s: float = 30.0
+    trace_files: str = "on_read"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -125,6 +129,8 @@ class CollectorConfig:
             raise ConfigurationError("max_inflight_bytes must be >= max_body (one request must fit)")
         if self.quiet_period_s < 0 or self.incomplete_after_s < self.quiet_period_s:
             raise ConfigurationError("need 0 <= quiet period <= incomplete timeout")
+        if self.trace_files not in ("eager", "on_read"):
+            raise ConfigurationError(f"trace files must be 'eager' or 'on_read', got {self.trace_files!r}")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
             raise ConfigurationError("the bearer token must be non-empty and contain no whitespace")
 

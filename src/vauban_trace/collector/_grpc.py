@@ -29,7 +29,7 @@ from google.rpc import error_details_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
-from vauban_trace.collector._codec import PROTOBUF, BadRequest, decode_request
+from vauban_trace.collector._codec import BadRequest
 from vauban_trace.collector._config import CollectorConfig
 from vauban_trace.collector._ingest import Admission, Ingestor, StoreUnavailable
 from vauban_trace.collector._metrics import CollectorMetrics
@@ -78,9 +78,9 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             self._abort(context, grpc.StatusCode.UNAVAILABLE, "collector is busy: retry later", retry=True)
         try:
             try:
-                message = decode_request(raw, PROTOBUF)
-                del raw, request
-                outcome = self._ingestor.ingest(message, "grpc")
+                del request
+                outcome = self._ingestor.ingest_protobuf(raw, "grpc")
+                del raw
             except BadRequest as exc:
                 self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except StoreUnavailable as exc:

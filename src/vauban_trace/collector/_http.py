@@ -298,9 +298,11 @@ class _Handler(BaseHTTPRequestHandler):
             raw = self._read_body(length, raw_cap)
             body = inflate(raw, self.headers.get("Content-Encoding"), srv.config.max_body)
             del raw
-            request = decode_request(body, media)
+            if media == PROTOBUF:
+                outcome = srv.ingestor.ingest_protobuf(bytes(body), "http")
+            else:
+                outcome = srv.ingestor.ingest(decode_request(body, media), "http")
             del body
-            outcome = srv.ingestor.ingest(request, "http")
         except BadRequest as exc:
             self._refuse(media, _Refusal(400, _INVALID_ARGUMENT, str(exc), field=exc.field))
         except TooLarge as exc:

@@ -16,19 +16,18 @@ insert and only counted. All writes go through one writer thread with group comm
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 
-from vauban_trace.collector._codec import drop_invalid_spans
+from vauban_trace.collector._codec import PROTOBUF, decode_request, drop_invalid_spans
 from vauban_trace.collector._metrics import CollectorMetrics
+from vauban_trace.store import CutRequest, cut_request
 
 if TYPE_CHECKING:
     from vauban_trace.store import SpanSnapshot, TraceStore
@@ -107,10 +106,11 @@ class Outcome:
 
 
 class _Job:
-    __slots__ = ("request", "valid", "done", "result", "error")
+    __slots__ = ("part", "valid", "done", "result", "error")
 
-    def __init__(self, request: ExportTraceServiceRequest, valid: int) -> None:
-        self.request = request
+    def __init__(self, part: ExportTraceServiceRequest | bytes | CutRequest, valid: int) -> None:
+        # the decoded request, its protobuf body when nothing was dropped from it, or its rows
+        self.part = part
         self.valid = valid
         self.done = threading.Event()
         self.result: tuple[int, int] = (0, 0)
@@ -149,8 +149,32 @@ class Ingestor:
         self._queue.put(None)
         self._thread.join()
 
-    def ingest(self, request: ExportTraceServiceRequest, transport: str) -> Outcome:
-        """Store the valid spans of ``request``; raises :class:`StoreUnavailable` if the write failed."""
+    def ingest_protobuf(self, body: bytes, transport: str) -> Outcome:
+        """Store the valid spans of a protobuf request body; :class:`BadRequest` when it does not
+        decode, :class:`StoreUnavailable` when the write failed.
+
+        The C splitter (:func:`~vauban_trace.store.cut_request`) first tries to cut the body into
+        the store's rows: it succeeds only when every span is valid and the bytes are in the
+        canonical form upb writes (what SDK exporters send), and then no protobuf decode is
+        needed; anything else (a span to reject, unusual encoding, no extension) takes the
+        decode + :meth:`ingest` path, with the same result.
+        """
+        cut = cut_request(body)
+        if cut is None:
+            return self.ingest(decode_request(body, PROTOBUF), transport, raw=body)
+        received = len(cut)
+        if received:
+            self._metrics.spans_received.labels(transport).inc(received)
+            return self._store_job(_Job(cut, received), 0, "")
+        return Outcome(0, 0, 0, "")
+
+    def ingest(self, request: ExportTraceServiceRequest, transport: str, *, raw: bytes | None = None) -> Outcome:
+        """Store the valid spans of ``request``; raises :class:`StoreUnavailable` if the write failed.
+
+        ``raw`` is the protobuf body ``request`` was decoded from: when no span is dropped, the
+        store cuts its rows from these bytes (:meth:`TraceStore.ingest_parts`), and the decoded
+        message is released before the write.
+        """
         check = drop_invalid_spans(request)
         received = check.valid + check.rejected
         if received:
@@ -159,15 +183,20 @@ class Ingestor:
             self._metrics.spans_rejected.labels("invalid_id").inc(check.rejected - check.bad_time)
         if check.bad_time:
             self._metrics.spans_rejected.labels("invalid_time").inc(check.bad_time)
-        accepted = duplicates = 0
         if check.valid:
-            job = _Job(request, check.valid)
-            self._queue.put(job)
-            job.done.wait()
-            if job.error is not None:
-                raise StoreUnavailable(f"the trace store could not write the spans: {job.error}") from job.error
-            accepted, duplicates = job.result
-        return Outcome(accepted, duplicates, check.rejected, check.message())
+            job = _Job(raw if raw is not None and not check.rejected else request, check.valid)
+            del request
+            return self._store_job(job, check.rejected, check.message())
+        return Outcome(0, 0, check.rejected, check.message())
+
+    def _store_job(self, job: _Job, rejected: int, message: str) -> Outcome:
+        """Queue ``job`` for the writer and wait until its transaction committed."""
+        self._queue.put(job)
+        job.done.wait()
+        if job.error is not None:
+            raise StoreUnavailable(f"the trace store could not write the spans: {job.error}") from job.error
+        accepted, duplicates = job.result
+        return Outcome(accepted, duplicates, rejected, message)
 
     def _write_loop(self) -> None:
         stopping = False
@@ -190,17 +219,10 @@ class Ingestor:
     def _write(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
         try:
-            request: ExportTraceServiceRequest | Iterable[ResourceSpans] = (
-                jobs[0].request if len(jobs) == 1
-                else itertools.chain.from_iterable(job.request.resource_spans for job in jobs)
-            )
-            if self._on_snapshots is None:
-                accepted, duplicates = self._store.add_spans(request)
-            else:
-                result = self._store.ingest(request, snapshots=True)
-                accepted, duplicates = result.accepted, result.duplicates
-                if result.snapshots:
-                    self._on_snapshots(result.snapshots)
+            result = self._store.ingest_parts([job.part for job in jobs], snapshots=self._on_snapshots is not None)
+            accepted, duplicates = result.accepted, result.duplicates
+            if result.snapshots and self._on_snapshots is not None:
+                self._on_snapshots(result.snapshots)
         except BaseException as exc:
             self._metrics.spans_rejected.labels("store_error").inc(sum(job.valid for job in jobs))
             for job in jobs:

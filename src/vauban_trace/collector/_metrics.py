@@ -36,12 +36,15 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from vauban_trace.contract import Provenance, Trace
+
+if TYPE_CHECKING:
+    from vauban_trace.rebuild import StageObservation, TraceDocument
 
 _DURATION_BUCKETS = (
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -109,53 +112,88 @@ class CollectorMetrics:
     def observe_trace(self, trace: Trace, root_attributes: Mapping[str, Any]) -> int:
         """Observe the stage histograms for spans of ``trace`` not observed before; returns how many.
 
-        ``root_attributes`` are the root span's OTLP attributes (model and sweep labels). While a
-        trace has no root yet (rebuilt incomplete before its root arrived) nothing is observed and
-        nothing is marked seen: its labels are unknown, and observing under an empty model label
-        would count those spans under the wrong series for good. They are observed once the root
-        has arrived; a trace whose root never arrives is not counted in the stage histograms.
+        ``root_attributes`` are the root span's OTLP attributes (model and sweep labels); empty
+        when the trace has no root yet. See :meth:`observe_document`.
         """
         from vauban_trace import semconv
+        from vauban_trace.rebuild import document_of
 
-        if not root_attributes:
+        labels = None if not root_attributes else (
+            root_attributes.get(semconv.GEN_AI_REQUEST_MODEL),
+            root_attributes.get(semconv.SWEEP_AXIS),
+            root_attributes.get(semconv.SWEEP_AXIS_VALUE),
+        )
+        return self.observe_document(document_of(trace, labels))
+
+    def observe_document(self, doc: TraceDocument) -> int:
+        """:meth:`observe_stages` of a rebuilt trace document."""
+        return self.observe_stages(doc.trace_id, doc.stages, doc.root_labels)
+
+    def observe_documents(self, docs: Iterable[TraceDocument]) -> int:
+        """:meth:`observe_document` of several traces, observed together: each label set's values
+        go into its histogram in one bulk update per call, not one per trace (the assembler
+        observes a whole pass at once). Returns how many spans were observed."""
+        batches: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
+        done = sum(self._gather(doc.trace_id, doc.stages, doc.root_labels, batches) for doc in docs)
+        self._flush(batches)
+        return done
+
+    def observe_stages(
+        self, trace_id: str, stages: Iterable[StageObservation], root_labels: tuple[Any, Any, Any] | None
+    ) -> int:
+        """Observe the stage histograms for the spans among ``stages`` not observed before.
+
+        ``root_labels`` are the root span's (model, sweep axis, sweep axis value) attribute values.
+        While a trace has no root yet (``None``: rebuilt incomplete before its root arrived)
+        nothing is observed and nothing is marked seen: its labels are unknown, and observing
+        under an empty model label would count those spans under the wrong series for good. They
+        are observed once the root has arrived; a trace whose root never arrives is not counted
+        in the stage histograms. Returns how many spans were observed.
+        """
+        batches: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
+        done = self._gather(trace_id, stages, root_labels, batches)
+        self._flush(batches)
+        return done
+
+    def _gather(
+        self,
+        trace_id: str,
+        stages: Iterable[StageObservation],
+        root_labels: tuple[Any, Any, Any] | None,
+        batches: dict[tuple[Histogram, tuple[str, ...]], list[float]],
+    ) -> int:
+        """Add the values of the spans not observed before to ``batches`` (per label set)."""
+        if root_labels is None:
             return 0
-
-        model = _label(root_attributes.get(semconv.GEN_AI_REQUEST_MODEL))
-        axis = _label(root_attributes.get(semconv.SWEEP_AXIS))
-        value = _label(root_attributes.get(semconv.SWEEP_AXIS_VALUE))
+        model, axis, value = (_label(v) for v in root_labels)
         with self._lock:
-            seen = self._seen.pop(trace.id, None) or set()
-            self._seen[trace.id] = seen
+            seen = self._seen.pop(trace_id, None) or set()
+            self._seen[trace_id] = seen
             while len(self._seen) > self._seen_cap:
                 self._seen.popitem(last=False)
-            fresh = [s for s in trace.spans if s.stage and s.id not in seen]
-            seen.update(s.id for s in fresh)
-        # gather per label set, then observe each set in bulk (one lock round per bucket hit,
-        # not one bisect + two locked increments per value)
-        batches: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
-        for span in fresh:
-            stage = str(span.stage)
-            profile = span.profile
-            duration = profile.duration_s if profile is not None and profile.duration_s is not None else None
-            if duration is None and span.end_unix_nano >= span.start_unix_nano > 0:
-                duration = span.duration_s
-            if duration is not None:
-                batches.setdefault((self.stage_duration, (stage, model, axis, value)), []).append(duration)
-            if profile is None:
+            fresh = [s for s in stages if s.span_id not in seen]
+            seen.update(s.span_id for s in fresh)
+        duration, nbytes, syncs = self.stage_duration, self.stage_bytes, self.stage_sync_points
+        for obs in fresh:
+            stage = obs.stage
+            if not stage:
                 continue
+            if obs.duration_s is not None:
+                batches.setdefault((duration, (stage, model, axis, value)), []).append(obs.duration_s)
             # the contract forbids a value with provenance "unavailable": a set value is observable
-            if profile.input_bytes is not None:
-                batches.setdefault((self.stage_bytes, (stage, model, "in", axis, value)), []).append(
-                    profile.input_bytes)
-            if profile.output_bytes is not None:
-                batches.setdefault((self.stage_bytes, (stage, model, "out", axis, value)), []).append(
-                    profile.output_bytes)
-            if profile.sync_points is not None and profile.provenance.get("sync_points") in _OBSERVABLE:
-                batches.setdefault((self.stage_sync_points, (stage, model, axis, value)), []).append(
-                    profile.sync_points)
+            if obs.input_bytes is not None:
+                batches.setdefault((nbytes, (stage, model, "in", axis, value)), []).append(obs.input_bytes)
+            if obs.output_bytes is not None:
+                batches.setdefault((nbytes, (stage, model, "out", axis, value)), []).append(obs.output_bytes)
+            if obs.sync_points is not None and obs.sync_provenance in _OBSERVABLE:
+                batches.setdefault((syncs, (stage, model, axis, value)), []).append(obs.sync_points)
+        return len(fresh)
+
+    def _flush(self, batches: dict[tuple[Histogram, tuple[str, ...]], list[float]]) -> None:
+        # one bulk update per label set (one lock round per bucket hit, not one bisect + two
+        # locked increments per value)
         for (histogram, labels), amounts in batches.items():
             _observe_many(self._child(histogram, labels), amounts)
-        return len(fresh)
 
     def _child(self, histogram: Histogram, labels: tuple[str, ...]) -> Any:
         """``histogram.labels(*labels)``, cached; created only when first observed, so a series

@@ -31,6 +31,9 @@
 - :func:`check_trace_id` canonical 32-hex-digit trace ids (clear :class:`TraceStoreError`
   otherwise). Missing traces raise :class:`TraceNotFoundError`, which says whether the trace is
   unknown or only not rebuilt yet.
+- :func:`cut_request` / :class:`CutRequest` a serialized export request cut into rows by the C
+  splitter (None when the Python path must decode it): a receiver that gets one skips the
+  protobuf decode, and ``ingest_parts`` stores it as is.
 - :class:`SpanSnapshot` the spans of a trace new to the store, as ``ingest(..., snapshots=True)``
   hands them back (``data()`` = ``spans_for_bytes``): the collector's assembler rebuilds from it
   instead of reading the trace back.
@@ -40,8 +43,10 @@ from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.store._db import TraceDocumentLike, TraceFiles, TraceStore
 from vauban_trace.store._ingest import SpanSnapshot
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
+from vauban_trace.store._split import CutRequest, cut_request
 
 __all__ = [
+    "CutRequest",
     "IngestResult",
     "PendingTrace",
     "SpanSnapshot",
@@ -52,4 +57,5 @@ __all__ = [
     "TraceStoreError",
     "TraceSummary",
     "check_trace_id",
+    "cut_request",
 ]

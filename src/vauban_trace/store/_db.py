@@ -52,7 +52,7 @@ from vauban_trace.artifacts import LocalArtifactStore
 from vauban_trace.contract import Trace
 from vauban_trace.store._ingest import SpanRow, SpanSnapshot, extract_rows, store_rows
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
-from vauban_trace.store._split import split_rows
+from vauban_trace.store._split import CutRequest, split_rows
 from vauban_trace.store._sql import connect, initialise
 from vauban_trace.store._wire import traces_data_bytes
 
@@ -247,7 +247,7 @@ class TraceStore:
 
     def ingest_parts(
         self,
-        parts: Iterable[bytes | ExportTraceServiceRequest | TracesData | Iterable[ResourceSpans]],
+        parts: Iterable[CutRequest | bytes | ExportTraceServiceRequest | TracesData | Iterable[ResourceSpans]],
         *,
         snapshots: bool = False,
     ) -> IngestResult:
@@ -256,11 +256,15 @@ class TraceStore:
         A part may also be a serialized ``ExportTraceServiceRequest`` / ``TracesData`` that the
         caller already decoded successfully (the collector passes request bodies): its rows are
         then cut straight from the bytes by the C splitter when it is built and the bytes are in
-        canonical form, which gives the same rows as decoding them (see ``_split``).
+        canonical form, which gives the same rows as decoding them (see ``_split``); a
+        :class:`CutRequest` (from :func:`cut_request`) brings its rows already cut.
         """
         rows: list[SpanRow] = []
         problems: list[str] = []
         for part in parts:
+            if isinstance(part, CutRequest):
+                rows.extend(part.rows)
+                continue
             if isinstance(part, (bytes, bytearray, memoryview)):
                 data = bytes(part)
                 cut = split_rows(data)
