@@ -160,7 +160,7 @@ class Assembler:
             self._wake.wait(self._interval)
             self._wake.clear()
             if not self._stop.is_set():
-                self._stop.wait(min(self._interval, 0.05))  # coalesce bursts of wake-ups
+                self._stop.wait(min(self._interval, 0.005))  # coalesce bursts of wake-ups
 
     # -- one pass -------------------------------------------------------------------------
     def ready(self, pending: PendingTrace, now_ns: int) -> bool:

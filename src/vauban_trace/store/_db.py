@@ -151,6 +151,9 @@ class TraceStore:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        # write transactions of this object's threads queue here, not in SQLite's busy handler,
+        # which sleeps 1-100 ms between retries (other processes still meet that handler)
+        self._write_lock = threading.Lock()
         self._pid = os.getpid()
         self._closed = False
         self._blobs: LocalArtifactStore | None = None
@@ -179,19 +182,20 @@ class TraceStore:
     @contextlib.contextmanager
     def _write_tx(self, what: str) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise TraceStoreError(f"{what}: cannot start a transaction on {str(self.db_path)!r}: {exc}") from exc
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise TraceStoreError(f"{what}: {str(self.db_path)!r}: {exc}") from exc
-            raise
+        with self._write_lock:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise TraceStoreError(f"{what}: cannot start a transaction on {str(self.db_path)!r}: {exc}") from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise TraceStoreError(f"{what}: {str(self.db_path)!r}: {exc}") from exc
+                raise
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         try:
