@@ -37,8 +37,8 @@ def _doc(trace: Trace) -> _Doc:
 def test_put_documents_stores_the_text_and_the_index(tmp_path: Path) -> None:
     ts = TraceStore(tmp_path)
     trace = _trace(TRACE_A)
-    [path] = ts.put_documents([(_doc(trace), None)])
-    assert path.read_text() == trace.to_json()
+    assert ts.put_documents([(_doc(trace), None)]) == 1
+    assert ts.trace_json_path(TRACE_A).read_text() == trace.to_json()
     assert ts.get_trace(TRACE_A) == trace
     [summary] = ts.list_traces()
     assert (summary.trace_id, summary.service, summary.root_name, summary.duration_s, summary.span_count) == (

@@ -407,29 +407,30 @@ class TraceStore:
             if not isinstance(trace, Trace):
                 raise TraceStoreError(f"put_trace: expected a Trace, got {type(trace).__name__}")
             docs.append((_TraceRow.of(trace), version))
-        return self.put_documents(docs, sync_files=sync_files)
+        self.put_documents(docs, sync_files=sync_files)
+        return [self.trace_json_path(doc.trace_id) for doc, _version in docs]
 
-    def put_documents(
-        self, items: Iterable[tuple[TraceDocumentLike, int | None]], *, sync_files: bool = True
-    ) -> list[Path]:
+    def put_documents(self, items: Iterable[tuple[TraceDocumentLike, int | None]], *, sync_files: bool = True) -> int:
         """:meth:`put_traces` for traces already serialised (``rebuild_documents`` gives them):
-        the JSON text is stored as is, so it MUST be the trace's ``Trace.to_json()``."""
+        the JSON text is stored as is, so it MUST be the trace's ``Trace.to_json()``. Returns how
+        many traces were stored (:meth:`trace_json_path` / :meth:`trace_json_file` give the files)."""
         prepared = []
         eager = self.trace_files == "eager"
+        folder = os.path.join(self.dir, "traces")
         for doc, version in items:
             tid = check_trace_id(doc.trace_id, where="put_trace: trace.id")
-            path = self.trace_json_path(tid)
+            path = os.path.join(folder, tid + ".json")
             try:
                 if eager:
-                    _write_atomic(path, doc.json, sync=sync_files)
+                    _write_atomic(Path(path), doc.json, sync=sync_files)
                 else:  # a stale mirror would contradict the database; trace_json_file rewrites it
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
             except OSError as exc:
-                raise TraceStoreError(f"put_trace: cannot write {str(path)!r}: {exc}") from exc
+                raise TraceStoreError(f"put_trace: cannot write {path!r}: {exc}") from exc
             prepared.append((doc, version, tid, path))
         if not prepared:
-            return []
+            return 0
         now = time.time_ns()
         params = [
             (
@@ -441,7 +442,7 @@ class TraceStore:
         ]
         with self._write_tx("put_trace") as conn:
             conn.executemany(_PUT_TRACE, params)
-        return [item[3] for item in prepared]
+        return len(prepared)
 
     def get_trace(self, trace_id: str) -> Trace:
         """The rebuilt trace ``trace_id``; :class:`TraceNotFoundError` says why it is absent."""
