@@ -20,7 +20,9 @@ Per workload and road, the median over ``--repeat`` interleaved runs of the CPU 
 Before timing, every document of the native road is checked byte for byte against the Python
 road (a mismatch aborts the benchmark)::
 
-    python bench/bench_rebuild_native.py [--batches 4] [--traces 32] [--stages 8] [--artifacts 16]
+    python bench/bench_rebuild_native.py [--batches 4] [--traces 32] [--stages 8] [--artifacts 16] [--write-docs]
+
+``--write-docs`` replaces the "Native rebuild" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def main() -> None:
     ap.add_argument("--stages", type=int, default=8)
     ap.add_argument("--artifacts", type=int, default=16)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--write-docs", action="store_true", help="replace the section in docs/benchmarks.md")
     args = ap.parse_args()
     if not native_available():
         raise SystemExit("the _crebuild extension is not built (python setup.py build_ext --inplace)")
@@ -122,6 +125,7 @@ def main() -> None:
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"CPU time, median of {args.repeat}")
     print(f"{'workload':<10} {'spans':>6} {'road':<18} {'us/span':>9} {'spans/s':>10} {'speed-up':>9}")
+    table: list[str] = []
     for name, parts in workloads.items():
         verify(parts)
         n = span_count(parts)
@@ -134,6 +138,29 @@ def main() -> None:
         for k, ts in times.items():
             med = statistics.median(ts)
             print(f"{name:<10} {n:>6} {k:<18} {med / n * 1e6:>9.2f} {n / med:>10,.0f} {base / med:>8.1f}x")
+            table.append(f"| {name} | {n:,} | {k} | {med / n * 1e6:.2f} | {n / med:,.0f} | {base / med:.1f}x |")
+    if args.write_docs:
+        from benchdoc import cpu_model, replace_section
+
+        replace_section(SECTION, "\n".join([
+            SECTION, "",
+            f"Command: `python bench/bench_rebuild_native.py --batches {args.batches} --traces {args.traces} "
+            f"--stages {args.stages} --artifacts {args.artifacts} --repeat {args.repeat} --write-docs`", "",
+            f"Machine: `uname -m` = {platform.machine()}, CPU: {cpu_model()}; Python {platform.python_version()}", "",
+            "One trace's serialized OTLP protobuf to its stored Trace JSON, CPU time per span (median of "
+            f"{args.repeat} interleaved runs). `python`: `rebuild_traces` + `to_json` (the reference); "
+            "`python docs`: the same plus the summary fields (the fallback of `rebuild_documents`); `native`: "
+            "the C accelerator alone; `rebuild_documents`: the public call. Every native document was first "
+            "checked byte for byte against the Python one. `collector`: the collector benchmark's traces "
+            "(16 spans, counters with provenance, one artifact event per stage); `artifacts`: "
+            f"{args.stages} stage spans x {args.artifacts} artifact events per trace.", "",
+            "| workload | spans | road | µs/span | spans/s | speed-up vs python |",
+            "|---|---|---|---|---|---|",
+            *table, "",
+        ]))
+
+
+SECTION = "## Native rebuild (rebuild_documents)"
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("bench_stage_overhead", "bench_hashing", "bench_rebuild", "bench_collector", "bench_torch_generate")
+BENCHES = ("bench_stage_overhead", "bench_hashing", "bench_rebuild", "bench_rebuild_native", "bench_collector",
+           "bench_torch_generate")
 
 
 def main() -> int:
