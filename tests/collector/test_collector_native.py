@@ -91,7 +91,7 @@ def test_trace_files_policy_flag(tmp_path: Path) -> None:
     args = build_parser().parse_args(["collector", "--store", str(tmp_path)])
     assert build_config(args).trace_files == "on_read"
     with pytest.raises(ConfigurationError, match="trace files"):
-        CollectorConfig(trace_files="sometimes")
+        CollectorConfig(trace_files="sometimes")  # type: ignore[arg-type]
 
 
 def test_eager_trace_files_are_written_at_rebuild(make_collector: Any) -> None:

@@ -91,7 +91,7 @@ def build_config(args: argparse.Namespace) -> Any:
         token=read_token(args.token_file),
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
-        trace_files=args.trace_files.replace("-", "_"),
+        trace_files="eager" if args.trace_files == "eager" else "on_read",
     )
 
 

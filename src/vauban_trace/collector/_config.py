@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from vauban_trace._exceptions import ConfigurationError
 
@@ -113,7 +114,7 @@ class CollectorConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     socket_timeout_s: float = 30.0
-    trace_files: str = "on_read"
+    trace_files: Literal["eager", "on_read"] = "on_read"
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -65,7 +65,7 @@ class Collector:
 
         cfg = self.config
         if self._store is None:
-            self._store = TraceStore(Path(cfg.store_dir), trace_files="eager" if cfg.trace_files == "eager" else "on_read")
+            self._store = TraceStore(Path(cfg.store_dir), trace_files=cfg.trace_files)
         self.assembler = Assembler(
             self._store,
             self.metrics,
