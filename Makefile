@@ -10,7 +10,7 @@ STAMP_TEST := $(VENV)/.test-installed
 # the optional C accelerators (setup.py): rebuilt when their sources change; `make test` insists
 # that they build (VAUBAN_TRACE_REQUIRE_NATIVE=1), `make demo` falls back to pure Python without
 # a compiler
-NATIVE_SRC := setup.py $(wildcard src/vauban_trace/*/_c*.c)
+NATIVE_SRC := setup.py $(wildcard src/vauban_trace/*/_c*.c src/vauban_trace/*/_c*/*.c src/vauban_trace/*/_c*/*.h)
 
 .PHONY: demo test install-demo install-test lint typecheck bench clean
 

@@ -17,7 +17,11 @@ setup(
     ext_modules=[
         Extension(
             "vauban_trace.rebuild._crebuild",
-            sources=["src/vauban_trace/rebuild/_crebuild.c"],
+            sources=[
+                f"src/vauban_trace/rebuild/_crebuild_src/{name}.c"
+                for name in ("module", "config", "json", "wire", "values", "records", "span", "trace")
+            ],
+            depends=["src/vauban_trace/rebuild/_crebuild_src/crebuild.h"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=not _REQUIRED,
         ),

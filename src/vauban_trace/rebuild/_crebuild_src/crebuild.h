@@ -1,0 +1,361 @@
+/* _crebuild internal header: what the files of the native rebuild share.
+ *
+ * The byte-string view (Str) and the bail convention (BAIL / TRY: any nonzero result means "not
+ * the clean case, let the Python road do it"), the vocabulary from configure (crb_cfg), the output
+ * buffer with its small inline writers, the wire-reading types and the per-call arrays (crb_g), the
+ * attribute indexes, the trace-level output (Out), and the prototypes of every crb_ function.
+ * Hot helpers that used to be file-local stay static inline here; everything else is static in its
+ * own file. Not a public API: only PyInit__crebuild is exported from the module.
+ */
+#ifndef VAUBAN_CREBUILD_H
+#define VAUBAN_CREBUILD_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden) /* the crb_ names are internal to the extension */
+#endif
+
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t n;
+} Str;
+
+#define BAIL (-1)
+#define TRY(x)                  \
+    do {                        \
+        if ((x) != 0) return BAIL; \
+    } while (0)
+
+static inline int str_eq(Str a, Str b) { return a.n == b.n && (a.n == 0 || memcmp(a.p, b.p, (size_t)a.n) == 0); }
+
+/* ---- configuration (config.c) ---- */
+
+#define MAXKEYS 512
+#define HSIZE 2048
+#define MAXLIST 64
+
+extern Str crb_key_names[MAXKEYS]; /* interned attribute names, by id */
+extern int crb_nkeys;
+extern int crb_htab[HSIZE]; /* open addressing: name hash -> id, -1 empty */
+
+typedef struct {
+    int n;
+    Str w[MAXLIST];
+} Words;
+
+static inline int words_find(const Words *w, Str s) {
+    for (int i = 0; i < w->n; i++)
+        if (str_eq(w->w[i], s)) return i;
+    return -1;
+}
+
+enum { NREQ = 10 };
+enum { RQ_TEXT, RQ_REF, RQ_PROMPT, RQ_ARTS, RQ_LAYERS, RQ_INTERV, RQ_CHAT, RQ_LOGITS, RQ_LOGPROBS, RQ_META };
+
+typedef struct {
+    int stage, spill_of, device_kind, device_label, trace_root, schema_version, trace_metadata;
+    int span_input_ids, span_metadata, error_type, memory_method, service_name;
+    int executor_name, executor_version, cap_device_kinds, cap_notes;
+    int req[NREQ];
+    int art_id, art_kind, art_digest, art_uri, art_media_type, art_dtype, art_shape, art_byte_size, art_layer,
+        art_metadata, missing_reason, missing_detail, exc_type, exc_message;
+    int label[3];
+    int k_events, k_remote_parent;
+    int ncounters;
+    int cnt_v[MAXLIST], cnt_p[MAXLIST], cnt_float[MAXLIST];
+    Str cnt_name[MAXLIST];
+    int c_duration, c_input_bytes, c_output_bytes, c_sync_points;
+    int ncaps;
+    int cap_attr[MAXLIST];
+    Str cap_name[MAXLIST];
+    int nsum;
+    int sum_attr[MAXLIST];
+    Str sum_key[MAXLIST];
+    int npm;
+    int pm_attr[MAXLIST];
+    Str pm_short[MAXLIST];
+    int nsweep;
+    int sweep_attr[MAXLIST];
+    Str sweep_short[MAXLIST];
+    int nprofile_fields;
+    int profile_field[MAXLIST]; /* >= 0 counter index; -1 name, -2 device, -3 memory_method, -4 provenance, -5 metadata */
+    Str ev_artifact, ev_missing, ev_exception, gen_ai_prefix, schema_major, schema_default, measured, unavailable,
+        unsupported;
+    Words prov, kinds, reasons, levels, digest_alg;
+    int digest_len[MAXLIST];
+    Str status_word[3];
+    Str meta_keys[16]; /* the keys the rebuild computes in Trace.metadata */
+    int nmeta_keys;
+    PyObject *parse_json; /* parse_json_attr: str -> (value, error | None) */
+    PyTypeObject *stage_cls; /* StageObservation (slots dataclass), or NULL: plain tuples */
+    PyObject *stage_slots[8];
+    int ready;
+} CrbConfig;
+
+extern CrbConfig crb_cfg;
+
+/* interned id of an attribute name, -1 if configure did not name it */
+int crb_lookup_key(const uint8_t *p, Py_ssize_t n);
+PyObject *crb_configure(PyObject *self, PyObject *cfg);
+
+/* ---- output buffer and JSON text (json.c) ---- */
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+} Buf;
+
+static inline int buf_reserve(Buf *b, size_t extra) {
+    if (b->n + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + extra) cap *= 2;
+    char *p = (char *)PyMem_RawRealloc(b->p, cap);
+    if (p == NULL) return BAIL;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static inline int put(Buf *b, const char *s, size_t n) {
+    if (n == 0) return 0;
+    TRY(buf_reserve(b, n));
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+#define PUTS(b, lit) put((b), (lit), sizeof(lit) - 1)
+
+/* a literal key of these files (plain ASCII: written without escaping) */
+static inline int put_keyc(Buf *b, int *first, const char *k) {
+    size_t n = strlen(k); /* a constant: folded by the compiler after inlining */
+    TRY(buf_reserve(b, n + 6));
+    char *w = b->p + b->n;
+    if (!*first) {
+        *w++ = ',';
+        *w++ = ' ';
+    }
+    *first = 0;
+    *w++ = '"';
+    memcpy(w, k, n);
+    w += n;
+    *w++ = '"';
+    *w++ = ':';
+    *w++ = ' ';
+    b->n = (size_t)(w - b->p);
+    return 0;
+}
+
+extern const char crb_hex[17];
+
+void crb_json_init(void);
+int crb_put_u64(Buf *b, uint64_t v);
+int crb_put_i64(Buf *b, int64_t v);
+int crb_put_double(Buf *b, double x);
+/* A JSON string (json.dumps, ensure_ascii=True) from valid UTF-8. */
+int crb_put_jstr(Buf *b, Str s);
+int crb_put_hex(Buf *b, Str id);
+/* key of an object member: writes ", " unless first, then "key": */
+int crb_put_key(Buf *b, int *first, Str k);
+/* Python value (as json.loads + json_safe made it) -> JSON text, exactly as json.dumps. */
+int crb_put_py(Buf *b, PyObject *v, int depth);
+
+/* ---- protobuf wire reading (wire.c) ---- */
+
+enum { V_NONE, V_STR, V_BOOL, V_INT, V_DBL, V_ARR, V_KVL };
+
+typedef struct {
+    Str key;
+    Str s; /* string value, or the raw ArrayValue / KeyValueList message */
+    int64_t i;
+    double d;
+    int kid;
+    uint8_t type;
+    uint8_t used, merged;
+} Attr;
+
+typedef struct {
+    uint64_t time;
+    Str name;
+    int a0, an;
+} Event;
+
+typedef struct {
+    Str trace_id, span_id, parent, name, status_msg, resource;
+    uint64_t start, end, idkey, parentkey;
+    int has_parent, parent_field_len, status;
+    int a0, an, e0, en;
+    int seq, marked;
+} Span;
+
+typedef struct {
+    Attr *attrs;
+    int nattrs, capattrs;
+    Event *events;
+    int nevents, capevents;
+    Span *spans;
+    int nspans, capspans;
+    Str *scratch; /* kvlist key stack */
+    int nscratch, capscratch;
+    int has_spill;
+} Ctx;
+
+extern Ctx crb_g;
+
+#define GROW(arr, n, cap, T)                                                  \
+    do {                                                                      \
+        if ((n) >= (cap)) {                                                   \
+            int nc = (cap) ? (cap) * 2 : 64;                                  \
+            T *np = (T *)PyMem_RawRealloc((arr), sizeof(T) * (size_t)nc);     \
+            if (np == NULL) return BAIL;                                      \
+            (arr) = np;                                                       \
+            (cap) = nc;                                                       \
+        }                                                                     \
+    } while (0)
+
+static inline int rd_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
+    const uint8_t *p = *pp;
+    uint64_t v = 0;
+    for (int i = 0; i < 10; i++) {
+        if (p >= end) return BAIL;
+        uint8_t c = *p++;
+        if (i == 9 && c > 1) return BAIL;
+        v |= (uint64_t)(c & 0x7f) << (7 * i);
+        if (!(c & 0x80)) {
+            *pp = p;
+            *out = v;
+            return 0;
+        }
+    }
+    return BAIL;
+}
+
+static inline int rd_tag(const uint8_t **pp, const uint8_t *end, uint32_t *field, int *wt) {
+    uint64_t t;
+    TRY(rd_varint(pp, end, &t));
+    if (t > 0xffffffffu) return BAIL;
+    *field = (uint32_t)(t >> 3);
+    *wt = (int)(t & 7);
+    if (*field == 0) return BAIL;
+    return 0;
+}
+
+static inline int rd_len(const uint8_t **pp, const uint8_t *end, Str *out) {
+    uint64_t n;
+    TRY(rd_varint(pp, end, &n));
+    if (n > (uint64_t)(end - *pp)) return BAIL;
+    out->p = *pp;
+    out->n = (Py_ssize_t)n;
+    *pp += n;
+    return 0;
+}
+
+static inline int rd_fixed64(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
+    if (end - *pp < 8) return BAIL;
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | (*pp)[i];
+    *pp += 8;
+    *out = v;
+    return 0;
+}
+
+int crb_skip_field(const uint8_t **pp, const uint8_t *end, int wt);
+/* AnyValue -> a (type + value); validates nested arrays / kvlists fully. */
+int crb_parse_any(Str m, Attr *a, int depth);
+int crb_parse_kv(Str m, Attr *a, int depth);
+/* Append one KeyValue to crb_g.attrs. */
+int crb_push_attr(Str m);
+/* No key twice in attrs[a0 .. a0+an) (attributes() is a dict comprehension). */
+int crb_unique_keys(int a0, int an);
+int crb_parse_traces_data(Str m);
+
+/* ---- attribute indexes and values (values.c) ---- */
+
+/* generation-stamped: one for span attributes, one for event attributes, one for the resource */
+typedef struct {
+    int idx[MAXKEYS];
+    unsigned gen[MAXKEYS];
+    unsigned g;
+    int a0, an;
+} Index;
+
+extern Index crb_IS, crb_IE, crb_IL;
+
+void crb_index_build(Index *ix, int a0, int an);
+static inline Attr *get(Index *ix, int kid) {
+    if (kid < 0 || ix->gen[kid] != ix->g) return NULL;
+    return &crb_g.attrs[ix->idx[kid]];
+}
+
+/* consume: get + mark used */
+static inline Attr *take(Index *ix, int kid) {
+    Attr *a = get(ix, kid);
+    if (a != NULL) a->used = 1;
+    return a;
+}
+
+/* Iterate the elements of an ArrayValue attribute: calls back with each element. */
+typedef int (*ElemFn)(const Attr *e, void *ud);
+
+typedef struct {
+    Buf *b;
+    int first;
+    Str *items;
+    int nitems, cap;
+} StrListCtx;
+
+int crb_put_attr_value(Buf *b, const Attr *a, int depth);
+int crb_each_elem(const Attr *a, ElemFn fn, void *ud);
+int crb_put_nonneg_int_list(Buf *b, const Attr *a);
+int crb_put_str_list(Buf *b, const Attr *a, Str *items, int *nitems, int cap);
+PyObject *crb_parse_json_value(const Attr *a, int want_list);
+int crb_put_merged(Buf *b, PyObject *parsed, Index *ix, int *first);
+int crb_has_key(PyObject *parsed, Index *ix, int kid, const char *k);
+int crb_valid_digest(Str d);
+
+/* ---- the trace output (records.c, span.c, trace.c) ---- */
+
+typedef struct {
+    Buf head;  /* "request", "device", "capabilities" members */
+    Buf spans, arts, miss, meta_extra;
+    Str *art_ids;
+    int nart, capart;
+    Str *inputs; /* every input artifact id, checked at the end */
+    int ninputs, capinputs;
+    int nerrors;
+    PyObject *stages; /* list */
+    /* root facts */
+    Str schema_version;
+    int has_schema;
+    PyObject *trace_meta;
+    int root_idx;
+    Str remote_parent;
+    int has_remote;
+    int has_caps, has_version;
+    Str caps_executor, exec_version;
+    Attr *exec_version_attr;
+    Attr *sweep_attrs[MAXLIST];
+    int gen_ai[256];
+    int ngen_ai;
+} Out;
+
+void crb_out_free(Out *o);
+int crb_put_device(Buf *b, Index *ix);
+int crb_elem_collect_str(const Attr *e, void *ud);
+int crb_root_facts(Out *o, Span *root, Str trace_id);
+int crb_put_artifact(Out *o, int ev, Str producer);
+int crb_put_missing(Out *o, int ev, Str span_id);
+int crb_put_span(Out *o, Span *sp, int is_root);
+/* The whole road; returns a new tuple, or NULL to bail (exception cleared by the caller). */
+PyObject *crb_rebuild(Str data);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#endif /* VAUBAN_CREBUILD_H */

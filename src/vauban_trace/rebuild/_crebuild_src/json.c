@@ -1,0 +1,196 @@
+/* _crebuild: JSON text writers, byte for byte what json.dumps writes (ensure_ascii=True).
+ *
+ * Integers, floats (repr through PyOS_double_to_string), string escaping (a word-at-a-time scan
+ * for the bytes that need it, then \uXXXX escapes with surrogate pairs), hex ids, object keys,
+ * and Python values (as json.loads made them) for the metadata parsed by parse_json_attr.
+ */
+#include "crebuild.h"
+
+int crb_put_u64(Buf *b, uint64_t v) {
+    char tmp[24];
+    int i = 24;
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return put(b, tmp + i, (size_t)(24 - i));
+}
+
+int crb_put_i64(Buf *b, int64_t v) {
+    if (v < 0) {
+        TRY(PUTS(b, "-"));
+        return crb_put_u64(b, (uint64_t)0 - (uint64_t)v);
+    }
+    return crb_put_u64(b, (uint64_t)v);
+}
+
+int crb_put_double(Buf *b, double x) {
+    if (!isfinite(x)) return BAIL;
+    char *s = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (s == NULL) return BAIL;
+    int r = put(b, s, strlen(s));
+    PyMem_Free(s);
+    return r;
+}
+
+const char crb_hex[17] = "0123456789abcdef";
+
+static int put_u16esc(Buf *b, unsigned c) {
+    char t[6] = {'\\', 'u', crb_hex[(c >> 12) & 15], crb_hex[(c >> 8) & 15], crb_hex[(c >> 4) & 15], crb_hex[c & 15]};
+    return put(b, t, 6);
+}
+
+/* bytes json.dumps copies as they are: printable ASCII but the quote and the backslash */
+static uint8_t PLAIN[256];
+
+void crb_json_init(void) {
+    for (int c = 0x20; c <= 0x7e; c++) PLAIN[c] = 1;
+    PLAIN['"'] = PLAIN['\\'] = 0;
+}
+
+/* first byte at or after p that json.dumps escapes (end if none): 8 bytes at a time */
+static const uint8_t *plain_run(const uint8_t *q, const uint8_t *end) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (end - q >= 8) {
+        uint64_t x;
+        memcpy(&x, q, 8);
+        uint64_t quote = x ^ (ones * '"'), bslash = x ^ (ones * '\\'), del = x ^ (ones * 0x7f);
+        uint64_t bad = ((x - ones * 0x20) & ~x) | x | ((quote - ones) & ~quote) | ((bslash - ones) & ~bslash) |
+                       ((del - ones) & ~del);
+        if (bad & highs) break;
+        q += 8;
+    }
+    while (q < end && PLAIN[*q]) q++;
+    return q;
+}
+
+/* A JSON string (json.dumps, ensure_ascii=True) from valid UTF-8. */
+int crb_put_jstr(Buf *b, Str s) {
+    TRY(buf_reserve(b, (size_t)s.n + 2));
+    b->p[b->n++] = '"';
+    const uint8_t *p = s.p, *end = s.p + s.n;
+    {
+        const uint8_t *q = plain_run(p, end);
+        if (q == end) { /* the common case: nothing to escape */
+            if (s.n) memcpy(b->p + b->n, p, (size_t)s.n);
+            b->n += (size_t)s.n;
+            b->p[b->n++] = '"';
+            return 0;
+        }
+    }
+    while (p < end) {
+        const uint8_t *q = plain_run(p, end);
+        if (q > p) TRY(put(b, (const char *)p, (size_t)(q - p)));
+        if (q >= end) break;
+        unsigned c = *q;
+        p = q + 1;
+        if (c < 0x80) {
+            switch (c) {
+            case '"': TRY(PUTS(b, "\\\"")); break;
+            case '\\': TRY(PUTS(b, "\\\\")); break;
+            case '\n': TRY(PUTS(b, "\\n")); break;
+            case '\r': TRY(PUTS(b, "\\r")); break;
+            case '\t': TRY(PUTS(b, "\\t")); break;
+            case '\b': TRY(PUTS(b, "\\b")); break;
+            case '\f': TRY(PUTS(b, "\\f")); break;
+            default: TRY(put_u16esc(b, c));
+            }
+            continue;
+        }
+        uint32_t cp;
+        int extra;
+        if (c >= 0xf0) { cp = c & 0x07; extra = 3; }
+        else if (c >= 0xe0) { cp = c & 0x0f; extra = 2; }
+        else { cp = c & 0x1f; extra = 1; }
+        if (end - p < extra) return BAIL;
+        for (int i = 0; i < extra; i++) cp = (cp << 6) | (p[i] & 0x3f);
+        p += extra;
+        if (cp >= 0x10000) {
+            cp -= 0x10000;
+            TRY(put_u16esc(b, 0xd800 | (cp >> 10)));
+            TRY(put_u16esc(b, 0xdc00 | (cp & 0x3ff)));
+        } else {
+            TRY(put_u16esc(b, cp));
+        }
+    }
+    TRY(buf_reserve(b, 1));
+    b->p[b->n++] = '"';
+    return 0;
+}
+
+int crb_put_hex(Buf *b, Str id) {
+    TRY(buf_reserve(b, (size_t)id.n * 2 + 2));
+    b->p[b->n++] = '"';
+    for (Py_ssize_t i = 0; i < id.n; i++) {
+        b->p[b->n++] = crb_hex[id.p[i] >> 4];
+        b->p[b->n++] = crb_hex[id.p[i] & 15];
+    }
+    b->p[b->n++] = '"';
+    return 0;
+}
+
+/* key of an object member: writes ", " unless first, then "key": */
+int crb_put_key(Buf *b, int *first, Str k) {
+    if (!*first) TRY(PUTS(b, ", "));
+    *first = 0;
+    TRY(crb_put_jstr(b, k));
+    return PUTS(b, ": ");
+}
+
+/* Python value (as json.loads + json_safe made it) -> JSON text, exactly as json.dumps. */
+int crb_put_py(Buf *b, PyObject *v, int depth) {
+    if (depth > 64) return BAIL;
+    if (v == Py_None) return PUTS(b, "null");
+    if (v == Py_True) return PUTS(b, "true");
+    if (v == Py_False) return PUTS(b, "false");
+    if (PyUnicode_CheckExact(v)) {
+        Py_ssize_t n;
+        const char *s = PyUnicode_AsUTF8AndSize(v, &n);
+        if (s == NULL) return BAIL; /* lone surrogates: let Python do it */
+        Str t = {(const uint8_t *)s, n};
+        return crb_put_jstr(b, t);
+    }
+    if (PyLong_CheckExact(v)) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (!overflow) {
+            if (x == -1 && PyErr_Occurred()) return BAIL;
+            return crb_put_i64(b, x);
+        }
+        PyObject *s = PyObject_Str(v);
+        if (s == NULL) return BAIL;
+        Py_ssize_t n;
+        const char *c = PyUnicode_AsUTF8AndSize(s, &n);
+        int r = c == NULL ? BAIL : put(b, c, (size_t)n);
+        Py_DECREF(s);
+        return r;
+    }
+    if (PyFloat_CheckExact(v)) return crb_put_double(b, PyFloat_AS_DOUBLE(v));
+    if (PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
+        TRY(PUTS(b, "["));
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(v);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (i) TRY(PUTS(b, ", "));
+            /* the list may not change under us: no Python code runs while writing */
+            TRY(crb_put_py(b, PySequence_Fast_GET_ITEM(v, i), depth + 1));
+        }
+        return PUTS(b, "]");
+    }
+    if (PyDict_CheckExact(v)) {
+        TRY(PUTS(b, "{"));
+        Py_ssize_t pos = 0;
+        PyObject *k, *val;
+        int first = 1;
+        while (PyDict_Next(v, &pos, &k, &val)) {
+            if (!PyUnicode_CheckExact(k)) return BAIL;
+            Py_ssize_t n;
+            const char *s = PyUnicode_AsUTF8AndSize(k, &n);
+            if (s == NULL) return BAIL;
+            Str ks = {(const uint8_t *)s, n};
+            TRY(crb_put_key(b, &first, ks));
+            TRY(crb_put_py(b, val, depth + 1));
+        }
+        return PUTS(b, "}");
+    }
+    return BAIL;
+}

@@ -1,0 +1,68 @@
+/* vauban_trace.rebuild._crebuild: serialized OTLP protobuf of ONE clean trace -> the exact
+ * ``Trace.to_json()`` text of ``rebuild_traces`` plus a small summary.
+ *
+ * This is an accelerator of the Python rebuild (the reference implementation), never a second
+ * road: it handles only the clean common case and returns None for anything else, so that the
+ * caller falls back to ``rebuild_traces``. Bailing is always safe; a wrong document is a bug.
+ *
+ * Every attribute name and vocabulary word comes from ``configure(cfg)`` (taken from
+ * ``vauban_trace.semconv`` and ``vauban_trace.contract`` by ``_documents.py``): nothing here
+ * spells an attribute name. The JSON field names of the contract records are checked against the
+ * dataclass field tuples passed in ``cfg`` (a mismatch makes ``configure`` raise, and the caller
+ * then runs without the accelerator).
+ *
+ * Layout: wire parsing (validating UTF-8, refusing bytes values, non-finite doubles, repeated
+ * keys, repeated singular fields, links, string-index fields) -> trace analysis (one trace id,
+ * unique span ids, one root, no orphan, one resource) -> JSON emission in the Python rebuild's
+ * exact key order, bailing on every value the Python road would refuse or report.
+ *
+ * Files (one concern each, shared declarations in crebuild.h): module.c (this: rebuild_one, the
+ * method table, PyInit), config.c (configure and the interned attribute names), json.c (JSON
+ * text as json.dumps writes it), wire.c (protobuf reading and validation), values.c (attribute
+ * indexes and values as JSON), records.c (request, device, capabilities, artifacts, missing),
+ * span.c (one span and its profile), trace.c (trace analysis, resource, metadata, assembly).
+ */
+#include "crebuild.h"
+
+static int busy;
+
+static PyObject *rebuild_one(PyObject *self, PyObject *arg) {
+    if (!crb_cfg.ready || busy) Py_RETURN_NONE;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) { /* not contiguous bytes: the Python road */
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    busy = 1;
+    Str data = {(const uint8_t *)view.buf, view.len};
+    PyObject *r = crb_rebuild(data);
+    busy = 0;
+    PyBuffer_Release(&view);
+    if (r == NULL) {
+        if (PyErr_Occurred()) {
+            /* KeyboardInterrupt & co. (raised in a json.loads call) and MemoryError propagate;
+             * anything else only means "not the clean case": the Python road reproduces it */
+            if (!PyErr_ExceptionMatches(PyExc_Exception) || PyErr_ExceptionMatches(PyExc_MemoryError)) return NULL;
+            PyErr_Clear();
+        }
+        Py_RETURN_NONE;
+    }
+    return r;
+}
+
+static PyMethodDef methods[] = {
+    {"configure", crb_configure, METH_O, "configure(cfg: dict) -> None: attribute names and vocabularies."},
+    {"rebuild_one", rebuild_one, METH_O,
+     "rebuild_one(data) -> (trace_id, json, complete, service, root_name, start, end, span_count, stages, "
+     "root_labels) | None (None: not the clean one-trace case; use the Python rebuild). stages is a tuple of "
+     "StageObservation when configure() was given stage_class, else of 7-tuples."},
+    {NULL, NULL, 0, NULL}};
+
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_crebuild", "Native accelerator of rebuild_traces.", -1,
+                                 methods, NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__crebuild(void) {
+    for (int i = 0; i < HSIZE; i++) crb_htab[i] = -1;
+    crb_json_init();
+    return PyModule_Create(&mod);
+}

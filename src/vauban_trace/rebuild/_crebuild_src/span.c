@@ -1,0 +1,317 @@
+/* _crebuild: one TraceSpan: its error text, its StageProfile (counters with provenance), its
+ * input / output artifact ids, its metadata and other events; plus the StageObservation that
+ * the summary carries for it.
+ */
+#include "crebuild.h"
+
+typedef struct {
+    int ev;
+    uint64_t time;
+} EvRef;
+
+static int cmp_evref(const void *a, const void *b) {
+    const EvRef *x = (const EvRef *)a, *y = (const EvRef *)b;
+    if (x->time != y->time) return x->time < y->time ? -1 : 1;
+    return x->ev - y->ev;
+}
+
+/* _error_text for a span with status error */
+static int put_error(Buf *b, Span *sp) {
+    if (sp->status_msg.n > 0) return crb_put_jstr(b, sp->status_msg);
+    for (int k = sp->e0; k < sp->e0 + sp->en; k++) {
+        Event *e = &crb_g.events[k];
+        if (!str_eq(e->name, crb_cfg.ev_exception)) continue;
+        crb_index_build(&crb_IE, e->a0, e->an);
+        Attr *t = get(&crb_IE, crb_cfg.exc_type), *m = get(&crb_IE, crb_cfg.exc_message);
+        if ((t && t->type != V_STR && t->type != V_NONE) || (m && m->type != V_STR && m->type != V_NONE)) return BAIL;
+        int ht = t && t->type == V_STR && t->s.n > 0, hm = m && m->type == V_STR && m->s.n > 0;
+        if (!ht && !hm) continue;
+        /* join with ": " */
+        Buf tmp = {NULL, 0, 0};
+        int rc = 0;
+        if (ht) rc = put(&tmp, (const char *)t->s.p, (size_t)t->s.n);
+        if (!rc && ht && hm) rc = PUTS(&tmp, ": ");
+        if (!rc && hm) rc = put(&tmp, (const char *)m->s.p, (size_t)m->s.n);
+        if (!rc) {
+            Str s = {(const uint8_t *)tmp.p, (Py_ssize_t)tmp.n};
+            rc = crb_put_jstr(b, s);
+        }
+        PyMem_RawFree(tmp.p);
+        return rc;
+    }
+    crb_index_build(&crb_IS, sp->a0, sp->an); /* (caller re-indexes after) */
+    Attr *et = get(&crb_IS, crb_cfg.error_type);
+    if (et == NULL || et->type == V_NONE) return PUTS(b, "null");
+    if (et->type != V_STR) return BAIL;
+    return crb_put_jstr(b, et->s);
+}
+
+/* A StageObservation from the 7-tuple t: allocated and filled through its slot descriptors
+ * (what the dataclass __init__ does with object.__setattr__, minus the Python frames). */
+static PyObject *make_slotted(PyObject *t) {
+    PyTypeObject *cls = crb_cfg.stage_cls;
+    PyObject *obj = cls->tp_alloc(cls, 0);
+    if (obj == NULL) return NULL;
+    for (int i = 0; i < 7; i++) {
+        PyObject *d = crb_cfg.stage_slots[i];
+        if (Py_TYPE(d)->tp_descr_set(d, obj, PyTuple_GET_ITEM(t, i)) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+    }
+    return obj;
+}
+
+typedef struct {
+    int has;
+    int is_int;
+    int64_t i;
+    double d;
+} CVal;
+
+static PyObject *cval_obj(const CVal *v) {
+    if (!v->has) Py_RETURN_NONE;
+    return v->is_int ? PyLong_FromLongLong(v->i) : PyFloat_FromDouble(v->d);
+}
+
+int crb_put_span(Out *o, Span *sp, int is_root) {
+    Buf *b = &o->spans;
+    Index *ix = &crb_IS;
+    /* error text first (it re-indexes IS) */
+    Buf err = {NULL, 0, 0};
+    if (sp->status == 2) {
+        if (put_error(&err, sp)) {
+            PyMem_RawFree(err.p);
+            return BAIL;
+        }
+    }
+    crb_index_build(ix, sp->a0, sp->an);
+    int rc = BAIL;
+    PyObject *span_meta = NULL;
+    Attr *stage = take(ix, crb_cfg.stage);
+    if (stage != NULL && stage->type != V_STR) goto done;
+    Buf dev = {NULL, 0, 0};
+    if (crb_put_device(&dev, ix)) {
+        PyMem_RawFree(dev.p);
+        goto done;
+    }
+    if (is_root) take(ix, crb_cfg.trace_root);
+    int has_dur = sp->end > 0 && sp->end >= sp->start;
+    if (has_dur && sp->end - sp->start > ((uint64_t)1 << 53)) {
+        PyMem_RawFree(dev.p);
+        goto done;
+    }
+    double dur = has_dur ? (double)(sp->end - sp->start) / 1e9 : 0.0;
+    /* build_profile */
+    CVal val[MAXLIST];
+    int prov[MAXLIST], prov_order[MAXLIST + 1], nprov = 0;
+    memset(val, 0, sizeof(val));
+    for (int c = 0; c < crb_cfg.ncounters; c++) {
+        prov[c] = -1;
+        Attr *raw = take(ix, crb_cfg.cnt_v[c]), *word = take(ix, crb_cfg.cnt_p[c]);
+        if (raw == NULL && word == NULL) continue;
+        if (word != NULL) {
+            int w = word->type == V_STR ? words_find(&crb_cfg.prov, word->s) : -1;
+            if (w < 0) goto bad_profile;
+            prov[c] = w;
+            prov_order[nprov++] = c;
+        }
+        if (raw == NULL || raw->type == V_NONE) continue;
+        CVal *v = &val[c];
+        if (crb_cfg.cnt_float[c]) {
+            if (raw->type == V_INT) v->d = (double)raw->i;
+            else if (raw->type == V_DBL) v->d = raw->d;
+            else goto bad_profile;
+            if (v->d < 0) goto bad_profile;
+        } else {
+            v->is_int = 1;
+            if (raw->type == V_INT) v->i = raw->i;
+            else if (raw->type == V_DBL && raw->d == floor(raw->d) && fabs(raw->d) < 9.2e18) v->i = (int64_t)raw->d;
+            else goto bad_profile;
+            if (v->i < 0) goto bad_profile;
+        }
+        if (prov[c] >= 0 && str_eq(crb_cfg.prov.w[prov[c]], crb_cfg.unavailable)) goto bad_profile;
+        v->has = 1;
+    }
+    if (!val[crb_cfg.c_duration].has && prov[crb_cfg.c_duration] < 0 && has_dur) {
+        val[crb_cfg.c_duration].has = 1;
+        val[crb_cfg.c_duration].d = dur;
+        prov[crb_cfg.c_duration] = words_find(&crb_cfg.prov, crb_cfg.measured);
+        if (prov[crb_cfg.c_duration] < 0) goto bad_profile;
+        prov_order[nprov++] = crb_cfg.c_duration;
+    }
+    Attr *method = take(ix, crb_cfg.memory_method);
+    if (method != NULL && method->type != V_STR) goto bad_profile;
+    Attr *pm[MAXLIST];
+    for (int i = 0; i < crb_cfg.npm; i++) pm[i] = take(ix, crb_cfg.pm_attr[i]);
+    Attr *inputs = take(ix, crb_cfg.span_input_ids);
+    Attr *smeta = take(ix, crb_cfg.span_metadata);
+    if (smeta != NULL) {
+        span_meta = crb_parse_json_value(smeta, 0);
+        if (span_meta == NULL) goto bad_profile;
+    }
+    /* the span's artifact / missing / other events */
+    EvRef arts[512], miss[512];
+    int na = 0, nm = 0, nother = 0;
+    for (int k = sp->e0; k < sp->e0 + sp->en; k++) {
+        Event *e = &crb_g.events[k];
+        if (str_eq(e->name, crb_cfg.ev_artifact)) {
+            if (na >= 512) goto bad_profile;
+            arts[na].ev = k;
+            arts[na++].time = e->time;
+        } else if (str_eq(e->name, crb_cfg.ev_missing)) {
+            if (nm >= 512) goto bad_profile;
+            miss[nm].ev = k;
+            miss[nm++].time = e->time;
+        } else {
+            nother++;
+        }
+    }
+    qsort(arts, (size_t)na, sizeof(EvRef), cmp_evref);
+    qsort(miss, (size_t)nm, sizeof(EvRef), cmp_evref);
+    /* metadata keys the rebuild assigns after the attributes must not collide */
+    if ((is_root && o->has_remote && crb_has_key(span_meta, ix, crb_cfg.k_remote_parent, "remote_parent_id")) ||
+        (nother && crb_has_key(span_meta, ix, crb_cfg.k_events, "events")))
+        goto bad_profile;
+
+    /* ---- write the span ---- */
+    if (b->n && PUTS(b, ", ")) goto bad_profile;
+    int first = 1;
+    if (PUTS(b, "{") || put_keyc(b, &first, "id") || crb_put_hex(b, sp->span_id) || put_keyc(b, &first, "name") ||
+        crb_put_jstr(b, sp->name) || put_keyc(b, &first, "stage") || (stage ? crb_put_jstr(b, stage->s) : PUTS(b, "null")) ||
+        put_keyc(b, &first, "parent_id") || (sp->has_parent && !is_root ? crb_put_hex(b, sp->parent) : PUTS(b, "null")) ||
+        put_keyc(b, &first, "start_unix_nano") || crb_put_u64(b, sp->start) || put_keyc(b, &first, "end_unix_nano") ||
+        crb_put_u64(b, sp->end) || put_keyc(b, &first, "status") || crb_put_jstr(b, crb_cfg.status_word[sp->status]) ||
+        put_keyc(b, &first, "error") || (sp->status == 2 ? put(b, err.p, err.n) : PUTS(b, "null")) ||
+        put_keyc(b, &first, "profile") || PUTS(b, "{"))
+        goto bad_profile;
+    int pf = 1;
+    for (int i = 0; i < crb_cfg.nprofile_fields; i++) {
+        int code = crb_cfg.profile_field[i];
+        if (code == -1) {
+            if (put_keyc(b, &pf, "name") || crb_put_jstr(b, stage ? stage->s : sp->name)) goto bad_profile;
+        } else if (code == -2) {
+            if (put_keyc(b, &pf, "device") || put(b, dev.p, dev.n)) goto bad_profile;
+        } else if (code == -3) {
+            if (put_keyc(b, &pf, "memory_method") || (method ? crb_put_jstr(b, method->s) : PUTS(b, "null")))
+                goto bad_profile;
+        } else if (code == -4) {
+            if (put_keyc(b, &pf, "provenance") || PUTS(b, "{")) goto bad_profile;
+            int f2 = 1;
+            for (int j = 0; j < nprov; j++) {
+                int c = prov_order[j];
+                if (crb_put_key(b, &f2, crb_cfg.cnt_name[c]) || crb_put_jstr(b, crb_cfg.prov.w[prov[c]])) goto bad_profile;
+            }
+            if (PUTS(b, "}")) goto bad_profile;
+        } else if (code == -5) {
+            if (put_keyc(b, &pf, "metadata") || PUTS(b, "{")) goto bad_profile;
+            int f2 = 1;
+            for (int j = 0; j < crb_cfg.npm; j++) {
+                if (pm[j] == NULL) continue;
+                if (crb_put_key(b, &f2, crb_cfg.pm_short[j]) || crb_put_attr_value(b, pm[j], 0)) goto bad_profile;
+            }
+            if (PUTS(b, "}")) goto bad_profile;
+        } else {
+            CVal *v = &val[code];
+            if (crb_put_key(b, &pf, crb_cfg.cnt_name[code])) goto bad_profile;
+            if (!v->has ? PUTS(b, "null") : v->is_int ? crb_put_i64(b, v->i) : crb_put_double(b, v->d)) goto bad_profile;
+        }
+    }
+    if (PUTS(b, "}") || put_keyc(b, &first, "input_artifact_ids") || PUTS(b, "[")) goto bad_profile;
+    if (inputs != NULL) {
+        StrListCtx lc = {NULL, 1, NULL, 0, 0};
+        Str items[256];
+        lc.items = items;
+        lc.cap = 256;
+        if (inputs->type == V_STR) {
+            items[0] = inputs->s;
+            lc.nitems = 1;
+        } else if (inputs->type != V_ARR || crb_each_elem(inputs, crb_elem_collect_str, &lc)) {
+            goto bad_profile;
+        }
+        for (int j = 0; j < lc.nitems; j++) {
+            if ((j && PUTS(b, ", ")) || crb_put_jstr(b, items[j])) goto bad_profile;
+            GROW(o->inputs, o->ninputs, o->capinputs, Str);
+            o->inputs[o->ninputs++] = items[j];
+        }
+    }
+    if (PUTS(b, "]") || put_keyc(b, &first, "output_artifact_ids") || PUTS(b, "[")) goto bad_profile;
+    for (int j = 0; j < na; j++) {
+        Event *e = &crb_g.events[arts[j].ev];
+        crb_index_build(&crb_IE, e->a0, e->an);
+        Attr *id = get(&crb_IE, crb_cfg.art_id);
+        if (id == NULL || id->type != V_STR) goto bad_profile;
+        if ((j && PUTS(b, ", ")) || crb_put_jstr(b, id->s)) goto bad_profile;
+    }
+    if (PUTS(b, "]") || put_keyc(b, &first, "metadata")) goto bad_profile;
+    int mf;
+    if (crb_put_merged(b, span_meta, ix, &mf)) goto bad_profile;
+    if (is_root && o->has_remote) {
+        if (put_keyc(b, &mf, "remote_parent_id") || crb_put_hex(b, o->remote_parent)) goto bad_profile;
+    }
+    if (nother) {
+        if (put_keyc(b, &mf, "events") || PUTS(b, "[")) goto bad_profile;
+        int ef = 1;
+        for (int k = sp->e0; k < sp->e0 + sp->en; k++) {
+            Event *e = &crb_g.events[k];
+            if (str_eq(e->name, crb_cfg.ev_artifact) || str_eq(e->name, crb_cfg.ev_missing)) continue;
+            if (!ef && PUTS(b, ", ")) goto bad_profile;
+            ef = 0;
+            int f4 = 1;
+            if (PUTS(b, "{") || put_keyc(b, &f4, "name") || crb_put_jstr(b, e->name) ||
+                put_keyc(b, &f4, "time_unix_nano") || crb_put_u64(b, e->time) || put_keyc(b, &f4, "attributes"))
+                goto bad_profile;
+            crb_index_build(&crb_IE, e->a0, e->an);
+            int f5;
+            if (crb_put_merged(b, NULL, &crb_IE, &f5) || PUTS(b, "}}")) goto bad_profile;
+        }
+        if (PUTS(b, "]")) goto bad_profile;
+    }
+    if (PUTS(b, "}}")) goto bad_profile;
+    /* artifacts and missing records of this span */
+    for (int j = 0; j < na; j++)
+        if (crb_put_artifact(o, arts[j].ev, sp->span_id)) goto bad_profile;
+    for (int j = 0; j < nm; j++)
+        if (crb_put_missing(o, miss[j].ev, sp->span_id)) goto bad_profile;
+    if (sp->status == 2) o->nerrors++;
+    if (stage != NULL) {
+        CVal *d = &val[crb_cfg.c_duration];
+        PyObject *dur_obj;
+        if (d->has) dur_obj = PyFloat_FromDouble(d->d);
+        else if (sp->end >= sp->start && sp->start > 0) dur_obj = PyFloat_FromDouble((double)(sp->end - sp->start) / 1e9);
+        else dur_obj = Py_NewRef(Py_None);
+        PyObject *sync_prov;
+        if (prov[crb_cfg.c_sync_points] >= 0) {
+            Str w = crb_cfg.prov.w[prov[crb_cfg.c_sync_points]];
+            sync_prov = PyUnicode_DecodeUTF8((const char *)w.p, w.n, "strict");
+        } else {
+            sync_prov = Py_NewRef(Py_None);
+        }
+        char sid[16];
+        for (int j = 0; j < 8; j++) {
+            sid[2 * j] = crb_hex[sp->span_id.p[j] >> 4];
+            sid[2 * j + 1] = crb_hex[sp->span_id.p[j] & 15];
+        }
+        PyObject *t = Py_BuildValue("(NNNNNNN)", PyUnicode_DecodeASCII(sid, 16, "strict"),
+                                    PyUnicode_DecodeUTF8((const char *)stage->s.p, stage->s.n, "strict"), dur_obj,
+                                    cval_obj(&val[crb_cfg.c_input_bytes]), cval_obj(&val[crb_cfg.c_output_bytes]),
+                                    cval_obj(&val[crb_cfg.c_sync_points]), sync_prov);
+        if (t == NULL) goto bad_profile;
+        if (crb_cfg.stage_cls != NULL) { /* the StageObservation itself, filled through its slots */
+            PyObject *obj = make_slotted(t);
+            Py_DECREF(t);
+            if (obj == NULL) goto bad_profile;
+            t = obj;
+        }
+        int ar = PyList_Append(o->stages, t);
+        Py_DECREF(t);
+        if (ar) goto bad_profile;
+    }
+    rc = 0;
+bad_profile:
+    PyMem_RawFree(dev.p);
+done:
+    PyMem_RawFree(err.p);
+    Py_XDECREF(span_meta);
+    return rc;
+}
