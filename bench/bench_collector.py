@@ -288,7 +288,7 @@ def breakdown(batches: int = 8) -> dict[str, float]:
     from vauban_trace.collector._codec import drop_invalid_spans
     from vauban_trace.rebuild import rebuild_documents
     from vauban_trace.store import CutRequest, cut_request
-    from vauban_trace.store._db import _write_atomic
+    from vauban_trace.store._documents import _write_atomic
     from vauban_trace.store._ingest import extract_rows
 
     payloads = [make_batch(5_000_000 + i) for i in range(batches)]

@@ -40,7 +40,8 @@
 """
 
 from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
-from vauban_trace.store._db import TraceDocumentLike, TraceFiles, TraceStore
+from vauban_trace.store._db import TraceStore
+from vauban_trace.store._documents import TraceDocumentLike, TraceFiles
 from vauban_trace.store._ingest import SpanSnapshot
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
 from vauban_trace.store._split import CutRequest, cut_request

@@ -40,16 +40,16 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
-from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.artifacts import LocalArtifactStore
 from vauban_trace.contract import Trace
+from vauban_trace.store._documents import _PUT_TRACE, TraceDocumentLike, TraceFiles, _TraceRow, _write_atomic
 from vauban_trace.store._ingest import SpanRow, SpanSnapshot, extract_rows, store_rows
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
 from vauban_trace.store._split import CutRequest, split_rows
@@ -57,75 +57,6 @@ from vauban_trace.store._sql import connect, initialise
 from vauban_trace.store._wire import traces_data_bytes
 
 _log = logging.getLogger("vauban_trace.store")
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-_OPEN_TMP = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-def _write_atomic(path: Path, text: str, *, sync: bool = True) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and rename it over ``path``.
-
-    The temporary name is unique per process and thread (``.tmp-<name>.<pid>.<thread>``), so no
-    random name has to be drawn; a leftover of a crashed process is truncated and reused, and a
-    symlink in its place is refused (``O_NOFOLLOW``).
-    """
-    tmp = path.parent / f".tmp-{path.name}.{os.getpid()}.{threading.get_ident()}"
-    try:
-        fd = os.open(tmp, _OPEN_TMP, 0o644)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, _OPEN_TMP, 0o644)
-    try:
-        try:
-            data = text.encode("utf-8")
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fchmod(fd, 0o644)  # whatever the umask, like the files written before
-            if sync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    if sync:
-        _fsync_dir(path.parent)
-
-
-TraceFiles = Literal["eager", "on_read"]
-
-
-class TraceDocumentLike(Protocol):
-    """A rebuilt trace already serialised (``vauban_trace.rebuild.TraceDocument`` is one)."""
-
-    @property
-    def trace_id(self) -> str: ...
-    @property
-    def json(self) -> str: ...
-    @property
-    def complete(self) -> bool: ...
-    @property
-    def service(self) -> str | None: ...
-    @property
-    def root_name(self) -> str | None: ...
-    @property
-    def start_unix_nano(self) -> int: ...
-    @property
-    def end_unix_nano(self) -> int: ...
-    @property
-    def span_count(self) -> int: ...
-
 
 class TraceStore:
     """A trace database in a directory (created if missing). See the module docstring."""
@@ -502,47 +433,4 @@ class TraceStore:
         return int(self._read("SELECT COUNT(*) FROM traces WHERE trace_json IS NOT NULL")[0][0])
 
 
-class _TraceRow:
-    """The :class:`TraceDocumentLike` of a :class:`Trace` object (its JSON made here)."""
-
-    __slots__ = ("trace_id", "json", "complete", "service", "root_name", "start_unix_nano", "end_unix_nano",
-                 "span_count")
-
-    def __init__(self, trace: Trace) -> None:
-        root = trace.root
-        spans = trace.spans
-        if root is not None:
-            start, end = root.start_unix_nano, root.end_unix_nano
-        elif spans:
-            start = min(s.start_unix_nano for s in spans)
-            end = max(s.end_unix_nano for s in spans)
-        else:
-            start = end = 0
-        service = trace.resource.get(SERVICE_NAME)
-        self.trace_id = trace.id
-        self.json = trace.to_json()
-        self.complete = trace.complete
-        self.service = service if isinstance(service, str) else None
-        self.root_name = root.name if root is not None else None
-        self.start_unix_nano = start
-        self.end_unix_nano = end
-        self.span_count = len(spans)
-
-    @classmethod
-    def of(cls, trace: Trace) -> _TraceRow:
-        return cls(trace)
-
-
-_PUT_TRACE = (
-    "INSERT INTO traces (trace_id, rebuilt_version, rebuilt_at_unix_nano, trace_json, complete, rb_service, "
-    "rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count) VALUES (?1, COALESCE(?2, 0), ?3, ?4, ?5, "
-    "?6, ?7, ?8, ?9, ?10) ON CONFLICT (trace_id) DO UPDATE SET "
-    "rebuilt_version = COALESCE(?2, traces.version), rebuilt_at_unix_nano = excluded.rebuilt_at_unix_nano, "
-    "trace_json = excluded.trace_json, complete = excluded.complete, "
-    "rb_service = COALESCE(excluded.rb_service, traces.service), rb_root_name = excluded.rb_root_name, "
-    "rb_start_unix_nano = excluded.rb_start_unix_nano, rb_duration_s = excluded.rb_duration_s, "
-    "rb_span_count = excluded.rb_span_count"
-)
-
-
-__all__ = ["TraceDocumentLike", "TraceFiles", "TraceStore"]
+__all__ = ["TraceStore"]
