@@ -15,337 +15,14 @@
  *
  * configure(service_key, row_type) must be called once before split(): the resource
  * attribute key naming the service, and the SpanRow class (a tuple subclass of 9 items).
+ *
+ * This file walks the outer messages (request, ResourceSpans, ScopeSpans), builds the rows and
+ * defines the module (split, configure, PyInit__cwire); the canonical checks are in canonical.c,
+ * the shared wire readers in cwire.h.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdint.h>
-#include <string.h>
+#include "cwire.h"
 
-#define MAX_DEPTH 64
 #define MAX_TIME 0x8000000000000000ULL
-
-typedef const uint8_t *P;
-
-/* ---------- field tables ---------- */
-
-enum { K_NONE = 0, K_STR, K_BYTES, K_MSG, K_I32, K_U32, K_I64, K_BOOL, K_F64, K_F32 };
-enum {
-    T_KEYVALUE, T_ANYVALUE, T_ARRAY, T_KVLIST, T_ENTITYREF, T_RESOURCE, T_SCOPE, T_SPAN, T_EVENT,
-    T_LINK, T_STATUS, T_COUNT
-};
-
-typedef struct {
-    uint8_t kind;
-    uint8_t rep;   /* repeated */
-    uint8_t oneof; /* member of the message's (only) oneof */
-    uint8_t sub;   /* message type for K_MSG */
-} Field;
-
-typedef struct {
-    int max;
-    Field f[17];
-} Msg;
-
-#define F(k) {k, 0, 0, 0}
-#define R(k) {k, 1, 0, 0}
-#define M(t) {K_MSG, 0, 0, t}
-#define RM(t) {K_MSG, 1, 0, t}
-#define O(k) {k, 0, 1, 0}
-#define OM(t) {K_MSG, 0, 1, t}
-#define NO {K_NONE, 0, 0, 0}
-
-static const Msg MSGS[T_COUNT] = {
-    [T_KEYVALUE] = {3, {NO, F(K_STR), M(T_ANYVALUE), F(K_I32)}},
-    [T_ANYVALUE] = {8, {NO, O(K_STR), O(K_BOOL), O(K_I64), O(K_F64), OM(T_ARRAY), OM(T_KVLIST), O(K_BYTES),
-                        O(K_I32)}},
-    [T_ARRAY] = {1, {NO, RM(T_ANYVALUE)}},
-    [T_KVLIST] = {1, {NO, RM(T_KEYVALUE)}},
-    [T_ENTITYREF] = {4, {NO, F(K_STR), F(K_STR), R(K_STR), R(K_STR)}},
-    [T_RESOURCE] = {3, {NO, RM(T_KEYVALUE), F(K_U32), RM(T_ENTITYREF)}},
-    [T_SCOPE] = {4, {NO, F(K_STR), F(K_STR), RM(T_KEYVALUE), F(K_U32)}},
-    [T_SPAN] = {16, {NO, F(K_BYTES), F(K_BYTES), F(K_STR), F(K_BYTES), F(K_STR), F(K_I32), F(K_F64), F(K_F64),
-                     RM(T_KEYVALUE), F(K_U32), RM(T_EVENT), F(K_U32), RM(T_LINK), F(K_U32), M(T_STATUS),
-                     F(K_F32)}},
-    [T_EVENT] = {4, {NO, F(K_F64), F(K_STR), RM(T_KEYVALUE), F(K_U32)}},
-    [T_LINK] = {6, {NO, F(K_BYTES), F(K_BYTES), F(K_STR), RM(T_KEYVALUE), F(K_U32), F(K_F32)}},
-    [T_STATUS] = {3, {NO, NO, F(K_STR), F(K_I32)}},
-};
-
-/* ---------- wire primitives ---------- */
-
-/* Minimal varint of at most 64 bits; 0 on failure. */
-static inline int rd_varint(P *pp, P end, uint64_t *out) {
-    P p = *pp;
-    if (p < end && *p < 0x80) {
-        *out = *p;
-        *pp = p + 1;
-        return 1;
-    }
-    uint64_t v = 0;
-    for (int i = 0; i < 10; i++) {
-        if (p >= end) return 0;
-        uint8_t b = *p++;
-        if (i == 9 && b > 1) return 0; /* over 64 bits */
-        v |= (uint64_t)(b & 0x7F) << (7 * i);
-        if (!(b & 0x80)) {
-            if (b == 0 && i > 0) return 0; /* overlong */
-            *out = v;
-            *pp = p;
-            return 1;
-        }
-    }
-    return 0;
-}
-
-/* A length prefix: the payload [*pp, *pp + len) fits the input. */
-static inline int rd_len(P *pp, P end, size_t *len) {
-    uint64_t n;
-    if (!rd_varint(pp, end, &n)) return 0;
-    if (n > (uint64_t)(end - *pp)) return 0;
-    *len = (size_t)n;
-    return 1;
-}
-
-/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as upb checks it. */
-static int utf8_slow(P p, size_t n);
-
-static inline int utf8_ok(P p, size_t n) {
-    /* ASCII fast path: OR every byte (words, the tail as an overlapping word) */
-    uint64_t acc = 0, w;
-    if (n >= 8) {
-        size_t i = 0;
-        for (; i + 8 <= n; i += 8) {
-            memcpy(&w, p + i, 8);
-            acc |= w;
-        }
-        memcpy(&w, p + n - 8, 8);
-        acc |= w;
-    } else {
-        for (size_t i = 0; i < n; i++) acc |= p[i];
-    }
-    if (!(acc & 0x8080808080808080ULL)) return 1;
-    return utf8_slow(p, n);
-}
-
-static int utf8_slow(P p, size_t n) {
-    P end = p + n;
-    while (p < end) {
-        if (end - p >= 8) {
-            uint64_t w;
-            memcpy(&w, p, 8);
-            if (!(w & 0x8080808080808080ULL)) {
-                p += 8;
-                continue;
-            }
-        }
-        uint8_t c = *p;
-        if (c < 0x80) {
-            p++;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            if (end - p < 2 || (p[1] & 0xC0) != 0x80) return 0;
-            p += 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            if (end - p < 3 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80) return 0;
-            if (c == 0xE0 && p[1] < 0xA0) return 0;
-            if (c == 0xED && p[1] > 0x9F) return 0;
-            p += 3;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            if (end - p < 4 || (p[1] & 0xC0) != 0x80 || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80) return 0;
-            if (c == 0xF0 && p[1] < 0x90) return 0;
-            if (c == 0xF4 && p[1] > 0x8F) return 0;
-            p += 4;
-        } else {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* What check_msg saw of the singular fields of the checked message (first 17 field numbers). */
-typedef struct {
-    P ptr[17];
-    size_t len[17];
-    uint64_t val[17];
-    uint32_t seen; /* bit per field number */
-} Capture;
-
-static int check_msg(int type, P p, P end, int depth, Capture *cap);
-
-static int check_field(const Field *fd, int wire, P *pp, P end, int depth, int num, Capture *cap) {
-    P p = *pp;
-    uint64_t v = 0;
-    size_t n = 0;
-    P start;
-    switch (fd->kind) {
-    case K_STR:
-    case K_BYTES:
-    case K_MSG:
-        if (wire != 2 || !rd_len(&p, end, &n)) return 0;
-        start = p;
-        p += n;
-        if (fd->kind == K_STR) {
-            if (n == 0 && !fd->rep && !fd->oneof) return 0;
-            if (!utf8_ok(start, n)) return 0;
-        } else if (fd->kind == K_BYTES) {
-            if (n == 0 && !fd->rep && !fd->oneof) return 0;
-        } else {
-            if (depth >= MAX_DEPTH) return 0;
-            if (!check_msg(fd->sub, start, p, depth + 1, NULL)) return 0;
-        }
-        if (cap && !fd->rep) {
-            cap->ptr[num] = start;
-            cap->len[num] = n;
-        }
-        break;
-    case K_I32:
-    case K_U32:
-    case K_I64:
-    case K_BOOL:
-        if (wire != 0 || !rd_varint(&p, end, &v)) return 0;
-        if (fd->kind == K_I32 && v != (uint64_t)(int64_t)(int32_t)(uint32_t)v) return 0;
-        if (fd->kind == K_U32 && v > 0xFFFFFFFFULL) return 0;
-        if (fd->kind == K_BOOL && v > 1) return 0;
-        if (v == 0 && !fd->oneof) return 0;
-        break;
-    case K_F64:
-        if (wire != 1 || end - p < 8) return 0;
-        memcpy(&v, p, 8); /* little-endian hosts only (checked at import) */
-        p += 8;
-        if (v == 0 && !fd->oneof) return 0;
-        break;
-    case K_F32: {
-        uint32_t w;
-        if (wire != 5 || end - p < 4) return 0;
-        memcpy(&w, p, 4);
-        p += 4;
-        v = w;
-        if (v == 0 && !fd->oneof) return 0;
-        break;
-    }
-    default:
-        return 0;
-    }
-    if (cap) cap->val[num] = v;
-    *pp = p;
-    return 1;
-}
-
-/* Hand-specialised checks of the hot messages (same rules as check_msg's tables): a KeyValue
- * and an AnyValue. Tags of fields 1..15 are one byte when minimal, so comparing that byte is
- * the whole tag check. */
-static int check_any(P p, P end, int depth);
-
-static int check_kv(P p, P end, int depth) {
-    size_t n;
-    uint64_t v;
-    if (p < end && *p == 0x0a) { /* key */
-        p++;
-        if (!rd_len(&p, end, &n) || n == 0 || !utf8_ok(p, n)) return 0;
-        p += n;
-    }
-    if (p < end && *p == 0x12) { /* value */
-        p++;
-        if (!rd_len(&p, end, &n)) return 0;
-        P a = p, a_end = p + n;
-        p = a_end;
-        /* inline the common scalar values; the rest (and anything odd) goes to check_any */
-        if (n >= 2 && *a == 0x0a && a[1] < 0x80 && (size_t)a[1] == n - 2) {
-            if (!utf8_ok(a + 2, n - 2)) return 0;
-        } else if (n == 2 && *a == 0x18 && a[1] < 0x80) {
-        } else if (n == 9 && *a == 0x21) {
-        } else if (n == 2 && *a == 0x10 && a[1] <= 1) {
-        } else if (depth >= MAX_DEPTH || !check_any(a, a_end, depth + 1)) {
-            return 0;
-        }
-    }
-    if (p < end && *p == 0x18) { /* key_strindex */
-        p++;
-        if (!rd_varint(&p, end, &v) || v == 0 || v != (uint64_t)(int64_t)(int32_t)(uint32_t)v) return 0;
-    }
-    return p == end;
-}
-
-static int check_any(P p, P end, int depth) {
-    size_t n;
-    uint64_t v;
-    if (p == end) return 1; /* no value set */
-    switch (*p++) {
-    case 0x0a: /* string_value */
-        if (!rd_len(&p, end, &n) || !utf8_ok(p, n)) return 0;
-        p += n;
-        break;
-    case 0x10: /* bool_value */
-        if (!rd_varint(&p, end, &v) || v > 1) return 0;
-        break;
-    case 0x18: /* int_value */
-        if (!rd_varint(&p, end, &v)) return 0;
-        break;
-    case 0x21: /* double_value */
-        if (end - p < 8) return 0;
-        p += 8;
-        break;
-    case 0x2a: /* array_value: values = 1 (AnyValue) */
-    case 0x32: { /* kvlist_value: values = 1 (KeyValue) */
-        int kv = p[-1] == 0x32;
-        if (!rd_len(&p, end, &n) || depth >= MAX_DEPTH) return 0;
-        P q = p, qend = p + n;
-        p = qend;
-        while (q < qend) {
-            size_t m;
-            if (*q++ != 0x0a || !rd_len(&q, qend, &m)) return 0;
-            if (kv ? !check_kv(q, q + m, depth + 1) : !check_any(q, q + m, depth + 1)) return 0;
-            q += m;
-        }
-        break;
-    }
-    case 0x3a: /* bytes_value */
-        if (!rd_len(&p, end, &n)) return 0;
-        p += n;
-        break;
-    case 0x40: /* string_value_strindex */
-        if (!rd_varint(&p, end, &v) || v != (uint64_t)(int64_t)(int32_t)(uint32_t)v) return 0;
-        break;
-    default:
-        return 0;
-    }
-    return p == end;
-}
-
-/* Is [p, end) a canonical serialization of message ``type``? */
-static int check_msg(int type, P p, P end, int depth, Capture *cap) {
-    if (type == T_KEYVALUE) return check_kv(p, end, depth);
-    if (type == T_ANYVALUE) return check_any(p, end, depth);
-    const Msg *m = &MSGS[type];
-    int last = 0, oneof_seen = 0;
-    while (p < end) {
-        uint64_t key;
-        if (!rd_varint(&p, end, &key)) return 0;
-        uint64_t num = key >> 3;
-        int wire = (int)(key & 7);
-        if (num == 0 || num > (uint64_t)m->max) return 0;
-        const Field *fd = &m->f[num];
-        if (fd->kind == K_NONE) return 0;
-        if ((int)num < last || ((int)num == last && !fd->rep)) return 0;
-        if (fd->oneof) {
-            if (oneof_seen) return 0;
-            oneof_seen = 1;
-        }
-        last = (int)num;
-        if (cap) cap->seen |= 1u << num;
-        if (!check_field(fd, wire, &p, end, depth, (int)num, cap)) return 0;
-        if (fd->sub == T_KEYVALUE && fd->kind == K_MSG && num < 16) {
-            /* the rest of a run of attributes: same one-byte tag, straight to check_kv */
-            const uint8_t tag = (uint8_t)key;
-            while (p < end && *p == tag) {
-                size_t n;
-                p++;
-                if (!rd_len(&p, end, &n) || depth >= MAX_DEPTH || !check_kv(p, p + n, depth + 1)) return 0;
-                p += n;
-            }
-        }
-    }
-    return 1;
-}
 
 /* ---------- outer messages ---------- */
 
@@ -456,7 +133,7 @@ static int add_span(PyObject *rows, P s, size_t n, P rp, size_t rpn, P rs, size_
                     size_t ssn, PyObject *service, PyObject *env) {
     Capture cap;
     cap.seen = 0;
-    if (!check_msg(T_SPAN, s, s + n, 1, &cap)) return 0;
+    if (!cw_check_msg(T_SPAN, s, s + n, 1, &cap)) return 0;
     /* ids and times as store._ingest.id_problem / collector._codec require them */
     if (!(cap.seen & (1u << 1)) || cap.len[1] != 16 || all_zero(cap.ptr[1], 16)) return 0;
     if (!(cap.seen & (1u << 2)) || cap.len[2] != 8 || all_zero(cap.ptr[2], 8)) return 0;
@@ -547,7 +224,7 @@ static int add_resource_spans(PyObject *rows, P p, P end) {
         if (num < last || (num == last && num != 2)) return 0;
         last = num;
         if (num == 1) {
-            if (!check_msg(T_RESOURCE, s, s + n, 1, NULL)) return 0;
+            if (!cw_check_msg(T_RESOURCE, s, s + n, 1, NULL)) return 0;
             has_resource = 1;
             rp = fstart;
             rpn = (size_t)(q - fstart);
@@ -592,7 +269,7 @@ static int add_resource_spans(PyObject *rows, P p, P end) {
             }
             slast = sn;
             if (sn == 1) {
-                if (!check_msg(T_SCOPE, s, s + n, 1, NULL)) {
+                if (!cw_check_msg(T_SCOPE, s, s + n, 1, NULL)) {
                     rc = 0;
                     break;
                 }

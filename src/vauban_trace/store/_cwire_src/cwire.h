@@ -1,0 +1,105 @@
+/* _cwire internal header: what the two files of the store's wire splitter share.
+ *
+ * The byte-pointer type (P), the nesting bound, the message type numbers the outer walk asks
+ * canonical.c to check, the Capture of a checked message's singular fields, the hot wire readers
+ * (minimal varint, length prefix) and the UTF-8 check's ASCII fast path as static inline helpers,
+ * and the prototypes of the cw_ functions. canonical.c holds the field tables and the canonical
+ * checks; rows.c walks the outer messages, builds the rows and defines the module. Not a public
+ * API: only PyInit__cwire is exported from the module.
+ */
+#ifndef VAUBAN_CWIRE_H
+#define VAUBAN_CWIRE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__GNUC__)
+#pragma GCC visibility push(hidden) /* the cw_ names are internal to the extension */
+#endif
+
+#define MAX_DEPTH 64
+
+typedef const uint8_t *P;
+
+/* Message types of the canonical checks (index into canonical.c's field tables). */
+enum {
+    T_KEYVALUE, T_ANYVALUE, T_ARRAY, T_KVLIST, T_ENTITYREF, T_RESOURCE, T_SCOPE, T_SPAN, T_EVENT,
+    T_LINK, T_STATUS, T_COUNT
+};
+
+/* What cw_check_msg saw of the singular fields of the checked message (first 17 field numbers). */
+typedef struct {
+    P ptr[17];
+    size_t len[17];
+    uint64_t val[17];
+    uint32_t seen; /* bit per field number */
+} Capture;
+
+/* ---------- wire primitives ---------- */
+
+/* Minimal varint of at most 64 bits; 0 on failure. */
+static inline int rd_varint(P *pp, P end, uint64_t *out) {
+    P p = *pp;
+    if (p < end && *p < 0x80) {
+        *out = *p;
+        *pp = p + 1;
+        return 1;
+    }
+    uint64_t v = 0;
+    for (int i = 0; i < 10; i++) {
+        if (p >= end) return 0;
+        uint8_t b = *p++;
+        if (i == 9 && b > 1) return 0; /* over 64 bits */
+        v |= (uint64_t)(b & 0x7F) << (7 * i);
+        if (!(b & 0x80)) {
+            if (b == 0 && i > 0) return 0; /* overlong */
+            *out = v;
+            *pp = p;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* A length prefix: the payload [*pp, *pp + len) fits the input. */
+static inline int rd_len(P *pp, P end, size_t *len) {
+    uint64_t n;
+    if (!rd_varint(pp, end, &n)) return 0;
+    if (n > (uint64_t)(end - *pp)) return 0;
+    *len = (size_t)n;
+    return 1;
+}
+
+/* ---------- canonical.c ---------- */
+
+/* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as upb checks it. */
+int cw_utf8_slow(P p, size_t n);
+
+static inline int utf8_ok(P p, size_t n) {
+    /* ASCII fast path: OR every byte (words, the tail as an overlapping word) */
+    uint64_t acc = 0, w;
+    if (n >= 8) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&w, p + i, 8);
+            acc |= w;
+        }
+        memcpy(&w, p + n - 8, 8);
+        acc |= w;
+    } else {
+        for (size_t i = 0; i < n; i++) acc |= p[i];
+    }
+    if (!(acc & 0x8080808080808080ULL)) return 1;
+    return cw_utf8_slow(p, n);
+}
+
+/* Is [p, end) a canonical serialization of message ``type``? Fills *cap when not NULL. */
+int cw_check_msg(int type, P p, P end, int depth, Capture *cap);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
+
+#endif /* VAUBAN_CWIRE_H */
