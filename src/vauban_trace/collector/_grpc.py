@@ -31,7 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from vauban_trace.collector._codec import BadRequest
 from vauban_trace.collector._config import CollectorConfig
-from vauban_trace.collector._ingest import Admission, Ingestor, StoreUnavailable
+from vauban_trace.collector._ingest import Admission, Ingestor, StoreUnavailable, read_protobuf
 from vauban_trace.collector._metrics import CollectorMetrics
 
 log = logging.getLogger("vauban_trace.collector")
@@ -78,9 +78,9 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             self._abort(context, grpc.StatusCode.UNAVAILABLE, "collector is busy: retry later", retry=True)
         try:
             try:
-                del request
-                outcome = self._ingestor.ingest_protobuf(raw, "grpc")
-                del raw
+                message = read_protobuf(raw)
+                del raw, request
+                outcome = self._ingestor.ingest(message, "grpc")
             except BadRequest as exc:
                 self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             except StoreUnavailable as exc:

@@ -44,7 +44,7 @@ from vauban_trace.collector._codec import (
     status_body,
 )
 from vauban_trace.collector._config import CollectorConfig
-from vauban_trace.collector._ingest import Admission, Ingestor, StoreUnavailable
+from vauban_trace.collector._ingest import Admission, Ingestor, StoreUnavailable, read_protobuf
 from vauban_trace.collector._metrics import CollectorMetrics
 
 log = logging.getLogger("vauban_trace.collector")
@@ -298,11 +298,9 @@ class _Handler(BaseHTTPRequestHandler):
             raw = self._read_body(length, raw_cap)
             body = inflate(raw, self.headers.get("Content-Encoding"), srv.config.max_body)
             del raw
-            if media == PROTOBUF:
-                outcome = srv.ingestor.ingest_protobuf(bytes(body), "http")
-            else:
-                outcome = srv.ingestor.ingest(decode_request(body, media), "http")
+            request = read_protobuf(body) if media == PROTOBUF else decode_request(body, media)
             del body
+            outcome = srv.ingestor.ingest(request, "http")
         except BadRequest as exc:
             self._refuse(media, _Refusal(400, _INVALID_ARGUMENT, str(exc), field=exc.field))
         except TooLarge as exc:

@@ -33,6 +33,18 @@ if TYPE_CHECKING:
     from vauban_trace.store import SpanSnapshot, TraceStore
 
 
+def read_protobuf(body: bytes | bytearray) -> ExportTraceServiceRequest | CutRequest:
+    """A protobuf request body, ready for :meth:`Ingestor.ingest`: cut into the store's rows by the
+    C splitter (:func:`~vauban_trace.store.cut_request`) when every span is valid and the bytes
+    are in the canonical form upb writes (what SDK exporters send), so that no protobuf decode is
+    needed; otherwise (a span to reject, unusual encoding, no extension) decoded with upb. Raises
+    :class:`~vauban_trace.collector._codec.BadRequest` when it does not decode. Either way the
+    caller can drop the body before the (slow) durable write."""
+    data = bytes(body)
+    cut = cut_request(data)
+    return decode_request(data, PROTOBUF) if cut is None else cut
+
+
 class StoreUnavailable(Exception):
     """The durable write failed; nothing was acknowledged (retryable: 503 / UNAVAILABLE)."""
 
@@ -108,9 +120,8 @@ class Outcome:
 class _Job:
     __slots__ = ("part", "valid", "done", "result", "error")
 
-    def __init__(self, part: ExportTraceServiceRequest | bytes | CutRequest, valid: int) -> None:
-        # the decoded request, its protobuf body when nothing was dropped from it, or its rows
-        self.part = part
+    def __init__(self, part: ExportTraceServiceRequest | CutRequest, valid: int) -> None:
+        self.part = part  # the decoded request, or its rows as cut by the C splitter
         self.valid = valid
         self.done = threading.Event()
         self.result: tuple[int, int] = (0, 0)
@@ -149,32 +160,15 @@ class Ingestor:
         self._queue.put(None)
         self._thread.join()
 
-    def ingest_protobuf(self, body: bytes, transport: str) -> Outcome:
-        """Store the valid spans of a protobuf request body; :class:`BadRequest` when it does not
-        decode, :class:`StoreUnavailable` when the write failed.
-
-        The C splitter (:func:`~vauban_trace.store.cut_request`) first tries to cut the body into
-        the store's rows: it succeeds only when every span is valid and the bytes are in the
-        canonical form upb writes (what SDK exporters send), and then no protobuf decode is
-        needed; anything else (a span to reject, unusual encoding, no extension) takes the
-        decode + :meth:`ingest` path, with the same result.
-        """
-        cut = cut_request(body)
-        if cut is None:
-            return self.ingest(decode_request(body, PROTOBUF), transport, raw=body)
-        received = len(cut)
-        if received:
+    def ingest(self, request: ExportTraceServiceRequest | CutRequest, transport: str) -> Outcome:
+        """Store the valid spans of ``request`` (see :func:`read_protobuf`); spans with malformed
+        ids or times are dropped and reported. Raises :class:`StoreUnavailable` if the write failed."""
+        if isinstance(request, CutRequest):  # every span valid, rows ready
+            received = len(request)
+            if not received:
+                return Outcome(0, 0, 0, "")
             self._metrics.spans_received.labels(transport).inc(received)
-            return self._store_job(_Job(cut, received), 0, "")
-        return Outcome(0, 0, 0, "")
-
-    def ingest(self, request: ExportTraceServiceRequest, transport: str, *, raw: bytes | None = None) -> Outcome:
-        """Store the valid spans of ``request``; raises :class:`StoreUnavailable` if the write failed.
-
-        ``raw`` is the protobuf body ``request`` was decoded from: when no span is dropped, the
-        store cuts its rows from these bytes (:meth:`TraceStore.ingest_parts`), and the decoded
-        message is released before the write.
-        """
+            return self._store_job(_Job(request, received), 0, "")
         check = drop_invalid_spans(request)
         received = check.valid + check.rejected
         if received:
@@ -184,9 +178,7 @@ class Ingestor:
         if check.bad_time:
             self._metrics.spans_rejected.labels("invalid_time").inc(check.bad_time)
         if check.valid:
-            job = _Job(raw if raw is not None and not check.rejected else request, check.valid)
-            del request
-            return self._store_job(job, check.rejected, check.message())
+            return self._store_job(_Job(request, check.valid), check.rejected, check.message())
         return Outcome(0, 0, check.rejected, check.message())
 
     def _store_job(self, job: _Job, rejected: int, message: str) -> Outcome:
