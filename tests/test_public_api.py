@@ -14,6 +14,7 @@ EXPECTED = {
     # instrumentation
     "configure", "Session", "current_session", "traced_request", "RequestHandle", "stage", "Stage",
     "StageHandle", "record_artifact", "record_missing", "ArtifactRef", "probes", "CounterProbe",
+    "sweep_point",
     # vocabulary
     "ArtifactKind", "Capabilities", "MissingArtifact", "StageProfile", "Trace", "TraceArtifact",
     "TraceRequest", "TraceSpan",

@@ -40,6 +40,7 @@ from vauban_trace.instrument import (
     record_artifact,
     record_missing,
     stage,
+    sweep_point,
     traced_request,
 )
 
@@ -77,6 +78,7 @@ __all__ = [
     "record_artifact",
     "record_missing",
     "stage",
+    "sweep_point",
     "traced_request",
     *_exc_all,
 ]

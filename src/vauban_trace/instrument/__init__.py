@@ -21,7 +21,8 @@ installed, by :func:`configure` or by the application::
 
 Pieces: :func:`stage` (``_stage``), :func:`traced_request` (``_request``), :func:`record_artifact`
 / :func:`record_missing` (``_artifacts``), :class:`CounterProbe` / :func:`probes` (``_probes``),
-:func:`configure` / :class:`Session` (``_setup``, the only SDK importer with ``_embedded``).
+:func:`configure` / :class:`Session` (``_setup``, the only SDK importer with ``_embedded``),
+:func:`sweep_point` (``_sweep``: sweep coordinates on the root spans of a block's requests).
 The per-span event limit is handled by spill spans (``_spans``); framework values are described
 through adapters (``_values``). ``_setup`` is imported lazily, so ``import vauban_trace`` does
 not load the SDK.
@@ -36,6 +37,7 @@ from vauban_trace.instrument._probes import CounterProbe, Readings, active_probe
 from vauban_trace.instrument._request import RequestHandle, traced_request
 from vauban_trace.instrument._stage import Stage, StageHandle, stage
 from vauban_trace.instrument._state import sdk_active
+from vauban_trace.instrument._sweep import SweepPoint, current_sweep_point, sweep_point
 
 if TYPE_CHECKING:
     from vauban_trace.instrument._embedded import EmbeddedExporter
@@ -63,13 +65,16 @@ __all__ = [
     "Session",
     "Stage",
     "StageHandle",
+    "SweepPoint",
     "active_probes",
     "configure",
     "current_session",
+    "current_sweep_point",
     "probes",
     "record_artifact",
     "record_missing",
     "sdk_active",
     "stage",
+    "sweep_point",
     "traced_request",
 ]

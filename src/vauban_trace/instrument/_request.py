@@ -10,7 +10,8 @@
 The root span is named ``"{operation} {model}"`` (GenAI convention), kind INTERNAL (the model
 runs in this process), and carries ``vauban.trace.root = true``, ``vauban.trace.schema_version``,
 the GenAI request attributes, the :class:`~vauban_trace.contract.TraceRequest` fields
-(``vauban.request.*``) and the executor's capabilities (``vauban.capability.*``).
+(``vauban.request.*``), the executor's capabilities (``vauban.capability.*``) and, inside a
+:func:`~vauban_trace.instrument.sweep_point` block, the sweep coordinates (``vauban.sweep.*``).
 
 Content: the input text and prompt ids go onto the span only when
 ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` is ``SPAN_ONLY`` or ``SPAN_AND_EVENT`` (or
@@ -43,6 +44,7 @@ from opentelemetry.util.types import AttributeValue
 from vauban_trace import semconv as sc
 from vauban_trace.contract import CAPABILITY_NAMES, SCHEMA_VERSION, Capabilities, TraceRequest
 from vauban_trace.instrument import _artifacts, _spans, _state
+from vauban_trace.instrument._sweep import current_sweep_point
 
 _log = logging.getLogger("vauban_trace.instrument")
 
@@ -216,6 +218,12 @@ def traced_request(
         attrs[sc.DEVICE_LABEL] = device
     if metadata:
         attrs[sc.TRACE_METADATA] = json.dumps(metadata, sort_keys=True, default=str)
+    point = current_sweep_point()
+    if point is not None:
+        attrs[sc.SWEEP_AXIS] = point.axis
+        attrs[sc.SWEEP_AXIS_VALUE] = point.value
+        if point.sweep_id is not None:
+            attrs[sc.SWEEP_ID] = point.sweep_id
     name = f"{operation} {model}"
     span = tracer.start_span(name, kind=SpanKind.INTERNAL, attributes=attrs)
     owned = _spans.Owned(span, name, None, tracer)
