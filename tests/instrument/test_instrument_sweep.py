@@ -26,9 +26,8 @@ def test_roots_inside_the_block_carry_the_point_and_the_rebuild_keeps_it(spans: 
     with vt.traced_request(model="tiny-llama"):  # outside: nothing stamped
         pass
     assert current_sweep_point() is None
-    roots = [s for s in spans.get_finished_spans() if s.attributes.get(sc.TRACE_ROOT)]
-    got = [(r.attributes.get(sc.SWEEP_ID), r.attributes.get(sc.SWEEP_AXIS), r.attributes.get(sc.SWEEP_AXIS_VALUE))
-           for r in roots]
+    roots = [dict(s.attributes or {}) for s in spans.get_finished_spans() if (s.attributes or {}).get(sc.TRACE_ROOT)]
+    got = [(r.get(sc.SWEEP_ID), r.get(sc.SWEEP_AXIS), r.get(sc.SWEEP_AXIS_VALUE)) for r in roots]
     assert got == [("bs-1", "batch_size", 8), (None, "prompt_tokens", 64), (None, None, None)]
     stage_span = next(s for s in spans.get_finished_spans() if s.name == "prefill")
     assert sc.SWEEP_AXIS not in (stage_span.attributes or {})  # only the root carries it
