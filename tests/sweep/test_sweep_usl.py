@@ -181,3 +181,14 @@ def test_linear_fit_constant_counts_and_refusal() -> None:
     short = fit_linear([1, 1, 2, 2], [1.0, 1.0, 2.0, 2.0])
     assert short.status == "not_applicable" and "2 distinct n (need 3)" in short.reason
     assert short.slope is None
+
+
+def test_super_linear_data_is_flagged_or_refused() -> None:
+    short = np.array([4, 8, 16, 32, 64, 128, 256], dtype=np.float64)
+    few = fit_usl(short.tolist(), (short**1.2).tolist())
+    # Seven points cannot show structure through the runs test; the active bound is said instead.
+    assert few.status == "fitted" and few.sigma == 0.0
+    assert "sigma pinned at its lower bound 0" in few.reason and "super-linear" in few.reason
+    dense = np.arange(1, 65, dtype=np.float64)
+    many = fit_usl(dense.tolist(), (dense**1.2).tolist())
+    assert many.status == "not_applicable" and "residuals show structure" in many.reason

@@ -26,8 +26,9 @@ Rules
 ``Summary.to_dict()`` gives JSON-ready values (ints, floats, ``None``; never NaN).
 
 Shared helpers (private, used by ``_usl``): ``_as_finite_array`` (validation with index-naming
-errors), ``_check_confidence``, ``_percentile_interval`` and ``_runs_lower_tail_p`` (the exact
-Wald-Wolfowitz runs test used to detect structure in fit residuals).
+errors), ``_check_confidence``, ``_validate_pairs`` (the fits' shared argument checks), ``_r2``,
+``_percentile_interval`` and ``_runs_lower_tail_p`` (the exact Wald-Wolfowitz runs test used to
+detect structure in fit residuals).
 """
 
 from __future__ import annotations
@@ -98,6 +99,26 @@ def _runs_lower_tail_p(signs: Sequence[bool]) -> float:
             )
         p += ways
     return p / total
+
+
+def _validate_pairs(
+    n: Sequence[float], v: Sequence[float], vname: str, confidence: float, bootstrap: int
+) -> tuple[FloatArray, FloatArray]:
+    """Check the shared fit options and two equal-length finite sequences."""
+    _check_confidence(confidence)
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
+        raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
+    na = _as_finite_array(n, "n")
+    va = _as_finite_array(v, vname)
+    if na.size != va.size:
+        raise ValueError(f"n and {vname} differ in length: {na.size} != {va.size}")
+    return na, va
+
+
+def _r2(v: FloatArray, resid: FloatArray) -> float | None:
+    """Coefficient of determination; ``None`` when ``v`` is constant."""
+    sst = float(((v - v.mean()) ** 2).sum())
+    return None if sst == 0.0 else 1.0 - float(resid @ resid) / sst
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,17 @@ Fitted, with notes in ``reason`` (a fit still honest, but read with care):
   knee, so kappa and ``peak_n`` come from curvature before the peak only. They are reported,
   labelled as extrapolation, with their (usually wide) bootstrap intervals; sweep further to
   measure the knee;
-- a parameter at a bound (sigma = 0 may hide a super-linear region; sigma = 1 is a fully serial
-  system; kappa = 0 is Amdahl);
+- a parameter at a bound (sigma = 1 is a fully serial system; kappa = 0 is Amdahl); sigma = 0
+  says whether the bound is active (the squared error would fall with sigma < 0: super-linear
+  scaling that the bounds hide, so sigma is not a contention measurement) or merely reached;
 - kappa's bootstrap interval reaching 0 while kappa > 0: a peak is not established;
 - bootstrap refits that failed, when more than 10 % did.
 
 ``caveat``: set when ``axis`` contains "token": on a token-count axis prefill cost grows as
 ``a + b n + c n^2`` and kappa then measures the quadratic attention term, not coherency.
+
+The fit is unweighted (absolute residuals in X's unit): when noise grows with N the large-N
+points dominate; summarise repeats per N first (``summarize``) if that matters.
 
 Intervals: ``bootstrap`` resamples of the points with replacement (``numpy.random.Generator``
 seeded with ``seed``: equal inputs and seed give equal output), each refitted from the point
@@ -82,7 +86,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ._stats import FloatArray, _as_finite_array, _check_confidence, _percentile_interval, _runs_lower_tail_p
+from ._stats import FloatArray, _percentile_interval, _r2, _runs_lower_tail_p, _validate_pairs
 
 __all__ = ["STRUCTURE_ALPHA", "LinearFit", "UslFit", "fit_linear", "fit_usl"]
 
@@ -248,24 +252,6 @@ def _best_fit(n: FloatArray, x: FloatArray, starts: list[FloatArray]) -> tuple[F
     return best
 
 
-def _validate_common(
-    n: Sequence[float], v: Sequence[float], vname: str, confidence: float, bootstrap: int
-) -> tuple[FloatArray, FloatArray]:
-    _check_confidence(confidence)
-    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0:
-        raise ValueError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
-    na = _as_finite_array(n, "n")
-    va = _as_finite_array(v, vname)
-    if na.size != va.size:
-        raise ValueError(f"n and {vname} differ in length: {na.size} != {va.size}")
-    return na, va
-
-
-def _r2(v: FloatArray, resid: FloatArray) -> float | None:
-    sst = float(((v - v.mean()) ** 2).sum())
-    return None if sst == 0.0 else 1.0 - float(resid @ resid) / sst
-
-
 def fit_usl(
     n: Sequence[float],
     x: Sequence[float],
@@ -278,7 +264,7 @@ def fit_usl(
     seed: int = 0,
 ) -> UslFit:
     """Fit the USL to (N, X) points, or refuse with the reason; see the module docstring."""
-    na, xa = _validate_common(n, x, "x", confidence, bootstrap)
+    na, xa = _validate_pairs(n, x, "x", confidence, bootstrap)
     if isinstance(min_distinct, bool) or not isinstance(min_distinct, int) or min_distinct < 3:
         raise ValueError(f"min_distinct must be an integer >= 3 (three parameters), got {min_distinct!r}")
     if not (isinstance(min_span, int | float) and math.isfinite(min_span) and min_span > 1):
@@ -337,7 +323,12 @@ def fit_usl(
         )
     if kap == 0.0:
         notes.append("kappa at its lower bound 0 (Amdahl regime, ceiling lambda/sigma)")
-    if sig == 0.0:
+    if sig == 0.0 and float(_jacobian(na, p)[:, 1] @ resid) < 0:
+        notes.append(
+            "sigma pinned at its lower bound 0: the unbounded fit wants sigma < 0, i.e. super-linear "
+            "scaling somewhere in the range, which the USL bounds cannot express"
+        )
+    elif sig == 0.0:
         notes.append("sigma at its lower bound 0 (a super-linear region would be hidden by the bound)")
     elif sig == 1.0:
         notes.append("sigma at its upper bound 1 (fully serial)")
@@ -396,7 +387,7 @@ def fit_linear(
     seed: int = 0,
 ) -> LinearFit:
     """Ordinary least squares ``y = slope * n + intercept`` with bootstrap intervals."""
-    na, ya = _validate_common(n, y, "y", confidence, bootstrap)
+    na, ya = _validate_pairs(n, y, "y", confidence, bootstrap)
     if isinstance(min_distinct, bool) or not isinstance(min_distinct, int) or min_distinct < 2:
         raise ValueError(f"min_distinct must be an integer >= 2, got {min_distinct!r}")
     points = tuple(zip(na.tolist(), ya.tolist(), strict=True))
