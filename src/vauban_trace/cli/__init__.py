@@ -1,6 +1,6 @@
 """The ``vauban-trace`` command line.
 
-Subcommands live one per module (``_demo``, ``_show``, ``_traces``, ``_run``, ``_collector``);
+Subcommands live one per module (``_demo``, ``_show``, ``_traces``, ``_run``, ``_collector``, ``_sweep``);
 each exposes ``register(subparsers)`` and sets ``func`` on its parser. Errors the user can fix
 (bad flags, missing files, unreachable sources) print one line to stderr and exit with code 2;
 no traceback.
@@ -17,7 +17,7 @@ from typing import NoReturn
 
 from vauban_trace._exceptions import VaubanTraceError
 
-_COMMANDS = ("_demo", "_run", "_show", "_traces", "_collector")
+_COMMANDS = ("_demo", "_run", "_show", "_traces", "_collector", "_sweep")
 
 
 class _Parser(argparse.ArgumentParser):

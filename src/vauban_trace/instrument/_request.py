@@ -232,6 +232,8 @@ def traced_request(
     token = _context.attach(_trace.set_span_in_context(span))
     req_token = _CURRENT.set(state)
     handle = RequestHandle(span, state)
+    if point is not None and handle.trace_id is not None:
+        point.trace_ids.append(handle.trace_id)
     try:
         yield handle
     except BaseException as exc:

@@ -19,18 +19,22 @@ import contextlib
 import contextvars
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vauban_trace._exceptions import ContractError
 
 
 @dataclass(frozen=True)
 class SweepPoint:
-    """The sweep coordinates stamped on root spans: axis name, axis value, sweep id."""
+    """The sweep coordinates stamped on root spans: axis name, axis value, sweep id.
+
+    ``trace_ids`` lists, in order, the trace ids of the recorded requests opened in the block
+    (what :func:`vauban_trace.sweep.run_sweep` reads back)."""
 
     axis: str
     value: int | float | str
     sweep_id: str | None = None
+    trace_ids: list[str] = field(default_factory=list, compare=False, repr=False)
 
 
 _POINT: contextvars.ContextVar[SweepPoint | None] = contextvars.ContextVar("vauban_trace_sweep", default=None)

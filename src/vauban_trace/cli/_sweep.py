@@ -1,0 +1,124 @@
+"""``vauban-trace sweep``: a controlled sweep over a local transformers model, profiled per stage.
+
+::
+
+    vauban-trace sweep --axis prompt_tokens|batch_size|new_tokens --values 16,32,64,128,256,512
+                       [--model DIR] [--repeats 5] [--warmup 1] [--prompt-tokens 32] [--new-tokens 0]
+                       [--sweep-id ID] [--device cpu|cuda|mps] [--store DIR] [--cache DIR] [--json]
+
+Without ``--model`` the tiny random-initialised Llama of ``vauban-trace demo`` is built offline
+and used. Each request is a :class:`~vauban_trace.executors.torch.TorchExecutor` run:
+
+- ``prompt_tokens``: a prompt of exactly N token ids (``prompt_ids``, no tokenizer round trip);
+- ``batch_size``: N copies of one prompt (the text of ``--prompt-tokens`` token ids) in one batched
+  request;
+- ``new_tokens``: a ``--prompt-tokens`` prompt, N tokens generated greedily with EOS ignored.
+
+``--new-tokens`` adds greedy decoding to the first two. The sweep runs through
+:func:`vauban_trace.sweep.run_sweep` (warm-up outside the sweep, values interleaved and rotated
+across repeats), the traces are read back from the embedded store, and the profile is printed:
+median stage durations per value, then the USL fit of each stage's throughput or the reason it
+was refused. ``--json`` prints the whole result instead. Bad flags exit with code 2 and one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from vauban_trace._exceptions import ConfigurationError
+
+AXES = ("prompt_tokens", "batch_size", "new_tokens")
+
+
+def _values(text: str) -> tuple[int, ...]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ConfigurationError(f"--values: {part!r} is not a positive integer (expected e.g. 16,32,64)")
+        out.append(int(part))
+    if not out:
+        raise ConfigurationError("--values: give at least one value, e.g. 16,32,64")
+    return tuple(out)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "sweep",
+        help="run a controlled sweep (prompt tokens, batch size or new tokens) and profile each stage",
+        description="Run repeated traced requests over one axis and print per-stage statistics and USL fits.",
+    )
+    p.add_argument("--axis", required=True, choices=AXES, help="what varies from one point to the next")
+    p.add_argument("--values", required=True, metavar="N,N,...", help="the axis values, e.g. 16,32,64,128")
+    p.add_argument("--model", default=None, metavar="DIR", help="local transformers model (default: tiny Llama)")
+    p.add_argument("--repeats", type=int, default=5, metavar="N", help="measured requests per value (default 5)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured requests per value first (default 1)")
+    p.add_argument("--prompt-tokens", type=int, default=32, metavar="N",
+                   help="prompt length for the batch_size and new_tokens axes (default 32)")
+    p.add_argument("--new-tokens", type=int, default=0, metavar="N",
+                   help="tokens generated per request for the prompt_tokens and batch_size axes (default 0)")
+    p.add_argument("--sweep-id", default=None, metavar="ID", help="sweep id stamped on every root span")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
+    p.add_argument("--store", default=".vauban", metavar="DIR", help="embedded trace store (default .vauban)")
+    p.add_argument("--cache", default=None, metavar="DIR", help="where the tiny model is built (as for demo)")
+    p.add_argument("--json", action="store_true", help="print the sweep result as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    values = _values(args.values)
+    if args.repeats < 1 or args.warmup < 0 or args.prompt_tokens < 1 or args.new_tokens < 0:
+        raise ConfigurationError("need --repeats >= 1, --warmup >= 0, --prompt-tokens >= 1, --new-tokens >= 0")
+
+    import vauban_trace as vt
+    from vauban_trace.cli._demo import _quiet_transformers
+    from vauban_trace.contract import TraceRequest
+    from vauban_trace.executors.torch import TorchExecutor
+    from vauban_trace.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(axis=args.axis, values=values, repeats=args.repeats, warmup=args.warmup, sweep_id=args.sweep_id)
+    _quiet_transformers()
+    if args.model is None:
+        from vauban_trace.executors.torch.tiny import cached_tiny_model
+
+        model_dir = str(cached_tiny_model("llama", cache_dir=args.cache))
+    else:
+        model_dir = args.model
+    ex = TorchExecutor.from_pretrained(model_dir, device=args.device)
+    ex.load()
+    vocab = len(ex._require().tokenizer)
+
+    def ids(n: int, salt: int = 0) -> tuple[int, ...]:
+        return tuple(5 + (7 * i + 3 + salt) % max(1, vocab - 10) for i in range(n))
+
+    def run_one(value: Any) -> None:
+        n = int(value)
+        if args.axis == "prompt_tokens":
+            ex.run(TraceRequest(prompt_ids=ids(n), requested_artifacts=("tokens",)), max_new_tokens=args.new_tokens,
+                   ignore_eos=True)
+        elif args.axis == "batch_size":
+            text = ex._require().tokenizer.decode(list(ids(args.prompt_tokens)))
+            ex.run(ex.make_request([text] * n), prompts=[text] * n, max_new_tokens=args.new_tokens, ignore_eos=True)
+        else:
+            ex.run(TraceRequest(prompt_ids=ids(args.prompt_tokens), requested_artifacts=("tokens",)),
+                   max_new_tokens=n, ignore_eos=True)
+
+    session = vt.configure(store_dir=args.store, service_name="vauban-trace-sweep")
+    try:
+        result = run_sweep(run_one, spec, session=session)
+    finally:
+        session.shutdown()
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(f"model: {model_dir}; sweep {result.sweep_id}: {len(result.traces)} traces in {result.wall_s:.1f} s")
+        print(result.profile.render_markdown())
+        for note in result.notes:
+            print(f"note: {note}")
+    sys.stdout.flush()
+    return 0

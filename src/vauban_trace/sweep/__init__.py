@@ -1,0 +1,52 @@
+"""Controlled sweeps, their statistics and Universal Scalability Law fits.
+
+A sweep varies one axis (batch size, prompt tokens, concurrency...) over several values, runs
+repeated traced requests at each, and reads the rebuilt traces back to say how each stage scales::
+
+    import vauban_trace as vt
+    from vauban_trace.sweep import SweepSpec, run_sweep
+
+    session = vt.configure(store_dir=".vauban")
+    spec = SweepSpec(axis="batch_size", values=(1, 2, 4, 8, 16, 32), repeats=5, warmup=1)
+    result = run_sweep(lambda b: executor.run(request, prompts=[text] * b), spec, session=session)
+    print(result.profile.render_markdown())          # medians per stage and value, fits or refusals
+
+Pieces:
+
+- :func:`vauban_trace.sweep_point` (in ``instrument``) stamps the sweep id, axis and value on the
+  root span of every request in a block; the rebuild keeps them in ``Trace.metadata["sweep"]``
+  and the collector labels its stage histograms with them.
+- :func:`run_sweep` / :class:`SweepSpec` (``_run``): warm-up outside the sweep, then the values
+  interleaved and rotated across repeats; traces read back through the session (one road).
+- :func:`profile_traces` / :class:`SweepProfile` (``_profile``): traces of any source grouped by
+  axis value, per-stage :class:`Summary` records with the counters' provenance, artifact-coverage
+  stability (unstable coverage refuses the fits), USL fits of stage throughput.
+- :func:`summarize` / :class:`Summary` (``_stats``): robust summaries with bootstrap intervals.
+- :func:`fit_usl` / :class:`UslFit`, :func:`fit_linear` / :class:`LinearFit` (``_usl``): bounded
+  fits that refuse ("not_applicable", with the reason) when the data cannot support them.
+
+Nothing here guesses: a number comes from the traces, a fit comes with its intervals and
+residuals or with the reason it was refused.
+"""
+
+from vauban_trace.sweep._profile import REQUEST, StagePoint, SweepProfile, profile_traces
+from vauban_trace.sweep._run import SweepResult, SweepSpec, run_sweep, schedule
+from vauban_trace.sweep._stats import Summary, summarize
+from vauban_trace.sweep._usl import LinearFit, UslFit, fit_linear, fit_usl
+
+__all__ = [
+    "REQUEST",
+    "LinearFit",
+    "StagePoint",
+    "Summary",
+    "SweepProfile",
+    "SweepResult",
+    "SweepSpec",
+    "UslFit",
+    "fit_linear",
+    "fit_usl",
+    "profile_traces",
+    "run_sweep",
+    "schedule",
+    "summarize",
+]
