@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from vauban_trace.cli import main
+from vauban_trace.contract import StageProfile, Trace
 from vauban_trace.executors.torch.tiny import cached_tiny_model
 from vauban_trace.sources import open_source
 
@@ -17,6 +18,12 @@ from vauban_trace.sources import open_source
 @pytest.fixture(scope="module")
 def model_dir() -> Path:
     return cached_tiny_model("llama", hidden_size=64, num_layers=2)
+
+
+def _profile(trace: Trace, stage: str) -> StageProfile:
+    profile = trace.spans_for_stage(stage)[0].profile
+    assert profile is not None
+    return profile
 
 
 def _sweep(model_dir: Path, store: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -44,22 +51,28 @@ def test_sweep_json_groups_the_stored_traces(model_dir: Path, tmp_path: Path, ax
         traces = [src.get_trace(i) for i in ids]
     assert {t.metadata["sweep"]["id"] for t in traces} == {f"cli-{axis}"}
     if axis == "prompt_tokens":
-        tokens = {t.metadata["sweep"]["axis_value"]: t.spans_for_stage("tokenize")[0].profile.token_count
-                  for t in traces}
+        tokens = {t.metadata["sweep"]["axis_value"]: _profile(t, "tokenize").token_count for t in traces}
         assert tokens == {4: 4, 8: 8, 16: 16}  # the axis value is the real prompt length
     if axis == "new_tokens":
-        steps = {t.metadata["sweep"]["axis_value"]: t.spans_for_stage("decode")[0].profile.metadata["decode.steps"]
-                 for t in traces}
+        steps = {t.metadata["sweep"]["axis_value"]: _profile(t, "decode").metadata["decode.steps"] for t in traces}
         assert steps == {1: 1, 3: 3}
     stages = {p["stage"] for p in profile["points"]}
     assert {"request", "prefill"} <= stages
     assert all(f["status"] == "not_applicable" for f in profile["fits"].values())  # too few values for USL
 
 
-def test_sweep_prints_a_table(model_dir: Path, tmp_path: Path) -> None:
-    proc = _sweep(model_dir, tmp_path / "s", "--axis", "prompt_tokens", "--values", "4,8")
+def test_sweep_prints_a_table_and_profiles_it_again_from_the_store(model_dir: Path, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    proc = _sweep(model_dir, tmp_path / "s", "--axis", "prompt_tokens", "--values", "4,8", "--sweep-id", "again")
     assert proc.returncode == 0, proc.stderr
     assert "| prefill |" in proc.stdout and "prompt_tokens=8" in proc.stdout
+    # read back from the store alone (what a collector-fed store or Tempo would give)
+    assert main(["sweep", "--profile", "again", "--source", f"store:{tmp_path / 's'}", "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["sweep_id"] == "again" and profile["values"] == [4, 8]
+    assert sum(len(e["trace_ids"]) for e in profile["trace_ids"]) == 4  # the warm-up traces are not in it
+    assert main(["sweep", "--profile", "nope", "--source", f"store:{tmp_path / 's'}"]) == 2
+    assert "no trace of sweep 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "message"), [
@@ -68,6 +81,8 @@ def test_sweep_prints_a_table(model_dir: Path, tmp_path: Path) -> None:
     (["sweep", "--axis", "prompt_tokens", "--values", "4,4"], "values repeat"),
     (["sweep", "--axis", "prompt_tokens", "--values", "4", "--repeats", "0"], "--repeats >= 1"),
     (["sweep", "--axis", "prompt_tokens", "--values", "4", "--model", "/nonexistent"], "/nonexistent"),
+    (["sweep", "--values", "4"], "give --axis and --values"),
+    (["sweep", "--profile", "x", "--since", "soon"], "--since: 'soon' is not a duration"),
 ])
 def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str],
                                         tmp_path: Path) -> None:

@@ -5,6 +5,7 @@
     vauban-trace sweep --axis prompt_tokens|batch_size|new_tokens --values 16,32,64,128,256,512
                        [--model DIR] [--repeats 5] [--warmup 1] [--prompt-tokens 32] [--new-tokens 0]
                        [--sweep-id ID] [--device cpu|cuda|mps] [--store DIR] [--cache DIR] [--json]
+    vauban-trace sweep --profile SWEEP_ID [--source SRC] [--since 2h] [--limit 1000] [--json]
 
 Without ``--model`` the tiny random-initialised Llama of ``vauban-trace demo`` is built offline
 and used. Each request is a :class:`~vauban_trace.executors.torch.TorchExecutor` run:
@@ -19,6 +20,11 @@ and used. Each request is a :class:`~vauban_trace.executors.torch.TorchExecutor`
 across repeats), the traces are read back from the embedded store, and the profile is printed:
 median stage durations per value, then the USL fit of each stage's throughput or the reason it
 was refused. ``--json`` prints the whole result instead. Bad flags exit with code 2 and one line.
+
+``--profile SWEEP_ID`` runs nothing: it reads the traces of that sweep from a trace source (the
+store a collector fills, OTLP JSON files, Jaeger, Tempo: ``--source`` as for ``vauban-trace
+traces``, the most recent ``--limit`` traces, optionally ``--since``) and prints their profile,
+for sweeps whose requests ran elsewhere under :func:`vauban_trace.sweep_point`.
 """
 
 from __future__ import annotations
@@ -53,8 +59,15 @@ def register(subparsers: Any) -> None:
         help="run a controlled sweep (prompt tokens, batch size or new tokens) and profile each stage",
         description="Run repeated traced requests over one axis and print per-stage statistics and USL fits.",
     )
-    p.add_argument("--axis", required=True, choices=AXES, help="what varies from one point to the next")
-    p.add_argument("--values", required=True, metavar="N,N,...", help="the axis values, e.g. 16,32,64,128")
+    p.add_argument("--axis", choices=AXES, help="what varies from one point to the next")
+    p.add_argument("--values", metavar="N,N,...", help="the axis values, e.g. 16,32,64,128")
+    p.add_argument("--profile", default=None, metavar="SWEEP_ID",
+                   help="run nothing: profile the traces of this sweep read from --source")
+    p.add_argument("--source", default="store:.vauban", metavar="SRC",
+                   help="with --profile: store:DIR | otlp-json:FILE | jaeger:URL | tempo:URL (default store:.vauban)")
+    p.add_argument("--since", default=None, metavar="DURATION", help="with --profile: traces started within, e.g. 2h")
+    p.add_argument("--limit", type=int, default=1000, metavar="N",
+                   help="with --profile: read at most the N most recent traces (default 1000)")
     p.add_argument("--model", default=None, metavar="DIR", help="local transformers model (default: tiny Llama)")
     p.add_argument("--repeats", type=int, default=5, metavar="N", help="measured requests per value (default 5)")
     p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured requests per value first (default 1)")
@@ -70,7 +83,35 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _profile_from_source(args: argparse.Namespace) -> int:
+    from vauban_trace.cli._traces import parse_duration
+    from vauban_trace.sources import open_source
+    from vauban_trace.sweep import profile_traces
+
+    if args.limit < 1:
+        raise ConfigurationError(f"--limit: must be at least 1, got {args.limit}")
+    since = parse_duration(args.since) if args.since is not None else None
+    with open_source(args.source) as src:
+        summaries = src.list_traces(since=since, limit=args.limit)
+        traces = [src.get_trace(s.trace_id) for s in summaries]
+    mine = [t for t in traces if isinstance(t.metadata.get("sweep"), dict) and t.metadata["sweep"].get("id") == args.profile]
+    if not mine:
+        raise ConfigurationError(f"--profile: no trace of sweep {args.profile!r} among the {len(traces)} most recent "
+                                 f"of {args.source} (raise --limit or check the id)")
+    profile = profile_traces(mine, sweep_id=args.profile)
+    if args.json:
+        print(json.dumps(profile.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(f"{args.source}: {len(mine)} traces of sweep {args.profile} among {len(traces)} read")
+        print(profile.render_markdown())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.profile is not None:
+        return _profile_from_source(args)
+    if args.axis is None or args.values is None:
+        raise ConfigurationError("sweep: give --axis and --values to run a sweep, or --profile SWEEP_ID to read one")
     values = _values(args.values)
     if args.repeats < 1 or args.warmup < 0 or args.prompt_tokens < 1 or args.new_tokens < 0:
         raise ConfigurationError("need --repeats >= 1, --warmup >= 0, --prompt-tokens >= 1, --new-tokens >= 0")
