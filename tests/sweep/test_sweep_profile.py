@@ -92,6 +92,21 @@ def test_unstable_artifact_coverage_refuses_the_fits_unless_allowed() -> None:
     assert not allowed.coverage_stable and "coverage differs" not in allowed.fits["forward"].reason
 
 
+def test_coverage_compares_layers_too() -> None:
+    traces = [_trace(i, n) for i, n in enumerate(NS)]
+    moved = traces[3]
+    art = moved.artifacts[0]
+    layered = TraceArtifact(id=art.id, kind="activation", producer_span_id=art.producer_span_id, layer=2)
+    traces[3] = Trace(id=moved.id, spans=moved.spans, artifacts=(layered,), metadata=moved.metadata)
+    base = [Trace(id=t.id, spans=t.spans, metadata=t.metadata,
+                  artifacts=(TraceArtifact(id=t.artifacts[0].id, kind="activation",
+                                           producer_span_id=t.artifacts[0].producer_span_id, layer=1),))
+            for t in traces if t is not traces[3]]
+    profile = profile_traces([*base, traces[3]])
+    assert not profile.coverage_stable
+    assert profile.coverage[NS[0]] == ("activation@1",) and profile.coverage[8] == ("activation@2",)
+
+
 def test_short_or_non_numeric_axes_give_summaries_and_honest_refusals() -> None:
     short = profile_traces([_trace(i, n) for i, n in enumerate((1, 2, 4))])
     assert short.fits["forward"].status == "not_applicable"

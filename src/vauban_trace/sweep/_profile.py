@@ -20,8 +20,8 @@ become :class:`~vauban_trace.sweep.Summary` records (median, quartiles, bootstra
 the provenance words the counters carried, so a derived or declared counter is never presented as
 measured. The whole request (the root span) is profiled as the stage ``"request"``.
 
-Artifact coverage: each trace's produced artifact kinds and missing kinds must be the same across
-the sweep, otherwise the points are not comparable (a value that also captured activations is
+Artifact coverage: each trace's produced artifact kinds and missing kinds, with their layers (not
+their shapes, which follow the axis), must be the same across the sweep, otherwise the points are not comparable (a value that also captured activations is
 slower for a reason the axis does not explain). Unstable coverage narrows the claim: summaries are
 still reported, but every fit is refused with the differing values named, unless
 ``allow_unstable_coverage=True``.
@@ -160,7 +160,10 @@ def _sweep_of(trace: Trace) -> Mapping[str, Any] | None:
 
 
 def _coverage(trace: Trace) -> tuple[str, ...]:
-    words = {a.kind for a in trace.artifacts} | {f"missing:{m.kind}" for m in trace.missing}
+    """Kinds produced and kinds missing, with their layers (``activation@3``, ``missing:logits``):
+    shapes are left out since they follow the axis (more prompt tokens, longer activations)."""
+    words = {a.kind if a.layer is None else f"{a.kind}@{a.layer}" for a in trace.artifacts}
+    words |= {f"missing:{m.kind}" if m.layer is None else f"missing:{m.kind}@{m.layer}" for m in trace.missing}
     return tuple(sorted(words))
 
 
