@@ -285,24 +285,29 @@ def snapshot_bytes(rows: list[SpanRow]) -> bytes:
     """Serialized ``TracesData`` of ``rows`` (one trace's spans), exactly as
     :meth:`TraceStore.spans_for_bytes` would return them had they been read back: start-time
     order (ties: span id), regrouped by resource and scope in order of first appearance."""
-    groups: dict[tuple[bytes, bytes], dict[tuple[bytes, bytes], list[bytes]]] = {}
-    for r in sorted(rows, key=lambda r: (r.start, r.span_id)):
-        res_prefix, res_suffix, scope_prefix, scope_suffix = r.env
+    groups: dict[tuple[bytes, bytes], dict[tuple[bytes, bytes], list[memoryview]]] = {}
+    ordered = sorted(rows, key=lambda r: (r.start, r.span_id))
+    last_env: tuple[bytes, ...] | None = None
+    spans: list[memoryview] = []
+    for r in ordered:
+        env = r.env
+        if env is not last_env:  # rows cut from one request share their envelope tuple
+            res_prefix, res_suffix, scope_prefix, scope_suffix = env
+            spans = groups.setdefault((res_prefix, res_suffix), {}).setdefault((scope_prefix, scope_suffix), [])
+            skip, tail, last_env = len(res_prefix) + 1, len(res_suffix) + len(scope_suffix), env
+            head = len(scope_prefix) + 1
         # payload = res_prefix + LD(2, scope_prefix + LD(2, span) + scope_suffix) + res_suffix:
-        # cut the LD(2, span) field out of it
+        # cut the LD(2, span) field out of it (a view: the bytes are copied once, by the join)
         payload = r.payload
-        i = len(res_prefix) + 1
+        i = skip
         while payload[i] & 0x80:
             i += 1
-        start = i + 1 + len(scope_prefix)
-        end = len(payload) - len(res_suffix) - len(scope_suffix)
-        groups.setdefault((res_prefix, res_suffix), {}).setdefault((scope_prefix, scope_suffix), []).append(
-            payload[start:end])
+        spans.append(memoryview(payload)[i + head:len(payload) - tail])
     out = []
     for (res_prefix, res_suffix), by_scope in groups.items():
         parts = [res_prefix]
-        for (scope_prefix, scope_suffix), spans in by_scope.items():
-            parts.append(ld(2, b"".join((scope_prefix, *spans, scope_suffix))))
+        for (scope_prefix, scope_suffix), views in by_scope.items():
+            parts.append(ld(2, b"".join((scope_prefix, *views, scope_suffix))))
         parts.append(res_suffix)
         out.append(ld(1, b"".join(parts)))
     return b"".join(out)
