@@ -1,0 +1,101 @@
+"""Evidence, claims and diffs: what a trace (or a pair of traces) lets a report say.
+
+This package reads :class:`vauban_trace.contract.Trace` records only (no torch, no OpenTelemetry)
+and follows one rule: missing artifacts narrow the claim. Nothing is estimated; a kind or layer
+that one side lacks is a stated limitation, never a silent gap.
+
+Access and claims (``_access``)
+    :class:`AccessLevel` and :class:`ClaimStrength` are ordered weakest to strongest as in Vauban's
+    reference. :data:`CLAIM_CAP` maps each level to the strongest claim it supports;
+    :data:`CAN_CLAIM` / :data:`CANNOT_CLAIM` give each level's fixed wording;
+    :data:`SUPPORTING_KINDS` says which artifact kinds can carry each strength, and
+    :data:`COMPARATIVE` which strengths need two traces.
+
+Evidence and reports (``_evidence``)
+    >>> ev = evidence_of(baseline, candidate)          # doctest: +SKIP
+    >>> ev.access_level, ev.strongest_claim, ev.items, ev.limitations   # doctest: +SKIP
+    >>> report = build_report(baseline, candidate, [
+    ...     Claim("steering moved the last-token distribution", "distributional_diff",
+    ...           cites=("art-...", "art-..."))])       # doctest: +SKIP
+    >>> report.claims, report.problems, report.to_dict(), report.render_markdown()  # doctest: +SKIP
+
+    Claims cite evidence items by ``ref``. :func:`check_claims` lists each claim's problems (a ref
+    not in the evidence, a strength above the cap, a comparative strength on one trace, no cited
+    kind that can carry the strength); :func:`build_report` never raises on a bad claim: it moves
+    it to ``rejected`` with its problems.
+
+Diffs (``_diff``)
+    >>> diff = diff_traces(baseline, candidate)         # doctest: +SKIP
+    >>> [(p.kind, p.layer, p.identical, p.topk_jaccard) for p in diff.pairs]   # doctest: +SKIP
+
+    Artifacts pair by (kind, layer, producer stage, position); each pair has byte identity (by
+    digest), summary deltas, top-k overlap for logits/logprobs, shape/dtype changes; stage
+    profiles pair by stage with per-counter deltas carrying both provenances.
+
+Every record is a frozen dataclass with a JSON-ready ``to_dict()``. Passing something that is not
+a Trace raises :class:`vauban_trace._exceptions.ReportError`. See docs/report.md.
+"""
+
+from vauban_trace.report._access import (
+    CAN_CLAIM,
+    CANNOT_CLAIM,
+    CLAIM_CAP,
+    COMPARATIVE,
+    SUPPORTING_KINDS,
+    AccessLevel,
+    ClaimStrength,
+    access_rank,
+    claim_cap,
+    strength_rank,
+)
+from vauban_trace.report._diff import (
+    SUMMARY_STATS,
+    ArtifactDiff,
+    CounterDelta,
+    StageDiff,
+    StatDelta,
+    TraceDiff,
+    UnpairedArtifact,
+    diff_traces,
+)
+from vauban_trace.report._evidence import (
+    Claim,
+    Evidence,
+    EvidenceItem,
+    Limitation,
+    Report,
+    build_report,
+    check_claims,
+    claim_problems,
+    evidence_of,
+)
+
+__all__ = [
+    "CANNOT_CLAIM",
+    "CAN_CLAIM",
+    "CLAIM_CAP",
+    "COMPARATIVE",
+    "SUMMARY_STATS",
+    "SUPPORTING_KINDS",
+    "AccessLevel",
+    "ArtifactDiff",
+    "Claim",
+    "ClaimStrength",
+    "CounterDelta",
+    "Evidence",
+    "EvidenceItem",
+    "Limitation",
+    "Report",
+    "StageDiff",
+    "StatDelta",
+    "TraceDiff",
+    "UnpairedArtifact",
+    "access_rank",
+    "build_report",
+    "check_claims",
+    "claim_cap",
+    "claim_problems",
+    "diff_traces",
+    "evidence_of",
+    "strength_rank",
+]
