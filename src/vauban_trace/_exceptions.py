@@ -14,7 +14,8 @@
     │   └── TraceNotFoundError
     ├── SourceError              a trace source (file, Jaeger, Tempo) is unreachable or answered garbage
     ├── ExecutorError            an executor cannot do what was asked (bad layer, missing model...)
-    └── ConfigurationError       bad settings (environment variables, CLI flags)
+    ├── ConfigurationError       bad settings (environment variables, CLI flags)
+    └── ReportError              a report was asked of something that is not a trace
 
 Third-party errors are mapped at the boundary with ``raise ... from exc``; exceptions raised by
 user code inside instrumented stages are never wrapped: they propagate unchanged.
@@ -81,6 +82,10 @@ class ConfigurationError(VaubanTraceError, ValueError):
     """Invalid configuration: environment variables, arguments or flags."""
 
 
+class ReportError(VaubanTraceError, ValueError):
+    """Evidence, a diff or a report was asked of arguments that are not traces."""
+
+
 __all__ = [
     "ArtifactStoreError",
     "BlobNotFoundError",
@@ -90,6 +95,7 @@ __all__ = [
     "IntegrityError",
     "InvalidDigestError",
     "RebuildError",
+    "ReportError",
     "SourceError",
     "TraceNotFoundError",
     "TraceStoreError",
