@@ -209,6 +209,7 @@ def test_non_traces_are_refused() -> None:
         (Claim("x", "behavioral_profile", ()), "cites no evidence"),
         (Claim("x", "proof", ("b-text",)), "strength 'proof' is not a claim strength"),
         (Claim("  ", "behavioral_profile", ("b-text",)), "the statement is empty"),
+        (Claim(None, "behavioral_profile", ("b-text",)), "the statement is not text: NoneType"),  # type: ignore[arg-type]
     ],
 )
 def test_each_claim_rule(claim: Claim, problem: str | None) -> None:

@@ -343,7 +343,9 @@ def claim_problems(claim: Claim, evidence: Evidence) -> list[str]:
     if not isinstance(claim, Claim):
         return [f"not a Claim: {type(claim).__name__}"]
     out: list[str] = []
-    if not claim.statement.strip():
+    if not isinstance(claim.statement, str):
+        out.append(f"the statement is not text: {type(claim.statement).__name__}")
+    elif not claim.statement.strip():
         out.append("the statement is empty")
     try:
         strength = ClaimStrength(claim.strength)
@@ -375,7 +377,7 @@ def check_claims(claims: Iterable[Claim], evidence: Evidence) -> list[str]:
     for n, claim in enumerate(claims):
         label = f"claim {n}"
         if isinstance(claim, Claim):
-            label += f" ({claim.statement[:60]!r})"
+            label += f" ({str(claim.statement)[:60]!r})"
         out += [f"{label}: {p}" for p in claim_problems(claim, evidence)]
     return out
 
@@ -395,7 +397,7 @@ def build_report(baseline: Trace, candidate: Trace | None = None, claims: Iterab
         label = f"claim {n}"
         if isinstance(claim, Claim):
             rejected.append(claim)
-            label += f" ({claim.statement[:60]!r})"
+            label += f" ({str(claim.statement)[:60]!r})"
         problems += [f"{label}: {p}" for p in found]
     return Report(evidence, tuple(kept), tuple(problems), tuple(rejected))
 
