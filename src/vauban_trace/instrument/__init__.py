@@ -19,7 +19,7 @@ installed, by :func:`configure` or by the application::
     session.force_flush()
     trace = session.store.get_trace(req.trace_id)    # the rebuilt Trace
 
-Pieces: :func:`stage` (``_stage``), :func:`traced_request` (``_request``), :func:`record_artifact`
+Pieces: :func:`stage` (``_stage``; its handles in ``_handles``), :func:`traced_request` (``_request``), :func:`record_artifact`
 / :func:`record_missing` (``_artifacts``), :class:`CounterProbe` / :func:`probes` (``_probes``),
 :func:`configure` / :class:`Session` (``_setup``, the only SDK importer with ``_embedded``),
 :func:`sweep_point` (``_sweep``: sweep coordinates on the root spans of a block's requests).
@@ -33,9 +33,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from vauban_trace.instrument._artifacts import ArtifactRef, record_artifact, record_missing
+from vauban_trace.instrument._handles import StageHandle
 from vauban_trace.instrument._probes import CounterProbe, Readings, active_probes, probes
 from vauban_trace.instrument._request import RequestHandle, traced_request
-from vauban_trace.instrument._stage import Stage, StageHandle, stage
+from vauban_trace.instrument._stage import Stage, stage
 from vauban_trace.instrument._state import sdk_active
 from vauban_trace.instrument._sweep import SweepPoint, current_sweep_point, sweep_point
 
