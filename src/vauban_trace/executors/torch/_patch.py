@@ -55,7 +55,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import json
-import os
 import statistics
 import threading
 import time
@@ -70,6 +69,13 @@ from vauban_trace import semconv as sc
 from vauban_trace._exceptions import ContractError
 from vauban_trace.contract import ArtifactKind, TraceRequest
 from vauban_trace.executors.torch._counters import make_probes
+from vauban_trace.executors.torch._genargs import (
+    _eos_ids,
+    _first_tensor,
+    _gen_setting,
+    _model_device,
+    model_name,
+)
 from vauban_trace.instrument import _state, probes, record_artifact, record_missing, stage, traced_request
 from vauban_trace.instrument._probes import CounterProbe, instrumentation_work
 
@@ -81,65 +87,6 @@ _GEN: contextvars.ContextVar[_GenState | None] = contextvars.ContextVar("vauban_
 _PATCH_LOCK = threading.Lock()
 #: id(model) -> [what was in the instance's __dict__ before, number of calls using the wrapper]
 _TEMP_REFS: dict[int, list[Any]] = {}
-
-
-def model_name(model: Any) -> str:
-    """``gen_ai.request.model`` for a transformers model (a local path reduced to its last part)."""
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None) or ""
-    name = str(name)
-    if name and (os.path.isabs(name) or os.path.isdir(name)):
-        name = os.path.basename(os.path.normpath(name))
-    if not name:
-        name = str(getattr(config, "model_type", None) or type(model).__name__)
-    return name
-
-
-def _first_tensor(args: Sequence[Any], kwargs: dict[str, Any], *names: str) -> torch.Tensor | None:
-    for key in names:
-        value = kwargs.get(key)
-        if isinstance(value, torch.Tensor):
-            return value
-    if args and isinstance(args[0], torch.Tensor):
-        return args[0]
-    return None
-
-
-def _model_device(model: Any, ids: torch.Tensor | None) -> torch.device:
-    if ids is not None:
-        return ids.device
-    dev = getattr(model, "device", None)
-    if isinstance(dev, torch.device):
-        return dev
-    try:
-        found: torch.device = next(model.parameters()).device
-        return found
-    except (StopIteration, AttributeError, TypeError):
-        return torch.device("cpu")
-
-
-def _gen_setting(model: Any, kwargs: dict[str, Any], key: str) -> Any:
-    if key in kwargs:
-        return kwargs[key]
-    cfg = kwargs.get("generation_config")
-    if cfg is not None and getattr(cfg, key, None) is not None:
-        return getattr(cfg, key)
-    if key == "max_new_tokens":
-        cfg = getattr(model, "generation_config", None)
-        return getattr(cfg, key, None) if cfg is not None else None
-    return None
-
-
-def _eos_ids(model: Any, kwargs: dict[str, Any]) -> set[int]:
-    value = _gen_setting(model, kwargs, "eos_token_id")
-    if value is None:
-        cfg = getattr(model, "generation_config", None)
-        value = getattr(cfg, "eos_token_id", None) if cfg is not None else None
-    if value is None:
-        return set()
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    return {int(v) for v in (value if isinstance(value, (list, tuple)) else [value])}
 
 
 class _GenState:
