@@ -32,6 +32,16 @@ Diffs (``_diff``)
     digest), summary deltas, top-k overlap for logits/logprobs, shape/dtype changes; stage
     profiles pair by stage with per-counter deltas carrying both provenances.
 
+Content diffs (``_content``)
+    >>> cd = content_diff(diff, store)                  # doctest: +SKIP
+    >>> [(p.kind, p.layer, p.kl_max, p.top1_agreement, p.cosine_mean, p.relative_l2, p.reason)
+    ...  for p in cd.pairs]                               # doctest: +SKIP
+
+    Reads both blobs of every pair from an artifact store (verified against the digests) and
+    measures the change: KL and top-1 agreement for logits/logprobs, cosine and relative L2 for
+    tensors, equality for tokens/text. A pair it cannot read or compare gets a ``reason``, never
+    a number.
+
 Every record is a frozen dataclass with a JSON-ready ``to_dict()``. Passing something that is not
 a Trace raises :class:`vauban_trace._exceptions.ReportError`. See docs/report.md.
 """
@@ -48,6 +58,7 @@ from vauban_trace.report._access import (
     claim_cap,
     strength_rank,
 )
+from vauban_trace.report._content import ContentDiff, ContentPair, content_diff
 from vauban_trace.report._diff import (
     SUMMARY_STATS,
     ArtifactDiff,
@@ -81,6 +92,8 @@ __all__ = [
     "ArtifactDiff",
     "Claim",
     "ClaimStrength",
+    "ContentDiff",
+    "ContentPair",
     "CounterDelta",
     "Evidence",
     "EvidenceItem",
@@ -95,6 +108,7 @@ __all__ = [
     "check_claims",
     "claim_cap",
     "claim_problems",
+    "content_diff",
     "diff_traces",
     "evidence_of",
     "strength_rank",
