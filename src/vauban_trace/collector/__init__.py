@@ -25,7 +25,7 @@ What it does, module by module:
   (JSON goes through :func:`vauban_trace.rebuild.traces_data_from_json`), id validation, replies.
 """
 
-from vauban_trace.collector._assembler import Assembler, root_attributes
+from vauban_trace.collector._assembler import Assembler
 from vauban_trace.collector._codec import BadRequest, TooLarge, UnsupportedMedia, decode_request, inflate
 from vauban_trace.collector._config import (
     TOKEN_ENV,
@@ -59,5 +59,4 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "read_token",
-    "root_attributes",
 ]

@@ -35,9 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
-
-from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+from typing import TYPE_CHECKING
 
 from vauban_trace.collector._metrics import CollectorMetrics
 from vauban_trace.contract import Trace
@@ -47,32 +45,6 @@ if TYPE_CHECKING:
     from vauban_trace.store import PendingTrace, SpanSnapshot, TraceStore
 
 log = logging.getLogger("vauban_trace.collector")
-
-
-def root_attributes(data: TracesData) -> dict[str, Any]:
-    """Scalar attributes of the request root: the span marked ``vauban.trace.root``, else the
-    first span without a parent; {} when there is neither."""
-    from vauban_trace import semconv
-
-    fallback: Any = None
-    for rs in data.resource_spans:
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                attrs = _scalars(span.attributes)
-                if attrs.get(semconv.TRACE_ROOT) is True:
-                    return attrs
-                if fallback is None and not span.parent_span_id:
-                    fallback = attrs
-    return fallback or {}
-
-
-def _scalars(kvs: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for kv in kvs:
-        which = kv.value.WhichOneof("value")
-        if which in ("string_value", "bool_value", "int_value", "double_value"):
-            out[kv.key] = getattr(kv.value, which)
-    return out
 
 
 class Assembler:
@@ -198,7 +170,7 @@ class Assembler:
         """Rebuild ``entries`` and store them in one transaction (one commit for the batch)."""
         built = [self._rebuild(entry) for entry in entries]
         # stage histograms first, so a trace readable from the store has been observed (a retry
-        # after a failed put observes nothing twice: observe_stages skips spans already seen)
+        # after a failed put observes nothing twice: spans already seen are skipped)
         try:
             self._metrics.observe_documents(built)
         except Exception:  # metrics never block assembly

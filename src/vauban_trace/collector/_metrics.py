@@ -36,12 +36,12 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from vauban_trace.contract import Provenance, Trace
+from vauban_trace.contract import Provenance
 
 if TYPE_CHECKING:
     from vauban_trace.rebuild import StageObservation, TraceDocument
@@ -109,49 +109,20 @@ class CollectorMetrics:
         self._thread: threading.Thread | None = None
 
     # -- stage histograms -----------------------------------------------------------------
-    def observe_trace(self, trace: Trace, root_attributes: Mapping[str, Any]) -> int:
-        """Observe the stage histograms for spans of ``trace`` not observed before; returns how many.
-
-        ``root_attributes`` are the root span's OTLP attributes (model and sweep labels); empty
-        when the trace has no root yet. See :meth:`observe_document`.
-        """
-        from vauban_trace import semconv
-        from vauban_trace.rebuild import document_of
-
-        labels = None if not root_attributes else (
-            root_attributes.get(semconv.GEN_AI_REQUEST_MODEL),
-            root_attributes.get(semconv.SWEEP_AXIS),
-            root_attributes.get(semconv.SWEEP_AXIS_VALUE),
-        )
-        return self.observe_document(document_of(trace, labels))
-
-    def observe_document(self, doc: TraceDocument) -> int:
-        """:meth:`observe_stages` of a rebuilt trace document."""
-        return self.observe_stages(doc.trace_id, doc.stages, doc.root_labels)
-
     def observe_documents(self, docs: Iterable[TraceDocument]) -> int:
-        """:meth:`observe_document` of several traces, observed together: each label set's values
-        go into its histogram in one bulk update per call, not one per trace (the assembler
-        observes a whole pass at once). Returns how many spans were observed."""
+        """Observe the stage histograms for the stage spans of ``docs`` not observed before
+        (:attr:`TraceDocument.stages`), labelled with each trace's ``root_labels`` (the root span's
+        model, sweep axis and sweep axis value). Returns how many spans were observed.
+
+        The values of all the documents go into each label set's histogram in one bulk update
+        (the assembler observes a whole pass at once). While a trace has no root yet
+        (``root_labels`` None: rebuilt incomplete before its root arrived) nothing is observed and
+        nothing is marked seen: its labels are unknown, and observing under an empty model label
+        would count those spans under the wrong series for good. They are observed once the root
+        has arrived; a trace whose root never arrives is not counted in the stage histograms.
+        """
         batches: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
         done = sum(self._gather(doc.trace_id, doc.stages, doc.root_labels, batches) for doc in docs)
-        self._flush(batches)
-        return done
-
-    def observe_stages(
-        self, trace_id: str, stages: Iterable[StageObservation], root_labels: tuple[Any, Any, Any] | None
-    ) -> int:
-        """Observe the stage histograms for the spans among ``stages`` not observed before.
-
-        ``root_labels`` are the root span's (model, sweep axis, sweep axis value) attribute values.
-        While a trace has no root yet (``None``: rebuilt incomplete before its root arrived)
-        nothing is observed and nothing is marked seen: its labels are unknown, and observing
-        under an empty model label would count those spans under the wrong series for good. They
-        are observed once the root has arrived; a trace whose root never arrives is not counted
-        in the stage histograms. Returns how many spans were observed.
-        """
-        batches: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
-        done = self._gather(trace_id, stages, root_labels, batches)
         self._flush(batches)
         return done
 

@@ -238,7 +238,7 @@ def _observation(span: TraceSpan) -> StageObservation:
 
 
 def _root_labels(rss: Iterable[ResourceSpans]) -> dict[str, tuple[Any, Any, Any] | None]:
-    """Per trace id: the labels of the collector's root (``root_attributes``: the first span
+    """Per trace id: the labels of the collector's root (the first span
     marked ``vauban.trace.root``, else the first span without a parent), None without one."""
     marked: dict[str, Span] = {}
     first_parentless: dict[str, Span] = {}

@@ -49,7 +49,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
 from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.artifacts import LocalArtifactStore
 from vauban_trace.contract import Trace
-from vauban_trace.store._documents import _PUT_TRACE, TraceDocumentLike, TraceFiles, _TraceRow, _write_atomic
+from vauban_trace.store._documents import _PUT_TRACE, TraceDocumentLike, TraceFiles, _write_atomic
 from vauban_trace.store._ingest import SpanRow, SpanSnapshot, extract_rows, store_rows
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
 from vauban_trace.store._split import CutRequest, split_rows
@@ -333,11 +333,13 @@ class TraceStore:
         copy, which :meth:`get_trace` reads, is still durable when this returns; after a power cut a
         file may be missing until the trace is stored again).
         """
+        from vauban_trace.rebuild import document_of  # the same summary fields as the collector's documents
+
         docs = []
         for trace, version in items:
             if not isinstance(trace, Trace):
                 raise TraceStoreError(f"put_trace: expected a Trace, got {type(trace).__name__}")
-            docs.append((_TraceRow.of(trace), version))
+            docs.append((document_of(trace, None), version))
         self.put_documents(docs, sync_files=sync_files)
         return [self.trace_json_path(doc.trace_id) for doc, _version in docs]
 

@@ -2,7 +2,7 @@
 
 :class:`TraceDocumentLike` is what :meth:`TraceStore.put_documents` stores: a trace already
 serialised (its ``Trace.to_json()`` text) with the few facts the ``traces`` table indexes;
-``vauban_trace.rebuild.TraceDocument`` is one, and ``_TraceRow`` makes one from a ``Trace``.
+``vauban_trace.rebuild.TraceDocument`` is one (``rebuild.document_of`` makes one from a ``Trace``).
 :data:`TraceFiles` names the policy for the ``traces/<id>.json`` mirrors (see ``_db``), and
 :func:`_write_atomic` writes a mirror (temporary file + rename, optionally fsync'd).
 """
@@ -14,10 +14,6 @@ import os
 import threading
 from pathlib import Path
 from typing import Literal, Protocol
-
-from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
-
-from vauban_trace.contract import Trace
 
 
 def _fsync_dir(path: Path) -> None:
@@ -87,37 +83,6 @@ class TraceDocumentLike(Protocol):
     def end_unix_nano(self) -> int: ...
     @property
     def span_count(self) -> int: ...
-
-
-class _TraceRow:
-    """The :class:`TraceDocumentLike` of a :class:`Trace` object (its JSON made here)."""
-
-    __slots__ = ("trace_id", "json", "complete", "service", "root_name", "start_unix_nano", "end_unix_nano",
-                 "span_count")
-
-    def __init__(self, trace: Trace) -> None:
-        root = trace.root
-        spans = trace.spans
-        if root is not None:
-            start, end = root.start_unix_nano, root.end_unix_nano
-        elif spans:
-            start = min(s.start_unix_nano for s in spans)
-            end = max(s.end_unix_nano for s in spans)
-        else:
-            start = end = 0
-        service = trace.resource.get(SERVICE_NAME)
-        self.trace_id = trace.id
-        self.json = trace.to_json()
-        self.complete = trace.complete
-        self.service = service if isinstance(service, str) else None
-        self.root_name = root.name if root is not None else None
-        self.start_unix_nano = start
-        self.end_unix_nano = end
-        self.span_count = len(spans)
-
-    @classmethod
-    def of(cls, trace: Trace) -> _TraceRow:
-        return cls(trace)
 
 
 _PUT_TRACE = (
