@@ -44,23 +44,17 @@ from bench_rebuild import workload  # noqa: E402
 
 from vauban_trace.rebuild import _documents as documents  # noqa: E402
 from vauban_trace.rebuild import native_available, rebuild_documents, rebuild_traces  # noqa: E402
+from vauban_trace.store._ingest import SpanRow, extract_rows, snapshot_bytes  # noqa: E402
 
 
 def split_per_trace(data: bytes) -> list[bytes]:
-    """One serialized ExportTraceServiceRequest per trace id (resource and scope copied)."""
-    req = ExportTraceServiceRequest.FromString(data)
-    parts: dict[bytes, ExportTraceServiceRequest] = {}
-    for rs in req.resource_spans:
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                out = parts.get(span.trace_id)
-                if out is None:
-                    out = parts[span.trace_id] = ExportTraceServiceRequest()
-                    nrs = out.resource_spans.add()
-                    nrs.resource.CopyFrom(rs.resource)
-                    nrs.scope_spans.add().scope.CopyFrom(ss.scope)
-                out.resource_spans[-1].scope_spans[-1].spans.append(span)
-    return [p.SerializeToString() for p in parts.values()]
+    """One serialized TracesData per trace id, exactly as the collector hands a new trace to the
+    rebuild (the store's rows of the request, regrouped by ``snapshot_bytes``)."""
+    rows = extract_rows(ExportTraceServiceRequest.FromString(data).resource_spans)[0]
+    by_trace: dict[str, list[SpanRow]] = {}
+    for row in rows:
+        by_trace.setdefault(row.trace_id, []).append(row)
+    return [snapshot_bytes(group) for group in by_trace.values()]
 
 
 def span_count(parts: list[bytes]) -> int:

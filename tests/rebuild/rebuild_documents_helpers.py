@@ -16,6 +16,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from vauban_trace import semconv as sc
 from vauban_trace._exceptions import RebuildError
 from vauban_trace.rebuild._documents import _NATIVE, TraceDocument, python_documents
+from vauban_trace.store._ingest import SpanRow, extract_rows, snapshot_bytes
 
 DIGEST = "blake3:" + "0f" * 32
 T0 = 1_700_000_000_000_000_000
@@ -164,21 +165,13 @@ def rich_trace(tag: str = "rich", *, n_stages: int = 4, artifacts_per_stage: int
 
 
 def split_per_trace(data: bytes) -> list[bytes]:
-    """One ExportTraceServiceRequest per trace id (resource and scope copied along)."""
-    req = ExportTraceServiceRequest.FromString(data)
-    parts: dict[bytes, ExportTraceServiceRequest] = {}
-    for rs in req.resource_spans:
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                out = parts.get(span.trace_id)
-                if out is None:
-                    out = parts[span.trace_id] = ExportTraceServiceRequest()
-                    nrs = out.resource_spans.add()
-                    nrs.resource.CopyFrom(rs.resource)
-                    nss = nrs.scope_spans.add()
-                    nss.scope.CopyFrom(ss.scope)
-                out.resource_spans[-1].scope_spans[-1].spans.append(span)
-    return [p.SerializeToString() for p in parts.values()]
+    """One serialized TracesData per trace id, exactly as the collector hands a new trace to the
+    rebuild (the store's rows of the request, regrouped by ``snapshot_bytes``)."""
+    rows = extract_rows(ExportTraceServiceRequest.FromString(data).resource_spans)[0]
+    by_trace: dict[str, list[SpanRow]] = {}
+    for row in rows:
+        by_trace.setdefault(row.trace_id, []).append(row)
+    return [snapshot_bytes(group) for group in by_trace.values()]
 
 
 def native_result(data: bytes) -> TraceDocument | None:
