@@ -264,13 +264,9 @@ def _fit_stage(
                 xs.append(float(v) / d)
     if not stable:
         reason = f"artifact coverage differs across the sweep ({', '.join(differing[:3])}): points not comparable"
-        usl = UslFit(status="not_applicable", reason=reason, axis=axis, lambda_=None, sigma=None, kappa=None,
-                     intervals={}, peak_n=None, r2=None, residuals=(), points=tuple(zip(ns, xs, strict=True)),
-                     caveat=None)
-        return usl, {}
+        return UslFit("not_applicable", reason, axis, points=tuple(zip(ns, xs, strict=True))), {}
     usl = fit_usl(ns, xs, axis=axis, seed=seed) if ns else UslFit(
-        status="not_applicable", reason=f"stage {stage!r} has no positive durations", axis=axis, lambda_=None,
-        sigma=None, kappa=None, intervals={}, peak_n=None, r2=None, residuals=(), points=(), caveat=None)
+        "not_applicable", f"stage {stage!r} has no positive durations", axis)
     linear: dict[str, LinearFit] = {}
     for counter in LINEAR_COUNTERS:
         pts = [(float(v), float(row[stage]["counters"][counter]))
