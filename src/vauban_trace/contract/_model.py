@@ -406,6 +406,17 @@ class TraceSpan:
     def duration_s(self) -> float:
         return max(0, self.end_unix_nano - self.start_unix_nano) / 1e9
 
+    @property
+    def stage_duration_s(self) -> float | None:
+        """How long the stage took: the profile's ``duration_s`` when it has one, else the span's
+        own duration when both of its times are set (end >= start > 0), else None."""
+        profile = self.profile
+        if profile is not None and profile.duration_s is not None:
+            return profile.duration_s
+        if self.end_unix_nano >= self.start_unix_nano > 0:
+            return self.duration_s
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return _record_dict(self)
 

@@ -222,14 +222,11 @@ def document_of(trace: Trace, root_labels: tuple[Any, Any, Any] | None, *, nativ
 
 def _observation(span: TraceSpan) -> StageObservation:
     p = span.profile
-    duration = p.duration_s if p is not None else None
-    if duration is None and span.end_unix_nano >= span.start_unix_nano > 0:
-        duration = span.duration_s
     assert span.stage is not None
     return StageObservation(
         span_id=span.id,
         stage=span.stage,
-        duration_s=duration,
+        duration_s=span.stage_duration_s,
         input_bytes=p.input_bytes if p is not None else None,
         output_bytes=p.output_bytes if p is not None else None,
         sync_points=p.sync_points if p is not None else None,

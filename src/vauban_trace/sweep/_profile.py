@@ -289,16 +289,16 @@ def _stage_values(trace: Trace) -> dict[str, dict[str, Any]]:
     """Per stage of one trace: summed duration, device duration and counters, provenance words."""
     out: dict[str, dict[str, Any]] = {}
     root = trace.root
-    if root is not None and root.end_unix_nano >= root.start_unix_nano > 0:
-        out[REQUEST] = {"duration_s": root.duration_s, "device_duration_s": None, "counters": {}, "provenance": {}}
+    if root is not None and root.stage_duration_s is not None:
+        out[REQUEST] = {"duration_s": root.stage_duration_s, "device_duration_s": None, "counters": {},
+                        "provenance": {}}
     for span in trace.spans:
         if not span.stage:
             continue
         row = out.setdefault(span.stage, {"duration_s": None, "device_duration_s": None, "counters": {},
                                           "provenance": {}})
         prof = span.profile
-        duration = prof.duration_s if prof is not None and prof.duration_s is not None else (
-            span.duration_s if span.end_unix_nano >= span.start_unix_nano > 0 else None)
+        duration = span.stage_duration_s
         if duration is not None:
             row["duration_s"] = (row["duration_s"] or 0.0) + duration
         if prof is None:
