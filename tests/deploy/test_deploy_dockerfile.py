@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -161,9 +162,11 @@ def test_dockerignore_excludes_local_state() -> None:
         ".pytest_cache/v",
         ".mypy_cache/x",
         "dist/x.whl",
+        "src/vauban_trace/rebuild/_crebuild.cpython-311-x86_64-linux-gnu.so",
     ):
         assert _ignored(rel, patterns), f".dockerignore lets {rel} into the build context"
-    for rel in ("pyproject.toml", "README.md", "src/vauban_trace/cli/__init__.py"):
+    for rel in ("pyproject.toml", "setup.py", "README.md", "src/vauban_trace/cli/__init__.py",
+                "src/vauban_trace/rebuild/_crebuild_src/module.c"):
         assert not _ignored(rel, patterns), f".dockerignore drops {rel}, which the build needs"
 
 
@@ -184,11 +187,14 @@ def test_package_builds_from_the_copied_context(tmp_path: Path) -> None:
         str(wheels),
         str(context),
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "VAUBAN_TRACE_REQUIRE_NATIVE": "1"}  # as the Dockerfile builds it
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     (wheel,) = wheels.glob("vauban_trace-*.whl")
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         assert "vauban_trace/cli/_collector.py" in names, "the collector command is not in the wheel"
+        for ext in ("vauban_trace/rebuild/_crebuild", "vauban_trace/store/_cwire"):
+            assert any(n.startswith(ext + ".") and n.endswith(".so") for n in names), f"{ext} was not compiled"
         (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         assert re.search(r"^vauban-trace\s*=\s*vauban_trace\.cli:main", zf.read(entry_points).decode(), re.M)
