@@ -151,6 +151,29 @@ def test_pending_order_and_limit(tmp_path: Path) -> None:
     assert [p.trace_id for p in ts.pending_traces(limit=1)] == [TRACE_B]
 
 
+def test_pending_due_filters(tmp_path: Path) -> None:
+    ts = TraceStore(tmp_path)
+    ts.add_spans(make_request(make_span(TRACE_B, ROOT, "b")))  # a root: due after the quiet period
+    ts.add_spans(make_request(make_span(TRACE_A, CHILD, "a", parent=ROOT)))  # rootless
+    b, a = ts.pending_traces()  # oldest activity first
+    assert a.trace_id == TRACE_A and not a.has_root and b.has_root
+    late = max(a.last_received_unix_nano, b.last_received_unix_nano)
+    # everything arrived after the cut-off: nothing is due
+    assert ts.pending_traces(received_by=b.last_received_unix_nano - 1, rootless_received_by=0) == []
+    # past the quiet period only the rooted trace is due; the rootless one waits for its own cut-off
+    due = ts.pending_traces(received_by=late, rootless_received_by=a.last_received_unix_nano - 1)
+    assert [p.trace_id for p in due] == [TRACE_B]
+    due = ts.pending_traces(received_by=late, rootless_received_by=a.last_received_unix_nano, limit=5)
+    assert [p.trace_id for p in due] == [TRACE_B, TRACE_A]
+    assert ts.pending_traces(received_by=late, rootless_received_by=late, limit=1) == due[:1]
+    # the filters read the pending index (a range scan), not the whole traces table
+    plan = " ".join(str(r) for r in ts._conn().execute(
+        "EXPLAIN QUERY PLAN SELECT trace_id FROM traces WHERE version > 0 AND (rebuilt_version IS NULL "
+        "OR rebuilt_version < version) AND last_received_unix_nano <= ? AND (has_root OR "
+        "last_received_unix_nano <= ?) ORDER BY last_received_unix_nano LIMIT 5", (late, late)))
+    assert "traces_pending" in plan
+
+
 def test_imported_trace_without_raw_spans(tmp_path: Path) -> None:
     ts = TraceStore(tmp_path)
     ts.put_trace(_trace(TRACE_C, start=1, end=2))

@@ -59,7 +59,6 @@ class Assembler:
         incomplete_after_s: float = 30.0,
         interval_s: float = 0.25,
         batch: int = 256,
-        scan: int = 4096,
         on_backlog: Callable[[int], None] | None = None,
         snapshot_bytes: int = 16 << 20,
     ) -> None:
@@ -69,7 +68,6 @@ class Assembler:
         self._incomplete_ns = int(incomplete_after_s * 1e9)
         self._interval = interval_s
         self._batch = batch
-        self._scan = max(scan, batch)
         self._on_backlog = on_backlog
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -136,35 +134,52 @@ class Assembler:
 
     # -- one pass -------------------------------------------------------------------------
     def ready(self, pending: PendingTrace, now_ns: int) -> bool:
+        """Whether ``pending`` may be rebuilt at ``now_ns`` (the rule ``run_once`` asks the store for)."""
         quiet = now_ns - pending.last_received_unix_nano
         if pending.has_root and quiet >= self._quiet_ns:
             return True
         return quiet >= self._incomplete_ns
 
     def run_once(self, *, force: bool = False) -> int:
-        """Rebuild the pending traces that are ready (all of them with ``force``); returns how many."""
+        """Rebuild the pending traces that are ready (all of them with ``force``); returns how many.
+
+        The store is asked for the ready traces only (``pending_traces`` with the quiet-period and
+        incomplete-after cut-offs: a range scan of its pending index), up to ``batch`` at a time,
+        so the cost of a pass follows the work done, not the number of traces still in their
+        quiet period. The backlog (the pending-traces gauge and the backpressure signal) is
+        counted once per pass and kept current by subtraction while a large backlog drains.
+        """
         done = 0
         with self._lock:
+            backlog = self._store.pending_count()
             for _ in range(10_000):  # bounded even if a store never cleared its pending entries
-                # oldest activity first, so the traces whose quiet period is over come first; the
-                # scan is capped so a large backlog does not cost a full listing on every tick
-                pending = self._store.pending_traces(limit=self._scan)
-                now = time.time_ns()
-                ready = [p for p in pending if force or self.ready(p, now)][: self._batch]
+                if force:
+                    ready = self._store.pending_traces(limit=self._batch)
+                else:
+                    now = time.time_ns()
+                    ready = self._store.pending_traces(
+                        limit=self._batch, received_by=now - self._quiet_ns,
+                        rootless_received_by=now - self._incomplete_ns,
+                    )
                 if ready:
                     self._rebuild_batch(ready)
                 done += len(ready)
                 self.rebuilt += len(ready)
-                total = len(pending) if len(pending) < self._scan else self._store.pending_count()
-                backlog = max(0, total - len(ready))
-                self._metrics.pending_traces.set(backlog)
-                if self._on_backlog is not None:
-                    self._on_backlog(backlog)
-                if not pending and self._snapshots:
-                    self._drop_snapshots()  # left by a trace rebuilt before its snapshot came
                 if len(ready) < self._batch:
                     break
+                backlog = max(0, backlog - len(ready))
+                self._report_backlog(backlog)
+            if done:
+                backlog = self._store.pending_count()
+            self._report_backlog(backlog)
+            if not backlog and self._snapshots:
+                self._drop_snapshots()  # left by a trace rebuilt before its snapshot came
         return done
+
+    def _report_backlog(self, backlog: int) -> None:
+        self._metrics.pending_traces.set(backlog)
+        if self._on_backlog is not None:
+            self._on_backlog(backlog)
 
     def _rebuild_batch(self, entries: list[PendingTrace]) -> None:
         """Rebuild ``entries`` and store them in one transaction (one commit for the batch)."""

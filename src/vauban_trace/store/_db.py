@@ -267,18 +267,38 @@ class TraceStore:
             "SELECT COUNT(*) FROM traces WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version)"
         )[0][0])
 
-    def pending_traces(self, *, limit: int | None = None) -> list[PendingTrace]:
-        """Traces whose raw spans changed after their last rebuild, oldest activity first."""
+    def pending_traces(
+        self,
+        *,
+        limit: int | None = None,
+        received_by: int | None = None,
+        rootless_received_by: int | None = None,
+    ) -> list[PendingTrace]:
+        """Traces whose raw spans changed after their last rebuild, oldest activity first.
+
+        ``received_by`` (unix ns): only traces whose last span arrived at or before it;
+        ``rootless_received_by``: a trace without a root span only if its last span arrived at
+        or before this one. An assembler passes ``now - quiet period`` and ``now - incomplete
+        after`` and gets exactly the traces it may rebuild, found by a range scan of the pending
+        index instead of a listing of everything pending (which, under a long quiet period,
+        holds many traces not due yet).
+        """
         sql = (
             "SELECT trace_id, version, rebuilt_version, raw_span_count, has_root, service, root_name, "
             "first_received_unix_nano, last_received_unix_nano FROM traces "
-            "WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version) "
-            "ORDER BY last_received_unix_nano"
+            "WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version)"
         )
         params: tuple[object, ...] = ()
+        if received_by is not None:
+            sql += " AND last_received_unix_nano <= ?"
+            params += (int(received_by),)
+        if rootless_received_by is not None:
+            sql += " AND (has_root OR last_received_unix_nano <= ?)"
+            params += (int(rootless_received_by),)
+        sql += " ORDER BY last_received_unix_nano"
         if limit is not None:
             sql += " LIMIT ?"
-            params = (int(limit),)
+            params += (int(limit),)
         return [
             PendingTrace(
                 trace_id=str(r[0]), version=int(r[1]), rebuilt_version=None if r[2] is None else int(r[2]),
