@@ -4,7 +4,10 @@ Public API:
 
 - :class:`MlxExecutor` — ``MlxExecutor.from_pretrained(dir)``; ``executor.capabilities``;
   ``executor.run(request, max_new_tokens=..., sites=..., logits_positions=..., topk=...) -> RunResult``.
-- :func:`find_layers` / :class:`ResidualCapture` — decoder layer discovery and residual capture.
+- :func:`find_layers` / :class:`ActivationCapture` — decoder layers, their sites (residual, attn,
+  mlp) and activation capture (:class:`ResidualCapture`: the residual site only).
+- :class:`InterventionSet` / :func:`resolve_intervention` — ablate, steer and patch with the torch
+  executor's semantics (requests carry contract ``Intervention`` records).
 - :class:`MlxMemoryProbe` / :class:`EvalCounter` — the counter probes of its stages.
 
 Importing this package imports mlx (and mlx-lm when a model is loaded); the core package never
@@ -15,10 +18,15 @@ does. The ``_values`` module is the adapter the instrumentation uses to describe
 from vauban_trace.executors.mlx._capabilities import build_capabilities
 from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
 from vauban_trace.executors.mlx._executor import MlxExecutor, MlxRunOptions, RunResult, make_mlx_options
-from vauban_trace.executors.mlx._layers import MlxLayers, ResidualCapture, find_layers
+from vauban_trace.executors.mlx._intervene import InterventionSet, format_intervention
+from vauban_trace.executors.mlx._intervene import resolve as resolve_intervention
+from vauban_trace.executors.mlx._layers import ActivationCapture, MlxLayers, ResidualCapture, find_layers
+from vauban_trace.executors.mlx._torchrand import torch_cpu_randn
 
 __all__ = [
+    "ActivationCapture",
     "EvalCounter",
+    "InterventionSet",
     "MlxExecutor",
     "MlxLayers",
     "MlxMemoryProbe",
@@ -27,5 +35,8 @@ __all__ = [
     "RunResult",
     "build_capabilities",
     "find_layers",
+    "format_intervention",
     "make_mlx_options",
+    "resolve_intervention",
+    "torch_cpu_randn",
 ]

@@ -18,9 +18,10 @@ transformers) and the tokenizer from the same directory (``mlx_lm.utils.load_tok
 wraps the Hugging Face tokenizer files). Loading is lazy, as in the torch executor: the first
 traced request shows a ``load`` stage; ``load()`` or reading ``capabilities`` loads untraced.
 
-The stages of a request are in :mod:`._pipeline`. Everything the caller can get wrong (a missing
-directory, a layer out of range, a batch of several prompts) raises :class:`ExecutorError`
-before the root span opens.
+The stages of a request are in :mod:`._pipeline`, the interventions in :mod:`._intervene`.
+Everything the caller can get wrong (a missing directory, a layer out of range, a batch of several
+prompts, a bad intervention) raises :class:`ExecutorError` before the root span opens (for a
+lazily loaded executor, what needs the weights is checked right after the ``load`` stage).
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ class MlxExecutor:
         self._model, self._tokenizer = model, tokenizer
         self._layers, self._layers_note = find_layers(model, config)
         self._capabilities = build_capabilities(
-            device_kind=self.device, layers_found=self._layers is not None, layers_note=self._layers_note)
+            device_kind=self.device, layers=self._layers, layers_note=self._layers_note)
 
     @property
     def model(self) -> Any:
@@ -156,6 +157,12 @@ class MlxExecutor:
     def layers(self) -> MlxLayers | None:
         self.load()
         return self._layers
+
+    @property
+    def layers_note(self) -> str:
+        """Why no layer list was found (empty when one was)."""
+        self.load()
+        return self._layers_note
 
     @property
     def capabilities(self) -> Capabilities:
@@ -203,8 +210,9 @@ class MlxExecutor:
     ) -> RunResult:
         """Run ``request`` as one traced request (stages in :mod:`._pipeline`).
 
-        ``max_new_tokens`` > 0 decodes greedily; ``sites`` other than ``residual`` are recorded
-        missing (not built); ``logits_positions`` is ``last`` or ``all``; ``topk`` sizes the
+        ``max_new_tokens`` > 0 decodes greedily; ``sites`` are among ``residual``, ``attn`` and
+        ``mlp`` (a site a layer lacks is recorded missing); the request's ``interventions`` are
+        applied (:mod:`._intervene`); ``logits_positions`` is ``last`` or ``all``; ``topk`` sizes the
         logits summary; ``ignore_eos`` generates exactly ``max_new_tokens`` tokens; ``weights``
         names parameters (``model.layers.0.mlp.up_proj.weight``) for ``weight_snapshot``
         artifacts (default when the kind is requested: the input embedding).

@@ -11,19 +11,25 @@ batch      the ``mx.array`` of input ids (one prompt: no padding); metadata padd
 prefill    the prompt forward pass (mlx-lm KV cache when decoding follows) with the residual
            capture installed, evaluated once (``mx.eval`` of logits and captured states);
            ``logits`` / ``logprobs`` of the last (or every) position, top-k in the summary
-observe    ``activation`` artifacts of the residual stream after each requested layer
-           (layer, site=residual, module, module_class, positions=prompt, source_dtype);
+observe    ``activation`` artifacts of each requested (layer, site): residual, attn, mlp
+           (layer, site, module, module_class, positions=prompt, source_dtype);
            ``weight_snapshot`` artifacts of named parameters (metadata parameter, source_dtype)
-decode     greedy loop over ``model(token, cache=cache)``; per-step facts folded into
-           vauban.decode.* attributes; ``logprobs`` of the chosen tokens when asked
+intervene  with interventions: a clean reference pass of the prompt without them, then one
+           ``intervention_result`` artifact per intervention: parameters, hidden-state norm and
+           projection before/after at its site, the change of the clean top token's logprob
+decode     greedy loop over ``model(token, cache=cache)`` (intervention taps installed);
+           per-step facts folded into vauban.decode.* attributes (and ``intervention_calls``
+           in its metadata); ``logprobs`` of the chosen tokens when asked
 emit       detokenization: ``text`` and ``tokens`` of the generated output; usage and
            finish reasons on the root span
 =========  =================================================================================
 
-Not built: interventions (``intervention_result``) and continuation scores (``metric``), recorded
-missing on the root span with reason ``unsupported`` before any stage runs; the ``attn``/``mlp``
-sites, recorded missing per layer on the observe span; batches of more than one prompt (refused
-with an error); sampling.
+The prompt pass runs with the intervention taps installed first and the activation capture
+second, so activations record the intervened hidden state (as in the torch executor).
+
+Not built: continuation scores (``metric``), recorded missing on the root span with reason
+``unsupported`` before any stage runs; a site a layer does not have is recorded missing per layer
+on the observe span; batches of more than one prompt (refused with an error); sampling.
 
 Counters: token_count and batch_size as in the torch executor (derived / declared),
 ``duration_s`` measured, ``memory_bytes`` from the MLX allocator peak (measured, method
@@ -46,9 +52,9 @@ from vauban_trace import semconv as sc
 from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import TraceRequest
 from vauban_trace.executors._common import request_inputs
-from vauban_trace.executors.mlx._capabilities import INTERVENTIONS_NOTE, SITES_NOTE
 from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
-from vauban_trace.executors.mlx._layers import ResidualCapture
+from vauban_trace.executors.mlx._intervene import InterventionSet, ResolvedIntervention, resolve
+from vauban_trace.executors.mlx._layers import ActivationCapture
 from vauban_trace.executors.mlx._values import dtype_name
 from vauban_trace.instrument import probes, record_artifact, record_missing, stage, traced_request
 from vauban_trace.instrument._probes import instrumentation_work
@@ -58,11 +64,8 @@ if TYPE_CHECKING:
 
 STOP_EOS, STOP_LENGTH = "eos", "max_new_tokens"
 _FINISH = {STOP_EOS: "stop", STOP_LENGTH: "length"}
-_OWN_KINDS = frozenset({"text", "tokens", "logits", "logprobs", "activation", "weight_snapshot"})
-_NOT_BUILT = {
-    "intervention_result": INTERVENTIONS_NOTE,
-    "metric": "continuation scores are not built in the MLX executor yet",
-}
+_OWN_KINDS = frozenset({"text", "tokens", "logits", "logprobs", "activation", "intervention_result", "weight_snapshot"})
+_NOT_BUILT = {"metric": "continuation scores are not built in the MLX executor yet"}
 
 
 def _prompt(request: TraceRequest) -> tuple[str | None, list[int] | None]:
@@ -89,16 +92,36 @@ class _Plan:
         self.layers = list(request.collect_layers)
         if not self.layers and "activation" in self.requested and count is not None:
             self.layers = list(range(count))
-        bad = [i for i in self.layers if count is not None and i >= count]
+        if not ex.loaded or not request.interventions:  # else resolve() names the intervention
+            wanted = [*self.layers, *(iv.layer_index for iv in request.interventions)]
+        else:
+            wanted = self.layers
+        bad = [i for i in wanted if count is not None and i >= count]
         if bad and count is not None:
             raise ExecutorError(f"layer {bad[0]} is out of range: the model has {count} layers (0-{count - 1})")
-        self.interventions = bool(request.interventions)
+        self.interventions = tuple(request.interventions)
+        self.resolved: list[ResolvedIntervention] = []
+        if ex.loaded:  # else right after the load stage
+            self.resolve_interventions(ex)
         self.want_weights = "weight_snapshot" in self.requested or bool(opts.weights)
         self.weight_names: list[str] = []
         if self.want_weights and ex.loaded:  # else right after the load stage
             self.weight_names = ex.resolve_weights(opts.weights)
         if request.apply_chat_template and ex.loaded and getattr(ex.tokenizer, "chat_template", None) is None:
             raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
+
+
+    def resolve_interventions(self, ex: MlxExecutor) -> None:
+        if not self.interventions:
+            return
+        layers = ex.layers
+        if layers is None:
+            raise ExecutorError(f"cannot apply interventions: {ex.layers_note}")
+        from vauban_trace.instrument import current_session
+
+        session = current_session()
+        store = session.artifact_store if session is not None else None
+        self.resolved = [resolve(iv, layers, store) for iv in self.interventions]
 
 
 @contextmanager
@@ -127,6 +150,7 @@ def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> 
             req.set_capabilities(ex.capabilities)
             if plan.want_weights:
                 plan.weight_names = ex.resolve_weights(opts.weights)
+            plan.resolve_interventions(ex)
             if request.apply_chat_template and getattr(ex.tokenizer, "chat_template", None) is None:
                 raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
         return _run_stages(ex, req, request, opts, plan, counter, RunResult)
@@ -146,7 +170,7 @@ def _framework_versions() -> str:
 
 def _declare_missing(ex: MlxExecutor, plan: _Plan, opts: MlxRunOptions) -> None:
     for kind, note in _NOT_BUILT.items():
-        if kind in plan.requested or (kind == "intervention_result" and plan.interventions):
+        if kind in plan.requested:
             record_missing(kind, "unsupported", note)
     for kind in sorted(plan.requested - _OWN_KINDS - set(_NOT_BUILT)):
         record_missing(kind, "unsupported", f"the MLX executor does not produce {kind} artifacts")
@@ -188,8 +212,18 @@ def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOp
         st.set_metadata({"padding_side": "left", "padded_length": n_prompt, "padding_tokens": 0,
                          "pad_token_id": pad_id})
 
+    for item in plan.resolved:  # patch sources must match this request's hidden-state shape
+        if item.source is not None and tuple(item.source.shape[:2]) != (1, n_prompt):
+            raise ExecutorError(
+                f"patch at layer {item.spec.layer_index}: source shape {list(item.source.shape)} does not match "
+                f"this request's hidden state [1, {n_prompt}, ...]"
+            )
+
     layers = ex.layers
-    capture = ResidualCapture(layers, plan.layers) if (plan.layers and layers is not None and "residual" in opts.sites) else None
+    ivset = InterventionSet(plan.resolved) if plan.resolved else None
+    capture = None
+    if plan.layers and layers is not None:
+        capture = ActivationCapture(layers, [(i, s) for i in plan.layers for s in opts.sites])
     generate = opts.max_new_tokens > 0
     # -- prefill ----------------------------------------------------------------------------
     with stage("prefill", batch_size=1, device=dev) as st:
@@ -199,25 +233,33 @@ def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOp
             from mlx_lm.models.cache import make_prompt_cache
 
             cache = make_prompt_cache(model)
-        with capture.installed() if capture is not None else nullcontext():
+        # intervention taps first: the capture then sees the intervened output
+        with ivset.installed("prefill") if ivset is not None else nullcontext(), \
+                capture.installed() if capture is not None else nullcontext():
             logits = model(ids, cache=cache)
-        counter.eval(logits, *(capture.arrays() if capture is not None else ()))
+        counter.eval(logits, *(capture.arrays() if capture is not None else ()),
+                     *(ivset.arrays() if ivset is not None else ()))
         st.set_counter("output_bytes", int(logits.nbytes), provenance="derived")
         if plan.want_logits or plan.want_logprobs:
             _record_logits(logits, opts, plan)
     # -- observe ----------------------------------------------------------------------------
-    if (plan.layers and layers is not None) or plan.weight_names:
+    if capture is not None or plan.weight_names:
         with stage("observe", batch_size=1, device=dev):
-            _observe(capture, plan, opts)
+            _observe(capture)
             if plan.weight_names:
                 _snapshot(ex, plan)
+    # -- intervene --------------------------------------------------------------------------
+    if ivset is not None:
+        with stage("intervene", batch_size=1, device=dev):
+            _intervene(ivset, model, ids, logits, counter)
     # -- decode -----------------------------------------------------------------------------
     decoded: _Decoded | None = None
     if generate:
         eos = frozenset() if opts.ignore_eos else ex.eos_token_ids()
         with stage("decode", batch_size=1, device=dev) as st:
-            decoded = _decode(model, logits, cache, opts.max_new_tokens, eos, plan.want_logprobs, counter)
-            _decode_attrs(st, decoded)
+            with ivset.installed("decode") if ivset is not None else nullcontext():
+                decoded = _decode(model, logits, cache, opts.max_new_tokens, eos, plan.want_logprobs, counter)
+            _decode_attrs(st, decoded, ivset)
             if decoded.chosen_logprobs is not None:
                 with _recording():
                     record_artifact("logprobs", decoded.chosen_logprobs, metadata={
@@ -270,21 +312,48 @@ def _record_logits(logits: mx.array, opts: MlxRunOptions, plan: _Plan) -> None:
             record_artifact("logprobs", _log_softmax(values), metadata=meta, topk=opts.topk)
 
 
-def _observe(capture: ResidualCapture | None, plan: _Plan, opts: MlxRunOptions) -> None:
+def _observe(capture: ActivationCapture | None) -> None:
+    if capture is None:
+        return
     with _recording():
-        if capture is not None:
-            for layer, path, array in capture.items():
-                if array is None:
-                    record_missing("activation", "failed", f"{path} did not run during prefill", layer)
-                    continue
-                record_artifact("activation", array, layer=layer, metadata={
-                    "site": "residual", "module": path, "module_class": type(capture.layers.module(layer)).__name__,
-                    "positions": "prompt", "source_dtype": dtype_name(array.dtype)})
-        for site in opts.sites:
-            if site == "residual":
+        for ref, array in capture.items():
+            if array is None:
+                record_missing("activation", "failed", f"{ref.path} did not run during prefill", ref.layer)
                 continue
-            for layer in plan.layers:
-                record_missing("activation", "unsupported", f"layer {layer} {site}: {SITES_NOTE}", layer)
+            record_artifact("activation", array, layer=ref.layer, metadata={
+                "site": ref.site, **ref.describe(), "positions": "prompt", "source_dtype": dtype_name(array.dtype)})
+        for layer, site in capture.absent:
+            record_missing("activation", "unsupported", f"layer {layer} has no {site} module", layer)
+
+
+def _intervene(ivset: InterventionSet, model: Any, ids: mx.array, logits: mx.array, counter: EvalCounter) -> None:
+    """A clean pass of the prompt (no taps installed), then one ``intervention_result`` per intervention."""
+    clean_logits = model(ids)
+    clean = _log_softmax(clean_logits[:, -1, :])
+    dirty = _log_softmax(logits[:, -1, :])
+    top = mx.argmax(clean, axis=-1, keepdims=True)
+    picked = (top, mx.take_along_axis(clean, top, axis=-1), mx.take_along_axis(dirty, top, axis=-1),
+              mx.argmax(dirty, axis=-1))
+    counter.eval(*picked)
+    with _recording():
+        top_ids, lp_clean, lp_dirty, top_dirty = (np.array(a).reshape(-1).tolist() for a in picked)
+        lp_effect: dict[str, Any] = {
+            "clean_top_token_ids": top_ids, "clean_top_logprobs": lp_clean,
+            "intervened_logprobs_of_clean_top": lp_dirty,
+            "logprob_change": [d - c for d, c in zip(lp_dirty, lp_clean, strict=True)],
+            "intervened_top_token_ids": top_dirty,
+            "scope": "all interventions of the request together, last prompt position",
+        }
+        for hook in ivset.hooks:
+            spec = hook.item.spec
+            value: dict[str, Any] = {
+                "name": spec.name, "layer": spec.layer_index, "params": dict(spec.params),
+                "site_module": hook.item.site_path, "effect": hook.effect(), "logits_effect": lp_effect,
+            }
+            if hook.item.vector_norm is not None:
+                value["vector_input_norm"] = hook.item.vector_norm
+            record_artifact("intervention_result", value, layer=spec.layer_index,
+                            metadata={"intervention": spec.name, "site": hook.item.site})
 
 
 def _snapshot(ex: MlxExecutor, plan: _Plan) -> None:
@@ -340,7 +409,7 @@ def _decode(model: Any, logits: mx.array, cache: Any, max_new: int, eos: frozens
     return out
 
 
-def _decode_attrs(st: Any, d: _Decoded) -> None:
+def _decode_attrs(st: Any, d: _Decoded, ivset: InterventionSet | None) -> None:
     times = d.step_times_s
     arr = np.asarray(times, dtype=np.float64)
     st.set_attribute(sc.DECODE_STEPS, len(d.tokens))
@@ -350,8 +419,11 @@ def _decode_attrs(st: Any, d: _Decoded) -> None:
     st.set_attribute(sc.DECODE_STEP_MEAN_S, statistics.fmean(times) if times else 0.0)
     st.set_attribute(sc.DECODE_STOP_REASON, d.stop_reason)
     st.set_counter("token_count", len(d.tokens), provenance="derived")
-    st.set_metadata({"stop_reasons": [d.stop_reason], "forward_steps": d.forward_steps,
-                     "generated": [len(d.tokens)]})
+    meta: dict[str, Any] = {"stop_reasons": [d.stop_reason], "forward_steps": d.forward_steps,
+                            "generated": [len(d.tokens)]}
+    if ivset is not None:  # how often each intervention acted on generated positions
+        meta["intervention_calls"] = [h.calls.get("decode", 0) for h in ivset.hooks]
+    st.set_metadata(meta)
 
 
 __all__ = ["run_request"]
