@@ -12,30 +12,61 @@ int crb_nkeys;
 int crb_htab[HSIZE];
 CrbConfig crb_cfg;
 
-static uint32_t hash_bytes(const uint8_t *p, Py_ssize_t n) {
-    /* word-at-a-time multiply-xor (keys share long prefixes: every byte counts) */
-    uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n;
-    Py_ssize_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        memcpy(&w, p + i, 8);
-        h = (h ^ w) * 0xff51afd7ed558ccdull;
-        h ^= h >> 29;
+/* The key lookup runs once per attribute of every span and event: it reads at most three words
+ * of the name instead of hashing every byte. Names of the vocabulary share long prefixes
+ * ("vauban.usl.") and suffixes (".provenance") but differ in length or in the first, middle or
+ * last 8 bytes; names that agree on all of these only share a probe chain (the comparison below
+ * settles it). */
+static inline uint64_t ld8(const uint8_t *p) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+static inline uint64_t ld4(const uint8_t *p) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+/* names shorter than 8 bytes as one word: every byte is in it (so equal words and lengths mean
+ * equal names) */
+static inline uint64_t small_word(const uint8_t *p, Py_ssize_t n) {
+    if (n >= 4) return ld4(p) | (ld4(p + n - 4) << 32);
+    if (n > 0) return (uint64_t)p[0] | ((uint64_t)p[n >> 1] << 8) | ((uint64_t)p[n - 1] << 16);
+    return 0;
+}
+
+static inline uint32_t hash_bytes(const uint8_t *p, Py_ssize_t n) {
+    uint64_t a, b = 0, c = 0;
+    if (n < 8) {
+        a = small_word(p, n);
+    } else {
+        a = ld8(p);
+        b = ld8(p + n - 8);
+        if (n > 16) c = ld8(p + (n >> 1) - 4);
     }
-    if (i < n) {
-        uint64_t w = 0;
-        memcpy(&w, p + i, (size_t)(n - i));
-        h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
-    }
-    h ^= h >> 32;
-    return (uint32_t)h;
+    uint64_t h = ((a ^ (uint64_t)n) * 0x9e3779b97f4a7c15ull) ^ ((b * 0xc2b2ae3d27d4eb4full) >> 7) ^
+                 (c * 0x165667b19e3779f9ull);
+    h ^= h >> 29;
+    h *= 0xff51afd7ed558ccdull;
+    return (uint32_t)(h >> 32);
+}
+
+/* equal names, of the same length n */
+static inline int same_name(const uint8_t *x, const uint8_t *y, Py_ssize_t n) {
+    if (n < 8) return small_word(x, n) == small_word(y, n);
+    for (Py_ssize_t i = 0; i + 8 < n; i += 8)
+        if (ld8(x + i) != ld8(y + i)) return 0;
+    return ld8(x + n - 8) == ld8(y + n - 8);
 }
 
 int crb_lookup_key(const uint8_t *p, Py_ssize_t n) {
     uint32_t h = hash_bytes(p, n) & (HSIZE - 1);
-    while (crb_htab[h] >= 0) {
-        Str k = crb_key_names[crb_htab[h]];
-        if (k.n == n && memcmp(k.p, p, (size_t)n) == 0) return crb_htab[h];
+    int id;
+    while ((id = crb_htab[h]) >= 0) {
+        const Str *k = &crb_key_names[id];
+        if (k->n == n && same_name(k->p, p, n)) return id;
         h = (h + 1) & (HSIZE - 1);
     }
     return -1;

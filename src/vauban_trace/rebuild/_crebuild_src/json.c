@@ -6,6 +6,8 @@
  */
 #include "crebuild.h"
 
+#include <float.h>
+
 int crb_put_u64(Buf *b, uint64_t v) {
     char tmp[24];
     int i = 24;
@@ -24,8 +26,77 @@ int crb_put_i64(Buf *b, int64_t v) {
     return crb_put_u64(b, (uint64_t)v);
 }
 
+/* Exact powers of ten (10^22 is the largest one a double holds exactly). */
+static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1e8,  1e9,  1e10, 1e11,
+                                 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+/* repr(x) without dtoa, for the doubles that are short decimals (durations, statistics): writes
+ * the text to out (32 bytes) and returns its length, or 0 when x is not such a case (dtoa then).
+ *
+ * repr is the decimal string with the fewest significant digits that reads back as x (the
+ * closest one when several have that many), in fixed notation when its decimal point position
+ * decpt is in (-4, 16], with ".0" when it has no fraction. For ax = |x| > 0 and k = 0, 1, ...
+ * we look for an integer c with c / 10^k reading back as ax:
+ *   - reading back is exact to test: c < 2^53 and 10^k (k <= 22) are exact doubles, so c / 10^k
+ *     in IEEE arithmetic is the double nearest to the decimal c * 10^-k, which is what
+ *     float("c e-k") gives (both round half to even);
+ *   - while ulp(ax) * 10^k < 1, the scaled interval of the reals that read back as ax is
+ *     narrower than 1: at most one such c, within 0.5 of ax * 10^k, hence within 1 of the
+ *     rounded product p (p < 2^53: p is off by 0.5 at most): c is floor(p) or floor(p) + 1;
+ *   - the first k with a c has the fewest significant digits (all the candidates share ax's
+ *     decimal magnitude, but an exact power of ten, which is the first k found anyway).
+ * Anything else (ties between candidates, x >= 2^53, exponent notation) goes to dtoa. */
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0 /* double arithmetic in double precision */
+static int short_repr(double x, char *out) {
+    double ax = fabs(x);
+    if (!(ax >= 1e-4) || ax >= 9007199254740992.0) return 0;
+    double ulp = nextafter(ax, INFINITY) - ax;
+    for (int k = 0; k <= 22; k++) {
+        double pk = POW10[k];
+        if (ulp * pk >= 1.0) return 0; /* two decimals may read back as ax at this scale */
+        double p = ax * pk;
+        if (p < 0.5) continue; /* no c >= 1 within 1 of p: the next scale */
+        if (p >= 9007199254740992.0) return 0;
+        uint64_t c = (uint64_t)p; /* floor: p >= 0 */
+        if ((double)c / pk != ax) {
+            c++;
+            if ((double)c / pk != ax) continue;
+        }
+        /* digits of c, then the decimal point k digits from the right */
+        char dig[20];
+        int nd = 0;
+        for (uint64_t v = c; v; v /= 10) dig[nd++] = (char)('0' + v % 10); /* reversed */
+        int decpt = nd - k;
+        if (decpt <= -4 || decpt > 16) return 0; /* exponent notation: dtoa */
+        if (k > 0 && dig[0] == '0') return 0;    /* not the shortest (cannot happen): dtoa */
+        char *w = out;
+        if (x < 0) *w++ = '-';
+        if (decpt <= 0) {
+            *w++ = '0';
+            *w++ = '.';
+            for (int i = 0; i < -decpt; i++) *w++ = '0';
+            for (int i = nd - 1; i >= 0; i--) *w++ = dig[i];
+        } else {
+            for (int i = nd - 1; i >= nd - decpt; i--) *w++ = dig[i];
+            *w++ = '.';
+            if (k == 0) *w++ = '0';
+            else
+                for (int i = k - 1; i >= 0; i--) *w++ = dig[i];
+        }
+        return (int)(w - out);
+    }
+    return 0;
+}
+#else
+static int short_repr(double x, char *out) { return 0; }
+#endif
+
 int crb_put_double(Buf *b, double x) {
     if (!isfinite(x)) return BAIL;
+    char fast[32];
+    int n = short_repr(x, fast);
+    if (n > 0) return put(b, fast, (size_t)n);
+    if (x == 0) return signbit(x) ? PUTS(b, "-0.0") : PUTS(b, "0.0");
     char *s = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (s == NULL) return BAIL;
     int r = put(b, s, strlen(s));

@@ -183,7 +183,8 @@ int crb_parse_kv(Str m, Attr *a, int depth) {
             TRY(crb_skip_field(&p, end, wt));
         }
     }
-    a->kid = crb_lookup_key(a->key.p, a->key.n);
+    a->kid = -1; /* the interned id: looked up by crb_push_attr only (nested and validated-only
+                  * key-values never need it) */
     return 0;
 }
 
@@ -192,22 +193,37 @@ int crb_push_attr(Str m) {
     GROW(crb_g.attrs, crb_g.nattrs, crb_g.capattrs, Attr);
     Attr *a = &crb_g.attrs[crb_g.nattrs];
     TRY(crb_parse_kv(m, a, 0));
+    a->kid = crb_lookup_key(a->key.p, a->key.n);
     crb_g.nattrs++;
     return 0;
 }
 
-/* No key twice in attrs[a0 .. a0+an) (attributes() is a dict comprehension). */
+/* No key twice in attrs[a0 .. a0+an) (attributes() is a dict comprehension). Interned names
+ * are unique, so known keys are checked with a generation-stamped "seen" mark per id; only the
+ * names configure did not intern are compared with each other. */
 int crb_unique_keys(int a0, int an) {
+    static unsigned seen[MAXKEYS], gen;
+    if (++gen == 0) {
+        memset(seen, 0, sizeof(seen));
+        gen = 1;
+    }
+    int unknown = 0;
+    for (int i = a0; i < a0 + an; i++) {
+        int k = crb_g.attrs[i].kid;
+        if (k < 0) {
+            unknown++;
+        } else {
+            if (seen[k] == gen) return BAIL;
+            seen[k] = gen;
+        }
+    }
+    if (unknown < 2) return 0;
     for (int i = a0 + 1; i < a0 + an; i++) {
         const Attr *x = &crb_g.attrs[i];
+        if (x->kid >= 0) continue;
         for (int j = a0; j < i; j++) {
             const Attr *y = &crb_g.attrs[j];
-            /* interned names are unique: known keys compare by id */
-            if (x->kid >= 0 || y->kid >= 0) {
-                if (x->kid == y->kid) return BAIL;
-            } else if (str_eq(x->key, y->key)) {
-                return BAIL;
-            }
+            if (y->kid < 0 && str_eq(x->key, y->key)) return BAIL;
         }
     }
     return 0;
