@@ -16,6 +16,7 @@
     ├── ExecutorError            an executor cannot do what was asked (bad layer, missing model...)
     ├── ConfigurationError       bad settings (environment variables, CLI flags)
     └── ReportError              a report was asked of something that is not a trace
+        └── ClaimsFileError      a claims file is not valid (names the entry and key)
 
 Third-party errors are mapped at the boundary with ``raise ... from exc``; exceptions raised by
 user code inside instrumented stages are never wrapped: they propagate unchanged.
@@ -86,9 +87,14 @@ class ReportError(VaubanTraceError, ValueError):
     """Evidence, a diff or a report was asked of arguments that are not traces."""
 
 
+class ClaimsFileError(ReportError):
+    """A claims file is not valid JSON of the documented schema (names the entry and key)."""
+
+
 __all__ = [
     "ArtifactStoreError",
     "BlobNotFoundError",
+    "ClaimsFileError",
     "ConfigurationError",
     "ContractError",
     "ExecutorError",

@@ -42,6 +42,26 @@ Content diffs (``_content``)
     tensors, equality for tokens/text. A pair it cannot read or compare gets a ``reason``, never
     a number.
 
+Many pairs (``_pairing``, ``_aggregate``, ``_setevidence``, ``_measures``, ``_stats``)
+    >>> pairing = pair_traces(baselines, candidates)   # doctest: +SKIP
+    >>> agg = aggregate_report(pairing, claims, blobs=".vauban/blobs", seed=0)   # doctest: +SKIP
+    >>> agg.evidence.access_level, agg.evidence.narrowing, agg.measure("logits", "kl_max").distribution
+    ... # doctest: +SKIP
+
+    Pairs traces by their request's input (unpaired traces are reported), caps the set's evidence
+    at its weakest pair (naming the pairs that narrow it), gives per-measure distributions over the
+    pairs (n, mean, median, min, max, seeded bootstrap CI of the mean) with the pairs where a
+    measure could not be computed and why, stage counter deltas grouped by provenance, and checks
+    claims over the set (cites are slot references such as ``logits`` or ``activation[1]`` that
+    every pair holds).
+
+Claims files (``_claims``)
+    >>> claims = load_claims("claims.json")            # doctest: +SKIP
+    >>> [(c.index, c.accepted, c.problems) for c in check_claim_list(claims, evidence)]  # doctest: +SKIP
+
+    JSON ``{"claims": [{"statement", "strength", "cites"}]}``; :class:`ClaimsFileError` names the
+    entry and key at fault.
+
 Every record is a frozen dataclass with a JSON-ready ``to_dict()``. Passing something that is not
 a Trace raises :class:`vauban_trace._exceptions.ReportError`. See docs/report.md.
 """
@@ -57,6 +77,17 @@ from vauban_trace.report._access import (
     access_rank,
     claim_cap,
     strength_rank,
+)
+from vauban_trace.report._aggregate import NO_CONTENT, AggregateReport, aggregate_report
+from vauban_trace.report._claims import (
+    ClaimCheck,
+    check_claim_list,
+    claims_from_json,
+    claims_to_json,
+    expand_cites,
+    load_claims,
+    parse_slot_ref,
+    slot_ref,
 )
 from vauban_trace.report._content import ContentDiff, ContentPair, content_diff
 from vauban_trace.report._diff import (
@@ -80,36 +111,84 @@ from vauban_trace.report._evidence import (
     claim_problems,
     evidence_of,
 )
+from vauban_trace.report._measures import (
+    MEASURES,
+    CounterAggregate,
+    MeasureAggregate,
+    NotComputed,
+    ProvenanceGroup,
+    SlotAggregate,
+)
+from vauban_trace.report._pairing import (
+    PAIRING_RULE,
+    Pairing,
+    TracePair,
+    UnpairedTrace,
+    input_key,
+    pair_traces,
+)
+from vauban_trace.report._setevidence import Narrowing, PairLevel, SetEvidence, SetLimitation, Uncitable
+from vauban_trace.report._stats import Distribution, distribution_of
 
 __all__ = [
     "CANNOT_CLAIM",
     "CAN_CLAIM",
     "CLAIM_CAP",
     "COMPARATIVE",
+    "MEASURES",
+    "NO_CONTENT",
+    "PAIRING_RULE",
     "SUMMARY_STATS",
     "SUPPORTING_KINDS",
     "AccessLevel",
+    "AggregateReport",
     "ArtifactDiff",
     "Claim",
+    "ClaimCheck",
     "ClaimStrength",
     "ContentDiff",
     "ContentPair",
+    "CounterAggregate",
     "CounterDelta",
+    "Distribution",
     "Evidence",
     "EvidenceItem",
     "Limitation",
+    "MeasureAggregate",
+    "Narrowing",
+    "NotComputed",
+    "PairLevel",
+    "Pairing",
+    "ProvenanceGroup",
     "Report",
+    "SetEvidence",
+    "SetLimitation",
+    "SlotAggregate",
     "StageDiff",
     "StatDelta",
     "TraceDiff",
+    "TracePair",
+    "Uncitable",
     "UnpairedArtifact",
+    "UnpairedTrace",
     "access_rank",
+    "aggregate_report",
     "build_report",
+    "check_claim_list",
     "check_claims",
     "claim_cap",
     "claim_problems",
+    "claims_from_json",
+    "claims_to_json",
     "content_diff",
     "diff_traces",
+    "distribution_of",
     "evidence_of",
+    "expand_cites",
+    "input_key",
+    "load_claims",
+    "pair_traces",
+    "parse_slot_ref",
+    "slot_ref",
     "strength_rank",
 ]

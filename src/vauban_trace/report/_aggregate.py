@@ -1,0 +1,225 @@
+"""Reports over many (baseline, candidate) trace pairs: an audit over a set of prompts.
+
+::
+
+    from vauban_trace.report import Claim, aggregate_report, pair_traces
+    pairing = pair_traces(baseline_traces, candidate_traces)       # by input; unpaired kept
+    agg = aggregate_report(pairing, claims=[
+        Claim("steering moves the next-token distribution", "distributional_diff", ("logits",)),
+    ], blobs=".vauban/blobs", seed=0, resamples=2000, ci_level=0.95)
+    agg.evidence.access_level, agg.evidence.narrowing                # the weakest pair caps the set
+    d = agg.measure("logits", "kl_max").distribution                 # n, mean, median, min, max, CI
+    agg.measure("logits", "kl_max").not_computed                     # reasons, never imputed
+    agg.counter("prefill", "duration_s").groups                      # one group per provenance pair
+    [(c.claim.statement, c.accepted, c.problems) for c in agg.claims]
+    agg.to_dict()                                                    # JSON-ready, no NaN
+
+``pairs`` is a :class:`Pairing` (its unpaired traces are carried into the report), a sequence of
+:class:`TracePair`, or a sequence of ``(baseline, candidate)`` Trace tuples (paired as given; a
+tuple whose two inputs differ by the pairing rule's key is kept, with a note).
+
+For every pair the report computes :func:`evidence_of`, :func:`diff_traces` and, with ``blobs``,
+:func:`content_diff`; then:
+
+- ``evidence``: the :class:`SetEvidence` of the set (the weakest pair caps it; which pairs narrow it
+  and why; the slot references every pair holds; see ``_setevidence``);
+- ``slots`` and ``measures``: per artifact slot, digest/content equality counts and the
+  distribution of each content measure over the pairs, with the pairs where it could not be
+  computed and why (``_measures``);
+- ``counters``: stage-profile deltas per stage and counter, one distribution per provenance pair;
+- ``unpaired_artifacts`` / ``unpaired_stages``: artifacts and profiled stages one side recorded
+  without a partner (e.g. a steer's ``intervention_result``), with the pairs where it happens;
+- ``claims``: each claim checked against the set like a pair's claims against a pair: its strength
+  within the set's cap, its cites slot references held by every pair, one of a kind that carries
+  the strength.
+
+Distributions carry a percentile-bootstrap interval of the mean with a fixed ``seed`` (``_stats``).
+No pairs at all is a :class:`ReportError` (it names the unpaired traces).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vauban_trace._exceptions import ReportError
+from vauban_trace.contract import Trace
+from vauban_trace.report._claims import ClaimCheck
+from vauban_trace.report._content import ContentDiff, _as_store, content_diff
+from vauban_trace.report._diff import TraceDiff, diff_traces
+from vauban_trace.report._evidence import Claim, evidence_of
+from vauban_trace.report._measures import (
+    CounterAggregate,
+    MeasureAggregate,
+    NotComputed,
+    SlotAggregate,
+    aggregate_counters,
+    aggregate_measures,
+)
+from vauban_trace.report._pairing import Pairing, TracePair, UnpairedTrace, input_key
+from vauban_trace.report._setevidence import SetEvidence, check_set_claims, set_evidence
+from vauban_trace.report._stats import DEFAULT_CI_LEVEL, DEFAULT_RESAMPLES, DEFAULT_SEED, check_bootstrap
+
+NO_CONTENT = "no blob store given: content not measured"
+
+
+@dataclass(frozen=True)
+class AggregateReport:
+    """Evidence, measure distributions, counter deltas and claim verdicts over a set of pairs."""
+
+    pairing: Pairing
+    evidence: SetEvidence
+    slots: tuple[SlotAggregate, ...]
+    measures: tuple[MeasureAggregate, ...]
+    counters: tuple[CounterAggregate, ...]
+    claims: tuple[ClaimCheck, ...] = ()
+    unpaired_artifacts: tuple[NotComputed, ...] = ()
+    unpaired_stages: tuple[NotComputed, ...] = ()
+    content_source: str = NO_CONTENT
+    notes: tuple[str, ...] = ()
+    seed: int = DEFAULT_SEED
+    resamples: int = DEFAULT_RESAMPLES
+    ci_level: float = DEFAULT_CI_LEVEL
+    diffs: tuple[TraceDiff, ...] = ()
+    contents: tuple[ContentDiff | None, ...] = ()
+
+    @property
+    def pairs(self) -> tuple[TracePair, ...]:
+        return self.pairing.pairs
+
+    @property
+    def unpaired(self) -> tuple[UnpairedTrace, ...]:
+        return self.pairing.unpaired
+
+    @property
+    def accepted(self) -> tuple[ClaimCheck, ...]:
+        return tuple(c for c in self.claims if c.accepted)
+
+    @property
+    def rejected(self) -> tuple[ClaimCheck, ...]:
+        return tuple(c for c in self.claims if not c.accepted)
+
+    def measure(self, kind: str, measure: str, layer: int | None = None, stage: str | None = None,
+                position: int = 0) -> MeasureAggregate:
+        """The aggregate of ``measure`` at the slot (kind, layer, stage, position); any stage when
+        ``stage`` is None (the first in trace order)."""
+        for m in self.measures:
+            if (m.kind, m.layer, m.measure, m.position) == (kind, layer, measure, position) and \
+                    (stage is None or m.stage == stage):
+                return m
+        raise KeyError((kind, layer, stage, position, measure))
+
+    def slot(self, kind: str, layer: int | None = None, stage: str | None = None, position: int = 0) -> SlotAggregate:
+        for s in self.slots:
+            if (s.kind, s.layer, s.position) == (kind, layer, position) and (stage is None or s.stage == stage):
+                return s
+        raise KeyError((kind, layer, stage, position))
+
+    def counter(self, stage: str, counter: str, position: int = 0) -> CounterAggregate:
+        for c in self.counters:
+            if (c.stage, c.counter, c.position) == (stage, counter, position):
+                return c
+        raise KeyError((stage, position, counter))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pairing": self.pairing.to_dict(),
+            "evidence": self.evidence.to_dict(),
+            "content_source": self.content_source,
+            "bootstrap": {"seed": self.seed, "resamples": self.resamples, "ci_level": self.ci_level,
+                          "method": "percentile bootstrap of the mean"},
+            "slots": [s.to_dict() for s in self.slots],
+            "measures": [m.to_dict() for m in self.measures],
+            "counters": [c.to_dict() for c in self.counters],
+            "unpaired_artifacts": [u.to_dict() for u in self.unpaired_artifacts],
+            "unpaired_stages": [u.to_dict() for u in self.unpaired_stages],
+            "claims": [c.to_dict() for c in self.claims],
+            "notes": list(self.notes),
+        }
+
+
+def _as_pairing(pairs: Pairing | Sequence[TracePair] | Sequence[tuple[Trace, Trace]]) -> tuple[Pairing, list[str]]:
+    if isinstance(pairs, Pairing):
+        return pairs, []
+    if isinstance(pairs, Trace) or not isinstance(pairs, Iterable):
+        raise ReportError(f"pairs must be a Pairing or a list of trace pairs, got {type(pairs).__name__}")
+    out: list[TracePair] = []
+    notes: list[str] = []
+    for n, item in enumerate(pairs):
+        if isinstance(item, TracePair):
+            out.append(TracePair(n, item.key, item.baseline, item.candidate))
+            continue
+        if not (isinstance(item, tuple) and len(item) == 2 and all(isinstance(t, Trace) for t in item)):
+            raise ReportError(f"pairs[{n}] must be a TracePair or a (baseline Trace, candidate Trace) tuple, "
+                              f"got {type(item).__name__}")
+        kb, kc = input_key(item[0]), input_key(item[1])
+        if kb != kc:
+            notes.append(f"pair {n}: paired as given, but the inputs differ by the pairing rule's key ({kb} / {kc})")
+        out.append(TracePair(n, kb or "(no request)", item[0], item[1]))
+    return Pairing(tuple(out)), notes
+
+
+def _source_name(value: Any) -> str:
+    if isinstance(value, str | os.PathLike):
+        return str(value)
+    root = getattr(value, "root", None)
+    return f"{type(value).__name__}({root})" if root is not None else type(value).__name__
+
+
+def aggregate_report(
+    pairs: Pairing | Sequence[TracePair] | Sequence[tuple[Trace, Trace]],
+    claims: Iterable[Claim] = (),
+    blobs: Any = None,
+    candidate_blobs: Any = None,
+    *,
+    seed: int = DEFAULT_SEED,
+    resamples: int = DEFAULT_RESAMPLES,
+    ci_level: float = DEFAULT_CI_LEVEL,
+) -> AggregateReport:
+    """The report over every pair (see the module docstring). ``blobs`` (a store, path or URL) is
+    where both sides' blobs are read, ``candidate_blobs`` the candidate's when elsewhere; without
+    ``blobs`` no content is measured and every measure says so."""
+    check_bootstrap(seed, resamples, ci_level)
+    pairing, notes = _as_pairing(pairs)
+    claim_list = list(claims)
+    for n, c in enumerate(claim_list):
+        if not isinstance(c, Claim):
+            raise ReportError(f"claims[{n}] must be a Claim, got {type(c).__name__}")
+    if not pairing.pairs:
+        left = "; ".join(f"{u.side} {u.trace_id}: {u.reason}" for u in pairing.unpaired) or "no traces given"
+        raise ReportError(f"no trace pairs to aggregate ({left})")
+    store = None if blobs is None else _as_store(blobs, "blobs")
+    cand_store = None if candidate_blobs is None else _as_store(candidate_blobs, "candidate_blobs")
+    if store is None and cand_store is not None:
+        raise ReportError("candidate_blobs needs blobs (the baseline's store) too")
+    evidences = [evidence_of(p.baseline, p.candidate) for p in pairing.pairs]
+    diffs = tuple(diff_traces(p.baseline, p.candidate) for p in pairing.pairs)
+    contents = tuple(None if store is None else content_diff(d, store, cand_store) for d in diffs)
+    source = NO_CONTENT if store is None else "blobs from " + _source_name(blobs) + (
+        "" if candidate_blobs is None else f" (candidate: {_source_name(candidate_blobs)})")
+    boot: dict[str, Any] = {"seed": seed, "resamples": resamples, "ci_level": ci_level}
+    slots, measures = aggregate_measures(diffs, contents, NO_CONTENT, **boot)
+    counters = aggregate_counters(diffs, **boot)
+    ev = set_evidence(pairing.pairs, evidences)
+    lonely_arts: dict[str, list[int]] = defaultdict(list)
+    lonely_stages: dict[str, list[int]] = defaultdict(list)
+    for i, d in enumerate(diffs):
+        for u in d.unpaired:
+            where = u.kind + ("" if u.layer is None else f"[{u.layer}]") + f" ({u.stage or '-'})"
+            lonely_arts[f"{where} only in the {u.side}"].append(i)
+        for line in d.unpaired_stages:
+            lonely_stages[line].append(i)
+    return AggregateReport(
+        pairing=pairing, evidence=ev, slots=slots, measures=measures, counters=counters,
+        claims=check_set_claims(claim_list, ev),
+        unpaired_artifacts=tuple(NotComputed(k, tuple(dict.fromkeys(v))) for k, v in lonely_arts.items()),
+        unpaired_stages=tuple(NotComputed(k, tuple(v)) for k, v in lonely_stages.items()),
+        content_source=source, notes=tuple(notes),
+        seed=seed, resamples=resamples, ci_level=float(ci_level), diffs=diffs, contents=contents,
+    )
+
+
+__all__ = ["NO_CONTENT", "AggregateReport", "aggregate_report"]
