@@ -204,7 +204,7 @@ class InterventionTap:
             if spec.name == "ablate":
                 new = hf - mx.expand_dims(hf @ vec, -1) * vec
             else:
-                new = hf + float(spec.params.get("alpha", 1.0)) * vec  # type: ignore[arg-type]
+                new = hf + float(str(spec.params.get("alpha", 1.0))) * vec
         if phase == "prefill" and "norm_before" not in self.stats:
             self.stats["norm_before"] = _mean_norm(hf)
             self.stats["norm_after"] = _mean_norm(new)
@@ -217,7 +217,7 @@ class InterventionTap:
 
     def effect(self) -> dict[str, Any]:
         """Host-side numbers measured on the prompt pass (already evaluated with the logits)."""
-        out: dict[str, Any] = {k: float(v.item()) for k, v in self.stats.items()}
+        out: dict[str, Any] = {k: float(np.array(v)) for k, v in self.stats.items()}
         if "norm_before" in out:
             out["norm_change"] = out["norm_after"] - out["norm_before"]
         out["calls"] = dict(self.calls)

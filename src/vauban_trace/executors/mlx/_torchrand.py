@@ -24,6 +24,7 @@ sizes (1 to 4,096). A seed outside ``0 .. 2**64 - 1`` is refused, as torch refus
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ _MASK24 = np.uint32((1 << 24) - 1)
 _MASK53 = (1 << 53) - 1
 
 
-def _uniform24(draw: Any, count: int) -> np.ndarray[Any, Any]:
+def _uniform24(draw: Callable[[int], np.ndarray[Any, Any]], count: int) -> np.ndarray[Any, Any]:
     raw = draw(count)
     return ((raw & _MASK24).astype(np.float64) * 2.0**-24).astype(np.float32)
 
@@ -54,7 +55,8 @@ def torch_cpu_randn(seed: int, n: int) -> np.ndarray[Any, Any]:
     state = np.random.RandomState(seed & 0xFFFFFFFF)
 
     def draw(count: int) -> np.ndarray[Any, Any]:
-        return state.randint(0, 2**32, size=count, dtype=np.uint32)
+        raw: np.ndarray[Any, Any] = state.randint(0, 2**32, size=count, dtype=np.uint32)
+        return raw
 
     if n >= 16:
         out = _uniform24(draw, n)
