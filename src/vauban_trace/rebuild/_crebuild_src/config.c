@@ -1,6 +1,6 @@
 /* _crebuild: the vocabulary from configure(cfg).
  *
- * The interned attribute-name table (open addressing over crb_key_names) that the wire reader
+ * The interned attribute-name table (open addressing, names in one arena) that the wire reader
  * looks names up in, and configure(), which fills crb_cfg from the dict that _documents.py builds
  * out of vauban_trace.semconv and vauban_trace.contract, checking the contract's record field
  * tuples against the ones this accelerator writes.
@@ -9,7 +9,10 @@
 
 Str crb_key_names[MAXKEYS];
 int crb_nkeys;
-int crb_htab[HSIZE];
+CrbSlot crb_htab[HSIZE];
+/* the interned names, back to back: the comparisons of a lookup stay within a few cache lines */
+static uint8_t key_arena[1 << 15];
+static size_t key_arena_used;
 CrbConfig crb_cfg;
 
 /* The key lookup runs once per attribute of every span and event: it reads at most three words
@@ -62,12 +65,16 @@ static inline int same_name(const uint8_t *x, const uint8_t *y, Py_ssize_t n) {
 }
 
 int crb_lookup_key(const uint8_t *p, Py_ssize_t n) {
-    uint32_t h = hash_bytes(p, n) & (HSIZE - 1);
+    uint32_t h = hash_bytes(p, n), i = h & (HSIZE - 1);
     int id;
-    while ((id = crb_htab[h]) >= 0) {
-        const Str *k = &crb_key_names[id];
-        if (k->n == n && same_name(k->p, p, n)) return id;
-        h = (h + 1) & (HSIZE - 1);
+    /* a slot holds the full hash: other names in the probe chain are passed over without
+     * touching their bytes */
+    while ((id = crb_htab[i].id) >= 0) {
+        if (crb_htab[i].h == h) {
+            const Str *k = &crb_key_names[id];
+            if (k->n == n && same_name(k->p, p, n)) return id;
+        }
+        i = (i + 1) & (HSIZE - 1);
     }
     return -1;
 }
@@ -91,16 +98,20 @@ static int intern_key(const char *s, Py_ssize_t n) {
         PyErr_SetString(PyExc_ValueError, "too many attribute names");
         return -1;
     }
-    Str o = own_bytes(s, n);
-    if (o.p == NULL) {
-        PyErr_NoMemory();
+    if ((size_t)n > sizeof(key_arena) - key_arena_used) {
+        PyErr_SetString(PyExc_ValueError, "attribute names too long in all");
         return -1;
     }
+    uint8_t *o = key_arena + key_arena_used;
+    memcpy(o, s, (size_t)n);
+    key_arena_used += (size_t)n;
     id = crb_nkeys++;
-    crb_key_names[id] = o;
-    uint32_t h = hash_bytes(o.p, n) & (HSIZE - 1);
-    while (crb_htab[h] >= 0) h = (h + 1) & (HSIZE - 1);
-    crb_htab[h] = id;
+    crb_key_names[id].p = o;
+    crb_key_names[id].n = n;
+    uint32_t h = hash_bytes(o, n), i = h & (HSIZE - 1);
+    while (crb_htab[i].id >= 0) i = (i + 1) & (HSIZE - 1);
+    crb_htab[i].h = h;
+    crb_htab[i].id = id;
     return id;
 }
 static int cfg_str(PyObject *cfg, const char *name, Str *out) {
@@ -249,15 +260,47 @@ static int counter_index(const char *name) {
     return -1;
 }
 
+/* s as a JSON string, followed by ": " when it is a key; owned (an earlier configure's are leaked,
+ * like the vocabulary strings) */
+static int fragment(Str s, int key, Str *out) {
+    Buf b = {NULL, 0, 0};
+    if (crb_put_jstr(&b, s) || (key && PUTS(&b, ": "))) {
+        PyMem_RawFree(b.p);
+        PyErr_SetString(PyExc_ValueError, "configure: a name cannot be written as JSON");
+        return -1;
+    }
+    out->p = (const uint8_t *)b.p;
+    out->n = (Py_ssize_t)b.n;
+    return 0;
+}
+
+static int fragments(const Str *s, int n, int key, Str *out) {
+    for (int i = 0; i < n; i++)
+        if (fragment(s[i], key, &out[i]) < 0) return -1;
+    return 0;
+}
+
+static int make_fragments(void) {
+    CrbConfig *c = &crb_cfg;
+    if (fragments(c->cnt_name, c->ncounters, 1, c->cnt_key) < 0 || fragments(c->prov.w, c->prov.n, 0, c->prov_json) < 0 ||
+        fragments(c->status_word, 3, 0, c->status_json) < 0 || fragments(c->cap_name, c->ncaps, 1, c->cap_key) < 0 ||
+        fragments(c->sum_key, c->nsum, 1, c->sum_json_key) < 0 || fragments(c->pm_short, c->npm, 1, c->pm_key) < 0 ||
+        fragments(c->sweep_short, c->nsweep, 1, c->sweep_key) < 0 ||
+        fragments(c->kinds.w, c->kinds.n, 0, c->kinds_json) < 0 || fragments(c->levels.w, c->levels.n, 0, c->levels_json) < 0 ||
+        fragments(c->reasons.w, c->reasons.n, 0, c->reasons_json) < 0 || fragment(c->unsupported, 0, &c->unsupported_json) < 0)
+        return -1;
+    return 0;
+}
+
 PyObject *crb_configure(PyObject *self, PyObject *cfg) {
     if (!PyDict_Check(cfg)) {
         PyErr_SetString(PyExc_TypeError, "configure takes a dict");
         return NULL;
     }
     crb_cfg.ready = 0;
-    for (int i = 0; i < crb_nkeys; i++) PyMem_RawFree((void *)crb_key_names[i].p);
     crb_nkeys = 0;
-    for (int i = 0; i < HSIZE; i++) crb_htab[i] = -1;
+    key_arena_used = 0;
+    for (int i = 0; i < HSIZE; i++) crb_htab[i].id = -1;
     /* (the small owned vocabulary strings of an earlier configure are leaked: configure runs once) */
     struct {
         const char *name;
@@ -406,6 +449,7 @@ PyObject *crb_configure(PyObject *self, PyObject *cfg) {
     crb_cfg.nmeta_keys = 0;
     for (int i = 0; META_KEYS[i] != NULL; i++)
         crb_cfg.meta_keys[crb_cfg.nmeta_keys++] = own_bytes(META_KEYS[i], strlen(META_KEYS[i]));
+    if (make_fragments() < 0) return NULL;
     PyObject *pj = PyDict_GetItemString(cfg, "parse_json");
     if (pj == NULL || !PyCallable_Check(pj)) {
         PyErr_SetString(PyExc_KeyError, "configure: missing parse_json callable");

@@ -37,12 +37,16 @@ static inline int str_eq(Str a, Str b) { return a.n == b.n && (a.n == 0 || memcm
 /* ---- configuration (config.c) ---- */
 
 #define MAXKEYS 512
-#define HSIZE 2048
+#define HSIZE 1024 /* at most half full */
 #define MAXLIST 64
 
 extern Str crb_key_names[MAXKEYS]; /* interned attribute names, by id */
 extern int crb_nkeys;
-extern int crb_htab[HSIZE]; /* open addressing: name hash -> id, -1 empty */
+typedef struct {
+    uint32_t h; /* full hash of the name */
+    int32_t id; /* -1: empty */
+} CrbSlot;
+extern CrbSlot crb_htab[HSIZE]; /* open addressing: name hash -> id */
 
 typedef struct {
     int n;
@@ -92,6 +96,10 @@ typedef struct {
     Str status_word[3];
     Str meta_keys[16]; /* the keys the rebuild computes in Trace.metadata */
     int nmeta_keys;
+    /* JSON fragments written as they are (escaped once, by configure): keys end with ": " */
+    Str cnt_key[MAXLIST], prov_json[MAXLIST], status_json[3], cap_key[MAXLIST], sum_json_key[MAXLIST],
+        pm_key[MAXLIST], sweep_key[MAXLIST], kinds_json[MAXLIST], levels_json[MAXLIST], reasons_json[MAXLIST],
+        unsupported_json;
     PyObject *parse_json; /* parse_json_attr: str -> (value, error | None) */
     PyTypeObject *stage_cls; /* StageObservation (slots dataclass), or NULL: plain tuples */
     PyObject *stage_slots[8];
@@ -122,13 +130,53 @@ static inline int buf_reserve(Buf *b, size_t extra) {
     return 0;
 }
 
+/* memcpy for the short pieces of the output (names, words, numbers): up to 16 bytes as two
+ * overlapping loads and stores, inline; longer ones through memcpy */
+static inline void crb_copy(char *dst, const void *src, size_t n) {
+    const uint8_t *s = (const uint8_t *)src;
+    if (n >= 8 && n <= 16) {
+        uint64_t a, z;
+        memcpy(&a, s, 8);
+        memcpy(&z, s + n - 8, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + n - 8, &z, 8);
+    } else if (n >= 4 && n < 8) {
+        uint32_t a, z;
+        memcpy(&a, s, 4);
+        memcpy(&z, s + n - 4, 4);
+        memcpy(dst, &a, 4);
+        memcpy(dst + n - 4, &z, 4);
+    } else if (n < 4) {
+        for (size_t i = 0; i < n; i++) dst[i] = (char)s[i];
+    } else {
+        memcpy(dst, s, n);
+    }
+}
+
 static inline int put(Buf *b, const char *s, size_t n) {
     if (n == 0) return 0;
     TRY(buf_reserve(b, n));
-    memcpy(b->p + b->n, s, n);
+    crb_copy(b->p + b->n, s, n);
     b->n += n;
     return 0;
 }
+
+/* a JSON fragment made by configure (an escaped key with its ": ", a quoted word), after ", "
+ * unless first */
+static inline int put_frag(Buf *b, int *first, Str f) {
+    TRY(buf_reserve(b, (size_t)f.n + 2));
+    char *w = b->p + b->n;
+    if (!*first) {
+        *w++ = ',';
+        *w++ = ' ';
+    }
+    *first = 0;
+    crb_copy(w, f.p, (size_t)f.n);
+    b->n = (size_t)(w + f.n - b->p);
+    return 0;
+}
+
+static inline int put_str(Buf *b, Str f) { return put(b, (const char *)f.p, (size_t)f.n); }
 #define PUTS(b, lit) put((b), (lit), sizeof(lit) - 1)
 
 /* a literal key of these files (plain ASCII: written without escaping) */

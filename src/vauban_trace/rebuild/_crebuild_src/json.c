@@ -119,36 +119,64 @@ void crb_json_init(void) {
     PLAIN['"'] = PLAIN['\\'] = 0;
 }
 
-/* first byte at or after p that json.dumps escapes (end if none): 8 bytes at a time */
-static const uint8_t *plain_run(const uint8_t *q, const uint8_t *end) {
+/* SWAR: nonzero when one of the 8 bytes of x is one json.dumps escapes (a control byte, the
+ * quote, the backslash, DEL, a non-ASCII byte). The borrows of the subtractions may mark more
+ * bytes than the bad ones, but only where there is one: "any" is exact. */
+static inline uint64_t bad_bytes(uint64_t x) {
     const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    while (end - q >= 8) {
-        uint64_t x;
-        memcpy(&x, q, 8);
-        uint64_t quote = x ^ (ones * '"'), bslash = x ^ (ones * '\\'), del = x ^ (ones * 0x7f);
-        uint64_t bad = ((x - ones * 0x20) & ~x) | x | ((quote - ones) & ~quote) | ((bslash - ones) & ~bslash) |
-                       ((del - ones) & ~del);
-        if (bad & highs) break;
-        q += 8;
+    uint64_t quote = x ^ (ones * '"'), bslash = x ^ (ones * '\\'), del = x ^ (ones * 0x7f);
+    return (((x - ones * 0x20) & ~x) | x | ((quote - ones) & ~quote) | ((bslash - ones) & ~bslash) |
+            ((del - ones) & ~del)) &
+           highs;
+}
+
+static inline uint64_t ld8(const uint8_t *p) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+static inline uint32_t ld4(const uint8_t *p) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+/* the whole string needs no escape: whole words, the last one overlapping the one before (the
+ * bytes checked twice are harmless); short strings as two overlapping halves */
+static inline int all_plain(const uint8_t *p, Py_ssize_t n) {
+    if (n >= 8) {
+        uint64_t bad = 0;
+        for (Py_ssize_t i = 0; i + 8 < n; i += 8) bad |= bad_bytes(ld8(p + i));
+        return !(bad | bad_bytes(ld8(p + n - 8)));
     }
+    if (n >= 4) return !bad_bytes((uint64_t)ld4(p) | ((uint64_t)ld4(p + n - 4) << 32));
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (!PLAIN[p[i]]) return 0;
+    return 1;
+}
+
+/* first byte at or after q that json.dumps escapes (end if none): 8 bytes at a time */
+static const uint8_t *plain_run(const uint8_t *q, const uint8_t *end) {
+    while (end - q >= 8 && !bad_bytes(ld8(q))) q += 8;
     while (q < end && PLAIN[*q]) q++;
     return q;
 }
 
 /* A JSON string (json.dumps, ensure_ascii=True) from valid UTF-8. */
 int crb_put_jstr(Buf *b, Str s) {
+    const uint8_t *p = s.p, *end = s.p + s.n;
+    if (all_plain(p, s.n)) { /* the common case: nothing to escape */
+        TRY(buf_reserve(b, (size_t)s.n + 2));
+        char *w = b->p + b->n;
+        *w++ = '"';
+        crb_copy(w, p, (size_t)s.n);
+        w[s.n] = '"';
+        b->n += (size_t)s.n + 2;
+        return 0;
+    }
     TRY(buf_reserve(b, (size_t)s.n + 2));
     b->p[b->n++] = '"';
-    const uint8_t *p = s.p, *end = s.p + s.n;
-    {
-        const uint8_t *q = plain_run(p, end);
-        if (q == end) { /* the common case: nothing to escape */
-            if (s.n) memcpy(b->p + b->n, p, (size_t)s.n);
-            b->n += (size_t)s.n;
-            b->p[b->n++] = '"';
-            return 0;
-        }
-    }
     while (p < end) {
         const uint8_t *q = plain_run(p, end);
         if (q > p) TRY(put(b, (const char *)p, (size_t)(q - p)));

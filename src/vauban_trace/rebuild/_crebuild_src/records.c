@@ -18,7 +18,8 @@ void crb_out_free(Out *o) {
     Py_XDECREF(o->trace_meta);
 }
 
-static int is_word(const Words *w, const Attr *a) { return a != NULL && a->type == V_STR && words_find(w, a->s) >= 0; }
+/* the index of a string attribute's value in the vocabulary w, -1 when absent or not a word */
+static int word_of(const Words *w, const Attr *a) { return a != NULL && a->type == V_STR ? words_find(w, a->s) : -1; }
 
 /* device_of: (kind, label) strings or absent; writes the Device JSON or null. */
 int crb_put_device(Buf *b, Index *ix) {
@@ -186,12 +187,13 @@ static int put_capabilities(Out *o, Index *ix) {
     TRY(PUTS(b, "{"));
     int f2 = 1;
     for (int i = 0; i < crb_cfg.ncaps; i++) {
-        TRY(crb_put_key(b, &f2, crb_cfg.cap_name[i]));
+        TRY(put_frag(b, &f2, crb_cfg.cap_key[i]));
         if (levels[i] != NULL) {
-            if (!is_word(&crb_cfg.levels, levels[i])) return BAIL;
-            TRY(crb_put_jstr(b, levels[i]->s));
+            int w = word_of(&crb_cfg.levels, levels[i]);
+            if (w < 0) return BAIL;
+            TRY(put_str(b, crb_cfg.levels_json[w]));
         } else {
-            TRY(crb_put_jstr(b, crb_cfg.unsupported));
+            TRY(put_str(b, crb_cfg.unsupported_json));
         }
     }
     TRY(PUTS(b, "}"));
@@ -287,7 +289,8 @@ int crb_put_artifact(Out *o, int ev, Str producer) {
     Attr *id = take(ix, crb_cfg.art_id);
     if (id == NULL || id->type != V_STR || id->s.n == 0) return BAIL;
     Attr *kind = take(ix, crb_cfg.art_kind);
-    if (!is_word(&crb_cfg.kinds, kind)) return BAIL;
+    int kind_w = word_of(&crb_cfg.kinds, kind);
+    if (kind_w < 0) return BAIL;
     Attr *dtype = take(ix, crb_cfg.art_dtype), *digest = take(ix, crb_cfg.art_digest), *uri = take(ix, crb_cfg.art_uri),
          *media = take(ix, crb_cfg.art_media_type), *shape = take(ix, crb_cfg.art_shape), *size = take(ix, crb_cfg.art_byte_size),
          *layer = take(ix, crb_cfg.art_layer);
@@ -304,7 +307,7 @@ int crb_put_artifact(Out *o, int ev, Str producer) {
     TRY(put_keyc(b, &first, "id"));
     TRY(crb_put_jstr(b, id->s));
     TRY(put_keyc(b, &first, "kind"));
-    TRY(crb_put_jstr(b, kind->s));
+    TRY(put_str(b, crb_cfg.kinds_json[kind_w]));
     TRY(put_keyc(b, &first, "producer_span_id"));
     TRY(crb_put_hex(b, producer));
     TRY(put_keyc(b, &first, "shape"));
@@ -327,7 +330,7 @@ int crb_put_artifact(Out *o, int ev, Str producer) {
     for (int i = 0; i < crb_cfg.nsum; i++) {
         Attr *s = take(ix, crb_cfg.sum_attr[i]);
         if (s == NULL) continue;
-        TRY(crb_put_key(b, &f2, crb_cfg.sum_key[i]));
+        TRY(put_frag(b, &f2, crb_cfg.sum_json_key[i]));
         TRY(crb_put_attr_value(b, s, 0));
     }
     TRY(PUTS(b, "}"));
@@ -353,16 +356,17 @@ int crb_put_missing(Out *o, int ev, Str span_id) {
     Buf *b = &o->miss;
     Attr *layer = take(ix, crb_cfg.art_layer), *kind = take(ix, crb_cfg.art_kind), *reason = take(ix, crb_cfg.missing_reason),
          *detail = take(ix, crb_cfg.missing_detail);
-    if (!is_word(&crb_cfg.kinds, kind) || !is_word(&crb_cfg.reasons, reason)) return BAIL;
+    int kind_w = word_of(&crb_cfg.kinds, kind), reason_w = word_of(&crb_cfg.reasons, reason);
+    if (kind_w < 0 || reason_w < 0) return BAIL;
     if (detail != NULL && detail->type != V_STR) return BAIL;
     if (layer != NULL && (layer->type != V_INT || layer->i < 0)) return BAIL;
     if (b->n) TRY(PUTS(b, ", "));
     int first = 1;
     TRY(PUTS(b, "{"));
     TRY(put_keyc(b, &first, "kind"));
-    TRY(crb_put_jstr(b, kind->s));
+    TRY(put_str(b, crb_cfg.kinds_json[kind_w]));
     TRY(put_keyc(b, &first, "reason"));
-    TRY(crb_put_jstr(b, reason->s));
+    TRY(put_str(b, crb_cfg.reasons_json[reason_w]));
     TRY(put_keyc(b, &first, "detail"));
     TRY(detail ? crb_put_jstr(b, detail->s) : PUTS(b, "\"\""));
     TRY(put_keyc(b, &first, "span_id"));

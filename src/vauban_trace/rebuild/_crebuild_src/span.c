@@ -181,7 +181,7 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
         crb_put_jstr(b, sp->name) || put_keyc(b, &first, "stage") || (stage ? crb_put_jstr(b, stage->s) : PUTS(b, "null")) ||
         put_keyc(b, &first, "parent_id") || (sp->has_parent && !is_root ? crb_put_hex(b, sp->parent) : PUTS(b, "null")) ||
         put_keyc(b, &first, "start_unix_nano") || crb_put_u64(b, sp->start) || put_keyc(b, &first, "end_unix_nano") ||
-        crb_put_u64(b, sp->end) || put_keyc(b, &first, "status") || crb_put_jstr(b, crb_cfg.status_word[sp->status]) ||
+        crb_put_u64(b, sp->end) || put_keyc(b, &first, "status") || put_str(b, crb_cfg.status_json[sp->status]) ||
         put_keyc(b, &first, "error") || (sp->status == 2 ? put(b, err.p, err.n) : PUTS(b, "null")) ||
         put_keyc(b, &first, "profile") || PUTS(b, "{"))
         goto bad_profile;
@@ -200,7 +200,7 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
             int f2 = 1;
             for (int j = 0; j < nprov; j++) {
                 int c = prov_order[j];
-                if (crb_put_key(b, &f2, crb_cfg.cnt_name[c]) || crb_put_jstr(b, crb_cfg.prov.w[prov[c]])) goto bad_profile;
+                if (put_frag(b, &f2, crb_cfg.cnt_key[c]) || put_str(b, crb_cfg.prov_json[prov[c]])) goto bad_profile;
             }
             if (PUTS(b, "}")) goto bad_profile;
         } else if (code == -5) {
@@ -208,12 +208,12 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
             int f2 = 1;
             for (int j = 0; j < crb_cfg.npm; j++) {
                 if (pm[j] == NULL) continue;
-                if (crb_put_key(b, &f2, crb_cfg.pm_short[j]) || crb_put_attr_value(b, pm[j], 0)) goto bad_profile;
+                if (put_frag(b, &f2, crb_cfg.pm_key[j]) || crb_put_attr_value(b, pm[j], 0)) goto bad_profile;
             }
             if (PUTS(b, "}")) goto bad_profile;
         } else {
             CVal *v = &val[code];
-            if (crb_put_key(b, &pf, crb_cfg.cnt_name[code])) goto bad_profile;
+            if (put_frag(b, &pf, crb_cfg.cnt_key[code])) goto bad_profile;
             if (!v->has ? PUTS(b, "null") : v->is_int ? crb_put_i64(b, v->i) : crb_put_double(b, v->d)) goto bad_profile;
         }
     }

@@ -216,7 +216,7 @@ PyObject *crb_rebuild(Str data) {
             int sf = 1;
             for (int i = 0; !rc && i < crb_cfg.nsweep; i++) {
                 if (o.sweep_attrs[i] == NULL) continue;
-                rc = crb_put_key(m, &sf, crb_cfg.sweep_short[i]) || crb_put_attr_value(m, o.sweep_attrs[i], 0);
+                rc = put_frag(m, &sf, crb_cfg.sweep_key[i]) || crb_put_attr_value(m, o.sweep_attrs[i], 0);
             }
             if (!rc) rc = PUTS(m, "}");
         }
