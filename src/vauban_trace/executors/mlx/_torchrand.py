@@ -16,9 +16,9 @@ never imports torch), this module reproduces that draw in numpy, following torch
   is returned and the sine kept for the next element).
 
 Torch evaluates the transcendental functions with its own vector library (Sleef with AVX2), so
-the values agree to a few float32 ulps, not bit for bit: the test
-``test_random_vectors_equal_torch`` measured a largest difference of 3.6e-7 over 9 seeds and 12
-sizes (1 to 4,096). A seed outside ``0 .. 2**64 - 1`` is refused, as torch refuses it.
+the values agree to a few float32 ulps, not bit for bit: largest difference 1.1e-6 on the 6 seeds
+and 8 sizes (1 to 896) of ``test_random_vectors_equal_torch``, 3.6e-7 in a one-off check of 9
+seeds and 12 sizes up to 4,096. A seed outside ``0 .. 2**64 - 1`` is refused, as torch refuses it.
 """
 
 from __future__ import annotations
