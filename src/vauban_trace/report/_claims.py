@@ -101,7 +101,7 @@ def check_claim_list(claims: Iterable[Claim], evidence: Evidence) -> tuple[Claim
 # -- claims files -----------------------------------------------------------------------------------
 def _entry(n: int, raw: Any) -> str:
     statement = raw.get("statement") if isinstance(raw, dict) else None
-    return f"claims[{n}]" + (f" ({statement[:60]!r})" if isinstance(statement, str) and statement else "")
+    return f"claims[{n}]" + (f" ({statement[:60]!r})" if isinstance(statement, str) and statement.strip() else "")
 
 
 def _claim_of(n: int, raw: Any, where: str) -> Claim:
