@@ -247,21 +247,40 @@ def test_bad_interventions_raise_before_the_root_span(pair: tuple[MlxExecutor, T
     assert not lazy.loaded
 
 
-def test_absent_site_is_declared(pair: tuple[MlxExecutor, TorchExecutor], session: Any) -> None:
-    """A layer without an mlp child: capabilities drop to partial, the site is recorded missing."""
-    from vauban_trace.executors.mlx import build_capabilities, find_layers
+def test_absent_site_is_declared(session: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer without an mlp module: capabilities drop to partial, the site is recorded missing,
+    an intervention there is refused."""
+    import mlx_lm.utils
 
-    mex, _ = pair
-    layer = mex.layers.module(0) if mex.layers is not None else None
-    assert layer is not None
-    mlp = layer.pop("mlp")
-    try:
-        found, _ = find_layers(mex.model, mex.config)
-        assert found is not None and found.site(0, "mlp") is None and found.site(1, "mlp") is not None
-        caps = build_capabilities(device_kind="cpu", layers=found, layers_note="")
-        assert caps.levels["can_emit_activations"] == "partial" and "mlp" in caps.notes["can_emit_activations"]
-    finally:
-        layer["mlp"] = mlp
+    real_load = mlx_lm.utils.load_model
+
+    class PlainCallable:  # not an nn.Module: discovery must not take it for the mlp site
+        def __init__(self, fn: Any) -> None:
+            self.fn = fn
+
+        def __call__(self, *args: Any) -> Any:
+            return self.fn(*args)
+
+    def load_without_mlp_0(path: Any, *args: Any, **kwargs: Any) -> Any:
+        model, config = real_load(path, *args, **kwargs)
+        block = model.layers[0]
+        block["mlp"] = PlainCallable(block["mlp"])
+        return model, config
+
+    monkeypatch.setattr(mlx_lm.utils, "load_model", load_without_mlp_0)
+    ex = MlxExecutor.from_pretrained(cached_tiny_model("llama", hidden_size=64, num_layers=2), lazy=False)
+    caps = ex.capabilities
+    assert caps.levels["can_emit_activations"] == "partial"
+    assert caps.notes["can_emit_activations"] == "sites mlp not found in TransformerBlock; available: residual, attn"
+    assert caps.levels["can_apply_interventions"] == "full"
+    trace = rebuilt(session, ex.run(req(PROMPT, []), sites=("residual", "mlp")).trace_id)
+    assert trace.complete, trace.problems
+    assert [(x.kind, x.reason, x.layer, x.detail) for x in trace.missing if x.kind == "activation"] == [
+        ("activation", "unsupported", 0, "layer 0 has no mlp module")]
+    assert sorted((a.layer, a.metadata["site"]) for a in trace.artifacts_of_kind("activation")) == [
+        (0, "residual"), (1, "mlp"), (1, "residual")]
+    with pytest.raises(ExecutorError, match="this model has no mlp site in layer 0"):
+        ex.run(req(PROMPT, ["steer:layer=0,vector=random:1,site=mlp"]))
 
 
 @pytest.mark.parametrize("family", ["qwen2", "mistral"])
