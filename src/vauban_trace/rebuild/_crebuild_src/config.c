@@ -7,6 +7,15 @@
  */
 #include "crebuild.h"
 
+#if PY_VERSION_HEX >= 0x030c0000
+#define CRB_T_OBJECT_EX Py_T_OBJECT_EX
+#define CRB_READONLY Py_READONLY
+#else
+#include <structmember.h>
+#define CRB_T_OBJECT_EX T_OBJECT_EX
+#define CRB_READONLY READONLY
+#endif
+
 Str crb_key_names[MAXKEYS];
 int crb_nkeys;
 CrbSlot crb_htab[HSIZE];
@@ -476,6 +485,9 @@ PyObject *crb_configure(PyObject *self, PyObject *cfg) {
                 return NULL;
             }
             crb_cfg.stage_slots[i] = d;
+            /* a plain read-write object slot can be filled directly (what its setter does) */
+            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+            crb_cfg.stage_offset[i] = m->type == CRB_T_OBJECT_EX && !(m->flags & CRB_READONLY) ? m->offset : -1;
         }
         Py_INCREF(sc);
         crb_cfg.stage_cls = (PyTypeObject *)sc;

@@ -103,6 +103,7 @@ typedef struct {
     PyObject *parse_json; /* parse_json_attr: str -> (value, error | None) */
     PyTypeObject *stage_cls; /* StageObservation (slots dataclass), or NULL: plain tuples */
     PyObject *stage_slots[8];
+    Py_ssize_t stage_offset[8]; /* where each slot lives in the object (plain object slots), or -1 */
     int ready;
 } CrbConfig;
 
@@ -197,6 +198,30 @@ static inline int put_keyc(Buf *b, int *first, const char *k) {
     *w++ = ' ';
     b->n = (size_t)(w - b->p);
     return 0;
+}
+
+/* Kept buffers: rebuild_one is not reentrant (module.c's busy flag), so the output buffers of a
+ * call are handed back and reused by the next one (emptied), instead of being allocated and
+ * grown again for every trace. Every crb_buf_take has its crb_buf_give, error paths included. */
+enum { KB_HEAD, KB_SPANS, KB_ARTS, KB_MISS, KB_META, KB_DEV, KB_ERR, KB_RES, KB_PRE, KB_COUNT };
+extern Buf crb_keep[KB_COUNT];
+
+static inline Buf crb_buf_take(int i) {
+    Buf b = crb_keep[i];
+    crb_keep[i].p = NULL;
+    crb_keep[i].n = crb_keep[i].cap = 0;
+    b.n = 0;
+    return b;
+}
+
+static inline void crb_buf_give(int i, Buf *b) {
+    if (b->cap > ((size_t)1 << 20) || crb_keep[i].p != NULL) { /* a huge trace's memory is not kept */
+        PyMem_RawFree(b->p);
+    } else {
+        crb_keep[i] = *b;
+    }
+    b->p = NULL;
+    b->n = b->cap = 0;
 }
 
 extern const char crb_hex[17];

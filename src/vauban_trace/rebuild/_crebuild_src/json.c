@@ -105,6 +105,7 @@ int crb_put_double(Buf *b, double x) {
 }
 
 const char crb_hex[17] = "0123456789abcdef";
+Buf crb_keep[KB_COUNT];
 
 static int put_u16esc(Buf *b, unsigned c) {
     char t[6] = {'\\', 'u', crb_hex[(c >> 12) & 15], crb_hex[(c >> 8) & 15], crb_hex[(c >> 4) & 15], crb_hex[c & 15]};

@@ -7,11 +7,11 @@
 #include "crebuild.h"
 
 void crb_out_free(Out *o) {
-    PyMem_RawFree(o->head.p);
-    PyMem_RawFree(o->spans.p);
-    PyMem_RawFree(o->arts.p);
-    PyMem_RawFree(o->miss.p);
-    PyMem_RawFree(o->meta_extra.p);
+    crb_buf_give(KB_HEAD, &o->head);
+    crb_buf_give(KB_SPANS, &o->spans);
+    crb_buf_give(KB_ARTS, &o->arts);
+    crb_buf_give(KB_MISS, &o->miss);
+    crb_buf_give(KB_META, &o->meta_extra);
     PyMem_RawFree(o->art_ids);
     PyMem_RawFree(o->inputs);
     Py_XDECREF(o->stages);

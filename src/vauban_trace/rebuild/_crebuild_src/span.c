@@ -46,20 +46,39 @@ static int put_error(Buf *b, Span *sp) {
     return crb_put_jstr(b, et->s);
 }
 
-/* A StageObservation from the 7-tuple t: allocated and filled through its slot descriptors
- * (what the dataclass __init__ does with object.__setattr__, minus the Python frames). */
-static PyObject *make_slotted(PyObject *t) {
+/* A StageObservation from its 7 field values (references stolen, NULL ones allowed: then NULL
+ * back): allocated and filled as the dataclass __init__ would with object.__setattr__, minus
+ * the Python frames: straight into the slots when configure found plain object slots, else
+ * through the slot descriptors. Without stage_class, a 7-tuple. */
+static PyObject *make_stage(PyObject *v[7]) {
+    PyObject *obj = NULL;
+    for (int i = 0; i < 7; i++)
+        if (v[i] == NULL) goto fail;
     PyTypeObject *cls = crb_cfg.stage_cls;
-    PyObject *obj = cls->tp_alloc(cls, 0);
-    if (obj == NULL) return NULL;
+    if (cls == NULL) {
+        obj = PyTuple_New(7);
+        if (obj == NULL) goto fail;
+        for (int i = 0; i < 7; i++) PyTuple_SET_ITEM(obj, i, v[i]);
+        return obj;
+    }
+    obj = cls->tp_alloc(cls, 0); /* zeroed: every slot empty */
+    if (obj == NULL) goto fail;
     for (int i = 0; i < 7; i++) {
-        PyObject *d = crb_cfg.stage_slots[i];
-        if (Py_TYPE(d)->tp_descr_set(d, obj, PyTuple_GET_ITEM(t, i)) < 0) {
-            Py_DECREF(obj);
-            return NULL;
+        Py_ssize_t off = crb_cfg.stage_offset[i];
+        if (off >= 0) {
+            *(PyObject **)((char *)obj + off) = v[i]; /* the reference moves into the slot */
+            v[i] = NULL;
+        } else {
+            PyObject *d = crb_cfg.stage_slots[i];
+            if (Py_TYPE(d)->tp_descr_set(d, obj, v[i]) < 0) goto fail;
+            Py_CLEAR(v[i]);
         }
     }
     return obj;
+fail:
+    Py_XDECREF(obj);
+    for (int i = 0; i < 7; i++) Py_XDECREF(v[i]);
+    return NULL;
 }
 
 typedef struct {
@@ -78,10 +97,10 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
     Buf *b = &o->spans;
     Index *ix = &crb_IS;
     /* error text first (it re-indexes IS) */
-    Buf err = {NULL, 0, 0};
+    Buf err = crb_buf_take(KB_ERR);
     if (sp->status == 2) {
         if (put_error(&err, sp)) {
-            PyMem_RawFree(err.p);
+            crb_buf_give(KB_ERR, &err);
             return BAIL;
         }
     }
@@ -90,22 +109,22 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
     PyObject *span_meta = NULL;
     Attr *stage = take(ix, crb_cfg.stage);
     if (stage != NULL && stage->type != V_STR) goto done;
-    Buf dev = {NULL, 0, 0};
+    Buf dev = crb_buf_take(KB_DEV);
     if (crb_put_device(&dev, ix)) {
-        PyMem_RawFree(dev.p);
+        crb_buf_give(KB_DEV, &dev);
         goto done;
     }
     if (is_root) take(ix, crb_cfg.trace_root);
     int has_dur = sp->end > 0 && sp->end >= sp->start;
     if (has_dur && sp->end - sp->start > ((uint64_t)1 << 53)) {
-        PyMem_RawFree(dev.p);
+        crb_buf_give(KB_DEV, &dev);
         goto done;
     }
     double dur = has_dur ? (double)(sp->end - sp->start) / 1e9 : 0.0;
     /* build_profile */
     CVal val[MAXLIST];
     int prov[MAXLIST], prov_order[MAXLIST + 1], nprov = 0;
-    memset(val, 0, sizeof(val));
+    memset(val, 0, sizeof(CVal) * (size_t)crb_cfg.ncounters);
     for (int c = 0; c < crb_cfg.ncounters; c++) {
         prov[c] = -1;
         Attr *raw = take(ix, crb_cfg.cnt_v[c]), *word = take(ix, crb_cfg.cnt_p[c]);
@@ -292,26 +311,24 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
             sid[2 * j] = crb_hex[sp->span_id.p[j] >> 4];
             sid[2 * j + 1] = crb_hex[sp->span_id.p[j] & 15];
         }
-        PyObject *t = Py_BuildValue("(NNNNNNN)", PyUnicode_DecodeASCII(sid, 16, "strict"),
-                                    PyUnicode_DecodeUTF8((const char *)stage->s.p, stage->s.n, "strict"), dur_obj,
-                                    cval_obj(&val[crb_cfg.c_input_bytes]), cval_obj(&val[crb_cfg.c_output_bytes]),
-                                    cval_obj(&val[crb_cfg.c_sync_points]), sync_prov);
+        PyObject *fields[7] = {PyUnicode_DecodeASCII(sid, 16, "strict"),
+                               PyUnicode_DecodeUTF8((const char *)stage->s.p, stage->s.n, "strict"),
+                               dur_obj,
+                               cval_obj(&val[crb_cfg.c_input_bytes]),
+                               cval_obj(&val[crb_cfg.c_output_bytes]),
+                               cval_obj(&val[crb_cfg.c_sync_points]),
+                               sync_prov};
+        PyObject *t = make_stage(fields);
         if (t == NULL) goto bad_profile;
-        if (crb_cfg.stage_cls != NULL) { /* the StageObservation itself, filled through its slots */
-            PyObject *obj = make_slotted(t);
-            Py_DECREF(t);
-            if (obj == NULL) goto bad_profile;
-            t = obj;
-        }
         int ar = PyList_Append(o->stages, t);
         Py_DECREF(t);
         if (ar) goto bad_profile;
     }
     rc = 0;
 bad_profile:
-    PyMem_RawFree(dev.p);
+    crb_buf_give(KB_DEV, &dev);
 done:
-    PyMem_RawFree(err.p);
+    crb_buf_give(KB_ERR, &err);
     Py_XDECREF(span_meta);
     return rc;
 }

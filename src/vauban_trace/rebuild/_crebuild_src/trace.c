@@ -52,6 +52,11 @@ PyObject *crb_rebuild(Str data) {
     uint64_t *ids = (uint64_t *)PyMem_RawMalloc(sizeof(uint64_t) * (size_t)n);
     Out o;
     memset(&o, 0, sizeof(o));
+    o.head = crb_buf_take(KB_HEAD); /* handed back by crb_out_free */
+    o.spans = crb_buf_take(KB_SPANS);
+    o.arts = crb_buf_take(KB_ARTS);
+    o.miss = crb_buf_take(KB_MISS);
+    o.meta_extra = crb_buf_take(KB_META);
     PyObject *result = NULL;
     if (order == NULL || ids == NULL) goto out;
     Span *marked = NULL;
@@ -118,7 +123,7 @@ PyObject *crb_rebuild(Str data) {
     for (int i = 0; i < o.ninputs; i++)
         if (o.nart == 0 || bsearch(&o.inputs[i], o.art_ids, (size_t)o.nart, sizeof(Str), cmp_str) == NULL) goto out;
     /* resource */
-    Buf res = {NULL, 0, 0};
+    Buf res = crb_buf_take(KB_RES);
     Attr *service = NULL;
     {
         int a0 = crb_g.nattrs;
@@ -137,13 +142,19 @@ PyObject *crb_rebuild(Str data) {
             }
         }
         int an = crb_g.nattrs - a0;
-        if (bad || crb_unique_keys(a0, an)) goto out;
+        if (bad || crb_unique_keys(a0, an)) {
+            crb_buf_give(KB_RES, &res);
+            goto out;
+        }
         crb_index_build(&crb_IL, a0, an);
         service = get(&crb_IL, crb_cfg.service_name);
-        if (service != NULL && service->type != V_STR) goto out;
+        if (service != NULL && service->type != V_STR) {
+            crb_buf_give(KB_RES, &res);
+            goto out;
+        }
         int rf;
         if (crb_put_merged(&res, NULL, &crb_IL, &rf) || PUTS(&res, "}")) {
-            PyMem_RawFree(res.p);
+            crb_buf_give(KB_RES, &res);
             goto out;
         }
     }
@@ -223,25 +234,38 @@ PyObject *crb_rebuild(Str data) {
     }
     if (!rc) rc = PUTS(m, "}");
     if (rc) {
-        PyMem_RawFree(res.p);
+        crb_buf_give(KB_RES, &res);
         goto out;
     }
-    /* assemble */
-    Buf all = {NULL, 0, 0};
-    rc = PUTS(&all, "{\"id\": ") || crb_put_hex(&all, trace_id) || PUTS(&all, ", \"schema_version\": ") ||
-         crb_put_jstr(&all, o.has_schema ? o.schema_version : crb_cfg.schema_default) || put(&all, o.head.p, o.head.n) ||
-         PUTS(&all, ", \"spans\": [") || put(&all, o.spans.p, o.spans.n) || PUTS(&all, "], \"artifacts\": [") ||
-         put(&all, o.arts.p, o.arts.n) || PUTS(&all, "], \"missing\": [") || put(&all, o.miss.p, o.miss.n) ||
-         PUTS(&all, "], \"complete\": true, \"problems\": [], \"resource\": ") || put(&all, res.p, res.n) ||
-         PUTS(&all, ", \"metadata\": ") || put(&all, m->p, m->n) || PUTS(&all, "}");
-    PyMem_RawFree(res.p);
-    if (rc) {
-        PyMem_RawFree(all.p);
-        goto out;
+    /* assemble: the pieces are copied once, straight into the str (ASCII by construction) */
+    Buf pre = crb_buf_take(KB_PRE);
+    rc = PUTS(&pre, "{\"id\": ") || crb_put_hex(&pre, trace_id) || PUTS(&pre, ", \"schema_version\": ") ||
+         crb_put_jstr(&pre, o.has_schema ? o.schema_version : crb_cfg.schema_default);
+    static const char S_SPANS[] = ", \"spans\": [", S_ARTS[] = "], \"artifacts\": [", S_MISS[] = "], \"missing\": [",
+                      S_RES[] = "], \"complete\": true, \"problems\": [], \"resource\": ",
+                      S_META[] = ", \"metadata\": ", S_END[] = "}";
+    const struct {
+        const char *p;
+        size_t n;
+    } piece[] = {{pre.p, pre.n}, {o.head.p, o.head.n}, {S_SPANS, sizeof(S_SPANS) - 1}, {o.spans.p, o.spans.n},
+                 {S_ARTS, sizeof(S_ARTS) - 1}, {o.arts.p, o.arts.n}, {S_MISS, sizeof(S_MISS) - 1}, {o.miss.p, o.miss.n},
+                 {S_RES, sizeof(S_RES) - 1}, {res.p, res.n}, {S_META, sizeof(S_META) - 1}, {m->p, m->n},
+                 {S_END, sizeof(S_END) - 1}};
+    PyObject *json = NULL;
+    if (!rc) {
+        size_t total = 0;
+        for (size_t i = 0; i < sizeof(piece) / sizeof(piece[0]); i++) total += piece[i].n;
+        json = PyUnicode_New((Py_ssize_t)total, 127);
+        if (json != NULL) {
+            char *w = (char *)PyUnicode_1BYTE_DATA(json);
+            for (size_t i = 0; i < sizeof(piece) / sizeof(piece[0]); i++) {
+                if (piece[i].n) memcpy(w, piece[i].p, piece[i].n);
+                w += piece[i].n;
+            }
+        }
     }
-    PyObject *json = PyUnicode_New((Py_ssize_t)all.n, 127); /* the text is ASCII by construction */
-    if (json != NULL) memcpy(PyUnicode_1BYTE_DATA(json), all.p, all.n);
-    PyMem_RawFree(all.p);
+    crb_buf_give(KB_PRE, &pre);
+    crb_buf_give(KB_RES, &res);
     if (json == NULL) goto out;
     /* root labels by the collector's rule */
     Span *lroot = marked;
