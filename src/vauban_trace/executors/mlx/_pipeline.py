@@ -110,7 +110,6 @@ class _Plan:
         if request.apply_chat_template and ex.loaded and getattr(ex.tokenizer, "chat_template", None) is None:
             raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
 
-
     def resolve_interventions(self, ex: MlxExecutor) -> None:
         if not self.interventions:
             return
