@@ -4,6 +4,7 @@
 
     vauban-trace collector [--http 127.0.0.1:4318] [--grpc 127.0.0.1:4317] [--store DIR]
                            [--metrics 127.0.0.1:9464] [--quiet-period 2s] [--max-body 20MiB]
+                           [--sweep-profile-interval 10s]
                            [--token-file F | env VAUBAN_COLLECTOR_TOKEN] [--tls-cert F --tls-key F]
 
 Each listener takes ``HOST:PORT`` (port 0 picks a free one) or ``off``. On start it prints one
@@ -67,6 +68,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--tls-key", default=None, metavar="FILE", help="TLS private key (PEM)")
     p.add_argument("--trace-files", default="on-read", choices=["on-read", "eager"],
                    help="write traces/<id>.json when first read (default) or on every rebuild")
+    p.add_argument("--sweep-profile-interval", default="10s", metavar="DURATION",
+                   help="profile the sweeps that received traces at most this often and export their "
+                        "USL fits as vauban_sweep_* gauges (default 10s; 0 turns it off)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
 
@@ -92,6 +96,7 @@ def build_config(args: argparse.Namespace) -> Any:
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         trace_files="eager" if args.trace_files == "eager" else "on_read",
+        sweep_profile_interval_s=parse_duration(args.sweep_profile_interval),
     )
 
 

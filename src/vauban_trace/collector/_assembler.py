@@ -61,6 +61,7 @@ class Assembler:
         batch: int = 256,
         on_backlog: Callable[[int], None] | None = None,
         snapshot_bytes: int = 16 << 20,
+        on_stored: Callable[[list[TraceDocument]], None] | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
@@ -69,6 +70,7 @@ class Assembler:
         self._interval = interval_s
         self._batch = batch
         self._on_backlog = on_backlog
+        self._on_stored = on_stored  # told each committed pass (the sweep profiler's note)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -197,6 +199,11 @@ class Assembler:
                                   sync_files=False)
         for doc in built:
             self._metrics.traces_rebuilt.labels("complete" if doc.complete else "incomplete").inc()
+        if self._on_stored is not None:
+            try:
+                self._on_stored(built)
+            except Exception:  # a listener never blocks assembly
+                log.exception("on_stored listener failed for %d trace(s)", len(built))
 
     def _rebuild(self, entry: PendingTrace) -> TraceDocument:
         from vauban_trace.rebuild import document_of, rebuild_documents

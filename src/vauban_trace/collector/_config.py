@@ -95,6 +95,8 @@ class CollectorConfig:
     ``trace_files`` is the store's policy for ``traces/<id>.json`` mirrors: ``"on_read"`` (default:
     written from the database when first asked for, e.g. by ``vauban-trace show``) or ``"eager"``
     (written on every rebuild, one new file per trace).
+    ``sweep_profile_interval_s``: how often (at most) the sweeps that received rebuilt traces are
+    profiled again and their USL fits exported as gauges (``_sweeps``); 0 turns it off.
     """
 
     store_dir: Path = Path(".vauban")
@@ -115,6 +117,7 @@ class CollectorConfig:
     tls_key: Path | None = None
     socket_timeout_s: float = 30.0
     trace_files: Literal["eager", "on_read"] = "on_read"
+    sweep_profile_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -130,6 +133,9 @@ class CollectorConfig:
             raise ConfigurationError("max_inflight_bytes must be >= max_body (one request must fit)")
         if self.quiet_period_s < 0 or self.incomplete_after_s < self.quiet_period_s:
             raise ConfigurationError("need 0 <= quiet period <= incomplete timeout")
+        if not self.sweep_profile_interval_s >= 0:
+            raise ConfigurationError(
+                f"sweep profile interval must be >= 0 (0: off), got {self.sweep_profile_interval_s!r}")
         if self.trace_files not in ("eager", "on_read"):
             raise ConfigurationError(f"trace files must be 'eager' or 'on_read', got {self.trace_files!r}")
         if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):

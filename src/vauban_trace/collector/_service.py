@@ -1,13 +1,14 @@
 """The collector service: receivers, assembler and metrics around one :class:`TraceStore`.
 
-:class:`Collector` starts (in this order) the store, the metrics endpoint, the assembler, the
-HTTP receiver and the gRPC receiver; :meth:`Collector.stop` undoes it gracefully:
+:class:`Collector` starts (in this order) the store, the metrics endpoint, the sweep profiler
+(``_sweeps``, unless ``sweep_profile_interval_s`` is 0), the assembler, the HTTP receiver and the
+gRPC receiver; :meth:`Collector.stop` undoes it gracefully:
 
 1. stop accepting (listening sockets closed; requests on kept-alive connections get 503 +
    ``Connection: close``, gRPC calls UNAVAILABLE: clients retry elsewhere or later);
 2. wait for the requests in flight to finish (their spans are durable once answered);
 3. stop the assembly loop and run a final pass that rebuilds every pending trace;
-4. close the metrics endpoint and the store.
+4. stop the sweep profiler, close the metrics endpoint and the store.
 
 Used from Python (tests, benchmarks) as a context manager, and by ``vauban-trace collector``.
 """
@@ -25,6 +26,7 @@ from vauban_trace.collector._assembler import Assembler
 from vauban_trace.collector._config import CollectorConfig
 from vauban_trace.collector._ingest import Admission, Ingestor
 from vauban_trace.collector._metrics import CollectorMetrics
+from vauban_trace.collector._sweeps import SweepProfiler
 
 if TYPE_CHECKING:
     from vauban_trace.store import TraceStore
@@ -47,6 +49,7 @@ class Collector:
         self.grpc_address: tuple[str, int] | None = None
         self.metrics_address: tuple[str, int] | None = None
         self.assembler: Assembler | None = None
+        self.sweeps: SweepProfiler | None = None
         self._ingestor: Ingestor | None = None
         self.admission = Admission(config.max_inflight, config.max_inflight_bytes, self.metrics,
                                    max_backlog=config.max_pending_traces)
@@ -66,6 +69,9 @@ class Collector:
         cfg = self.config
         if self._store is None:
             self._store = TraceStore(Path(cfg.store_dir), trace_files=cfg.trace_files)
+        if cfg.sweep_profile_interval_s > 0 and self.sweeps is None:
+            self.sweeps = SweepProfiler(self._store, interval_s=cfg.sweep_profile_interval_s)
+            self.metrics.registry.register(self.sweeps)
         self.assembler = Assembler(
             self._store,
             self.metrics,
@@ -73,6 +79,7 @@ class Collector:
             incomplete_after_s=cfg.incomplete_after_s,
             interval_s=cfg.assemble_interval_s,
             on_backlog=self._set_backlog,
+            on_stored=self.sweeps.note if self.sweeps is not None else None,
         )
         ingestor = self._ingestor = Ingestor(
             self._store, self.metrics, on_stored=self.assembler.wake,
@@ -82,6 +89,8 @@ class Collector:
         try:
             if cfg.metrics is not None:
                 self.metrics_address = self.metrics.serve(*cfg.metrics)
+            if self.sweeps is not None:
+                self.sweeps.start()
             self.assembler.start()
             if cfg.http is not None:
                 from vauban_trace.collector._http import OTLPHTTPServer
@@ -128,6 +137,8 @@ class Collector:
                 self.assembler.stop(final_pass=self._store is not None)
             except Exception:
                 log.exception("final assembly pass failed")
+        if self.sweeps is not None:
+            self.sweeps.stop()
         self.metrics.close()
         if self._store is not None and self._owns_store:
             self._store.close()
