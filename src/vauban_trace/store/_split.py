@@ -25,22 +25,15 @@ It never raises on bad input and never reads past the buffer.
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import cast
 
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from vauban_trace.store._ingest import SpanRow
+from vauban_trace.store._native import cwire
 
-_native: ModuleType | None
-try:
-    from vauban_trace.store import _cwire as _native  # type: ignore[attr-defined, no-redef, unused-ignore]
-except ImportError:  # not built (no C compiler at install time)
-    _native = None
-
-if os.environ.get("VAUBAN_TRACE_NO_NATIVE") == "1":
-    _native = None
+_native: ModuleType | None = cwire
 if _native is not None:
     _native.configure(SERVICE_NAME, SpanRow)
 

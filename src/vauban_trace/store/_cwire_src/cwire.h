@@ -98,6 +98,11 @@ static inline int utf8_ok(P p, size_t n) {
 /* Is [p, end) a canonical serialization of message ``type``? Fills *cap when not NULL. */
 int cw_check_msg(int type, P p, P end, int depth, Capture *cap);
 
+/* ---------- snapshot.c ---------- */
+
+/* snapshot(rows) -> bytes | None: store._ingest.snapshot_bytes in C. */
+PyObject *cw_snapshot(PyObject *self, PyObject *rows);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif

@@ -377,6 +377,7 @@ static PyObject *configure(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"split", split, METH_O, "split(data) -> list[SpanRow] | None: the store's rows of a serialized request."},
     {"configure", configure, METH_VARARGS, "configure(service_key, row_type): set before split()."},
+    {"snapshot", cw_snapshot, METH_O, "snapshot(rows) -> bytes | None: one trace's rows as serialized TracesData."},
     {NULL, NULL, 0, NULL},
 };
 static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_cwire", NULL, -1, methods, NULL, NULL, NULL, NULL};
