@@ -16,7 +16,6 @@
 #define CRB_READONLY READONLY
 #endif
 
-Str crb_key_names[MAXKEYS];
 int crb_nkeys;
 CrbSlot crb_htab[HSIZE];
 /* the interned names, back to back: the comparisons of a lookup stay within a few cache lines */
@@ -49,43 +48,48 @@ static inline uint64_t small_word(const uint8_t *p, Py_ssize_t n) {
     return 0;
 }
 
+static inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+/* one multiply on the XOR of the (rotated) words: the top bits of the product depend on every
+ * input bit, so both the stored hash and the slot index are taken from the top */
 static inline uint32_t hash_bytes(const uint8_t *p, Py_ssize_t n) {
-    uint64_t a, b = 0, c = 0;
+    uint64_t x = (uint64_t)n * 0x9e3779b97f4a7c15ull;
     if (n < 8) {
-        a = small_word(p, n);
+        x ^= small_word(p, n);
     } else {
-        a = ld8(p);
-        b = ld8(p + n - 8);
-        if (n > 16) c = ld8(p + (n >> 1) - 4);
+        x ^= ld8(p) ^ rotl(ld8(p + n - 8), 29);
+        if (n > 16) x ^= rotl(ld8(p + (n >> 1) - 4), 47);
     }
-    uint64_t h = ((a ^ (uint64_t)n) * 0x9e3779b97f4a7c15ull) ^ ((b * 0xc2b2ae3d27d4eb4full) >> 7) ^
-                 (c * 0x165667b19e3779f9ull);
-    h ^= h >> 29;
-    h *= 0xff51afd7ed558ccdull;
-    return (uint32_t)(h >> 32);
+    return (uint32_t)((x * 0xff51afd7ed558ccdull) >> 32);
 }
 
-/* equal names, of the same length n */
+#define SLOT_OF(h) ((h) >> (32 - HBITS))
+
+/* equal names, of the same length n: a fixed set of (overlapping) word loads per length class
+ * that covers every byte, OR-ed together, so that the only branch is the class */
 static inline int same_name(const uint8_t *x, const uint8_t *y, Py_ssize_t n) {
     if (n < 8) return small_word(x, n) == small_word(y, n);
-    for (Py_ssize_t i = 0; i + 8 < n; i += 8)
-        if (ld8(x + i) != ld8(y + i)) return 0;
-    return ld8(x + n - 8) == ld8(y + n - 8);
+    uint64_t d = (ld8(x) ^ ld8(y)) | (ld8(x + n - 8) ^ ld8(y + n - 8));
+    if (n <= 16) return d == 0;
+    d |= (ld8(x + 8) ^ ld8(y + 8)) | (ld8(x + n - 16) ^ ld8(y + n - 16));
+    if (n <= 32) return d == 0;
+    d |= (ld8(x + 16) ^ ld8(y + 16)) | (ld8(x + 24) ^ ld8(y + 24)) | (ld8(x + n - 32) ^ ld8(y + n - 32)) |
+         (ld8(x + n - 24) ^ ld8(y + n - 24));
+    if (n <= 64) return d == 0;
+    for (Py_ssize_t i = 32; d == 0 && i < n - 32; i += 8) d |= ld8(x + i) ^ ld8(y + i);
+    return d == 0;
 }
 
 int crb_lookup_key(const uint8_t *p, Py_ssize_t n) {
-    uint32_t h = hash_bytes(p, n), i = h & (HSIZE - 1);
-    int id;
-    /* a slot holds the full hash: other names in the probe chain are passed over without
-     * touching their bytes */
-    while ((id = crb_htab[i].id) >= 0) {
-        if (crb_htab[i].h == h) {
-            const Str *k = &crb_key_names[id];
-            if (k->n == n && same_name(k->p, p, n)) return id;
-        }
+    uint32_t h = hash_bytes(p, n), i = SLOT_OF(h);
+    /* a slot holds the full hash, the length and the bytes' address of its name: other names
+     * in the probe chain are passed over without touching their bytes */
+    for (;;) {
+        const CrbSlot *s = &crb_htab[i];
+        if (s->id < 0) return -1;
+        if (s->h == h && s->n == n && same_name(s->p, p, n)) return s->id;
         i = (i + 1) & (HSIZE - 1);
     }
-    return -1;
 }
 
 static Str own_bytes(const char *s, Py_ssize_t n) {
@@ -107,20 +111,20 @@ static int intern_key(const char *s, Py_ssize_t n) {
         PyErr_SetString(PyExc_ValueError, "too many attribute names");
         return -1;
     }
-    if ((size_t)n > sizeof(key_arena) - key_arena_used) {
-        PyErr_SetString(PyExc_ValueError, "attribute names too long in all");
+    if ((size_t)n > sizeof(key_arena) - key_arena_used || n > 0xffff) {
+        PyErr_SetString(PyExc_ValueError, "attribute names too long");
         return -1;
     }
     uint8_t *o = key_arena + key_arena_used;
     memcpy(o, s, (size_t)n);
     key_arena_used += (size_t)n;
     id = crb_nkeys++;
-    crb_key_names[id].p = o;
-    crb_key_names[id].n = n;
-    uint32_t h = hash_bytes(o, n), i = h & (HSIZE - 1);
+    uint32_t h = hash_bytes(o, n), i = SLOT_OF(h);
     while (crb_htab[i].id >= 0) i = (i + 1) & (HSIZE - 1);
     crb_htab[i].h = h;
-    crb_htab[i].id = id;
+    crb_htab[i].id = (int16_t)id;
+    crb_htab[i].n = (uint16_t)n;
+    crb_htab[i].p = o;
     return id;
 }
 static int cfg_str(PyObject *cfg, const char *name, Str *out) {

@@ -32,19 +32,33 @@ typedef struct {
         if ((x) != 0) return BAIL; \
     } while (0)
 
-static inline int str_eq(Str a, Str b) { return a.n == b.n && (a.n == 0 || memcmp(a.p, b.p, (size_t)a.n) == 0); }
+static inline uint64_t crb_ld8(const uint8_t *p) {
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+/* equal strings: short ones (event names, vocabulary words) inline, as two overlapping words */
+static inline int str_eq(Str a, Str b) {
+    if (a.n != b.n) return 0;
+    if (a.n >= 8 && a.n <= 16)
+        return ((crb_ld8(a.p) ^ crb_ld8(b.p)) | (crb_ld8(a.p + a.n - 8) ^ crb_ld8(b.p + b.n - 8))) == 0;
+    return a.n == 0 || memcmp(a.p, b.p, (size_t)a.n) == 0;
+}
 
 /* ---- configuration (config.c) ---- */
 
 #define MAXKEYS 512
-#define HSIZE 1024 /* at most half full */
+#define HBITS 10
+#define HSIZE (1 << HBITS) /* at most half full */
 #define MAXLIST 64
 
-extern Str crb_key_names[MAXKEYS]; /* interned attribute names, by id */
 extern int crb_nkeys;
 typedef struct {
-    uint32_t h; /* full hash of the name */
-    int32_t id; /* -1: empty */
+    uint32_t h;       /* full hash of the name */
+    int16_t id;       /* -1: empty */
+    uint16_t n;       /* the name: n bytes at p */
+    const uint8_t *p;
 } CrbSlot;
 extern CrbSlot crb_htab[HSIZE]; /* open addressing: name hash -> id */
 
@@ -293,6 +307,11 @@ extern Ctx crb_g;
 
 static inline int rd_varint(const uint8_t **pp, const uint8_t *end, uint64_t *out) {
     const uint8_t *p = *pp;
+    if (p < end && *p < 0x80) { /* one byte: tags, lengths and small numbers */
+        *out = *p;
+        *pp = p + 1;
+        return 0;
+    }
     uint64_t v = 0;
     for (int i = 0; i < 10; i++) {
         if (p >= end) return BAIL;

@@ -8,13 +8,26 @@
 
 #include <float.h>
 
+/* "00" .. "99": integers are written two digits at a time */
+static char DIGITS2[200];
+/* each byte as its two lowercase hex digits */
+static char HEX2[512];
+
 int crb_put_u64(Buf *b, uint64_t v) {
     char tmp[24];
     int i = 24;
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
+    while (v >= 100) {
+        unsigned r = (unsigned)(v % 100);
+        v /= 100;
+        i -= 2;
+        memcpy(tmp + i, DIGITS2 + 2 * r, 2);
+    }
+    if (v >= 10) {
+        i -= 2;
+        memcpy(tmp + i, DIGITS2 + 2 * v, 2);
+    } else {
+        tmp[--i] = (char)('0' + v);
+    }
     return put(b, tmp + i, (size_t)(24 - i));
 }
 
@@ -50,7 +63,12 @@ static const double POW10[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7, 
 static int short_repr(double x, char *out) {
     double ax = fabs(x);
     if (!(ax >= 1e-4) || ax >= 9007199254740992.0) return 0;
-    double ulp = nextafter(ax, INFINITY) - ax;
+    uint64_t bits;
+    memcpy(&bits, &ax, 8);
+    bits++; /* the next double up (ax is finite and positive) */
+    double up;
+    memcpy(&up, &bits, 8);
+    double ulp = up - ax;
     for (int k = 0; k <= 22; k++) {
         double pk = POW10[k];
         if (ulp * pk >= 1.0) return 0; /* two decimals may read back as ax at this scale */
@@ -116,6 +134,14 @@ static int put_u16esc(Buf *b, unsigned c) {
 static uint8_t PLAIN[256];
 
 void crb_json_init(void) {
+    for (int i = 0; i < 100; i++) {
+        DIGITS2[2 * i] = (char)('0' + i / 10);
+        DIGITS2[2 * i + 1] = (char)('0' + i % 10);
+    }
+    for (int i = 0; i < 256; i++) {
+        HEX2[2 * i] = crb_hex[i >> 4];
+        HEX2[2 * i + 1] = crb_hex[i & 15];
+    }
     for (int c = 0x20; c <= 0x7e; c++) PLAIN[c] = 1;
     PLAIN['"'] = PLAIN['\\'] = 0;
 }
@@ -220,12 +246,11 @@ int crb_put_jstr(Buf *b, Str s) {
 
 int crb_put_hex(Buf *b, Str id) {
     TRY(buf_reserve(b, (size_t)id.n * 2 + 2));
-    b->p[b->n++] = '"';
-    for (Py_ssize_t i = 0; i < id.n; i++) {
-        b->p[b->n++] = crb_hex[id.p[i] >> 4];
-        b->p[b->n++] = crb_hex[id.p[i] & 15];
-    }
-    b->p[b->n++] = '"';
+    char *w = b->p + b->n;
+    *w++ = '"';
+    for (Py_ssize_t i = 0; i < id.n; i++, w += 2) memcpy(w, HEX2 + 2 * id.p[i], 2);
+    *w++ = '"';
+    b->n = (size_t)(w - b->p);
     return 0;
 }
 

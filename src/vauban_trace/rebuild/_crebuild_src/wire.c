@@ -26,11 +26,17 @@ int crb_skip_field(const uint8_t **pp, const uint8_t *end, int wt) {
 
 static int valid_utf8(Str s) {
     const uint8_t *p = s.p, *end = s.p + s.n;
-    while (end - p >= 8) { /* ASCII fast path */
-        uint64_t w;
-        memcpy(&w, p, 8);
-        if (w & 0x8080808080808080ull) break;
-        p += 8;
+    /* ASCII fast path: whole words, the last one overlapping (short strings: two halves) */
+    const uint64_t highs = 0x8080808080808080ull;
+    if (s.n >= 8) {
+        uint64_t any = crb_ld8(end - 8);
+        for (const uint8_t *q = p; q + 8 < end; q += 8) any |= crb_ld8(q);
+        if (!(any & highs)) return 0;
+    } else if (s.n >= 4) {
+        uint32_t a, z;
+        memcpy(&a, p, 4);
+        memcpy(&z, end - 4, 4);
+        if (!((a | z) & 0x80808080u)) return 0;
     }
     while (p < end) {
         uint8_t c = *p;
