@@ -24,7 +24,13 @@ Dashboards:
     sweep profiles, one XY chart per selected stage plotting stage duration (p50, p95) against
     ``sweep_value`` for the chosen ``sweep_axis``. The XY chart uses instant queries over the
     dashboard's time range (``increase(...[$__range])``): the x axis is the swept quantity
-    (token count, batch size...), not time.
+    (token count, batch size...), not time. Below it, for the chosen ``sweep_id`` (sweeps on the
+    chosen axis that the collector profiled, ``vauban_sweep_*`` gauges), a table with one row per
+    stage: the USL fit's status, lambda / sigma / kappa with their bootstrap intervals, peak N,
+    R², the values and repeats behind it, and the refusal reason or the fit's notes (a refused
+    fit has empty parameter cells: the collector exports no number for it); and one XY chart
+    per selected stage of the measured throughput (N / median duration) and the USL-predicted
+    throughput against ``sweep_value``. All instant queries of the latest profile.
 
 Every panel queries the Prometheus data source by its fixed uid ``prometheus``
 (``grafana/provisioning/datasources/datasources.yaml``). No grafana-foundation-sdk: the JSON
@@ -373,6 +379,130 @@ def _sweep_panel() -> Json:
     }
 
 
+def _fit_sel(stage: str = '=~"$stage"') -> str:
+    return '{sweep_id="$sweep_id", stage' + stage
+
+
+def _fits_table() -> Json:
+    """One row per stage of the selected sweep: USL status, parameters with intervals, notes."""
+    sel = _fit_sel() + "}"
+    columns: list[tuple[str, str]] = []  # (PromQL, column name)
+    for name in ("lambda", "sigma", "kappa"):
+        for bound, suffix in (("estimate", ""), ("low", " low"), ("high", " high")):
+            labels = sel[:-1] + f', parameter="{name}", bound="{bound}"}}'
+            columns.append((f"max by (stage) (vauban_sweep_usl_parameter{labels})", name + suffix))
+    columns.append((f"max by (stage) (vauban_sweep_usl_peak{sel})", "peak N"))
+    columns.append((f"max by (stage) (vauban_sweep_usl_r_squared{sel})", "R²"))
+    for quantity in ("values", "traces", "min_repeats"):
+        labels = sel[:-1] + f', quantity="{quantity}"}}'
+        columns.append((f"max by (stage) (vauban_sweep_points{labels})", quantity.replace("_", " ")))
+    status = f"max by (stage, status, reason, caveat) (vauban_sweep_fit_status{sel})"
+    targets = [_target("A", status, instant=True)]
+    rename = {}
+    for i, (expr, column) in enumerate(columns, start=1):
+        ref = chr(ord("A") + i)
+        targets.append(_target(ref, expr, instant=True))
+        rename[f"Value #{ref}"] = column
+    order = ["stage", "status", *rename, "reason", "caveat"]
+    return {
+        "type": "table",
+        "title": "USL fits of sweep $sweep_id",
+        "description": "The collector's latest profile of the sweep (vauban_sweep_* gauges, refreshed at "
+        "most every --sweep-profile-interval): per stage, the Universal Scalability Law fit of its "
+        "throughput N / duration, X(N) = lambda N / (1 + sigma (N - 1) + kappa N (N - 1)), with "
+        "95% bootstrap intervals, the peak N* when kappa > 0, and R²; or 'refused' with the reason "
+        "(too few distinct values, too narrow a span, structured residuals...), and no numbers.",
+        "datasource": dict(DATASOURCE),
+        "fieldConfig": {
+            "defaults": {"custom": {"align": "auto", "cellOptions": {"type": "auto"}, "inspect": True}},
+            "overrides": [],
+        },
+        "options": {"showHeader": True, "cellHeight": "sm", "frameIndex": 0},
+        "targets": targets,
+        # instant table frames (stage[, status, reason, caveat], Value #X) merged into one row per
+        # stage; the status frame's value (always 1) is dropped
+        "transformations": [
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "Value #A": True},
+                    "indexByName": {name: i for i, name in enumerate(order)},
+                    "renameByName": rename,
+                },
+            },
+        ],
+    }
+
+
+def _fit_xy_panel() -> Json:
+    """Measured and USL-predicted throughput of one stage against ``sweep_value``."""
+    sel = _fit_sel('="$stage"')
+    observed = f'avg by (sweep_value) (vauban_sweep_observed{sel}, quantity="throughput"}})'
+    predicted = f"avg by (sweep_value) (vauban_sweep_usl_predicted{sel}}})"
+    return {
+        "type": "xychart",
+        "title": "$stage throughput: measured vs USL fit ($sweep_id)",
+        "description": "Measured throughput (sweep value / median stage duration, points) and the "
+        "throughput the stage's USL fit predicts at the same values (line). No line when the fit "
+        "was refused: see the fits table for the reason.",
+        "datasource": dict(DATASOURCE),
+        "repeat": "stage",
+        "repeatDirection": "h",
+        "maxPerRow": 2,
+        "fieldConfig": {
+            "defaults": {
+                "unit": "short",
+                "custom": {"show": "points+lines", "pointSize": {"fixed": 6}, "lineWidth": 1},
+            },
+            "overrides": [
+                {
+                    "matcher": {"id": "byName", "options": "measured"},
+                    "properties": [{"id": "custom.show", "value": "points"}],
+                },
+                {
+                    "matcher": {"id": "byName", "options": "USL fit"},
+                    "properties": [{"id": "custom.show", "value": "lines"}],
+                },
+            ],
+        },
+        "options": {
+            "mapping": "manual",
+            "series": [
+                {
+                    "name": {"fixed": name},
+                    "frame": {"matcher": {"id": "byIndex", "options": 0}},
+                    "x": {"matcher": {"id": "byName", "options": "sweep_value"}},
+                    "y": {"matcher": {"id": "byName", "options": name}},
+                }
+                for name in ("measured", "USL fit")
+            ],
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
+            "tooltip": {"mode": "multi", "sort": "none"},
+        },
+        "targets": [_target("A", observed, instant=True), _target("B", predicted, instant=True)],
+        "transformations": [
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True},
+                    "indexByName": {"sweep_value": 0, "Value #A": 1, "Value #B": 2},
+                    "renameByName": {"Value #A": "measured", "Value #B": "USL fit"},
+                },
+            },
+            {
+                "id": "convertFieldType",
+                "options": {
+                    "conversions": [{"targetField": "sweep_value", "destinationType": "number"}],
+                    "fields": {},
+                },
+            },
+            {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "sweep_value", "desc": False}]}},
+        ],
+    }
+
+
 def build_stages_dashboard() -> Json:
     """Per-stage duration, bytes and sync points, and duration against a sweep axis."""
     sel = _stage_sel()
@@ -429,8 +559,10 @@ def build_stages_dashboard() -> Json:
             (_quantile("0.95", f"{sync}_bucket", sel, "stage, model"), "{{stage}} {{model}}"),
         ),
         _sweep_panel(),
+        _fits_table(),
+        _fit_xy_panel(),
     ]
-    widths = [12] * len(panels)
+    widths = [12] * (len(panels) - 2) + [24, 12]
     count = f"{duration}_count"
     variables = [
         _query_variable("model", "Model", f"label_values({count}, model)", multi=True, include_all=True),
@@ -444,12 +576,19 @@ def build_stages_dashboard() -> Json:
             multi=False,
             include_all=False,
         ),
+        _query_variable(
+            "sweep_id",
+            "Sweep",
+            'label_values(vauban_sweep_fit_status{axis="$sweep_axis"}, sweep_id)',
+            multi=False,
+            include_all=False,
+        ),
     ]
     return _dashboard(
         "vauban-stages",
         "vauban-trace: inference stages",
-        "Per-stage duration, bytes and sync points from vauban stage spans, and stage duration "
-        "against a sweep axis (token count, batch size...).",
+        "Per-stage duration, bytes and sync points from vauban stage spans, stage duration "
+        "against a sweep axis (token count, batch size...), and the USL fits of profiled sweeps.",
         variables,
         _layout(panels, widths),
     )

@@ -132,7 +132,7 @@ def test_usl_fit_gauges_equal_profile_traces_and_recover_the_curve(make_collecto
         assert _one(g["vauban_sweep_usl_parameter"], **base, parameter=name, bound="high") == high
     assert set(fit.intervals) == {"lambda", "sigma", "kappa"}
     assert _one(g["vauban_sweep_usl_peak"], **base) == fit.peak_n
-    assert _one(g["vauban_sweep_usl_r2"], **base) == fit.r2
+    assert _one(g["vauban_sweep_usl_r_squared"], **base) == fit.r2
     # the fit recovers the curve the durations were drawn from
     assert abs(params["lambda"] / LAMBDA - 1) < 0.05
     assert abs(params["sigma"] - SIGMA) < 0.015
@@ -153,7 +153,7 @@ def test_a_sweep_with_too_few_values_exports_its_refusal_and_no_numbers(make_col
     assert fit.status == "not_applicable" and fit.reason.startswith("only 3 distinct N (need 6)")
     (row,) = [lbl for lbl, _ in g["vauban_sweep_fit_status"] if lbl["stage"] == "forward"]
     assert row["status"] == "refused" and row["reason"] == fit.reason
-    for name in ("vauban_sweep_usl_parameter", "vauban_sweep_usl_peak", "vauban_sweep_usl_r2",
+    for name in ("vauban_sweep_usl_parameter", "vauban_sweep_usl_peak", "vauban_sweep_usl_r_squared",
                  "vauban_sweep_usl_predicted"):
         assert name not in g, f"{name} exported for a refused fit: {g.get(name)}"
     # what was measured is still there

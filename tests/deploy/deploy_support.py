@@ -34,8 +34,16 @@ FIXED_METRICS = frozenset(
         "vauban_stage_duration_seconds",
         "vauban_stage_bytes",
         "vauban_stage_sync_points",
+        "vauban_sweep_fit_status",
+        "vauban_sweep_usl_parameter",
+        "vauban_sweep_usl_peak",
+        "vauban_sweep_usl_r_squared",
+        "vauban_sweep_usl_predicted",
+        "vauban_sweep_observed",
+        "vauban_sweep_points",
     }
 )
+_SWEEP = frozenset({"sweep_id", "axis", "stage", "model"})
 #: Labels of each metric (besides the ones Prometheus adds: instance, job; and le on _bucket).
 METRIC_LABELS: dict[str, frozenset[str]] = {
     "vauban_collector_spans_received_total": frozenset({"transport"}),
@@ -49,6 +57,13 @@ METRIC_LABELS: dict[str, frozenset[str]] = {
     "vauban_stage_duration_seconds": frozenset({"stage", "model", "sweep_axis", "sweep_value"}),
     "vauban_stage_bytes": frozenset({"stage", "model", "direction", "sweep_axis", "sweep_value"}),
     "vauban_stage_sync_points": frozenset({"stage", "model", "sweep_axis", "sweep_value"}),
+    "vauban_sweep_fit_status": _SWEEP | {"status", "reason", "caveat"},
+    "vauban_sweep_usl_parameter": _SWEEP | {"parameter", "bound"},
+    "vauban_sweep_usl_peak": _SWEEP,
+    "vauban_sweep_usl_r_squared": _SWEEP,
+    "vauban_sweep_usl_predicted": _SWEEP | {"sweep_value"},
+    "vauban_sweep_observed": _SWEEP | {"sweep_value", "quantity"},
+    "vauban_sweep_points": _SWEEP | {"quantity"},
 }
 HISTOGRAMS = frozenset(
     {

@@ -214,7 +214,7 @@ def test_promql_parses_with_promtool(promtool: str, tmp_path: Path) -> None:
 
 def test_stages_dashboard_has_the_sweep_xy_chart() -> None:
     dash = _dashboard("vauban-stages.json")
-    (panel,) = [p for p in dash["panels"] if p["type"] == "xychart"]
+    (panel,) = [p for p in dash["panels"] if p["title"] == "$stage duration vs $sweep_axis"]
     assert panel["repeat"] == "stage", "one XY chart per selected stage"
     for target in panel["targets"]:
         assert target["instant"] is True and target["range"] is False and target["format"] == "table"
@@ -231,3 +231,19 @@ def test_stages_dashboard_has_the_sweep_xy_chart() -> None:
     }
     names = {v["name"]: v for v in dash["templating"]["list"]}
     assert names["sweep_axis"]["multi"] is False and names["stage"]["multi"] is True
+
+
+def test_stages_dashboard_has_the_usl_fit_table_and_curve() -> None:
+    dash = _dashboard("vauban-stages.json")
+    (table,) = [p for p in dash["panels"] if p["type"] == "table"]
+    exprs = [t["expr"] for t in table["targets"]]
+    assert all('sweep_id="$sweep_id"' in e for e in exprs)
+    assert "vauban_sweep_fit_status" in exprs[0] and "reason" in exprs[0]
+    renamed = table["transformations"][1]["options"]["renameByName"].values()
+    assert {"lambda", "lambda low", "lambda high", "sigma", "kappa", "kappa high", "peak N"} <= set(renamed)
+    (curve,) = [p for p in dash["panels"] if p["type"] == "xychart" and "USL" in p["title"]]
+    assert curve["repeat"] == "stage"
+    assert {s["y"]["matcher"]["options"] for s in curve["options"]["series"]} == {"measured", "USL fit"}
+    assert ["vauban_sweep_observed" in t["expr"] for t in curve["targets"]] == [True, False]
+    names = {v["name"]: v for v in dash["templating"]["list"]}
+    assert names["sweep_id"]["multi"] is False and "vauban_sweep_fit_status" in names["sweep_id"]["query"]["query"]

@@ -25,6 +25,7 @@ PANEL_TYPES = {
     "timeseries": ("TS.Options", "TS.FieldConfig"),
     "stat": ("ST.Options", None),
     "xychart": ("XY.Options", "XY.FieldConfig"),
+    "table": ("TB.Options", "TB.FieldConfig"),
 }
 
 
@@ -69,6 +70,7 @@ def _typed_constants() -> str:
         f"import type * as TS from '{SCHEMA}/composable/timeseries/panelcfg/x/TimeSeriesPanelCfg_types.gen.js';",
         f"import type * as ST from '{SCHEMA}/composable/stat/panelcfg/x/StatPanelCfg_types.gen.js';",
         f"import type * as XY from '{SCHEMA}/composable/xychart/panelcfg/x/XYChartPanelCfg_types.gen.js';",
+        f"import type * as TB from '{SCHEMA}/composable/table/panelcfg/x/TablePanelCfg_types.gen.js';",
         # enums accept their string values; every key optional; unknown keys still rejected
         "type Loose<T> = T extends string ? `${T}` : T extends Array<infer U> ? Array<Loose<U>>"
         " : T extends object ? { [K in keyof T]?: Loose<T[K]> } : T;",

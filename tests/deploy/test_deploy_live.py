@@ -7,7 +7,9 @@
 3. Traces of a token-count sweep are sent by the real OTLP exporters (HTTP and gRPC) in two
    waves, so counters *increase* between scrapes; one bad span is posted to produce a
    rejection and one request is re-sent to produce duplicates.
-4. Every PromQL expression of both dashboards (Grafana macros substituted) is evaluated by
+4. A batch-size sweep with a sweep id (durations on a known USL curve) is sent too, so the
+   collector's sweep profiler (``--sweep-profile-interval 0.5s``) exports its fits.
+5. Every PromQL expression of both dashboards (Grafana macros substituted) is evaluated by
    Prometheus and must return data; the sweep XY query must return one p50 per sweep value,
    growing with the value.
 """
@@ -35,6 +37,9 @@ from deploy_support import FIXED_METRICS, HISTOGRAMS, METRIC_LABELS, REPO
 SWEEP = (128, 256, 512)
 STAGE_SECONDS_PER_TOKEN = 1e-4  # prefill takes 0.0128 s, 0.0256 s, 0.0512 s
 MODEL = "tiny-deploy-test"
+USL_SWEEP_ID = "deploy-usl"
+USL_VALUES = (1, 2, 4, 8, 16, 32)
+USL_NOISE = (1.01, 0.99, 1.005, 0.995, 1.0, 1.008)  # lambda 1000/s, sigma 0.05, kappa 0.01: N* = 9.7
 
 
 def _free_port() -> int:
@@ -84,7 +89,7 @@ def collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
         if re.fullmatch(r"0\.0\.0\.0:\d+", arg):
             argv[i] = "127.0.0.1:0"
     argv[argv.index("--store") + 1] = str(store)
-    argv += ["--quiet-period", "0.2s"]
+    argv += ["--quiet-period", "0.2s", "--sweep-profile-interval", "0.5s"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     found: dict[str, str] = {}
     lines: list[str] = []
@@ -223,6 +228,41 @@ def _send_wave(collector: Collector, wave: int) -> None:
         provider.shutdown()
 
 
+def _send_usl_sweep(collector: Collector) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.trace import set_span_in_context
+
+    from vauban_trace import semconv
+
+    provider = TracerProvider(resource=Resource.create({semconv.SERVICE_NAME: "deploy-test"}))
+    provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"http://{collector.http}/v1/traces")))
+    tracer = provider.get_tracer("tests.deploy")
+    for n, noise in zip(USL_VALUES, USL_NOISE, strict=True):
+        t0 = time.time_ns()
+        prefill_ns = int((1 + 0.05 * (n - 1) + 0.01 * n * (n - 1)) / 1000.0 * noise * 1e9)
+        root = tracer.start_span(
+            f"text_completion {MODEL}",
+            start_time=t0,
+            attributes={
+                semconv.TRACE_ROOT: True,
+                semconv.GEN_AI_OPERATION_NAME: "text_completion",
+                semconv.GEN_AI_REQUEST_MODEL: MODEL,
+                semconv.SWEEP_ID: USL_SWEEP_ID,
+                semconv.SWEEP_AXIS: "batch_size",
+                semconv.SWEEP_AXIS_VALUE: n,
+            },
+        )
+        stage = tracer.start_span(
+            "prefill", context=set_span_in_context(root), start_time=t0 + 1000, attributes={semconv.STAGE: "prefill"}
+        )
+        stage.end(end_time=t0 + 1000 + prefill_ns)
+        root.end(end_time=t0 + 2000 + prefill_ns)
+    provider.shutdown()
+
+
 def _post_bad_span(collector: Collector) -> None:
     body = {
         "resourceSpans": [
@@ -299,6 +339,11 @@ def loaded(collector: Collector, prometheus: str) -> str:
 
         _wait(f"wave {wave} rebuilt by the collector", rebuilt)
         _wait(f"wave {wave} scraped", scraped)
+    _send_usl_sweep(collector)
+    _wait(
+        "the USL sweep's fit scraped",
+        lambda: bool(_query(prometheus, f'vauban_sweep_usl_peak{{sweep_id="{USL_SWEEP_ID}", stage="prefill"}}')),
+    )
     _post_bad_span(collector)
     _resend_duplicate(collector)
     _wait(
@@ -336,6 +381,7 @@ def _dashboard_queries() -> Iterator[tuple[str, str, str]]:
 
 def _concrete(expr: str) -> str:
     expr = expr.replace("$__rate_interval", "10s").replace("$__range", "5m")
+    expr = expr.replace('sweep_id="$sweep_id"', f'sweep_id="{USL_SWEEP_ID}"')
     expr = expr.replace('stage="$stage"', 'stage="prefill"').replace(
         'sweep_axis="$sweep_axis"', 'sweep_axis="token_count"'
     )

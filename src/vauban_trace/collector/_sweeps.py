@@ -38,21 +38,21 @@ Bounds (label cardinality and work stay bounded whatever clients send):
 Exported gauges (labels ``sweep_id``, ``axis``, ``stage``, ``model`` on all of them; ``model`` is
 the root spans' ``gen_ai.request.model``, several joined with ``,``):
 
-==================================  ===============================================================
-``vauban_sweep_fit_status``         1, with ``status`` = fitted | refused, ``reason`` (the fit's
-                                    notes when fitted, the refusal when refused) and ``caveat``
-``vauban_sweep_usl_parameter``      ``parameter`` = lambda | sigma | kappa, ``bound`` = estimate |
-                                    low | high (the bootstrap interval's ends, when it exists);
-                                    fitted stages only: a refused fit exports no number
-``vauban_sweep_usl_peak``           ``N* = sqrt((1 - sigma) / kappa)``; only when kappa > 0
-``vauban_sweep_usl_r2``             R² of the fit; fitted stages only
-``vauban_sweep_usl_predicted``      the fitted throughput ``X(N)`` at each measured ``sweep_value``
-``vauban_sweep_observed``           ``quantity`` = median_duration_s (the profile's median stage
-                                    duration at ``sweep_value``) | throughput (``N`` / that median,
-                                    positive numeric values only)
-``vauban_sweep_points``             ``quantity`` = values (axis values with data), traces (traces
-                                    with the stage), min_repeats (fewest traces at one value)
-==================================  ===============================================================
+======================================  =============================================================
+``vauban_sweep_fit_status``             1, with ``status`` = fitted | refused, ``reason`` (the fit's
+                                        notes when fitted, the refusal when refused) and ``caveat``
+``vauban_sweep_usl_parameter``          ``parameter`` = lambda | sigma | kappa, ``bound`` = estimate |
+                                        low | high (the bootstrap interval's ends, when it exists);
+                                        fitted stages only: a refused fit exports no number
+``vauban_sweep_usl_peak``               ``N* = sqrt((1 - sigma) / kappa)``; only when kappa > 0
+``vauban_sweep_usl_r_squared``          R² of the fit; fitted stages only
+``vauban_sweep_usl_predicted``          the fitted throughput ``X(N)`` at each measured ``sweep_value``
+``vauban_sweep_observed``               ``quantity`` = median_duration_s (the profile's median stage
+                                        duration at ``sweep_value``) | throughput (``N`` / that median,
+                                        positive numeric values only)
+``vauban_sweep_points``                 ``quantity`` = values (axis values with data), traces (traces
+                                        with the stage), min_repeats (fewest traces at one value)
+======================================  =============================================================
 
 ``sweep_value`` is written like the stage histograms' label (``8``, not ``8.0``). A non-numeric
 axis gets summaries only: its stages are exported ``refused`` with the profile's own reason.
@@ -92,7 +92,7 @@ FAMILIES: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "vauban_sweep_usl_parameter": ("USL parameters of a fitted stage (estimate and bootstrap interval).",
                                    ("parameter", "bound")),
     "vauban_sweep_usl_peak": ("USL peak N* of a fitted stage (only when kappa > 0).", ()),
-    "vauban_sweep_usl_r2": ("R squared of a fitted stage's USL fit.", ()),
+    "vauban_sweep_usl_r_squared": ("R squared of a fitted stage's USL fit.", ()),
     "vauban_sweep_usl_predicted": ("USL-predicted stage throughput at each measured sweep value.",
                                    ("sweep_value",)),
     "vauban_sweep_observed": ("Measured stage median duration and throughput at each sweep value.",
@@ -295,7 +295,7 @@ def samples_of(profile: SweepProfile, model: str) -> list[Sample]:
             if fit.peak_n is not None:
                 out.append(("vauban_sweep_usl_peak", base, fit.peak_n))
             if fit.r2 is not None:
-                out.append(("vauban_sweep_usl_r2", base, fit.r2))
+                out.append(("vauban_sweep_usl_r_squared", base, fit.r2))
         for point in points:
             value = _label(point.value)
             median = point.duration_s.median
