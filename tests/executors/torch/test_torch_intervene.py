@@ -92,7 +92,10 @@ def test_specs_parse_and_format_round_trip(spec: str, name: str, layer: int, par
         ("ablate:layer=x,direction=random:1", "layer must be an integer"),
         ("ablate:layer=-1,direction=random:1", "layer must be >= 0"),
         ("ablate:layer=1,direction=random:1,alpha=2", "unknown parameter 'alpha' for ablate"),
-        ("ablate:layer=1,direction=random:x", "random:SEED needs a non-negative integer"),
+        ("ablate:layer=1,direction=random:x", r"random:SEED needs an integer seed in 0 \.\. 2\*\*64 - 1"),
+        ("steer:layer=0,vector=random:18446744073709551616", r"integer seed in 0 \.\. 2\*\*64 - 1"),
+        ("steer:layer=0,vector=random:-1", "integer seed"),
+        ("steer:layer=0,vector=random:\u0661", "integer seed"),  # a non-ASCII digit
         ("ablate:layer=1,direction=sha256:abc", "not a vector reference"),
         ("ablate:layer=1,direction=random:1,site=head", "site must be one of"),
         ("steer:layer=1,vector=random:1,alpha=big", "alpha must be a number"),
@@ -107,6 +110,19 @@ def test_specs_parse_and_format_round_trip(spec: str, name: str, layer: int, par
 def test_bad_specs_give_clear_errors(spec: str, message: str) -> None:
     with pytest.raises(ExecutorError, match=message):
         parse_intervention(spec)
+
+
+def test_largest_seed_is_accepted_and_an_unparsed_oversized_seed_is_refused_before_the_run(
+    session: Any, ex: TorchExecutor,
+) -> None:
+    """2**64 - 1 is the generator's limit; an Intervention built without the parser (the contract
+    type) with a larger seed gets an ExecutorError naming it, not torch's overflow error."""
+    assert parse_intervention("steer:layer=0,vector=random:18446744073709551615").params["vector"].endswith("615")
+    iv = Intervention(name="steer", layer_index=0,
+                      params={"vector": "random:18446744073709551616", "site": "residual", "positions": "all",
+                              "alpha": 1.0, "normalize": True})
+    with pytest.raises(ExecutorError, match="integer seed in 0"):
+        ex.trace(ex.make_request(PROMPT, interventions=[iv]), max_new_tokens=0)
 
 
 # -- effects -----------------------------------------------------------------------------------

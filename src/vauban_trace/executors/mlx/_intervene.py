@@ -41,61 +41,16 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import numpy as np
 
-from vauban_trace._exceptions import ArtifactStoreError, ExecutorError
+from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import Intervention
+from vauban_trace.executors._interventions import NAMES, format_intervention, load_array, random_seed
 from vauban_trace.executors.mlx._layers import MlxLayers, SiteRef, tapped
 from vauban_trace.executors.mlx._torchrand import torch_cpu_randn
-
-NAMES: tuple[str, ...] = ("ablate", "steer", "patch")
-
-
-def format_intervention(iv: Intervention) -> str:
-    """The spec string of an intervention (``NAME:layer=L,key=value,...``), as the torch executor writes it."""
-    parts = [f"layer={iv.layer_index}"]
-    for key, value in iv.params.items():
-        parts.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
-    return f"{iv.name}:" + ",".join(parts)
-
-
-def _array_from_bytes(data: bytes, where: str) -> np.ndarray[Any, Any]:
-    from vauban_trace.artifacts._codecs import decode_array, decode_json
-
-    try:
-        return np.asarray(decode_array(data), dtype=np.float32)
-    except Exception:
-        pass
-    try:
-        obj = decode_json(data)
-    except Exception:
-        raise ExecutorError(f"{where}: blob is neither safetensors nor JSON") from None
-    try:
-        return np.asarray(obj, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ExecutorError(f"{where}: JSON blob is not a list of numbers") from None
-
-
-def load_array(ref: str, store: Any | None, *, where: str) -> np.ndarray[Any, Any]:
-    """The float32 array a reference names: a digest in ``store`` (verified) or ``file:PATH``."""
-    if ref.startswith("file:"):
-        path = Path(ref[len("file:"):]).expanduser()
-        if not path.is_file():
-            raise ExecutorError(f"{where}: file {str(path)!r} does not exist")
-        if path.suffix == ".npy":
-            return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
-        return _array_from_bytes(path.read_bytes(), where)
-    if store is None:
-        raise ExecutorError(f"{where}: {ref} names a blob but no artifact store is configured")
-    try:
-        data = store.get(ref)  # verifies the digest
-    except ArtifactStoreError as exc:
-        raise ExecutorError(f"{where}: cannot read {ref} from the artifact store: {exc}") from exc
-    return _array_from_bytes(data, where)
 
 
 @dataclass
@@ -120,10 +75,7 @@ class ResolvedIntervention:
 def _random_vector(text: str, width: int | None, where: str) -> np.ndarray[Any, Any]:
     if width is None:
         raise ExecutorError(f"{where}: random directions need the model width (config has none)")
-    seed_text = text[len("random:"):]
-    if not seed_text.isdigit() or int(seed_text) >= 2**64:
-        raise ExecutorError(f"{where}: random:SEED needs an integer seed in 0 .. 2**64 - 1, got {text!r}")
-    return torch_cpu_randn(int(seed_text), width)
+    return torch_cpu_randn(random_seed(text, where), width)
 
 
 def resolve(spec: Intervention, layers: MlxLayers, store: Any | None) -> ResolvedIntervention:

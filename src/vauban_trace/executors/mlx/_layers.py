@@ -47,8 +47,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-#: Site names, in display order (the torch executor's).
-SITES: tuple[str, ...] = ("residual", "attn", "mlp")
+from vauban_trace.executors._interventions import SITES  # site names, in display order (shared)
+
 SITES_BUILT = SITES
 _MODULE: type = nn.Module  # type: ignore[attr-defined]
 _COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")

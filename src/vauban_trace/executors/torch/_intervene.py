@@ -12,6 +12,7 @@ Spec syntax (CLI ``--intervene SPEC``, API :func:`parse_intervention`)::
     REF    := sha256:<hex> | blake3:<hex>    a blob in the artifact store (verified on read):
                                              safetensors (one tensor) or a JSON list of numbers
             | random:SEED                    a unit Gaussian direction drawn on the CPU with SEED
+                                             (0 .. 2**64 - 1)
             | file:PATH                      a .safetensors (one tensor) or .npy file (no ',' in PATH)
     S      := residual (default) | attn | mlp
     P      := all (default: prompt and generated positions) | prompt
@@ -27,6 +28,8 @@ What each does to the hidden state ``h`` (last axis = model width) of site ``S``
   artifact store by digest and verified. Patching applies to the prompt forward pass only.
 
 Parsing errors and vectors of the wrong size raise :class:`ExecutorError` naming the problem.
+The framework-free half (parsing, formatting, seeds, vector references) lives in
+:mod:`vauban_trace.executors._interventions`, shared with the MLX executor.
 
 Each hook measures, on the prompt forward pass, the mean L2 norm of the hidden state before and
 after it acts and, for ablate/steer, the mean projection onto the unit direction before and after.
@@ -37,162 +40,23 @@ stage), so the hooks add no host synchronisation to the forward pass.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from vauban_trace._exceptions import ArtifactStoreError, ExecutorError
+from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import Intervention
-from vauban_trace.executors.torch._layers import SITES, LayerMap, hidden_of, replace_hidden
-
-NAMES: tuple[str, ...] = ("ablate", "steer", "patch")
-
-_ALLOWED: dict[str, dict[str, bool]] = {  # key -> required
-    "ablate": {"layer": True, "direction": True, "site": False, "positions": False},
-    "steer": {
-        "layer": True, "vector": True, "alpha": False, "normalize": False, "site": False, "positions": False,
-    },
-    "patch": {"layer": True, "source": True, "site": False, "positions": False},
-}
-_DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|blake3:[0-9a-f]{64})$")
-
-
-def _bool(text: str, where: str) -> bool:
-    low = text.strip().lower()
-    if low in ("true", "1", "yes"):
-        return True
-    if low in ("false", "0", "no"):
-        return False
-    raise ExecutorError(f"{where}: expected true or false, got {text!r}")
-
-
-def _check_ref(text: str, where: str) -> str:
-    if _DIGEST_RE.match(text):
-        return text
-    if text.startswith("random:"):
-        seed = text[len("random:"):]
-        if not seed.isdigit():
-            raise ExecutorError(f"{where}: random:SEED needs a non-negative integer seed, got {text!r}")
-        return text
-    if text.startswith("file:") and len(text) > len("file:"):
-        return text
-    raise ExecutorError(
-        f"{where}: {text!r} is not a vector reference (expected sha256:<64 hex>, blake3:<64 hex>, "
-        "random:SEED or file:PATH)"
-    )
-
-
-def parse_intervention(spec: str) -> Intervention:
-    """Parse ``NAME:key=value,...`` into a contract :class:`Intervention` (see module doc)."""
-    text = spec.strip()
-    name, sep, rest = text.partition(":")
-    name = name.strip().lower()
-    if not sep or name not in NAMES:
-        raise ExecutorError(
-            f"intervention {spec!r}: expected NAME:key=value,... with NAME one of {', '.join(NAMES)}"
-        )
-    allowed = _ALLOWED[name]
-    raw: dict[str, str] = {}
-    for part in (p for p in rest.split(",") if p.strip()):
-        key, eq, value = part.partition("=")
-        key = key.strip().lower()
-        if not eq or not value.strip():
-            raise ExecutorError(f"intervention {spec!r}: {part.strip()!r} is not key=value")
-        if key not in allowed:
-            raise ExecutorError(
-                f"intervention {spec!r}: unknown parameter {key!r} for {name} "
-                f"(allowed: {', '.join(allowed)})"
-            )
-        if key in raw:
-            raise ExecutorError(f"intervention {spec!r}: parameter {key!r} given twice")
-        raw[key] = value.strip()
-    missing = [k for k, req in allowed.items() if req and k not in raw]
-    if missing:
-        raise ExecutorError(f"intervention {spec!r}: missing parameter(s) {', '.join(missing)}")
-    where = f"intervention {spec!r}"
-    try:
-        layer = int(raw.pop("layer"))
-    except ValueError:
-        raise ExecutorError(f"{where}: layer must be an integer") from None
-    if layer < 0:
-        raise ExecutorError(f"{where}: layer must be >= 0, got {layer}")
-    params: dict[str, Any] = {"site": raw.pop("site", "residual").lower()}
-    if params["site"] not in SITES:
-        raise ExecutorError(f"{where}: site must be one of {', '.join(SITES)}, got {params['site']!r}")
-    if name == "patch":
-        source = raw.pop("source")
-        if not _DIGEST_RE.match(source):
-            raise ExecutorError(f"{where}: source must be a digest (sha256:<64 hex> or blake3:<64 hex>)")
-        params["source"] = source
-        if raw.pop("positions", "prompt").lower() != "prompt":
-            raise ExecutorError(f"{where}: patch applies to the prompt positions only (positions=prompt)")
-        params["positions"] = "prompt"
-    else:
-        key = "direction" if name == "ablate" else "vector"
-        params[key] = _check_ref(raw.pop(key), where)
-        positions = raw.pop("positions", "all").lower()
-        if positions not in ("all", "prompt"):
-            raise ExecutorError(f"{where}: positions must be all or prompt, got {positions!r}")
-        params["positions"] = positions
-    if name == "steer":
-        try:
-            alpha = float(raw.pop("alpha", "1.0"))
-        except ValueError:
-            raise ExecutorError(f"{where}: alpha must be a number") from None
-        if not math.isfinite(alpha):
-            raise ExecutorError(f"{where}: alpha must be finite")
-        params["alpha"] = alpha
-        params["normalize"] = _bool(raw.pop("normalize", "true"), f"{where} normalize")
-    return Intervention(name=name, layer_index=layer, params=params)
-
-
-def format_intervention(iv: Intervention) -> str:
-    """The spec string of an intervention (inverse of :func:`parse_intervention`)."""
-    parts = [f"layer={iv.layer_index}"]
-    for key, value in iv.params.items():
-        parts.append(f"{key}={str(value).lower() if isinstance(value, bool) else value}")
-    return f"{iv.name}:" + ",".join(parts)
-
-
-def _array_from_bytes(data: bytes, where: str) -> np.ndarray[Any, Any]:
-    from vauban_trace.artifacts._codecs import decode_array, decode_json
-
-    try:
-        return np.asarray(decode_array(data), dtype=np.float32)
-    except Exception:
-        pass
-    try:
-        obj = decode_json(data)
-    except Exception:
-        raise ExecutorError(f"{where}: blob is neither safetensors nor JSON") from None
-    try:
-        return np.asarray(obj, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise ExecutorError(f"{where}: JSON blob is not a list of numbers") from None
-
-
-def load_array(ref: str, store: Any | None, *, where: str) -> np.ndarray[Any, Any]:
-    """Fetch the array a reference names (digest from ``store``, or ``file:PATH``)."""
-    if ref.startswith("file:"):
-        path = Path(ref[len("file:"):]).expanduser()
-        if not path.is_file():
-            raise ExecutorError(f"{where}: file {str(path)!r} does not exist")
-        if path.suffix == ".npy":
-            return np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
-        return _array_from_bytes(path.read_bytes(), where)
-    if store is None:
-        raise ExecutorError(f"{where}: {ref} names a blob but no artifact store is configured")
-    try:
-        data = store.get(ref)  # verifies the digest
-    except ArtifactStoreError as exc:
-        raise ExecutorError(f"{where}: cannot read {ref} from the artifact store: {exc}") from exc
-    return _array_from_bytes(data, where)
+from vauban_trace.executors._interventions import (
+    NAMES,
+    format_intervention,
+    load_array,
+    parse_intervention,
+    random_seed,
+)
+from vauban_trace.executors.torch._layers import LayerMap, hidden_of, replace_hidden
 
 
 @dataclass
@@ -245,7 +109,7 @@ def resolve(
     if text.startswith("random:"):
         if width is None:
             raise ExecutorError(f"{where}: random directions need the model width (config has none)")
-        gen = torch.Generator(device="cpu").manual_seed(int(text[len("random:"):]))
+        gen = torch.Generator(device="cpu").manual_seed(random_seed(text, where))
         vec = torch.randn(width, generator=gen, dtype=torch.float32)
     else:
         vec = torch.from_numpy(load_array(text, store, where=where).copy())

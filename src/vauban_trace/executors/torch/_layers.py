@@ -36,8 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-#: Site names, in display order.
-SITES: tuple[str, ...] = ("residual", "attn", "mlp")
+from vauban_trace.executors._interventions import SITES  # site names, in display order
 
 _ATTN_NAMES: tuple[str, ...] = ("self_attn", "attn", "attention", "self_attention")
 _MLP_NAMES: tuple[str, ...] = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
