@@ -16,54 +16,46 @@
 #define CRB_READONLY READONLY
 #endif
 
-int crb_nkeys;
-CrbSlot crb_htab[HSIZE];
-/* the interned names, back to back: the comparisons of a lookup stay within a few cache lines */
-static uint8_t key_arena[1 << 15];
-static size_t key_arena_used;
 CrbConfig crb_cfg;
 
-/* The key lookup runs once per attribute of every span and event: it reads at most three words
- * of the name instead of hashing every byte. Names of the vocabulary share long prefixes
- * ("vauban.usl.") and suffixes (".provenance") but differ in length or in the first, middle or
- * last 8 bytes; names that agree on all of these only share a probe chain (the comparison below
- * settles it). */
-static inline uint64_t ld8(const uint8_t *p) {
-    uint64_t w;
-    memcpy(&w, p, 8);
-    return w;
+#define ld8 crb_ld8
+#define small_word crb_small_word
+#define hbits crb_name_bits
+
+/* The interned names: an open-addressing table of cache-line slots, each holding the full hash,
+ * the id and the name itself (names longer than a slot holds live in key_arena), so that a
+ * lookup touches one line of the table (the table is larger than L1 would like otherwise: the
+ * input, the attribute array and the output of a trace compete for it). configure interns into
+ * the whole table, then packs it into the smallest power of two at most half full. */
+#define SLOT_NAME 48
+typedef struct {
+    uint32_t h;  /* full hash of the name */
+    int32_t id;  /* -1: empty */
+    uint64_t n;
+    union { /* at offset 16: a slot is 64 bytes */
+        uint8_t name[SLOT_NAME]; /* n <= SLOT_NAME */
+        const uint8_t *p;        /* longer: the name in key_arena */
+    } u;
+} Slot;
+
+#define MAXBITS 10 /* 2 * MAXKEYS slots */
+static _Alignas(64) Slot table[1 << MAXBITS];
+_Static_assert(sizeof(Slot) == 64, "a slot is one cache line");
+static int crb_name_bits = MAXBITS;
+static int nkeys;
+static uint8_t key_arena[1 << 15];
+static size_t key_arena_used;
+
+void crb_names_reset(void) {
+    for (int i = 0; i < (1 << MAXBITS); i++) table[i].id = -1;
+    hbits = MAXBITS;
+    nkeys = 0;
+    key_arena_used = 0;
 }
 
-static inline uint64_t ld4(const uint8_t *p) {
-    uint32_t w;
-    memcpy(&w, p, 4);
-    return w;
-}
+static inline const uint8_t *slot_name(const Slot *s) { return s->n <= SLOT_NAME ? s->u.name : s->u.p; }
 
-/* names shorter than 8 bytes as one word: every byte is in it (so equal words and lengths mean
- * equal names) */
-static inline uint64_t small_word(const uint8_t *p, Py_ssize_t n) {
-    if (n >= 4) return ld4(p) | (ld4(p + n - 4) << 32);
-    if (n > 0) return (uint64_t)p[0] | ((uint64_t)p[n >> 1] << 8) | ((uint64_t)p[n - 1] << 16);
-    return 0;
-}
-
-static inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-
-/* one multiply on the XOR of the (rotated) words: the top bits of the product depend on every
- * input bit, so both the stored hash and the slot index are taken from the top */
-static inline uint32_t hash_bytes(const uint8_t *p, Py_ssize_t n) {
-    uint64_t x = (uint64_t)n * 0x9e3779b97f4a7c15ull;
-    if (n < 8) {
-        x ^= small_word(p, n);
-    } else {
-        x ^= ld8(p) ^ rotl(ld8(p + n - 8), 29);
-        if (n > 16) x ^= rotl(ld8(p + (n >> 1) - 4), 47);
-    }
-    return (uint32_t)((x * 0xff51afd7ed558ccdull) >> 32);
-}
-
-#define SLOT_OF(h) ((h) >> (32 - HBITS))
+#define SLOT_OF(h) ((h) >> (32 - hbits))
 
 /* equal names, of the same length n: a fixed set of (overlapping) word loads per length class
  * that covers every byte, OR-ed together, so that the only branch is the class */
@@ -80,16 +72,41 @@ static inline int same_name(const uint8_t *x, const uint8_t *y, Py_ssize_t n) {
     return d == 0;
 }
 
-int crb_lookup_key(const uint8_t *p, Py_ssize_t n) {
-    uint32_t h = hash_bytes(p, n), i = SLOT_OF(h);
-    /* a slot holds the full hash, the length and the bytes' address of its name: other names
-     * in the probe chain are passed over without touching their bytes */
+int crb_lookup_hashed(const uint8_t *p, Py_ssize_t n, uint32_t h) {
+    uint32_t i = SLOT_OF(h), mask = (1u << hbits) - 1;
     for (;;) {
-        const CrbSlot *s = &crb_htab[i];
+        const Slot *s = &table[i];
         if (s->id < 0) return -1;
-        if (s->h == h && s->n == n && same_name(s->p, p, n)) return s->id;
-        i = (i + 1) & (HSIZE - 1);
+        if (s->h == h && s->n == (uint64_t)n && same_name(slot_name(s), p, n)) return s->id;
+        i = (i + 1) & mask;
     }
+}
+
+int crb_lookup_key(const uint8_t *p, Py_ssize_t n) { return crb_lookup_hashed(p, n, crb_key_hash(p, n)); }
+
+static void slot_insert(const Slot *from) {
+    uint32_t i = SLOT_OF(from->h), mask = (1u << hbits) - 1;
+    while (table[i].id >= 0) i = (i + 1) & mask;
+    table[i] = *from;
+}
+
+/* the table packed into the smallest power of two at least twice the number of names */
+static int pack_names(void) {
+    Slot *all = (Slot *)PyMem_RawMalloc(sizeof(Slot) * (size_t)(nkeys ? nkeys : 1));
+    if (all == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int k = 0;
+    for (int i = 0; i < (1 << hbits); i++)
+        if (table[i].id >= 0) all[k++] = table[i];
+    int bits = 4;
+    while ((1 << bits) < 2 * nkeys) bits++;
+    for (int i = 0; i < (1 << MAXBITS); i++) table[i].id = -1;
+    hbits = bits;
+    for (int i = 0; i < k; i++) slot_insert(&all[i]);
+    PyMem_RawFree(all);
+    return 0;
 }
 
 static Str own_bytes(const char *s, Py_ssize_t n) {
@@ -107,24 +124,29 @@ static Str own_bytes(const char *s, Py_ssize_t n) {
 static int intern_key(const char *s, Py_ssize_t n) {
     int id = crb_lookup_key((const uint8_t *)s, n);
     if (id >= 0) return id;
-    if (crb_nkeys >= MAXKEYS) {
+    if (nkeys >= MAXKEYS || hbits != MAXBITS) {
         PyErr_SetString(PyExc_ValueError, "too many attribute names");
         return -1;
     }
-    if ((size_t)n > sizeof(key_arena) - key_arena_used || n > 0xffff) {
-        PyErr_SetString(PyExc_ValueError, "attribute names too long");
-        return -1;
+    Slot sl;
+    memset(&sl, 0, sizeof(sl));
+    if (n <= SLOT_NAME) {
+        memcpy(sl.u.name, s, (size_t)n);
+    } else {
+        if ((size_t)n > sizeof(key_arena) - key_arena_used) {
+            PyErr_SetString(PyExc_ValueError, "attribute names too long");
+            return -1;
+        }
+        uint8_t *o = key_arena + key_arena_used;
+        memcpy(o, s, (size_t)n);
+        key_arena_used += (size_t)n;
+        sl.u.p = o;
     }
-    uint8_t *o = key_arena + key_arena_used;
-    memcpy(o, s, (size_t)n);
-    key_arena_used += (size_t)n;
-    id = crb_nkeys++;
-    uint32_t h = hash_bytes(o, n), i = SLOT_OF(h);
-    while (crb_htab[i].id >= 0) i = (i + 1) & (HSIZE - 1);
-    crb_htab[i].h = h;
-    crb_htab[i].id = (int16_t)id;
-    crb_htab[i].n = (uint16_t)n;
-    crb_htab[i].p = o;
+    id = nkeys++;
+    sl.h = crb_key_hash((const uint8_t *)s, n);
+    sl.id = id;
+    sl.n = (uint64_t)n;
+    slot_insert(&sl);
     return id;
 }
 static int cfg_str(PyObject *cfg, const char *name, Str *out) {
@@ -311,9 +333,7 @@ PyObject *crb_configure(PyObject *self, PyObject *cfg) {
         return NULL;
     }
     crb_cfg.ready = 0;
-    crb_nkeys = 0;
-    key_arena_used = 0;
-    for (int i = 0; i < HSIZE; i++) crb_htab[i].id = -1;
+    crb_names_reset();
     /* (the small owned vocabulary strings of an earlier configure are leaked: configure runs once) */
     struct {
         const char *name;
@@ -462,7 +482,7 @@ PyObject *crb_configure(PyObject *self, PyObject *cfg) {
     crb_cfg.nmeta_keys = 0;
     for (int i = 0; META_KEYS[i] != NULL; i++)
         crb_cfg.meta_keys[crb_cfg.nmeta_keys++] = own_bytes(META_KEYS[i], strlen(META_KEYS[i]));
-    if (make_fragments() < 0) return NULL;
+    if (make_fragments() < 0 || pack_names() < 0) return NULL;
     PyObject *pj = PyDict_GetItemString(cfg, "parse_json");
     if (pj == NULL || !PyCallable_Check(pj)) {
         PyErr_SetString(PyExc_KeyError, "configure: missing parse_json callable");

@@ -62,7 +62,7 @@ static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_crebuild", "Native acc
                                  methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__crebuild(void) {
-    for (int i = 0; i < HSIZE; i++) crb_htab[i].id = -1;
+    crb_names_reset();
     crb_json_init();
     return PyModule_Create(&mod);
 }

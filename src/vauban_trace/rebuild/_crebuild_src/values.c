@@ -60,7 +60,7 @@ static int put_kvlist_msg(Buf *b, Str m, int depth) {
             Str e;
             Attr tmp;
             TRY(rd_len(&q, qe, &e));
-            TRY(crb_parse_kv(e, &tmp, depth + 1));
+            TRY(crb_parse_kv(e, &tmp, depth + 1, 0));
             TRY(crb_put_key(b, &first, tmp.key));
             TRY(crb_put_attr_value(b, &tmp, depth + 1));
         } else {

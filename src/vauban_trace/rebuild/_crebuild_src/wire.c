@@ -143,7 +143,7 @@ int crb_parse_any(Str m, Attr *a, int depth) {
                     Attr tmp;
                     if (wt2 != 2) return BAIL;
                     TRY(rd_len(&q, qe, &e));
-                    TRY(crb_parse_kv(e, &tmp, depth + 1));
+                    TRY(crb_parse_kv(e, &tmp, depth + 1, 0));
                     for (int i = base; i < crb_g.nscratch; i++)
                         if (str_eq(crb_g.scratch[i], tmp.key)) return BAIL;
                     GROW(crb_g.scratch, crb_g.nscratch, crb_g.capscratch, Str);
@@ -164,9 +164,10 @@ int crb_parse_any(Str m, Attr *a, int depth) {
     return 0;
 }
 
-int crb_parse_kv(Str m, Attr *a, int depth) {
+int crb_parse_kv(Str m, Attr *a, int depth, int intern) {
     const uint8_t *p = m.p, *end = m.p + m.n;
     int seen_key = 0, seen_val = 0;
+    uint32_t h = 0;
     a->key.p = m.p;
     a->key.n = 0;
     a->type = V_NONE;
@@ -178,6 +179,7 @@ int crb_parse_kv(Str m, Attr *a, int depth) {
         if (f == 1) {
             if (wt != 2 || seen_key++) return BAIL;
             TRY(rd_string(&p, end, &a->key));
+            if (intern) h = crb_key_hash(a->key.p, a->key.n);
         } else if (f == 2) {
             Str v;
             if (wt != 2 || seen_val++) return BAIL;
@@ -189,8 +191,8 @@ int crb_parse_kv(Str m, Attr *a, int depth) {
             TRY(crb_skip_field(&p, end, wt));
         }
     }
-    a->kid = -1; /* the interned id: looked up by crb_push_attr only (nested and validated-only
-                  * key-values never need it) */
+    if (intern && !seen_key) h = crb_key_hash(a->key.p, 0);
+    a->kid = intern ? crb_lookup_hashed(a->key.p, a->key.n, h) : -1;
     return 0;
 }
 
@@ -198,8 +200,7 @@ int crb_parse_kv(Str m, Attr *a, int depth) {
 int crb_push_attr(Str m) {
     GROW(crb_g.attrs, crb_g.nattrs, crb_g.capattrs, Attr);
     Attr *a = &crb_g.attrs[crb_g.nattrs];
-    TRY(crb_parse_kv(m, a, 0));
-    a->kid = crb_lookup_key(a->key.p, a->key.n);
+    TRY(crb_parse_kv(m, a, 0, 1));
     crb_g.nattrs++;
     return 0;
 }
@@ -250,7 +251,7 @@ static int validate_msg(Str m, uint32_t kvfield, uint32_t strmask, uint32_t varm
             Attr tmp;
             if (wt != 2) return BAIL;
             TRY(rd_len(&p, end, &s));
-            TRY(crb_parse_kv(s, &tmp, 0));
+            TRY(crb_parse_kv(s, &tmp, 0, 0));
         } else if (f < 32 && (strmask & (1u << f))) {
             Str s;
             if (wt != 2 || (seen & (1u << f))) return BAIL;
