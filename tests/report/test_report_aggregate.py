@@ -5,6 +5,7 @@ handful of prompts, baseline against a steered run (steer at layer 1) and agains
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -204,3 +205,17 @@ def test_pairs_given_as_tuples_and_bad_arguments(run: dict[str, Any]) -> None:
         aggregate_report([(base[0], steer[0])], seed=-1)
     with pytest.raises(ReportError, match=r"pairs\[0\]"):
         aggregate_report([base[0]])
+
+
+def test_markdown_of_a_capped_set(run: dict[str, Any]) -> None:
+    agg = aggregate_report(pair_traces([*run["base"], run["extra"]], run["ft"]), [
+        Claim("the fine-tune moves layer 1", "activation_diagnostic", ("activation[1]",))], blobs=run["blobs"])
+    md = agg.render_markdown()
+    assert md.startswith("# Aggregate evidence report\n") and "- access level: **logprobs**" in md
+    assert f"- baseline `{run['extra'].id}`: no candidate trace has this input" in md
+    assert "- narrowed by pair 3 (logprobs); lacks activation_diagnostic" in md
+    kl = agg.measure("logits", "kl_max").distribution
+    assert kl is not None and f"| logits (prefill#0) | kl_max | 4 | {kl.mean:.4g} | {kl.median:.4g} |" in md
+    assert "- activation[1] (observe#0) cosine_mean: not computed in pair(s) 3: recorded only in the baseline" in md
+    assert "- **rejected** [activation_diagnostic] the fine-tune moves layer 1" in md
+    assert not re.search(r"\b(nan|inf)\b", md, re.IGNORECASE)

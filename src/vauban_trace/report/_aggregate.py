@@ -13,6 +13,7 @@
     agg.counter("prefill", "duration_s").groups                      # one group per provenance pair
     [(c.claim.statement, c.accepted, c.problems) for c in agg.claims]
     agg.to_dict()                                                    # JSON-ready, no NaN
+    agg.render_markdown()                                            # tables for a written report
 
 ``pairs`` is a :class:`Pairing` (its unpaired traces are carried into the report), a sequence of
 :class:`TracePair`, or a sequence of ``(baseline, candidate)`` Trace tuples (paired as given; a
@@ -123,6 +124,12 @@ class AggregateReport:
             if (c.stage, c.counter, c.position) == (stage, counter, position):
                 return c
         raise KeyError((stage, position, counter))
+
+    def render_markdown(self) -> str:
+        """Pairs, evidence of the set, measure and counter tables, claims (``_aggregate_md``)."""
+        from vauban_trace.report._aggregate_md import render_markdown
+
+        return render_markdown(self)
 
     def to_dict(self) -> dict[str, Any]:
         return {
