@@ -173,8 +173,8 @@ static inline int buf_reserve(Buf *b, size_t extra) {
     return 0;
 }
 
-/* memcpy for the short pieces of the output (names, words, numbers): up to 16 bytes as two
- * overlapping loads and stores, inline; longer ones through memcpy */
+/* memcpy for the short pieces of the output (names, words, numbers): up to 32 bytes as
+ * overlapping 8-byte loads and stores, inline; longer ones through memcpy */
 static inline void crb_copy(char *dst, const void *src, size_t n) {
     const uint8_t *s = (const uint8_t *)src;
     if (n >= 8 && n <= 16) {
@@ -182,6 +182,16 @@ static inline void crb_copy(char *dst, const void *src, size_t n) {
         memcpy(&a, s, 8);
         memcpy(&z, s + n - 8, 8);
         memcpy(dst, &a, 8);
+        memcpy(dst + n - 8, &z, 8);
+    } else if (n > 16 && n <= 32) {
+        uint64_t a, b, y, z;
+        memcpy(&a, s, 8);
+        memcpy(&b, s + 8, 8);
+        memcpy(&y, s + n - 16, 8);
+        memcpy(&z, s + n - 8, 8);
+        memcpy(dst, &a, 8);
+        memcpy(dst + 8, &b, 8);
+        memcpy(dst + n - 16, &y, 8);
         memcpy(dst + n - 8, &z, 8);
     } else if (n >= 4 && n < 8) {
         uint32_t a, z;

@@ -14,8 +14,8 @@ static char DIGITS2[200];
 static char HEX2[512];
 
 int crb_put_u64(Buf *b, uint64_t v) {
-    char tmp[24];
-    int i = 24;
+    char tmp[40]; /* 20 digits at most; the rest keeps -Warray-bounds quiet about crb_copy's branches */
+    int i = 40;
     while (v >= 100) {
         unsigned r = (unsigned)(v % 100);
         v /= 100;
@@ -28,7 +28,7 @@ int crb_put_u64(Buf *b, uint64_t v) {
     } else {
         tmp[--i] = (char)('0' + v);
     }
-    return put(b, tmp + i, (size_t)(24 - i));
+    return put(b, tmp + i, (size_t)(40 - i));
 }
 
 int crb_put_i64(Buf *b, int64_t v) {
@@ -111,7 +111,7 @@ static int short_repr(double x, char *out) { return 0; }
 
 int crb_put_double(Buf *b, double x) {
     if (!isfinite(x)) return BAIL;
-    char fast[32];
+    char fast[48]; /* 32 needed (see short_repr) */
     int n = short_repr(x, fast);
     if (n > 0) return put(b, fast, (size_t)n);
     if (x == 0) return signbit(x) ? PUTS(b, "-0.0") : PUTS(b, "0.0");

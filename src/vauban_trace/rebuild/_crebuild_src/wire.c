@@ -73,6 +73,34 @@ int crb_parse_any(Str m, Attr *a, int depth) {
     const uint8_t *p = m.p, *end = m.p + m.n;
     int set = 0;
     a->type = V_NONE;
+    /* the common case first: one string, int or double field that fills the message (anything
+     * else, or a malformed one, is left to the loop below, which decides it the same way) */
+    if (m.n >= 2) {
+        const uint8_t *q = p + 1;
+        if (p[0] == 0x0a) { /* field 1, length-delimited */
+            Str s;
+            if (rd_len(&q, end, &s) == 0 && q == end) {
+                TRY(valid_utf8(s));
+                a->type = V_STR;
+                a->s = s;
+                return 0;
+            }
+        } else if (p[0] == 0x18) { /* field 3, varint */
+            uint64_t v;
+            if (rd_varint(&q, end, &v) == 0 && q == end) {
+                a->type = V_INT;
+                a->i = (int64_t)v;
+                return 0;
+            }
+        } else if (p[0] == 0x21 && m.n == 9) { /* field 4, fixed64 */
+            uint64_t v;
+            TRY(rd_fixed64(&q, end, &v));
+            memcpy(&a->d, &v, 8);
+            if (!isfinite(a->d)) return BAIL;
+            a->type = V_DBL;
+            return 0;
+        }
+    }
     while (p < end) {
         uint32_t f;
         int wt;
@@ -172,6 +200,21 @@ int crb_parse_kv(Str m, Attr *a, int depth, int intern) {
     a->key.n = 0;
     a->type = V_NONE;
     a->used = a->merged = 0;
+    /* the common case first: key (field 1) then value (field 2), nothing else */
+    if (m.n >= 4 && p[0] == 0x0a) {
+        const uint8_t *q = p + 1;
+        Str k, v;
+        if (rd_len(&q, end, &k) == 0 && q < end && *q == 0x12) {
+            q++;
+            if (rd_len(&q, end, &v) == 0 && q == end) {
+                TRY(valid_utf8(k));
+                a->key = k;
+                TRY(crb_parse_any(v, a, depth + 1));
+                a->kid = intern ? crb_lookup_hashed(k.p, k.n, crb_key_hash(k.p, k.n)) : -1;
+                return 0;
+            }
+        }
+    }
     while (p < end) {
         uint32_t f;
         int wt;
