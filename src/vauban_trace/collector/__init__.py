@@ -21,6 +21,8 @@ What it does, module by module:
   is read from the store, so it survives restarts;
 - ``_metrics`` Prometheus metrics (``vauban_collector_*`` and per-stage ``vauban_stage_*``
   histograms) in a private registry;
+- ``_sweeps`` the sweep profiler: re-profiles the sweeps whose traces were rebuilt, from the store,
+  and exports their USL fits (or refusals) as ``vauban_sweep_*`` gauges;
 - ``_codec`` body inflation with a hard cap (a gzip bomb never inflates past the limit), decoding
   (JSON goes through :func:`vauban_trace.rebuild.traces_data_from_json`), id validation, replies.
 """

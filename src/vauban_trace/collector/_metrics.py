@@ -21,6 +21,22 @@ name                                                    type       labels
                                                                    out), sweep_axis, sweep_value
 ``vauban_stage_sync_points``                            histogram  stage, model, sweep_axis,
                                                                    sweep_value
+``vauban_sweep_fit_status``                             gauge      sweep_id, axis, stage, model,
+                                                                   status (fitted, refused), reason,
+                                                                   caveat
+``vauban_sweep_usl_parameter``                          gauge      sweep_id, axis, stage, model,
+                                                                   parameter (lambda, sigma, kappa),
+                                                                   bound (estimate, low, high)
+``vauban_sweep_usl_peak``                               gauge      sweep_id, axis, stage, model
+``vauban_sweep_usl_r_squared``                          gauge      sweep_id, axis, stage, model
+``vauban_sweep_usl_predicted``                          gauge      sweep_id, axis, stage, model,
+                                                                   sweep_value
+``vauban_sweep_observed``                               gauge      sweep_id, axis, stage, model,
+                                                                   sweep_value, quantity
+                                                                   (median_duration_s, throughput)
+``vauban_sweep_points``                                 gauge      sweep_id, axis, stage, model,
+                                                                   quantity (values, traces,
+                                                                   min_repeats)
 ======================================================  =========  ==================================
 
 Stage histograms are observed from rebuilt traces, once per span (a trace rebuilt again after a
@@ -29,6 +45,11 @@ late span only adds the spans not seen before). ``model`` is the root span's
 ``vauban.sweep.axis`` / ``vauban.sweep.axis_value`` ("" when absent). Byte counters are observed
 when the stage carries a value; ``sync_points`` only when its provenance is ``measured`` or
 ``derived``. An unavailable counter is never observed (not as 0, not at all).
+
+The ``vauban_sweep_*`` gauges are not owned by this class: the sweep profiler
+(:class:`~vauban_trace.collector._sweeps.SweepProfiler`, registered in this registry by the
+service unless ``--sweep-profile-interval 0``) exports the USL fits of the sweeps the collector
+stores; a refused fit exports its status and reason and no parameter, peak, R² or prediction.
 """
 
 from __future__ import annotations
