@@ -324,6 +324,18 @@ static int make_fragments(void) {
         fragments(c->kinds.w, c->kinds.n, 0, c->kinds_json) < 0 || fragments(c->levels.w, c->levels.n, 0, c->levels_json) < 0 ||
         fragments(c->reasons.w, c->reasons.n, 0, c->reasons_json) < 0 || fragment(c->unsupported, 0, &c->unsupported_json) < 0)
         return -1;
+    Buf runs = {NULL, 0, 0};
+    for (int i = 0; i < c->nprofile_fields; i++) {
+        c->null_off[i] = runs.n;
+        int code = c->profile_field[i];
+        if (code >= 0 && (PUTS(&runs, ", ") || put_str(&runs, c->cnt_key[code]) || PUTS(&runs, "null"))) {
+            PyMem_RawFree(runs.p);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    c->null_off[c->nprofile_fields] = runs.n;
+    c->null_runs = runs.p; /* (an earlier configure's is leaked, like the fragments) */
     return 0;
 }
 

@@ -106,6 +106,11 @@ typedef struct {
     Str cnt_key[MAXLIST], prov_json[MAXLIST], status_json[3], cap_key[MAXLIST], sum_json_key[MAXLIST],
         pm_key[MAXLIST], sweep_key[MAXLIST], kinds_json[MAXLIST], levels_json[MAXLIST], reasons_json[MAXLIST],
         unsupported_json;
+    /* `, "<counter>": null` for every counter field of StageProfile, in field order (non-counter
+     * fields add nothing): a run of counters without a value is one copy, from null_off[i] to
+     * null_off[j] */
+    char *null_runs;
+    size_t null_off[MAXLIST + 1];
     PyObject *parse_json; /* parse_json_attr: str -> (value, error | None) */
     PyTypeObject *stage_cls; /* StageObservation (slots dataclass), or NULL: plain tuples */
     PyObject *stage_slots[8];

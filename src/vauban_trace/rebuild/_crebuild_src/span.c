@@ -230,10 +230,23 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
                 if (put_frag(b, &f2, crb_cfg.pm_key[j]) || crb_put_attr_value(b, pm[j], 0)) goto bad_profile;
             }
             if (PUTS(b, "}")) goto bad_profile;
+        } else if (!val[code].has) {
+            /* this counter and the ones right after it without a value: one copy of their text */
+            int j = i + 1;
+            while (j < crb_cfg.nprofile_fields && crb_cfg.profile_field[j] >= 0 && !val[crb_cfg.profile_field[j]].has) j++;
+            const char *t = crb_cfg.null_runs + crb_cfg.null_off[i];
+            size_t len = crb_cfg.null_off[j] - crb_cfg.null_off[i];
+            if (pf) { /* (never: the name comes first) no ", " before the first member */
+                t += 2;
+                len -= 2;
+                pf = 0;
+            }
+            if (put(b, t, len)) goto bad_profile;
+            i = j - 1;
         } else {
             CVal *v = &val[code];
             if (put_frag(b, &pf, crb_cfg.cnt_key[code])) goto bad_profile;
-            if (!v->has ? PUTS(b, "null") : v->is_int ? crb_put_i64(b, v->i) : crb_put_double(b, v->d)) goto bad_profile;
+            if (v->is_int ? crb_put_i64(b, v->i) : crb_put_double(b, v->d)) goto bad_profile;
         }
     }
     if (PUTS(b, "}") || put_keyc(b, &first, "input_artifact_ids") || PUTS(b, "[")) goto bad_profile;
