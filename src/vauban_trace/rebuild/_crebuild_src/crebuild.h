@@ -238,7 +238,14 @@ static inline int put_str(Buf *b, Str f) { return put(b, (const char *)f.p, (siz
 #define PUTS(b, lit) put((b), (lit), sizeof(lit) - 1)
 
 /* a literal key of these files (plain ASCII: written without escaping) */
-static inline int put_keyc(Buf *b, int *first, const char *k) {
+#if defined(__GNUC__)
+#define CRB_INLINE __attribute__((always_inline)) inline
+#else
+#define CRB_INLINE inline
+#endif
+
+/* (always inlined: the strlen of a literal is then folded) */
+static CRB_INLINE int put_keyc(Buf *b, int *first, const char *k) {
     size_t n = strlen(k); /* a constant: folded by the compiler after inlining */
     TRY(buf_reserve(b, n + 6));
     char *w = b->p + b->n;

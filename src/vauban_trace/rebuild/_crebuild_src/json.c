@@ -13,20 +13,35 @@ static char DIGITS2[200];
 /* each byte as its two lowercase hex digits */
 static char HEX2[512];
 
+/* exactly 8 digits of v < 10^8 at w, two at a time in 32-bit arithmetic */
+static inline void put8(char *w, uint32_t v) {
+    for (int i = 6; i >= 0; i -= 2) {
+        memcpy(w + i, DIGITS2 + 2 * (v % 100), 2);
+        v /= 100;
+    }
+}
+
 int crb_put_u64(Buf *b, uint64_t v) {
     char tmp[40]; /* 20 digits at most; the rest keeps -Warray-bounds quiet about crb_copy's branches */
     int i = 40;
-    while (v >= 100) {
-        unsigned r = (unsigned)(v % 100);
-        v /= 100;
+    /* 8-digit chunks from the right (timestamps have 19 digits): independent 32-bit work */
+    while (v >= 100000000u) {
+        uint64_t q = v / 100000000u;
+        i -= 8;
+        put8(tmp + i, (uint32_t)(v - q * 100000000u));
+        v = q;
+    }
+    uint32_t r = (uint32_t)v;
+    while (r >= 100) {
+        i -= 2;
+        memcpy(tmp + i, DIGITS2 + 2 * (r % 100), 2);
+        r /= 100;
+    }
+    if (r >= 10) {
         i -= 2;
         memcpy(tmp + i, DIGITS2 + 2 * r, 2);
-    }
-    if (v >= 10) {
-        i -= 2;
-        memcpy(tmp + i, DIGITS2 + 2 * v, 2);
     } else {
-        tmp[--i] = (char)('0' + v);
+        tmp[--i] = (char)('0' + r);
     }
     return put(b, tmp + i, (size_t)(40 - i));
 }

@@ -186,8 +186,8 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
             nother++;
         }
     }
-    qsort(arts, (size_t)na, sizeof(EvRef), cmp_evref);
-    qsort(miss, (size_t)nm, sizeof(EvRef), cmp_evref);
+    if (na > 1) qsort(arts, (size_t)na, sizeof(EvRef), cmp_evref);
+    if (nm > 1) qsort(miss, (size_t)nm, sizeof(EvRef), cmp_evref);
     /* metadata keys the rebuild assigns after the attributes must not collide */
     if ((is_root && o->has_remote && crb_has_key(span_meta, ix, crb_cfg.k_remote_parent, "remote_parent_id")) ||
         (nother && crb_has_key(span_meta, ix, crb_cfg.k_events, "events")))
