@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 from collector_helpers import wait_for
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -24,7 +25,10 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from test_collector_prometheus import _query, prometheus  # noqa: F401 - the real-Prometheus fixture
 
 import vauban_trace as vt
-from vauban_trace.collector import Collector
+from vauban_trace._exceptions import ConfigurationError
+from vauban_trace.cli import build_parser, main
+from vauban_trace.cli._collector import build_config
+from vauban_trace.collector import Collector, CollectorConfig
 from vauban_trace.collector._sweeps import SweepProfiler
 from vauban_trace.contract import Trace
 from vauban_trace.rebuild import document_of
@@ -182,6 +186,12 @@ def test_sweeps_tracked_are_capped_and_evicted_series_removed(make_collector: An
     assert ids == {"s1", "s2"}
     # at most max_traces traces per sweep: the two noted last (here, the two highest trace ids)
     assert sum(len(v) for v in profiler.profiles()["s2"].trace_ids.values()) == 2
+    # a noted trace the store does not hold is skipped, not raised; documents without a sweep
+    # axis (or without a root yet) are not even noted
+    profiler.note([document_of(Trace(id="ab" * 16), (MODEL, "batch_size", 1)),
+                   document_of(Trace(id="cd" * 16), (MODEL, None, None)),
+                   document_of(Trace(id="ef" * 16, complete=False), None)])
+    assert profiler.run_once() == 0 and set(profiler.profiles()) == {"s1", "s2"}
 
 
 def test_fit_series_through_a_real_prometheus(make_collector: Any, prometheus: Any) -> None:  # noqa: F811
@@ -202,3 +212,15 @@ def test_fit_series_through_a_real_prometheus(make_collector: Any, prometheus: A
     assert [r["metric"]["status"] for r in refused] == ["refused"]
     assert refused[0]["metric"]["reason"] == short.fits["forward"].reason
     assert _query(url, 'vauban_sweep_usl_parameter{sweep_id="short-sweep"}') == []
+
+
+def test_sweep_profile_interval_flag(tmp_path: Any, capsys: Any) -> None:
+    assert build_config(build_parser().parse_args(["collector"])).sweep_profile_interval_s == 10.0
+    args = build_parser().parse_args(["collector", "--sweep-profile-interval", "0"])
+    assert build_config(args).sweep_profile_interval_s == 0.0
+    args = build_parser().parse_args(["collector", "--sweep-profile-interval", "500ms"])
+    assert build_config(args).sweep_profile_interval_s == 0.5
+    with pytest.raises(ConfigurationError, match="sweep profile interval"):
+        CollectorConfig(sweep_profile_interval_s=-1.0)
+    assert main(["collector", "--store", str(tmp_path), "--sweep-profile-interval", "often"]) == 2
+    assert "invalid duration 'often'" in capsys.readouterr().err
