@@ -19,7 +19,7 @@ setup(
             "vauban_trace.rebuild._crebuild",
             sources=[
                 f"src/vauban_trace/rebuild/_crebuild_src/{name}.c"
-                for name in ("module", "config", "json", "wire", "values", "records", "span", "trace")
+                for name in ("module", "config", "names", "json", "wire", "otlp", "values", "records", "span", "trace")
             ],
             depends=["src/vauban_trace/rebuild/_crebuild_src/crebuild.h"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],

@@ -1,9 +1,9 @@
 /* _crebuild: the vocabulary from configure(cfg).
  *
- * The interned attribute-name table (open addressing, names in one arena) that the wire reader
- * looks names up in, and configure(), which fills crb_cfg from the dict that _documents.py builds
- * out of vauban_trace.semconv and vauban_trace.contract, checking the contract's record field
- * tuples against the ones this accelerator writes.
+ * configure(), which fills crb_cfg from the dict that _documents.py builds out of
+ * vauban_trace.semconv and vauban_trace.contract (interning the attribute names in names.c's
+ * table), checks the contract's record field tuples against the ones this accelerator writes,
+ * and prepares the JSON fragments of the vocabulary.
  */
 #include "crebuild.h"
 
@@ -18,97 +18,6 @@
 
 CrbConfig crb_cfg;
 
-#define ld8 crb_ld8
-#define small_word crb_small_word
-#define hbits crb_name_bits
-
-/* The interned names: an open-addressing table of cache-line slots, each holding the full hash,
- * the id and the name itself (names longer than a slot holds live in key_arena), so that a
- * lookup touches one line of the table (the table is larger than L1 would like otherwise: the
- * input, the attribute array and the output of a trace compete for it). configure interns into
- * the whole table, then packs it into the smallest power of two at most half full. */
-#define SLOT_NAME 48
-typedef struct {
-    uint32_t h;  /* full hash of the name */
-    int32_t id;  /* -1: empty */
-    uint64_t n;
-    union { /* at offset 16: a slot is 64 bytes */
-        uint8_t name[SLOT_NAME]; /* n <= SLOT_NAME */
-        const uint8_t *p;        /* longer: the name in key_arena */
-    } u;
-} Slot;
-
-#define MAXBITS 10 /* 2 * MAXKEYS slots */
-static _Alignas(64) Slot table[1 << MAXBITS];
-_Static_assert(sizeof(Slot) == 64, "a slot is one cache line");
-static int crb_name_bits = MAXBITS;
-static int nkeys;
-static uint8_t key_arena[1 << 15];
-static size_t key_arena_used;
-
-void crb_names_reset(void) {
-    for (int i = 0; i < (1 << MAXBITS); i++) table[i].id = -1;
-    hbits = MAXBITS;
-    nkeys = 0;
-    key_arena_used = 0;
-}
-
-static inline const uint8_t *slot_name(const Slot *s) { return s->n <= SLOT_NAME ? s->u.name : s->u.p; }
-
-#define SLOT_OF(h) ((h) >> (32 - hbits))
-
-/* equal names, of the same length n: a fixed set of (overlapping) word loads per length class
- * that covers every byte, OR-ed together, so that the only branch is the class */
-static inline int same_name(const uint8_t *x, const uint8_t *y, Py_ssize_t n) {
-    if (n < 8) return small_word(x, n) == small_word(y, n);
-    uint64_t d = (ld8(x) ^ ld8(y)) | (ld8(x + n - 8) ^ ld8(y + n - 8));
-    if (n <= 16) return d == 0;
-    d |= (ld8(x + 8) ^ ld8(y + 8)) | (ld8(x + n - 16) ^ ld8(y + n - 16));
-    if (n <= 32) return d == 0;
-    d |= (ld8(x + 16) ^ ld8(y + 16)) | (ld8(x + 24) ^ ld8(y + 24)) | (ld8(x + n - 32) ^ ld8(y + n - 32)) |
-         (ld8(x + n - 24) ^ ld8(y + n - 24));
-    if (n <= 64) return d == 0;
-    for (Py_ssize_t i = 32; d == 0 && i < n - 32; i += 8) d |= ld8(x + i) ^ ld8(y + i);
-    return d == 0;
-}
-
-int crb_lookup_hashed(const uint8_t *p, Py_ssize_t n, uint32_t h) {
-    uint32_t i = SLOT_OF(h), mask = (1u << hbits) - 1;
-    for (;;) {
-        const Slot *s = &table[i];
-        if (s->id < 0) return -1;
-        if (s->h == h && s->n == (uint64_t)n && same_name(slot_name(s), p, n)) return s->id;
-        i = (i + 1) & mask;
-    }
-}
-
-int crb_lookup_key(const uint8_t *p, Py_ssize_t n) { return crb_lookup_hashed(p, n, crb_key_hash(p, n)); }
-
-static void slot_insert(const Slot *from) {
-    uint32_t i = SLOT_OF(from->h), mask = (1u << hbits) - 1;
-    while (table[i].id >= 0) i = (i + 1) & mask;
-    table[i] = *from;
-}
-
-/* the table packed into the smallest power of two at least twice the number of names */
-static int pack_names(void) {
-    Slot *all = (Slot *)PyMem_RawMalloc(sizeof(Slot) * (size_t)(nkeys ? nkeys : 1));
-    if (all == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    int k = 0;
-    for (int i = 0; i < (1 << hbits); i++)
-        if (table[i].id >= 0) all[k++] = table[i];
-    int bits = 4;
-    while ((1 << bits) < 2 * nkeys) bits++;
-    for (int i = 0; i < (1 << MAXBITS); i++) table[i].id = -1;
-    hbits = bits;
-    for (int i = 0; i < k; i++) slot_insert(&all[i]);
-    PyMem_RawFree(all);
-    return 0;
-}
-
 static Str own_bytes(const char *s, Py_ssize_t n) {
     uint8_t *c = (uint8_t *)PyMem_RawMalloc((size_t)n + 1);
     Str r = {NULL, 0};
@@ -120,35 +29,6 @@ static Str own_bytes(const char *s, Py_ssize_t n) {
     return r;
 }
 
-/* Intern a key; returns its id or -1 (with an exception set). */
-static int intern_key(const char *s, Py_ssize_t n) {
-    int id = crb_lookup_key((const uint8_t *)s, n);
-    if (id >= 0) return id;
-    if (nkeys >= MAXKEYS || hbits != MAXBITS) {
-        PyErr_SetString(PyExc_ValueError, "too many attribute names");
-        return -1;
-    }
-    Slot sl;
-    memset(&sl, 0, sizeof(sl));
-    if (n <= SLOT_NAME) {
-        memcpy(sl.u.name, s, (size_t)n);
-    } else {
-        if ((size_t)n > sizeof(key_arena) - key_arena_used) {
-            PyErr_SetString(PyExc_ValueError, "attribute names too long");
-            return -1;
-        }
-        uint8_t *o = key_arena + key_arena_used;
-        memcpy(o, s, (size_t)n);
-        key_arena_used += (size_t)n;
-        sl.u.p = o;
-    }
-    id = nkeys++;
-    sl.h = crb_key_hash((const uint8_t *)s, n);
-    sl.id = id;
-    sl.n = (uint64_t)n;
-    slot_insert(&sl);
-    return id;
-}
 static int cfg_str(PyObject *cfg, const char *name, Str *out) {
     PyObject *v = PyDict_GetItemString(cfg, name);
     if (v == NULL || !PyUnicode_Check(v)) {
@@ -174,7 +54,7 @@ static int str_key(PyObject *v, int *out) {
     Py_ssize_t n;
     const char *s = PyUnicode_AsUTF8AndSize(v, &n);
     if (s == NULL) return -1;
-    *out = intern_key(s, n);
+    *out = crb_intern_key(s, n);
     return *out < 0 ? -1 : 0;
 }
 
@@ -373,9 +253,9 @@ PyObject *crb_configure(PyObject *self, PyObject *cfg) {
     };
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         if (cfg_key(cfg, keys[i].name, keys[i].slot) < 0) return NULL;
-    if (intern_key("events", 6) < 0) return NULL;
+    if (crb_intern_key("events", 6) < 0) return NULL;
     crb_cfg.k_events = crb_lookup_key((const uint8_t *)"events", 6);
-    crb_cfg.k_remote_parent = intern_key("remote_parent_id", 16);
+    crb_cfg.k_remote_parent = crb_intern_key("remote_parent_id", 16);
     if (crb_cfg.k_remote_parent < 0) return NULL;
     PyObject *labels = cfg_seq(cfg, "label_keys");
     if (labels == NULL || PyTuple_GET_SIZE(labels) != 3) {
@@ -494,7 +374,7 @@ PyObject *crb_configure(PyObject *self, PyObject *cfg) {
     crb_cfg.nmeta_keys = 0;
     for (int i = 0; META_KEYS[i] != NULL; i++)
         crb_cfg.meta_keys[crb_cfg.nmeta_keys++] = own_bytes(META_KEYS[i], strlen(META_KEYS[i]));
-    if (make_fragments() < 0 || pack_names() < 0) return NULL;
+    if (make_fragments() < 0 || crb_names_pack() < 0) return NULL;
     PyObject *pj = PyDict_GetItemString(cfg, "parse_json");
     if (pj == NULL || !PyCallable_Check(pj)) {
         PyErr_SetString(PyExc_KeyError, "configure: missing parse_json callable");

@@ -51,7 +51,7 @@ static inline int str_eq(Str a, Str b) {
 #define MAXKEYS 512
 #define MAXLIST 64
 
-/* empty the interned-name table (module init, and configure before it interns) */
+/* empty the interned-name table (module init, and configure before it interns): names.c */
 void crb_names_reset(void);
 
 typedef struct {
@@ -122,40 +122,10 @@ extern CrbConfig crb_cfg;
 
 /* interned id of an attribute name, -1 if configure did not name it */
 int crb_lookup_key(const uint8_t *p, Py_ssize_t n);
-/* the same with the name's hash (crb_key_hash) already computed */
-int crb_lookup_hashed(const uint8_t *p, Py_ssize_t n, uint32_t h);
-
-static inline uint32_t crb_ld4(const uint8_t *p) {
-    uint32_t w;
-    memcpy(&w, p, 4);
-    return w;
-}
-
-/* names shorter than 8 bytes as one word: every byte is in it (so equal words and lengths mean
- * equal names) */
-static inline uint64_t crb_small_word(const uint8_t *p, Py_ssize_t n) {
-    if (n >= 4) return crb_ld4(p) | ((uint64_t)crb_ld4(p + n - 4) << 32);
-    if (n > 0) return (uint64_t)p[0] | ((uint64_t)p[n >> 1] << 8) | ((uint64_t)p[n - 1] << 16);
-    return 0;
-}
-
-static inline uint64_t crb_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-
-/* The name hash reads at most three words of the name instead of every byte: names of the
- * vocabulary share long prefixes ("vauban.usl.") and suffixes (".provenance") but differ in
- * length or in the first, middle or last 8 bytes (names agreeing on all of these only share a
- * probe chain). One multiply on the XOR of the rotated words: the top bits of the product
- * depend on every input bit, so the stored hash and the slot index are both taken from the top. */
-static inline uint32_t crb_key_hash(const uint8_t *p, Py_ssize_t n) {
-    uint64_t x = (uint64_t)n * 0x9e3779b97f4a7c15ull;
-    if (n < 8) {
-        x ^= crb_small_word(p, n);
-    } else {
-        x ^= crb_ld8(p) ^ crb_rotl(crb_ld8(p + n - 8), 29);
-        if (n > 16) x ^= crb_rotl(crb_ld8(p + (n >> 1) - 4), 47);
-    }
-    return (uint32_t)((x * 0xff51afd7ed558ccdull) >> 32);
-}
+/* intern a name (configure): its id, or -1 with an exception set */
+int crb_intern_key(const char *s, Py_ssize_t n);
+/* after the last crb_intern_key: the table packed to its working size */
+int crb_names_pack(void);
 
 
 PyObject *crb_configure(PyObject *self, PyObject *cfg);
@@ -302,7 +272,7 @@ int crb_put_key(Buf *b, int *first, Str k);
 /* Python value (as json.loads + json_safe made it) -> JSON text, exactly as json.dumps. */
 int crb_put_py(Buf *b, PyObject *v, int depth);
 
-/* ---- protobuf wire reading (wire.c) ---- */
+/* ---- protobuf wire reading (wire.c, otlp.c) ---- */
 
 enum { V_NONE, V_STR, V_BOOL, V_INT, V_DBL, V_ARR, V_KVL };
 
@@ -407,6 +377,8 @@ static inline int rd_fixed64(const uint8_t **pp, const uint8_t *end, uint64_t *o
 }
 
 int crb_skip_field(const uint8_t **pp, const uint8_t *end, int wt);
+/* A length-delimited field holding valid UTF-8. */
+int crb_rd_string(const uint8_t **pp, const uint8_t *end, Str *out);
 /* AnyValue -> a (type + value); validates nested arrays / kvlists fully. */
 int crb_parse_any(Str m, Attr *a, int depth);
 /* KeyValue -> a; with intern set, a->kid is the interned id of the key (else -1) */

@@ -17,10 +17,16 @@
  * exact key order, bailing on every value the Python road would refuse or report.
  *
  * Files (one concern each, shared declarations in crebuild.h): module.c (this: rebuild_one, the
- * method table, PyInit), config.c (configure and the interned attribute names), json.c (JSON
- * text as json.dumps writes it), wire.c (protobuf reading and validation), values.c (attribute
- * indexes and values as JSON), records.c (request, device, capabilities, artifacts, missing),
- * span.c (one span and its profile), trace.c (trace analysis, resource, metadata, assembly).
+ * method table, PyInit), config.c (configure and the vocabulary's JSON fragments), names.c (the
+ * interned attribute names), json.c (JSON text as json.dumps writes it), wire.c (protobuf fields,
+ * KeyValue and AnyValue, UTF-8), otlp.c (the OTLP messages), values.c (attribute indexes and
+ * values as JSON), records.c (request, device, capabilities, artifacts, missing), span.c (one
+ * span and its profile), trace.c (trace analysis, resource, metadata, assembly).
+ *
+ * Speed (bench/bench_rebuild_native.py): the output buffers are kept from one call to the next,
+ * the vocabulary's keys and words are escaped once by configure, attribute names are looked up
+ * in a cache-line table, doubles that are short decimals are written without dtoa (exactly
+ * repr's text), and the Trace JSON is copied once, into the str.
  */
 #include "crebuild.h"
 

@@ -1,9 +1,10 @@
-/* _crebuild: OTLP protobuf wire reading into crb_g (the per-call attribute/event/span arrays).
+/* _crebuild: protobuf wire reading: fields, UTF-8, AnyValue and KeyValue, into crb_g (the
+ * per-call attribute/event/span arrays; the OTLP messages that hold them are read by otlp.c).
  *
- * TracesData -> ResourceSpans -> ScopeSpans -> Span / Event / Status / KeyValue / AnyValue, with
- * the validation the Python road would do: UTF-8 of every string, no bytes values, no non-finite
- * doubles, no repeated keys, no repeated singular fields, no links, no string-index fields. Any
- * of these bails (the caller then runs the Python rebuild).
+ * With the validation the Python road would do: UTF-8 of every string, no bytes values, no
+ * non-finite doubles, no repeated keys, no string-index fields. Any of these bails (the caller
+ * then runs the Python rebuild). The common shapes (a KeyValue of key then value, an AnyValue of
+ * one scalar) take a short road first; anything else goes through the general field loop.
  */
 #include "crebuild.h"
 
@@ -66,6 +67,9 @@ static int rd_string(const uint8_t **pp, const uint8_t *end, Str *out) {
     TRY(rd_len(pp, end, out));
     return valid_utf8(*out);
 }
+
+/* A length-delimited field holding valid UTF-8 (the messages of otlp.c). */
+int crb_rd_string(const uint8_t **pp, const uint8_t *end, Str *out) { return rd_string(pp, end, out); }
 
 /* AnyValue -> a (type + value); validates nested arrays / kvlists fully. */
 int crb_parse_any(Str m, Attr *a, int depth) {
@@ -195,7 +199,6 @@ int crb_parse_any(Str m, Attr *a, int depth) {
 int crb_parse_kv(Str m, Attr *a, int depth, int intern) {
     const uint8_t *p = m.p, *end = m.p + m.n;
     int seen_key = 0, seen_val = 0;
-    uint32_t h = 0;
     a->key.p = m.p;
     a->key.n = 0;
     a->type = V_NONE;
@@ -210,7 +213,7 @@ int crb_parse_kv(Str m, Attr *a, int depth, int intern) {
                 TRY(valid_utf8(k));
                 a->key = k;
                 TRY(crb_parse_any(v, a, depth + 1));
-                a->kid = intern ? crb_lookup_hashed(k.p, k.n, crb_key_hash(k.p, k.n)) : -1;
+                a->kid = intern ? crb_lookup_key(k.p, k.n) : -1;
                 return 0;
             }
         }
@@ -222,7 +225,6 @@ int crb_parse_kv(Str m, Attr *a, int depth, int intern) {
         if (f == 1) {
             if (wt != 2 || seen_key++) return BAIL;
             TRY(rd_string(&p, end, &a->key));
-            if (intern) h = crb_key_hash(a->key.p, a->key.n);
         } else if (f == 2) {
             Str v;
             if (wt != 2 || seen_val++) return BAIL;
@@ -234,8 +236,7 @@ int crb_parse_kv(Str m, Attr *a, int depth, int intern) {
             TRY(crb_skip_field(&p, end, wt));
         }
     }
-    if (intern && !seen_key) h = crb_key_hash(a->key.p, 0);
-    a->kid = intern ? crb_lookup_hashed(a->key.p, a->key.n, h) : -1;
+    a->kid = intern ? crb_lookup_key(a->key.p, a->key.n) : -1;
     return 0;
 }
 
@@ -274,274 +275,6 @@ int crb_unique_keys(int a0, int an) {
         for (int j = a0; j < i; j++) {
             const Attr *y = &crb_g.attrs[j];
             if (y->kid < 0 && str_eq(x->key, y->key)) return BAIL;
-        }
-    }
-    return 0;
-}
-
-/* a message holding KeyValues at field `kvfield`; strings at the fields of the mask
- * `strmask`; varints at `varmask`; anything in `bailmask` makes us bail. */
-static int validate_msg(Str m, uint32_t kvfield, uint32_t strmask, uint32_t varmask, uint32_t bailmask) {
-    const uint8_t *p = m.p, *end = m.p + m.n;
-    uint32_t seen = 0;
-    while (p < end) {
-        uint32_t f;
-        int wt;
-        TRY(rd_tag(&p, end, &f, &wt));
-        if (f < 32 && (bailmask & (1u << f))) return BAIL;
-        if (f == kvfield) {
-            Str s;
-            Attr tmp;
-            if (wt != 2) return BAIL;
-            TRY(rd_len(&p, end, &s));
-            TRY(crb_parse_kv(s, &tmp, 0, 0));
-        } else if (f < 32 && (strmask & (1u << f))) {
-            Str s;
-            if (wt != 2 || (seen & (1u << f))) return BAIL;
-            seen |= 1u << f;
-            TRY(rd_string(&p, end, &s));
-        } else if (f < 32 && (varmask & (1u << f))) {
-            uint64_t v;
-            if (wt != 0 || (seen & (1u << f))) return BAIL;
-            seen |= 1u << f;
-            TRY(rd_varint(&p, end, &v));
-        } else {
-            TRY(crb_skip_field(&p, end, wt));
-        }
-    }
-    return 0;
-}
-
-static int parse_event(Str m) {
-    GROW(crb_g.events, crb_g.nevents, crb_g.capevents, Event);
-    Event *e = &crb_g.events[crb_g.nevents];
-    memset(e, 0, sizeof(*e));
-    e->a0 = crb_g.nattrs;
-    const uint8_t *p = m.p, *end = m.p + m.n;
-    uint32_t seen = 0;
-    while (p < end) {
-        uint32_t f;
-        int wt;
-        TRY(rd_tag(&p, end, &f, &wt));
-        Str s;
-        uint64_t v;
-        switch (f) {
-        case 1:
-            if (wt != 1 || (seen & 2)) return BAIL;
-            seen |= 2;
-            TRY(rd_fixed64(&p, end, &v));
-            crb_g.events[crb_g.nevents].time = v;
-            break;
-        case 2:
-            if (wt != 2 || (seen & 4)) return BAIL;
-            seen |= 4;
-            TRY(rd_string(&p, end, &s));
-            crb_g.events[crb_g.nevents].name = s;
-            break;
-        case 3:
-            if (wt != 2) return BAIL;
-            TRY(rd_len(&p, end, &s));
-            TRY(crb_push_attr(s));
-            break;
-        case 4:
-            if (wt != 0 || (seen & 16)) return BAIL;
-            seen |= 16;
-            TRY(rd_varint(&p, end, &v));
-            break;
-        default: TRY(crb_skip_field(&p, end, wt));
-        }
-    }
-    e = &crb_g.events[crb_g.nevents];
-    e->an = crb_g.nattrs - e->a0;
-    TRY(crb_unique_keys(e->a0, e->an));
-    crb_g.nevents++;
-    return 0;
-}
-
-static int parse_status(Str m, Span *sp) {
-    const uint8_t *p = m.p, *end = m.p + m.n;
-    int seen_msg = 0, seen_code = 0;
-    while (p < end) {
-        uint32_t f;
-        int wt;
-        TRY(rd_tag(&p, end, &f, &wt));
-        if (f == 2) {
-            if (wt != 2 || seen_msg++) return BAIL;
-            TRY(rd_string(&p, end, &sp->status_msg));
-        } else if (f == 3) {
-            uint64_t v;
-            if (wt != 0 || seen_code++) return BAIL;
-            TRY(rd_varint(&p, end, &v));
-            if (v > 2) return BAIL;
-            sp->status = (int)v;
-        } else {
-            TRY(crb_skip_field(&p, end, wt));
-        }
-    }
-    return 0;
-}
-
-static int parse_span(Str m, Str resource, int seq) {
-    GROW(crb_g.spans, crb_g.nspans, crb_g.capspans, Span);
-    Span sp;
-    memset(&sp, 0, sizeof(sp));
-    sp.resource = resource;
-    sp.seq = seq;
-    sp.a0 = crb_g.nattrs;
-    sp.e0 = crb_g.nevents;
-    const uint8_t *p = m.p, *end = m.p + m.n;
-    uint32_t seen = 0;
-    int attrs_done = 0; /* attributes must be contiguous in crb_g.attrs: events push their own */
-    int in_attrs = 0;
-    (void)in_attrs;
-    /* Two passes: attributes first (contiguous), then events (each pushes its attributes). */
-    while (p < end) {
-        uint32_t f;
-        int wt;
-        TRY(rd_tag(&p, end, &f, &wt));
-        Str s;
-        uint64_t v;
-        if (f <= 16 && f != 9 && f != 11 && f != 13) {
-            if (seen & (1u << f)) return BAIL;
-            seen |= 1u << f;
-        }
-        switch (f) {
-        case 1: if (wt != 2) return BAIL; TRY(rd_len(&p, end, &sp.trace_id)); break;
-        case 2: if (wt != 2) return BAIL; TRY(rd_len(&p, end, &sp.span_id)); break;
-        case 3: if (wt != 2) return BAIL; TRY(rd_string(&p, end, &s)); break;
-        case 4: if (wt != 2) return BAIL; TRY(rd_len(&p, end, &sp.parent)); break;
-        case 5: if (wt != 2) return BAIL; TRY(rd_string(&p, end, &sp.name)); break;
-        case 6: case 10: case 12: case 14:
-            if (wt != 0) return BAIL;
-            TRY(rd_varint(&p, end, &v));
-            break;
-        case 7: if (wt != 1) return BAIL; TRY(rd_fixed64(&p, end, &sp.start)); break;
-        case 8: if (wt != 1) return BAIL; TRY(rd_fixed64(&p, end, &sp.end)); break;
-        case 9:
-            if (wt != 2) return BAIL;
-            TRY(rd_len(&p, end, &s));
-            TRY(crb_push_attr(s));
-            break;
-        case 11:
-            if (wt != 2) return BAIL;
-            TRY(rd_len(&p, end, &s));
-            break; /* second pass */
-        case 13: return BAIL; /* links: rare, ignored by the rebuild; let Python validate them */
-        case 15:
-            if (wt != 2) return BAIL;
-            TRY(rd_len(&p, end, &s));
-            TRY(parse_status(s, &sp));
-            break;
-        case 16:
-            if (wt != 5) return BAIL;
-            TRY(crb_skip_field(&p, end, wt));
-            break;
-        default: TRY(crb_skip_field(&p, end, wt));
-        }
-    }
-    sp.an = crb_g.nattrs - sp.a0;
-    attrs_done = 1;
-    (void)attrs_done;
-    TRY(crb_unique_keys(sp.a0, sp.an));
-    for (int i = sp.a0; i < sp.a0 + sp.an; i++)
-        if (crb_g.attrs[i].kid == crb_cfg.spill_of) crb_g.has_spill = 1;
-    p = m.p;
-    while (p < end) {
-        uint32_t f;
-        int wt;
-        TRY(rd_tag(&p, end, &f, &wt));
-        if (f == 11) {
-            Str s;
-            TRY(rd_len(&p, end, &s));
-            TRY(parse_event(s));
-        } else {
-            TRY(crb_skip_field(&p, end, wt));
-        }
-    }
-    sp.en = crb_g.nevents - sp.e0;
-    crb_g.spans[crb_g.nspans++] = sp;
-    return 0;
-}
-
-static int parse_scope_spans(Str m, Str resource, int *seq) {
-    const uint8_t *p = m.p, *end = m.p + m.n;
-    int seen_scope = 0, seen_url = 0;
-    while (p < end) {
-        uint32_t f;
-        int wt;
-        TRY(rd_tag(&p, end, &f, &wt));
-        Str s;
-        if (f == 1) {
-            if (wt != 2 || seen_scope++) return BAIL;
-            TRY(rd_len(&p, end, &s));
-            TRY(validate_msg(s, 3, (1u << 1) | (1u << 2), 1u << 4, 0));
-        } else if (f == 2) {
-            if (wt != 2) return BAIL;
-            TRY(rd_len(&p, end, &s));
-            TRY(parse_span(s, resource, (*seq)++));
-        } else if (f == 3) {
-            if (wt != 2 || seen_url++) return BAIL;
-            TRY(rd_string(&p, end, &s));
-        } else {
-            TRY(crb_skip_field(&p, end, wt));
-        }
-    }
-    return 0;
-}
-
-static int parse_resource_spans(Str m, int *seq) {
-    const uint8_t *p = m.p, *end = m.p + m.n;
-    Str resource = {m.p, 0};
-    int seen_res = 0, seen_url = 0;
-    while (p < end) { /* pass 1: resource, schema_url */
-        uint32_t f;
-        int wt;
-        TRY(rd_tag(&p, end, &f, &wt));
-        Str s;
-        if (f == 1) {
-            if (wt != 2 || seen_res++) return BAIL;
-            TRY(rd_len(&p, end, &resource));
-            TRY(validate_msg(resource, 1, 0, 1u << 2, 1u << 3)); /* entity_refs: bail */
-        } else if (f == 3) {
-            if (wt != 2 || seen_url++) return BAIL;
-            TRY(rd_string(&p, end, &s));
-        } else if (f == 2) {
-            if (wt != 2) return BAIL;
-            TRY(rd_len(&p, end, &s));
-        } else {
-            TRY(crb_skip_field(&p, end, wt));
-        }
-    }
-    p = m.p;
-    while (p < end) {
-        uint32_t f;
-        int wt;
-        TRY(rd_tag(&p, end, &f, &wt));
-        if (f == 2) {
-            Str s;
-            TRY(rd_len(&p, end, &s));
-            TRY(parse_scope_spans(s, resource, seq));
-        } else {
-            TRY(crb_skip_field(&p, end, wt));
-        }
-    }
-    return 0;
-}
-
-int crb_parse_traces_data(Str m) {
-    const uint8_t *p = m.p, *end = m.p + m.n;
-    int seq = 0;
-    while (p < end) {
-        uint32_t f;
-        int wt;
-        TRY(rd_tag(&p, end, &f, &wt));
-        if (f == 1) {
-            Str s;
-            if (wt != 2) return BAIL;
-            TRY(rd_len(&p, end, &s));
-            TRY(parse_resource_spans(s, &seq));
-        } else {
-            TRY(crb_skip_field(&p, end, wt));
         }
     }
     return 0;
