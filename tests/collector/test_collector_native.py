@@ -3,6 +3,7 @@ index and metrics as the pure-Python paths, and bodies the splitter declines sti
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,11 @@ def test_native_and_python_collectors_store_the_same(tmp_path: Path, monkeypatch
     assert native["raw"] == python["raw"]
     assert native["json"] == python["json"]
     assert native["index"] == python["index"]
-    assert native["metrics"] == python["metrics"] and native["metrics"]
+    # the same series and counts; a histogram's sum adds its values in assembly order, which
+    # depends on how the traces fell into passes: equal up to float rounding, not bit for bit
+    assert [m[:2] for m in native["metrics"]] == [m[:2] for m in python["metrics"]] and native["metrics"]
+    for (name, labels, a), (_, _, b) in zip(native["metrics"], python["metrics"], strict=True):
+        assert math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0), (name, labels, a, b)
     for tid, raw in native["raw"].items():  # and both equal the reference rebuild of the stored spans
         assert native["json"][tid] == rebuild_traces(raw)[0].to_json()
 

@@ -47,6 +47,25 @@ def test_put_documents_stores_the_text_and_the_index(tmp_path: Path) -> None:
         ts.put_documents([(_Doc("nope", "{}", True, None, None, 0, 0, 0), None)])
 
 
+def test_put_documents_without_waiting_for_the_disk(tmp_path: Path) -> None:
+    """durable=False: committed and readable at once, by another connection too; the connection
+    goes back to synchronous=FULL for the next write (the raw spans' durable commits), even after
+    a failed put."""
+    ts = TraceStore(tmp_path)
+    ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
+    (pending,) = ts.pending_traces()
+    trace = _trace(TRACE_A)
+    assert ts.put_documents([(_doc(trace), pending.version)], durable=False) == 1
+    assert ts._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with TraceStore(tmp_path) as other:
+        assert other.get_trace(TRACE_A) == trace and other.pending_traces() == []
+    unbindable = _Doc(TRACE_B, object(), True, None, None, 0, 0, 0)  # type: ignore[arg-type]
+    with pytest.raises(TraceStoreError, match="put_trace"):  # fails inside the transaction
+        ts.put_documents([(unbindable, None)], durable=False)
+    assert ts._conn().execute("PRAGMA synchronous").fetchone()[0] == 2
+    ts.close()
+
+
 def test_on_read_files_are_written_when_asked_and_never_stale(tmp_path: Path) -> None:
     ts = TraceStore(tmp_path, trace_files="on_read")
     first = _trace(TRACE_A)

@@ -192,11 +192,13 @@ class Assembler:
             self._metrics.observe_documents(built)
         except Exception:  # metrics never block assembly
             log.exception("observing stage metrics of %d trace(s) failed", len(built))
-        # the database copy is durable at commit; traces/<id>.json mirrors (trace_files="eager")
-        # are not fsync'd one by one (that would cost three fsyncs per trace) and are rewritten
-        # on the next put
+        # the commit does not wait for the disk (durable=False): the raw spans are durable and
+        # these traces stay pending until it lands, so a commit a power cut undoes is simply
+        # rebuilt after the restart, while a synced commit would hold the store's write lock (and
+        # the receivers' durable writes behind it) for an fsync per pass. traces/<id>.json
+        # mirrors (trace_files="eager") are not fsync'd either and are rewritten on the next put
         self._store.put_documents([(doc, entry.version) for entry, doc in zip(entries, built, strict=True)],
-                                  sync_files=False)
+                                  sync_files=False, durable=False)
         for doc in built:
             self._metrics.traces_rebuilt.labels("complete" if doc.complete else "incomplete").inc()
         if self._on_stored is not None:

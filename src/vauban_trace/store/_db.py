@@ -111,9 +111,15 @@ class TraceStore:
         return conn
 
     @contextlib.contextmanager
-    def _write_tx(self, what: str) -> Iterator[sqlite3.Connection]:
+    def _write_tx(self, what: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the in-process write lock. ``durable=False`` commits
+        without syncing the WAL (``synchronous=NORMAL`` for this commit only): the commit survives
+        a crash of the process, but a power cut before the next synced commit or checkpoint may
+        undo it, whole (the database stays consistent: SQLite's WAL guarantee)."""
         conn = self._conn()
         with self._write_lock:
+            if not durable:
+                conn.execute("PRAGMA synchronous = NORMAL")
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -127,6 +133,9 @@ class TraceStore:
                 if isinstance(exc, sqlite3.Error):
                     raise TraceStoreError(f"{what}: {str(self.db_path)!r}: {exc}") from exc
                 raise
+            finally:
+                if not durable:
+                    conn.execute("PRAGMA synchronous = FULL")
 
     def _read(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         try:
@@ -363,10 +372,17 @@ class TraceStore:
         self.put_documents(docs, sync_files=sync_files)
         return [self.trace_json_path(doc.trace_id) for doc, _version in docs]
 
-    def put_documents(self, items: Iterable[tuple[TraceDocumentLike, int | None]], *, sync_files: bool = True) -> int:
+    def put_documents(
+        self, items: Iterable[tuple[TraceDocumentLike, int | None]], *, sync_files: bool = True, durable: bool = True
+    ) -> int:
         """:meth:`put_traces` for traces already serialised (``rebuild_documents`` gives them):
         the JSON text is stored as is, so it MUST be the trace's ``Trace.to_json()``. Returns how
-        many traces were stored (:meth:`trace_json_path` / :meth:`trace_json_file` give the files)."""
+        many traces were stored (:meth:`trace_json_path` / :meth:`trace_json_file` give the files).
+
+        ``durable=False`` commits without waiting for the disk (see ``_write_tx``): for a caller
+        that can redo the work, like the collector's assembler, whose traces stay pending until
+        this commit lands, so a commit undone by a power cut is rebuilt from the raw spans (which
+        are durable) after the restart. Nothing acknowledged to a client depends on it."""
         prepared = []
         eager = self.trace_files == "eager"
         folder = os.path.join(self.dir, "traces")
@@ -393,7 +409,7 @@ class TraceStore:
             )
             for doc, version, tid, _path in prepared
         ]
-        with self._write_tx("put_trace") as conn:
+        with self._write_tx("put_trace", durable=durable) as conn:
             conn.executemany(_PUT_TRACE, params)
         return len(prepared)
 
