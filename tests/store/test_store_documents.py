@@ -51,7 +51,7 @@ def test_put_documents_without_waiting_for_the_disk(tmp_path: Path) -> None:
     """durable=False: committed and readable at once, by another connection too; the connection
     goes back to synchronous=FULL for the next write (the raw spans' durable commits), even after
     a failed put."""
-    ts = TraceStore(tmp_path)
+    ts = TraceStore(tmp_path, trace_files="on_read")
     ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
     (pending,) = ts.pending_traces()
     trace = _trace(TRACE_A)
