@@ -15,6 +15,24 @@ static int cmp_evref(const void *a, const void *b) {
     return x->ev - y->ev;
 }
 
+/* events by (time, position): insertion sort, since they nearly always come in time order (a
+ * linear pass then); qsort for long lists that do not */
+static void sort_events(EvRef *r, int n) {
+    if (n > 64) {
+        qsort(r, (size_t)n, sizeof(EvRef), cmp_evref);
+        return;
+    }
+    for (int i = 1; i < n; i++) {
+        EvRef x = r[i];
+        int j = i;
+        while (j > 0 && cmp_evref(&r[j - 1], &x) > 0) {
+            r[j] = r[j - 1];
+            j--;
+        }
+        r[j] = x;
+    }
+}
+
 /* _error_text for a span with status error */
 static int put_error(Buf *b, Span *sp) {
     if (sp->status_msg.n > 0) return crb_put_jstr(b, sp->status_msg);
@@ -186,8 +204,8 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
             nother++;
         }
     }
-    if (na > 1) qsort(arts, (size_t)na, sizeof(EvRef), cmp_evref);
-    if (nm > 1) qsort(miss, (size_t)nm, sizeof(EvRef), cmp_evref);
+    sort_events(arts, na);
+    sort_events(miss, nm);
     /* metadata keys the rebuild assigns after the attributes must not collide */
     if ((is_root && o->has_remote && crb_has_key(span_meta, ix, crb_cfg.k_remote_parent, "remote_parent_id")) ||
         (nother && crb_has_key(span_meta, ix, crb_cfg.k_events, "events")))

@@ -220,19 +220,37 @@ int crb_has_key(PyObject *parsed, Index *ix, int kid, const char *k) {
     return a != NULL && !a->used;
 }
 
-/* lowercase hex digits, as the digest check accepts them */
-static const uint8_t LOWER_HEX[256] = {
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
-    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1};
+/* nonzero where a byte of x (all below 0x80) is not a lowercase hex digit: SWAR range checks,
+ * adding 0x80 - lo to every byte sets its high bit exactly when the byte is >= lo (no carry
+ * crosses bytes below 0x80) */
+static inline uint64_t not_hex(uint64_t x) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t ge0 = x + ones * (0x80 - '0'), gt9 = x + ones * (0x80 - '9' - 1);
+    uint64_t gea = x + ones * (0x80 - 'a'), gtf = x + ones * (0x80 - 'f' - 1);
+    uint64_t hex = (ge0 & ~gt9) | (gea & ~gtf);
+    return ~hex & highs;
+}
+
+/* the digits of a digest: all lowercase hex */
+static int lower_hex(const uint8_t *p, Py_ssize_t n) {
+    const uint64_t highs = 0x8080808080808080ull;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x = crb_ld8(p + i);
+        if ((x & highs) || not_hex(x)) return 0;
+    }
+    for (; i < n; i++) {
+        uint8_t c = p[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return 0;
+    }
+    return 1;
+}
 
 int crb_valid_digest(Str d) {
     for (int i = 0; i < crb_cfg.digest_alg.n; i++) {
         Str alg = crb_cfg.digest_alg.w[i];
-        if (d.n == alg.n + 1 + crb_cfg.digest_len[i] && memcmp(d.p, alg.p, (size_t)alg.n) == 0 && d.p[alg.n] == ':') {
-            unsigned ok = 1; /* no early exit: a branch-free AND over the digits */
-            for (Py_ssize_t j = alg.n + 1; j < d.n; j++) ok &= LOWER_HEX[d.p[j]];
-            return ok ? 0 : BAIL;
-        }
+        if (d.n == alg.n + 1 + crb_cfg.digest_len[i] && memcmp(d.p, alg.p, (size_t)alg.n) == 0 && d.p[alg.n] == ':')
+            return lower_hex(d.p + alg.n + 1, d.n - alg.n - 1) ? 0 : BAIL;
     }
     return BAIL;
 }
