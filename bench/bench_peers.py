@@ -1,0 +1,510 @@
+"""Peers: vauban-trace's overhead and output against OpenLLMetry, torch.profiler and nnsight, one run.
+
+Every tool runs on the same random-initialised Llama built offline by
+``vauban_trace.executors.torch.tiny`` (no weights are downloaded), CPU, float32, a fixed prompt of
+``--prompt-tokens`` tokens, greedy generation of exactly ``--new-tokens`` tokens
+(``min_new_tokens`` = ``max_new_tokens``). Two model sizes: the demo's tiny Llama (hidden 64,
+2 layers) and a larger one (``--hidden`` / ``--layers``, default 512 / 8) where per-token work
+dominates.
+
+Modes (each compared with its own plain baseline, measured in the same process and the same run):
+
+=====================  ==========================================================================
+``plain``              ``model.generate(...)``, nothing attached (baseline of the rows below)
+``vt_traced``          ``instrument_model(model)``: root span, prefill/decode stages, cheap counters;
+                       ``vauban_trace.configure()`` with the embedded exporter (what ``make demo``
+                       uses: batch processor, SQLite trace store)
+``vt_capture``         ``instrument_model(model, capture_artifacts=("logits", "activation"),
+                       layers=(0, 1))``: residual stream after layers 0 and 1 for the prompt
+                       positions + last-position logits, hashed and stored as artifacts
+``profiler``           ``torch.profiler.profile(activities=[CPU], record_shapes=False)`` around
+                       each generate (profiler start and stop inside the timed region)
+``nnsight``            ``nnsight.LanguageModel(<second instance of the model>, tokenizer=tok)``;
+                       each request is ``with lm.generate(inputs, ...)`` saving the outputs of
+                       layers 0 and 1 and of ``lm_head`` (the prefill pass: prompt positions and
+                       last-position logits, as ``vt_capture``)
+``pipe_plain``         ``pipeline("text-generation", model=model, tokenizer=tok)(text)``, no
+                       instrumentation (baseline of the two rows below)
+``pipe_openllmetry``   the same pipeline with OpenLLMetry's ``TransformersInstrumentor``
+                       (``opentelemetry-instrumentation-transformers``), which wraps only
+                       ``TextGenerationPipeline.__call__``; its own ``TracerProvider`` with a
+                       ``SimpleSpanProcessor(InMemorySpanExporter)``
+``pipe_vt_traced``     the same pipeline with ``instrument_model(model)`` (vauban-trace seen
+                       through the same harness as OpenLLMetry)
+=====================  ==========================================================================
+
+Installing instrumentation (``instrument_model``, ``instrument()``, building the nnsight wrapper)
+happens outside the timed region, once per call for the per-call installs; what is timed is the
+request. Repeats are interleaved (the order rotates every repeat), after one warm-up of every mode;
+after every request vauban-trace's session is flushed outside the wall-time window (so the spans and
+blobs one request hands to background threads never slow the next mode's request down). Reported:
+median wall time, ratio of medians to the baseline, median of the per-repeat ratios and
+differences, and the ratio of process CPU time (all threads) over request + flush, i.e. including
+the exporter's and the artifact writer's work.
+
+After the timed repeats, one more request per mode is observed (untimed): spans each exporter
+received (an ``InMemorySpanExporter`` is added to vauban-trace's provider only then), stage spans,
+token counts on spans, saved tensors, artifacts and their digests, and whether the trace reads
+back from the embedded store. The capability table is built from those observations only.
+
+Environment (peers are not installed in the project venv; they live in their own venv)::
+
+    python3.11 -m venv /work/peers-venv
+    /work/peers-venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    /work/peers-venv/bin/pip install -r bench/peers-requirements.txt
+    # vauban-trace from this checkout without rebuilding its C extensions in the shared tree:
+    echo "$PWD/src" > /work/peers-venv/lib/python3.11/site-packages/vauban-trace-src.pth
+    /work/peers-venv/bin/python bench/bench_peers.py                  # print the tables
+    /work/peers-venv/bin/python bench/bench_peers.py --write-docs     # also replace "## Peers"
+                                                                      # in docs/benchmarks.md
+
+A mode whose package is missing stops the script with a message naming the package (no number is
+ever made up); ``--modes`` selects a subset (e.g. ``plain,vt_traced,vt_capture,profiler`` runs
+with the project venv alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the Hub
+
+import torch  # noqa: E402
+from benchdoc import cpu_model, replace_section  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+
+import vauban_trace as vt  # noqa: E402
+from vauban_trace import semconv as sc  # noqa: E402
+from vauban_trace.executors.torch import instrument_model  # noqa: E402
+from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model  # noqa: E402
+
+SECTION = "Peers"
+MODES = ("plain", "vt_traced", "vt_capture", "profiler", "nnsight", "pipe_plain", "pipe_openllmetry", "pipe_vt_traced")
+BASELINE = {m: ("pipe_plain" if m.startswith("pipe_") else "plain") for m in MODES}
+NEEDS = {"nnsight": "nnsight", "pipe_openllmetry": "opentelemetry.instrumentation.transformers"}
+PYPI = {"nnsight": "nnsight", "opentelemetry.instrumentation.transformers": "opentelemetry-instrumentation-transformers"}
+CAPTURE_LAYERS = (0, 1)
+
+
+def _missing(modes: tuple[str, ...]) -> list[str]:
+    return sorted({NEEDS[m] for m in modes if m in NEEDS and importlib.util.find_spec(NEEDS[m]) is None})
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+class Bench:
+    """One model size: the model, its inputs, and what every mode needs."""
+
+    def __init__(self, args: argparse.Namespace, hidden: int, layers: int, session: Any) -> None:
+        self.args, self.session, self.layers = args, session, layers
+        self.dir = cached_tiny_model("llama", hidden_size=hidden, num_layers=layers, max_position_embeddings=1024)
+        self.model = AutoModelForCausalLM.from_pretrained(self.dir)
+        self.model.eval()  # type: ignore[no-untyped-call]
+        self.tok = AutoTokenizer.from_pretrained(self.dir)
+        ids = self.tok(" ".join(SENTENCES), return_tensors="pt")["input_ids"][:, : args.prompt_tokens]
+        if ids.shape[1] != args.prompt_tokens:
+            raise SystemExit(f"the built-in sentences give only {ids.shape[1]} tokens (< --prompt-tokens)")
+        self.inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        self.text = self.tok.decode(ids[0], skip_special_tokens=True)
+        if len(self.tok(self.text)["input_ids"]) != args.prompt_tokens:  # the pipeline re-tokenizes this text
+            raise SystemExit("the prompt text does not re-tokenize to --prompt-tokens tokens")
+        self.gen = {"max_new_tokens": args.new_tokens, "min_new_tokens": args.new_tokens, "do_sample": False}
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.pipe: Any = None
+        self.lm: Any = None
+        self.ol: Any = None  # (instrumentor, exporter, provider)
+        self.last: dict[str, Any] = {}  # what the last request of each mode produced
+        self.ol_profile: dict[str, float] | None = None
+        modes = args.modes
+        if any(m.startswith("pipe_") for m in modes):
+            from transformers import pipeline
+
+            self.pipe = pipeline("text-generation", model=self.model, tokenizer=self.tok)
+        if "nnsight" in modes:
+            from nnsight import LanguageModel
+
+            with warnings.catch_warnings():  # 0.8 calls LanguageModel deprecated; it still wraps a built model
+                warnings.simplefilter("ignore")
+                second = AutoModelForCausalLM.from_pretrained(self.dir)  # plain stays untouched
+                second.eval()  # type: ignore[no-untyped-call]
+                self.lm = LanguageModel(second, tokenizer=self.tok)
+        if "pipe_openllmetry" in modes:
+            from opentelemetry.instrumentation.transformers import TransformersInstrumentor
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+            from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+            exporter = InMemorySpanExporter()
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            self.ol = (TransformersInstrumentor(), exporter, provider)
+
+    @contextlib.contextmanager
+    def installed(self, mode: str) -> Iterator[None]:
+        """Attach the mode's instrumentation (outside the timed region)."""
+        handle: Any = None
+        if mode in ("vt_traced", "pipe_vt_traced"):
+            handle = instrument_model(self.model)
+        elif mode == "vt_capture":
+            handle = instrument_model(self.model, capture_artifacts=("logits", "activation"), layers=CAPTURE_LAYERS)
+        elif mode == "pipe_openllmetry":
+            self.ol[0].instrument(tracer_provider=self.ol[2])
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.remove()
+            if mode == "pipe_openllmetry":
+                self.ol[0].uninstrument()
+
+    def request(self, mode: str) -> None:
+        """One request in ``mode`` (the timed part)."""
+        n_out = self.args.prompt_tokens + self.args.new_tokens
+        if mode.startswith("pipe_"):
+            got = self.pipe(self.text, return_full_text=False, **self.gen)
+            self.last[mode] = got
+            return
+        if mode == "nnsight":
+            with self.lm.generate(dict(self.inputs), **self.gen) as tracer:
+                layer0 = self.lm.model.layers[CAPTURE_LAYERS[0]].output.save()
+                layer1 = self.lm.model.layers[CAPTURE_LAYERS[1]].output.save()
+                logits = self.lm.lm_head.output.save()
+                result = tracer.result.save()
+            self.last[mode] = ([layer0, layer1], logits, result)
+            assert result.shape[1] == n_out, result.shape
+            return
+        with torch.inference_mode():
+            if mode == "profiler":
+                from torch.profiler import ProfilerActivity, profile
+
+                with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+                    out = self.model.generate(**self.inputs, **self.gen)
+                self.last[mode] = prof
+            else:
+                out = self.model.generate(**self.inputs, **self.gen)
+        assert out.shape[1] == n_out, out.shape
+
+    def timed(self, mode: str) -> tuple[float, float]:
+        with self.installed(mode):
+            c0, t0 = time.process_time(), time.perf_counter()
+            self.request(mode)
+            wall = time.perf_counter() - t0
+            # untimed for wall, counted for CPU: the spans and blobs this request left to the
+            # background threads are written now, so they neither bleed into the next mode's
+            # timing nor escape this mode's CPU figure
+            self.session.force_flush()
+            cpu = time.process_time() - c0
+        return wall, cpu
+
+    def measure(self) -> dict[str, Any]:
+        modes = [m for m in MODES if m in self.args.modes]
+        for m in modes:  # warm-up
+            self.timed(m)
+        wall: dict[str, list[float]] = {m: [] for m in modes}
+        cpu: dict[str, list[float]] = {m: [] for m in modes}
+        for r in range(self.args.repeat):
+            for m in modes[r % len(modes):] + modes[: r % len(modes)]:
+                w, c = self.timed(m)
+                wall[m].append(w)
+                cpu[m].append(c)
+        rows = []
+        for m in modes:
+            base = BASELINE[m]
+            med, bmed = statistics.median(wall[m]), statistics.median(wall[base])
+            pair = statistics.median(a / b for a, b in zip(wall[m], wall[base], strict=True))
+            diff = statistics.median(a - b for a, b in zip(wall[m], wall[base], strict=True))
+            cpu_ratio = statistics.median(cpu[m]) / statistics.median(cpu[base])
+            rows.append((m, base, med * 1000, med / bmed, pair, diff * 1000, cpu_ratio))
+        return {"rows": rows, "wall": wall}
+
+
+def observe(b: Bench, memory: Any) -> dict[str, dict[str, str]]:
+    """One untimed request per mode; what each tool produced, as table cells."""
+    obs: dict[str, dict[str, str]] = {}
+    for mode in b.args.modes:
+        if mode in ("plain", "pipe_plain"):
+            continue
+        memory.clear()
+        if b.ol is not None:
+            b.ol[1].clear()
+        with b.installed(mode):
+            b.request(mode)
+        if mode.startswith("vt_") or mode == "pipe_vt_traced":
+            obs[mode] = _observe_vt(b, memory)
+        elif mode == "pipe_openllmetry":
+            obs[mode] = _observe_openllmetry(b)
+        elif mode == "profiler":
+            events = b.last["profiler"].events()
+            obs[mode] = {
+                "spans": "0 (no OpenTelemetry output)", "stages": "no (op events, no stage grouping)",
+                "tokens": "no", "tensors": f"no; {len(events)} CPU op events in memory",
+                "pointers": "no", "readback": "n/a: no spans (a `profile` object in the process)",
+            }
+        elif mode == "nnsight":
+            saved, logits, result = b.last["nnsight"]
+            shapes = ", ".join(str(tuple(_tensor(s).shape)) for s in saved)
+            obs[mode] = {
+                "spans": "0 (no OpenTelemetry output)", "stages": "no",
+                "tokens": f"no (output ids tensor {tuple(result.shape)} returned)",
+                "tensors": f"layers {list(CAPTURE_LAYERS)}: {shapes}; logits {tuple(_tensor(logits).shape)} (in memory)",
+                "pointers": "no", "readback": "n/a: no spans (saved tensors in the process)",
+            }
+    return obs
+
+
+def _tensor(x: Any) -> torch.Tensor:
+    got = x[0] if isinstance(x, tuple) else x
+    assert isinstance(got, torch.Tensor), type(got)
+    return got
+
+
+def _observe_vt(b: Bench, memory: Any) -> dict[str, str]:
+    b.session.force_flush()
+    spans = memory.get_finished_spans()
+    traces = {s.context.trace_id for s in spans}
+    if len(traces) != 1:
+        return {"spans": f"{len(spans)} spans in {len(traces)} traces (expected one trace)"}
+    root = next(s for s in spans if s.parent is None)
+    stages = [str(s.attributes.get(sc.STAGE)) for s in sorted(spans, key=lambda s: s.start_time) if s.attributes.get(sc.STAGE)]
+    tin = root.attributes.get(sc.GEN_AI_USAGE_INPUT_TOKENS)
+    tout = root.attributes.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS)
+    trace = b.session.read_trace(format(next(iter(traces)), "032x"))
+    arts = trace.artifacts
+    kinds = sorted({a.kind for a in arts})
+    digests = [a.digest for a in arts if a.digest]
+    example = (digests[0][:20] + "…") if digests else "none"
+    return {
+        "spans": f"{len(spans)} (root `{root.name}`)",
+        "stages": "yes: " + ", ".join(f"`{s}`" for s in stages),
+        "tokens": f"yes: input {tin}, output {tout}",
+        "tensors": (f"{len(arts)} artifacts ({', '.join(kinds)}): " + ", ".join(
+            f"{a.kind}{'' if a.layer is None else f' L{a.layer}'} {tuple(a.shape)}" for a in arts)) if arts else "no (not asked)",
+        "pointers": f"yes: {len(digests)} digests, e.g. `{example}`" if digests else "no (no artifacts asked)",
+        "readback": f"yes: embedded store returned {len(trace.spans)} spans, {len(arts)} artifacts",
+    }
+
+
+def _observe_openllmetry(b: Bench) -> dict[str, str]:
+    spans = b.ol[1].get_finished_spans()
+    b.ol_profile = _where_openllmetry_spends(b)
+    names = sorted({f"`{s.name}`" for s in spans})
+    keys = sorted({k for s in spans for k in (s.attributes or {})})
+    token_keys = [k for k in keys if "token" in k or "usage" in k]
+    content = [k for k in keys if k.endswith(".content")]
+    return {
+        "spans": f"{len(spans)} ({', '.join(names)})",
+        "stages": "no (one span around the pipeline call)",
+        "tokens": ("yes: " + ", ".join(token_keys)) if token_keys else "no token-count attribute",
+        "tensors": "no; prompt/completion text on the span" + (f" ({', '.join(content)})" if content else ""),
+        "pointers": "no",
+        "readback": "not exercised (in-memory exporter)",
+    }
+
+
+def _where_openllmetry_spends(b: Bench) -> dict[str, float]:
+    """cProfile one more instrumented pipeline request: total, and time inside ``__dir__`` calls."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    with b.installed("pipe_openllmetry"):
+        prof.enable()
+        t0 = time.perf_counter()
+        b.request("pipe_openllmetry")
+        total = time.perf_counter() - t0
+        prof.disable()
+    stats: Any = getattr(pstats.Stats(prof), "stats")  # noqa: B009 (untyped in typeshed)
+    in_dir = sum(v[3] for k, v in stats.items() if k[2] == "__dir__")
+    import transformers
+
+    t0 = time.perf_counter()
+    dir(transformers)
+    alone = time.perf_counter() - t0
+    return {"total_ms": total * 1000, "dir_ms": in_dir * 1000, "dir_alone_ms": alone * 1000}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    torch.set_num_threads(args.threads)
+    load_start = _loadavg()
+    session = vt.configure(store_dir=tempfile.mkdtemp(prefix="vauban-peers-"), exporter="embedded")
+    sizes = [(64, 2)] + ([(args.hidden, args.layers)] if args.hidden else [])
+    results = []
+    benches = []
+    for hidden, layers in sizes:
+        b = Bench(args, hidden, layers, session)
+        benches.append(b)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            b.model.generate(**b.inputs, **b.gen)
+        results.append({"hidden": hidden, "layers": layers, "params": b.params, **b.measure()})
+        print(f"hidden {hidden}, {layers} layers: measured in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    memory = InMemorySpanExporter()  # only now: it must not weigh on the timed requests
+    session.provider.add_span_processor(SimpleSpanProcessor(memory))
+    obs = observe(benches[0], memory)
+    session.shutdown()
+    return {"sizes": results, "obs": obs, "load": _loadavg(), "load_start": load_start, "ol_profile": getattr(benches[0], "ol_profile", None)}
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def _table(size: dict[str, Any]) -> str:
+    lines = [
+        "| mode | baseline | median ms / request | ratio of medians | median of paired ratios "
+        "| median paired difference, ms | process CPU ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, base, ms, ratio, pair, diff, cpu_ratio in size["rows"]:
+        lines.append(f"| {mode} | {base} | {ms:.1f} | {ratio:.3f} | {pair:.3f} | {diff:+.1f} | {cpu_ratio:.3f} |")
+    return "\n".join(lines)
+
+
+TOOLS = {
+    "vt_traced": "vauban-trace `instrument_model`", "vt_capture": "vauban-trace, capture L0, L1 + logits",
+    "pipe_vt_traced": "vauban-trace under the pipeline", "pipe_openllmetry": "OpenLLMetry (transformers)",
+    "profiler": "torch.profiler (CPU)", "nnsight": "nnsight `generate` + `.save()`",
+}
+COLUMNS = (("spans", "spans per request"), ("stages", "per-stage spans"), ("tokens", "token counts on spans"),
+           ("tensors", "activations / logits"), ("pointers", "content-addressed pointers"),
+           ("readback", "read back from a trace store"))
+
+
+def _capabilities(obs: dict[str, dict[str, str]]) -> str:
+    lines = ["| tool | " + " | ".join(c[1] for c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for mode, cells in obs.items():
+        lines.append(f"| {TOOLS[mode]} | " + " | ".join(cells.get(c[0], "?") for c in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _ol_note(result: dict[str, Any]) -> str:
+    p = result.get("ol_profile")
+    if not p:
+        return ""
+    return (
+        f"Where OpenLLMetry's time goes (cProfile of one more instrumented request, hidden-64 model): "
+        f"{p['dir_ms']:.0f} ms of the {p['total_ms']:.0f} ms request are inside `__dir__`, i.e. the wrapper's "
+        f"`\"TextGenerationPipeline\" not in dir(transformers)` check run on every call; `dir(transformers)` "
+        f"alone took {p['dir_alone_ms']:.0f} ms here (transformers' lazy module builds the name list with a "
+        f"linear `not in` test per name). That is a fixed cost per request, independent of model size.\n"
+    )
+
+
+def _doc_section(result: dict[str, Any], args: argparse.Namespace) -> str:
+    cmd = " ".join(["/work/peers-venv/bin/python", "bench/bench_peers.py", *args.argv])
+    versions = ", ".join(f"{d} {_version(d)}" for d in (
+        "transformers", "opentelemetry-sdk", "opentelemetry-instrumentation-transformers", "nnsight"))
+    tables = "\n\n".join(
+        f"Hidden {s['hidden']}, {s['layers']} layers ({s['params'] / 1e6:.2f} M parameters):\n\n{_table(s)}"
+        for s in result["sizes"])
+    return f"""## {SECTION}
+
+Command: `{cmd}` (run in the separate peers venv: the script's docstring and
+`bench/peers-requirements.txt` say how to build it; peers are not installed in the project venv).
+
+Machine: `uname -m` = {platform.machine()}, `nproc` = {os.cpu_count()}, CPU: {cpu_model()}; Python {platform.python_version()}, torch {torch.__version__}, {args.threads} torch thread(s); {versions}.
+
+Workload: random-initialised Llama built offline by `executors/torch/tiny.py`, float32, CPU; prompt
+{args.prompt_tokens} tokens (the pipeline re-tokenizes the same text to the same {args.prompt_tokens} tokens); greedy
+generation of exactly {args.new_tokens} new tokens. Every row is compared with its own baseline
+(`plain` = bare `model.generate`, `pipe_plain` = the bare `text-generation` pipeline) measured in the
+same process, in the same run, interleaved: {args.repeat} repeats, the order rotated each repeat, after
+one warm-up of every mode; medians. Installing instrumentation is outside the timed region; the
+profiler's start/stop and nnsight's per-request tracing context are inside it.
+Load average (1/5/15 min) at the start: {result['load_start']}, at the end: {result['load']} (shared 2-core machine: other engineers' jobs
+run beside it, so wall times are noisy; the paired ratios and the CPU ratio are the steadier
+figures). Wall time is the request as its caller waits for it; after each request, outside that
+window, vauban-trace's session is flushed, and the process CPU time (all threads) covers request +
+flush, so the exporter's and the artifact writer's background work is counted there.
+
+{tables}
+
+What each tool produced for one more request on the hidden-64 model (observed by the script:
+spans counted in each tool's exporter, attribute keys inspected, saved tensors' shapes,
+vauban-trace's trace read back from its embedded store; "no" means that tool's output for this
+request held no such thing):
+
+{_capabilities(result['obs'])}
+
+{_ol_note(result)}
+- `vt_traced` / `pipe_vt_traced`: `instrument_model(model)` with `vauban_trace.configure()`'s
+  embedded exporter (batch processor, SQLite store), as `make demo`.
+- `vt_capture`: `capture_artifacts=("logits", "activation")`, `layers=(0, 1)`: residual stream after
+  layers 0 and 1 (prompt positions) and the last-position logits, blake3-hashed and written by the
+  background writer.
+- `profiler`: `torch.profiler.profile(activities=[CPU], record_shapes=False)` per request.
+- `nnsight`: `LanguageModel(model, tokenizer=tok)` over a second instance loaded from the same
+  directory (nnsight {_version('nnsight')} marks `LanguageModel` deprecated but wraps a built model
+  offline); each request `with lm.generate(...)` saves `model.layers[0/1].output` and
+  `lm_head.output` of the prefill pass and `tracer.result`.
+- `pipe_openllmetry`: traceloop's `TransformersInstrumentor().instrument(tracer_provider=...)`, an
+  own `TracerProvider` with `SimpleSpanProcessor(InMemorySpanExporter)`; content capture left at its
+  default. The reference notes (`/work/shared/reference/ecosystem.md`) say it wraps only
+  `TextGenerationPipeline.__call__`, so a bare `model.generate()` produces no span with it: it is
+  measured through the pipeline only.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=31)
+    parser.add_argument("--hidden", type=int, default=512, help="larger model's hidden size (0: tiny model only)")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps the shared machine usable)")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        parser.error(f"unknown mode(s) {unknown}; known: {', '.join(MODES)}")
+    args.modes = tuple(m for m in MODES if m in args.modes or m in {BASELINE[x] for x in args.modes})
+    missing = _missing(args.modes)
+    if missing:
+        names = ", ".join(PYPI[m] for m in missing)
+        print(f"bench_peers: not installed here: {names}. Build the peers venv (see the docstring of "
+              f"bench/bench_peers.py and bench/peers-requirements.txt), or leave those modes out with "
+              f"--modes. No number is reported for a tool that is not installed.", file=sys.stderr)
+        return 2
+    result = run(args)
+    for size in result["sizes"]:
+        print(f"hidden {size['hidden']}, {size['layers']} layers")
+        print(_table(size))
+    print(_capabilities(result["obs"]))
+    print(_ol_note(result))
+    print("load average:", result["load"])
+    if args.write_docs:
+        replace_section(f"## {SECTION}", _doc_section(result, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
