@@ -60,6 +60,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from vauban_trace.contract import Provenance
@@ -73,8 +74,11 @@ _DURATION_BUCKETS = (
 _BYTES_BUCKETS = tuple(float(4**i) for i in range(3, 17))  # 64 B .. 4 GiB
 _SYNC_BUCKETS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0)
 _WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_VECTOR_MIN = 32  # values per series from which numpy sorts them into buckets
 _OBSERVABLE = (Provenance.MEASURED.value, Provenance.DERIVED.value)
 _STAGE_LABELS = ("stage", "model", "sweep_axis", "sweep_value")
+#: one stage's values in a pass: durations, input bytes, output bytes, sync points
+_StageValues = tuple[list[float], list[float], list[float], list[float]]
 
 
 class CollectorMetrics:
@@ -142,7 +146,7 @@ class CollectorMetrics:
         would count those spans under the wrong series for good. They are observed once the root
         has arrived; a trace whose root never arrives is not counted in the stage histograms.
         """
-        batches: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
+        batches: dict[tuple[str, str, str], dict[str, _StageValues]] = {}
         done = sum(self._gather(doc.trace_id, doc.stages, doc.root_labels, batches) for doc in docs)
         self._flush(batches)
         return done
@@ -152,40 +156,58 @@ class CollectorMetrics:
         trace_id: str,
         stages: Iterable[StageObservation],
         root_labels: tuple[Any, Any, Any] | None,
-        batches: dict[tuple[Histogram, tuple[str, ...]], list[float]],
+        batches: dict[tuple[str, str, str], dict[str, _StageValues]],
     ) -> int:
-        """Add the values of the spans not observed before to ``batches`` (per label set)."""
+        """Add the values of the spans not observed before to ``batches``: per label set (model,
+        sweep axis, axis value), per stage, the four lists of values (one dict lookup per span;
+        the label tuples are built once per series in :meth:`_flush`)."""
         if root_labels is None:
             return 0
-        model, axis, value = (_label(v) for v in root_labels)
+        labels = (_label(root_labels[0]), _label(root_labels[1]), _label(root_labels[2]))
         with self._lock:
-            seen = self._seen.pop(trace_id, None) or set()
+            seen = self._seen.pop(trace_id, None)
+            if seen is None:
+                seen = set()
             self._seen[trace_id] = seen
             while len(self._seen) > self._seen_cap:
                 self._seen.popitem(last=False)
-            fresh = [s for s in stages if s.span_id not in seen]
+            fresh = [s for s in stages if s.span_id not in seen] if seen else list(stages)
             seen.update(s.span_id for s in fresh)
-        duration, nbytes, syncs = self.stage_duration, self.stage_bytes, self.stage_sync_points
+        per_stage = batches.get(labels)
+        if per_stage is None:
+            per_stage = batches[labels] = {}
         for obs in fresh:
             stage = obs.stage
             if not stage:
                 continue
+            values = per_stage.get(stage)
+            if values is None:
+                values = per_stage[stage] = ([], [], [], [])
             if obs.duration_s is not None:
-                batches.setdefault((duration, (stage, model, axis, value)), []).append(obs.duration_s)
+                values[0].append(obs.duration_s)
             # the contract forbids a value with provenance "unavailable": a set value is observable
             if obs.input_bytes is not None:
-                batches.setdefault((nbytes, (stage, model, "in", axis, value)), []).append(obs.input_bytes)
+                values[1].append(obs.input_bytes)
             if obs.output_bytes is not None:
-                batches.setdefault((nbytes, (stage, model, "out", axis, value)), []).append(obs.output_bytes)
+                values[2].append(obs.output_bytes)
             if obs.sync_points is not None and obs.sync_provenance in _OBSERVABLE:
-                batches.setdefault((syncs, (stage, model, axis, value)), []).append(obs.sync_points)
+                values[3].append(obs.sync_points)
         return len(fresh)
 
-    def _flush(self, batches: dict[tuple[Histogram, tuple[str, ...]], list[float]]) -> None:
-        # one bulk update per label set (one lock round per bucket hit, not one bisect + two
-        # locked increments per value)
-        for (histogram, labels), amounts in batches.items():
-            _observe_many(self._child(histogram, labels), amounts)
+    def _flush(self, batches: dict[tuple[str, str, str], dict[str, _StageValues]]) -> None:
+        # one bulk update per series (one lock round per bucket hit, not one bisect + two locked
+        # increments per value)
+        duration, nbytes, syncs = self.stage_duration, self.stage_bytes, self.stage_sync_points
+        for (model, axis, value), per_stage in batches.items():
+            for stage, (durations, inputs, outputs, sync_points) in per_stage.items():
+                for histogram, labels, amounts in (
+                    (duration, (stage, model, axis, value), durations),
+                    (nbytes, (stage, model, "in", axis, value), inputs),
+                    (nbytes, (stage, model, "out", axis, value), outputs),
+                    (syncs, (stage, model, axis, value), sync_points),
+                ):
+                    if amounts:
+                        _observe_many(self._child(histogram, labels), amounts)
 
     def _child(self, histogram: Histogram, labels: tuple[str, ...]) -> Any:
         """``histogram.labels(*labels)``, cached; created only when first observed, so a series
@@ -223,10 +245,17 @@ def _observe_many(child: Any, amounts: list[float]) -> None:
             child.observe(amount)
         return
     counts: dict[int, int] = {}
-    for amount in amounts:
-        if amount == amount:  # NaN matches no bucket in observe() either (it only adds to the sum)
-            i = bisect_left(bounds, amount)
-            counts[i] = counts.get(i, 0) + 1
+    if len(amounts) >= _VECTOR_MIN:
+        # float64 is exact up to 2**53, past every finite bound, so no value changes bucket
+        values = np.asarray(amounts, dtype=np.float64)
+        hits = np.bincount(np.searchsorted(np.asarray(bounds, dtype=np.float64), values[values == values]),
+                           minlength=len(bounds))
+        counts = {int(i): int(hits[i]) for i in np.flatnonzero(hits)}
+    else:
+        for amount in amounts:
+            if amount == amount:  # NaN matches no bucket in observe() either (it only adds to the sum)
+                i = bisect_left(bounds, amount)
+                counts[i] = counts.get(i, 0) + 1
     total.inc(sum(amounts))
     for i, n in counts.items():
         buckets[i].inc(n)
