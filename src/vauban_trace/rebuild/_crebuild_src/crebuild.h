@@ -393,8 +393,10 @@ int crb_parse_traces_data(Str m);
 
 /* generation-stamped: one for span attributes, one for event attributes, one for the resource */
 typedef struct {
-    int idx[MAXKEYS];
-    unsigned gen[MAXKEYS];
+    struct {
+        unsigned gen; /* valid when == g */
+        int idx;      /* into crb_g.attrs */
+    } at[MAXKEYS];    /* (side by side: one cache line per lookup) */
     unsigned g;
     int a0, an;
 } Index;
@@ -403,8 +405,17 @@ extern Index crb_IS, crb_IE, crb_IL;
 
 void crb_index_build(Index *ix, int a0, int an);
 static inline Attr *get(Index *ix, int kid) {
-    if (kid < 0 || ix->gen[kid] != ix->g) return NULL;
-    return &crb_g.attrs[ix->idx[kid]];
+    if (kid < 0 || ix->at[kid].gen != ix->g) return NULL;
+    return &crb_g.attrs[ix->at[kid].idx];
+}
+
+/* the attribute with id kid among attrs[a0 .. a0+an) (keys are unique), without an index: for
+ * the one-attribute questions (the root marker, an artifact's id) */
+static inline Attr *find_attr(int a0, int an, int kid) {
+    if (kid < 0) return NULL;
+    for (int i = a0; i < a0 + an; i++)
+        if (crb_g.attrs[i].kid == kid) return &crb_g.attrs[i];
+    return NULL;
 }
 
 /* consume: get + mark used */

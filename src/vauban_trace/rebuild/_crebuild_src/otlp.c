@@ -119,13 +119,14 @@ static int parse_span(Str m, Str resource, int seq) {
     sp.e0 = crb_g.nevents;
     const uint8_t *p = m.p, *end = m.p + m.n;
     uint32_t seen = 0;
-    int attrs_done = 0; /* attributes must be contiguous in crb_g.attrs: events push their own */
-    int in_attrs = 0;
-    (void)in_attrs;
-    /* Two passes: attributes first (contiguous), then events (each pushes its attributes). */
+    const uint8_t *first_event = end;
+    /* Two passes: attributes first (contiguous in crb_g.attrs), then events (each pushes its
+     * own attributes); the second starts at the first event (fields come in number order, so
+     * that is after the attributes) */
     while (p < end) {
         uint32_t f;
         int wt;
+        const uint8_t *at = p;
         TRY(rd_tag(&p, end, &f, &wt));
         Str s;
         uint64_t v;
@@ -153,6 +154,7 @@ static int parse_span(Str m, Str resource, int seq) {
         case 11:
             if (wt != 2) return BAIL;
             TRY(rd_len(&p, end, &s));
+            if (first_event == end) first_event = at;
             break; /* second pass */
         case 13: return BAIL; /* links: rare, ignored by the rebuild; let Python validate them */
         case 15:
@@ -168,12 +170,10 @@ static int parse_span(Str m, Str resource, int seq) {
         }
     }
     sp.an = crb_g.nattrs - sp.a0;
-    attrs_done = 1;
-    (void)attrs_done;
     TRY(crb_unique_keys(sp.a0, sp.an));
     for (int i = sp.a0; i < sp.a0 + sp.an; i++)
         if (crb_g.attrs[i].kid == crb_cfg.spill_of) crb_g.has_spill = 1;
-    p = m.p;
+    p = first_event;
     while (p < end) {
         uint32_t f;
         int wt;

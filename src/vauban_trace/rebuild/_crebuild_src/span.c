@@ -288,8 +288,7 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
     if (PUTS(b, "]") || put_keyc(b, &first, "output_artifact_ids") || PUTS(b, "[")) goto bad_profile;
     for (int j = 0; j < na; j++) {
         Event *e = &crb_g.events[arts[j].ev];
-        crb_index_build(&crb_IE, e->a0, e->an);
-        Attr *id = get(&crb_IE, crb_cfg.art_id);
+        Attr *id = find_attr(e->a0, e->an, crb_cfg.art_id);
         if (id == NULL || id->type != V_STR) goto bad_profile;
         if ((j && PUTS(b, ", ")) || crb_put_jstr(b, id->s)) goto bad_profile;
     }

@@ -74,8 +74,7 @@ PyObject *crb_rebuild(Str data) {
         } else {
             goto out;
         }
-        crb_index_build(&crb_IS, sp->a0, sp->an);
-        Attr *r = get(&crb_IS, crb_cfg.trace_root);
+        Attr *r = find_attr(sp->a0, sp->an, crb_cfg.trace_root);
         sp->marked = r != NULL && r->type == V_BOOL && r->i;
         if (sp->marked) {
             if (marked != NULL) goto out;

@@ -12,7 +12,7 @@ Index crb_IS, crb_IE, crb_IL;
 void crb_index_build(Index *ix, int a0, int an) {
     ix->g++;
     if (ix->g == 0) {
-        memset(ix->gen, 0, sizeof(ix->gen));
+        memset(ix->at, 0, sizeof(ix->at));
         ix->g = 1;
     }
     ix->a0 = a0;
@@ -20,8 +20,8 @@ void crb_index_build(Index *ix, int a0, int an) {
     for (int i = a0; i < a0 + an; i++) {
         int k = crb_g.attrs[i].kid;
         if (k >= 0) {
-            ix->idx[k] = i;
-            ix->gen[k] = ix->g;
+            ix->at[k].idx = i;
+            ix->at[k].gen = ix->g;
         }
     }
 }
