@@ -38,14 +38,16 @@ happens outside the timed region, once per call for the per-call installs; what 
 request. Repeats are interleaved (the order rotates every repeat), after one warm-up of every mode;
 after every request vauban-trace's session is flushed outside the wall-time window (so the spans and
 blobs one request hands to background threads never slow the next mode's request down). Reported:
-median wall time, ratio of medians to the baseline, median of the per-repeat ratios and
-differences, and the ratio of process CPU time (all threads) over request + flush, i.e. including
-the exporter's and the artifact writer's work.
+median wall time, ratio of medians to the baseline, median of the per-repeat ratios; per-repeat
+differences to the baseline of wall time, calling-thread CPU and all-thread CPU during the request;
+and the ratio of all-thread CPU over request + flush (the exporter's and artifact writer's work).
 
 After the timed repeats, one more request per mode is observed (untimed): spans each exporter
 received (an ``InMemorySpanExporter`` is added to vauban-trace's provider only then), stage spans,
 token counts on spans, saved tensors, artifacts and their digests, and whether the trace reads
-back from the embedded store. The capability table is built from those observations only.
+back from the embedded store. The capability table is built from those observations only
+(``bench/peers_observe.py``, with the per-thread CPU breakdown of ``vt_capture`` and the cProfile of
+one OpenLLMetry request).
 
 Environment (peers are not installed in the project venv; they live in their own venv)::
 
@@ -83,10 +85,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the Hub
 
 import torch  # noqa: E402
 from benchdoc import cpu_model, replace_section  # noqa: E402
+from peers_observe import CAPTURE_LAYERS, blas_name, capture_threads, dot_check, observe  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 import vauban_trace as vt  # noqa: E402
-from vauban_trace import semconv as sc  # noqa: E402
 from vauban_trace.executors.torch import instrument_model  # noqa: E402
 from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model  # noqa: E402
 
@@ -95,7 +97,6 @@ MODES = ("plain", "vt_traced", "vt_capture", "profiler", "nnsight", "pipe_plain"
 BASELINE = {m: ("pipe_plain" if m.startswith("pipe_") else "plain") for m in MODES}
 NEEDS = {"nnsight": "nnsight", "pipe_openllmetry": "opentelemetry.instrumentation.transformers"}
 PYPI = {"nnsight": "nnsight", "opentelemetry.instrumentation.transformers": "opentelemetry-instrumentation-transformers"}
-CAPTURE_LAYERS = (0, 1)
 
 
 def _missing(modes: tuple[str, ...]) -> list[str]:
@@ -203,143 +204,42 @@ class Bench:
                 out = self.model.generate(**self.inputs, **self.gen)
         assert out.shape[1] == n_out, out.shape
 
-    def timed(self, mode: str) -> tuple[float, float]:
+    def timed(self, mode: str) -> tuple[float, ...]:
+        """(wall, main-thread CPU, process CPU) of the request, process CPU of request + flush."""
         with self.installed(mode):
-            c0, t0 = time.process_time(), time.perf_counter()
+            p0, m0, t0 = time.process_time(), time.thread_time(), time.perf_counter()
             self.request(mode)
-            wall = time.perf_counter() - t0
+            wall, main, proc = time.perf_counter() - t0, time.thread_time() - m0, time.process_time() - p0
             # untimed for wall, counted for CPU: the spans and blobs this request left to the
             # background threads are written now, so they neither bleed into the next mode's
             # timing nor escape this mode's CPU figure
             self.session.force_flush()
-            cpu = time.process_time() - c0
-        return wall, cpu
+            total = time.process_time() - p0
+        return wall, main, proc, total
 
     def measure(self) -> dict[str, Any]:
         modes = [m for m in MODES if m in self.args.modes]
         for m in modes:  # warm-up
             self.timed(m)
-        wall: dict[str, list[float]] = {m: [] for m in modes}
-        cpu: dict[str, list[float]] = {m: [] for m in modes}
+        got: dict[str, list[tuple[float, ...]]] = {m: [] for m in modes}
         for r in range(self.args.repeat):
             for m in modes[r % len(modes):] + modes[: r % len(modes)]:
-                w, c = self.timed(m)
-                wall[m].append(w)
-                cpu[m].append(c)
+                got[m].append(self.timed(m))
         rows = []
         for m in modes:
-            base = BASELINE[m]
-            med, bmed = statistics.median(wall[m]), statistics.median(wall[base])
-            pair = statistics.median(a / b for a, b in zip(wall[m], wall[base], strict=True))
-            diff = statistics.median(a - b for a, b in zip(wall[m], wall[base], strict=True))
-            cpu_ratio = statistics.median(cpu[m]) / statistics.median(cpu[base])
-            rows.append((m, base, med * 1000, med / bmed, pair, diff * 1000, cpu_ratio))
-        return {"rows": rows, "wall": wall}
+            mine, base = got[m], got[BASELINE[m]]
 
+            def col(i: int, mine: list[tuple[float, ...]] = mine) -> list[float]:
+                return [x[i] for x in mine]
 
-def observe(b: Bench, memory: Any) -> dict[str, dict[str, str]]:
-    """One untimed request per mode; what each tool produced, as table cells."""
-    obs: dict[str, dict[str, str]] = {}
-    for mode in b.args.modes:
-        if mode in ("plain", "pipe_plain"):
-            continue
-        memory.clear()
-        if b.ol is not None:
-            b.ol[1].clear()
-        with b.installed(mode):
-            b.request(mode)
-        if mode.startswith("vt_") or mode == "pipe_vt_traced":
-            obs[mode] = _observe_vt(b, memory)
-        elif mode == "pipe_openllmetry":
-            obs[mode] = _observe_openllmetry(b)
-        elif mode == "profiler":
-            events = b.last["profiler"].events()
-            obs[mode] = {
-                "spans": "0 (no OpenTelemetry output)", "stages": "no (op events, no stage grouping)",
-                "tokens": "no", "tensors": f"no; {len(events)} CPU op events in memory",
-                "pointers": "no", "readback": "n/a: no spans (a `profile` object in the process)",
-            }
-        elif mode == "nnsight":
-            saved, logits, result = b.last["nnsight"]
-            shapes = ", ".join(str(tuple(_tensor(s).shape)) for s in saved)
-            obs[mode] = {
-                "spans": "0 (no OpenTelemetry output)", "stages": "no",
-                "tokens": f"no (output ids tensor {tuple(result.shape)} returned)",
-                "tensors": f"layers {list(CAPTURE_LAYERS)}: {shapes}; logits {tuple(_tensor(logits).shape)} (in memory)",
-                "pointers": "no", "readback": "n/a: no spans (saved tensors in the process)",
-            }
-    return obs
+            def diff(i: int, mine: list[tuple[float, ...]] = mine, base: list[tuple[float, ...]] = base) -> float:
+                return statistics.median(a[i] - b[i] for a, b in zip(mine, base, strict=True)) * 1000
 
-
-def _tensor(x: Any) -> torch.Tensor:
-    got = x[0] if isinstance(x, tuple) else x
-    assert isinstance(got, torch.Tensor), type(got)
-    return got
-
-
-def _observe_vt(b: Bench, memory: Any) -> dict[str, str]:
-    b.session.force_flush()
-    spans = memory.get_finished_spans()
-    traces = {s.context.trace_id for s in spans}
-    if len(traces) != 1:
-        return {"spans": f"{len(spans)} spans in {len(traces)} traces (expected one trace)"}
-    root = next(s for s in spans if s.parent is None)
-    stages = [str(s.attributes.get(sc.STAGE)) for s in sorted(spans, key=lambda s: s.start_time) if s.attributes.get(sc.STAGE)]
-    tin = root.attributes.get(sc.GEN_AI_USAGE_INPUT_TOKENS)
-    tout = root.attributes.get(sc.GEN_AI_USAGE_OUTPUT_TOKENS)
-    trace = b.session.read_trace(format(next(iter(traces)), "032x"))
-    arts = trace.artifacts
-    kinds = sorted({a.kind for a in arts})
-    digests = [a.digest for a in arts if a.digest]
-    example = (digests[0][:20] + "…") if digests else "none"
-    return {
-        "spans": f"{len(spans)} (root `{root.name}`)",
-        "stages": "yes: " + ", ".join(f"`{s}`" for s in stages),
-        "tokens": f"yes: input {tin}, output {tout}",
-        "tensors": (f"{len(arts)} artifacts ({', '.join(kinds)}): " + ", ".join(
-            f"{a.kind}{'' if a.layer is None else f' L{a.layer}'} {tuple(a.shape)}" for a in arts)) if arts else "no (not asked)",
-        "pointers": f"yes: {len(digests)} digests, e.g. `{example}`" if digests else "no (no artifacts asked)",
-        "readback": f"yes: embedded store returned {len(trace.spans)} spans, {len(arts)} artifacts",
-    }
-
-
-def _observe_openllmetry(b: Bench) -> dict[str, str]:
-    spans = b.ol[1].get_finished_spans()
-    b.ol_profile = _where_openllmetry_spends(b)
-    names = sorted({f"`{s.name}`" for s in spans})
-    keys = sorted({k for s in spans for k in (s.attributes or {})})
-    token_keys = [k for k in keys if "token" in k or "usage" in k]
-    content = [k for k in keys if k.endswith(".content")]
-    return {
-        "spans": f"{len(spans)} ({', '.join(names)})",
-        "stages": "no (one span around the pipeline call)",
-        "tokens": ("yes: " + ", ".join(token_keys)) if token_keys else "no token-count attribute",
-        "tensors": "no; prompt/completion text on the span" + (f" ({', '.join(content)})" if content else ""),
-        "pointers": "no",
-        "readback": "not exercised (in-memory exporter)",
-    }
-
-
-def _where_openllmetry_spends(b: Bench) -> dict[str, float]:
-    """cProfile one more instrumented pipeline request: total, and time inside ``__dir__`` calls."""
-    import cProfile
-    import pstats
-
-    prof = cProfile.Profile()
-    with b.installed("pipe_openllmetry"):
-        prof.enable()
-        t0 = time.perf_counter()
-        b.request("pipe_openllmetry")
-        total = time.perf_counter() - t0
-        prof.disable()
-    stats: Any = getattr(pstats.Stats(prof), "stats")  # noqa: B009 (untyped in typeshed)
-    in_dir = sum(v[3] for k, v in stats.items() if k[2] == "__dir__")
-    import transformers
-
-    t0 = time.perf_counter()
-    dir(transformers)
-    alone = time.perf_counter() - t0
-    return {"total_ms": total * 1000, "dir_ms": in_dir * 1000, "dir_alone_ms": alone * 1000}
+            med, bmed = statistics.median(col(0)), statistics.median(x[0] for x in base)
+            pair = statistics.median(a[0] / b[0] for a, b in zip(mine, base, strict=True))
+            cpu_ratio = statistics.median(col(3)) / statistics.median(x[3] for x in base)
+            rows.append((m, BASELINE[m], med * 1000, med / bmed, pair, diff(0), diff(1), diff(2), cpu_ratio))
+        return {"rows": rows}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -360,11 +260,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             b.model.generate(**b.inputs, **b.gen)
         results.append({"hidden": hidden, "layers": layers, "params": b.params, **b.measure()})
         print(f"hidden {hidden}, {layers} layers: measured in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    threads = capture_threads(benches[-1]) if "vt_capture" in args.modes else {}
+    dot = dot_check(args.prompt_tokens * sizes[-1][0]) if threads else {}
     memory = InMemorySpanExporter()  # only now: it must not weigh on the timed requests
     session.provider.add_span_processor(SimpleSpanProcessor(memory))
     obs = observe(benches[0], memory)
     session.shutdown()
-    return {"sizes": results, "obs": obs, "load": _loadavg(), "load_start": load_start, "ol_profile": getattr(benches[0], "ol_profile", None)}
+    return {"sizes": results, "obs": obs, "load": _loadavg(), "load_start": load_start, "threads": threads, "dot": dot, "prompt_tokens": args.prompt_tokens, "ol_profile": getattr(benches[0], "ol_profile", None)}
 
 
 def _loadavg() -> str:
@@ -377,11 +279,12 @@ def _loadavg() -> str:
 def _table(size: dict[str, Any]) -> str:
     lines = [
         "| mode | baseline | median ms / request | ratio of medians | median of paired ratios "
-        "| median paired difference, ms | process CPU ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| Δ wall, ms | Δ main-thread CPU, ms | Δ all-thread CPU, ms | all-thread CPU ratio, request + flush |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for mode, base, ms, ratio, pair, diff, cpu_ratio in size["rows"]:
-        lines.append(f"| {mode} | {base} | {ms:.1f} | {ratio:.3f} | {pair:.3f} | {diff:+.1f} | {cpu_ratio:.3f} |")
+    for mode, base, ms, ratio, pair, dwall, dmain, dproc, cpu_ratio in size["rows"]:
+        lines.append(f"| {mode} | {base} | {ms:.1f} | {ratio:.3f} | {pair:.3f} | {dwall:+.1f} | {dmain:+.1f} "
+                     f"| {dproc:+.1f} | {cpu_ratio:.3f} |")
     return "\n".join(lines)
 
 
@@ -406,13 +309,54 @@ def _ol_note(result: dict[str, Any]) -> str:
     p = result.get("ol_profile")
     if not p:
         return ""
+    pairs = [(size["hidden"], row[5]) for size in result["sizes"] for row in size["rows"] if row[0] == "pipe_openllmetry"]
+    deltas = ", ".join(f"hidden {h}: {d:+.0f} ms" for h, d in pairs)
+    values = [d for _h, d in pairs]
+    fixed = len(values) > 1 and max(values) - min(values) <= 0.1 * statistics.mean(values)
+    ending = (f"The Δ wall of `pipe_openllmetry` is about the same for both models ({deltas}): a fixed cost "
+              "per request." if fixed else f"Δ wall of `pipe_openllmetry`: {deltas}.")
+    callers = ", ".join(f"`{c}`" for c in p["dir_callers"]) or "unknown"
     return (
         f"Where OpenLLMetry's time goes (cProfile of one more instrumented request, hidden-64 model): "
-        f"{p['dir_ms']:.0f} ms of the {p['total_ms']:.0f} ms request are inside `__dir__`, i.e. the wrapper's "
-        f"`\"TextGenerationPipeline\" not in dir(transformers)` check run on every call; `dir(transformers)` "
-        f"alone took {p['dir_alone_ms']:.0f} ms here (transformers' lazy module builds the name list with a "
-        f"linear `not in` test per name). That is a fixed cost per request, independent of model size.\n"
+        f"{p['dir_ms']:.0f} ms of the {p['total_ms']:.0f} ms request are inside `__dir__`, reached through "
+        f"`dir()` called from {callers} (its source tests `\"TextGenerationPipeline\" not in dir(transformers)` "
+        f"on every call); `dir(transformers)` alone took {p['dir_alone_ms']:.0f} ms in this process "
+        f"(transformers {_version('transformers')}'s lazy module builds that list with a `not in` test on "
+        f"a list per name). {ending}\n"
     )
+
+
+def _summary(result: dict[str, Any]) -> str:
+    """Headline figures, computed from the largest model's rows (nothing typed in by hand)."""
+    size = result["sizes"][-1]
+    rows = {r[0]: r for r in size["rows"]}
+    parts = [f"{TOOLS[m]} {rows[m][4]:.2f}x" for m in TOOLS if m in rows]
+    text = (f"Summary, hidden {size['hidden']} / {size['layers']} layers, median of paired ratios: "
+            + "; ".join(parts) + ".")
+    cap = rows.get("vt_capture")
+    if cap:
+        text += (f" `vt_capture`'s Δ wall {cap[5]:+.1f} ms splits into {cap[6]:+.1f} ms on the calling thread "
+                 f"and {cap[7] - cap[6]:+.1f} ms of CPU on other threads during the request (by thread below).")
+    threads = result.get("threads")
+    if threads:
+        blas = os.environ.get("OPENBLAS_NUM_THREADS")
+        text += ("\n\nCPU per `vt_capture` request (request + flush) by thread, hidden "
+                 f"{size['hidden']} model, 8 more requests after the timed ones (`/proc/self/task`; "
+                 f"`OPENBLAS_NUM_THREADS` {'= ' + blas if blas else 'unset'}): "
+                 + "; ".join(f"{k} {v:.0f} ms" for k, v in threads.items()) + ".")
+    dot = result.get("dot")
+    if threads and not dot:
+        text += " One `np.dot` on an activation-sized vector used under 1 ms of CPU on every thread."
+    if dot:
+        n = result["prompt_tokens"] * size["hidden"]
+        text += (f" One `np.dot(v, v)` on {n:,} float64 values (what `artifacts.summarize_array` computes "
+                 f"for `l2_norm` of one (1, {result['prompt_tokens']}, {size['hidden']}) activation), alone, "
+                 "50 ms apart, costs per call: "
+                 + "; ".join(f"{k} {v:.1f} ms" for k, v in dot.items())
+                 + f" of CPU (numpy's BLAS: {blas_name()}). The same native thread id in both lines: the "
+                 "capture's extra CPU is the BLAS worker pool woken by `np.dot` (rerun with "
+                 "`OPENBLAS_NUM_THREADS=1` to compare).")
+    return text + "\n"
 
 
 def _doc_section(result: dict[str, Any], args: argparse.Namespace) -> str:
@@ -439,11 +383,14 @@ profiler's start/stop and nnsight's per-request tracing context are inside it.
 Load average (1/5/15 min) at the start: {result['load_start']}, at the end: {result['load']} (shared 2-core machine: other engineers' jobs
 run beside it, so wall times are noisy; the paired ratios and the CPU ratio are the steadier
 figures). Wall time is the request as its caller waits for it; after each request, outside that
-window, vauban-trace's session is flushed, and the process CPU time (all threads) covers request +
-flush, so the exporter's and the artifact writer's background work is counted there.
+window, vauban-trace's session is flushed (no background work bleeds into the next request). Δ
+columns: median over repeats of (mode − baseline) within the same repeat: wall time, CPU time of the
+calling thread, CPU time of all threads during the request; the last column is the ratio of
+all-thread CPU over request + flush, i.e. with the exporter's and the artifact writer's work.
 
 {tables}
 
+{_summary(result)}
 What each tool produced for one more request on the hidden-64 model (observed by the script:
 spans counted in each tool's exporter, attribute keys inspected, saved tensors' shapes,
 vauban-trace's trace read back from its embedded store; "no" means that tool's output for this
@@ -499,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hidden {size['hidden']}, {size['layers']} layers")
         print(_table(size))
     print(_capabilities(result["obs"]))
+    print(_summary(result))
     print(_ol_note(result))
     print("load average:", result["load"])
     if args.write_docs:
