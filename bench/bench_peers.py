@@ -402,8 +402,8 @@ request held no such thing):
 - `vt_traced` / `pipe_vt_traced`: `instrument_model(model)` with `vauban_trace.configure()`'s
   embedded exporter (batch processor, SQLite store), as `make demo`.
 - `vt_capture`: `capture_artifacts=("logits", "activation")`, `layers=(0, 1)`: residual stream after
-  layers 0 and 1 (prompt positions) and the last-position logits, blake3-hashed and written by the
-  background writer.
+  layers 0 and 1 (prompt positions) and the last-position logits as artifacts (summary statistics
+  and blake3 digest on the calling thread, the blob written by the background writer).
 - `profiler`: `torch.profiler.profile(activities=[CPU], record_shapes=False)` per request.
 - `nnsight`: `LanguageModel(model, tokenizer=tok)` over a second instance loaded from the same
   directory (nnsight {_version('nnsight')} marks `LanguageModel` deprecated but wraps a built model
