@@ -47,7 +47,8 @@ received (an ``InMemorySpanExporter`` is added to vauban-trace's provider only t
 token counts on spans, saved tensors, artifacts and their digests, and whether the trace reads
 back from the embedded store. The capability table is built from those observations only
 (``bench/peers_observe.py``, with the per-thread CPU breakdown of ``vt_capture`` and the cProfile of
-one OpenLLMetry request).
+one OpenLLMetry request). Unless ``--no-blas-check`` (or ``OPENBLAS_NUM_THREADS`` is already set),
+``plain`` and ``vt_capture`` are then rerun in a child process with ``OPENBLAS_NUM_THREADS=1``.
 
 Environment (peers are not installed in the project venv; they live in their own venv)::
 
@@ -266,7 +267,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     session.provider.add_span_processor(SimpleSpanProcessor(memory))
     obs = observe(benches[0], memory)
     session.shutdown()
-    return {"sizes": results, "obs": obs, "load": _loadavg(), "load_start": load_start, "threads": threads, "dot": dot, "prompt_tokens": args.prompt_tokens, "ol_profile": getattr(benches[0], "ol_profile", None)}
+    return {
+        "sizes": results, "obs": obs, "load": _loadavg(), "load_start": load_start, "threads": threads, "dot": dot,
+        "prompt_tokens": args.prompt_tokens, "ol_profile": getattr(benches[0], "ol_profile", None),
+    }
+
+
+def _blas_rerun(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """``plain`` and ``vt_capture`` again, in a child process with ``OPENBLAS_NUM_THREADS=1``."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "blas1.json"
+        cmd = [sys.executable, __file__, "--modes", "plain,vt_capture", "--repeat", str(args.repeat),
+               "--hidden", str(args.hidden), "--layers", str(args.layers), "--prompt-tokens",
+               str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads),
+               "--no-blas-check", "--json-out", str(out)]
+        done = subprocess.run(cmd, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, capture_output=True, text=True)
+        if done.returncode != 0 or not out.exists():
+            print("OPENBLAS_NUM_THREADS=1 rerun failed:", done.stderr[-2000:], file=sys.stderr)
+            return None
+        sizes: list[dict[str, Any]] = json.loads(out.read_text())
+        return sizes
 
 
 def _loadavg() -> str:
@@ -354,8 +377,14 @@ def _summary(result: dict[str, Any]) -> str:
                  "50 ms apart, costs per call: "
                  + "; ".join(f"{k} {v:.1f} ms" for k, v in dot.items())
                  + f" of CPU (numpy's BLAS: {blas_name()}). The same native thread id in both lines: the "
-                 "capture's extra CPU is the BLAS worker pool woken by `np.dot` (rerun with "
-                 "`OPENBLAS_NUM_THREADS=1` to compare).")
+                 "capture's extra CPU is the BLAS worker pool woken by `np.dot`.")
+    blas1 = result.get("blas1")
+    if blas1:
+        rows1 = {r[0]: r for r in blas1[-1]["rows"]}
+        text += (f"\n\nThe same comparison rerun in a child process with `OPENBLAS_NUM_THREADS=1` (plain and "
+                 f"vt_capture only, {blas1[-1]['hidden']}-hidden model, same repeats): `vt_capture` paired ratio "
+                 f"{rows1['vt_capture'][4]:.3f}, Δ wall {rows1['vt_capture'][5]:+.1f} ms, Δ all-thread CPU "
+                 f"{rows1['vt_capture'][7]:+.1f} ms (against {cap[4] if cap else float('nan'):.3f} above).")
     return text + "\n"
 
 
@@ -427,6 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps the shared machine usable)")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--no-blas-check", action="store_true",
+                        help="skip the plain/vt_capture rerun in a child process with OPENBLAS_NUM_THREADS=1")
+    parser.add_argument("--json-out", default=None, help="also write the timing rows as JSON to this path")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
@@ -442,6 +474,12 @@ def main(argv: list[str] | None = None) -> int:
               f"--modes. No number is reported for a tool that is not installed.", file=sys.stderr)
         return 2
     result = run(args)
+    if args.json_out:
+        import json
+
+        Path(args.json_out).write_text(json.dumps(result["sizes"]))
+    check = "vt_capture" in args.modes and not args.no_blas_check and "OPENBLAS_NUM_THREADS" not in os.environ
+    result["blas1"] = _blas_rerun(args) if check else None
     for size in result["sizes"]:
         print(f"hidden {size['hidden']}, {size['layers']} layers")
         print(_table(size))
