@@ -125,7 +125,10 @@ def summarize_array(array: np.ndarray[Any, Any], topk: int | None = None) -> dic
             "std": _float(values.std()),
             "min": _float(values.min()),
             "max": _float(values.max()),
-            "l2_norm": _float(np.sqrt(np.dot(values, values))),
+            # einsum's own loop, not np.dot: a BLAS dot wakes OpenBLAS's worker threads, which
+            # then spin for milliseconds of CPU per call (measured: 5.9 ms CPU for 0.25 ms of
+            # wall on 2M values, against 1.0 ms CPU here) and slow the traced model down
+            "l2_norm": _float(np.sqrt(np.einsum("i,i->", values, values))),
         }
     if nonfinite:
         summary["nonfinite_count"] = nonfinite
