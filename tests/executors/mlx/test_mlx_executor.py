@@ -145,7 +145,7 @@ def test_all_positions_logits(pair: tuple[MlxExecutor, TorchExecutor], session: 
 
 
 def test_unsupported_requests_are_recorded_missing(pair: tuple[MlxExecutor, TorchExecutor], session: Any) -> None:
-    """Continuation scores are still not built: recorded missing; interventions and mlp now run."""
+    """A ``metric`` without ``score_continuation`` is recorded missing (not_requested); with it, scored."""
     mex, _ = pair
     req = request(PROMPTS[0], collect_layers=(0,), extra=["intervention_result", "weight_snapshot", "metric"],
                   interventions=(Intervention(name="steer", layer_index=1, params={"vector": "random:7", "alpha": 4.0}),))
@@ -153,9 +153,11 @@ def test_unsupported_requests_are_recorded_missing(pair: tuple[MlxExecutor, Torc
     m = rebuilt(session, result.trace_id)
     validate_trace(m)
     assert m.complete, m.problems
-    assert {(x.kind, x.reason, x.layer) for x in m.missing} == {("metric", "unsupported", None)}
+    assert {(x.kind, x.reason, x.layer) for x in m.missing} == {("metric", "not_requested", None)}
     assert all(x.detail for x in m.missing)
     assert "intervene" in child_stages(m) and "score" not in child_stages(m)
+    scored = rebuilt(session, mex.run(req, max_new_tokens=2, score_continuation=" dog").trace_id)
+    assert scored.missing == () and child_stages(scored)[-2:] == ["score", "emit"]
     assert len(m.artifacts_of_kind("intervention_result")) == 1
     assert {a.metadata["site"] for a in m.artifacts_of_kind("activation")} == {"residual", "mlp"}
 
@@ -202,9 +204,8 @@ def test_errors_before_the_root_span(pair: tuple[MlxExecutor, TorchExecutor], tm
         mex.run(request(PROMPTS[0], collect_layers=(5,)))
     with pytest.raises(ExecutorError, match="does not exist"):
         MlxExecutor.from_pretrained(tmp_path / "nope")
-    ref = session.artifact_store.put(b'["a", "b"]', "application/json").digest
-    with pytest.raises(ExecutorError, match="one prompt per request"):
-        mex.run(TraceRequest(input_ref=ref, requested_artifacts=("tokens",)))
+    with pytest.raises(ExecutorError, match="prompts must be a non-empty list"):
+        mex.run(request(PROMPTS[0]), prompts=[])
     with pytest.raises(ExecutorError, match="max_new_tokens"):
         mex.run(request(PROMPTS[0]), max_new_tokens=-1)
 

@@ -101,6 +101,11 @@ class EvalCounter:
         self.total += 1
         return array.item()
 
+    def tolist(self, array: mx.array) -> Any:
+        """``array.tolist()`` (one host read of every element), counted."""
+        self.total += 1
+        return array.tolist()
+
     def start(self) -> object:
         return self.total
 

@@ -19,8 +19,8 @@ wraps the Hugging Face tokenizer files). Loading is lazy, as in the torch execut
 traced request shows a ``load`` stage; ``load()`` or reading ``capabilities`` loads untraced.
 
 The stages of a request are in :mod:`._pipeline`, the interventions in :mod:`._intervene`.
-Everything the caller can get wrong (a missing directory, a layer out of range, a batch of several
-prompts, a bad intervention) raises :class:`ExecutorError` before the root span opens (for a
+Everything the caller can get wrong (a missing directory, a layer out of range, a bad
+intervention, a continuation count that fits neither one nor every prompt) raises :class:`ExecutorError` before the root span opens (for a
 lazily loaded executor, what needs the weights is checked right after the ``load`` stage).
 """
 
@@ -35,13 +35,21 @@ from typing import Any
 
 from vauban_trace._exceptions import ConfigurationError, ExecutorError
 from vauban_trace.contract import Capabilities, Trace, TraceRequest
-from vauban_trace.executors._common import RunResult
+from vauban_trace.executors._common import RunResult as _BaseRunResult
 from vauban_trace.executors.mlx._capabilities import build_capabilities
 from vauban_trace.executors.mlx._layers import SITES_BUILT, MlxLayers, config_layer_count, find_layers
+from vauban_trace.executors.mlx._score import ContinuationScore
 from vauban_trace.executors.mlx._values import device_label
 
 ALL_SITES = ("residual", "attn", "mlp")
 _EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "tok_embeddings.weight")
+
+
+@dataclass(frozen=True)
+class RunResult(_BaseRunResult):
+    """What one request produced (the evidence itself is in the trace), plus continuation scores."""
+
+    scores: tuple[ContinuationScore, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,11 +60,13 @@ class MlxRunOptions:
     topk: int = 5
     ignore_eos: bool = False
     weights: tuple[str, ...] = ()
+    score_continuation: tuple[str, ...] | None = None
 
 
 def make_mlx_options(
     *, max_new_tokens: int = 0, sites: Sequence[str] = ("residual",), logits_positions: str = "last",
     topk: int = 5, ignore_eos: bool = False, weights: Sequence[str] = (),
+    score_continuation: str | Sequence[str] | None = None,
 ) -> MlxRunOptions:
     """Check the settings of :meth:`MlxExecutor.run`; :class:`ExecutorError` names the bad one."""
     for name, value, low in (("max_new_tokens", max_new_tokens, 0), ("topk", topk, 1)):
@@ -68,8 +78,13 @@ def make_mlx_options(
         raise ExecutorError(f"logits_positions must be 'last' or 'all', got {logits_positions!r}")
     if isinstance(weights, str) or any(not isinstance(w, str) or not w for w in weights):
         raise ExecutorError(f"weights must be a list of parameter names, got {weights!r}")
+    score = (score_continuation,) if isinstance(score_continuation, str) else (
+        tuple(score_continuation) if score_continuation is not None else None
+    )
+    if score is not None and (not score or any(not isinstance(s, str) or not s for s in score)):
+        raise ExecutorError("score_continuation must be a non-empty string (or one per prompt)")
     return MlxRunOptions(max_new_tokens, tuple(dict.fromkeys(sites)), logits_positions, topk, bool(ignore_eos),
-                         tuple(dict.fromkeys(weights)))
+                         tuple(dict.fromkeys(weights)), score)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -207,6 +222,8 @@ class MlxExecutor:
         topk: int = 5,
         ignore_eos: bool = False,
         weights: Sequence[str] = (),
+        score_continuation: str | Sequence[str] | None = None,
+        prompts: Sequence[str] | None = None,
     ) -> RunResult:
         """Run ``request`` as one traced request (stages in :mod:`._pipeline`).
 
@@ -215,13 +232,19 @@ class MlxExecutor:
         applied (:mod:`._intervene`); ``logits_positions`` is ``last`` or ``all``; ``topk`` sizes the
         logits summary; ``ignore_eos`` generates exactly ``max_new_tokens`` tokens; ``weights``
         names parameters (``model.layers.0.mlp.up_proj.weight``) for ``weight_snapshot``
-        artifacts (default when the kind is requested: the input embedding).
+        artifacts (default when the kind is requested: the input embedding);
+        ``score_continuation`` (one string, or one per prompt) scores that continuation after each
+        prompt (stage ``score``, a ``metric`` artifact, ``RunResult.scores``); ``prompts`` overrides
+        the request's input (a batch without a configured store). A request holding several prompts
+        (``input_ref`` of a JSON list, as ``TorchExecutor.make_request`` stores a batch) runs them
+        left-padded in one batch (:mod:`._batch`).
         """
         from vauban_trace.executors.mlx._pipeline import run_request
 
         opts = make_mlx_options(max_new_tokens=max_new_tokens, sites=sites, logits_positions=logits_positions,
-                                topk=topk, ignore_eos=ignore_eos, weights=weights)
-        return run_request(self, request, opts)
+                                topk=topk, ignore_eos=ignore_eos, weights=weights,
+                                score_continuation=score_continuation)
+        return run_request(self, request, opts, prompts)
 
     def trace(self, request: TraceRequest, **kwargs: Any) -> Trace:
         """:meth:`run`, then flush and return the Trace rebuilt from the embedded store."""
@@ -237,4 +260,5 @@ class MlxExecutor:
         return trace
 
 
-__all__ = ["ALL_SITES", "SITES_BUILT", "MlxExecutor", "MlxRunOptions", "RunResult", "make_mlx_options"]
+__all__ = ["ALL_SITES", "SITES_BUILT", "ContinuationScore", "MlxExecutor", "MlxRunOptions", "RunResult",
+           "make_mlx_options"]

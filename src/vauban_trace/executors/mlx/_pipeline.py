@@ -6,8 +6,9 @@ stage      what happens / what is recorded on it
 load       only in the first request of a lazily loaded executor: mlx-lm weights, tokenizer
 tokenize   chat template (optional), tokenization with the Hugging Face tokenizer;
            ``tokens`` artifact of the prompt ids; token_count, batch_size
-batch      the ``mx.array`` of input ids (one prompt: no padding); metadata padded length,
-           padding tokens, pad id; input_bytes derived from the array
+batch      the ``mx.array`` of input ids, left-padded to the longest prompt (:mod:`._batch`);
+           metadata padding side, padded length, padding tokens, pad id; input_bytes derived
+           from the array
 prefill    the prompt forward pass (mlx-lm KV cache when decoding follows) with the residual
            capture installed, evaluated once (``mx.eval`` of logits and captured states);
            ``logits`` / ``logprobs`` of the last (or every) position, top-k in the summary
@@ -17,9 +18,12 @@ observe    ``activation`` artifacts of each requested (layer, site): residual, a
 intervene  with interventions: a clean reference pass of the prompt without them, then one
            ``intervention_result`` artifact per intervention: parameters, hidden-state norm and
            projection before/after at its site, the change of the clean top token's logprob
-decode     greedy loop over ``model(token, cache=cache)`` (intervention taps installed);
-           per-step facts folded into vauban.decode.* attributes (and ``intervention_calls``
-           in its metadata); ``logprobs`` of the chosen tokens when asked
+decode     greedy loop over ``model(tokens, cache=cache)`` (intervention taps installed),
+           each row stopping on its own; per-step facts folded into vauban.decode.* attributes
+           (and ``intervention_calls`` in its metadata); ``logprobs`` of the chosen tokens
+score      with ``score_continuation``: the log-likelihood of the continuation after each
+           prompt (:mod:`._score`); one ``metric`` artifact (sum and per-token logprobs and
+           token ids per sequence)
 emit       detokenization: ``text`` and ``tokens`` of the generated output; usage and
            finish reasons on the root span
 =========  =================================================================================
@@ -27,9 +31,11 @@ emit       detokenization: ``text`` and ``tokens`` of the generated output; usag
 The prompt pass runs with the intervention taps installed first and the activation capture
 second, so activations record the intervened hidden state (as in the torch executor).
 
-Not built: continuation scores (``metric``), recorded missing on the root span with reason
-``unsupported`` before any stage runs; a site a layer does not have is recorded missing per layer
-on the observe span; batches of more than one prompt (refused with an error); sampling.
+Several prompts run as one left-padded batch, with the torch executor's artifact shapes
+(``[batch, ...]``; the ``tokens``/``text`` artifacts are lists of rows for a batch, one row for one
+prompt). A site a layer does not have is recorded missing per layer on the observe span; a
+``metric`` requested without ``score_continuation`` is recorded missing (``not_requested``).
+Not built: sampling, stop strings.
 
 Counters: token_count and batch_size as in the torch executor (derived / declared),
 ``duration_s`` measured, ``memory_bytes`` from the MLX allocator peak (measured, method
@@ -41,7 +47,7 @@ inside ``instrumentation_work()``; that copy is counted as ``instrumentation_d2h
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
@@ -52,9 +58,21 @@ from vauban_trace import semconv as sc
 from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import TraceRequest
 from vauban_trace.executors._common import request_inputs
+from vauban_trace.executors.mlx._batch import (
+    STOP_EOS,
+    STOP_LENGTH,
+    Decoded,
+    Padded,
+    check_batchable,
+    forward,
+    greedy,
+    left_pad,
+    log_softmax,
+)
 from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
 from vauban_trace.executors.mlx._intervene import InterventionSet, ResolvedIntervention, resolve
 from vauban_trace.executors.mlx._layers import ActivationCapture
+from vauban_trace.executors.mlx._score import ContinuationScore, score_continuations
 from vauban_trace.executors.mlx._values import dtype_name
 from vauban_trace.instrument import probes, record_artifact, record_missing, stage, traced_request
 from vauban_trace.instrument._probes import instrumentation_work
@@ -62,29 +80,36 @@ from vauban_trace.instrument._probes import instrumentation_work
 if TYPE_CHECKING:
     from vauban_trace.executors.mlx._executor import MlxExecutor, MlxRunOptions, RunResult
 
-STOP_EOS, STOP_LENGTH = "eos", "max_new_tokens"
 _FINISH = {STOP_EOS: "stop", STOP_LENGTH: "length"}
-_OWN_KINDS = frozenset({"text", "tokens", "logits", "logprobs", "activation", "intervention_result", "weight_snapshot"})
-_NOT_BUILT = {"metric": "continuation scores are not built in the MLX executor yet"}
+_OWN_KINDS = frozenset(
+    {"text", "tokens", "logits", "logprobs", "activation", "intervention_result", "weight_snapshot", "metric"}
+)
 
 
-def _prompt(request: TraceRequest) -> tuple[str | None, list[int] | None]:
-    """The request's one prompt, as text or ids; a batch is refused."""
-    texts, ids = request_inputs(request)
-    if ids is not None:
-        return None, ids[0]
-    assert texts is not None
-    if len(texts) != 1:
-        raise ExecutorError(f"the MLX executor runs one prompt per request; this request holds {len(texts)} "
-                            "(batches are not built yet)")
-    return texts[0], None
+def _inputs(request: TraceRequest, prompts: Sequence[str] | None) -> tuple[list[str] | None, list[list[int]] | None]:
+    """The request's prompts, as texts or ids (``prompts`` overrides the request's input)."""
+    if prompts is not None:
+        texts = list(prompts)
+        if isinstance(prompts, str) or not texts or any(not isinstance(t, str) for t in texts):
+            raise ExecutorError("prompts must be a non-empty list of strings")
+        return texts, None
+    return request_inputs(request)
 
 
 class _Plan:
     """Everything checked before the root span opens."""
 
-    def __init__(self, ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> None:
-        self.text, self.ids = _prompt(request)
+    def __init__(self, ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions,
+                 prompts: Sequence[str] | None) -> None:
+        self.texts, self.ids = _inputs(request, prompts)
+        self.batch = len(self.texts) if self.texts is not None else 1
+        if opts.score_continuation is not None and len(opts.score_continuation) not in (1, self.batch):
+            raise ExecutorError(
+                f"score_continuation: give one continuation or one per prompt ({self.batch}), "
+                f"got {len(opts.score_continuation)}"
+            )
+        self.continuations: list[list[int]] = []
+        self.distinct_continuations = 0
         self.requested = set(request.requested_artifacts)
         self.want_logits = request.return_logits or "logits" in self.requested
         self.want_logprobs = request.return_logprobs or "logprobs" in self.requested
@@ -107,8 +132,23 @@ class _Plan:
         self.weight_names: list[str] = []
         if self.want_weights and ex.loaded:  # else right after the load stage
             self.weight_names = ex.resolve_weights(opts.weights)
-        if request.apply_chat_template and ex.loaded and getattr(ex.tokenizer, "chat_template", None) is None:
+        if ex.loaded:  # else right after the load stage
+            self.check_loaded(ex, request, opts)
+
+    def check_loaded(self, ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> None:
+        """The checks that need the model and tokenizer."""
+        if request.apply_chat_template and getattr(ex.tokenizer, "chat_template", None) is None:
             raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
+        check_batchable(ex.model, self.batch)
+        if opts.score_continuation is not None:
+            conts = list(opts.score_continuation)
+            if len(conts) == 1:
+                conts = conts * self.batch
+            self.continuations = [[int(i) for i in ex.tokenizer(c, add_special_tokens=False)["input_ids"]]
+                                  for c in conts]
+            if any(not c for c in self.continuations):
+                raise ExecutorError("score_continuation tokenized to zero tokens")
+            self.distinct_continuations = len(set(conts))
 
     def resolve_interventions(self, ex: MlxExecutor) -> None:
         if not self.interventions:
@@ -129,11 +169,12 @@ def _recording() -> Iterator[None]:
         yield
 
 
-def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> RunResult:
+def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions,
+                prompts: Sequence[str] | None = None) -> RunResult:
     from vauban_trace import __version__
     from vauban_trace.executors.mlx._executor import RunResult
 
-    plan = _Plan(ex, request, opts)
+    plan = _Plan(ex, request, opts, prompts)
     needs_load = not ex.loaded
     counter = EvalCounter()
     with probes(MlxMemoryProbe(), counter), traced_request(
@@ -150,8 +191,7 @@ def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions) -> 
             if plan.want_weights:
                 plan.weight_names = ex.resolve_weights(opts.weights)
             plan.resolve_interventions(ex)
-            if request.apply_chat_template and getattr(ex.tokenizer, "chat_template", None) is None:
-                raise ExecutorError("apply_chat_template was requested but the tokenizer has no chat template")
+            plan.check_loaded(ex, request, opts)
         return _run_stages(ex, req, request, opts, plan, counter, RunResult)
 
 
@@ -168,10 +208,7 @@ def _framework_versions() -> str:
 
 
 def _declare_missing(ex: MlxExecutor, plan: _Plan, opts: MlxRunOptions) -> None:
-    for kind, note in _NOT_BUILT.items():
-        if kind in plan.requested:
-            record_missing(kind, "unsupported", note)
-    for kind in sorted(plan.requested - _OWN_KINDS - set(_NOT_BUILT)):
+    for kind in sorted(plan.requested - _OWN_KINDS):
         record_missing(kind, "unsupported", f"the MLX executor does not produce {kind} artifacts")
     if plan.layers and ex.layers is None:
         record_missing("activation", "unsupported", ex.capabilities.notes.get("can_emit_activations", ""))
@@ -179,43 +216,45 @@ def _declare_missing(ex: MlxExecutor, plan: _Plan, opts: MlxRunOptions) -> None:
 
 def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOptions, plan: _Plan,
                 counter: EvalCounter, result_cls: Any) -> RunResult:
-    model, tok, dev = ex.model, ex.tokenizer, ex.device
+    model, tok, dev, n = ex.model, ex.tokenizer, ex.device, plan.batch
     _declare_missing(ex, plan, opts)
 
     # -- tokenize ---------------------------------------------------------------------------
-    with stage("tokenize", batch_size=1, device="cpu") as st:
+    with stage("tokenize", batch_size=n, device="cpu") as st:
         if plan.ids is not None:
             prompt_ids = plan.ids
         else:
-            assert plan.text is not None
-            text = plan.text
+            assert plan.texts is not None
+            inputs = plan.texts
             if request.apply_chat_template:
-                text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                               add_generation_prompt=True)
-            prompt_ids = [int(i) for i in tok(text, add_special_tokens=not request.apply_chat_template)["input_ids"]]
-        if not prompt_ids:
-            raise ExecutorError("the prompt tokenized to zero tokens")
-        n_prompt = len(prompt_ids)
+                inputs = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                                  add_generation_prompt=True) for t in inputs]
+            prompt_ids = [[int(i) for i in tok(t, add_special_tokens=not request.apply_chat_template)["input_ids"]]
+                          for t in inputs]
+        if any(not p for p in prompt_ids):
+            raise ExecutorError("a prompt tokenized to zero tokens")
+        n_prompt = sum(len(p) for p in prompt_ids)
         st.set_counter("token_count", n_prompt, provenance="derived")
-        st.set_metadata({"chat_template": request.apply_chat_template, "lengths": [n_prompt]})
+        st.set_metadata({"chat_template": request.apply_chat_template, "lengths": [len(p) for p in prompt_ids]})
         with _recording():
-            record_artifact("tokens", prompt_ids, metadata={"role": "prompt"})
+            record_artifact("tokens", prompt_ids[0] if n == 1 else prompt_ids, metadata={"role": "prompt"})
 
     # -- batch ------------------------------------------------------------------------------
     pad_id = _pad_id(tok, ex)
-    with stage("batch", batch_size=1, device=dev) as st:
-        ids = mx.array([prompt_ids], dtype=mx.int32)
-        counter.eval(ids)
-        st.set_counter("token_count", n_prompt, provenance="derived")
-        st.set_counter("input_bytes", int(ids.nbytes), provenance="derived")
-        st.set_metadata({"padding_side": "left", "padded_length": n_prompt, "padding_tokens": 0,
+    with stage("batch", batch_size=n, device=dev) as st:
+        padded = left_pad(prompt_ids, pad_id)
+        counter.eval(padded.ids)
+        width = padded.width
+        st.set_counter("token_count", n * width, provenance="derived")
+        st.set_counter("input_bytes", int(padded.ids.nbytes), provenance="derived")
+        st.set_metadata({"padding_side": "left", "padded_length": width, "padding_tokens": n * width - n_prompt,
                          "pad_token_id": pad_id})
 
     for item in plan.resolved:  # patch sources must match this request's hidden-state shape
-        if item.source is not None and tuple(item.source.shape[:2]) != (1, n_prompt):
+        if item.source is not None and tuple(item.source.shape[:2]) != (n, width):
             raise ExecutorError(
                 f"patch at layer {item.spec.layer_index}: source shape {list(item.source.shape)} does not match "
-                f"this request's hidden state [1, {n_prompt}, ...]"
+                f"this request's hidden state [{n}, {width}, ...]"
             )
 
     layers = ex.layers
@@ -225,17 +264,12 @@ def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOp
         capture = ActivationCapture(layers, [(i, s) for i in plan.layers for s in opts.sites])
     generate = opts.max_new_tokens > 0
     # -- prefill ----------------------------------------------------------------------------
-    with stage("prefill", batch_size=1, device=dev) as st:
+    with stage("prefill", batch_size=n, device=dev) as st:
         st.set_counter("token_count", n_prompt, provenance="derived")
-        cache = None
-        if generate:
-            from mlx_lm.models.cache import make_prompt_cache
-
-            cache = make_prompt_cache(model)
         # intervention taps first: the capture then sees the intervened output
         with ivset.installed("prefill") if ivset is not None else nullcontext(), \
                 capture.installed() if capture is not None else nullcontext():
-            logits = model(ids, cache=cache)
+            logits, cache = forward(model, padded, keep_cache=generate)
         counter.eval(logits, *(capture.arrays() if capture is not None else ()),
                      *(ivset.arrays() if ivset is not None else ()))
         st.set_counter("output_bytes", int(logits.nbytes), provenance="derived")
@@ -243,47 +277,65 @@ def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOp
             _record_logits(logits, opts, plan)
     # -- observe ----------------------------------------------------------------------------
     if capture is not None or plan.weight_names:
-        with stage("observe", batch_size=1, device=dev):
+        with stage("observe", batch_size=n, device=dev):
             _observe(capture)
             if plan.weight_names:
                 _snapshot(ex, plan)
     # -- intervene --------------------------------------------------------------------------
     if ivset is not None:
-        with stage("intervene", batch_size=1, device=dev):
-            _intervene(ivset, model, ids, logits, counter)
+        with stage("intervene", batch_size=n, device=dev):
+            _intervene(ivset, model, padded, logits, counter)
     # -- decode -----------------------------------------------------------------------------
-    decoded: _Decoded | None = None
+    decoded: Decoded | None = None
     if generate:
         eos = frozenset() if opts.ignore_eos else ex.eos_token_ids()
-        with stage("decode", batch_size=1, device=dev) as st:
+        with stage("decode", batch_size=n, device=dev) as st:
             with ivset.installed("decode") if ivset is not None else nullcontext():
-                decoded = _decode(model, logits, cache, opts.max_new_tokens, eos, plan.want_logprobs, counter)
+                decoded = greedy(model, logits, cache, opts.max_new_tokens, eos, plan.want_logprobs, pad_id, counter)
             _decode_attrs(st, decoded, ivset)
             if decoded.chosen_logprobs is not None:
                 with _recording():
                     record_artifact("logprobs", decoded.chosen_logprobs, metadata={
-                        "positions": "generated", "lengths": [len(decoded.tokens)]})
+                        "positions": "generated", "lengths": [len(t) for t in decoded.tokens]})
+        del cache
     elif "text" in plan.requested:
         record_missing("text", "not_requested", "max_new_tokens is 0: nothing was generated")
+    # -- score ------------------------------------------------------------------------------
+    scores: list[ContinuationScore] = []
+    if opts.score_continuation is not None:
+        with stage("score", batch_size=n, device=dev) as st:
+            with ivset.installed("score") if ivset is not None else nullcontext():
+                scores = score_continuations(model, prompt_ids, plan.continuations, pad_id, counter)
+            st.set_counter("token_count", sum(len(p) + len(c) for p, c in zip(prompt_ids, plan.continuations,
+                                                                              strict=True)), provenance="derived")
+            with _recording():
+                record_artifact("metric", {
+                    "metric": "continuation_logprob",
+                    "sum_logprob": [s.sum_logprob for s in scores],
+                    "token_logprobs": [list(s.token_logprobs) for s in scores],
+                    "token_ids": [list(s.token_ids) for s in scores],
+                }, metadata={"metric": "continuation_logprob", "continuations": plan.distinct_continuations})
+    elif "metric" in plan.requested:
+        record_missing("metric", "not_requested", "no score_continuation was given: nothing was scored")
     # -- emit -------------------------------------------------------------------------------
     texts: list[str] = []
-    gen: list[int] = []
+    gen: list[list[int]] = []
     reasons: list[str] = []
     if decoded is not None:
-        with stage("emit", batch_size=1, device="cpu") as st:
+        with stage("emit", batch_size=n, device="cpu") as st:
             gen = decoded.tokens
-            texts = [str(tok.decode(gen, skip_special_tokens=True))]
-            reasons = [_FINISH[decoded.stop_reason]]
-            st.set_counter("token_count", len(gen), provenance="derived")
+            texts = [str(tok.decode(g, skip_special_tokens=True)) for g in gen]
+            reasons = [_FINISH[r] for r in decoded.stop_reasons]
+            st.set_counter("token_count", sum(len(g) for g in gen), provenance="derived")
             with _recording():
-                record_artifact("text", texts[0], metadata={"role": "completion"})
-                record_artifact("tokens", gen, metadata={"role": "completion"})
+                record_artifact("text", texts[0] if n == 1 else texts, metadata={"role": "completion"})
+                record_artifact("tokens", gen[0] if n == 1 else gen, metadata={"role": "completion"})
         req.set_finish_reasons(reasons)
-    req.set_usage(input_tokens=n_prompt, output_tokens=len(gen))
+    req.set_usage(input_tokens=n_prompt, output_tokens=sum(len(g) for g in gen))
     result: RunResult = result_cls(
-        trace_id=req.trace_id, texts=tuple(texts), token_ids=(tuple(gen),) if decoded is not None else (),
-        finish_reasons=tuple(reasons), prompt_token_ids=(tuple(prompt_ids),),
-        stop_reasons=(decoded.stop_reason,) if decoded is not None else (),
+        trace_id=req.trace_id, texts=tuple(texts), token_ids=tuple(tuple(g) for g in gen),
+        finish_reasons=tuple(reasons), prompt_token_ids=tuple(tuple(p) for p in prompt_ids),
+        stop_reasons=tuple(decoded.stop_reasons) if decoded is not None else (), scores=tuple(scores),
     )
     return result
 
@@ -296,11 +348,6 @@ def _pad_id(tok: Any, ex: MlxExecutor) -> int:
     return min(eos) if eos else 0
 
 
-def _log_softmax(x: mx.array) -> mx.array:
-    x = x.astype(mx.float32)
-    return x - mx.logsumexp(x, axis=-1, keepdims=True)
-
-
 def _record_logits(logits: mx.array, opts: MlxRunOptions, plan: _Plan) -> None:
     values = logits[:, -1, :] if opts.logits_positions == "last" else logits
     meta = {"positions": opts.logits_positions, "padding": "left"}
@@ -308,7 +355,7 @@ def _record_logits(logits: mx.array, opts: MlxRunOptions, plan: _Plan) -> None:
         if plan.want_logits:
             record_artifact("logits", values, metadata={**meta, "source_dtype": dtype_name(values.dtype)}, topk=opts.topk)
         if plan.want_logprobs:
-            record_artifact("logprobs", _log_softmax(values), metadata=meta, topk=opts.topk)
+            record_artifact("logprobs", log_softmax(values), metadata=meta, topk=opts.topk)
 
 
 def _observe(capture: ActivationCapture | None) -> None:
@@ -325,11 +372,11 @@ def _observe(capture: ActivationCapture | None) -> None:
             record_missing("activation", "unsupported", f"layer {layer} has no {site} module", layer)
 
 
-def _intervene(ivset: InterventionSet, model: Any, ids: mx.array, logits: mx.array, counter: EvalCounter) -> None:
+def _intervene(ivset: InterventionSet, model: Any, padded: Padded, logits: mx.array, counter: EvalCounter) -> None:
     """A clean pass of the prompt (no taps installed), then one ``intervention_result`` per intervention."""
-    clean_logits = model(ids)
-    clean = _log_softmax(clean_logits[:, -1, :])
-    dirty = _log_softmax(logits[:, -1, :])
+    clean_logits, _ = forward(model, padded)
+    clean = log_softmax(clean_logits[:, -1, :])
+    dirty = log_softmax(logits[:, -1, :])
     top = mx.argmax(clean, axis=-1, keepdims=True)
     picked = (top, mx.take_along_axis(clean, top, axis=-1), mx.take_along_axis(dirty, top, axis=-1),
               mx.argmax(dirty, axis=-1))
@@ -363,63 +410,18 @@ def _snapshot(ex: MlxExecutor, plan: _Plan) -> None:
             record_artifact("weight_snapshot", value, metadata={"parameter": name, "source_dtype": dtype_name(value.dtype)})
 
 
-class _Decoded:
-    def __init__(self) -> None:
-        self.tokens: list[int] = []
-        self.stop_reason = STOP_LENGTH
-        self.step_times_s: list[float] = []
-        self.forward_steps = 0
-        self.chosen_logprobs: mx.array | None = None
-
-
-def _decode(model: Any, logits: mx.array, cache: Any, max_new: int, eos: frozenset[int], want_lp: bool,
-            counter: EvalCounter) -> _Decoded:
-    """Greedy: the first token from the prompt's last logits, then one cached step per token.
-
-    Each step ends when its next logits are evaluated (``mx.eval``) and its token id is read
-    on the host (``item()``, needed for the stop check): two counted synchronisation points per
-    step, one per forward pass and one per token read.
-    """
-    import time
-
-    out = _Decoded()
-    chosen: list[mx.array] = []
-    last = logits[:, -1, :]
-    for _ in range(max_new):
-        t0 = time.perf_counter()
-        nxt = mx.argmax(last, axis=-1)
-        if want_lp:
-            chosen.append(mx.take_along_axis(_log_softmax(last), nxt[:, None], axis=-1))
-        token = int(counter.item(nxt[0]))
-        out.tokens.append(token)
-        stop = STOP_EOS if token in eos else (STOP_LENGTH if len(out.tokens) >= max_new else None)
-        if stop is not None:
-            out.stop_reason = stop
-            out.step_times_s.append(time.perf_counter() - t0)
-            break
-        step_logits = model(nxt[:, None], cache=cache)
-        last = step_logits[:, -1, :]
-        counter.eval(last)
-        out.forward_steps += 1
-        out.step_times_s.append(time.perf_counter() - t0)
-    if chosen:
-        out.chosen_logprobs = mx.concatenate(chosen, axis=-1)
-        counter.eval(out.chosen_logprobs)
-    return out
-
-
-def _decode_attrs(st: Any, d: _Decoded, ivset: InterventionSet | None) -> None:
+def _decode_attrs(st: Any, d: Decoded, ivset: InterventionSet | None) -> None:
     times = d.step_times_s
     arr = np.asarray(times, dtype=np.float64)
-    st.set_attribute(sc.DECODE_STEPS, len(d.tokens))
+    st.set_attribute(sc.DECODE_STEPS, len(times))
     st.set_attribute(sc.DECODE_STEP_P50_S, float(np.percentile(arr, 50)) if times else 0.0)
     st.set_attribute(sc.DECODE_STEP_P95_S, float(np.percentile(arr, 95)) if times else 0.0)
     st.set_attribute(sc.DECODE_STEP_MAX_S, max(times) if times else 0.0)
     st.set_attribute(sc.DECODE_STEP_MEAN_S, statistics.fmean(times) if times else 0.0)
-    st.set_attribute(sc.DECODE_STOP_REASON, d.stop_reason)
-    st.set_counter("token_count", len(d.tokens), provenance="derived")
-    meta: dict[str, Any] = {"stop_reasons": [d.stop_reason], "forward_steps": d.forward_steps,
-                            "generated": [len(d.tokens)]}
+    st.set_attribute(sc.DECODE_STOP_REASON, d.loop_stop_reason)
+    st.set_counter("token_count", sum(len(t) for t in d.tokens), provenance="derived")
+    meta: dict[str, Any] = {"stop_reasons": d.stop_reasons, "forward_steps": d.forward_steps,
+                            "generated": [len(t) for t in d.tokens]}
     if ivset is not None:  # how often each intervention acted on generated positions
         meta["intervention_calls"] = [h.calls.get("decode", 0) for h in ivset.hooks]
     st.set_metadata(meta)
