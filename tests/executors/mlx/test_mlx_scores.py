@@ -75,7 +75,7 @@ def score_shape(trace: Trace) -> tuple[Any, ...]:
     (metric,) = trace.artifacts_of_kind("metric")
     assert metric.producer_span_id == span.id
     return (span.name, prof.batch_size, prof.token_count, prof.provenance_of("token_count"),
-            sorted(k for k in prof.metadata if not k.startswith(("vauban.", "usl."))), metric.shape, metric.dtype,
+            sorted(k for k in prof.metadata if not k.startswith("usl.")), sorted(span.metadata), metric.shape, metric.dtype,
             metric.media_type, dict(metric.metadata), sorted(metric.summary))
 
 
