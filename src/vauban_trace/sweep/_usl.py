@@ -87,8 +87,30 @@ from typing import Any, Literal
 import numpy as np
 
 from ._stats import FloatArray, _percentile_interval, _r2, _runs_lower_tail_p, _validate_pairs
+from ._usl_checks import (
+    LACK_OF_FIT_ALPHA,
+    VARIANCE_ALPHA,
+    VARIANCE_RATIO,
+    LackOfFit,
+    VarianceTrend,
+    Weighting,
+    _choose_weights,
+    _lack_of_fit,
+    _peak_interval,
+)
 
-__all__ = ["STRUCTURE_ALPHA", "LinearFit", "UslFit", "fit_linear", "fit_usl"]
+__all__ = [
+    "LACK_OF_FIT_ALPHA",
+    "STRUCTURE_ALPHA",
+    "VARIANCE_ALPHA",
+    "VARIANCE_RATIO",
+    "LackOfFit",
+    "LinearFit",
+    "UslFit",
+    "VarianceTrend",
+    "fit_linear",
+    "fit_usl",
+]
 
 STRUCTURE_ALPHA = 0.01
 _MAX_ITER = 500
@@ -111,6 +133,14 @@ class UslFit:
     residuals: tuple[float, ...] = ()
     points: tuple[tuple[float, float], ...] = ()
     caveat: str | None = None
+    weighting: Weighting = "none"
+    weighting_reason: str = ""
+    variance_trend: VarianceTrend | None = None
+    lack_of_fit: LackOfFit | None = None
+    peak_interval: tuple[float, float] | None = None
+    peak_refits: int = 0
+    peak_refits_without_peak: int = 0
+    peak_in_range: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready mapping (``json.dumps(..., allow_nan=False)`` accepts it)."""
@@ -128,6 +158,14 @@ class UslFit:
             "residuals": list(self.residuals),
             "points": [[n, x] for n, x in self.points],
             "caveat": self.caveat,
+            "weighting": self.weighting,
+            "weighting_reason": self.weighting_reason,
+            "variance_trend": None if self.variance_trend is None else self.variance_trend.to_dict(),
+            "lack_of_fit": None if self.lack_of_fit is None else self.lack_of_fit.to_dict(),
+            "peak_interval": None if self.peak_interval is None else list(self.peak_interval),
+            "peak_refits": self.peak_refits,
+            "peak_refits_without_peak": self.peak_refits_without_peak,
+            "peak_in_range": self.peak_in_range,
         }
 
     def predict(self, n: float) -> float:
@@ -187,14 +225,18 @@ _LOWER = np.array([_LAMBDA_FLOOR, 0.0, 0.0])
 _UPPER = np.array([np.inf, 1.0, 1.0])
 
 
-def _lm(n: FloatArray, x: FloatArray, p0: FloatArray) -> tuple[FloatArray, float] | None:
-    """Projected Levenberg-Marquardt; ``(params, sse)`` or ``None`` when it does not converge."""
+def _lm(n: FloatArray, x: FloatArray, p0: FloatArray, sw: FloatArray | None = None) -> tuple[FloatArray, float] | None:
+    """Projected Levenberg-Marquardt; ``(params, sse)`` or ``None`` when it does not converge.
+
+    ``sw``: square roots of the point weights (residuals and Jacobian rows scaled by them).
+    """
     p = np.clip(p0, _LOWER, _UPPER)
-    r = x - _usl(n, p)
+    w = np.ones_like(x) if sw is None else sw
+    r = w * (x - _usl(n, p))
     sse = float(r @ r)
     mu = 1e-3
     for _ in range(_MAX_ITER):
-        jac = _jacobian(n, p)
+        jac = _jacobian(n, p) * w[:, None]
         g = jac.T @ r  # descent direction for the parameters (r = x - f)
         at_low = (p <= _LOWER) & (g < 0)
         at_high = (p >= _UPPER) & (g > 0)
@@ -215,7 +257,7 @@ def _lm(n: FloatArray, x: FloatArray, p0: FloatArray) -> tuple[FloatArray, float
             trial = p.copy()
             trial[free] += step
             trial = np.clip(trial, _LOWER, _UPPER)
-            rt = x - _usl(n, trial)
+            rt = w * (x - _usl(n, trial))
             sse_t = float(rt @ rt)
             if math.isfinite(sse_t) and sse_t <= sse:
                 done = sse - sse_t <= 1e-10 * max(sse, 1e-300)
@@ -243,10 +285,12 @@ def _starts(n: FloatArray, x: FloatArray) -> list[FloatArray]:
     return starts
 
 
-def _best_fit(n: FloatArray, x: FloatArray, starts: list[FloatArray]) -> tuple[FloatArray, float] | None:
+def _best_fit(
+    n: FloatArray, x: FloatArray, starts: list[FloatArray], sw: FloatArray | None = None
+) -> tuple[FloatArray, float] | None:
     best: tuple[FloatArray, float] | None = None
     for s in starts:
-        res = _lm(n, x, s)
+        res = _lm(n, x, s, sw)
         if res is not None and (best is None or res[1] < best[1]):
             best = res
     return best
@@ -262,9 +306,12 @@ def fit_usl(
     bootstrap: int = 200,
     confidence: float = 0.95,
     seed: int = 0,
+    weighting: Literal["auto", "none"] = "auto",
 ) -> UslFit:
     """Fit the USL to (N, X) points, or refuse with the reason; see the module docstring."""
     na, xa = _validate_pairs(n, x, "x", confidence, bootstrap)
+    if weighting not in ("auto", "none"):
+        raise ValueError(f"weighting must be 'auto' or 'none', got {weighting!r}")
     if isinstance(min_distinct, bool) or not isinstance(min_distinct, int) or min_distinct < 3:
         raise ValueError(f"min_distinct must be an integer >= 3 (three parameters), got {min_distinct!r}")
     if not (isinstance(min_span, int | float) and math.isfinite(min_span) and min_span > 1):
@@ -300,26 +347,52 @@ def fit_usl(
         )
     if float(xa.max()) == float(xa.min()):
         return refuse("X is constant across N: throughput does not vary with N, nothing to fit")
-    best = _best_fit(na, xa, _starts(na, xa))
+    mode: Weighting
+    if weighting == "none":
+        mode, why, trend, weights = "none", "unweighted as requested (weighting='none')", None, None
+    else:
+        mode, why, trend, weights = _choose_weights(na, xa)
+    sw = None if weights is None else np.sqrt(weights)
+
+    def refuse_fitted(reason: str, lof: LackOfFit | None = None) -> UslFit:
+        return UslFit("not_applicable", reason, axis, points=points, caveat=caveat, weighting=mode,
+                      weighting_reason=why, variance_trend=trend, lack_of_fit=lof)
+
+    best = _best_fit(na, xa, _starts(na, xa), sw)
     if best is None:
-        return refuse(f"the least-squares fit did not converge within {_MAX_ITER} iterations")
+        return refuse_fitted(f"the least-squares fit did not converge within {_MAX_ITER} iterations")
     p, _ = best
     resid = xa - _usl(na, p)
     mean_resid = np.array([resid[na == d].mean() for d in distinct])
     nonzero = mean_resid[mean_resid != 0.0]
     p_runs = _runs_lower_tail_p([bool(v > 0) for v in nonzero])
     if p_runs < STRUCTURE_ALPHA:
-        return refuse(
+        return refuse_fitted(
             f"residuals show structure: mean residual signs ordered by N form too few runs "
             f"(exact runs test p = {p_runs:.3g} < {STRUCTURE_ALPHA}); the USL shape does not describe these data"
         )
+    free = int(((p > _LOWER) & (p < _UPPER)).sum())
+    lof = _lack_of_fit(na, xa, xa - resid, weights, free)
+    if lof.result == "failed":
+        return refuse_fitted(
+            f"lack of fit: the per-N means of X miss the USL curve by more than the scatter of the "
+            f"repeats allows (F = {lof.f:.3g}, df = ({lof.df_lack}, {lof.df_pure}), p = {lof.p:.3g} < "
+            f"{LACK_OF_FIT_ALPHA}); the USL shape does not describe these data",
+            lof,
+        )
     lam, sig, kap = (float(v) for v in p)
     peak = math.sqrt((1.0 - sig) / kap) if kap > 0 else None
+    peak_in_range = None if peak is None else bool(distinct[0] <= peak <= distinct[-1])
     notes: list[str] = []
     if peak is not None and peak > float(distinct[-1]):
         notes.append(
             f"kappa is extrapolated: the fitted peak N* = {peak:.4g} lies beyond the largest measured "
             f"N = {distinct[-1]:g}; no point past the knee constrains kappa or peak_n"
+        )
+    if peak is not None and peak < float(distinct[0]):
+        notes.append(
+            f"the fitted peak N* = {peak:.4g} lies below the smallest measured N = {distinct[0]:g}: "
+            "an extrapolated peak"
         )
     if kap == 0.0:
         notes.append("kappa at its lower bound 0 (Amdahl regime, ceiling lambda/sigma)")
@@ -333,6 +406,8 @@ def fit_usl(
     elif sig == 1.0:
         notes.append("sigma at its upper bound 1 (fully serial)")
     intervals: dict[str, tuple[float, float]] = {}
+    peak_interval: tuple[float, float] | None = None
+    peak_refits = no_peak = 0
     if bootstrap > 0:
         rng = np.random.default_rng(seed)
         samples: list[FloatArray] = []
@@ -341,7 +416,7 @@ def fit_usl(
             nb, xb = na[idx], xa[idx]
             if np.unique(nb).size < 3:
                 continue
-            res = _lm(nb, xb, p)
+            res = _lm(nb, xb, p, None if sw is None else sw[idx])
             if res is not None:
                 samples.append(res[0])
         failed = bootstrap - len(samples)
@@ -353,6 +428,14 @@ def fit_usl(
                 intervals[name] = _percentile_interval(arr[:, j], float(confidence))
             if peak is not None and intervals["kappa"][0] == 0.0:
                 notes.append("kappa's interval reaches 0: the data are also consistent with no peak (Amdahl)")
+            if peak is not None:
+                peak_refits = len(samples)
+                peak_interval, no_peak = _peak_interval(arr, float(confidence))
+                if peak_interval is None:
+                    notes.append(
+                        f"no interval for peak_n: {no_peak} of {peak_refits} bootstrap refits had kappa = 0 "
+                        "(no peak)"
+                    )
     return UslFit(
         status="fitted",
         reason="; ".join(notes),
@@ -366,6 +449,14 @@ def fit_usl(
         residuals=tuple(float(v) for v in resid),
         points=points,
         caveat=caveat,
+        lack_of_fit=lof,
+        peak_interval=peak_interval,
+        peak_refits=peak_refits,
+        peak_refits_without_peak=no_peak,
+        peak_in_range=peak_in_range,
+        weighting=mode,
+        weighting_reason=why,
+        variance_trend=trend,
     )
 
 
