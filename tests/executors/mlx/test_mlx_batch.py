@@ -238,7 +238,8 @@ def test_bad_batch_input_raises_before_the_root_span(pair: tuple[MlxExecutor, To
         mex.run(TraceRequest(input_text="x"), prompts=["a", 3])  # type: ignore[list-item]
     with pytest.raises(ExecutorError, match="prompts must be a non-empty list of strings"):
         mex.run(TraceRequest(input_text="x"), prompts="abc")
-    monkeypatch.setattr(mex.model, "make_cache", lambda: [RotatingKVCache(max_size=8), KVCache()], raising=False)
+    monkeypatch.setattr(mex.model, "make_cache", lambda: [RotatingKVCache(max_size=8), KVCache()],  # type: ignore[no-untyped-call]
+                        raising=False)
     with pytest.raises(ExecutorError, match="plain KVCache in every layer; this model uses RotatingKVCache"):
         mex.run(tex.make_request(PROMPTS))
     monkeypatch.undo()

@@ -3,7 +3,9 @@
 Public API:
 
 - :class:`MlxExecutor` — ``MlxExecutor.from_pretrained(dir)``; ``executor.capabilities``;
-  ``executor.run(request, max_new_tokens=..., sites=..., logits_positions=..., topk=...) -> RunResult``.
+  ``executor.run(request, max_new_tokens=..., sites=..., logits_positions=..., topk=...,
+  score_continuation=..., prompts=...) -> RunResult`` (one prompt or a left-padded batch;
+  :class:`ContinuationScore` per sequence in ``RunResult.scores``).
 - :func:`find_layers` / :class:`ActivationCapture` — decoder layers, their sites (residual, attn,
   mlp) and activation capture (:class:`ResidualCapture`: the residual site only).
 - :class:`InterventionSet` / :func:`resolve_intervention` — ablate, steer and patch with the torch
@@ -21,10 +23,12 @@ from vauban_trace.executors.mlx._executor import MlxExecutor, MlxRunOptions, Run
 from vauban_trace.executors.mlx._intervene import InterventionSet, format_intervention
 from vauban_trace.executors.mlx._intervene import resolve as resolve_intervention
 from vauban_trace.executors.mlx._layers import ActivationCapture, MlxLayers, ResidualCapture, find_layers
+from vauban_trace.executors.mlx._score import ContinuationScore
 from vauban_trace.executors.mlx._torchrand import torch_cpu_randn
 
 __all__ = [
     "ActivationCapture",
+    "ContinuationScore",
     "EvalCounter",
     "InterventionSet",
     "MlxExecutor",
