@@ -203,6 +203,13 @@ def test_continuation_score_is_the_log_likelihood(session: Any) -> None:
         assert value["sum_logprob"][i] == pytest.approx(sum(expected), abs=1e-3)
 
 
+def test_metric_requested_without_a_continuation_is_declared_missing(session: Any) -> None:
+    ex = executor("qwen2")
+    trace = ex.trace(ex.make_request(PROMPTS[0], artifacts=["metric"]), max_new_tokens=2)
+    assert trace.artifacts_of_kind("metric") == ()
+    assert [(m.kind, m.reason) for m in trace.missing] == [("metric", "not_requested")]
+
+
 def test_thousand_token_generation_stays_within_span_and_event_limits(session: Any) -> None:
     ex = TorchExecutor.from_pretrained(cached_tiny_model("llama", hidden_size=32, num_layers=1,
                                                          max_position_embeddings=2048))

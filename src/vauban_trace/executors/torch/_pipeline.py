@@ -313,6 +313,8 @@ def _run_stages(ex: TorchExecutor, req: Any, request: TraceRequest, opts: RunOpt
             if ivset is not None:
                 ivset.phase = "score"
             scores = _score(model, tok, prompt_ids, opts, plan, pad_id, device, dev)
+        elif "metric" in plan.requested:
+            record_missing("metric", "not_requested", "no score_continuation was given: nothing was scored")
     # -- emit -------------------------------------------------------------------------------
     texts: list[str] = []
     gen: list[list[int]] = []
