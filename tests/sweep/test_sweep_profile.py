@@ -65,6 +65,8 @@ def test_profile_groups_summarises_and_fits_a_usl_shaped_sweep() -> None:
     json.dumps(profile.to_dict(), allow_nan=False)
     text = profile.render_markdown()
     assert "| forward |" in text and "batch_size=64" in text
+    assert fit.lack_of_fit is not None and fit.lack_of_fit.result == "passed"  # 3 repeats per value
+    assert fit.peak_interval is not None and f"{fit.peak_n:.4g} [" in text and "lack of fit p =" in text
 
 
 def test_other_sweeps_incomplete_and_unmarked_traces_are_left_out_and_reported() -> None:

@@ -46,6 +46,11 @@ the root spans' ``gen_ai.request.model``, several joined with ``,``):
                                         fitted stages only: a refused fit exports no number
 ``vauban_sweep_usl_peak``               ``N* = sqrt((1 - sigma) / kappa)``; only when kappa > 0
 ``vauban_sweep_usl_r_squared``          R² of the fit; fitted stages only
+``vauban_sweep_usl_peak_interval``      ``bound`` = low | high: the bootstrap interval of ``N*``; only
+                                        when the fit gives one (kappa > 0 and few refits without peak)
+``vauban_sweep_usl_weighting``          1, with ``weighting`` = none | inverse_variance; fitted stages
+``vauban_sweep_usl_lack_of_fit``        ``quantity`` = f | p_value | df_lack | df_pure: the lack-of-fit
+                                        F test from the repeats; fitted stages where it was testable
 ``vauban_sweep_usl_predicted``          the fitted throughput ``X(N)`` at each measured ``sweep_value``
 ``vauban_sweep_observed``               ``quantity`` = median_duration_s (the profile's median stage
                                         duration at ``sweep_value``) | throughput (``N`` / that median,
@@ -93,6 +98,10 @@ FAMILIES: Mapping[str, tuple[str, tuple[str, ...]]] = {
                                    ("parameter", "bound")),
     "vauban_sweep_usl_peak": ("USL peak N* of a fitted stage (only when kappa > 0).", ()),
     "vauban_sweep_usl_r_squared": ("R squared of a fitted stage's USL fit.", ()),
+    "vauban_sweep_usl_peak_interval": ("Bootstrap interval of the USL peak N* of a fitted stage.", ("bound",)),
+    "vauban_sweep_usl_weighting": ("Weighting of a fitted stage's USL fit: 1 with the mode.", ("weighting",)),
+    "vauban_sweep_usl_lack_of_fit": ("Lack-of-fit F test of a fitted stage's USL fit (repeats needed).",
+                                     ("quantity",)),
     "vauban_sweep_usl_predicted": ("USL-predicted stage throughput at each measured sweep value.",
                                    ("sweep_value",)),
     "vauban_sweep_observed": ("Measured stage median duration and throughput at each sweep value.",
@@ -296,6 +305,15 @@ def samples_of(profile: SweepProfile, model: str) -> list[Sample]:
                 out.append(("vauban_sweep_usl_peak", base, fit.peak_n))
             if fit.r2 is not None:
                 out.append(("vauban_sweep_usl_r_squared", base, fit.r2))
+            if fit.peak_interval is not None:
+                out.append(("vauban_sweep_usl_peak_interval", (*base, "low"), fit.peak_interval[0]))
+                out.append(("vauban_sweep_usl_peak_interval", (*base, "high"), fit.peak_interval[1]))
+            out.append(("vauban_sweep_usl_weighting", (*base, fit.weighting), 1.0))
+            lof = fit.lack_of_fit
+            if lof is not None and lof.f is not None and lof.p is not None and lof.df_lack and lof.df_pure:
+                for quantity, number in (("f", lof.f), ("p_value", lof.p), ("df_lack", float(lof.df_lack)),
+                                         ("df_pure", float(lof.df_pure))):
+                    out.append(("vauban_sweep_usl_lack_of_fit", (*base, quantity), number))
         for point in points:
             value = _label(point.value)
             median = point.duration_s.median

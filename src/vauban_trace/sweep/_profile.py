@@ -136,9 +136,16 @@ class SweepProfile:
             lines += ["| stage | USL | lambda | sigma | kappa | peak N | R² | note |", "|---|---|---|---|---|---|---|---|"]
             for stage, fit in self.fits.items():
                 if fit.status == "fitted":
+                    peak = _num(fit.peak_n)
+                    if fit.peak_interval is not None:
+                        peak += f" [{_num(fit.peak_interval[0])}, {_num(fit.peak_interval[1])}]"
+                    extra = ["inverse-variance weights"] if fit.weighting == "inverse_variance" else []
+                    if fit.lack_of_fit is not None and fit.lack_of_fit.p is not None:
+                        extra.append(f"lack of fit p = {fit.lack_of_fit.p:.3g}")
+                    note = "; ".join(x for x in (fit.caveat or fit.reason, *extra) if x)
                     lines.append(
                         f"| {stage} | fitted | {_num(fit.lambda_)} | {_num(fit.sigma)} | {_num(fit.kappa)} | "
-                        f"{_num(fit.peak_n)} | {_num(fit.r2)} | {fit.caveat or fit.reason} |")
+                        f"{peak} | {_num(fit.r2)} | {note} |")
                 else:
                     lines.append(f"| {stage} | not applicable | | | | | | {fit.reason} |")
             lines.append("")

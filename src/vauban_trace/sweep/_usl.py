@@ -16,11 +16,23 @@ scaling; a parameter at a bound whose gradient points outward is frozen for that
 from several points: the linearisation ``N / C(N) - 1 = sigma (N - 1) + kappa N (N - 1)`` with
 ``C = X / lambda0`` and ``lambda0`` = mean X at the smallest N divided by that N (solved by
 least squares and clipped to the bounds), plus ``(lambda0, 0, 0)`` and ``(lambda0, 0.5, 0)``.
-The converged start with the smallest squared error wins.
+The converged start with the smallest squared error wins (solver in ``_usl_solver``).
+
+Weighting (``weighting="auto"``, the default; ``"none"`` forces an unweighted fit). With at least
+2 repeats at every distinct N, the per-N sample variances of X are regressed on N in log-log
+(the variance trend, ``UslFit.variance_trend``: slope, t, df, p, fitted variance ratio over the
+range). When the slope differs from 0 at ``p < VARIANCE_ALPHA`` (0.05, two-sided t test on the
+line's own scatter, ``k - 2`` df) **and** the fitted ratio is at least ``VARIANCE_RATIO`` (4, a
+2x change of the standard deviation), every point is weighted by ``1 / v(N)``, ``v`` the fitted
+power law clipped to the observed per-N variances (smoothed: one noisy N cannot dominate), and
+``weighting == "inverse_variance"``. Otherwise ``weighting == "none"``; ``weighting_reason`` says
+which case held (no repeats, repeats missing at some N, identical repeats, no material trend,
+requested). Details and formulas: ``_usl_checks``.
 
 Errors (``ValueError``: the input is malformed): ``n`` and ``x`` of different lengths; an entry
 that is not a real number or not finite (the message names the index); ``min_distinct < 3``,
-``min_span <= 1``, ``bootstrap`` negative, ``confidence`` outside (0, 1).
+``min_span <= 1``, ``bootstrap`` negative, ``confidence`` outside (0, 1), ``weighting`` not
+``"auto"`` or ``"none"``.
 
 Refusals (``status == "not_applicable"``, ``reason`` says which rule, parameters ``None``;
 the data are well formed but do not support a USL claim), checked in this order:
@@ -37,10 +49,22 @@ the data are well formed but do not support a USL claim), checked in this order:
    means the curve's shape is wrong (a step from wave quantisation, a latency curve passed as
    throughput, a super-linear region hidden by the bounds). With few distinct N the test has
    little power (with 6 N its smallest p is 0.1): few points also cannot show a fit is wrong,
-   which is why rule 2 exists.
+   which is why rule 2 exists;
+7. lack of fit, when there are repeats: the (weighted) squared error splits into pure error
+   (repeats about their per-N mean, ``M - k`` df for ``M`` points at ``k`` distinct N) and lack
+   of fit (per-N means about the curve, ``k - q`` df, ``q`` the parameters strictly inside their
+   bounds); the fit is refused when ``P(F(k - q, M - k) > F) < LACK_OF_FIT_ALPHA`` (0.01): the
+   curve misses the means by more than the repeats' own scatter allows (a step, wave
+   quantisation), which the runs test cannot see with few N. ``UslFit.lack_of_fit`` holds
+   ``result`` (passed | failed | "not testable (no repeats)" | not testable because the repeats
+   are identical or no df is left), ``f``, ``df_lack``, ``df_pure`` and ``p``.
+
+Rules 5 to 7 refuse with the weighting record (and rule 7 with its test) kept on the result.
 
 Fitted, with notes in ``reason`` (a fit still honest, but read with care):
 
+- a peak below the smallest measured N (``peak_in_range`` is False): an extrapolated peak;
+- no interval for ``peak_n`` because too many bootstrap refits had kappa = 0 (see Intervals);
 - kappa extrapolated: ``kappa > 0`` and ``peak_n > max(N)``: no measured point lies past the
   knee, so kappa and ``peak_n`` come from curvature before the peak only. They are reported,
   labelled as extrapolation, with their (usually wide) bootstrap intervals; sweep further to
@@ -54,16 +78,18 @@ Fitted, with notes in ``reason`` (a fit still honest, but read with care):
 ``caveat``: set when ``axis`` contains "token": on a token-count axis prefill cost grows as
 ``a + b n + c n^2`` and kappa then measures the quadratic attention term, not coherency.
 
-The fit is unweighted (absolute residuals in X's unit): when noise grows with N the large-N
-points dominate; summarise repeats per N first (``summarize``) if that matters.
-
 Intervals: ``bootstrap`` resamples of the points with replacement (``numpy.random.Generator``
 seeded with ``seed``: equal inputs and seed give equal output), each refitted from the point
-estimate; resamples with fewer than 3 distinct N or that fail to converge are skipped; the
-percentile interval at ``confidence`` of ``lambda``, ``sigma``, ``kappa`` (and ``peak_n`` is
-not given an interval: it is undefined when a resample has kappa = 0). ``bootstrap=0`` gives no
-intervals. ``residuals`` are ``x_observed - x_fitted`` in input order; ``r2`` is
-``1 - SSE / SST``.
+estimate with the points' weights (the variance model is not re-estimated per resample);
+resamples with fewer than 3 distinct N or that fail to converge are skipped; the percentile
+interval at ``confidence`` of ``lambda``, ``sigma``, ``kappa``. When the estimate has kappa > 0,
+``peak_interval`` is the percentile interval of ``sqrt((1 - sigma_b) / kappa_b)`` over the refits,
+a refit with ``kappa_b = 0`` (no peak) counting as ``N* = inf``: ``peak_refits`` refits, of which
+``peak_refits_without_peak`` had no peak; no interval (``None``, and a note) when an interval end
+would depend on one, i.e. when their share reaches the upper tail ``(1 - confidence) / 2``.
+``peak_in_range``: whether ``peak_n`` lies within the measured N (``None`` without a peak).
+``bootstrap=0`` gives no intervals. ``residuals`` are ``x_observed - x_fitted`` in input order
+(unweighted); ``r2`` is ``1 - SSE / SST`` on them, weighted fit or not.
 
 ``fit_linear(n, y, axis=...)``
 ------------------------------
@@ -98,6 +124,7 @@ from ._usl_checks import (
     _lack_of_fit,
     _peak_interval,
 )
+from ._usl_solver import _LOWER, _MAX_ITER, _UPPER, _best_fit, _jacobian, _lm, _starts, _usl
 
 __all__ = [
     "LACK_OF_FIT_ALPHA",
@@ -113,8 +140,6 @@ __all__ = [
 ]
 
 STRUCTURE_ALPHA = 0.01
-_MAX_ITER = 500
-_LAMBDA_FLOOR = 1e-300
 
 
 @dataclass(frozen=True)
@@ -205,95 +230,6 @@ class LinearFit:
             "residuals": list(self.residuals),
             "points": [[n, y] for n, y in self.points],
         }
-
-
-def _usl(n: FloatArray, p: FloatArray) -> FloatArray:
-    lam, sig, kap = p
-    out: FloatArray = lam * n / (1.0 + sig * (n - 1.0) + kap * n * (n - 1.0))
-    return out
-
-
-def _jacobian(n: FloatArray, p: FloatArray) -> FloatArray:
-    lam, sig, kap = p
-    d = 1.0 + sig * (n - 1.0) + kap * n * (n - 1.0)
-    f = n / d
-    jac: FloatArray = np.column_stack((f, -lam * f * (n - 1.0) / d, -lam * f * n * (n - 1.0) / d))
-    return jac
-
-
-_LOWER = np.array([_LAMBDA_FLOOR, 0.0, 0.0])
-_UPPER = np.array([np.inf, 1.0, 1.0])
-
-
-def _lm(n: FloatArray, x: FloatArray, p0: FloatArray, sw: FloatArray | None = None) -> tuple[FloatArray, float] | None:
-    """Projected Levenberg-Marquardt; ``(params, sse)`` or ``None`` when it does not converge.
-
-    ``sw``: square roots of the point weights (residuals and Jacobian rows scaled by them).
-    """
-    p = np.clip(p0, _LOWER, _UPPER)
-    w = np.ones_like(x) if sw is None else sw
-    r = w * (x - _usl(n, p))
-    sse = float(r @ r)
-    mu = 1e-3
-    for _ in range(_MAX_ITER):
-        jac = _jacobian(n, p) * w[:, None]
-        g = jac.T @ r  # descent direction for the parameters (r = x - f)
-        at_low = (p <= _LOWER) & (g < 0)
-        at_high = (p >= _UPPER) & (g > 0)
-        free = ~(at_low | at_high)
-        if not free.any():
-            return p, sse
-        jf = jac[:, free]
-        a = jf.T @ jf
-        gf = g[free]
-        diag = np.maximum(np.diag(a), 1e-300)
-        improved = False
-        while mu < 1e16:
-            try:
-                step = np.linalg.solve(a + mu * np.diag(diag), gf)
-            except np.linalg.LinAlgError:
-                mu *= 10.0
-                continue
-            trial = p.copy()
-            trial[free] += step
-            trial = np.clip(trial, _LOWER, _UPPER)
-            rt = w * (x - _usl(n, trial))
-            sse_t = float(rt @ rt)
-            if math.isfinite(sse_t) and sse_t <= sse:
-                done = sse - sse_t <= 1e-10 * max(sse, 1e-300)
-                p, r, sse = trial, rt, sse_t
-                mu = max(mu / 10.0, 1e-12)
-                improved = True
-                if done:
-                    return p, sse
-                break
-            mu *= 10.0
-        if not improved:
-            return p, sse  # no step lowers the error: a (bounded) minimum to working precision
-    return None
-
-
-def _starts(n: FloatArray, x: FloatArray) -> list[FloatArray]:
-    nmin = float(n.min())
-    lam0 = float(x[n == nmin].mean()) / nmin
-    starts = [np.array([lam0, 0.0, 0.0]), np.array([lam0, 0.5, 0.0])]
-    y = n * lam0 / x - 1.0
-    design = np.column_stack((n - 1.0, n * (n - 1.0)))
-    if np.linalg.matrix_rank(design) == 2:
-        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-        starts.insert(0, np.array([lam0, float(coef[0]), float(coef[1])]))
-    return starts
-
-
-def _best_fit(
-    n: FloatArray, x: FloatArray, starts: list[FloatArray], sw: FloatArray | None = None
-) -> tuple[FloatArray, float] | None:
-    best: tuple[FloatArray, float] | None = None
-    for s in starts:
-        res = _lm(n, x, s, sw)
-        if res is not None and (best is None or res[1] < best[1]):
-            best = res
-    return best
 
 
 def fit_usl(
