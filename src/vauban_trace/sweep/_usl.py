@@ -53,7 +53,7 @@ the data are well formed but do not support a USL claim), checked in this order:
 7. lack of fit, when there are repeats: the (weighted) squared error splits into pure error
    (repeats about their per-N mean, ``M - k`` df for ``M`` points at ``k`` distinct N) and lack
    of fit (per-N means about the curve, ``k - q`` df, ``q`` the parameters strictly inside their
-   bounds); the fit is refused when ``P(F(k - q, M - k) > F) < LACK_OF_FIT_ALPHA`` (0.01): the
+   bounds; a weighted fit's test uses leave-one-out variance weights, see ``_usl_checks``); the fit is refused when ``P(F(k - q, M - k) > F) < LACK_OF_FIT_ALPHA`` (0.01): the
    curve misses the means by more than the repeats' own scatter allows (a step, wave
    quantisation), which the runs test cannot see with few N. ``UslFit.lack_of_fit`` holds
    ``result`` (passed | failed | "not testable (no repeats)" | not testable because the repeats
@@ -285,9 +285,10 @@ def fit_usl(
         return refuse("X is constant across N: throughput does not vary with N, nothing to fit")
     mode: Weighting
     if weighting == "none":
-        mode, why, trend, weights = "none", "unweighted as requested (weighting='none')", None, None
+        mode, why = "none", "unweighted as requested (weighting='none')"
+        trend, weights, test_weights = None, None, None
     else:
-        mode, why, trend, weights = _choose_weights(na, xa)
+        mode, why, trend, weights, test_weights = _choose_weights(na, xa)
     sw = None if weights is None else np.sqrt(weights)
 
     def refuse_fitted(reason: str, lof: LackOfFit | None = None) -> UslFit:
@@ -308,7 +309,7 @@ def fit_usl(
             f"(exact runs test p = {p_runs:.3g} < {STRUCTURE_ALPHA}); the USL shape does not describe these data"
         )
     free = int(((p > _LOWER) & (p < _UPPER)).sum())
-    lof = _lack_of_fit(na, xa, xa - resid, weights, free)
+    lof = _lack_of_fit(na, xa, xa - resid, test_weights, free)
     if lof.result == "failed":
         return refuse_fitted(
             f"lack of fit: the per-N means of X miss the USL curve by more than the scatter of the "
