@@ -23,7 +23,10 @@ Pieces:
   stability (unstable coverage refuses the fits), USL fits of stage throughput.
 - :func:`summarize` / :class:`Summary` (``_stats``): robust summaries with bootstrap intervals.
 - :func:`fit_usl` / :class:`UslFit`, :func:`fit_linear` / :class:`LinearFit` (``_usl``): bounded
-  fits that refuse ("not_applicable", with the reason) when the data cannot support them.
+  fits that refuse ("not_applicable", with the reason) when the data cannot support them; with
+  repeats, inverse-variance weighting when the noise changes with N (:class:`VarianceTrend`), a
+  lack-of-fit F test that refuses at p < 0.01 (:class:`LackOfFit`) and a bootstrap interval of
+  the peak N* (``_usl_checks``).
 
 Nothing here guesses: a number comes from the traces, a fit comes with its intervals and
 residuals or with the reason it was refused.
@@ -32,10 +35,11 @@ residuals or with the reason it was refused.
 from vauban_trace.sweep._profile import REQUEST, StagePoint, SweepProfile, profile_traces
 from vauban_trace.sweep._run import SweepResult, SweepSpec, run_sweep, schedule
 from vauban_trace.sweep._stats import Summary, summarize
-from vauban_trace.sweep._usl import LinearFit, UslFit, fit_linear, fit_usl
+from vauban_trace.sweep._usl import LackOfFit, LinearFit, UslFit, VarianceTrend, fit_linear, fit_usl
 
 __all__ = [
     "REQUEST",
+    "LackOfFit",
     "LinearFit",
     "StagePoint",
     "Summary",
@@ -43,6 +47,7 @@ __all__ = [
     "SweepResult",
     "SweepSpec",
     "UslFit",
+    "VarianceTrend",
     "fit_linear",
     "fit_usl",
     "profile_traces",
