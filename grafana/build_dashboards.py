@@ -392,26 +392,36 @@ def _fits_table() -> Json:
             labels = sel[:-1] + f', parameter="{name}", bound="{bound}"}}'
             columns.append((f"max by (stage) (vauban_sweep_usl_parameter{labels})", name + suffix))
     columns.append((f"max by (stage) (vauban_sweep_usl_peak{sel})", "peak N"))
+    for bound in ("low", "high"):
+        labels = sel[:-1] + f', bound="{bound}"}}'
+        columns.append((f"max by (stage) (vauban_sweep_usl_peak_interval{labels})", f"peak N {bound}"))
     columns.append((f"max by (stage) (vauban_sweep_usl_r_squared{sel})", "R²"))
+    columns.append((f'max by (stage) (vauban_sweep_usl_lack_of_fit{sel[:-1]}, quantity="p_value"}})',
+                    "lack-of-fit p"))
     for quantity in ("values", "traces", "min_repeats"):
         labels = sel[:-1] + f', quantity="{quantity}"}}'
         columns.append((f"max by (stage) (vauban_sweep_points{labels})", quantity.replace("_", " ")))
-    status = f"max by (stage, status, reason, caveat) (vauban_sweep_fit_status{sel})"
+    # the status frame carries the text columns; the weighting mode joins it as a label
+    status = (f"max by (stage, status, reason, caveat, weighting) (vauban_sweep_fit_status{sel} "
+              f"* on (sweep_id, axis, stage, model) group_left (weighting) vauban_sweep_usl_weighting{sel}"
+              f" or max by (stage, status, reason, caveat) (vauban_sweep_fit_status{sel}))")
     targets = [_target("A", status, instant=True)]
     rename = {}
     for i, (expr, column) in enumerate(columns, start=1):
         ref = chr(ord("A") + i)
         targets.append(_target(ref, expr, instant=True))
         rename[f"Value #{ref}"] = column
-    order = ["stage", "status", *rename, "reason", "caveat"]
+    order = ["stage", "status", "weighting", *rename, "reason", "caveat"]
     return {
         "type": "table",
         "title": "USL fits of sweep $sweep_id",
         "description": "The collector's latest profile of the sweep (vauban_sweep_* gauges, refreshed at "
         "most every --sweep-profile-interval): per stage, the Universal Scalability Law fit of its "
         "throughput N / duration, X(N) = lambda N / (1 + sigma (N - 1) + kappa N (N - 1)), with "
-        "95% bootstrap intervals, the peak N* when kappa > 0, and R²; or 'refused' with the reason "
-        "(too few distinct values, too narrow a span, structured residuals...), and no numbers.",
+        "95% bootstrap intervals, the peak N* when kappa > 0 (with its bootstrap interval when few refits "
+        "lacked a peak), R², the weighting (inverse-variance when the repeats' noise grows with N) and "
+        "the lack-of-fit p-value from the repeats; or 'refused' with the reason (too few distinct values, "
+        "too narrow a span, structured residuals, lack of fit...), and no numbers.",
         "datasource": dict(DATASOURCE),
         "fieldConfig": {
             "defaults": {"custom": {"align": "auto", "cellOptions": {"type": "auto"}, "inspect": True}},
