@@ -45,6 +45,8 @@ from __future__ import annotations
 
 from typing import cast
 
+from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
+
 from vauban_trace._exceptions import TraceStoreError
 from vauban_trace.store._rows import SpanRow
 from vauban_trace.store._native import cwire
@@ -258,6 +260,8 @@ def decode_batch_py(trace_id: str, blob: bytes) -> list[SpanRow]:
     return rows
 
 
+if cwire is not None:  # decode_batch builds SpanRow tuples (the splitter configures the same)
+    cwire.configure(SERVICE_NAME, SpanRow)
 _native_encode = None if cwire is None else getattr(cwire, "encode_batch", None)
 _native_decode = None if cwire is None else getattr(cwire, "decode_batch", None)
 

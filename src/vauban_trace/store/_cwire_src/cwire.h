@@ -103,6 +103,17 @@ int cw_check_msg(int type, P p, P end, int depth, Capture *cap);
 /* snapshot(rows) -> bytes | None: store._ingest.snapshot_bytes in C. */
 PyObject *cw_snapshot(PyObject *self, PyObject *rows);
 
+/* ---------- batch.c ---------- */
+
+/* encode_batch(rows) -> bytes | None; decode_batch(trace_id, blob) -> list | None: store._batch in C. */
+PyObject *cw_encode_batch(PyObject *self, PyObject *rows);
+PyObject *cw_decode_batch(PyObject *self, PyObject *args);
+
+/* ---------- rows.c ---------- */
+
+/* The SpanRow type set by configure() (borrowed), NULL before. */
+PyObject *cw_row_type(void);
+
 #if defined(__GNUC__)
 #pragma GCC visibility pop
 #endif
