@@ -114,7 +114,7 @@ def _one_span_blob(**fields: object) -> bytes:
              "field": b"\x03\x12\x01x"}
     parts.update(fields)  # type: ignore[arg-type]
     return b"\x01\x01\x00\x00\x00\x00\x00\x01" + b"".join(parts[k] for k in ("id", "flags")) + \
-        (parts.get("parent", b"")) + b"".join(parts[k] for k in ("name", "times", "env", "field"))  # type: ignore[operator]
+        (parts.get("parent", b"")) + b"".join(parts[k] for k in ("name", "times", "env", "field"))
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -152,15 +152,15 @@ def test_rows_it_cannot_represent_raise(bad: str) -> None:
     rows: list[object] = [_varied_rows()[0], {
         "span id upper": row._replace(span_id=row.span_id.upper().replace("0", "A")),
         "span id short": row._replace(span_id="abc"),
-        "parent bytes": row._replace(parent_span_id=b"\x00" * 8),
-        "name bytes": row._replace(name=b"n"),
+        "parent bytes": row._replace(parent_span_id=b"\x00" * 8),  # type: ignore[arg-type]
+        "name bytes": row._replace(name=b"n"),  # type: ignore[arg-type]
         "name surrogate": row._replace(name="\ud800"),
-        "service int": row._replace(service=5),
+        "service int": row._replace(service=5),  # type: ignore[arg-type]
         "start negative": row._replace(start=-1),
         "end 2**64": row._replace(end=2**64),
         "start bool": row._replace(start=True),
         "payload other": row._replace(payload=row.payload[:-1] + b"\x00"),
-        "payload bytearray": row._replace(payload=bytearray(row.payload)),
+        "payload bytearray": row._replace(payload=bytearray(row.payload)),  # type: ignore[arg-type]
         "env short": row._replace(env=row.env[:3]),
         "field tag": row._replace(payload=wrap_span(row.env, b"x")[:-2] + b"\x1a\x01x"),
         "not a row": (1, 2),
@@ -247,3 +247,33 @@ def test_hypothesis_rows(spec: list[tuple[int, int | None, str, str | None, int,
 def test_hypothesis_arbitrary_blobs(data: bytes) -> None:
     _check_decode(data)
     _check_decode(b"\x01" + data)
+
+
+@native
+def test_no_leak_over_many_calls() -> None:
+    import os
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    assert cwire is not None
+    rows = _varied_rows()
+    blob = encode_batch_py(rows)
+    damaged = [blob[:-3], blob[:40], blob.replace(b"remote", b"remot\xff")]
+    bad_rows = [rows[0], rows[1]._replace(start=-1)]
+
+    def once() -> None:
+        assert cwire is not None
+        cwire.encode_batch(rows)
+        cwire.encode_batch(bad_rows)
+        cwire.decode_batch(TRACE_A, blob)
+        for b in damaged:
+            assert cwire.decode_batch(TRACE_A, b) is None
+
+    for _ in range(2000):
+        once()
+    before = rss()
+    for _ in range(20000):
+        once()
+    assert rss() - before < 4 << 20

@@ -48,8 +48,8 @@ from typing import cast
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from vauban_trace._exceptions import TraceStoreError
-from vauban_trace.store._rows import SpanRow
 from vauban_trace.store._native import cwire
+from vauban_trace.store._rows import SpanRow
 
 VERSION = 1
 _HEX = frozenset("0123456789abcdef")

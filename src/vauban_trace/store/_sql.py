@@ -2,11 +2,17 @@
 
 ``traces.sqlite`` is opened in WAL mode with ``synchronous=FULL`` (a committed transaction is on
 disk when the call returns) and a busy timeout (several processes may write). A new database gets
-16 KiB pages (SQLite's default is 4 KiB): raw spans of about a kilobyte and Trace JSON of tens of
-kilobytes then take fewer pages, overflow chains and WAL frames, which cut the collector's CPU per
+16 KiB pages (SQLite's default is 4 KiB): span batches and Trace JSON of tens of kilobytes then
+take fewer pages, overflow chains and WAL frames, which cut the collector's CPU per
 span by about a tenth in ``bench/bench_collector.py``; the WAL is checkpointed every
 :data:`CHECKPOINT_BYTES` whatever the page size. An existing database keeps its page size. ``user_version``
-records the schema version; a newer file is refused instead of being misread.
+records the schema version; a newer file is refused instead of being misread, an older one is
+migrated on open in one transaction (:data:`MIGRATIONS`: 1 -> 2 in SQL, 2 -> 3 by ``_migrate``).
+
+Schema 3: ``span_batches`` (one row per trace and write; ``spans`` = ``_batch`` encoding of the
+trace's spans that write stored; ``id`` orders the writes, and a later batch's copy of a span id
+wins; index on ``trace_id``) and ``traces`` (bookkeeping kept by ``_ingest``, rebuilt trace kept by
+``_documents``). Schema 2 had one ``spans`` row per span with a UNIQUE (trace_id, span_id) index.
 """
 
 from __future__ import annotations
