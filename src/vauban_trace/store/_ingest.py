@@ -100,15 +100,21 @@ def store_rows(
     """
     by_trace: dict[str, dict[str, SpanRow]] = {}
     accepted = duplicates = 0
-    for row in rows:
-        spans = by_trace.setdefault(row.trace_id, {})
-        earlier = spans.get(row.span_id)
-        if earlier is not None and earlier.payload == row.payload:
-            duplicates += 1  # the same span twice in one request
-            continue
+    last_tid: str | None = None
+    spans: dict[str, SpanRow] = {}
+    for row in rows:  # (indexing: row[0] trace id, row[1] span id, row[7] payload; faster than names)
+        tid = row[0]
+        if tid != last_tid:  # the rows of a trace mostly come together
+            spans = by_trace.setdefault(tid, {})
+            last_tid = tid
+        sid = row[1]
+        earlier = spans.get(sid)
         if earlier is not None:
+            if earlier[7] == row[7]:
+                duplicates += 1  # the same span twice in one request
+                continue
             accepted += 1  # superseded inside the request: counts, the later copy is stored
-        spans[row.span_id] = row
+        spans[sid] = row
     # one lookup for the bookkeeping of every trace in the request: a trace without it has no
     # stored span (the trace row is written in the same transaction as its first batch), so its
     # spans are all new: one batch, no per-span lookup
@@ -219,10 +225,12 @@ def _bookkeeping(tid: str, row: tuple[object, ...] | None, new: list[SpanRow], n
         count = int(count_any)  # type: ignore[call-overload]
     root_service: str | None = None
     root_changed = False
+    if new:
+        lo, hi = min([r[5] for r in new]), max([r[6] for r in new])  # r[5], r[6]: start, end
+        start = lo if start is None else min(start, lo)
+        end = hi if end is None else max(end, hi)
     for r in new:
-        start = r.start if start is None else min(start, r.start)
-        end = r.end if end is None else max(end, r.end)
-        if r.parent_span_id is None and (root_id is None or (r.start, r.span_id) < (root_start, root_id)):
+        if r[2] is None and (root_id is None or (r.start, r.span_id) < (root_start, root_id)):  # r[2]: parent
             root_id, root_name, root_start, root_service = r.span_id, r.name, r.start, r.service
             root_changed = True
     if service is None:
@@ -260,7 +268,7 @@ class SpanSnapshot:
         self._rows: list[SpanRow] | None = rows
         self._data: bytes | None = None
         #: bytes of the stored payloads it holds (what it costs in memory, roughly)
-        self.nbytes: int = sum(len(r.payload) for r in rows)
+        self.nbytes: int = sum(map(len, [r[7] for r in rows]))  # r[7]: payload
 
     def data(self) -> bytes:
         """Serialized ``TracesData``, exactly what ``spans_for_bytes`` returns for these spans."""
