@@ -18,7 +18,14 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from store_testlib import TRACE_A, make_request, make_span
 
 from vauban_trace.store import TraceStoreError
-from vauban_trace.store._batch import decode_batch, decode_batch_py, encode_batch, encode_batch_py
+from vauban_trace.store._batch import (
+    decode_batch,
+    decode_batch_py,
+    encode_batch,
+    encode_batch_py,
+    match_batch,
+    match_batch_py,
+)
 from vauban_trace.store._ingest import SpanRow, extract_rows
 from vauban_trace.store._native import cwire
 from vauban_trace.store._wire import envelope, wrap_span
@@ -262,14 +269,17 @@ def test_no_leak_over_many_calls() -> None:
     blob = encode_batch_py(rows)
     damaged = [blob[:-3], blob[:40], blob.replace(b"remote", b"remot\xff")]
     bad_rows = [rows[0], rows[1]._replace(start=-1)]
+    incoming = {r.span_id: r for r in rows[:2]}
 
     def once() -> None:
         assert cwire is not None
         cwire.encode_batch(rows)
         cwire.encode_batch(bad_rows)
         cwire.decode_batch(TRACE_A, blob)
+        cwire.match_batch(TRACE_A, blob, incoming)
         for b in damaged:
             assert cwire.decode_batch(TRACE_A, b) is None
+            assert cwire.match_batch(TRACE_A, b, incoming) is None
 
     for _ in range(2000):
         once()
@@ -277,3 +287,67 @@ def test_no_leak_over_many_calls() -> None:
     for _ in range(20000):
         once()
     assert rss() - before < 4 << 20
+
+
+def _incoming(rows: list[SpanRow]) -> dict[str, SpanRow]:
+    return {r.span_id: r for r in rows}
+
+
+def test_match_batch_reference() -> None:
+    rows = _varied_rows()
+    blob = encode_batch_py(rows)
+    changed = rows[2]._replace(payload=wrap_span(rows[2].env, b"\x2a\x01z"))
+    other = SpanRow(TRACE_A, "00000000000000ff", None, "x", None, 1, 2, rows[0].payload, rows[0].env)
+    expected = (4, {rows[0].span_id: True, rows[2].span_id: False})
+    assert match_batch_py(TRACE_A, blob, _incoming([rows[0], changed, other])) == expected
+    assert match_batch(TRACE_A, blob, _incoming([rows[0], changed, other])) == expected
+    assert match_batch(TRACE_A, blob, {}) == (4, {})
+    with pytest.raises(TraceStoreError, match="span batch: truncated"):
+        match_batch(TRACE_A, blob[:-1], _incoming(rows))
+
+
+def _same_match(blob: bytes, incoming: dict[str, SpanRow]) -> None:
+    assert cwire is not None
+    got = cwire.match_batch(TRACE_A, blob, incoming)
+    try:
+        expected = match_batch_py(TRACE_A, blob, incoming)
+    except TraceStoreError:
+        assert got is None
+        return
+    assert got == expected
+
+
+@native
+def test_native_match_against_the_reference() -> None:
+    rng = random.Random(4)
+    for i in range(3):
+        rows, _ = extract_rows(ExportTraceServiceRequest.FromString(make_batch(6_000_000 + i)).resource_spans)
+        for group in list(_by_trace(rows).values())[:8]:
+            blob = encode_batch_py(group)
+            picked = rng.sample(group, rng.randrange(len(group) + 1))
+            picked = [r if rng.random() < 0.5 else r._replace(payload=r.payload[:-1] + b"\x00") for r in picked]
+            incoming = _incoming(picked + [r._replace(span_id=f"{rng.getrandbits(64):016x}") for r in group[:3]])
+            _same_match(blob, incoming)
+            for _ in range(30):
+                b = bytearray(blob)
+                b[rng.randrange(len(b))] = rng.randrange(256)
+                _same_match(bytes(b), incoming)
+                _same_match(blob[: rng.randrange(len(blob))], incoming)
+    rows = _varied_rows()
+    blob = encode_batch_py(rows + [rows[1]._replace(payload=wrap_span(rows[1].env, b"\x2a\x01q"))])
+    _same_match(blob, _incoming(rows))  # the same id twice in a blob: its last copy decides
+    assert cwire is not None
+    assert cwire.match_batch(TRACE_A, blob, {"zz": rows[0]}) is None  # not a span id: Python's answer
+    assert cwire.match_batch(TRACE_A, blob, {rows[0].span_id: (1, 2)}) is None
+    assert match_batch(TRACE_A, blob, {"zz": rows[0]}) == (5, {})
+
+
+@native
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120), st.sampled_from([0, 1, 2, 3]))
+def test_hypothesis_match_arbitrary_blobs(data: bytes, k: int) -> None:
+    rows = _varied_rows()
+    incoming = _incoming(rows[:k])
+    _same_match(data, incoming)
+    _same_match(b"\x01" + data, incoming)
+    _same_match(encode_batch_py(rows)[:40] + data, incoming)

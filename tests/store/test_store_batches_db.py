@@ -10,7 +10,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
 from store_testlib import CHILD, CHILD2, ROOT, TRACE_A, TRACE_B, make_request, make_span
 
 from vauban_trace.store import TraceStore, TraceStoreError
-from vauban_trace.store._ingest import _UPSERT_TRACE, _bookkeeping, extract_rows, snapshot_bytes
+from vauban_trace.store._ingest import _UPSERT_TRACE, COMPACT_AT, _bookkeeping, extract_rows, snapshot_bytes
 from vauban_trace.store._sql import _SPANS_V2, SCHEMA
 from vauban_trace.store._wire import traces_data_bytes
 
@@ -48,6 +48,29 @@ def test_late_spans_and_replacements_read_back_as_one_set(tmp_path: Path) -> Non
     assert [p.version for p in ts.pending_traces() if p.trace_id == TRACE_A] == [4]
     rows, _ = extract_rows(make_request(root, late, child).resource_spans)
     assert ts.spans_for_bytes(TRACE_A) == snapshot_bytes(rows)
+
+
+def test_a_trickling_trace_is_compacted(tmp_path: Path) -> None:
+    """Spans arriving a few per request: the batches of the trace are merged before COMPACT_AT."""
+    ts = TraceStore(tmp_path)
+    spans = [make_span(TRACE_A, f"{i + 1:016x}", f"s{i}", parent=None if i == 0 else f"{1:016x}", start=1_000 - i)
+             for i in range(3 * COMPACT_AT)]
+    for i in range(0, len(spans), 2):
+        assert ts.add_spans(make_request(*spans[i : i + 2])) == (2, 0)
+        assert ts.add_spans(make_request(spans[i])) == (0, 1)  # a retry: still a duplicate
+        assert len(_batches(tmp_path)) < COMPACT_AT
+    assert sum(n for _, n in _batches(tmp_path)) == len(spans)  # merged batches hold each span once
+    changed = make_span(TRACE_A, f"{3:016x}", "moved", parent=f"{1:016x}", start=1, end=10**6)
+    assert ts.add_spans(make_request(changed)) == (1, 0)
+    expected = [*spans[:2], changed, *spans[3:]]
+    rows, _ = extract_rows(make_request(*expected).resource_spans)
+    assert ts.spans_for_bytes(TRACE_A) == snapshot_bytes(rows)
+    assert ts.raw_span_count(TRACE_A) == len(spans)
+    (p,) = ts.pending_traces()
+    assert (p.version, p.span_count, p.root_name) == (len(spans) // 2 + 1, len(spans), "s0")
+    conn = sqlite3.connect(tmp_path / "traces.sqlite")
+    assert conn.execute("SELECT start_unix_nano, end_unix_nano FROM traces").fetchone() == (1, 10**6)
+    conn.close()
 
 
 def test_a_corrupt_batch_is_reported(tmp_path: Path) -> None:

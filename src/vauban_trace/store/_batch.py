@@ -8,6 +8,7 @@ then inserts one row and one index entry per ~16 spans instead of one per span.
 
     blob = encode_batch(rows)            # rows: list[SpanRow] of ONE trace (trace id not stored)
     rows = decode_batch(trace_id, blob)  # the same SpanRow values back (payload bytes identical)
+    count, found = match_batch(trace_id, blob, {span_id: row})   # {span_id: stored payload == row's}
 
 Format, version 1 (all integers are unsigned LEB128 varints, minimal: no trailing 0x80 groups,
 at most 64 bits; ``bytes(x)`` = varint length + the bytes)::
@@ -37,8 +38,9 @@ at most 64 bits; ``bytes(x)`` = varint length + the bytes)::
 :func:`decode_batch` checks all of the above with bounded reads and raises
 :class:`TraceStoreError` naming the problem; :func:`encode_batch` raises it for a row it cannot
 represent. The C extension (``_cwire_src/batch.c``: ``encode_batch`` / ``decode_batch``) gives the
-same bytes and rows; it returns None for anything unusual and the Python reference below then
-runs (and raises where the input is bad).
+same bytes and rows, and ``batch_match.c``: ``match_batch``, which answers without building the
+stored rows; each returns None for anything unusual and the Python reference below then runs
+(and raises where the input is bad).
 """
 
 from __future__ import annotations
@@ -262,7 +264,27 @@ def decode_batch_py(trace_id: str, blob: bytes) -> list[SpanRow]:
 
 if cwire is not None:  # decode_batch builds SpanRow tuples (the splitter configures the same)
     cwire.configure(SERVICE_NAME, SpanRow)
+def match_batch(trace_id: str, blob: bytes, incoming: dict[str, SpanRow]) -> tuple[int, dict[str, bool]]:
+    """(span count of ``blob``, {span id of ``incoming`` found in it: stored payload == incoming
+    payload}); what the write path of a known trace needs, without building the stored rows
+    (C when built; raises on a malformed blob like :func:`decode_batch`)."""
+    if _native_match is not None:
+        out = _native_match(trace_id, blob, incoming)
+        if out is not None:
+            return cast("tuple[int, dict[str, bool]]", out)
+    return match_batch_py(trace_id, blob, incoming)
+
+
+def match_batch_py(trace_id: str, blob: bytes, incoming: dict[str, SpanRow]) -> tuple[int, dict[str, bool]]:
+    """:func:`match_batch` in Python (the reference)."""
+    rows = decode_batch_py(trace_id, blob)
+    return len(rows), {r.span_id: r.payload == incoming[r.span_id].payload for r in rows if r.span_id in incoming}
+
+
 _native_encode = None if cwire is None else getattr(cwire, "encode_batch", None)
+_native_match = None if cwire is None else getattr(cwire, "match_batch", None)
 _native_decode = None if cwire is None else getattr(cwire, "decode_batch", None)
 
-__all__ = ["VERSION", "decode_batch", "decode_batch_py", "encode_batch", "encode_batch_py"]
+__all__ = [
+    "VERSION", "decode_batch", "decode_batch_py", "encode_batch", "encode_batch_py", "match_batch", "match_batch_py",
+]

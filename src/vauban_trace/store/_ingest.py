@@ -4,11 +4,15 @@ One call of :func:`store_rows` runs inside the caller's write transaction. It fi
 bookkeeping row of every trace of the request at once. A trace without one (new to the store:
 the hot path) gets ONE ``span_batches`` row holding all its spans (``_batch`` encoding) and an
 incremental bookkeeping row, with no per-span lookup. A trace already stored (late spans, client
-retries) has its batches decoded (:func:`stored_rows`: the latest copy of each span id wins); a
-span whose payload equals the stored copy is a duplicate, the others (new ids, or the same ids
-with other content) go into one new batch, and the bookkeeping is updated incrementally when only
-new ids arrived, recomputed from every current span when one was replaced (its times may have
-moved). Identical re-sent spans thus change nothing (no batch, no version bump).
+retries) has its batches scanned for the incoming span ids (``_batch.match_batch``, no rows built;
+the latest copy of each span id wins); a span whose payload equals the stored copy is a
+duplicate, the others (new ids, or the same ids with other content) go into one new batch, and the
+bookkeeping is updated incrementally when only new ids arrived, recomputed from every current span
+(:func:`stored_rows`) when one was replaced (its times may have moved). Identical re-sent spans thus
+change nothing (no batch, no version bump). A write that would leave a trace with
+:data:`COMPACT_AT` batches writes all its current spans as one batch instead (and deletes the
+others), so a trace whose spans trickle in one request at a time costs a bounded number of rows
+to read per write.
 
 Bookkeeping semantics: ``start``/``end`` are the min start / max end over the raw spans; the root
 is the earliest-starting span without a parent (ties: lowest span id); the service is the root's
@@ -26,7 +30,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from vauban_trace._exceptions import TraceStoreError
-from vauban_trace.store._batch import decode_batch, encode_batch
+from vauban_trace.store._batch import decode_batch, encode_batch, match_batch
 from vauban_trace.store._native import cwire
 from vauban_trace.store._rows import SpanRow
 from vauban_trace.store._wire import envelope, ld, wrap_span
@@ -87,6 +91,9 @@ def extract_rows(resource_spans: Iterable[ResourceSpans]) -> tuple[list[SpanRow]
     return rows, problems
 
 
+#: a write to a known trace that would leave this many batches merges them into one
+COMPACT_AT = 16
+_BATCHES_OF = "SELECT id, span_count, spans FROM span_batches WHERE trace_id = ? ORDER BY id"
 _INSERT_BATCH = "INSERT INTO span_batches (trace_id, received_unix_nano, span_count, spans) VALUES (?,?,?,?)"
 
 
@@ -124,25 +131,39 @@ def store_rows(
     touched: list[str] = []
     for tid, spans in by_trace.items():
         if tid in known:
-            stored = stored_rows(conn, tid)
+            batches = conn.execute(_BATCHES_OF, (tid,)).fetchall()
+            found: dict[str, bool] = {}  # span id -> the latest stored copy equals the incoming one
+            for batch_id, count, blob in batches:
+                n, hits = match_batch(tid, blob, spans)
+                _check_count(tid, batch_id, count, n)
+                found.update(hits)
             write: list[SpanRow] = []
             replaced = False
             for sid, r in spans.items():
-                old = stored.get(sid)
-                if old is not None and old.payload == r.payload:
+                same = found.get(sid)
+                if same:
                     duplicates += 1
                     continue
-                replaced = replaced or old is not None
+                replaced = replaced or same is not None
                 write.append(r)
             if not write:
                 continue
-            conn.execute(_INSERT_BATCH, (tid, now, len(write), encode_batch(write)))
             accepted += len(write)
             touched.append(tid)
-            if replaced:
+            compact = len(batches) + 1 >= COMPACT_AT
+            stored: dict[str, SpanRow] = {}
+            if replaced or compact:
+                stored = _current_rows(tid, batches)
                 for r in write:  # a replaced span now counts as received last
                     stored.pop(r.span_id, None)
                     stored[r.span_id] = r
+            if compact:  # every current span in one batch, in received order
+                merged = list(stored.values())
+                conn.execute("DELETE FROM span_batches WHERE trace_id = ?", (tid,))
+                conn.execute(_INSERT_BATCH, (tid, now, len(merged), encode_batch(merged)))
+            else:
+                conn.execute(_INSERT_BATCH, (tid, now, len(write), encode_batch(write)))
+            if replaced:
                 conn.execute(_UPSERT_TRACE, _recomputed(tid, list(stored.values()), now))
             else:
                 conn.execute(_UPSERT_TRACE, _bookkeeping(tid, known[tid], write, now))
@@ -163,20 +184,24 @@ def store_rows(
 def stored_rows(conn: sqlite3.Connection, tid: str) -> dict[str, SpanRow]:
     """The trace's current raw spans by span id, in received order (batch order; a span stored
     again in a later batch is the later copy, at its later place)."""
+    return _current_rows(tid, conn.execute(_BATCHES_OF, (tid,)).fetchall())
+
+
+def _current_rows(tid: str, batches: list[tuple[int, int, bytes]]) -> dict[str, SpanRow]:
     out: dict[str, SpanRow] = {}
-    for batch_id, count, blob in conn.execute(
-        "SELECT id, span_count, spans FROM span_batches WHERE trace_id = ? ORDER BY id", (tid,)
-    ):
-        rows = decode_batch(tid, bytes(blob))
-        if len(rows) != count:
-            raise TraceStoreError(
-                f"span batch {batch_id} of trace {tid}: span_count says {count}, the blob holds {len(rows)}"
-            )
+    for batch_id, count, blob in batches:
+        rows = decode_batch(tid, blob)
+        _check_count(tid, batch_id, count, len(rows))
         for r in rows:
             if r.span_id in out:
                 del out[r.span_id]
             out[r.span_id] = r
     return out
+
+
+def _check_count(tid: str, batch_id: int, count: int, found: int) -> None:
+    if found != count:
+        raise TraceStoreError(f"span batch {batch_id} of trace {tid}: span_count says {count}, the blob holds {found}")
 
 
 def _known_traces(conn: sqlite3.Connection, tids: list[str]) -> dict[str, tuple[object, ...]]:

@@ -19,46 +19,6 @@
  */
 #include "cwire.h"
 
-#define MAX_ENVS 256
-
-enum { R_SPAN_ID = 1, R_PARENT = 2, R_NAME = 3, R_SERVICE = 4, R_START = 5, R_END = 6, R_PAYLOAD = 7, R_ENV = 8 };
-
-static size_t vlen(uint64_t v) {
-    size_t n = 1;
-    while (v >= 0x80) {
-        v >>= 7;
-        n++;
-    }
-    return n;
-}
-
-static uint8_t *put_v(uint8_t *o, uint64_t v) {
-    while (v >= 0x80) {
-        *o++ = (uint8_t)(v | 0x80);
-        v >>= 7;
-    }
-    *o++ = (uint8_t)v;
-    return o;
-}
-
-static int hexval(int c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-}
-
-/* 16 lowercase hex digits -> 8 bytes; 0: not. */
-static int id_bytes(PyObject *s, uint8_t out[8]) {
-    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s) || PyUnicode_GET_LENGTH(s) != 16) return 0;
-    const char *p = (const char *)PyUnicode_1BYTE_DATA(s);
-    for (int i = 0; i < 8; i++) {
-        int hi = hexval(p[2 * i]), lo = hexval(p[2 * i + 1]);
-        if (hi < 0 || lo < 0) return 0;
-        out[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return 1;
-}
-
 /* UTF-8 of a str (cached by CPython); NULL, error cleared: not usable. */
 static const char *utf8_of(PyObject *s, Py_ssize_t *n) {
     if (!PyUnicode_CheckExact(s)) return NULL;
@@ -254,22 +214,6 @@ static PyObject *hex8(P p) {
     }
     return s;
 }
-
-/* bytes(x): length varint then [*s, *s + *n) within the blob. */
-static int rd_bytes(P *pp, P end, P *s, size_t *n) {
-    if (!rd_len(pp, end, n)) return 0;
-    *s = *pp;
-    *pp += *n;
-    return 1;
-}
-
-/* Decoding failed for a reason the Python reference reports (clears a Python error if any). */
-#define BAD()                 \
-    do {                      \
-        PyErr_Clear();        \
-        bad = 1;              \
-        goto done;            \
-    } while (0)
 
 PyObject *cw_decode_batch(PyObject *self, PyObject *args) {
     (void)self;

@@ -382,6 +382,7 @@ static PyMethodDef methods[] = {
     {"snapshot", cw_snapshot, METH_O, "snapshot(rows) -> bytes | None: one trace's rows as serialized TracesData."},
     {"encode_batch", cw_encode_batch, METH_O, "encode_batch(rows) -> bytes | None: store._batch's blob of one trace's rows."},
     {"decode_batch", cw_decode_batch, METH_VARARGS, "decode_batch(trace_id, blob) -> list[SpanRow] | None."},
+    {"match_batch", cw_match_batch, METH_VARARGS, "match_batch(trace_id, blob, incoming) -> (count, {id: equal}) | None."},
     {NULL, NULL, 0, NULL},
 };
 static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_cwire", NULL, -1, methods, NULL, NULL, NULL, NULL};
