@@ -79,7 +79,7 @@ def test_the_format_byte_by_byte() -> None:
         + b"\x01\x03svc" + b"\x03\x0a\x01R" + b"\x00" + b"\x03\x0a\x01S" + b"\x03\x1a\x01u"
         + b"\x01"                                           # one span
         + bytes(range(1, 9)) + b"\x01" + bytes(range(0x11, 0x19))
-        + b"\x01n" + b"\xac\x02" + b"\x05" + b"\x00"        # name, start 300, end 5, envelope 0
+        + b"\x01n" + b"\x2c\x01" + bytes(6) + b"\x05" + bytes(7) + b"\x00"  # name, start 300, end 5, envelope 0
         + b"\x05" + b"\x12\x03" + span                       # the LD(2, span) field
     )
     assert encode_batch_py([row]) == expected
@@ -117,7 +117,7 @@ def test_malformed_blobs_name_the_problem(mutate: object, message: str) -> None:
 
 def _one_span_blob(**fields: object) -> bytes:
     """A blob of one span, its parts given (defaults: a valid span)."""
-    parts = {"id": bytes(range(1, 9)), "flags": b"\x00", "name": b"\x01n", "times": b"\x01\x02", "env": b"\x00",
+    parts = {"id": bytes(range(1, 9)), "flags": b"\x00", "name": b"\x01n", "times": bytes(16), "env": b"\x00",
              "field": b"\x03\x12\x01x"}
     parts.update(fields)  # type: ignore[arg-type]
     return b"\x01\x01\x00\x00\x00\x00\x00\x01" + b"".join(parts[k] for k in ("id", "flags")) + \

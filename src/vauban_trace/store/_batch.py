@@ -10,14 +10,15 @@ then inserts one row and one index entry per ~16 spans instead of one per span.
     rows = decode_batch(trace_id, blob)  # the same SpanRow values back (payload bytes identical)
     count, found = match_batch(trace_id, blob, {span_id: row})   # {span_id: stored payload == row's}
 
-Format, version 1 (all integers are unsigned LEB128 varints, minimal: no trailing 0x80 groups,
-at most 64 bits; ``bytes(x)`` = varint length + the bytes)::
+Format, version 1 (integers are unsigned LEB128 varints, minimal: no trailing 0x80 groups, at
+most 64 bits, except the times: ``fixed64`` = 8 bytes little-endian, smaller than a varint for a
+nanosecond timestamp and cheaper to read; ``bytes(x)`` = varint length + the bytes)::
 
     blob    = 0x01  varint(n_env)  env * n_env  varint(n_span)  span * n_span
     env     = service  bytes(res_prefix) bytes(res_suffix) bytes(scope_prefix) bytes(scope_suffix)
     service = 0x00 (None) | 0x01 bytes(UTF-8 of the resource's service.name)
     span    = span_id(8)  flags(1)  [parent_span_id(8) if flags & 1]  bytes(UTF-8 name)
-              varint(start_unix_nano)  varint(end_unix_nano)  varint(env_index)  bytes(field)
+              fixed64(start_unix_nano)  fixed64(end_unix_nano)  varint(env_index)  bytes(field)
 
 - ``span_id`` / ``parent_span_id`` are the 8 id bytes (``SpanRow`` holds them as 16 lowercase
   hex digits; ``parent_span_id`` None <=> flags bit 0 clear). Other flag bits MUST be 0.
@@ -57,7 +58,12 @@ VERSION = 1
 _HEX = frozenset("0123456789abcdef")
 
 
+_V1 = [bytes((i,)) for i in range(0x80)]
+
+
 def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _V1[value]
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
@@ -85,44 +91,52 @@ def _text(value: object, what: str) -> bytes:
 def _time(value: object, what: str) -> bytes:
     if type(value) is not int or not 0 <= value < 2**64:
         raise TraceStoreError(f"span batch: {what} must be an int in [0, 2**64), got {value!r:.40}")
-    return _varint(value)
+    return value.to_bytes(8, "little")
 
 
-def _field(row: SpanRow) -> bytes:
-    """The LD(2, span) field of ``row.payload``; raises unless the payload is ``wrap_span``'s form."""
+def _check_env(row: SpanRow) -> None:
     env = row.env
     if not isinstance(env, tuple) or len(env) != 4 or not all(type(x) is bytes for x in env):
         raise TraceStoreError(f"span batch: span {row.span_id}: envelope must be 4 bytes objects")
+
+
+def _field(row: SpanRow) -> bytes:
+    """The LD(2, span) field of ``row.payload``; raises unless the payload is ``wrap_span``'s form
+    (``row.env`` already checked by :func:`_check_env`)."""
+    env = row.env
     payload = row.payload
     if type(payload) is not bytes:
         raise TraceStoreError(f"span batch: span {row.span_id}: payload must be bytes")
     res_prefix, res_suffix, scope_prefix, scope_suffix = env
-    i = len(res_prefix) + 1
-    j = i
-    while j < len(payload) and payload[j] & 0x80:
-        j += 1
-    start = j + 1 + len(scope_prefix)
-    end = len(payload) - len(res_suffix) - len(scope_suffix)
-    field = payload[start:end] if start <= end else b""
-    _check_field(field, row.span_id)
-    if payload != _wrap(env, field):
-        raise TraceStoreError(f"span batch: span {row.span_id}: payload is not a one-span ResourceSpans of its envelope")
-    return field
+    n, i = len(payload), len(res_prefix)
+    # payload = res_prefix + 0x12 + varint(len(inner)) + inner + res_suffix,
+    # inner = scope_prefix + field + scope_suffix (minimal varints)
+    if n > i and payload[i] == 0x12 and payload.startswith(res_prefix):
+        inner, k = _varint_at(payload, i + 1)
+        sp, ss = len(scope_prefix), len(scope_suffix)
+        if (k + inner + len(res_suffix) == n and inner >= sp + ss and payload.endswith(res_suffix)
+                and payload[k : k + sp] == scope_prefix and payload[k + inner - ss : k + inner] == scope_suffix):
+            field = payload[k + sp : k + inner - ss]
+            _check_field(field, row.span_id)
+            return field
+    raise TraceStoreError(f"span batch: span {row.span_id}: payload is not a one-span ResourceSpans of its envelope")
 
 
 def _check_field(field: bytes, span_id: str) -> None:
     """``field`` is 0x12 + minimal varint(n) + n bytes."""
     if len(field) < 2 or field[0] != 0x12:
         raise TraceStoreError(f"span batch: span {span_id}: the span field must start with tag 0x12")
-    n, k = _read_varint(field, 1, f"span {span_id} field length")
+    n, k = _varint_at(field, 1)
+    if n < 0:
+        _read_varint(field, 1, f"span {span_id} field length")  # raises, naming the problem
     if n != len(field) - k:
         raise TraceStoreError(f"span batch: span {span_id}: the span field length does not match its bytes")
 
 
 def _wrap(env: tuple[bytes, ...], field: bytes) -> bytes:
     res_prefix, res_suffix, scope_prefix, scope_suffix = env
-    inner = scope_prefix + field + scope_suffix
-    return res_prefix + b"\x12" + _varint(len(inner)) + inner + res_suffix
+    inner = len(scope_prefix) + len(field) + len(scope_suffix)
+    return b"".join((res_prefix, b"\x12", _varint(inner), scope_prefix, field, scope_suffix, res_suffix))
 
 
 def encode_batch(rows: list[SpanRow]) -> bytes:
@@ -139,9 +153,13 @@ def encode_batch_py(rows: list[SpanRow]) -> bytes:
     envs: dict[tuple[object, tuple[bytes, ...]], int] = {}
     env_parts: list[bytes] = []
     span_parts: list[bytes] = []
+    last_env: object = None
     for row in rows:
         if not isinstance(row, tuple) or len(row) != 9:
             raise TraceStoreError(f"span batch: expected SpanRow tuples of 9 items, got {type(row).__name__}")
+        if row.env is not last_env:  # rows cut from one request share their envelope tuple
+            _check_env(row)
+            last_env = row.env
         field = _field(row)
         key = (row.service, row.env)
         index = envs.get(key)
@@ -163,6 +181,21 @@ def encode_batch_py(rows: list[SpanRow]) -> bytes:
     return b"".join((bytes((VERSION,)), _varint(len(env_parts)), *env_parts, _varint(len(span_parts)), *span_parts))
 
 
+def _varint_at(buf: bytes, i: int) -> tuple[int, int]:
+    """(value, next index) of the minimal varint at ``buf[i]``, or (-1, i) when there is none."""
+    n = len(buf)
+    if i < n:
+        b = buf[i]
+        if b < 0x80:
+            return b, i + 1
+        if i + 1 < n and 0 < buf[i + 1] < 0x80:
+            return (b & 0x7F) | (buf[i + 1] << 7), i + 2
+    try:
+        return _read_varint(buf, i, "")
+    except TraceStoreError:
+        return -1, i
+
+
 def _read_varint(buf: bytes, i: int, what: str) -> tuple[int, int]:
     value = shift = 0
     start = i
@@ -182,7 +215,11 @@ def _read_varint(buf: bytes, i: int, what: str) -> tuple[int, int]:
 
 
 def _read_bytes(buf: bytes, i: int, what: str) -> tuple[bytes, int]:
-    n, i = _read_varint(buf, i, what + " length")
+    if i < len(buf) and buf[i] < 0x80:
+        n = buf[i]
+        i += 1
+    else:
+        n, i = _read_varint(buf, i, what + " length")
     if n > len(buf) - i:
         raise TraceStoreError(f"span batch: truncated blob ({what} of {n} bytes at byte {i})")
     return buf[i : i + n], i + n
@@ -248,9 +285,16 @@ def decode_batch_py(trace_id: str, blob: bytes) -> list[SpanRow]:
         elif flags != 0:
             raise TraceStoreError(f"span batch: span {k} has flags {flags} (0 or 1)")
         name, i = _read_text(buf, i, f"span {k} name")
-        start, i = _read_varint(buf, i, f"span {k} start")
-        end, i = _read_varint(buf, i, f"span {k} end")
-        index, i = _read_varint(buf, i, f"span {k} envelope index")
+        if len(buf) - i < 16:
+            raise TraceStoreError(f"span batch: truncated blob (span {k} times)")
+        start = int.from_bytes(buf[i : i + 8], "little")
+        end = int.from_bytes(buf[i + 8 : i + 16], "little")
+        i += 16
+        if i < len(buf) and buf[i] < 0x80:
+            index = buf[i]
+            i += 1
+        else:
+            index, i = _read_varint(buf, i, f"span {k} envelope index")
         if index >= n_env:
             raise TraceStoreError(f"span batch: span {k} envelope index {index} (only {n_env} envelopes)")
         field, i = _read_bytes(buf, i, f"span {k} field")

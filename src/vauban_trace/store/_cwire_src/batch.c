@@ -3,7 +3,7 @@
  * encode_batch(rows) -> bytes, or None. The result is exactly store._batch.encode_batch_py(rows)
  * (the format is specified in _batch.py's docstring): version byte 1, the distinct (service,
  * envelope) pairs in order of first appearance, then per span its 8 id bytes, flags, parent
- * id, name, start, end, envelope index and the LD(2, span) field cut out of its payload.
+ * id, name, start and end (fixed64 little-endian), envelope index and the LD(2, span) field cut out of its payload.
  * It returns None (the Python reference then runs, and raises where a row is bad) for anything
  * unusual: rows not a list, a row not a 9-item tuple, a span or parent id that is not 16
  * lowercase hex digits, a name or service that is not a str encodable as UTF-8, a time not an
@@ -144,8 +144,8 @@ PyObject *cw_encode_batch(PyObject *self, PyObject *rows) {
             }
         }
         it->env = last = e;
-        total += 9 + (it->has_parent ? 8 : 0) + vlen((uint64_t)it->name_len) + (size_t)it->name_len + vlen(it->start) +
-                 vlen(it->end) + vlen((uint64_t)e) + vlen(it->field_len) + it->field_len;
+        total += 9 + (it->has_parent ? 8 : 0) + vlen((uint64_t)it->name_len) + (size_t)it->name_len + 16 +
+                 vlen((uint64_t)e) + vlen(it->field_len) + it->field_len;
         ok = 1;
     }
     PyObject *out = NULL;
@@ -187,8 +187,9 @@ PyObject *cw_encode_batch(PyObject *self, PyObject *rows) {
             o = put_v(o, (uint64_t)it->name_len);
             memcpy(o, it->name, (size_t)it->name_len);
             o += it->name_len;
-            o = put_v(o, it->start);
-            o = put_v(o, it->end);
+            memcpy(o, &it->start, 8); /* fixed64 little-endian */
+            memcpy(o + 8, &it->end, 8);
+            o += 16;
             o = put_v(o, (uint64_t)it->env);
             o = put_v(o, it->field_len);
             memcpy(o, it->field, it->field_len);
@@ -270,7 +271,7 @@ PyObject *cw_decode_batch(PyObject *self, PyObject *args) {
         P name, field;
         size_t name_n, field_n, fl;
         uint64_t start, stop, e;
-        if (!rd_bytes(&p, end, &name, &name_n) || !rd_varint(&p, end, &start) || !rd_varint(&p, end, &stop) ||
+        if (!rd_bytes(&p, end, &name, &name_n) || !rd_u64le(&p, end, &start) || !rd_u64le(&p, end, &stop) ||
             !rd_varint(&p, end, &e) || e >= n_env || !rd_bytes(&p, end, &field, &field_n))
             BAD();
         P g = field + 1;

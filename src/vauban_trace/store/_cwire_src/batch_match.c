@@ -77,8 +77,8 @@ PyObject *cw_match_batch(PyObject *self, PyObject *args) {
         P name, field;
         size_t name_n, field_n, fl;
         uint64_t t, e;
-        if (!rd_bytes(&p, end, &name, &name_n) || !utf8_ok(name, name_n) || !rd_varint(&p, end, &t) ||
-            !rd_varint(&p, end, &t) || !rd_varint(&p, end, &e) || e >= n_env || !rd_bytes(&p, end, &field, &field_n))
+        if (!rd_bytes(&p, end, &name, &name_n) || !utf8_ok(name, name_n) || !rd_u64le(&p, end, &t) ||
+            !rd_u64le(&p, end, &t) || !rd_varint(&p, end, &e) || e >= n_env || !rd_bytes(&p, end, &field, &field_n))
             BAD();
         P g = field + 1;
         if (field_n < 2 || *field != 0x12 || !rd_len(&g, field + field_n, &fl) || g + fl != field + field_n) BAD();

@@ -156,6 +156,14 @@ static inline int rd_bytes(P *pp, P end, P *s, size_t *n) {
     return 1;
 }
 
+/* A fixed64 little-endian (the host's order: the module refuses big-endian hosts). */
+static inline int rd_u64le(P *pp, P end, uint64_t *out) {
+    if (end - *pp < 8) return 0;
+    memcpy(out, *pp, 8);
+    *pp += 8;
+    return 1;
+}
+
 /* Decoding failed for a reason the Python reference reports (clears a Python error if any). */
 #define BAD()                 \
     do {                      \
