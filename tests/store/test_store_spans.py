@@ -195,9 +195,13 @@ def test_one_span_resource_spans_payload(tmp_path: Path) -> None:
     ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root"), make_span(TRACE_A, CHILD, "c", parent=ROOT)))
     import sqlite3
 
+    from vauban_trace.store._batch import decode_batch
+
     conn = sqlite3.connect(tmp_path / "traces.sqlite")
-    payloads = [bytes(r[0]) for r in conn.execute("SELECT payload FROM spans")]
+    (tid, count, blob), = conn.execute("SELECT trace_id, span_count, spans FROM span_batches").fetchall()
     conn.close()
+    payloads = [r.payload for r in decode_batch(tid, bytes(blob))]  # the stored one-span payloads
+    assert count == len(payloads) == 2
     for payload in payloads:
         rs = ResourceSpans.FromString(payload)
         assert len(rs.scope_spans) == 1 and len(rs.scope_spans[0].spans) == 1
@@ -214,9 +218,13 @@ def test_payload_bytes_match_protobuf_serialization(tmp_path: Path) -> None:
     req.resource_spans[0].scope_spans[0].schema_url = "https://example.com/scope"
     ts = TraceStore(tmp_path)
     ts.add_spans(req)
+    from vauban_trace.store._batch import decode_batch
+
     conn = sqlite3.connect(tmp_path / "traces.sqlite")
-    (payload,) = conn.execute("SELECT payload FROM spans").fetchone()
+    (blob,) = conn.execute("SELECT spans FROM span_batches").fetchone()
     conn.close()
+    (row,) = decode_batch(TRACE_A, bytes(blob))
+    payload = row.payload
     rs, ss = req.resource_spans[0], req.resource_spans[0].scope_spans[0]
     expected = ResourceSpans(resource=rs.resource, schema_url=rs.schema_url)
     expected.scope_spans.append(ScopeSpans(scope=ss.scope, schema_url=ss.schema_url, spans=[ss.spans[0]]))

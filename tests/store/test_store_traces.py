@@ -22,6 +22,7 @@ from vauban_trace.store import (
     TraceSummary,
     check_trace_id,
 )
+from vauban_trace.store._wire import traces_data_bytes
 
 TRACE_C = "5b8efff798038103d269b633813fc60c"
 
@@ -262,15 +263,19 @@ def test_version_1_database_is_migrated(tmp_path: Path) -> None:
                  "raw_span_count, has_root, first_received_unix_nano, last_received_unix_nano, version) "
                  "VALUES (?,?,?,?,?,?,?,?,?,?)", (TRACE_A, ROOT, ROOT, 10, 100, 2, 1, 1, 1, 1))
     conn.commit()
+    # what version 2 read back: the payloads regrouped in start order
+    before = traces_data_bytes(payloads[::-1])
     conn.close()
     ts = TraceStore(tmp_path)
+    assert ts.spans_for_bytes(TRACE_A) == before
     assert ts.raw_span_count(TRACE_A) == 2
     (p,) = ts.pending_traces()
     assert (p.span_count, p.has_root, p.root_name) == (2, True, ROOT)
     assert ts.add_spans(make_request(make_span(TRACE_A, CHILD2, "new", parent=ROOT))) == (1, 0)
     assert ts.raw_span_count(TRACE_A) == 3
     conn = sqlite3.connect(tmp_path / "traces.sqlite")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'spans'").fetchall() == []
     assert conn.execute("SELECT start_unix_nano, end_unix_nano, root_start_unix_nano FROM traces").fetchone() == (
         5, 2_000, 10)
     conn.close()

@@ -13,7 +13,8 @@
     ts.last_trace(); ts.list_traces(service="demo", limit=20)   # -> list[TraceSummary]
 
 - :class:`TraceStore` SQLite (WAL, ``synchronous=FULL``, busy timeout) at ``<dir>/traces.sqlite``.
-  Raw spans are keyed by (trace_id, span_id) and stored as one-span ``ResourceSpans`` protobufs;
+  Raw spans are keyed by (trace_id, span_id); each is a one-span ``ResourceSpans`` protobuf, kept
+  in per-trace span batches (one SQLite row per trace and write, ``_batch`` encoding: schema 3);
   an identical re-sent span is a duplicate, a changed one replaces the stored copy. One
   transaction per :meth:`~TraceStore.add_spans` call. Safe from several threads (one connection
   each) and processes. :meth:`~TraceStore.ingest` also reports rejected spans (bad ids).

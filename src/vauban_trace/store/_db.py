@@ -2,7 +2,7 @@
 
 Layout of a store directory::
 
-    <dir>/traces.sqlite          spans + per-trace bookkeeping + rebuilt Trace JSON (WAL)
+    <dir>/traces.sqlite          span batches + per-trace bookkeeping + rebuilt Trace JSON (WAL)
     <dir>/blobs/                 LocalArtifactStore of artifact blobs
     <dir>/traces/<trace_id>.json rebuilt traces as files (written atomically)
 
@@ -12,9 +12,13 @@ collector's default: creating one file per trace costs more than rebuilding the 
 removes a stale file, and :meth:`TraceStore.trace_json_file` writes it from the database the
 first time somebody asks for it.
 
-Raw spans are keyed by (trace_id, span_id). Each is stored as the serialized protobuf of a
-one-span ``ResourceSpans`` (its resource, its scope, the span), so :meth:`TraceStore.spans_for`
-can regroup a trace's spans into an OTLP ``TracesData``. :meth:`TraceStore.add_spans` runs one
+Raw spans are keyed by (trace_id, span_id). Each is the serialized protobuf of a one-span
+``ResourceSpans`` (its resource, its scope, the span), so :meth:`TraceStore.spans_for` can regroup
+a trace's spans into an OTLP ``TracesData``. They are stored per trace and write: one
+``span_batches`` row holds every span of one trace that one call stored (``_batch`` encodes them,
+the envelope once per batch), so a write of ~16 spans per trace costs SQLite one row and one
+index entry instead of ~16; a later batch's copy of a span id replaces an earlier one (see
+``_ingest``). :meth:`TraceStore.add_spans` runs one
 transaction per call and returns once it is committed with ``synchronous=FULL``: a process killed
 right after the call loses nothing. A re-sent identical span counts as a duplicate and changes
 nothing; a span with the same ids and different content (an updated end time, more events)
@@ -50,11 +54,17 @@ from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.artifacts import LocalArtifactStore
 from vauban_trace.contract import Trace
 from vauban_trace.store._documents import _PUT_TRACE, TraceDocumentLike, TraceFiles, _write_atomic
-from vauban_trace.store._ingest import SpanRow, SpanSnapshot, extract_rows, store_rows
+from vauban_trace.store._ingest import (
+    SpanRow,
+    SpanSnapshot,
+    extract_rows,
+    snapshot_bytes,
+    store_rows,
+    stored_rows,
+)
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
 from vauban_trace.store._split import CutRequest, split_rows
 from vauban_trace.store._sql import connect, initialise
-from vauban_trace.store._wire import traces_data_bytes
 
 _log = logging.getLogger("vauban_trace.store")
 
@@ -259,16 +269,18 @@ class TraceStore:
 
     def spans_for_bytes(self, trace_id: str) -> bytes:
         """:meth:`spans_for` as a serialized ``TracesData`` (what ``rebuild_traces`` also accepts)."""
+        return snapshot_bytes(list(self._stored_rows(trace_id).values()))
+
+    def _stored_rows(self, trace_id: str) -> dict[str, SpanRow]:
         tid = check_trace_id(trace_id)
-        rows = self._read(
-            "SELECT payload FROM spans WHERE trace_id = ? ORDER BY start_unix_nano, span_id", (tid,)
-        )
-        return traces_data_bytes(bytes(r[0]) for r in rows)
+        try:
+            return stored_rows(self._conn(), tid)
+        except sqlite3.Error as exc:
+            raise TraceStoreError(f"reading {str(self.db_path)!r}: {exc}") from exc
 
     def raw_span_count(self, trace_id: str) -> int:
         """How many raw spans are stored for ``trace_id``."""
-        tid = check_trace_id(trace_id)
-        return int(self._read("SELECT COUNT(*) FROM spans WHERE trace_id = ?", (tid,))[0][0])
+        return len(self._stored_rows(trace_id))
 
     def pending_count(self) -> int:
         """How many traces :meth:`pending_traces` would list (without building them)."""

@@ -1,10 +1,18 @@
-"""Writing raw spans: payload extraction, idempotent upserts, per-trace bookkeeping.
+"""Writing raw spans: payload extraction, span batches, per-trace bookkeeping.
 
-One call of :func:`store_rows` runs inside the caller's write transaction. Per trace of the
-batch it (1) finds which span ids already exist (index-only lookup), (2) upserts every span with
-``ON CONFLICT ... DO UPDATE ... WHERE payload differs`` so an identical re-sent span changes
-nothing, and (3) updates the trace's bookkeeping row: incrementally when only new spans arrived,
-recomputed from the stored spans when a span was replaced (its times may have moved).
+One call of :func:`store_rows` runs inside the caller's write transaction. It first looks up the
+bookkeeping row of every trace of the request at once. A trace without one (new to the store:
+the hot path) gets ONE ``span_batches`` row holding all its spans (``_batch`` encoding) and an
+incremental bookkeeping row, with no per-span lookup. A trace already stored (late spans, client
+retries) has its batches scanned for the incoming span ids (``_batch.match_batch``, no rows built;
+the latest copy of each span id wins); a span whose payload equals the stored copy is a
+duplicate, the others (new ids, or the same ids with other content) go into one new batch, and the
+bookkeeping is updated incrementally when only new ids arrived, recomputed from every current span
+(:func:`stored_rows`) when one was replaced (its times may have moved). Identical re-sent spans thus
+change nothing (no batch, no version bump). A write that would leave a trace with
+:data:`COMPACT_AT` batches writes all its current spans as one batch instead (and deletes the
+others), so a trace whose spans trickle in one request at a time costs a bounded number of rows
+to read per write.
 
 Bookkeeping semantics: ``start``/``end`` are the min start / max end over the raw spans; the root
 is the earliest-starting span without a parent (ties: lowest span id); the service is the root's
@@ -15,31 +23,21 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span
 from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 
 from vauban_trace._exceptions import TraceStoreError
+from vauban_trace.store._batch import decode_batch, encode_batch, match_batch
 from vauban_trace.store._native import cwire
+from vauban_trace.store._rows import SpanRow
 from vauban_trace.store._wire import envelope, ld, wrap_span
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
-_IN_CHUNK = 500  # span ids per IN (...) lookup
-
-
-class SpanRow(NamedTuple):
-    trace_id: str
-    span_id: str
-    parent_span_id: str | None
-    name: str
-    service: str | None
-    start: int
-    end: int
-    payload: bytes
-    env: tuple[bytes, ...] = ()  # the ``envelope`` (resource and scope) around the span in ``payload``
+_IN_CHUNK = 500  # trace ids per IN (...) lookup
 
 
 def service_of(resource: Resource) -> str | None:
@@ -93,86 +91,117 @@ def extract_rows(resource_spans: Iterable[ResourceSpans]) -> tuple[list[SpanRow]
     return rows, problems
 
 
-_UPSERT = (
-    "INSERT INTO spans (trace_id, span_id, parent_span_id, name, service, start_unix_nano, end_unix_nano, "
-    "received_unix_nano, payload) VALUES (?,?,?,?,?,?,?,?,?) "
-    "ON CONFLICT (trace_id, span_id) DO UPDATE SET parent_span_id = excluded.parent_span_id, "
-    "name = excluded.name, service = excluded.service, start_unix_nano = excluded.start_unix_nano, "
-    "end_unix_nano = excluded.end_unix_nano, received_unix_nano = excluded.received_unix_nano, "
-    "payload = excluded.payload WHERE spans.payload IS NOT excluded.payload"
-)
+#: a write to a known trace that would leave this many batches merges them into one
+COMPACT_AT = 16
+_BATCHES_OF = "SELECT id, span_count, spans FROM span_batches WHERE trace_id = ? ORDER BY id"
+_INSERT_BATCH = "INSERT INTO span_batches (trace_id, received_unix_nano, span_count, spans) VALUES (?,?,?,?)"
 
 
 def store_rows(
     conn: sqlite3.Connection, rows: list[SpanRow], now: int, fresh_out: dict[str, list[SpanRow]] | None = None
 ) -> tuple[int, int, list[str]]:
-    """Upsert ``rows``; return (accepted, duplicates, trace ids whose raw spans changed).
+    """Store ``rows`` as span batches; return (accepted, duplicates, trace ids whose raw spans changed).
 
     With ``fresh_out``, the spans of every trace that had no stored span before (its version is
     1 after this call, and these rows are all its raw spans) are put there by trace id.
     """
     by_trace: dict[str, dict[str, SpanRow]] = {}
     accepted = duplicates = 0
-    for row in rows:
-        spans = by_trace.setdefault(row.trace_id, {})
-        earlier = spans.get(row.span_id)
-        if earlier is not None and earlier.payload == row.payload:
-            duplicates += 1  # the same span twice in one request
-            continue
+    last_tid: str | None = None
+    spans: dict[str, SpanRow] = {}
+    for row in rows:  # (indexing: row[0] trace id, row[1] span id, row[7] payload; faster than names)
+        tid = row[0]
+        if tid != last_tid:  # the rows of a trace mostly come together
+            spans = by_trace.setdefault(tid, {})
+            last_tid = tid
+        sid = row[1]
+        earlier = spans.get(sid)
         if earlier is not None:
+            if earlier[7] == row[7]:
+                duplicates += 1  # the same span twice in one request
+                continue
             accepted += 1  # superseded inside the request: counts, the later copy is stored
-        spans[row.span_id] = row
+        spans[sid] = row
     # one lookup for the bookkeeping of every trace in the request: a trace without it has no
-    # stored span, so its spans are all new and need no per-trace existence check
+    # stored span (the trace row is written in the same transaction as its first batch), so its
+    # spans are all new: one batch, no per-span lookup
     known = _known_traces(conn, list(by_trace))
-    fresh_rows: list[tuple[object, ...]] = []
+    fresh_batches: list[tuple[object, ...]] = []
     fresh_traces: list[tuple[object, ...]] = []
-    for tid, spans in by_trace.items():
-        if tid not in known:
-            fresh_rows.extend((*r[:7], now, r[7]) for r in spans.values())
-            fresh_traces.append(_bookkeeping(tid, None, list(spans.values()), now))
-            if fresh_out is not None:
-                fresh_out[tid] = list(spans.values())
-    if fresh_rows:
-        before = conn.total_changes
-        conn.executemany(_UPSERT, fresh_rows)
-        changed = conn.total_changes - before  # all of them, unless spans outlived their trace row
-        accepted += changed
-        duplicates += len(fresh_rows) - changed
-        conn.executemany(_UPSERT_TRACE, fresh_traces)
     touched: list[str] = []
     for tid, spans in by_trace.items():
-        if tid not in known:
+        if tid in known:
+            batches = conn.execute(_BATCHES_OF, (tid,)).fetchall()
+            found: dict[str, bool] = {}  # span id -> the latest stored copy equals the incoming one
+            for batch_id, count, blob in batches:
+                n, hits = match_batch(tid, blob, spans)
+                _check_count(tid, batch_id, count, n)
+                found.update(hits)
+            write: list[SpanRow] = []
+            replaced = False
+            for sid, r in spans.items():
+                same = found.get(sid)
+                if same:
+                    duplicates += 1
+                    continue
+                replaced = replaced or same is not None
+                write.append(r)
+            if not write:
+                continue
+            accepted += len(write)
             touched.append(tid)
+            compact = len(batches) + 1 >= COMPACT_AT
+            stored: dict[str, SpanRow] = {}
+            if replaced or compact:
+                stored = _current_rows(tid, batches)
+                for r in write:  # a replaced span now counts as received last
+                    stored.pop(r.span_id, None)
+                    stored[r.span_id] = r
+            if compact:  # every current span in one batch, in received order
+                merged = list(stored.values())
+                conn.execute("DELETE FROM span_batches WHERE trace_id = ?", (tid,))
+                conn.execute(_INSERT_BATCH, (tid, now, len(merged), encode_batch(merged)))
+            else:
+                conn.execute(_INSERT_BATCH, (tid, now, len(write), encode_batch(write)))
+            if replaced:
+                conn.execute(_UPSERT_TRACE, _recomputed(tid, list(stored.values()), now))
+            else:
+                conn.execute(_UPSERT_TRACE, _bookkeeping(tid, known[tid], write, now))
             continue
-        ids = list(spans)
-        existing: set[str] = set()
-        for i in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[i : i + _IN_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            existing.update(
-                r[0] for r in conn.execute(
-                    f"SELECT span_id FROM spans WHERE trace_id = ? AND span_id IN ({marks})", (tid, *chunk)
-                )
-            )
-        before = conn.total_changes
-        conn.executemany(
-            _UPSERT,
-            [(*r[:7], now, r[7]) for r in spans.values()],
-        )
-        changed = conn.total_changes - before
-        new = [r for sid, r in spans.items() if sid not in existing]
-        replaced = changed - len(new)
-        accepted += changed
-        duplicates += len(spans) - changed
-        if changed == 0:
-            continue
+        new = list(spans.values())
+        fresh_batches.append((tid, now, len(new), encode_batch(new)))
+        fresh_traces.append(_bookkeeping(tid, None, new, now))
+        accepted += len(new)
         touched.append(tid)
-        if replaced > 0:
-            _recompute(conn, tid, now)
-        else:
-            conn.execute(_UPSERT_TRACE, _bookkeeping(tid, known[tid], new, now))
+        if fresh_out is not None:
+            fresh_out[tid] = new
+    if fresh_batches:
+        conn.executemany(_INSERT_BATCH, fresh_batches)
+        conn.executemany(_UPSERT_TRACE, fresh_traces)
     return accepted, duplicates, touched
+
+
+def stored_rows(conn: sqlite3.Connection, tid: str) -> dict[str, SpanRow]:
+    """The trace's current raw spans by span id, in received order (batch order; a span stored
+    again in a later batch is the later copy, at its later place)."""
+    return _current_rows(tid, conn.execute(_BATCHES_OF, (tid,)).fetchall())
+
+
+def _current_rows(tid: str, batches: list[tuple[int, int, bytes]]) -> dict[str, SpanRow]:
+    out: dict[str, SpanRow] = {}
+    for batch_id, count, blob in batches:
+        rows = decode_batch(tid, blob)
+        _check_count(tid, batch_id, count, len(rows))
+        for r in rows:
+            if r.span_id in out:
+                del out[r.span_id]
+            out[r.span_id] = r
+    return out
+
+
+def _check_count(tid: str, batch_id: int, count: int, found: int) -> None:
+    if found != count:
+        raise TraceStoreError(f"span batch {batch_id} of trace {tid}: span_count says {count}, the blob holds {found}")
 
 
 def _known_traces(conn: sqlite3.Connection, tids: list[str]) -> dict[str, tuple[object, ...]]:
@@ -221,10 +250,12 @@ def _bookkeeping(tid: str, row: tuple[object, ...] | None, new: list[SpanRow], n
         count = int(count_any)  # type: ignore[call-overload]
     root_service: str | None = None
     root_changed = False
+    if new:
+        lo, hi = min([r[5] for r in new]), max([r[6] for r in new])  # r[5], r[6]: start, end
+        start = lo if start is None else min(start, lo)
+        end = hi if end is None else max(end, hi)
     for r in new:
-        start = r.start if start is None else min(start, r.start)
-        end = r.end if end is None else max(end, r.end)
-        if r.parent_span_id is None and (root_id is None or (r.start, r.span_id) < (root_start, root_id)):
+        if r[2] is None and (root_id is None or (r.start, r.span_id) < (root_start, root_id)):  # r[2]: parent
             root_id, root_name, root_start, root_service = r.span_id, r.name, r.start, r.service
             root_changed = True
     if service is None:
@@ -235,30 +266,20 @@ def _bookkeeping(tid: str, row: tuple[object, ...] | None, new: list[SpanRow], n
             now, now)
 
 
-def _recompute(conn: sqlite3.Connection, tid: str, now: int) -> None:
-    """Bookkeeping recomputed from every stored span of the trace."""
-    count, start, end = conn.execute(
-        "SELECT COUNT(*), MIN(start_unix_nano), MAX(end_unix_nano) FROM spans WHERE trace_id = ?", (tid,)
-    ).fetchone()
-    root = conn.execute(
-        "SELECT span_id, name, service, start_unix_nano FROM spans "
-        "WHERE trace_id = ? AND parent_span_id IS NULL ORDER BY start_unix_nano, span_id LIMIT 1",
-        (tid,),
-    ).fetchone()
-    first = conn.execute(
-        "SELECT service FROM spans WHERE trace_id = ? AND service IS NOT NULL "
-        "ORDER BY received_unix_nano, rowid LIMIT 1",
-        (tid,),
-    ).fetchone()
-    service = first[0] if first is not None else None
-    if root is not None:
-        root_id, root_name, root_service, root_start = root
-        service = root_service if root_service is not None else service
-    else:
-        root_id = root_name = root_start = None
-    conn.execute(
-        _UPSERT_TRACE,
-        (tid, service, root_id, root_name, root_start, start, end, count, int(root is not None), now, now),
+def _recomputed(tid: str, rows: list[SpanRow], now: int) -> tuple[object, ...]:
+    """Parameters of ``_UPSERT_TRACE`` recomputed from every current raw span of the trace
+    (``rows`` in received order)."""
+    root: SpanRow | None = None
+    for r in rows:
+        if r.parent_span_id is None and (root is None or (r.start, r.span_id) < (root.start, root.span_id)):
+            root = r
+    service = next((r.service for r in rows if r.service is not None), None)
+    if root is not None and root.service is not None:
+        service = root.service
+    return (
+        tid, service, None if root is None else root.span_id, None if root is None else root.name,
+        None if root is None else root.start, min((r.start for r in rows), default=None),
+        max((r.end for r in rows), default=None), len(rows), int(root is not None), now, now,
     )
 
 
@@ -272,7 +293,7 @@ class SpanSnapshot:
         self._rows: list[SpanRow] | None = rows
         self._data: bytes | None = None
         #: bytes of the stored payloads it holds (what it costs in memory, roughly)
-        self.nbytes: int = sum(len(r.payload) for r in rows)
+        self.nbytes: int = sum(map(len, [r[7] for r in rows]))  # r[7]: payload
 
     def data(self) -> bytes:
         """Serialized ``TracesData``, exactly what ``spans_for_bytes`` returns for these spans."""
@@ -328,4 +349,7 @@ def snapshot_bytes_py(rows: list[SpanRow]) -> bytes:
     return b"".join(out)
 
 
-__all__ = ["SpanRow", "SpanSnapshot", "snapshot_bytes", "snapshot_bytes_py", "extract_rows", "id_problem", "service_of", "store_rows"]
+__all__ = [
+    "SpanRow", "SpanSnapshot", "snapshot_bytes", "snapshot_bytes_py", "extract_rows", "id_problem", "service_of",
+    "stored_rows", "store_rows",
+]

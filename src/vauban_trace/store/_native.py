@@ -2,7 +2,8 @@
 
 :data:`cwire` is the extension module, or None when it was not built (no C compiler at install
 time) or ``VAUBAN_TRACE_NO_NATIVE=1`` was set when this module was imported. Its users
-(:mod:`._split`: ``split``; :mod:`._ingest`: ``snapshot``) fall back to their Python reference
+(:mod:`._split`: ``split``; :mod:`._ingest`: ``snapshot``; :mod:`._batch`: ``encode_batch``,
+``decode_batch``) fall back to their Python reference
 code when it is None or declines an input (returns None), with identical results.
 """
 

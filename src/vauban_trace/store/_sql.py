@@ -2,26 +2,35 @@
 
 ``traces.sqlite`` is opened in WAL mode with ``synchronous=FULL`` (a committed transaction is on
 disk when the call returns) and a busy timeout (several processes may write). A new database gets
-16 KiB pages (SQLite's default is 4 KiB): raw spans of about a kilobyte and Trace JSON of tens of
-kilobytes then take fewer pages, overflow chains and WAL frames, which cut the collector's CPU per
+16 KiB pages (SQLite's default is 4 KiB): span batches and Trace JSON of tens of kilobytes then
+take fewer pages, overflow chains and WAL frames, which cut the collector's CPU per
 span by about a tenth in ``bench/bench_collector.py``; the WAL is checkpointed every
 :data:`CHECKPOINT_BYTES` whatever the page size. An existing database keeps its page size. ``user_version``
-records the schema version; a newer file is refused instead of being misread.
+records the schema version; a newer file is refused instead of being misread, an older one is
+migrated on open in one transaction (:data:`MIGRATIONS`: 1 -> 2 in SQL, 2 -> 3 by ``_migrate``).
+
+Schema 3: ``span_batches`` (one row per trace and write; ``spans`` = ``_batch`` encoding of the
+trace's spans that write stored; ``id`` orders the writes, and a later batch's copy of a span id
+wins; index on ``trace_id``) and ``traces`` (bookkeeping kept by ``_ingest``, rebuilt trace kept by
+``_documents``). Schema 2 had one ``spans`` row per span with a UNIQUE (trace_id, span_id) index.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from vauban_trace._exceptions import TraceStoreError
+from vauban_trace.store._migrate import migrate_spans_to_batches
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_SIZE = 16384
 #: automatic WAL checkpoint interval (SQLite's default: 1000 pages of 4 KiB)
 CHECKPOINT_BYTES = 4 * 1024 * 1024
 
-SCHEMA = """
+#: the raw-span table of schema version 2 (one row per span), kept for the 1 -> 2 migration
+_SPANS_V2 = """
 CREATE TABLE IF NOT EXISTS spans (
     trace_id            TEXT    NOT NULL,
     span_id             TEXT    NOT NULL,
@@ -33,7 +42,18 @@ CREATE TABLE IF NOT EXISTS spans (
     received_unix_nano  INTEGER NOT NULL,
     payload             BLOB    NOT NULL,   -- serialized one-span ResourceSpans
     UNIQUE (trace_id, span_id)
+)"""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS span_batches (
+    id                  INTEGER PRIMARY KEY,   -- write order: a later batch's copy of a span wins
+    trace_id            TEXT    NOT NULL,
+    received_unix_nano  INTEGER NOT NULL,
+    span_count          INTEGER NOT NULL,
+    spans               BLOB    NOT NULL       -- store._batch encoding of the trace's spans
 );
+
+CREATE INDEX IF NOT EXISTS span_batches_by_trace ON span_batches (trace_id);
 
 CREATE TABLE IF NOT EXISTS traces (
     trace_id                  TEXT PRIMARY KEY,
@@ -68,13 +88,13 @@ CREATE INDEX IF NOT EXISTS traces_pending ON traces (last_received_unix_nano)
 CREATE INDEX IF NOT EXISTS traces_by_received ON traces (last_received_unix_nano);
 """
 
-#: Statements upgrading a database of version N to N + 1.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
+#: Statements upgrading a database of version N to N + 1 (a function where SQL is not enough).
+MIGRATIONS: dict[int, tuple[str, ...] | Callable[[sqlite3.Connection], None]] = {
     # 1 -> 2: spans becomes a rowid table (large payloads make WITHOUT ROWID slow); the trace row
     # keeps the root's start separately and start/end become the raw spans' min/max.
     1: (
         "ALTER TABLE spans RENAME TO spans_v1",
-        SCHEMA.split(";")[0],
+        _SPANS_V2,
         "INSERT INTO spans (trace_id, span_id, parent_span_id, name, service, start_unix_nano, "
         "end_unix_nano, received_unix_nano, payload) SELECT trace_id, span_id, parent_span_id, name, "
         "service, start_unix_nano, end_unix_nano, received_unix_nano, payload FROM spans_v1",
@@ -86,6 +106,8 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "end_unix_nano = (SELECT MAX(s.end_unix_nano) FROM spans s WHERE s.trace_id = traces.trace_id) "
         "WHERE version > 0",
     ),
+    # 2 -> 3: one span_batches row per trace replaces the one-row-per-span table
+    2: lambda conn: migrate_spans_to_batches(conn, SCHEMA),
 }
 
 
@@ -133,8 +155,12 @@ def initialise(conn: sqlite3.Connection, path: Path) -> None:
                         conn.execute(statement)
             else:
                 while version < SCHEMA_VERSION:
-                    for statement in MIGRATIONS[version]:
-                        conn.execute(statement)
+                    step = MIGRATIONS[version]
+                    if callable(step):
+                        step(conn)
+                    else:
+                        for statement in step:
+                            conn.execute(statement)
                     version += 1
                 for statement in SCHEMA.split(";"):  # indexes added since
                     if statement.strip():

@@ -1,6 +1,7 @@
 """Protobuf wire-level helpers for stored spans (no message objects on the hot path).
 
-Each raw span is stored as the serialized protobuf of a one-span ``ResourceSpans``::
+Each raw span is handled as the serialized protobuf of a one-span ``ResourceSpans`` (stored
+inside span batches, see ``_batch``)::
 
     ResourceSpans { resource = 1; scope_spans = 2 (one ScopeSpans { scope = 1; spans = 2 (one);
                     schema_url = 3 }); schema_url = 3 }
@@ -9,7 +10,8 @@ Each raw span is stored as the serialized protobuf of a one-span ``ResourceSpans
 resource, scope and span (the same bytes ``SerializeToString(deterministic=True)`` of the
 assembled message gives), and :func:`traces_data_bytes` regroups many payloads into one
 serialized ``TracesData`` (spans sharing a resource and scope end up in one ``ResourceSpans`` /
-``ScopeSpans``) which is parsed once. Building and parsing per-span messages costs several times
+``ScopeSpans``) which is parsed once; it is what schema 2's ``spans_for_bytes`` returned, which
+``_ingest.snapshot_bytes`` still equals (the migration tests check it). Building and parsing per-span messages costs several times
 more in Python.
 """
 

@@ -1,10 +1,12 @@
-/* _cwire internal header: what the two files of the store's wire splitter share.
+/* _cwire internal header: what the files of the store's C extension share.
  *
  * The byte-pointer type (P), the nesting bound, the message type numbers the outer walk asks
  * canonical.c to check, the Capture of a checked message's singular fields, the hot wire readers
  * (minimal varint, length prefix) and the UTF-8 check's ASCII fast path as static inline helpers,
  * and the prototypes of the cw_ functions. canonical.c holds the field tables and the canonical
- * checks; rows.c walks the outer messages, builds the rows and defines the module. Not a public
+ * checks; rows.c walks the outer messages, builds the rows and defines the module; snapshot.c
+ * regroups rows; batch.c and batch_match.c are the span-batch codec (with its small helpers
+ * below: varint writer, id parsing, bytes reader, BAD()). Not a public
  * API: only PyInit__cwire is exported from the module.
  */
 #ifndef VAUBAN_CWIRE_H
@@ -102,6 +104,84 @@ int cw_check_msg(int type, P p, P end, int depth, Capture *cap);
 
 /* snapshot(rows) -> bytes | None: store._ingest.snapshot_bytes in C. */
 PyObject *cw_snapshot(PyObject *self, PyObject *rows);
+
+/* ---------- batch.c, batch_match.c ---------- */
+
+#define MAX_ENVS 256 /* envelope entries the C batch codec handles (more: the Python reference) */
+
+/* SpanRow item positions (store._rows.SpanRow) */
+enum { R_SPAN_ID = 1, R_PARENT = 2, R_NAME = 3, R_SERVICE = 4, R_START = 5, R_END = 6, R_PAYLOAD = 7, R_ENV = 8 };
+
+static inline size_t vlen(uint64_t v) {
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static inline uint8_t *put_v(uint8_t *o, uint64_t v) {
+    while (v >= 0x80) {
+        *o++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *o++ = (uint8_t)v;
+    return o;
+}
+
+static inline int hexval(int c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* 16 lowercase hex digits -> 8 bytes; 0: not. */
+static inline int id_bytes(PyObject *s, uint8_t out[8]) {
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s) || PyUnicode_GET_LENGTH(s) != 16) return 0;
+    const char *p = (const char *)PyUnicode_1BYTE_DATA(s);
+    for (int i = 0; i < 8; i++) {
+        int hi = hexval(p[2 * i]), lo = hexval(p[2 * i + 1]);
+        if (hi < 0 || lo < 0) return 0;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return 1;
+}
+
+/* bytes(x): length varint then [*s, *s + *n) within the blob. */
+static inline int rd_bytes(P *pp, P end, P *s, size_t *n) {
+    if (!rd_len(pp, end, n)) return 0;
+    *s = *pp;
+    *pp += *n;
+    return 1;
+}
+
+/* A fixed64 little-endian (the host's order: the module refuses big-endian hosts). */
+static inline int rd_u64le(P *pp, P end, uint64_t *out) {
+    if (end - *pp < 8) return 0;
+    memcpy(out, *pp, 8);
+    *pp += 8;
+    return 1;
+}
+
+/* Decoding failed for a reason the Python reference reports (clears a Python error if any). */
+#define BAD()                 \
+    do {                      \
+        PyErr_Clear();        \
+        bad = 1;              \
+        goto done;            \
+    } while (0)
+
+PyObject *cw_match_batch(PyObject *self, PyObject *args);
+
+/* encode_batch(rows) -> bytes | None; decode_batch(trace_id, blob) -> list | None: store._batch in C. */
+PyObject *cw_encode_batch(PyObject *self, PyObject *rows);
+PyObject *cw_decode_batch(PyObject *self, PyObject *args);
+
+/* ---------- rows.c ---------- */
+
+/* The SpanRow type set by configure() (borrowed), NULL before. */
+PyObject *cw_row_type(void);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

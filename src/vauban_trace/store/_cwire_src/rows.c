@@ -357,6 +357,8 @@ static PyObject *split(PyObject *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+PyObject *cw_row_type(void) { return row_type; }
+
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *key, *tp;
     if (!PyArg_ParseTuple(args, "UO!", &key, &PyType_Type, &tp)) return NULL;
@@ -378,6 +380,9 @@ static PyMethodDef methods[] = {
     {"split", split, METH_O, "split(data) -> list[SpanRow] | None: the store's rows of a serialized request."},
     {"configure", configure, METH_VARARGS, "configure(service_key, row_type): set before split()."},
     {"snapshot", cw_snapshot, METH_O, "snapshot(rows) -> bytes | None: one trace's rows as serialized TracesData."},
+    {"encode_batch", cw_encode_batch, METH_O, "encode_batch(rows) -> bytes | None: store._batch's blob of one trace's rows."},
+    {"decode_batch", cw_decode_batch, METH_VARARGS, "decode_batch(trace_id, blob) -> list[SpanRow] | None."},
+    {"match_batch", cw_match_batch, METH_VARARGS, "match_batch(trace_id, blob, incoming) -> (count, {id: equal}) | None."},
     {NULL, NULL, 0, NULL},
 };
 static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_cwire", NULL, -1, methods, NULL, NULL, NULL, NULL};

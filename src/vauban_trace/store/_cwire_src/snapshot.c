@@ -25,8 +25,8 @@
 
 #define MAX_GROUPS 256
 
-/* SpanRow field positions (store._ingest.SpanRow) */
-enum { R_SPAN_ID = 1, R_START = 5, R_PAYLOAD = 7, R_ENV = 8, R_FIELDS = 9 };
+/* SpanRow item positions: R_* in cwire.h */
+enum { R_FIELDS = 9 };
 
 typedef struct {
     uint64_t start;
