@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -161,7 +162,9 @@ def end_to_end(payloads: list[bytes], warmup: list[bytes], core: int, store: Pat
                 break
         else:
             raise RuntimeError("collector did not start")
-        reader = TraceStore(store)
+        # read-only SQL, not a TraceStore: opening one would migrate a baseline collector's older
+        # schema under it (the --baseline tree may predate the current schema)
+        reader = sqlite3.connect(f"file:{store / 'traces.sqlite'}?mode=ro", uri=True, timeout=30)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
         def send(batch: list[bytes]) -> None:
@@ -173,7 +176,7 @@ def end_to_end(payloads: list[bytes], warmup: list[bytes], core: int, store: Pat
                     raise RuntimeError(f"collector answered {resp.status}")
 
         def wait_rebuilt(n: int) -> None:
-            while reader.trace_count() < n:
+            while reader.execute("SELECT COUNT(*) FROM traces WHERE trace_json IS NOT NULL").fetchone()[0] < n:
                 time.sleep(0.002)
 
         send(warmup)
@@ -269,7 +272,7 @@ CUT = "receiver: cut the body into the store's rows (C splitter; no protobuf dec
 DECODE = "  fallback when the splitter declines: decode protobuf (FromString)"
 CHECKS = "  fallback: id/time checks (collector)"
 EXTRACT = "  fallback: extract_rows (rows from the decoded request)"
-DURABLE = "TraceStore.ingest_parts of the cut rows (durable write: SQLite insert + commit)"
+DURABLE = "TraceStore.ingest_parts of the cut rows (durable write: a span batch row per trace + commit)"
 SPANS_STEP = "spans for the rebuild (new trace: in-memory snapshot)"
 REBUILD = "rebuild_documents (rebuild + Trace JSON + summary)"
 METRICS = "stage histograms (collector, one bulk update per assembly pass)"
