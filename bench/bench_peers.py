@@ -372,12 +372,16 @@ def _summary(result: dict[str, Any]) -> str:
         text += " One `np.dot` on an activation-sized vector used under 1 ms of CPU on every thread."
     if dot:
         n = result["prompt_tokens"] * size["hidden"]
-        text += (f" One `np.dot(v, v)` on {n:,} float64 values (what `artifacts.summarize_array` computes "
-                 f"for `l2_norm` of one (1, {result['prompt_tokens']}, {size['hidden']}) activation), alone, "
-                 "50 ms apart, costs per call: "
+        text += (f" One `np.dot(v, v)` on {n:,} float64 values (what `artifacts.summarize_array` computed "
+                 f"for `l2_norm` of one (1, {result['prompt_tokens']}, {size['hidden']}) activation until "
+                 "commit c20acd4, which moved it to `np.einsum`), alone, 50 ms apart, costs per call: "
                  + "; ".join(f"{k} {v:.1f} ms" for k, v in dot.items())
-                 + f" of CPU (numpy's BLAS: {blas_name()}). The same native thread id in both lines: the "
-                 "capture's extra CPU is the BLAS worker pool woken by `np.dot`.")
+                 + f" of CPU (numpy's BLAS: {blas_name()}).")
+        woken = [k for k in dot if k in (threads or {}) and k != "MainThread"]
+        text += (f" The thread {woken[0]} appears in both lines: the capture's extra CPU is the BLAS worker "
+                 "pool woken by `np.dot`." if woken else
+                 " No thread of that BLAS pool appears in the capture's per-thread CPU: the capture no "
+                 "longer wakes it.")
     blas1 = result.get("blas1")
     if blas1:
         rows1 = {r[0]: r for r in blas1[-1]["rows"]}
