@@ -25,9 +25,7 @@ Targets: end-to-end >= 50% of parse-only and >= 20,000 spans/s on one core.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
-import json
 import os
 import platform
 import socket
@@ -41,76 +39,23 @@ from pathlib import Path
 from typing import Any
 
 from benchdoc import cpu_model, replace_section
+from collector_payloads import SPANS_PER_TRACE, TRACES_PER_BATCH, make_batch
+from collector_steps import (
+    FALLBACK,
+    FILES,
+    PIPELINE,
+    READ_BACK,
+    breakdown,
+    floor_text,
+    floors,
+    python_breakdown,
+    why_text,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-
-from vauban_trace import semconv as sc
-from vauban_trace.store import TraceStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Collector ingest"
-STAGES = ("tokenize", "prefill", "forward", "decode", "emit")
-TRACES_PER_BATCH = 32
-SPANS_PER_TRACE = 16  # root + 15 stages -> 512 spans per batch
-
-
-def _kv(key: str, value: object) -> KeyValue:
-    if isinstance(value, bool):
-        return KeyValue(key=key, value=AnyValue(bool_value=value))
-    if isinstance(value, int):
-        return KeyValue(key=key, value=AnyValue(int_value=value))
-    if isinstance(value, float):
-        return KeyValue(key=key, value=AnyValue(double_value=value))
-    return KeyValue(key=key, value=AnyValue(string_value=str(value)))
-
-
-def make_batch(index: int) -> bytes:
-    """512 spans: 32 vauban traces (root + 15 stage spans with counters and an artifact event)."""
-    req = ExportTraceServiceRequest()
-    rs = req.resource_spans.add()
-    rs.resource.attributes.extend([_kv("service.name", "bench"), _kv("host.name", "bench-host")])
-    ss = rs.scope_spans.add()
-    ss.scope.name = "vauban_trace"
-    ss.scope.version = "0.1.0"
-    t0 = 1_700_000_000_000_000_000 + index * 10**9
-    for t in range(TRACES_PER_BATCH):
-        tid = hashlib.blake2b(f"bench:{index}:{t}".encode(), digest_size=16).digest()
-        root_id = hashlib.blake2b(tid + b"root", digest_size=8).digest()
-        root = ss.spans.add(trace_id=tid, span_id=root_id, name="text_completion tiny-llama", kind=1,
-                            start_time_unix_nano=t0, end_time_unix_nano=t0 + 50_000_000)
-        root.attributes.extend([
-            _kv(sc.TRACE_ROOT, True), _kv(sc.GEN_AI_OPERATION_NAME, "text_completion"),
-            _kv(sc.GEN_AI_REQUEST_MODEL, "tiny-llama"), _kv(sc.GEN_AI_PROVIDER_NAME, "huggingface.transformers"),
-            _kv(sc.REQUEST_INPUT_TEXT, "The quick brown fox"), _kv(sc.SWEEP_AXIS, "token_count"),
-            _kv(sc.SWEEP_AXIS_VALUE, 64 * (1 + t % 4)), _kv(sc.EXECUTOR_NAME, "torch"),
-        ])
-        for i in range(SPANS_PER_TRACE - 1):
-            stage = STAGES[i % len(STAGES)]
-            sid = hashlib.blake2b(tid + i.to_bytes(2, "big"), digest_size=8).digest()
-            start = t0 + 1_000 + i * 3_000_000
-            sp = ss.spans.add(trace_id=tid, span_id=sid, parent_span_id=root_id, name=stage, kind=1,
-                              start_time_unix_nano=start, end_time_unix_nano=start + 2_500_000)
-            sp.attributes.extend([
-                _kv(sc.STAGE, stage), _kv(sc.DEVICE_KIND, "cpu"), _kv(sc.DEVICE_LABEL, "cpu"),
-                _kv(sc.usl("token_count"), 64), _kv(sc.usl_provenance("token_count"), "derived"),
-                _kv(sc.usl("batch_size"), 1), _kv(sc.usl_provenance("batch_size"), "declared"),
-                _kv(sc.usl("input_bytes"), 65536), _kv(sc.usl_provenance("input_bytes"), "derived"),
-                _kv(sc.usl("output_bytes"), 131072), _kv(sc.usl_provenance("output_bytes"), "derived"),
-                _kv(sc.usl("memory_bytes"), 1 << 20), _kv(sc.usl_provenance("memory_bytes"), "measured"),
-                _kv(sc.MEMORY_METHOD, "cpu.rss_peak_delta"),
-                _kv(sc.usl_provenance("sync_points"), "unavailable"),
-            ])
-            ev = sp.events.add(time_unix_nano=start + 2_000_000, name=sc.EVENT_ARTIFACT)
-            ev.attributes.extend([
-                _kv(sc.ARTIFACT_ID, f"{stage}-{i}"), _kv(sc.ARTIFACT_KIND, "activation"),
-                _kv(sc.ARTIFACT_DIGEST, "blake3:" + hashlib.sha256(sid).hexdigest()),
-                _kv(sc.ARTIFACT_URI, "file:///blobs/x"), _kv(sc.ARTIFACT_MEDIA_TYPE, "application/vnd.safetensors"),
-                _kv(sc.ARTIFACT_DTYPE, "float32"), _kv(sc.ARTIFACT_BYTE_SIZE, 131072),
-                _kv(sc.ARTIFACT_STAT_MEAN, 0.01), _kv(sc.ARTIFACT_STAT_STD, 1.02),
-            ])
-    data: bytes = req.SerializeToString()
-    return data
 
 
 def _pin(core: int) -> None:
@@ -268,146 +213,6 @@ def receiver_only(payloads: list[bytes], core: int) -> tuple[float, float]:
 
 
 #: step names of the breakdown; READ_BACK and FILES are not on the way of a new trace
-CUT = "receiver: cut the body into the store's rows (C splitter; no protobuf decode)"
-DECODE = "  fallback when the splitter declines: decode protobuf (FromString)"
-CHECKS = "  fallback: id/time checks (collector)"
-EXTRACT = "  fallback: extract_rows (rows from the decoded request)"
-DURABLE = "TraceStore.ingest_parts of the cut rows (durable write: a span batch row per trace + commit)"
-SPANS_STEP = "spans for the rebuild (new trace: in-memory snapshot)"
-REBUILD = "rebuild_documents (rebuild + Trace JSON + summary)"
-METRICS = "stage histograms (collector, one bulk update per assembly pass)"
-PUT = "TraceStore.put_documents (Trace rows; files on read)"
-FILES = "traces/<id>.json files with --trace-files eager (median of 3 rounds)"
-READ_BACK = "TraceStore.spans_for_bytes (read back: late spans, after a restart)"
-PIPELINE = (CUT, DURABLE, SPANS_STEP, REBUILD, METRICS, PUT)
-FALLBACK = (DECODE, CHECKS, EXTRACT)
-
-
-def breakdown(batches: int = 8) -> dict[str, float]:
-    """CPU microseconds per span of each step of the pipeline, measured in this process (with
-    ``VAUBAN_TRACE_NO_NATIVE=1`` in the environment: the pure-Python paths). ``native share``:
-    the fraction of traces the C rebuild produced."""
-    from vauban_trace.collector import CollectorMetrics
-    from vauban_trace.collector._codec import drop_invalid_spans
-    from vauban_trace.rebuild import rebuild_documents
-    from vauban_trace.store import CutRequest, cut_request
-    from vauban_trace.store._documents import _write_atomic
-    from vauban_trace.store._ingest import extract_rows
-
-    payloads = [make_batch(5_000_000 + i) for i in range(batches)]
-    n = batches * TRACES_PER_BATCH * SPANS_PER_TRACE
-    out: dict[str, float] = {}
-    clock = time.process_time
-    with tempfile.TemporaryDirectory(prefix="vauban-bench-") as tmp:
-        store = TraceStore(Path(tmp) / "store", trace_files="on_read")
-        t = clock()
-        reqs = [ExportTraceServiceRequest.FromString(p) for p in payloads]
-        out[DECODE] = clock() - t
-        t = clock()
-        for r in reqs:
-            drop_invalid_spans(r)
-        out[CHECKS] = clock() - t
-        t = clock()
-        for r in reqs:
-            extract_rows(r.resource_spans)
-        out[EXTRACT] = clock() - t
-        t = clock()
-        # what the receiver does with a protobuf body (ingest_protobuf): the C splitter, else the
-        # decode + checks + extract_rows path (then counted here too)
-        parts: list[Any] = []
-        for body in payloads:
-            cut = cut_request(body)
-            if cut is None:
-                request = ExportTraceServiceRequest.FromString(body)
-                drop_invalid_spans(request)
-                cut = CutRequest(extract_rows(request.resource_spans)[0])
-            parts.append(cut)
-        out[CUT] = clock() - t
-        snapshots: dict[str, Any] = {}
-        t = clock()
-        for part in parts:  # the writer: one transaction per request (a lone client gets no group commit)
-            snapshots.update(store.ingest_parts([part], snapshots=True).snapshots)
-        out[DURABLE] = clock() - t
-        pending = store.pending_traces()
-        t = clock()
-        datas = [snapshots[p.trace_id].data() for p in pending]
-        out[SPANS_STEP] = clock() - t
-        t = clock()
-        docs = [rebuild_documents(d)[0] for d in datas]
-        out[REBUILD] = clock() - t
-        metrics = CollectorMetrics()
-        t = clock()
-        metrics.observe_documents(docs)  # one call per assembly pass, as the assembler does
-        out[METRICS] = clock() - t
-        t = clock()
-        store.put_documents([(doc, p.version) for doc, p in zip(docs, pending, strict=True)], sync_files=False)
-        out[PUT] = clock() - t
-        rounds = []
-        for k in range(3):  # file creation cost swings several-fold on this VM: median of 3 rounds
-            t = clock()
-            for doc in docs:
-                _write_atomic(store.dir / f"scratch{k}" / f"{doc.trace_id}.json", doc.json, sync=False)
-            rounds.append(clock() - t)
-        out[FILES] = statistics.median(rounds)
-        t = clock()
-        for p in pending:
-            store.spans_for_bytes(p.trace_id)
-        out[READ_BACK] = clock() - t
-        store.close()
-    steps = {k: v / n * 1e6 for k, v in out.items()}
-    steps["native share"] = sum(doc.native for doc in docs) / len(docs)
-    return steps
-
-
-def floors(batches: int = 16) -> dict[str, float]:
-    """Per span, the CPU µs (``cpu``) and wall µs (``wall``) of the cheapest durable writes any
-    collector design needs: each request body appended to one file and ``fdatasync``'d (raw spans
-    durable, no index), and the Trace JSON of the same traces appended and synced likewise (the
-    rebuilt traces durable, no index). With the receiver and the C rebuild they bound what an
-    ideal storage layer would leave of the pipeline (``_why``)."""
-    from vauban_trace.rebuild import rebuild_documents
-    from vauban_trace.store import cut_request
-    from vauban_trace.store._ingest import snapshot_bytes
-
-    payloads = [make_batch(6_000_000 + i) for i in range(batches)]
-    texts = []
-    for body in payloads:
-        cut = cut_request(body)
-        assert cut is not None
-        by_trace: dict[str, list[Any]] = {}
-        for row in cut.rows:
-            by_trace.setdefault(row.trace_id, []).append(row)
-        texts.append("".join(doc.json for rows in by_trace.values()
-                             for doc in rebuild_documents(snapshot_bytes(rows))).encode())
-    n = batches * TRACES_PER_BATCH * SPANS_PER_TRACE
-    out: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="vauban-bench-") as tmp:
-        for name, chunks in (("raw", payloads), ("json", texts)):
-            fd = os.open(os.path.join(tmp, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                cpu, wall = time.process_time(), time.perf_counter()
-                for chunk in chunks:
-                    os.write(fd, chunk)
-                    os.fdatasync(fd)
-                out[f"{name} cpu"] = (time.process_time() - cpu) / n * 1e6
-                out[f"{name} wall"] = (time.perf_counter() - wall) / n * 1e6
-            finally:
-                os.close(fd)
-    out["json bytes"] = sum(len(t) for t in texts) / n
-    return out
-
-
-def python_breakdown() -> dict[str, float]:
-    """:func:`breakdown` with the C accelerators off (``VAUBAN_TRACE_NO_NATIVE=1``, a subprocess)."""
-    prog = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
-            "import bench_collector as b; print(json.dumps(b.breakdown()))")
-    env = dict(os.environ, VAUBAN_TRACE_NO_NATIVE="1")
-    out = subprocess.run([sys.executable, "-c", prog, str(Path(__file__).parent)], capture_output=True,
-                         text=True, check=True, env=env)
-    steps: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return steps
-
-
 def _proc_cpu(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -593,55 +398,15 @@ def main() -> None:
         f"| {FILES} | {steps[FILES]:.1f} | {py_steps[FILES]:.1f} |",
         f"| {READ_BACK} | {steps[READ_BACK]:.1f} | {py_steps[READ_BACK]:.1f} |",
         "",
-        _why(steps, total, parse_rate, decode_rate, rebuilt, recv, per_cpu("native")),
+        why_text(steps, total, parse_rate, decode_rate, rebuilt, recv, per_cpu("native")),
         "",
-        _floor_text(floor, steps, parse_rate, recv_cpu),
+        floor_text(floor, steps, parse_rate, recv_cpu),
         "",
     ]
     text = "\n".join(lines)
     print(text)
     if args.write_docs:
         replace_section(SECTION, text)
-
-
-def _floor_text(floor: dict[str, float], steps: dict[str, float], parse_rate: float, recv_cpu: float) -> str:
-    """What an ideal storage layer would leave: measured floors, summed (not a projection of code
-    that does not exist: each term is measured here, and the sum is a lower bound for this rebuild)."""
-    recv_us = 1e6 / recv_cpu
-    ideal = recv_us + floor["raw cpu"] + steps[REBUILD] + floor["json cpu"]
-    budget = 2e6 / parse_rate
-    left = budget - recv_us - floor["raw cpu"] - floor["json cpu"]
-    need = (f"a rebuild (protobuf to Trace JSON) of at most {left:.2f} µs per span, {steps[REBUILD] / left:.1f}x "
-            f"faster than the C rebuild measured here, before any index, metrics or bookkeeping"
-            if left > 0 else "no time at all for the rebuild")
-    return (
-        f"Floors, measured in this run (CPU µs per span): the receiver alone (HTTP + C splitter, per CPU-second "
-        f"above) {recv_us:.2f}; appending each request body to one file with `fdatasync` {floor['raw cpu']:.2f} "
-        f"(wall {floor['raw wall']:.2f}); appending the Trace JSON ({floor['json bytes']:,.0f} bytes per span) "
-        f"likewise {floor['json cpu']:.2f} (wall {floor['json wall']:.2f}); the C rebuild {steps[REBUILD]:.2f}. "
-        f"A collector doing only these four (no index, no metrics, no bookkeeping) would need {ideal:.1f} µs "
-        f"per span: {1e6 / ideal:,.0f} spans/s, {1e6 / ideal / parse_rate:.0%} of parse-only. The 50% target "
-        f"leaves {budget:.2f} µs per span, so it needs {need}."
-    )
-
-
-def _why(steps: dict[str, float], total: float, parse_rate: float, decode_rate: float, rebuilt: float,
-         recv: float, cpu_rate: float) -> str:
-    load = os.getloadavg()[0]
-    budget = 2e6 / parse_rate
-    verdict = "within" if steps[DURABLE] + steps[REBUILD] + steps[PUT] <= budget else "over"
-    return (
-        f"The steps add up to about {total:.0f} CPU µs per span, a ceiling of {1e6 / total:,.0f} spans/s on "
-        f"one core; end to end the collector rebuilt {cpu_rate:,.0f} spans per CPU-second (HTTP handling, the "
-        f"assembler's bookkeeping queries and the threads' hand-offs come on top of the steps). The 50% target "
-        f"is measured against `FromString` at {1e6 / parse_rate:.1f} µs per span: half of that rate leaves "
-        f"{budget:.1f} µs per span for everything, while the durable SQLite write of the raw spans costs "
-        f"{steps[DURABLE]:.1f} µs, the C rebuild {steps[REBUILD]:.1f} µs and committing the Trace JSON "
-        f"{steps[PUT]:.1f} µs ({verdict} that budget together); the receiver alone (HTTP + C splitter, no "
-        f"decode) runs at {recv / parse_rate:.0%} of parse-only. Against decoding the spans into Python values "
-        f"({decode_rate:,.0f} spans/s) the collector reaches {rebuilt / decode_rate:.0%}. 1-minute load average "
-        f"at the end of the run: {load:.2f} (the machine is shared)."
-    )
 
 
 if __name__ == "__main__":
