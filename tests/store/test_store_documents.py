@@ -66,6 +66,24 @@ def test_put_documents_without_waiting_for_the_disk(tmp_path: Path) -> None:
     ts.close()
 
 
+def test_store_sql_raises_no_deprecation_warning(tmp_path: Path) -> None:
+    """Python 3.12 deprecates numbered placeholders (?1) bound from a sequence and 3.14 refuses
+    them: ingest, put (with and without a version, new and known trace) and reads run clean."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        ts = TraceStore(tmp_path, trace_files="on_read")
+        ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
+        ts.add_spans(make_request(make_span(TRACE_A, CHILD, "late", parent=ROOT)))
+        (pending,) = ts.pending_traces()
+        ts.put_documents([(_doc(_trace(TRACE_A)), pending.version)])
+        ts.put_documents([(_doc(_trace(TRACE_A)), None), (_doc(_trace(TRACE_B)), None)], durable=False)
+        assert ts.get_trace(TRACE_B) == _trace(TRACE_B)
+        assert ts.spans_for_bytes(TRACE_A) and ts.list_traces() and ts.pending_traces() == []
+        ts.close()
+
+
 def test_on_read_files_are_written_when_asked_and_never_stale(tmp_path: Path) -> None:
     ts = TraceStore(tmp_path, trace_files="on_read")
     first = _trace(TRACE_A)

@@ -413,14 +413,13 @@ class TraceStore:
         if not prepared:
             return 0
         now = time.time_ns()
-        params = [
-            (
-                tid, None if version is None else int(version), now, doc.json, int(doc.complete), doc.service,
-                doc.root_name, doc.start_unix_nano, max(0, doc.end_unix_nano - doc.start_unix_nano) / 1e9,
-                doc.span_count,
-            )
-            for doc, version, tid, _path in prepared
-        ]
+        params = []
+        for doc, version, tid, _path in prepared:
+            v = None if version is None else int(version)
+            params.append((
+                tid, v, now, doc.json, int(doc.complete), doc.service, doc.root_name, doc.start_unix_nano,
+                max(0, doc.end_unix_nano - doc.start_unix_nano) / 1e9, doc.span_count, v,
+            ))
         with self._write_tx("put_trace", durable=durable) as conn:
             conn.executemany(_PUT_TRACE, params)
         return len(prepared)

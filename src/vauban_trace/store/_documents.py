@@ -85,11 +85,14 @@ class TraceDocumentLike(Protocol):
     def span_count(self) -> int: ...
 
 
+#: parameters, in order: trace id, version, now, JSON, complete, service, root name, start,
+#: duration, span count, version again (plain ``?`` only: numbered placeholders bound from a
+#: sequence are deprecated since Python 3.12 and an error from 3.14)
 _PUT_TRACE = (
     "INSERT INTO traces (trace_id, rebuilt_version, rebuilt_at_unix_nano, trace_json, complete, rb_service, "
-    "rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count) VALUES (?1, COALESCE(?2, 0), ?3, ?4, ?5, "
-    "?6, ?7, ?8, ?9, ?10) ON CONFLICT (trace_id) DO UPDATE SET "
-    "rebuilt_version = COALESCE(?2, traces.version), rebuilt_at_unix_nano = excluded.rebuilt_at_unix_nano, "
+    "rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count) VALUES (?, COALESCE(?, 0), ?, ?, ?, "
+    "?, ?, ?, ?, ?) ON CONFLICT (trace_id) DO UPDATE SET "
+    "rebuilt_version = COALESCE(?, traces.version), rebuilt_at_unix_nano = excluded.rebuilt_at_unix_nano, "
     "trace_json = excluded.trace_json, complete = excluded.complete, "
     "rb_service = COALESCE(excluded.rb_service, traces.service), rb_root_name = excluded.rb_root_name, "
     "rb_start_unix_nano = excluded.rb_start_unix_nano, rb_duration_s = excluded.rb_duration_s, "
