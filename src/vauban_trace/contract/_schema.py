@@ -10,6 +10,7 @@ and a test asserts the copy equals the generated schema.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import sys
 import types
@@ -116,7 +117,10 @@ def _record_schema(cls: type, defs: dict[str, Any]) -> None:
         props[f.name] = _type_schema(hints[f.name], cls.__name__, f.name, defs)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             required.append(f.name)
-    doc = (cls.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    # the first paragraph, one line: inspect.cleandoc and the whitespace join make it the same on
+    # every Python (3.13 dedents docstrings at compile time, 3.11 and 3.12 keep the indentation)
+    paragraph = inspect.cleandoc(cls.__doc__ or "").split("\n\n")[0]
+    doc = " ".join(line.strip() for line in paragraph.splitlines() if line.strip())
     defs[cls.__name__] = {
         "type": "object",
         "description": doc,
