@@ -13,7 +13,8 @@ from vauban_trace.store import TraceStore, TraceSummary
 
 
 class StoreSource(TraceSource):
-    """Reads a :class:`~vauban_trace.store.TraceStore` directory; never writes to it.
+    """Reads a :class:`~vauban_trace.store.TraceStore` directory; never writes to it, except that
+    opening a store of an older schema migrates it in place (what any ``TraceStore`` does).
 
     A trace whose raw spans are stored but not rebuilt yet (still in flight) is rebuilt on the
     fly from those spans (it then usually says ``complete: false``) instead of being reported
