@@ -18,46 +18,22 @@ import sqlite3
 from vauban_trace._exceptions import TraceStoreError
 from vauban_trace.store._batch import encode_batch
 from vauban_trace.store._rows import SpanRow
-from vauban_trace.store._wire import fields, ld, wrap_span
+from vauban_trace.store._wire import envelope, split_resource_spans, wrap_span
 
 _INSERT = "INSERT INTO span_batches (trace_id, received_unix_nano, span_count, spans) VALUES (?,?,?,?)"
 
 
 def _split_payload(tid: str, sid: str, payload: bytes) -> tuple[tuple[bytes, ...], bytes]:
     """(envelope, serialized span) of a stored one-span ResourceSpans."""
-    resource: bytes | None = None
-    rs_schema = b""
-    scope_spans: list[bytes] = []
-    for num, value in fields(payload):
-        if num == 1:
-            resource = value
-        elif num == 2:
-            scope_spans.append(value)
-        elif num == 3:
-            rs_schema = value
-    scope: bytes | None = None
-    ss_schema = b""
-    spans: list[bytes] = []
-    for ss in scope_spans:
-        for num, value in fields(ss):
-            if num == 1:
-                scope = value
-            elif num == 2:
-                spans.append(value)
-            elif num == 3:
-                ss_schema = value
-    if len(scope_spans) != 1 or len(spans) != 1:
+    resource, rs_schema, groups = split_resource_spans(payload)
+    spans = [span for _scope, _schema, group in groups for span in group]
+    if len(groups) != 1 or len(spans) != 1:
         raise TraceStoreError(
             f"migrating to schema 3: span {sid} of trace {tid}: the stored payload holds {len(spans)} span(s) in "
-            f"{len(scope_spans)} ScopeSpans (expected one span in one ScopeSpans)"
+            f"{len(groups)} ScopeSpans (expected one span in one ScopeSpans)"
         )
-    env = (
-        ld(1, resource) if resource is not None else b"",
-        ld(3, rs_schema) if rs_schema else b"",
-        ld(1, scope) if scope is not None else b"",
-        ld(3, ss_schema) if ss_schema else b"",
-    )
-    return env, spans[0]
+    scope, ss_schema, _group = groups[0]
+    return envelope(resource, rs_schema, scope, ss_schema), spans[0]
 
 
 def migrate_spans_to_batches(conn: sqlite3.Connection, schema: str) -> None:

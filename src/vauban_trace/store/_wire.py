@@ -96,14 +96,49 @@ def fields(buf: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def envelope(resource: bytes | None, rs_schema: str, scope: bytes | None, ss_schema: str) -> tuple[bytes, ...]:
-    """Pre-encoded (resource prefix, resource suffix, scope prefix, scope suffix) for :func:`wrap_span`."""
+def envelope(
+    resource: bytes | None, rs_schema: str | bytes, scope: bytes | None, ss_schema: str | bytes
+) -> tuple[bytes, ...]:
+    """Pre-encoded (resource prefix, resource suffix, scope prefix, scope suffix) for :func:`wrap_span`
+    (schema URLs as text, or as the UTF-8 bytes read off the wire)."""
+    rs = rs_schema.encode() if isinstance(rs_schema, str) else rs_schema
+    ss = ss_schema.encode() if isinstance(ss_schema, str) else ss_schema
     return (
         ld(1, resource) if resource is not None else b"",
-        ld(3, rs_schema.encode()) if rs_schema else b"",
+        ld(3, rs) if rs else b"",
         ld(1, scope) if scope is not None else b"",
-        ld(3, ss_schema.encode()) if ss_schema else b"",
+        ld(3, ss) if ss else b"",
     )
+
+
+#: (scope, scope schema URL, [serialized spans]) of one ScopeSpans
+ScopeGroup = tuple[bytes | None, bytes, list[bytes]]
+
+
+def split_resource_spans(payload: bytes) -> tuple[bytes | None, bytes, list[ScopeGroup]]:
+    """(resource, resource schema URL, one :data:`ScopeGroup` per ScopeSpans) of a serialized
+    ``ResourceSpans``, read field by field (``None``: the field is absent)."""
+    resource: bytes | None = None
+    rs_schema = b""
+    groups: list[ScopeGroup] = []
+    for num, value in fields(payload):
+        if num == 1:
+            resource = value
+        elif num == 2:
+            scope: bytes | None = None
+            ss_schema = b""
+            spans: list[bytes] = []
+            for inner, item in fields(value):
+                if inner == 1:
+                    scope = item
+                elif inner == 2:
+                    spans.append(item)
+                elif inner == 3:
+                    ss_schema = item
+            groups.append((scope, ss_schema, spans))
+        elif num == 3:
+            rs_schema = value
+    return resource, rs_schema, groups
 
 
 def wrap_span(env: tuple[bytes, ...], span: bytes) -> bytes:
@@ -127,28 +162,9 @@ def traces_data_bytes(payloads: Iterable[bytes]) -> bytes:
     """Serialized ``TracesData`` regrouping one-span payloads by resource and scope (order kept)."""
     groups: dict[_GroupKey, dict[_GroupKey, list[bytes]]] = {}
     for payload in payloads:
-        resource: bytes | None = None
-        rs_schema = b""
-        scope_spans: list[bytes] = []
-        for num, value in fields(payload):
-            if num == 1:
-                resource = value
-            elif num == 2:
-                scope_spans.append(value)
-            elif num == 3:
-                rs_schema = value
+        resource, rs_schema, scope_groups = split_resource_spans(payload)
         by_scope = groups.setdefault((resource, rs_schema), {})
-        for ss in scope_spans:
-            scope: bytes | None = None
-            ss_schema = b""
-            spans: list[bytes] = []
-            for num, value in fields(ss):
-                if num == 1:
-                    scope = value
-                elif num == 2:
-                    spans.append(value)
-                elif num == 3:
-                    ss_schema = value
+        for scope, ss_schema, spans in scope_groups:
             by_scope.setdefault((scope, ss_schema), []).extend(spans)
     out = []
     for (resource, rs_schema), by_scope in groups.items():
@@ -165,4 +181,7 @@ def traces_data_bytes(payloads: Iterable[bytes]) -> bytes:
     return b"".join(out)
 
 
-__all__ = ["envelope", "fields", "ld", "one_span_payload", "traces_data_bytes", "wrap_span"]
+__all__ = [
+    "ScopeGroup", "envelope", "fields", "ld", "one_span_payload", "split_resource_spans", "traces_data_bytes",
+    "wrap_span",
+]
