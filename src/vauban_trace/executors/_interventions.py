@@ -8,6 +8,8 @@ the same specs with the same arithmetic. This module holds the framework-free ha
   :class:`~vauban_trace.contract.Intervention`, with :class:`ExecutorError` naming the problem;
 - :func:`random_seed`: the seed of a ``random:SEED`` reference, checked to fit the 64 bits both
   executors' generators take (0 .. 2**64 - 1);
+- :func:`locate` / :func:`reference_of`: the checks both executors' ``resolve`` run before
+  fetching anything (known name, layer in range, site present; the vector or source reference);
 - :func:`load_array`: the float32 array a ``sha256:`` / ``blake3:`` digest (from the artifact
   store, verified) or a ``file:PATH`` (.npy, .safetensors, JSON list) names.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -28,6 +30,9 @@ from vauban_trace.contract import Intervention
 SITES: tuple[str, ...] = ("residual", "attn", "mlp")
 #: the largest seed of ``random:SEED`` (torch's CPU generator and its numpy twin take 64 bits)
 MAX_SEED = 2**64 - 1
+
+_Ref = TypeVar("_Ref")
+_Ref_co = TypeVar("_Ref_co", covariant=True)
 
 NAMES: tuple[str, ...] = ("ablate", "steer", "patch")
 
@@ -181,4 +186,44 @@ def load_array(ref: str, store: Any | None, *, where: str) -> np.ndarray[Any, An
 
 
 
-__all__ = ["MAX_SEED", "NAMES", "SITES", "format_intervention", "load_array", "parse_intervention", "random_seed"]
+class LayerSites(Protocol[_Ref_co]):
+    """What :func:`locate` needs of an executor's layer map."""
+
+    @property
+    def count(self) -> int: ...
+
+    def site(self, layer: int, site: str) -> _Ref_co | None: ...
+
+
+def locate(spec: Intervention, layers: LayerSites[_Ref]) -> tuple[str, str, _Ref]:
+    """(where, site, site reference) of ``spec`` in a model: ``where`` names the intervention in
+    error messages; :class:`ExecutorError` for an unknown name, a layer out of range or a site the
+    layer does not have."""
+    where = f"intervention {format_intervention(spec)!r}"
+    if spec.name not in NAMES:
+        raise ExecutorError(f"{where}: unknown intervention {spec.name!r} (expected {', '.join(NAMES)})")
+    if spec.layer_index >= layers.count:
+        raise ExecutorError(
+            f"{where}: layer {spec.layer_index} is out of range (model has {layers.count} layers: "
+            f"0-{layers.count - 1})"
+        )
+    site = str(spec.params.get("site", "residual"))
+    ref = layers.site(spec.layer_index, site)
+    if ref is None:
+        raise ExecutorError(f"{where}: this model has no {site} site in layer {spec.layer_index}")
+    return where, site, ref
+
+
+def reference_of(spec: Intervention, where: str) -> tuple[str, str]:
+    """(parameter, reference) that ``spec`` reads: ``source`` for patch, ``direction`` for ablate,
+    ``vector`` for steer; :class:`ExecutorError` when it is missing (an Intervention built without
+    :func:`parse_intervention`)."""
+    key = "source" if spec.name == "patch" else "direction" if spec.name == "ablate" else "vector"
+    text = str(spec.params.get(key, ""))
+    if not text:
+        raise ExecutorError(f"{where}: missing parameter {key}")
+    return key, text
+
+
+__all__ = ["MAX_SEED", "NAMES", "SITES", "format_intervention", "load_array", "locate", "parse_intervention", "random_seed",
+           "reference_of", "LayerSites"]

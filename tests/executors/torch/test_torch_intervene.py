@@ -123,6 +123,9 @@ def test_largest_seed_is_accepted_and_an_unparsed_oversized_seed_is_refused_befo
                               "alpha": 1.0, "normalize": True})
     with pytest.raises(ExecutorError, match="integer seed in 0"):
         ex.trace(ex.make_request(PROMPT, interventions=[iv]), max_new_tokens=0)
+    bare = Intervention(name="steer", layer_index=0, params={"site": "residual"})  # no vector at all
+    with pytest.raises(ExecutorError, match="missing parameter vector"):
+        ex.trace(ex.make_request(PROMPT, interventions=[bare]), max_new_tokens=0)
 
 
 # -- effects -----------------------------------------------------------------------------------

@@ -48,7 +48,14 @@ import numpy as np
 
 from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import Intervention
-from vauban_trace.executors._interventions import NAMES, format_intervention, load_array, random_seed
+from vauban_trace.executors._interventions import (
+    NAMES,
+    format_intervention,
+    load_array,
+    locate,
+    random_seed,
+    reference_of,
+)
 from vauban_trace.executors.mlx._layers import MlxLayers, SiteRef, tapped
 from vauban_trace.executors.mlx._torchrand import torch_cpu_randn
 
@@ -80,28 +87,11 @@ def _random_vector(text: str, width: int | None, where: str) -> np.ndarray[Any, 
 
 def resolve(spec: Intervention, layers: MlxLayers, store: Any | None) -> ResolvedIntervention:
     """Check ``spec`` against the model and fetch its vector or source array."""
-    where = f"intervention {format_intervention(spec)!r}"
-    if spec.name not in NAMES:
-        raise ExecutorError(f"{where}: unknown intervention {spec.name!r} (expected {', '.join(NAMES)})")
-    if spec.layer_index >= layers.count:
-        raise ExecutorError(
-            f"{where}: layer {spec.layer_index} is out of range (model has {layers.count} layers: "
-            f"0-{layers.count - 1})"
-        )
-    site = str(spec.params.get("site", "residual"))
-    ref = layers.site(spec.layer_index, site)
-    if ref is None:
-        raise ExecutorError(f"{where}: this model has no {site} site in layer {spec.layer_index}")
+    where, _site, ref = locate(spec, layers)
+    key, text = reference_of(spec, where)
     width = layers.hidden_size
     if spec.name == "patch":
-        src = str(spec.params.get("source", ""))
-        if not src:
-            raise ExecutorError(f"{where}: missing parameter source")
-        return ResolvedIntervention(spec, ref, source=mx.array(load_array(src, store, where=where)))
-    key = "direction" if spec.name == "ablate" else "vector"
-    text = str(spec.params.get(key, ""))
-    if not text:
-        raise ExecutorError(f"{where}: missing parameter {key}")
+        return ResolvedIntervention(spec, ref, source=mx.array(load_array(text, store, where=where)))
     if text.startswith("random:"):
         vec = _random_vector(text, width, where)
     else:

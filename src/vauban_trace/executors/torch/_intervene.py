@@ -53,8 +53,10 @@ from vauban_trace.executors._interventions import (
     NAMES,
     format_intervention,
     load_array,
+    locate,
     parse_intervention,
     random_seed,
+    reference_of,
 )
 from vauban_trace.executors.torch._layers import LayerMap, hidden_of, replace_hidden
 
@@ -82,30 +84,17 @@ def resolve(
     batch_shape: tuple[int, int] | None,
 ) -> ResolvedIntervention:
     """Check ``spec`` against the model and fetch its vector or source tensor."""
-    where = f"intervention {format_intervention(spec)!r}"
-    if spec.name not in NAMES:
-        raise ExecutorError(f"{where}: unknown intervention {spec.name!r} (expected {', '.join(NAMES)})")
-    if spec.layer_index >= layers.count:
-        raise ExecutorError(
-            f"{where}: layer {spec.layer_index} is out of range (model has {layers.count} layers: "
-            f"0-{layers.count - 1})"
-        )
-    site = str(spec.params.get("site", "residual"))
-    ref = layers.site(spec.layer_index, site)
-    if ref is None:
-        raise ExecutorError(f"{where}: this model has no {site} site in layer {spec.layer_index}")
+    where, site, ref = locate(spec, layers)
+    key, text = reference_of(spec, where)
     width = layers.hidden_size
     if spec.name == "patch":
-        src = str(spec.params.get("source", ""))
-        array = load_array(src, store, where=where)
+        array = load_array(text, store, where=where)
         if batch_shape is not None and width is not None and array.shape != (*batch_shape, width):
             raise ExecutorError(
                 f"{where}: source has shape {list(array.shape)} but this request's {site} hidden "
                 f"state has shape {[*batch_shape, width]}"
             )
         return ResolvedIntervention(spec, ref.path, source=torch.from_numpy(array.copy()).to(device))
-    key = "direction" if spec.name == "ablate" else "vector"
-    text = str(spec.params.get(key, ""))
     if text.startswith("random:"):
         if width is None:
             raise ExecutorError(f"{where}: random directions need the model width (config has none)")
