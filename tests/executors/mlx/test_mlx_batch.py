@@ -15,14 +15,13 @@ from typing import Any
 import mlx.core  # noqa: F401  (the mlx extra is part of `make test`: a missing mlx fails, never skips)
 import numpy as np
 import pytest
+from mlx_helpers import blob, child_stages, executors, rebuilt
 
 import vauban_trace as vt
 from vauban_trace._exceptions import ExecutorError
-from vauban_trace.artifacts import decode_array, decode_json
 from vauban_trace.contract import Trace, TraceRequest, validate_trace
 from vauban_trace.executors.mlx import MlxExecutor
 from vauban_trace.executors.torch import TorchExecutor
-from vauban_trace.executors.torch.tiny import cached_tiny_model
 from vauban_trace.instrument._probes import flush_deferred
 
 ATOL = 1e-4  # logits, logprobs, activations at real positions (fp32 CPU; measured max |diff| ~1e-6)
@@ -37,34 +36,9 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     s.shutdown()
 
 
-def executors(family: str) -> tuple[MlxExecutor, TorchExecutor]:
-    directory = cached_tiny_model(family, hidden_size=64, num_layers=2)
-    return MlxExecutor.from_pretrained(directory, lazy=False), TorchExecutor.from_pretrained(directory, lazy=False)
-
-
 @pytest.fixture(scope="module")
 def pair(session: Any) -> tuple[MlxExecutor, TorchExecutor]:
     return executors("llama")
-
-
-def rebuilt(session: Any, trace_id: str | None) -> Trace:
-    assert trace_id is not None
-    flush_deferred()
-    session.force_flush()
-    trace: Trace = session.store.get_trace(trace_id)
-    return trace
-
-
-def blob(session: Any, digest: str | None) -> Any:
-    assert digest is not None
-    data = session.artifact_store.get(digest)
-    return decode_json(data) if data[:1] in (b"[", b"{", b'"') else decode_array(data)
-
-
-def child_stages(trace: Trace) -> list[str | None]:
-    root = trace.root
-    assert root is not None
-    return [s.stage for s in trace.spans if s.parent_id == root.id]
 
 
 def shape_of(trace: Trace) -> list[tuple[Any, ...]]:

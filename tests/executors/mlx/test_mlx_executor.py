@@ -16,15 +16,14 @@ import mlx.core  # noqa: E402,F401  (the mlx extra is part of `make test`: a mis
 import mlx_lm  # noqa: E402,F401
 import numpy as np
 import pytest
+from mlx_helpers import blob, child_stages, rebuilt
 
 import vauban_trace as vt  # noqa: E402
 from vauban_trace._exceptions import ExecutorError  # noqa: E402
-from vauban_trace.artifacts import decode_array, decode_json  # noqa: E402
 from vauban_trace.contract import Intervention, Trace, TraceRequest, validate_trace  # noqa: E402
 from vauban_trace.executors.mlx import MlxExecutor  # noqa: E402
 from vauban_trace.executors.torch import TorchExecutor  # noqa: E402
 from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model  # noqa: E402
-from vauban_trace.instrument._probes import flush_deferred  # noqa: E402
 
 PROMPTS = ["Paris is the capital", "The quick brown fox jumps over", "Hello world", "A trace records"]
 
@@ -46,31 +45,11 @@ def pair(model_dir: Any, session: Any) -> tuple[MlxExecutor, TorchExecutor]:
     return MlxExecutor.from_pretrained(model_dir, lazy=False), TorchExecutor.from_pretrained(model_dir, lazy=False)
 
 
-def rebuilt(session: Any, trace_id: str | None) -> Trace:
-    assert trace_id is not None
-    flush_deferred()
-    session.force_flush()
-    trace: Trace = session.store.get_trace(trace_id)
-    return trace
-
-
-def blob(session: Any, digest: str | None) -> Any:
-    assert digest is not None
-    data = session.artifact_store.get(digest)
-    return decode_json(data) if data[:1] in (b"[", b"{", b'"') else decode_array(data)
-
-
 def request(prompt: str, **kw: Any) -> TraceRequest:
     kinds = ["tokens", "text", "logits", "logprobs"] + (["activation"] if kw.get("collect_layers") else [])
     kinds += list(kw.pop("extra", ()))
     return TraceRequest(input_text=prompt, requested_artifacts=tuple(kinds), return_logits=True,
                         return_logprobs=True, **kw)
-
-
-def child_stages(trace: Trace) -> list[str | None]:
-    root = trace.root
-    assert root is not None
-    return [s.stage for s in trace.spans if s.parent_id == root.id]
 
 
 def shape_of(trace: Trace) -> list[tuple[Any, ...]]:

@@ -18,10 +18,11 @@ import mlx.core  # noqa: F401  (the mlx extra is part of `make test`: a missing 
 import numpy as np
 import pytest
 import torch
+from mlx_helpers import blob, child_stages, rebuilt
 
 import vauban_trace as vt
 from vauban_trace._exceptions import ExecutorError
-from vauban_trace.artifacts import decode_array, decode_json, encode_array
+from vauban_trace.artifacts import encode_array
 from vauban_trace.contract import Trace, TraceRequest, validate_trace
 from vauban_trace.executors.mlx import MlxExecutor, torch_cpu_randn
 from vauban_trace.executors.torch import TorchExecutor, parse_intervention
@@ -47,20 +48,6 @@ def pair(session: Any) -> tuple[MlxExecutor, TorchExecutor]:
     return MlxExecutor.from_pretrained(directory, lazy=False), TorchExecutor.from_pretrained(directory, lazy=False)
 
 
-def rebuilt(session: Any, trace_id: str | None) -> Trace:
-    assert trace_id is not None
-    flush_deferred()
-    session.force_flush()
-    trace: Trace = session.store.get_trace(trace_id)
-    return trace
-
-
-def blob(session: Any, digest: str | None) -> Any:
-    assert digest is not None
-    data = session.artifact_store.get(digest)
-    return decode_json(data) if data[:1] in (b"[", b"{", b'"') else decode_array(data)
-
-
 def req(prompt: str, specs: list[str], layers: tuple[int, ...] = (0, 1)) -> TraceRequest:
     kinds = ["tokens", "text", "logits", "logprobs", "activation"] + (["intervention_result"] if specs else [])
     return TraceRequest(input_text=prompt, collect_layers=layers, requested_artifacts=tuple(kinds),
@@ -73,12 +60,6 @@ def both(pair: tuple[MlxExecutor, TorchExecutor], session: Any, request: TraceRe
     mex, tex = pair
     mr, tr = mex.run(request, **kw), tex.run(request, **kw)
     return rebuilt(session, mr.trace_id), rebuilt(session, tr.trace_id), mr, tr
-
-
-def child_stages(trace: Trace) -> list[str | None]:
-    root = trace.root
-    assert root is not None
-    return [s.stage for s in trace.spans if s.parent_id == root.id]
 
 
 def shape_of(trace: Trace) -> list[tuple[Any, ...]]:
