@@ -9,6 +9,49 @@ from __future__ import annotations
 from panels import DATASOURCE, Json, target
 
 
+def _xy_options(first: str, second: str) -> Json:
+    """XY chart options: two series of the one merged frame, ``sweep_value`` on x."""
+    return {
+        "mapping": "manual",
+        "series": [
+            {
+                "name": {"fixed": name},
+                "frame": {"matcher": {"id": "byIndex", "options": 0}},
+                "x": {"matcher": {"id": "byName", "options": "sweep_value"}},
+                "y": {"matcher": {"id": "byName", "options": name}},
+            }
+            for name in (first, second)
+        ],
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
+        "tooltip": {"mode": "multi", "sort": "none"},
+    }
+
+
+def _xy_transformations(first: str, second: str) -> list[Json]:
+    """Two instant table frames (sweep_value, Value #A) and (sweep_value, Value #B) merged into one
+    frame keyed by sweep_value, the values renamed ``first`` / ``second``; the label is text, so it
+    is converted to a number to become the x axis, and sorted."""
+    return [
+        {"id": "merge", "options": {}},
+        {
+            "id": "organize",
+            "options": {
+                "excludeByName": {"Time": True},
+                "indexByName": {"sweep_value": 0, "Value #A": 1, "Value #B": 2},
+                "renameByName": {"Value #A": first, "Value #B": second},
+            },
+        },
+        {
+            "id": "convertFieldType",
+            "options": {
+                "conversions": [{"targetField": "sweep_value", "destinationType": "number"}],
+                "fields": {},
+            },
+        },
+        {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "sweep_value", "desc": False}]}},
+    ]
+
+
 def sweep_panel() -> Json:
     """Stage duration against ``sweep_value``: instant queries, table frames, XY chart."""
     sel = '{stage="$stage", model=~"$model", sweep_axis="$sweep_axis", sweep_value!=""}'
@@ -40,46 +83,12 @@ def sweep_panel() -> Json:
                 }
             ],
         },
-        "options": {
-            "mapping": "manual",
-            "series": [
-                {
-                    "name": {"fixed": name},
-                    "frame": {"matcher": {"id": "byIndex", "options": 0}},
-                    "x": {"matcher": {"id": "byName", "options": "sweep_value"}},
-                    "y": {"matcher": {"id": "byName", "options": name}},
-                }
-                for name in ("p50", "p95")
-            ],
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
-            "tooltip": {"mode": "multi", "sort": "none"},
-        },
+        "options": _xy_options("p50", "p95"),
         "targets": [
             target("A", quantile("0.5"), instant=True),
             target("B", quantile("0.95"), instant=True),
         ],
-        # Two instant table frames (sweep_value, Value #A) and (sweep_value, Value #B) are merged
-        # into one frame keyed by sweep_value; the label is text, so it is converted to a number
-        # to become the x axis.
-        "transformations": [
-            {"id": "merge", "options": {}},
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True},
-                    "indexByName": {"sweep_value": 0, "Value #A": 1, "Value #B": 2},
-                    "renameByName": {"Value #A": "p50", "Value #B": "p95"},
-                },
-            },
-            {
-                "id": "convertFieldType",
-                "options": {
-                    "conversions": [{"targetField": "sweep_value", "destinationType": "number"}],
-                    "fields": {},
-                },
-            },
-            {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "sweep_value", "desc": False}]}},
-        ],
+        "transformations": _xy_transformations("p50", "p95"),
     }
 
 
@@ -180,38 +189,7 @@ def fit_xy_panel() -> Json:
                 },
             ],
         },
-        "options": {
-            "mapping": "manual",
-            "series": [
-                {
-                    "name": {"fixed": name},
-                    "frame": {"matcher": {"id": "byIndex", "options": 0}},
-                    "x": {"matcher": {"id": "byName", "options": "sweep_value"}},
-                    "y": {"matcher": {"id": "byName", "options": name}},
-                }
-                for name in ("measured", "USL fit")
-            ],
-            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": []},
-            "tooltip": {"mode": "multi", "sort": "none"},
-        },
+        "options": _xy_options("measured", "USL fit"),
         "targets": [target("A", observed, instant=True), target("B", predicted, instant=True)],
-        "transformations": [
-            {"id": "merge", "options": {}},
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True},
-                    "indexByName": {"sweep_value": 0, "Value #A": 1, "Value #B": 2},
-                    "renameByName": {"Value #A": "measured", "Value #B": "USL fit"},
-                },
-            },
-            {
-                "id": "convertFieldType",
-                "options": {
-                    "conversions": [{"targetField": "sweep_value", "destinationType": "number"}],
-                    "fields": {},
-                },
-            },
-            {"id": "sortBy", "options": {"fields": {}, "sort": [{"field": "sweep_value", "desc": False}]}},
-        ],
+        "transformations": _xy_transformations("measured", "USL fit"),
     }
