@@ -1,4 +1,4 @@
-"""Several prompts in one MLX request: left padding, masked forward passes, per-row greedy decoding.
+"""Several prompts in one MLX request: left padding and masked forward passes.
 
 The torch executor's convention, reproduced on mlx-lm models:
 
@@ -12,10 +12,8 @@ The torch executor's convention, reproduced on mlx-lm models:
   differ between them); those of real positions agree within float32 rounding.
 - **One prompt** runs as before: no padding, mlx-lm's plain ``KVCache`` (or no cache at all when
   nothing is generated).
-- **Decoding** (:func:`greedy`): the argmax of each row's last logits; a row stops at an
-  end-of-sequence id (the token is kept) or after ``max_new_tokens`` tokens; stopped rows are fed
-  the pad id while the others go on (torch's rule, so the chosen-token logprobs of a stopped row
-  are those of the pad id, as there). The loop ends when every row has stopped.
+- **Decoding** (:mod:`._decode`): each row stops on its own; stopped rows are fed the pad id
+  while the others go on (torch's rule).
 
 Batches need a model whose mlx-lm cache is the plain ``KVCache`` in every layer (Llama, Qwen2,
 Mistral without sliding layers...); :func:`check_batchable` refuses others (rotating, quantized
@@ -24,18 +22,13 @@ or state-space caches) with an :class:`ExecutorError` before the root span opens
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
 
 from vauban_trace._exceptions import ExecutorError
-from vauban_trace.executors.mlx._counters import EvalCounter
-
-STOP_EOS, STOP_LENGTH = "eos", "max_new_tokens"
-
 
 @dataclass(frozen=True)
 class Padded:
@@ -102,72 +95,4 @@ def log_softmax(x: mx.array) -> mx.array:
     return x - mx.logsumexp(x, axis=-1, keepdims=True)
 
 
-@dataclass
-class Decoded:
-    """What the greedy loop produced, per row, and how it ran."""
-
-    tokens: list[list[int]]
-    stop_reasons: list[str]
-    step_times_s: list[float] = field(default_factory=list)
-    forward_steps: int = 0
-    chosen_logprobs: mx.array | None = None  # [batch, steps]
-
-    @property
-    def loop_stop_reason(self) -> str:
-        reasons = set(self.stop_reasons)
-        return next(iter(reasons)) if len(reasons) == 1 else "mixed"
-
-
-def greedy(model: Any, logits: mx.array, cache: Any, max_new: int, eos: frozenset[int], want_lp: bool,
-           pad_id: int, counter: EvalCounter) -> Decoded:
-    """Greedy decoding after a prefill: the first tokens from the prompt's last logits, then one
-    cached step per token until every row has stopped.
-
-    Each step ends when its next logits are evaluated (``mx.eval``) and its token ids are on the
-    host (one read, needed for the stop check): two counted synchronisation points per step that
-    runs a forward pass, one for the last step.
-    """
-    batch = int(logits.shape[0])
-    tokens: list[list[int]] = [[] for _ in range(batch)]
-    reasons: list[str | None] = [None] * batch
-    times: list[float] = []
-    chosen: list[mx.array] = []
-    forward_steps = 0
-    last = logits[:, -1, :]
-    active: mx.array | None = None
-    pad = mx.full((batch,), pad_id, dtype=mx.uint32)
-    for _ in range(max_new):
-        t0 = time.perf_counter()
-        nxt = mx.argmax(last, axis=-1)
-        if active is not None:  # stopped rows are fed the pad id
-            nxt = mx.where(active, nxt, pad)
-        if want_lp:
-            chosen.append(mx.take_along_axis(log_softmax(last), nxt[:, None], axis=-1))
-        host = counter.tolist(nxt) if batch > 1 else [counter.item(nxt[0])]
-        stopped_before = sum(r is not None for r in reasons)
-        for row, tok in enumerate(host):
-            if reasons[row] is not None:
-                continue
-            tokens[row].append(int(tok))
-            if int(tok) in eos:
-                reasons[row] = STOP_EOS
-            elif len(tokens[row]) >= max_new:
-                reasons[row] = STOP_LENGTH
-        if all(r is not None for r in reasons):
-            times.append(time.perf_counter() - t0)
-            break
-        if sum(r is not None for r in reasons) != stopped_before:
-            active = mx.array([r is None for r in reasons])
-        last = model(nxt[:, None], cache=cache)[:, -1, :]
-        counter.eval(last)
-        forward_steps += 1
-        times.append(time.perf_counter() - t0)
-    out = Decoded(tokens, [r if r is not None else STOP_LENGTH for r in reasons], times, forward_steps)
-    if chosen:
-        out.chosen_logprobs = mx.concatenate(chosen, axis=-1)
-        counter.eval(out.chosen_logprobs)
-    return out
-
-
-__all__ = ["STOP_EOS", "STOP_LENGTH", "Decoded", "Padded", "check_batchable", "forward", "greedy", "left_pad",
-           "log_softmax", "new_cache"]
+__all__ = ["Padded", "check_batchable", "forward", "left_pad", "log_softmax", "new_cache"]

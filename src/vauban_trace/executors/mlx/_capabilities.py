@@ -3,7 +3,9 @@
 =============================  =========================================================================
 capability                     level
 =============================  =========================================================================
-can_emit_text                  full (greedy decoding with mlx-lm's KV cache; sampling is not built)
+can_emit_text                  full: greedy or sampled decoding (temperature, top-k, top-p, seed) with
+                               mlx-lm's KV cache, stop strings; sampled tokens are those of the torch
+                               executor on the CPU for the same seed (its draw is reproduced)
 can_emit_tokens                full
 can_emit_logits / _logprobs    full (last prompt position, or every position)
 can_emit_activations           full when the layer list and every site (residual, attn, mlp) are
@@ -40,7 +42,10 @@ def build_capabilities(*, device_kind: str, layers: MlxLayers | None, layers_not
         "can_profile_sync_points": "partial",
     }
     notes: dict[str, str] = {
-        "can_emit_text": "greedy decoding only (sampling is not built)",
+        "can_emit_text": (
+            "greedy or sampled decoding (temperature, top_k, top_p, seed) and stop strings; a seeded draw "
+            "reproduces the torch executor's CPU generator (same seed, same logits: same token)"
+        ),
         "can_mutate_weights": "interventions wrap module calls during forward passes; weights are never modified",
         "can_profile_device_memory": "MLX allocator peak per stage (mx.get_peak_memory): MLX buffers, not the process",
         "can_profile_sync_points": (

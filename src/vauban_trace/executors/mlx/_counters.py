@@ -14,7 +14,8 @@
 ``sync_points`` (:class:`EvalCounter`)
     MLX is lazy: work runs when an array is evaluated (``mx.eval``, ``item()``, ``tolist()``, a
     numpy conversion). The executor routes every evaluation it makes through
-    :meth:`EvalCounter.eval` / :meth:`EvalCounter.item`, which count them; the probe reports the
+    :meth:`EvalCounter.eval` / :meth:`EvalCounter.item` / ``tolist`` / ``numpy`` (the sampler's read
+    of the last logits), which count them; the probe reports the
     count per stage (``measured``). Evaluations made inside model code or by the caller are not
     seen, hence ``can_profile_sync_points = partial``. Conversions made by the instrumentation
     (artifacts) evaluate nothing new (the executor evaluates first) and are not counted.
@@ -29,6 +30,7 @@ import threading
 from typing import Any
 
 import mlx.core as mx
+import numpy as np
 
 from vauban_trace import semconv as sc
 from vauban_trace.instrument._probes import Readings
@@ -105,6 +107,11 @@ class EvalCounter:
         """``array.tolist()`` (one host read of every element), counted."""
         self.total += 1
         return array.tolist()
+
+    def numpy(self, array: mx.array) -> Any:
+        """``np.array(array)`` (one host read of every element), counted."""
+        self.total += 1
+        return np.array(array)
 
     def start(self) -> object:
         return self.total

@@ -12,6 +12,8 @@
                        return_logprobs=True,
                        requested_artifacts=("tokens", "text", "logits", "logprobs", "activation"))
     result = ex.run(req, max_new_tokens=8)                  # RunResult(trace_id, texts, token_ids, ...)
+    sampled = ex.run(req, max_new_tokens=8, do_sample=True, seed=7, temperature=0.8, top_p=0.9,
+                     stop=["\n"])                           # torch's tokens for seed 7 (CPU)
 
 The weights are read by mlx-lm (``mlx_lm.utils.load_model``: the same ``model.safetensors`` as
 transformers) and the tokenizer from the same directory (``mlx_lm.utils.load_tokenizer``, which
@@ -20,7 +22,7 @@ traced request shows a ``load`` stage; ``load()`` or reading ``capabilities`` lo
 
 The stages of a request are in :mod:`._pipeline`, the interventions in :mod:`._intervene`.
 Everything the caller can get wrong (a missing directory, a layer out of range, a bad
-intervention, a continuation count that fits neither one nor every prompt) raises :class:`ExecutorError` before the root span opens (for a
+intervention, bad sampling settings or stop strings, a continuation count that fits neither one nor every prompt) raises :class:`ExecutorError` before the root span opens (for a
 lazily loaded executor, what needs the weights is checked right after the ``load`` stage).
 """
 
@@ -61,17 +63,45 @@ class MlxRunOptions:
     ignore_eos: bool = False
     weights: tuple[str, ...] = ()
     score_continuation: tuple[str, ...] | None = None
+    do_sample: bool = False
+    seed: int | None = None
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+
+
+def _check_int(value: Any, name: str, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ExecutorError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def make_mlx_options(
     *, max_new_tokens: int = 0, sites: Sequence[str] = ("residual",), logits_positions: str = "last",
     topk: int = 5, ignore_eos: bool = False, weights: Sequence[str] = (),
-    score_continuation: str | Sequence[str] | None = None,
+    score_continuation: str | Sequence[str] | None = None, do_sample: bool = False, seed: int | None = None,
+    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+    stop: str | Sequence[str] | None = None,
 ) -> MlxRunOptions:
-    """Check the settings of :meth:`MlxExecutor.run`; :class:`ExecutorError` names the bad one."""
+    """Check the settings of :meth:`MlxExecutor.run`; :class:`ExecutorError` names the bad one.
+
+    The generation settings are checked as the torch executor checks them, with its messages;
+    one more: a seed must be below ``2**64`` (torch's generator refuses larger ones at run time).
+    """
     for name, value, low in (("max_new_tokens", max_new_tokens, 0), ("topk", topk, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ExecutorError(f"{name} must be an integer >= {low}, got {value!r}")
+        _check_int(value, name, low)
+    for name, opt, low in (("seed", seed, 0), ("top_k", top_k, 1)):
+        if opt is not None:
+            _check_int(opt, name, low)
+    if seed is not None and seed >= 2**64:
+        raise ExecutorError(f"seed must be below 2**64 (a torch.Generator seed), got {seed!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ExecutorError(f"temperature must be a number > 0, got {temperature!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ExecutorError(f"top_p must be in (0, 1], got {top_p!r}")
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise ExecutorError("stop strings must be non-empty strings")
     if isinstance(sites, str) or not sites or any(s not in ALL_SITES for s in sites):
         raise ExecutorError(f"sites must be among {', '.join(ALL_SITES)}, got {sites!r}")
     if logits_positions not in ("last", "all"):
@@ -83,8 +113,11 @@ def make_mlx_options(
     )
     if score is not None and (not score or any(not isinstance(s, str) or not s for s in score)):
         raise ExecutorError("score_continuation must be a non-empty string (or one per prompt)")
-    return MlxRunOptions(max_new_tokens, tuple(dict.fromkeys(sites)), logits_positions, topk, bool(ignore_eos),
-                         tuple(dict.fromkeys(weights)), score)
+    return MlxRunOptions(
+        max_new_tokens, tuple(dict.fromkeys(sites)), logits_positions, topk, bool(ignore_eos),
+        tuple(dict.fromkeys(weights)), score, do_sample=bool(do_sample), seed=seed,
+        temperature=float(temperature), top_k=top_k, top_p=None if top_p is None else float(top_p), stop=stops,
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -217,6 +250,12 @@ class MlxExecutor:
         request: TraceRequest,
         *,
         max_new_tokens: int = 0,
+        do_sample: bool = False,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
         sites: Sequence[str] = ("residual",),
         logits_positions: str = "last",
         topk: int = 5,
@@ -227,7 +266,11 @@ class MlxExecutor:
     ) -> RunResult:
         """Run ``request`` as one traced request (stages in :mod:`._pipeline`).
 
-        ``max_new_tokens`` > 0 decodes greedily; ``sites`` are among ``residual``, ``attn`` and
+        ``max_new_tokens`` > 0 generates (:mod:`._decode`): greedily, or with ``do_sample=True``
+        sampled after ``temperature``, ``top_k`` and ``top_p``, drawn as the torch executor draws on
+        the CPU for the same ``seed`` (:mod:`._sample`); ``stop`` (one string or several) ends a
+        row when its decoded tail contains one (stop reason ``stop_string``; the returned text is
+        cut before it); ``sites`` are among ``residual``, ``attn`` and
         ``mlp`` (a site a layer lacks is recorded missing); the request's ``interventions`` are
         applied (:mod:`._intervene`); ``logits_positions`` is ``last`` or ``all``; ``topk`` sizes the
         logits summary; ``ignore_eos`` generates exactly ``max_new_tokens`` tokens; ``weights``
@@ -243,7 +286,8 @@ class MlxExecutor:
 
         opts = make_mlx_options(max_new_tokens=max_new_tokens, sites=sites, logits_positions=logits_positions,
                                 topk=topk, ignore_eos=ignore_eos, weights=weights,
-                                score_continuation=score_continuation)
+                                score_continuation=score_continuation, do_sample=do_sample, seed=seed,
+                                temperature=temperature, top_k=top_k, top_p=top_p, stop=stop)
         return run_request(self, request, opts, prompts)
 
     def trace(self, request: TraceRequest, **kwargs: Any) -> Trace:

@@ -18,14 +18,15 @@ observe    ``activation`` artifacts of each requested (layer, site): residual, a
 intervene  with interventions: a clean reference pass of the prompt without them, then one
            ``intervention_result`` artifact per intervention: parameters, hidden-state norm and
            projection before/after at its site, the change of the clean top token's logprob
-decode     greedy loop over ``model(tokens, cache=cache)`` (intervention taps installed),
-           each row stopping on its own; per-step facts folded into vauban.decode.* attributes
+decode     the loop over ``model(tokens, cache=cache)`` (:mod:`._decode`; intervention taps
+           installed): greedy, or sampled as torch samples (:mod:`._sample`); each row stopping
+           on its own (eos, stop string, length); per-step facts folded into vauban.decode.* attributes
            (and ``intervention_calls`` in its metadata); ``logprobs`` of the chosen tokens
 score      with ``score_continuation``: the log-likelihood of the continuation after each
            prompt (:mod:`._score`); one ``metric`` artifact (sum and per-token logprobs and
            token ids per sequence)
-emit       detokenization: ``text`` and ``tokens`` of the generated output; usage and
-           finish reasons on the root span
+emit       detokenization: ``text`` (cut before a stop string) and ``tokens`` of the generated
+           output; usage and finish reasons on the root span
 =========  =================================================================================
 
 The prompt pass runs with the intervention taps installed first and the activation capture
@@ -35,7 +36,8 @@ Several prompts run as one left-padded batch, with the torch executor's artifact
 (``[batch, ...]``; the ``tokens``/``text`` artifacts are lists of rows for a batch, one row for one
 prompt). A site a layer does not have is recorded missing per layer on the observe span; a
 ``metric`` requested without ``score_continuation`` is recorded missing (``not_requested``).
-Not built: sampling, stop strings.
+The root span carries the request's sampling settings as the torch executor's does
+(``gen_ai.request.seed`` / ``top_k`` / ``top_p``, and ``temperature`` when sampling).
 
 Counters: token_count and batch_size as in the torch executor (derived / declared),
 ``duration_s`` measured, ``memory_bytes`` from the MLX allocator peak (measured, method
@@ -58,18 +60,9 @@ from vauban_trace import semconv as sc
 from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import TraceRequest
 from vauban_trace.executors._common import request_inputs
-from vauban_trace.executors.mlx._batch import (
-    STOP_EOS,
-    STOP_LENGTH,
-    Decoded,
-    Padded,
-    check_batchable,
-    forward,
-    greedy,
-    left_pad,
-    log_softmax,
-)
+from vauban_trace.executors.mlx._batch import Padded, check_batchable, forward, left_pad, log_softmax
 from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
+from vauban_trace.executors.mlx._decode import STOP_EOS, STOP_LENGTH, STOP_STRING, Decoded, DecodeParams, decode
 from vauban_trace.executors.mlx._intervene import InterventionSet, ResolvedIntervention, resolve
 from vauban_trace.executors.mlx._layers import ActivationCapture
 from vauban_trace.executors.mlx._score import ContinuationScore, score_continuations
@@ -80,7 +73,7 @@ from vauban_trace.instrument._probes import instrumentation_work
 if TYPE_CHECKING:
     from vauban_trace.executors.mlx._executor import MlxExecutor, MlxRunOptions, RunResult
 
-_FINISH = {STOP_EOS: "stop", STOP_LENGTH: "length"}
+_FINISH = {STOP_EOS: "stop", STOP_STRING: "stop", STOP_LENGTH: "length"}
 _OWN_KINDS = frozenset(
     {"text", "tokens", "logits", "logprobs", "activation", "intervention_result", "weight_snapshot", "metric"}
 )
@@ -181,7 +174,8 @@ def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions,
         request, model=ex.name, provider="mlx_lm", operation="chat" if request.apply_chat_template else "text_completion",
         capabilities=None if needs_load else ex.capabilities, executor="mlx",
         executor_version=f"vauban-trace {__version__}; {_framework_versions()}",
-        device=ex.device, max_tokens=opts.max_new_tokens,
+        device=ex.device, max_tokens=opts.max_new_tokens, seed=opts.seed,
+        temperature=opts.temperature if opts.do_sample else None, top_p=opts.top_p, top_k=opts.top_k,
     ) as req:
         if needs_load:
             with stage("load", device=ex.device) as st:
@@ -288,10 +282,15 @@ def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOp
     # -- decode -----------------------------------------------------------------------------
     decoded: Decoded | None = None
     if generate:
-        eos = frozenset() if opts.ignore_eos else ex.eos_token_ids()
+        params = DecodeParams(
+            max_new_tokens=opts.max_new_tokens, pad_token_id=pad_id,
+            eos_token_ids=frozenset() if opts.ignore_eos else ex.eos_token_ids(), do_sample=opts.do_sample,
+            seed=opts.seed, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p, stop=opts.stop,
+            return_logprobs=plan.want_logprobs,
+        )
         with stage("decode", batch_size=n, device=dev) as st:
             with ivset.installed("decode") if ivset is not None else nullcontext():
-                decoded = greedy(model, logits, cache, opts.max_new_tokens, eos, plan.want_logprobs, pad_id, counter)
+                decoded = decode(model, logits, cache, params, counter, _detokenizer(tok))
             _decode_attrs(st, decoded, ivset)
             if decoded.chosen_logprobs is not None:
                 with _recording():
@@ -324,7 +323,10 @@ def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOp
     if decoded is not None:
         with stage("emit", batch_size=n, device="cpu") as st:
             gen = decoded.tokens
-            texts = [str(tok.decode(g, skip_special_tokens=True)) for g in gen]
+            detok = _detokenizer(tok)
+            for ids, cut in zip(gen, decoded.stop_cut, strict=True):
+                text = detok(ids)
+                texts.append(text[:cut] if cut is not None else text)
             reasons = [_FINISH[r] for r in decoded.stop_reasons]
             st.set_counter("token_count", sum(len(g) for g in gen), provenance="derived")
             with _recording():
@@ -338,6 +340,13 @@ def _run_stages(ex: MlxExecutor, req: Any, request: TraceRequest, opts: MlxRunOp
         stop_reasons=tuple(decoded.stop_reasons) if decoded is not None else (), scores=tuple(scores),
     )
     return result
+
+
+def _detokenizer(tok: Any) -> Any:
+    def detok(ids: Sequence[int]) -> str:
+        return str(tok.decode(list(ids), skip_special_tokens=True))
+
+    return detok
 
 
 def _pad_id(tok: Any, ex: MlxExecutor) -> int:
