@@ -112,6 +112,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=_seed, default=0, metavar="N", help="bootstrap seed (default 0)")
     p.add_argument("--resamples", type=_positive, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
     p.add_argument("--ci-level", type=_level, default=0.95, metavar="X", help="interval level (default 0.95)")
+    p.add_argument("--pair-by", default="input", metavar="input|metadata.KEY[,metadata.KEY...]",
+                   help="many pairs: pair by input (default) or by request metadata key(s), e.g. metadata.prompt_id")
+    p.add_argument("--test", default="sign_flip", choices=("sign_flip", "signed_rank"),
+                   help="paired test of each measure (default sign_flip: exact sign-flip test of the mean delta)")
+    p.add_argument("--correction", default="holm", choices=("holm", "bh"),
+                   help="multiple-comparison adjustment that decides 'differs' (default holm; both are printed)")
+    p.add_argument("--alpha", type=_level, default=0.05, metavar="X", help="test level (default 0.05)")
+    p.add_argument("--permutations", type=_positive, default=10000, metavar="N",
+                   help="Monte Carlo sign flips above 16 pairs (default 10000)")
+    p.add_argument("--family", nargs="+", default=None, metavar="REF",
+                   help="test only these measures (refs, parts optional: activation[1]:l2_norm, "
+                        "stage:prefill:duration_s); default: every measure")
+    p.add_argument("--markdown", action="store_true", help="many pairs: print the report as markdown")
     p.add_argument("--source", default=DEFAULT_SOURCE, metavar="SRC",
                    help="store:DIR | otlp-json:FILE | jaeger:URL | tempo:URL (default store:.vauban)")
     p.add_argument("--blobs", default=None, metavar="DIR_or_URL",
@@ -152,6 +165,14 @@ def run(args: argparse.Namespace) -> int:
     elif args.baseline_id is None:
         raise ConfigurationError("give BASELINE_ID [CANDIDATE_ID], or --baseline-ids/--baseline-query with "
                                  "--candidate-ids/--candidate-query")
+    if not _is_set(args):
+        moved = [flag for flag, on in (("--pair-by", args.pair_by != "input"), ("--family", args.family is not None),
+                                       ("--markdown", args.markdown)) if on]
+        if moved:
+            raise ConfigurationError(f"{moved[0]} applies to many pairs (--baseline-ids/--candidate-ids/"
+                                     "--baseline-query/--candidate-query) only")
+    if args.json and args.markdown:
+        raise ConfigurationError("give --json or --markdown, not both")
     if args.since is not None and args.baseline_query is None and args.candidate_query is None:
         raise ConfigurationError("--since applies to --baseline-query/--candidate-query only")
     claims = None if args.claims is None else load_claims(args.claims)
@@ -217,10 +238,15 @@ def _run_set(args: argparse.Namespace, claims: Any, store: Any, blobs_line: str)
     with open_source(args.source) as src:
         baselines = _side(src, args, "baseline", notes)
         candidates = _side(src, args, "candidate", notes)
-    agg = aggregate_report(pair_traces(baselines, candidates), claims or (), store, seed=args.seed,
-                           resamples=args.resamples, ci_level=args.ci_level)
+    by = [b.strip() for b in str(args.pair_by).split(",") if b.strip()]
+    agg = aggregate_report(pair_traces(baselines, candidates, by=by), claims or (), store, seed=args.seed,
+                           resamples=args.resamples, ci_level=args.ci_level, test=args.test,
+                           correction=args.correction, alpha=args.alpha, permutations=args.permutations,
+                           family=args.family)
     if args.json:
         print(json.dumps({**agg.to_dict(), "blobs": blobs_line, "selection": notes}, indent=2, allow_nan=False))
+    elif args.markdown:
+        print(agg.render_markdown() + "".join(f"\n- selection: {n}" for n in notes))
     else:
         print(render_aggregate(agg, blobs_line, notes))
     return 1 if claims and agg.rejected else 0
@@ -297,8 +323,11 @@ def render_claims(checks: Any) -> list[str]:
     lines = [f"claims ({accepted} accepted, {len(checks) - accepted} rejected)"]
     for c in checks:
         cites = ", ".join(c.claim.cites) or "nothing"
+        test = getattr(c.claim, "test", None)
+        said = "" if test is None else f"; test: {test.measure} {test.outcome}" + (
+            "" if test.margin is None else f" within +-{test.margin:g}")
         lines.append(f"  {'accepted' if c.accepted else 'REJECTED'}  [{c.claim.strength}] {c.claim.statement} "
-                     f"(cites {cites})")
+                     f"(cites {cites}{said})")
         lines += [f"      - {p}" for p in c.problems]
     return lines
 
@@ -317,6 +346,29 @@ def _dist(d: Any) -> str:
 
 def _gaps(gaps: Any, indent: str) -> list[str]:
     return [f"{indent}not computed in {g.count} pair(s) [{_indices(g.pairs)}]: {g.reason}" for g in gaps]
+
+
+def render_tests(fam: Any) -> list[str]:
+    """The paired tests: method, family, alpha; per measure n, mean delta and CI, p, adjusted p."""
+    from vauban_trace.report import CORRECTIONS, TESTS
+
+    scope = "" if fam.family is None else f" among {' '.join(fam.family)}"
+    lines = ["", f"paired tests (delta = candidate - baseline): {TESTS[fam.test]}",
+             f"  family: {fam.m} measure(s) tested{scope}; differs = {CORRECTIONS[fam.correction]}-adjusted "
+             f"p <= alpha {fam.alpha:g}; Holm and BH adjusted p both shown"]
+    for t in fam.measures:
+        if t.test is None:
+            continue
+        how = "exact" if t.test.exact else f"Monte Carlo {t.test.permutations} flips, se {_num(t.test.mc_se)}"
+        lines.append(f"  {'DIFFERS' if t.differs else 'no diff':<8} {t.ref}  {_dist(t.effect)}")
+        lines.append(f"           p {_num(t.test.p)} ({how})  p_holm {_num(t.p_holm)}  p_bh {_num(t.p_bh)}")
+    skipped: dict[str, list[str]] = {}
+    for t in fam.measures:
+        if t.test is None:
+            skipped.setdefault(str(t.reason), []).append(t.ref)
+    lines += [f"  not tested ({why}): {', '.join(refs)}" for why, refs in skipped.items()]
+    lines += [f"  not tested  {u}" for u in fam.untested]
+    return lines
 
 
 def render_aggregate(agg: Any, blobs_line: str, notes: Any = ()) -> str:
@@ -365,6 +417,8 @@ def render_aggregate(agg: Any, blobs_line: str, notes: Any = ()) -> str:
                          f"{flag} delta {_dist(g.delta)}")
         lines += _gaps(c.not_computed, "      ")
     lines += [f"  {u.reason} [pairs {_indices(u.pairs)}]" for u in agg.unpaired_stages]
+    if agg.tests is not None:
+        lines += render_tests(agg.tests)
     if agg.claims:
         lines += ["", *render_claims(agg.claims)]
     return "\n".join(lines)

@@ -101,7 +101,9 @@ from vauban_trace.report._diff import (
     diff_traces,
 )
 from vauban_trace.report._evidence import (
+    TEST_OUTCOMES,
     Claim,
+    ClaimTest,
     Evidence,
     EvidenceItem,
     Limitation,
@@ -111,6 +113,7 @@ from vauban_trace.report._evidence import (
     claim_problems,
     evidence_of,
 )
+from vauban_trace.report._family import CONTENT_UNTESTED, MeasureTest, TestFamily, ref_matches
 from vauban_trace.report._measures import (
     MEASURES,
     CounterAggregate,
@@ -125,12 +128,40 @@ from vauban_trace.report._pairing import (
     TracePair,
     UnpairedTrace,
     input_key,
+    metadata_key,
     pair_traces,
 )
 from vauban_trace.report._setevidence import Narrowing, PairLevel, SetEvidence, SetLimitation, Uncitable
+from vauban_trace.report._signif import (
+    CORRECTIONS,
+    EXACT_MAX_N,
+    TESTS,
+    PairedTest,
+    benjamini_hochberg,
+    holm,
+    paired_test,
+    signflip_pvalues,
+)
 from vauban_trace.report._stats import Distribution, distribution_of
+from vauban_trace.report._summaries import SummaryAggregate
 
 __all__ = [
+    "CONTENT_UNTESTED",
+    "CORRECTIONS",
+    "EXACT_MAX_N",
+    "TESTS",
+    "TEST_OUTCOMES",
+    "ClaimTest",
+    "MeasureTest",
+    "PairedTest",
+    "SummaryAggregate",
+    "TestFamily",
+    "benjamini_hochberg",
+    "holm",
+    "metadata_key",
+    "paired_test",
+    "ref_matches",
+    "signflip_pvalues",
     "CANNOT_CLAIM",
     "CAN_CLAIM",
     "CLAIM_CAP",

@@ -51,7 +51,8 @@ from vauban_trace.contract import Trace
 from vauban_trace.report._claims import ClaimCheck
 from vauban_trace.report._content import ContentDiff, _as_store, content_diff
 from vauban_trace.report._diff import TraceDiff, diff_traces
-from vauban_trace.report._evidence import Claim, evidence_of
+from vauban_trace.report._evidence import Claim, ClaimTest, evidence_of
+from vauban_trace.report._family import MeasureTest, TestFamily, build_family, test_claim_problems
 from vauban_trace.report._measures import (
     CounterAggregate,
     MeasureAggregate,
@@ -62,7 +63,15 @@ from vauban_trace.report._measures import (
 )
 from vauban_trace.report._pairing import Pairing, TracePair, UnpairedTrace, input_key
 from vauban_trace.report._setevidence import SetEvidence, check_set_claims, set_evidence
+from vauban_trace.report._signif import (
+    DEFAULT_ALPHA,
+    DEFAULT_CORRECTION,
+    DEFAULT_PERMUTATIONS,
+    DEFAULT_TEST,
+    check_test_params,
+)
 from vauban_trace.report._stats import DEFAULT_CI_LEVEL, DEFAULT_RESAMPLES, DEFAULT_SEED, check_bootstrap
+from vauban_trace.report._summaries import SummaryAggregate, aggregate_summaries
 
 NO_CONTENT = "no blob store given: content not measured"
 
@@ -86,6 +95,8 @@ class AggregateReport:
     ci_level: float = DEFAULT_CI_LEVEL
     diffs: tuple[TraceDiff, ...] = ()
     contents: tuple[ContentDiff | None, ...] = ()
+    summaries: tuple[SummaryAggregate, ...] = ()
+    tests: TestFamily | None = None
 
     @property
     def pairs(self) -> tuple[TracePair, ...]:
@@ -125,6 +136,21 @@ class AggregateReport:
                 return c
         raise KeyError((stage, position, counter))
 
+    def test(self, ref: str) -> MeasureTest:
+        """The paired test of the one measure ``ref`` names (a ref or a shortened one, e.g.
+        ``activation[1]:l2_norm``, ``stage:prefill:duration_s``); KeyError when none or several."""
+        if self.tests is None:
+            raise KeyError(ref)
+        return self.tests.get(ref)
+
+    def summary(self, kind: str, stat: str, layer: int | None = None, stage: str | None = None,
+                position: int = 0) -> SummaryAggregate:
+        for s in self.summaries:
+            if (s.kind, s.layer, s.stat, s.position) == (kind, layer, stat, position) and \
+                    (stage is None or s.stage == stage):
+                return s
+        raise KeyError((kind, layer, stage, position, stat))
+
     def render_markdown(self) -> str:
         """Pairs, evidence of the set, measure and counter tables, claims (``_aggregate_md``)."""
         from vauban_trace.report._aggregate_md import render_markdown
@@ -141,6 +167,8 @@ class AggregateReport:
             "slots": [s.to_dict() for s in self.slots],
             "measures": [m.to_dict() for m in self.measures],
             "counters": [c.to_dict() for c in self.counters],
+            "summaries": [s.to_dict() for s in self.summaries],
+            "tests": None if self.tests is None else self.tests.to_dict(),
             "unpaired_artifacts": [u.to_dict() for u in self.unpaired_artifacts],
             "unpaired_stages": [u.to_dict() for u in self.unpaired_stages],
             "claims": [c.to_dict() for c in self.claims],
@@ -185,11 +213,20 @@ def aggregate_report(
     seed: int = DEFAULT_SEED,
     resamples: int = DEFAULT_RESAMPLES,
     ci_level: float = DEFAULT_CI_LEVEL,
+    test: str = DEFAULT_TEST,
+    correction: str = DEFAULT_CORRECTION,
+    alpha: float = DEFAULT_ALPHA,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    family: Sequence[str] | None = None,
 ) -> AggregateReport:
     """The report over every pair (see the module docstring). ``blobs`` (a store, path or URL) is
     where both sides' blobs are read, ``candidate_blobs`` the candidate's when elsewhere; without
-    ``blobs`` no content is measured and every measure says so."""
+    ``blobs`` no content is measured and every measure says so. ``test``, ``correction``,
+    ``alpha``, ``permutations`` and ``family`` set the paired tests (``_family``)."""
     check_bootstrap(seed, resamples, ci_level)
+    check_test_params(test, correction, alpha, permutations)
+    if isinstance(family, str):
+        family = [family]
     pairing, notes = _as_pairing(pairs)
     claim_list = list(claims)
     for n, c in enumerate(claim_list):
@@ -210,7 +247,15 @@ def aggregate_report(
     boot: dict[str, Any] = {"seed": seed, "resamples": resamples, "ci_level": ci_level}
     slots, measures = aggregate_measures(diffs, contents, NO_CONTENT, **boot)
     counters = aggregate_counters(diffs, **boot)
+    summaries = aggregate_summaries(diffs, **boot)
+    tests = build_family(summaries, counters, test=test, correction=correction, alpha=alpha,
+                         permutations=permutations, seed=seed, family=family)
     ev = set_evidence(pairing.pairs, evidences)
+    checks = tuple(
+        ClaimCheck(chk.index, chk.claim, chk.problems + tuple(test_claim_problems(chk.claim.test, tests)))
+        if chk.claim.test is not None and isinstance(chk.claim.test, ClaimTest) and not any(
+            p.startswith("test ") for p in chk.problems) else chk
+        for chk in check_set_claims(claim_list, ev))
     lonely_arts: dict[str, list[int]] = defaultdict(list)
     lonely_stages: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(diffs):
@@ -221,10 +266,10 @@ def aggregate_report(
             lonely_stages[line].append(i)
     return AggregateReport(
         pairing=pairing, evidence=ev, slots=slots, measures=measures, counters=counters,
-        claims=check_set_claims(claim_list, ev),
+        claims=checks, summaries=summaries, tests=tests,
         unpaired_artifacts=tuple(NotComputed(k, tuple(dict.fromkeys(v))) for k, v in lonely_arts.items()),
         unpaired_stages=tuple(NotComputed(k, tuple(v)) for k, v in lonely_stages.items()),
-        content_source=source, notes=tuple(notes),
+        content_source=source, notes=(*pairing.notes, *notes),
         seed=seed, resamples=resamples, ci_level=float(ci_level), diffs=diffs, contents=contents,
     )
 

@@ -4,7 +4,9 @@ Sections, in order: the pairs and the pairing rule, unpaired traces; the evidenc
 cap, strongest claim, the fixed can/cannot-claim wording, citable slot references, the pairs that
 narrow it and why, limitations with their pairs); a measure table (slot, measure, n, mean, median,
 min, max, interval; a row per measure, and the pairs not computed with their reasons below it);
-stage counters per provenance group; claims, accepted and rejected with their problems. Numbers are
+stage counters per provenance group; the paired tests (method, family, alpha, and per measure n,
+mean delta with its interval, p, Holm- and BH-adjusted p, whether it differs; the measures not
+tested and why); claims, accepted and rejected with their problems. Numbers are
 printed with 4 significant digits; nothing that is None is printed as a number.
 """
 
@@ -25,6 +27,40 @@ def _pairs(pairs: Any) -> str:
 
 def _slot(x: Any) -> str:
     return str(x.kind) + ("" if x.layer is None else f"[{x.layer}]") + f" ({x.stage or '-'}#{x.position})"
+
+
+def render_tests(fam: Any) -> list[str]:
+    """The paired-tests section: method, adjustment, alpha, m, and one row per measure."""
+    from vauban_trace.report._signif import CORRECTIONS, TESTS
+
+    mc = [t.test for t in fam.tested if not t.test.exact]
+    how = (f"Test: {TESTS[fam.test]}; exact (all 2^n sign flips) up to 16 pairs"
+           + (f", Monte Carlo above ({fam.permutations} sign flips, seed {fam.seed}; p = (1 + hits) / "
+              f"(1 + draws), its Monte Carlo standard error in the row)" if mc else "") + ". "
+           f"Family: the {fam.m} measure(s) tested"
+           + ("" if fam.family is None else f" among {', '.join(f'`{f}`' for f in fam.family)}") + "; "
+           f"adjusted p-values by Holm (family-wise error rate) and Benjamini-Hochberg (false discovery rate); "
+           f"**differs** = {CORRECTIONS[fam.correction]}-adjusted p ≤ α = {fam.alpha:g}. "
+           "Effect: mean delta (candidate − baseline) with its bootstrap interval.")
+    out = ["", "## Paired tests (candidate − baseline)", "", how, "",
+           "| measure | n | mean delta | interval | p | p Holm | p BH | differs |", "|---|---|---|---|---|---|---|---|"]
+    untested: dict[str, list[str]] = {}
+    for t in fam.measures:
+        e = t.effect
+        ci = "–" if e is None else (f"[{_n(e.ci_low)}, {_n(e.ci_high)}]" if e.ci_low is not None else e.note)
+        mean = "–" if e is None else _n(e.mean)
+        if t.test is None:
+            untested.setdefault(str(t.reason), []).append(f"`{t.ref}`")
+            out.append(f"| `{t.ref}` | {t.n} | {mean} | {ci} | – | – | – | not tested |")
+            continue
+        p = _n(t.test.p) + ("" if t.test.mc_se is None else f" ± {_n(t.test.mc_se)}")
+        out.append(f"| `{t.ref}` | {t.n} | {mean} | {ci} | {p} | {_n(t.p_holm)} | {_n(t.p_bh)} | "
+                   f"{'**yes**' if t.differs else 'no'} |")
+    if not fam.measures:
+        out.append("| – | – | – | – | – | – | – | no measure with paired values |")
+    out += ["", "Not tested:", "", *[f"- {why}: {', '.join(refs)}" for why, refs in untested.items()],
+            *[f"- {u}" for u in fam.untested]]
+    return out
 
 
 def render_markdown(agg: Any) -> str:
@@ -81,15 +117,20 @@ def render_markdown(agg: Any) -> str:
             out.append(f"| {c.stage}#{c.position} | {c.counter} | {g.baseline_provenance}/{g.candidate_provenance}"
                        f"{flag} | {d.n} | {_n(d.mean)} | {_n(d.min)} | {_n(d.max)} | {ci} |")
     out += [f"- {u.reason} (pairs {_pairs(u.pairs)})" for u in agg.unpaired_stages]
+    if agg.tests is not None:
+        out += render_tests(agg.tests)
     out += ["", "## Claims", ""]
     for chk in agg.claims:
         cites = ", ".join(f"`{r}`" for r in chk.claim.cites) or "nothing"
         verdict = "accepted" if chk.accepted else "**rejected**"
-        out.append(f"- {verdict} [{chk.claim.strength}] {chk.claim.statement} (cites {cites})")
+        test = chk.claim.test
+        said = "" if test is None else f"; test: `{test.measure}` {test.outcome}" + (
+            "" if test.margin is None else f" within ±{test.margin:g}")
+        out.append(f"- {verdict} [{chk.claim.strength}] {chk.claim.statement} (cites {cites}{said})")
         out += [f"  - {p}" for p in chk.problems]
     if not agg.claims:
         out.append("- no claim checked")
     return "\n".join(out) + "\n"
 
 
-__all__ = ["render_markdown"]
+__all__ = ["render_markdown", "render_tests"]

@@ -43,10 +43,12 @@ from typing import Any
 from vauban_trace._exceptions import ClaimsFileError
 from vauban_trace.contract import ArtifactKind
 from vauban_trace.report._access import ClaimStrength
-from vauban_trace.report._evidence import Claim, Evidence, claim_problems
+from vauban_trace.report._evidence import TEST_OUTCOMES, Claim, ClaimTest, Evidence, claim_problems
 
 _SLOT_RE = re.compile(r"^([a-z_]+)(?:\[(\d+)\])?$")
 _KEYS = ("statement", "strength", "cites")
+_OPTIONAL = ("test",)
+_TEST_KEYS = ("measure", "outcome", "margin")
 
 
 @dataclass(frozen=True)
@@ -109,9 +111,9 @@ def _claim_of(n: int, raw: Any, where: str) -> Claim:
     if not isinstance(raw, dict):
         raise ClaimsFileError(f"{name}: must be an object with keys statement, strength, cites; "
                               f"got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(_KEYS))
+    unknown = sorted(set(raw) - set(_KEYS) - set(_OPTIONAL))
     if unknown:
-        raise ClaimsFileError(f"{name}: unknown key {unknown[0]!r} (allowed: {', '.join(_KEYS)})")
+        raise ClaimsFileError(f"{name}: unknown key {unknown[0]!r} (allowed: {', '.join(_KEYS + _OPTIONAL)})")
     for key in _KEYS:
         if key not in raw:
             raise ClaimsFileError(f"{name}: missing key {key!r}")
@@ -128,7 +130,31 @@ def _claim_of(n: int, raw: Any, where: str) -> Claim:
     for i, ref in enumerate(cites):
         if not isinstance(ref, str) or not ref.strip():
             raise ClaimsFileError(f"{name}: key 'cites'[{i}] must be a non-empty string, got {ref!r}")
-    return Claim(statement, strength, tuple(cites))
+    return Claim(statement, strength, tuple(cites), None if "test" not in raw else _test_of(raw["test"], name))
+
+
+def _test_of(raw: Any, name: str) -> ClaimTest:
+    if not isinstance(raw, dict):
+        raise ClaimsFileError(f"{name}: key 'test' must be an object with keys measure, outcome[, margin]; "
+                              f"got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_TEST_KEYS))
+    if unknown:
+        raise ClaimsFileError(f"{name}: key 'test': unknown key {unknown[0]!r} (allowed: {', '.join(_TEST_KEYS)})")
+    for key in _TEST_KEYS[:2]:
+        if key not in raw:
+            raise ClaimsFileError(f"{name}: key 'test': missing key {key!r}")
+    measure, outcome, margin = raw["measure"], raw["outcome"], raw.get("margin")
+    if not isinstance(measure, str) or not measure.strip():
+        raise ClaimsFileError(f"{name}: key 'test': 'measure' must be a non-empty measure ref, got {measure!r}")
+    if outcome not in TEST_OUTCOMES:
+        raise ClaimsFileError(f"{name}: key 'test': 'outcome' must be one of {', '.join(TEST_OUTCOMES)}, "
+                              f"got {outcome!r}")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)
+                               or not 0 < margin < float("inf")):
+        raise ClaimsFileError(f"{name}: key 'test': 'margin' must be a finite number > 0, got {margin!r}")
+    if margin is not None and outcome != "does_not_differ":
+        raise ClaimsFileError(f"{name}: key 'test': 'margin' applies to the outcome does_not_differ only")
+    return ClaimTest(measure, outcome, None if margin is None else float(margin))
 
 
 def claims_from_json(doc: Any, where: str = "claims") -> tuple[Claim, ...]:

@@ -136,14 +136,38 @@ class Evidence:
         }
 
 
+#: What a test claim can say about a measure over a set of pairs.
+TEST_OUTCOMES: tuple[str, ...] = ("differs", "does_not_differ")
+
+
+@dataclass(frozen=True)
+class ClaimTest:
+    """A claim's statement about a paired test over a set of pairs: the measure (a ref or a
+    shortened ref, e.g. ``activation[1]:l2_norm``) ``differs`` or ``does_not_differ`` at the
+    report's alpha after its multiple-comparison adjustment; ``margin`` (> 0, optional) also asks
+    that the CI of the mean delta lie within [-margin, margin]. Checked by ``aggregate_report``."""
+
+    measure: str
+    outcome: str
+    margin: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"measure": self.measure, "outcome": self.outcome}
+        if self.margin is not None:
+            out["margin"] = self.margin
+        return out
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A statement of a given strength citing evidence refs. Never validated on construction:
-    :func:`check_claims` says what is wrong with it."""
+    """A statement of a given strength citing evidence refs, and optionally what a paired test
+    over a set of pairs shows (``test``). Never validated on construction: :func:`check_claims`
+    says what is wrong with it."""
 
     statement: str
     strength: str
     cites: tuple[str, ...] = ()
+    test: ClaimTest | None = None
 
     def __post_init__(self) -> None:
         cites: Any = self.cites
@@ -151,7 +175,11 @@ class Claim:
         object.__setattr__(self, "strength", str(self.strength))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"statement": self.statement, "strength": self.strength, "cites": [str(c) for c in self.cites]}
+        out: dict[str, Any] = {"statement": self.statement, "strength": self.strength,
+                               "cites": [str(c) for c in self.cites]}
+        if self.test is not None:
+            out["test"] = self.test.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -338,11 +366,31 @@ def _weights_transformed(base: Sequence[TraceArtifact], cand: Sequence[TraceArti
 
 
 # -- claims -----------------------------------------------------------------------------------------
-def claim_problems(claim: Claim, evidence: Evidence) -> list[str]:
-    """What is wrong with ``claim`` against ``evidence`` (empty when it is supported)."""
+def _test_problems(test: Any, over_set: bool) -> list[str]:
+    if not isinstance(test, ClaimTest):
+        return [f"test must be a ClaimTest, got {type(test).__name__}"]
+    out = []
+    if test.outcome not in TEST_OUTCOMES:
+        out.append(f"test outcome {test.outcome!r} is not one of {', '.join(TEST_OUTCOMES)}")
+    margin = test.margin
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)
+                               or not 0 < margin < float("inf")):
+        out.append(f"test margin must be a finite number > 0, got {margin!r}")
+    if margin is not None and test.outcome == "differs":
+        out.append("test margin applies to the outcome does_not_differ only")
+    if not over_set:
+        out.append("a test claim (differs / does_not_differ) is checked over a set of pairs "
+                   "(an aggregate report), not over one trace or one pair")
+    return out
+
+
+def claim_problems(claim: Claim, evidence: Evidence, *, over_set: bool = False) -> list[str]:
+    """What is wrong with ``claim`` against ``evidence`` (empty when it is supported). A claim's
+    ``test`` is checked for form here; its outcome only over a set (``over_set``, by
+    ``aggregate_report`` against its tests)."""
     if not isinstance(claim, Claim):
         return [f"not a Claim: {type(claim).__name__}"]
-    out: list[str] = []
+    out: list[str] = [] if claim.test is None else _test_problems(claim.test, over_set)
     if not isinstance(claim.statement, str):
         out.append(f"the statement is not text: {type(claim.statement).__name__}")
     elif not claim.statement.strip():
@@ -403,6 +451,8 @@ def build_report(baseline: Trace, candidate: Trace | None = None, claims: Iterab
 
 
 __all__ = [
+    "TEST_OUTCOMES",
+    "ClaimTest",
     "Claim",
     "Evidence",
     "EvidenceItem",

@@ -124,6 +124,7 @@ class ProvenanceGroup:
     delta: Distribution
     baseline: Distribution
     candidate: Distribution
+    deltas: tuple[float, ...] = ()
 
     @property
     def like_for_like(self) -> bool:
@@ -131,7 +132,7 @@ class ProvenanceGroup:
 
     def to_dict(self) -> dict[str, Any]:
         return {"baseline_provenance": self.baseline_provenance, "candidate_provenance": self.candidate_provenance,
-                "like_for_like": self.like_for_like, "pairs": list(self.pairs), "delta": self.delta.to_dict(),
+                "like_for_like": self.like_for_like, "pairs": list(self.pairs), "deltas": list(self.deltas), "delta": self.delta.to_dict(),
                 "baseline": self.baseline.to_dict(), "candidate": self.candidate.to_dict()}
 
 
@@ -251,7 +252,8 @@ def aggregate_counters(diffs: Sequence[TraceDiff], **boot: Any) -> tuple[Counter
         for (bp, cp), rows in groups.items():
             dists = [distribution_of([r[k] for r in rows], **boot) for k in (1, 2, 3)]
             assert dists[0] is not None and dists[1] is not None and dists[2] is not None
-            made.append(ProvenanceGroup(bp, cp, tuple(r[0] for r in rows), dists[0], dists[1], dists[2]))
+            made.append(ProvenanceGroup(bp, cp, tuple(r[0] for r in rows), dists[0], dists[1], dists[2],
+                                        tuple(r[1] for r in rows)))
         out.append(CounterAggregate(stage, position, counter, tuple(made), _not_computed(gaps)))
     return tuple(out)
 

@@ -26,6 +26,18 @@ The pairing rule (:data:`PAIRING_RULE`, printed in every aggregate report):
    :class:`UnpairedTrace` with its side, key and reason.
 
 Pairs are numbered from 0 in the order of the baseline list.
+
+Pairing by request metadata (``pair_traces(b, c, by="metadata.prompt_id")``, or a list of
+``metadata.KEY`` for a compound key such as ``["metadata.prompt_id", "metadata.repeat"]``): a
+harness that stamps each request with an id (``make_request(..., metadata={"prompt_id": "p7"})``)
+pairs by that id, whatever the input text (a candidate run with another prompt template still
+pairs with its baseline). The key is the canonical JSON of the values of those metadata keys.
+Traces pair when their keys are equal and each side has exactly one trace with that key. Nothing
+is dropped silently: a trace with no request, or whose request metadata lacks a key, is unpaired
+with that reason; a key carried by several traces on one side is *ambiguous*: every trace with
+that key, on both sides, is unpaired with a reason naming how many traces carry it (repeats need
+a metadata key of their own to pair). A pair whose two inputs differ by the input key gets a
+note in :attr:`Pairing.notes`.
 """
 
 from __future__ import annotations
@@ -82,15 +94,92 @@ class UnpairedTrace:
 
 @dataclass(frozen=True)
 class Pairing:
-    """The pairs found and every trace left over."""
+    """The pairs found, every trace left over, and what the pairs were keyed by (``by``)."""
 
     pairs: tuple[TracePair, ...] = ()
     unpaired: tuple[UnpairedTrace, ...] = ()
     rule: str = PAIRING_RULE
+    by: tuple[str, ...] = ("input",)
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule, "pairs": [p.to_dict() for p in self.pairs],
-                "unpaired": [u.to_dict() for u in self.unpaired]}
+        return {"rule": self.rule, "by": list(self.by), "pairs": [p.to_dict() for p in self.pairs],
+                "unpaired": [u.to_dict() for u in self.unpaired], "notes": list(self.notes)}
+
+
+def metadata_rule(keys: Sequence[str]) -> str:
+    """The rule of pairing by request metadata ``keys``, as reports state it."""
+    return (f"pairs by request metadata {', '.join(keys)}: equal values (canonical JSON) pair when each side "
+            "has exactly one trace with them; a trace without them, and every trace of a key several traces "
+            "on one side carry (ambiguous), is unpaired")
+
+
+def parse_pair_by(by: str | Sequence[str]) -> tuple[str, ...]:
+    """The metadata keys of ``by`` (``"metadata.KEY"`` or a list of them), or ``()`` for
+    ``"input"``; ReportError naming anything else."""
+    items = [by] if isinstance(by, str) else list(by)
+    if items == ["input"]:
+        return ()
+    if not items:
+        raise ReportError("pair by: give 'input' or one or more 'metadata.KEY'")
+    keys: list[str] = []
+    for item in items:
+        if not isinstance(item, str) or not item.startswith("metadata.") or not item[len("metadata."):].strip():
+            raise ReportError(f"pair by: {item!r} is not 'input' or 'metadata.KEY' (a request metadata key)")
+        key = item[len("metadata."):]
+        if key in keys:
+            raise ReportError(f"pair by: metadata key {key!r} given twice")
+        keys.append(key)
+    return tuple(keys)
+
+
+def metadata_key(trace: Trace, keys: Sequence[str]) -> tuple[str | None, str | None]:
+    """(the metadata pairing key of ``trace``, None) or (None, why it has none)."""
+    req = trace.request
+    if req is None:
+        return None, "no request recorded: its metadata is unknown"
+    missing = [k for k in keys if k not in req.metadata]
+    if missing:
+        return None, f"its request metadata has no {missing[0]!r}"
+    return "metadata:" + json.dumps({k: req.metadata[k] for k in keys}, sort_keys=True,
+                                    separators=(",", ":"), ensure_ascii=False, default=str), None
+
+
+def _pair_by_metadata(base: list[Trace], cand: list[Trace], keys: tuple[str, ...]) -> Pairing:
+    unpaired: list[UnpairedTrace] = []
+    groups: dict[str, dict[str, list[Trace]]] = {"baseline": defaultdict(list), "candidate": defaultdict(list)}
+    order: list[tuple[str, Trace, str]] = []
+    for side, traces in (("baseline", base), ("candidate", cand)):
+        seen: set[str] = set()
+        for t in traces:
+            key, why = metadata_key(t, keys)
+            if t.id in seen:
+                unpaired.append(UnpairedTrace(side, t.id, key, f"listed more than once on the {side} side"))
+            elif key is None:
+                unpaired.append(UnpairedTrace(side, t.id, None, str(why)))
+            else:
+                groups[side][key].append(t)
+                order.append((side, t, key))
+            seen.add(t.id)
+    pairs: list[TracePair] = []
+    notes: list[str] = []
+    alg = _ref_algorithm(base + cand)
+    for side, t, key in order:
+        mine, other_side = groups[side][key], "candidate" if side == "baseline" else "baseline"
+        theirs = groups[other_side][key]
+        if len(mine) > 1 or len(theirs) > 1:
+            counts = f"{len(groups['baseline'][key])} baseline and {len(groups['candidate'][key])} candidate trace(s)"
+            unpaired.append(UnpairedTrace(side, t.id, key, f"ambiguous: {counts} carry this metadata"))
+        elif not theirs:
+            unpaired.append(UnpairedTrace(side, t.id, key, f"no {other_side} trace carries this metadata"))
+        elif side == "baseline":
+            c = theirs[0]
+            pairs.append(TracePair(len(pairs), key, t, c))
+            kb, kc = input_key(t, alg), input_key(c, alg)
+            if kb != kc:
+                notes.append(f"pair {len(pairs) - 1}: paired by metadata; the inputs differ ({kb} / {kc})")
+    return Pairing(tuple(pairs), tuple(unpaired), metadata_rule([f"metadata.{k}" for k in keys]),
+                   tuple(f"metadata.{k}" for k in keys), tuple(notes))
 
 
 def _traces(values: Iterable[Trace], side: str) -> list[Trace]:
@@ -125,9 +214,14 @@ def input_key(trace: Trace, algorithm: str = DEFAULT_ALGORITHM) -> str | None:
     return key + ("+chat" if req.apply_chat_template else "")
 
 
-def pair_traces(baselines: Iterable[Trace], candidates: Iterable[Trace]) -> Pairing:
-    """Pair ``baselines`` with ``candidates`` by input (see the module docstring)."""
+def pair_traces(baselines: Iterable[Trace], candidates: Iterable[Trace], *,
+                by: str | Sequence[str] = "input") -> Pairing:
+    """Pair ``baselines`` with ``candidates`` by input, or by request metadata with
+    ``by="metadata.KEY"`` (or a list of them); see the module docstring."""
+    keys = parse_pair_by(by)
     base, cand = _traces(baselines, "baseline"), _traces(candidates, "candidate")
+    if keys:
+        return _pair_by_metadata(base, cand, keys)
     alg = _ref_algorithm(base + cand)
     unpaired: list[UnpairedTrace] = []
     queues: dict[str, list[Trace]] = defaultdict(list)
@@ -166,4 +260,5 @@ def pair_traces(baselines: Iterable[Trace], candidates: Iterable[Trace]) -> Pair
     return Pairing(tuple(pairs), tuple(unpaired))
 
 
-__all__ = ["PAIRING_RULE", "Pairing", "TracePair", "UnpairedTrace", "input_key", "pair_traces"]
+__all__ = ["PAIRING_RULE", "Pairing", "TracePair", "UnpairedTrace", "input_key", "metadata_key", "metadata_rule",
+           "pair_traces", "parse_pair_by"]

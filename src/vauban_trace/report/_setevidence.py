@@ -206,7 +206,7 @@ def check_set_claims(claims: Iterable[Claim], ev: SetEvidence) -> tuple[ClaimChe
     out: list[ClaimCheck] = []
     for n, claim in enumerate(claims):
         problems = []
-        for p in claim_problems(claim, proxy):
+        for p in claim_problems(claim, proxy, over_set=True):
             for ref in (claim.cites if isinstance(claim, Claim) else ()):
                 if p == f"cites {ref!r}, which is not in the evidence":
                     if ref in missing:
