@@ -91,7 +91,7 @@ def expand_cites(claim: Claim, evidence: Evidence) -> Claim:
         matches = [] if slot is None else [
             it.ref for it in evidence.items if it.kind == slot[0] and (slot[1] is None or it.layer == slot[1])]
         out += matches or [ref]
-    return Claim(claim.statement, claim.strength, tuple(dict.fromkeys(out)))
+    return Claim(claim.statement, claim.strength, tuple(dict.fromkeys(out)), claim.test)
 
 
 def check_claim_list(claims: Iterable[Claim], evidence: Evidence) -> tuple[ClaimCheck, ...]:
