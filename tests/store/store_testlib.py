@@ -35,3 +35,28 @@ def make_request(*spans: Span, service: str = "demo", scope: str = "vauban") -> 
     ss.scope.version = "1.0"
     ss.spans.extend(spans)
     return req
+
+
+#: the ``traces`` table of schema versions 2 and 3 (Trace JSON in the row), frozen here for the
+#: migration tests: the store's own DDL describes version 4
+V3_TRACES = """
+CREATE TABLE IF NOT EXISTS traces (
+    trace_id TEXT PRIMARY KEY, service TEXT, root_span_id TEXT, root_name TEXT, root_start_unix_nano INTEGER,
+    start_unix_nano INTEGER, end_unix_nano INTEGER, raw_span_count INTEGER NOT NULL DEFAULT 0,
+    has_root INTEGER NOT NULL DEFAULT 0, first_received_unix_nano INTEGER, last_received_unix_nano INTEGER,
+    version INTEGER NOT NULL DEFAULT 0, rebuilt_version INTEGER, rebuilt_at_unix_nano INTEGER, trace_json TEXT,
+    complete INTEGER, rb_service TEXT, rb_root_name TEXT, rb_start_unix_nano INTEGER, rb_duration_s REAL,
+    rb_span_count INTEGER
+);
+CREATE INDEX IF NOT EXISTS traces_by_start ON traces (rb_start_unix_nano) WHERE trace_json IS NOT NULL;
+CREATE INDEX IF NOT EXISTS traces_pending ON traces (last_received_unix_nano)
+    WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version);
+CREATE INDEX IF NOT EXISTS traces_by_received ON traces (last_received_unix_nano)
+"""
+
+#: the bookkeeping and summary columns every schema version has (migrations keep them as they are)
+TRACE_COLUMNS = (
+    "trace_id, service, root_span_id, root_name, root_start_unix_nano, start_unix_nano, end_unix_nano, "
+    "raw_span_count, has_root, first_received_unix_nano, last_received_unix_nano, version, rebuilt_version, "
+    "rebuilt_at_unix_nano, complete, rb_service, rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count"
+)

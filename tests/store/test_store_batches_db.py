@@ -1,4 +1,4 @@
-"""Schema v3 in the database: span batches over several writes, replacement, corruption, v2 -> v3 migration."""
+"""Span batches in the database (schema v3 on): several writes, replacement, corruption, v2 -> v3 (-> v4) migration."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
-from store_testlib import CHILD, CHILD2, ROOT, TRACE_A, TRACE_B, make_request, make_span
+from store_testlib import CHILD, CHILD2, ROOT, TRACE_A, TRACE_B, TRACE_COLUMNS, V3_TRACES, make_request, make_span
 
 from vauban_trace.store import TraceStore, TraceStoreError
 from vauban_trace.store._ingest import _UPSERT_TRACE, COMPACT_AT, _bookkeeping, extract_rows, snapshot_bytes
-from vauban_trace.store._sql import _SPANS_V2, SCHEMA
+from vauban_trace.store._sql import _SPANS_V2
 from vauban_trace.store._wire import traces_data_bytes
 
 
@@ -94,7 +94,7 @@ def test_a_corrupt_batch_is_reported(tmp_path: Path) -> None:
 def _v2_database(path: Path, requests: list[tuple[int, object]]) -> None:
     """A schema-2 file as vauban-trace 0.x wrote it: one ``spans`` row per span, bookkeeping rows."""
     conn = sqlite3.connect(path / "traces.sqlite")
-    conn.executescript(_SPANS_V2 + ";" + SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS traces"):])
+    conn.executescript(_SPANS_V2 + ";" + V3_TRACES)
     known: dict[str, tuple[object, ...]] = {}
     for received, req in requests:
         rows, _ = extract_rows(req.resource_spans)  # type: ignore[attr-defined]
@@ -132,7 +132,7 @@ def test_version_2_database_is_migrated(tmp_path: Path) -> None:
     _v2_database(tmp_path, [(1_000, first), (2_000, second)])
     before = {tid: _v2_read_back(tmp_path, tid) for tid in (TRACE_A, TRACE_B)}
     conn = sqlite3.connect(tmp_path / "traces.sqlite")
-    pending_cols = "SELECT * FROM traces ORDER BY trace_id"
+    pending_cols = f"SELECT {TRACE_COLUMNS} FROM traces ORDER BY trace_id"
     traces_before = conn.execute(pending_cols).fetchall()
     conn.close()
 
@@ -140,7 +140,7 @@ def test_version_2_database_is_migrated(tmp_path: Path) -> None:
     assert {tid: ts.spans_for_bytes(tid) for tid in before} == before
     assert (ts.raw_span_count(TRACE_A), ts.raw_span_count(TRACE_B)) == (3, 1)
     conn = sqlite3.connect(tmp_path / "traces.sqlite")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'spans'").fetchall() == []
     assert conn.execute(pending_cols).fetchall() == traces_before  # bookkeeping untouched
     assert conn.execute("SELECT trace_id, received_unix_nano, span_count FROM span_batches ORDER BY trace_id"

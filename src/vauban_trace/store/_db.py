@@ -50,10 +50,9 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, TracesData
 
-from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
+from vauban_trace._exceptions import TraceStoreError
 from vauban_trace.artifacts import LocalArtifactStore
-from vauban_trace.contract import Trace
-from vauban_trace.store._documents import _PUT_TRACE, TraceDocumentLike, TraceFiles, _write_atomic
+from vauban_trace.store._documents import TraceFiles, needs_recovery, recover
 from vauban_trace.store._ingest import (
     SpanRow,
     SpanSnapshot,
@@ -62,13 +61,15 @@ from vauban_trace.store._ingest import (
     store_rows,
     stored_rows,
 )
-from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
+from vauban_trace.store._rebuilt import RebuiltTraces
+from vauban_trace.store._records import IngestResult, PendingTrace, check_trace_id
+from vauban_trace.store._segments import FOLDER, SegmentWriter
 from vauban_trace.store._split import CutRequest, split_rows
 from vauban_trace.store._sql import connect, initialise
 
 _log = logging.getLogger("vauban_trace.store")
 
-class TraceStore:
+class TraceStore(RebuiltTraces):
     """A trace database in a directory (created if missing). See the module docstring."""
 
     def __init__(
@@ -98,7 +99,15 @@ class TraceStore:
         self._pid = os.getpid()
         self._closed = False
         self._blobs: LocalArtifactStore | None = None
+        self._folder = self.dir / FOLDER
+        self._segments = SegmentWriter(self._folder)
         initialise(self._conn(), self.db_path)
+        if needs_recovery(self._conn(), self._folder):
+            with self._write_tx("opening the store") as conn:
+                lost = recover(conn, self._folder)
+            if lost:
+                _log.warning("vauban-trace store: %d rebuilt trace(s) lost their Trace JSON in a crash; they are "
+                             "pending again (rebuilt from their raw spans)", lost)
 
     def __repr__(self) -> str:
         return f"TraceStore({str(self.dir)!r})"
@@ -155,6 +164,8 @@ class TraceStore:
 
     def close(self) -> None:
         """Close every connection this object opened (the store can no longer be used)."""
+        with self._write_lock:
+            self._segments.close()  # seals the segment (its lock goes with the file descriptor)
         self._closed = True
         with self._conns_lock:
             conns, self._conns = self._conns, []
@@ -337,149 +348,6 @@ class TraceStore:
         )
         return [str(r[0]) for r in rows]
 
-    # -- rebuilt traces --------------------------------------------------------------------
-    def trace_json_path(self, trace_id: str) -> Path:
-        """``<dir>/traces/<trace_id>.json`` (whether or not it exists)."""
-        return self.dir / "traces" / f"{check_trace_id(trace_id)}.json"
-
-    def put_trace(self, trace: Trace, *, version: int | None = None) -> Path:
-        """Store a rebuilt trace (JSON in the database and as a file); return the file's path.
-
-        ``version`` is the :attr:`PendingTrace.version` the trace was rebuilt from; spans that
-        arrived after it keep the trace pending. Without it, the trace counts as rebuilt from
-        everything stored now.
-        """
-        return self.put_traces([(trace, version)])[0]
-
-    def trace_json_file(self, trace_id: str) -> Path | None:
-        """The path of ``traces/<id>.json``, written from the database first if it is missing;
-        None when the trace has not been rebuilt (see ``trace_files`` in the module docstring)."""
-        path = self.trace_json_path(trace_id)
-        if path.is_file():
-            return path
-        rows = self._read("SELECT trace_json FROM traces WHERE trace_id = ?", (check_trace_id(trace_id),))
-        if not rows or rows[0][0] is None:
-            return None
-        try:
-            _write_atomic(path, str(rows[0][0]), sync=False)
-        except OSError as exc:
-            raise TraceStoreError(f"cannot write {str(path)!r}: {exc}") from exc
-        return path
-
-    def put_traces(self, items: Iterable[tuple[Trace, int | None]], *, sync_files: bool = True) -> list[Path]:
-        """Store several rebuilt traces in ONE database transaction (one commit, one fsync).
-
-        Each item is ``(trace, version)`` as for :meth:`put_trace`. Files (``trace_files="eager"``)
-        are written atomically first; with ``sync_files=False`` they are not fsync'd (the database
-        copy, which :meth:`get_trace` reads, is still durable when this returns; after a power cut a
-        file may be missing until the trace is stored again).
-        """
-        from vauban_trace.rebuild import document_of  # the same summary fields as the collector's documents
-
-        docs = []
-        for trace, version in items:
-            if not isinstance(trace, Trace):
-                raise TraceStoreError(f"put_trace: expected a Trace, got {type(trace).__name__}")
-            docs.append((document_of(trace, None), version))
-        self.put_documents(docs, sync_files=sync_files)
-        return [self.trace_json_path(doc.trace_id) for doc, _version in docs]
-
-    def put_documents(
-        self, items: Iterable[tuple[TraceDocumentLike, int | None]], *, sync_files: bool = True, durable: bool = True
-    ) -> int:
-        """:meth:`put_traces` for traces already serialised (``rebuild_documents`` gives them):
-        the JSON text is stored as is, so it MUST be the trace's ``Trace.to_json()``. Returns how
-        many traces were stored (:meth:`trace_json_path` / :meth:`trace_json_file` give the files).
-
-        ``durable=False`` commits without waiting for the disk (see ``_write_tx``): for a caller
-        that can redo the work, like the collector's assembler, whose traces stay pending until
-        this commit lands, so a commit undone by a power cut is rebuilt from the raw spans (which
-        are durable) after the restart. Nothing acknowledged to a client depends on it."""
-        prepared = []
-        eager = self.trace_files == "eager"
-        folder = os.path.join(self.dir, "traces")
-        for doc, version in items:
-            tid = check_trace_id(doc.trace_id, where="put_trace: trace.id")
-            path = os.path.join(folder, tid + ".json")
-            try:
-                if eager:
-                    _write_atomic(Path(path), doc.json, sync=sync_files)
-                else:  # a stale mirror would contradict the database; trace_json_file rewrites it
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-            except OSError as exc:
-                raise TraceStoreError(f"put_trace: cannot write {path!r}: {exc}") from exc
-            prepared.append((doc, version, tid, path))
-        if not prepared:
-            return 0
-        now = time.time_ns()
-        params = []
-        for doc, version, tid, _path in prepared:
-            v = None if version is None else int(version)
-            params.append((
-                tid, v, now, doc.json, int(doc.complete), doc.service, doc.root_name, doc.start_unix_nano,
-                max(0, doc.end_unix_nano - doc.start_unix_nano) / 1e9, doc.span_count, v,
-            ))
-        with self._write_tx("put_trace", durable=durable) as conn:
-            conn.executemany(_PUT_TRACE, params)
-        return len(prepared)
-
-    def get_trace(self, trace_id: str) -> Trace:
-        """The rebuilt trace ``trace_id``; :class:`TraceNotFoundError` says why it is absent."""
-        tid = check_trace_id(trace_id)
-        rows = self._read("SELECT trace_json, raw_span_count FROM traces WHERE trace_id = ?", (tid,))
-        if not rows:
-            raise TraceNotFoundError(f"no trace {tid} in {str(self.dir)!r}")
-        text, raw = rows[0]
-        if text is None:
-            raise TraceNotFoundError(
-                f"trace {tid} has {raw} raw span(s) in {str(self.dir)!r} but has not been rebuilt yet "
-                "(it is rebuilt once complete)"
-            )
-        return Trace.from_json(str(text))
-
-    def last_trace(self) -> Trace:
-        """The rebuilt trace that started last."""
-        rows = self._read(
-            "SELECT trace_json FROM traces WHERE trace_json IS NOT NULL "
-            "ORDER BY rb_start_unix_nano DESC, rebuilt_at_unix_nano DESC LIMIT 1"
-        )
-        if not rows:
-            raise TraceNotFoundError(f"no rebuilt traces in {str(self.dir)!r} yet")
-        return Trace.from_json(str(rows[0][0]))
-
-    def list_traces(
-        self, service: str | None = None, since_unix_nano: int | None = None, limit: int | None = 20
-    ) -> list[TraceSummary]:
-        """Rebuilt traces, newest start first, optionally of one service / started since a time."""
-        sql = (
-            "SELECT trace_id, rb_service, rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count, "
-            "complete FROM traces WHERE trace_json IS NOT NULL"
-        )
-        params: list[object] = []
-        if service is not None:
-            sql += " AND rb_service = ?"
-            params.append(service)
-        if since_unix_nano is not None:
-            sql += " AND rb_start_unix_nano >= ?"
-            params.append(int(since_unix_nano))
-        sql += " ORDER BY rb_start_unix_nano DESC, rebuilt_at_unix_nano DESC"
-        if limit is not None:
-            if limit < 0:
-                raise TraceStoreError(f"list_traces: limit must be >= 0 or None, got {limit}")
-            sql += " LIMIT ?"
-            params.append(int(limit))
-        return [
-            TraceSummary(
-                trace_id=str(r[0]), service=r[1], root_name=r[2], start_unix_nano=int(r[3] or 0),
-                duration_s=float(r[4] or 0.0), span_count=int(r[5] or 0), complete=bool(r[6]),
-            )
-            for r in self._read(sql, tuple(params))
-        ]
-
-    def trace_count(self) -> int:
-        """Number of rebuilt traces stored."""
-        return int(self._read("SELECT COUNT(*) FROM traces WHERE trace_json IS NOT NULL")[0][0])
 
 
 __all__ = ["TraceStore"]

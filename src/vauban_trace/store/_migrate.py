@@ -1,4 +1,4 @@
-"""Schema migration 2 -> 3: the one-row-per-span ``spans`` table becomes ``span_batches``.
+"""Schema migrations 2 -> 3 (``spans`` becomes ``span_batches``) and 3 -> 4 (Trace JSON into segments).
 
 :func:`migrate_spans_to_batches` runs inside ``_sql.initialise``'s transaction. It reads the v2
 ``spans`` rows trace by trace in rowid order (insertion order), turns each payload (a one-span
@@ -9,15 +9,24 @@ time: the latest of its spans) and drops ``spans``. Payloads are parsed at the w
 payload that does not hold exactly one span in exactly one ``ScopeSpans`` (no vauban-trace
 version wrote one) stops the migration with a :class:`TraceStoreError` naming the trace and span;
 the transaction is rolled back and the file keeps its version-2 contents.
+
+:func:`migrate_documents_to_segments` (3 -> 4) builds the version-4 ``traces`` table beside the old
+one, copies every row in rowid order, appends each stored ``trace_json`` text to a new segment
+file (``_segments``; rolled at its size) and points the row at it, ``fdatasync``s the segments
+before the transaction commits, then drops the old table and renames the new one. A crash before
+the commit leaves the version-3 file as it was (segment files no row names are deleted at the
+next open).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 from vauban_trace._exceptions import TraceStoreError
 from vauban_trace.store._batch import encode_batch
 from vauban_trace.store._rows import SpanRow
+from vauban_trace.store._segments import FOLDER, SegmentWriter, digest
 from vauban_trace.store._wire import envelope, split_resource_spans, wrap_span
 
 _INSERT = "INSERT INTO span_batches (trace_id, received_unix_nano, span_count, spans) VALUES (?,?,?,?)"
@@ -66,4 +75,47 @@ def migrate_spans_to_batches(conn: sqlite3.Connection, schema: str) -> None:
     conn.execute("DROP TABLE spans")
 
 
-__all__ = ["migrate_spans_to_batches"]
+_TRACE_COLUMNS = (
+    "trace_id, service, root_span_id, root_name, root_start_unix_nano, start_unix_nano, end_unix_nano, "
+    "raw_span_count, has_root, first_received_unix_nano, last_received_unix_nano, version, rebuilt_version, "
+    "rebuilt_at_unix_nano, complete, rb_service, rb_root_name, rb_start_unix_nano, rb_duration_s, rb_span_count"
+)
+
+
+def migrate_documents_to_segments(conn: sqlite3.Connection, directory: Path, traces_table: str,
+                                  segments_table: str) -> None:
+    """3 -> 4 (see the module docstring): ``traces_table`` is the version-4 DDL with a ``{name}``
+    placeholder, ``segments_table`` the ``segments`` DDL; ``directory`` holds the database."""
+    conn.execute(segments_table)
+    conn.execute("DROP TABLE IF EXISTS traces_v4")
+    conn.execute(traces_table.format(name="traces_v4"))
+    conn.execute(f"INSERT INTO traces_v4 ({_TRACE_COLUMNS}) SELECT {_TRACE_COLUMNS} FROM traces ORDER BY rowid")
+    writer = SegmentWriter(directory / FOLDER)
+    try:
+        pending: list[tuple[str, bytes]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            segment, offsets = writer.append(conn, [data for _tid, data in pending], sync=True)
+            conn.executemany(
+                "UPDATE traces_v4 SET doc_segment = ?, doc_offset = ?, doc_length = ?, doc_digest = ? "
+                "WHERE trace_id = ?",
+                [(segment, off, len(data), digest(data), tid) for (tid, data), off in zip(pending, offsets, strict=True)])
+            pending.clear()
+
+        cursor = conn.execute("SELECT trace_id, trace_json FROM traces WHERE trace_json IS NOT NULL ORDER BY rowid")
+        for tid, text in cursor:
+            pending.append((str(tid), str(text).encode("utf-8")))
+            if len(pending) >= 256:
+                flush()
+        flush()
+    finally:
+        writer.close()
+    conn.execute("DROP TABLE traces")
+    conn.execute("ALTER TABLE traces_v4 RENAME TO traces")
+    conn.execute("UPDATE segments SET live_bytes = (SELECT COALESCE(SUM(doc_length), 0) FROM traces "
+                 "WHERE doc_segment = segments.id)")
+
+
+__all__ = ["migrate_documents_to_segments", "migrate_spans_to_batches"]

@@ -22,9 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vauban_trace._exceptions import TraceStoreError
-from vauban_trace.store._migrate import migrate_spans_to_batches
+from vauban_trace.store._migrate import migrate_documents_to_segments, migrate_spans_to_batches
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PAGE_SIZE = 16384
 #: automatic WAL checkpoint interval (SQLite's default: 1000 pages of 4 KiB)
 CHECKPOINT_BYTES = 4 * 1024 * 1024
@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS spans (
     UNIQUE (trace_id, span_id)
 )"""
 
-SCHEMA = """
+#: the raw-span table of schema version 3 and later (created by the 2 -> 3 migration)
+_SPAN_BATCHES = """
 CREATE TABLE IF NOT EXISTS span_batches (
     id                  INTEGER PRIMARY KEY,   -- write order: a later batch's copy of a span wins
     trace_id            TEXT    NOT NULL,
@@ -53,9 +54,12 @@ CREATE TABLE IF NOT EXISTS span_batches (
     spans               BLOB    NOT NULL       -- store._batch encoding of the trace's spans
 );
 
-CREATE INDEX IF NOT EXISTS span_batches_by_trace ON span_batches (trace_id);
+CREATE INDEX IF NOT EXISTS span_batches_by_trace ON span_batches (trace_id)
+"""
 
-CREATE TABLE IF NOT EXISTS traces (
+#: the traces table (``{name}``: the 3 -> 4 migration builds it under another name first)
+TRACES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     trace_id                  TEXT PRIMARY KEY,
     -- raw-span bookkeeping (kept by add_spans)
     service                   TEXT,
@@ -69,27 +73,42 @@ CREATE TABLE IF NOT EXISTS traces (
     first_received_unix_nano  INTEGER,
     last_received_unix_nano   INTEGER,
     version                   INTEGER NOT NULL DEFAULT 0,
-    -- rebuilt trace (kept by put_trace)
+    -- rebuilt trace (kept by put_trace): its Trace JSON lies in a segment file (_segments)
     rebuilt_version           INTEGER,
     rebuilt_at_unix_nano      INTEGER,
-    trace_json                TEXT,
+    doc_segment               INTEGER,   -- segments.id (NULL: not rebuilt)
+    doc_offset                INTEGER,
+    doc_length                INTEGER,
+    doc_digest                BLOB,      -- BLAKE3, 16 bytes
     complete                  INTEGER,
     rb_service                TEXT,
     rb_root_name              TEXT,
     rb_start_unix_nano        INTEGER,
     rb_duration_s             REAL,
     rb_span_count             INTEGER
-);
+)"""
 
+#: segment files of Trace JSON (``bytes``: committed end; ``live_bytes``: kept by the triggers)
+SEGMENTS_TABLE = """
+CREATE TABLE IF NOT EXISTS segments (
+    id                  INTEGER PRIMARY KEY,
+    created_unix_nano   INTEGER NOT NULL,
+    bytes               INTEGER NOT NULL DEFAULT 0,
+    live_bytes          INTEGER NOT NULL DEFAULT 0
+)"""
+
+SCHEMA = _SPAN_BATCHES + ";" + TRACES_TABLE.format(name="traces") + ";" + SEGMENTS_TABLE + """;
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (rb_start_unix_nano)
-    WHERE trace_json IS NOT NULL;
+    WHERE doc_segment IS NOT NULL;
 CREATE INDEX IF NOT EXISTS traces_pending ON traces (last_received_unix_nano)
     WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version);
 CREATE INDEX IF NOT EXISTS traces_by_received ON traces (last_received_unix_nano);
+CREATE INDEX IF NOT EXISTS traces_by_segment ON traces (doc_segment) WHERE doc_segment IS NOT NULL
 """
 
+
 #: Statements upgrading a database of version N to N + 1 (a function where SQL is not enough).
-MIGRATIONS: dict[int, tuple[str, ...] | Callable[[sqlite3.Connection], None]] = {
+MIGRATIONS: dict[int, tuple[str, ...] | Callable[[sqlite3.Connection, Path], None]] = {
     # 1 -> 2: spans becomes a rowid table (large payloads make WITHOUT ROWID slow); the trace row
     # keeps the root's start separately and start/end become the raw spans' min/max.
     1: (
@@ -107,7 +126,9 @@ MIGRATIONS: dict[int, tuple[str, ...] | Callable[[sqlite3.Connection], None]] = 
         "WHERE version > 0",
     ),
     # 2 -> 3: one span_batches row per trace replaces the one-row-per-span table
-    2: lambda conn: migrate_spans_to_batches(conn, SCHEMA),
+    2: lambda conn, _path: migrate_spans_to_batches(conn, _SPAN_BATCHES),
+    # 3 -> 4: the Trace JSON moves from traces.trace_json into segment files
+    3: lambda conn, path: migrate_documents_to_segments(conn, path.parent, TRACES_TABLE, SEGMENTS_TABLE),
 }
 
 
@@ -157,7 +178,7 @@ def initialise(conn: sqlite3.Connection, path: Path) -> None:
                 while version < SCHEMA_VERSION:
                     step = MIGRATIONS[version]
                     if callable(step):
-                        step(conn)
+                        step(conn, path)
                     else:
                         for statement in step:
                             conn.execute(statement)

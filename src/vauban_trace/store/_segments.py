@@ -1,0 +1,306 @@
+"""Rebuilt Trace JSON in append-only segment files: the writer, checked reads, compaction.
+
+Layout: ``<dir>/documents/seg-<id>.jsonl`` (``<id>`` six digits or more). A segment is the
+concatenation of UTF-8 ``Trace.to_json()`` texts, one after the other (a newline after each, so
+``jq``/``grep`` work on it); the ``traces`` row of a trace names where its text is
+(``doc_segment``, ``doc_offset``, ``doc_length``) and its BLAKE3 digest (``doc_digest``, 16
+bytes). The ``segments`` table lists the segment files: ``bytes`` (the committed end: every row
+of the segment lies below it) and ``live_bytes`` (the sum of the lengths its rows still point
+to, kept by triggers on ``traces``, see ``_sql``).
+
+Writing (:class:`SegmentWriter`, one per ``TraceStore`` object, used under its write lock and
+inside its write transaction): a segment is allocated in the transaction that first writes to
+it (``INSERT INTO segments``, file created with ``O_TRUNC`` and ``flock``-ed exclusively, so a
+file left by a transaction that never committed is reused), the texts are appended with one
+``write`` before the rows are committed (and ``fdatasync``-ed first when the commit is durable),
+and a segment is rolled once it holds :data:`SEGMENT_BYTES`. Only the process holding a
+segment's lock appends to it; a segment nobody holds is sealed.
+
+Reading (:func:`read_document`): ``pread`` of the extent, then length and digest are checked;
+anything else raises :class:`DocumentError` (the store then treats the trace as not rebuilt,
+see ``_db``). Raw spans stay the durable truth: a lost or torn text costs a rebuild, never a
+corrupt trace.
+
+Compaction (:func:`compact_segment`): a late span rebuilds a trace, so its earlier text becomes
+dead bytes. A sealed segment whose live share falls under :data:`COMPACT_BELOW` has its live
+texts copied (and verified) into the writer's segment, synced, the rows moved in one durable
+transaction together with the deletion of the segment's row, and only then the file is unlinked.
+A crash at any point leaves either the old rows and file or the new rows and a stale file
+(:func:`remove_orphans` deletes it at the next open).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import sqlite3
+import time
+from pathlib import Path
+
+from blake3 import blake3
+
+from vauban_trace._exceptions import TraceStoreError
+
+#: roll to a new segment once the current one holds this many bytes
+SEGMENT_BYTES = 64 * 1024 * 1024
+#: compact a sealed segment whose live share is below this
+COMPACT_BELOW = 0.5
+DIGEST_SIZE = 16
+FOLDER = "documents"
+_NAME_RE = re.compile(r"^seg-(\d{6,})\.jsonl$")
+_OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(
+    os, "O_CLOEXEC", 0)
+_OPEN_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+class DocumentError(Exception):
+    """A stored Trace JSON text that cannot be read back intact (the message says why)."""
+
+
+def digest(data: bytes) -> bytes:
+    """The 16-byte BLAKE3 digest stored with each text."""
+    return blake3(data).digest(length=DIGEST_SIZE)
+
+
+def segment_path(folder: Path, segment: int) -> Path:
+    return folder / f"seg-{segment:06d}.jsonl"
+
+
+def read_document(folder: Path, segment: int, offset: int, length: int, expected: bytes) -> bytes:
+    """The text stored at (``segment``, ``offset``, ``length``), checked against ``expected``."""
+    path = segment_path(folder, segment)
+    try:
+        fd = os.open(path, _OPEN_READ)
+    except FileNotFoundError:
+        raise DocumentError(f"segment {path.name} is missing") from None
+    except OSError as exc:
+        raise DocumentError(f"cannot open segment {path.name}: {exc}") from None
+    try:
+        data = os.pread(fd, length, offset)
+    except OSError as exc:
+        raise DocumentError(f"cannot read segment {path.name}: {exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) != length:
+        raise DocumentError(f"segment {path.name} ends {len(data)} bytes into the text of {length} at offset {offset}")
+    if digest(data) != bytes(expected):
+        raise DocumentError(f"the text of {length} bytes at offset {offset} of segment {path.name} fails its digest")
+    return data
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _lock(fd: int, path: Path) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        raise TraceStoreError(f"cannot lock segment {str(path)!r}: {exc}") from exc
+    return True
+
+
+class SegmentWriter:
+    """The segment this store object appends to (see the module docstring). Not thread-safe:
+    the store calls it under its write lock, inside a write transaction."""
+
+    def __init__(self, folder: Path, roll_bytes: int = SEGMENT_BYTES) -> None:
+        self.folder = folder
+        self.roll_bytes = roll_bytes
+        self.segment: int | None = None
+        self.pos = 0
+        self._fd = -1
+        self._pid = os.getpid()
+        self.rolled = False  # a segment was sealed since the caller last looked (compaction hint)
+
+    def _open(self, conn: sqlite3.Connection) -> None:
+        self.close()
+        cur = conn.execute("INSERT INTO segments (created_unix_nano) VALUES (?)", (time.time_ns(),))
+        segment = int(cur.lastrowid or 0)
+        path = segment_path(self.folder, segment)
+        try:
+            try:
+                fd = os.open(path, _OPEN_NEW, 0o644)
+            except FileNotFoundError:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, _OPEN_NEW, 0o644)
+        except OSError as exc:
+            raise TraceStoreError(f"cannot create segment {str(path)!r}: {exc}") from exc
+        if not _lock(fd, path):
+            os.close(fd)
+            raise TraceStoreError(f"segment {str(path)!r} is locked by another writer")
+        _fsync_dir(self.folder)  # the file's name is durable before any row names it
+        self._fd, self.segment, self.pos = fd, segment, 0
+
+    def _ready(self, conn: sqlite3.Connection) -> int:
+        if os.getpid() != self._pid:  # forked: the parent keeps its segment (and its lock)
+            self._pid, self._fd, self.segment = os.getpid(), -1, None
+        if self.segment is None or self.pos >= self.roll_bytes:
+            self.rolled = self.rolled or self.segment is not None
+            self._open(conn)
+        assert self.segment is not None
+        return self.segment
+
+    def _write(self, parts: list[bytes]) -> None:
+        total = sum(len(p) for p in parts)
+        try:
+            written = os.writev(self._fd, parts)
+            if written < total:  # short write (a signal, a full disk): finish it piecewise
+                rest = memoryview(b"".join(parts))[written:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest):]
+        except OSError as exc:
+            path = segment_path(self.folder, self.segment or 0)
+            self.close()  # the segment's tail is unknown now: start a new one next time
+            raise TraceStoreError(f"cannot append to {str(path)!r}: {exc}") from exc
+        self.pos += total
+
+    def append_texts(self, conn: sqlite3.Connection, texts: list[str], *,
+                     sync: bool) -> tuple[int, list[tuple[int, int, bytes]]]:
+        """Append each text (UTF-8, then a newline); return (segment, [(offset, length, digest)]).
+        One text at a time: its bytes are encoded, hashed and written while they are hot in the
+        cache and freed before the next (a batch joined first costs more in page faults than the
+        copy). ``sync``: ``fdatasync`` before returning. Records the segment's new end in
+        ``segments`` (the caller's transaction)."""
+        segment = self._ready(conn)
+        out = []
+        for text in texts:
+            data = text.encode("utf-8")
+            out.append((self.pos, len(data), digest(data)))
+            self._write([data, b"\n"])
+        self._finish(conn, sync)
+        return segment, out
+
+    def append(self, conn: sqlite3.Connection, chunks: list[bytes], *, sync: bool) -> tuple[int, list[int]]:
+        """Append ``chunks`` (each followed by a newline, already hashed by the caller); return
+        (segment, the offset of each chunk). As :meth:`append_texts` otherwise."""
+        segment = self._ready(conn)
+        offsets = []
+        for chunk in chunks:
+            offsets.append(self.pos)
+            self._write([chunk, b"\n"])
+        self._finish(conn, sync)
+        return segment, offsets
+
+    def _finish(self, conn: sqlite3.Connection, sync: bool) -> None:
+        if sync:
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                path = segment_path(self.folder, self.segment or 0)
+                self.close()
+                raise TraceStoreError(f"cannot sync {str(path)!r}: {exc}") from exc
+        conn.execute("UPDATE segments SET bytes = ? WHERE id = ?", (self.pos, self.segment))
+
+    def close(self) -> None:
+        if self._fd >= 0 and os.getpid() == self._pid:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self.segment, self.pos = -1, None, 0
+
+
+def compact_segment(conn: sqlite3.Connection, writer: SegmentWriter, segment: int,
+                    invalidate: str) -> tuple[int, int] | None:
+    """Move the live texts of sealed ``segment`` into ``writer``'s segment (inside the caller's
+    write transaction, which must commit durably before :func:`unlink_segment`); None when
+    another writer holds it. Returns (texts moved, texts found corrupt and invalidated with the
+    ``invalidate`` statement, whose parameters are trace id, segment, offset)."""
+    folder = writer.folder
+    path = segment_path(folder, segment)
+    try:
+        fd = os.open(path, _OPEN_READ)
+    except FileNotFoundError:
+        fd = -1
+    except OSError as exc:
+        raise TraceStoreError(f"cannot open segment {str(path)!r}: {exc}") from exc
+    try:
+        if fd >= 0 and not _lock(fd, path):
+            return None
+        rows = conn.execute(
+            "SELECT trace_id, doc_offset, doc_length, doc_digest FROM traces WHERE doc_segment = ? ORDER BY doc_offset",
+            (segment,)).fetchall()
+        # invalidated rows need no live-bytes accounting: the segment's row is deleted below
+        good, bad = [], []
+        for tid, offset, length, expected in rows:
+            try:
+                if fd < 0:
+                    raise DocumentError("missing")
+                data = os.pread(fd, int(length), int(offset))
+                if len(data) != length or digest(data) != bytes(expected):
+                    raise DocumentError("torn")
+                good.append((tid, int(offset), data, bytes(expected)))
+            except (DocumentError, OSError):
+                bad.append((tid, segment, int(offset)))
+        if good:
+            new_segment, offsets = writer.append(conn, [g[2] for g in good], sync=True)
+            conn.execute("UPDATE segments SET live_bytes = live_bytes + ? WHERE id = ?",
+                         (sum(len(g[2]) for g in good), new_segment))
+            conn.executemany(
+                "UPDATE traces SET doc_segment = ?, doc_offset = ? WHERE trace_id = ? AND doc_segment = ? "
+                "AND doc_offset = ?",
+                [(new_segment, off, tid, segment, old) for (tid, old, _d, _e), off in zip(good, offsets, strict=True)])
+        if bad:
+            conn.executemany(invalidate, bad)
+        conn.execute("DELETE FROM segments WHERE id = ?", (segment,))
+        return len(good), len(bad)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def unlink_segment(folder: Path, segment: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(segment_path(folder, segment))
+    _fsync_dir(folder)
+
+
+def remove_orphans(conn: sqlite3.Connection, folder: Path) -> int:
+    """Delete segment files no ``segments`` row names (a compaction's old file after a crash, a
+    segment whose allocating transaction never committed) and that nobody holds. Inside a write
+    transaction (no allocation can be in flight)."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    known = {int(r[0]) for r in conn.execute("SELECT id FROM segments")}
+    removed = 0
+    for name in names:
+        m = _NAME_RE.match(name)
+        if m is None or int(m.group(1)) in known:
+            continue
+        path = folder / name
+        try:
+            fd = os.open(path, _OPEN_READ)
+        except OSError:
+            continue
+        try:
+            if _lock(fd, path):
+                os.unlink(path)
+                removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
+__all__ = [
+    "COMPACT_BELOW",
+    "FOLDER",
+    "SEGMENT_BYTES",
+    "DocumentError",
+    "SegmentWriter",
+    "compact_segment",
+    "digest",
+    "read_document",
+    "remove_orphans",
+    "segment_path",
+    "unlink_segment",
+]
