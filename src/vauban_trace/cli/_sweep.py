@@ -5,6 +5,9 @@
     vauban-trace sweep --axis prompt_tokens|batch_size|new_tokens --values 16,32,64,128,256,512
                        [--model DIR] [--repeats 5] [--warmup 1] [--prompt-tokens 32] [--new-tokens 0]
                        [--sweep-id ID] [--device cpu|cuda|mps] [--store DIR] [--cache DIR] [--json]
+    vauban-trace sweep --axis concurrency --values 1,2,4,8,16,32 [--requests-per-client 10 | --window S]
+                       [--workers 1] [--max-batch 1] [--max-wait-ms 0] [--throughput auto|window|littles_law]
+                       [same model, prompt, repeats, warmup, store flags]
     vauban-trace sweep --profile SWEEP_ID [--source SRC] [--since 2h] [--limit 1000] [--json]
 
 Without ``--model`` the tiny random-initialised Llama of ``vauban-trace demo`` is built offline
@@ -15,7 +18,15 @@ and used. Each request is a :class:`~vauban_trace.executors.torch.TorchExecutor`
   request;
 - ``new_tokens``: a ``--prompt-tokens`` prompt, N tokens generated greedily with EOS ignored.
 
-``--new-tokens`` adds greedy decoding to the first two. The sweep runs through
+- ``concurrency``: a closed loop of N client threads with zero think time
+  (:func:`vauban_trace.sweep.run_concurrency`) against a :class:`~vauban_trace.sweep.ServingLoop`
+  of ``--workers`` threads serving the executor, with dynamic batching up to ``--max-batch``
+  prompts gathered for at most ``--max-wait-ms``; each client request (a ``--prompt-tokens``
+  prompt) is its own trace (root, ``queue`` and ``batch`` stages), the executor's own traces are
+  the batches'. ``--repeats`` is runs per N, ``--warmup`` warm-up requests per client,
+  ``--requests-per-client`` (default 10) or ``--window`` seconds the measured part of a run.
+
+``--new-tokens`` adds greedy decoding to all but ``new_tokens``. The sweep runs through
 :func:`vauban_trace.sweep.run_sweep` (warm-up outside the sweep, values interleaved and rotated
 across repeats), the traces are read back from the embedded store, and the profile is printed:
 median stage durations per value, then the USL fit of each stage's throughput or the reason it
@@ -36,7 +47,7 @@ from typing import Any
 
 from vauban_trace._exceptions import ConfigurationError
 
-AXES = ("prompt_tokens", "batch_size", "new_tokens")
+AXES = ("prompt_tokens", "batch_size", "new_tokens", "concurrency")
 
 
 def _values(text: str) -> tuple[int, ...]:
@@ -56,7 +67,7 @@ def _values(text: str) -> tuple[int, ...]:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sweep",
-        help="run a controlled sweep (prompt tokens, batch size or new tokens) and profile each stage",
+        help="run a controlled sweep (prompt tokens, batch size, new tokens, concurrency) and profile each stage",
         description="Run repeated traced requests over one axis and print per-stage statistics and USL fits.",
     )
     p.add_argument("--axis", choices=AXES, help="what varies from one point to the next")
@@ -80,6 +91,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--store", default=".vauban", metavar="DIR", help="embedded trace store (default .vauban)")
     p.add_argument("--cache", default=None, metavar="DIR", help="where the tiny model is built (as for demo)")
     p.add_argument("--json", action="store_true", help="print the sweep result as JSON")
+    g = p.add_argument_group("concurrency axis (closed loop against a serving loop)")
+    g.add_argument("--requests-per-client", type=int, default=None, metavar="N",
+                   help="measured requests per client and run (default 10 unless --window)")
+    g.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                   help="measure for this long per run instead of a request count")
+    g.add_argument("--workers", type=int, default=1, metavar="K", help="serving threads (default 1)")
+    g.add_argument("--max-batch", type=int, default=1, metavar="B", help="dynamic batching: at most B prompts (default 1)")
+    g.add_argument("--max-wait-ms", type=float, default=0.0, metavar="MS",
+                   help="dynamic batching: wait at most this long for more prompts (default 0)")
+    g.add_argument("--throughput", choices=("auto", "window", "littles_law"), default="auto",
+                   help="X(N) fitted: completed/window, N/mean response time, or window when every run has it")
     p.set_defaults(func=run)
 
 
@@ -122,7 +144,15 @@ def run(args: argparse.Namespace) -> int:
     from vauban_trace.executors.torch import TorchExecutor
     from vauban_trace.sweep import SweepSpec, run_sweep
 
-    spec = SweepSpec(axis=args.axis, values=values, repeats=args.repeats, warmup=args.warmup, sweep_id=args.sweep_id)
+    if args.axis != "concurrency" and (args.requests_per_client is not None or args.window is not None
+                                       or args.workers != 1 or args.max_batch != 1 or args.max_wait_ms != 0):
+        raise ConfigurationError("--requests-per-client, --window, --workers, --max-batch and --max-wait-ms "
+                                 "apply to --axis concurrency only")
+    if args.axis == "concurrency":
+        spec_c = _concurrency_spec(args, values)
+    else:
+        spec = SweepSpec(axis=args.axis, values=values, repeats=args.repeats, warmup=args.warmup,
+                         sweep_id=args.sweep_id)
     _quiet_transformers()
     if args.model is None:
         from vauban_trace.executors.torch.tiny import cached_tiny_model
@@ -150,6 +180,11 @@ def run(args: argparse.Namespace) -> int:
                    max_new_tokens=n, ignore_eos=True)
 
     session = vt.configure(store_dir=args.store, service_name="vauban-trace-sweep")
+    if args.axis == "concurrency":
+        try:
+            return _run_concurrency(args, ex, ids, spec_c, session, model_dir)
+        finally:
+            session.shutdown()
     try:
         result = run_sweep(run_one, spec, session=session)
     finally:
@@ -161,5 +196,51 @@ def run(args: argparse.Namespace) -> int:
         print(result.profile.render_markdown())
         for note in result.notes:
             print(f"note: {note}")
+    sys.stdout.flush()
+    return 0
+
+
+def _concurrency_spec(args: argparse.Namespace, values: tuple[int, ...]) -> Any:
+    from vauban_trace.sweep import ConcurrencySpec, ServingLoop
+
+    if args.window is not None and args.requests_per_client is not None:
+        raise ConfigurationError("give --requests-per-client or --window, not both")
+    per_client = args.requests_per_client if args.window is None and args.requests_per_client is not None else (
+        10 if args.window is None else None)
+    spec = ConcurrencySpec(values=values, requests_per_client=per_client, window_s=args.window,
+                           warmup_requests=args.warmup, repeats=args.repeats, sweep_id=args.sweep_id)
+    # the serving loop's own checks, before a model is built
+    ServingLoop(model="check", serve_batch=list, workers=args.workers, max_batch=args.max_batch,
+                max_wait_s=args.max_wait_ms / 1000.0)
+    return spec
+
+
+def _run_concurrency(args: argparse.Namespace, ex: Any, ids: Any, spec: Any, session: Any, model_dir: str) -> int:
+    from vauban_trace.sweep import ServingLoop, run_concurrency
+
+    text = ex._require().tokenizer.decode(list(ids(args.prompt_tokens)))
+
+    def serve_batch(prompts: list[str]) -> list[Any]:
+        result = ex.run(ex.make_request(prompts), prompts=prompts, max_new_tokens=args.new_tokens, ignore_eos=True)
+        return [result] * len(prompts)
+
+    with ServingLoop(serve_batch=serve_batch, model=ex.name, workers=args.workers, max_batch=args.max_batch,
+                     max_wait_s=args.max_wait_ms / 1000.0, executor="torch", device=args.device) as loop:
+        result = run_concurrency(lambda client, seq: loop.call(text), spec, session=session,
+                                 throughput=args.throughput)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        return 0
+    print(f"model: {model_dir}; sweep {result.sweep_id}: {len(result.traces)} client requests in {result.wall_s:.1f} s; "
+          f"serving loop: {args.workers} worker(s), batches of at most {args.max_batch} "
+          f"(wait {args.max_wait_ms:g} ms)")
+    print(result.profile.render_markdown())
+    print("| N | run | driver window | completed | X over the driver's clock |\n|---|---|---|---|---|")
+    for r in result.runs:
+        x = "" if r.window_throughput is None else f"{r.window_throughput:.4g}/s"
+        w = "" if r.window_s is None else f"{r.window_s * 1e3:.1f} ms"
+        print(f"| {r.value} | {r.run} | {w} | {r.completed_in_window} | {x or r.note} |")
+    for note in result.notes:
+        print(f"note: {note}")
     sys.stdout.flush()
     return 0

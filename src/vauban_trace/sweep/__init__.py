@@ -28,30 +28,60 @@ Pieces:
   lack-of-fit F test that refuses at p < 0.01 (:class:`LackOfFit`) and a bootstrap interval of
   the peak N* (``_usl_checks``).
 
+- :func:`run_concurrency` / :class:`ConcurrencySpec` (``_closed``): closed-loop concurrency
+  sweeps, N client threads with zero think time, every request its own trace on the
+  ``"concurrency"`` axis; :class:`ServingLoop` (``_serve``): a bounded queue, K workers and
+  optional dynamic batching around any serving callable, with ``queue`` and ``batch`` stage spans
+  in each request's trace; :func:`traced_call` for a direct target. Throughput per run from the
+  traces (Little's law or completions in the clients' common window) and the request-level USL fit (``_throughput``).
+
 Nothing here guesses: a number comes from the traces, a fit comes with its intervals and
 residuals or with the reason it was refused.
 """
 
+from vauban_trace.sweep._closed import (
+    ConcurrencyResult,
+    ConcurrencySpec,
+    RequestRecord,
+    RunRecord,
+    run_concurrency,
+)
+from vauban_trace.sweep._labels import LOAD_KEY
 from vauban_trace.sweep._profile import REQUEST, StagePoint, SweepProfile, profile_traces
 from vauban_trace.sweep._run import SweepResult, SweepSpec, run_sweep, schedule
+from vauban_trace.sweep._serve import BATCH_STAGE, QUEUE_STAGE, ServingLoop, traced_call
 from vauban_trace.sweep._stats import Summary, summarize
+from vauban_trace.sweep._throughput import CONCURRENCY, THROUGHPUT_METHODS, ThroughputPoint
 from vauban_trace.sweep._usl import LackOfFit, LinearFit, UslFit, VarianceTrend, fit_linear, fit_usl
 
 __all__ = [
+    "BATCH_STAGE",
+    "CONCURRENCY",
+    "LOAD_KEY",
+    "QUEUE_STAGE",
     "REQUEST",
+    "THROUGHPUT_METHODS",
+    "ConcurrencyResult",
+    "ConcurrencySpec",
     "LackOfFit",
     "LinearFit",
+    "RequestRecord",
+    "RunRecord",
+    "ServingLoop",
     "StagePoint",
     "Summary",
     "SweepProfile",
     "SweepResult",
     "SweepSpec",
+    "ThroughputPoint",
     "UslFit",
     "VarianceTrend",
     "fit_linear",
     "fit_usl",
     "profile_traces",
+    "run_concurrency",
     "run_sweep",
     "schedule",
     "summarize",
+    "traced_call",
 ]

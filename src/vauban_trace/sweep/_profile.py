@@ -32,6 +32,14 @@ Fits, per stage, on one point per trace: with a numeric axis, throughput ``X = N
 and labels token axes honestly); the byte and sync counters, which USL does not model, get a
 linear fit against N (:func:`~vauban_trace.sweep.fit_linear`) when they vary. A non-numeric axis
 (e.g. a model name) gets summaries only.
+
+The ``concurrency`` axis (N closed-loop clients, zero think time; see ``_throughput``) is fitted
+differently: per run, ``X = N / mean response time`` (Little's law, ``throughput="littles_law"``)
+and completed requests / the clients' common window (``throughput="window"``, needs client
+labels; ``"auto"``, the default, fits it when every run has it), listed in ``profile.throughput``
+with ``profile.throughput_method`` naming the one fitted; the USL is fitted to the ``request`` stage only, the other stages' fits are refusals
+(their durations are residence times), and there are no linear fits. ``closed_loop`` maps trace
+ids to (run, client) when the traces do not carry those labels themselves.
 """
 
 from __future__ import annotations
@@ -43,6 +51,14 @@ from typing import Any
 
 from vauban_trace.contract import COUNTER_NAMES, Trace
 from vauban_trace.sweep._stats import Summary, summarize
+from vauban_trace.sweep._throughput import (
+    CONCURRENCY,
+    THROUGHPUT_METHODS,
+    ThroughputPoint,
+    choose_method,
+    concurrency_points,
+    fit_concurrency,
+)
 from vauban_trace.sweep._usl import LinearFit, UslFit, fit_linear, fit_usl
 
 AxisValue = int | float | str
@@ -92,6 +108,8 @@ class SweepProfile:
     fits: Mapping[str, UslFit]
     linear_fits: Mapping[str, Mapping[str, LinearFit]]
     problems: tuple[str, ...] = field(default_factory=tuple)
+    throughput: tuple[ThroughputPoint, ...] = ()  # concurrency axis only: one point per run
+    throughput_method: str | None = None  # the throughput fitted on the concurrency axis
 
     def point(self, stage: str, value: AxisValue) -> StagePoint:
         for p in self.points:
@@ -112,6 +130,8 @@ class SweepProfile:
             "fits": {k: v.to_dict() for k, v in self.fits.items()},
             "linear_fits": {s: {c: f.to_dict() for c, f in m.items()} for s, m in self.linear_fits.items()},
             "problems": list(self.problems),
+            "throughput": [p.to_dict() for p in self.throughput],
+            "throughput_method": self.throughput_method,
         }
 
     def render_markdown(self) -> str:
@@ -132,6 +152,17 @@ class SweepProfile:
                 cells.append("" if s.median is None else f"{s.median * 1e3:.3f} ms (n={s.n})")
             lines.append(f"| {stage} | " + " | ".join(cells) + " |")
         lines.append("")
+        if self.throughput:
+            lines += [f"Throughput per run (fitted: {self.throughput_method}):", "",
+                      "| N | run | requests | mean response | X Little (N / R) | X window (completed / window) |",
+                      "|---|---|---|---|---|---|"]
+            for tp in self.throughput:
+                win = (f"{tp.window:.4g}/s ({tp.window_requests} in {tp.window_s * 1e3:.1f} ms)"
+                       if tp.window is not None and tp.window_s is not None else f"({tp.window_reason})")
+                lines.append(f"| {tp.value} | {'' if tp.run is None else tp.run} | {tp.traces} | "
+                             f"{tp.mean_response_s * 1e3:.3f} ms ({tp.littles_law_scope}) | {tp.littles_law:.4g}/s | "
+                             f"{win} |")
+            lines.append("")
         if self.fits:
             lines += ["| stage | USL | lambda | sigma | kappa | peak N | R² | note |", "|---|---|---|---|---|---|---|---|"]
             for stage, fit in self.fits.items():
@@ -187,12 +218,17 @@ def profile_traces(
     allow_unstable_coverage: bool = False,
     fit: bool = True,
     seed: int = 0,
+    throughput: str = "auto",
+    closed_loop: Mapping[str, tuple[int, int]] | None = None,
 ) -> SweepProfile:
     """Group ``traces`` by their sweep axis value and summarise them (see the module docstring).
 
     ``axis`` / ``sweep_id`` select the traces (default: the axis and id of the first trace with
     sweep coordinates). Raises ``ValueError`` when no trace carries sweep coordinates.
+    ``throughput`` and ``closed_loop`` matter on the ``concurrency`` axis only (module docstring).
     """
+    if throughput not in THROUGHPUT_METHODS:
+        raise ValueError(f"profile_traces: throughput must be one of {', '.join(THROUGHPUT_METHODS)}, got {throughput!r}")
     problems: list[str] = []
     chosen: list[tuple[Trace, AxisValue]] = []
     for trace in traces:
@@ -244,7 +280,21 @@ def profile_traces(
             ))
     fits: dict[str, UslFit] = {}
     linear: dict[str, dict[str, LinearFit]] = {}
-    if fit and _numeric(values):
+    tput: tuple[ThroughputPoint, ...] = ()
+    method: str | None = None
+    if axis == CONCURRENCY and _numeric(values) and all(isinstance(v, int) for v in values):
+        tput, more = concurrency_points({v: by_value[v] for v in values}, closed_loop)
+        problems.extend(more)
+        method, fallback = choose_method(tput, throughput)
+        if fallback is not None:
+            problems.append(fallback)
+        if fit:
+            fits = fit_concurrency(tput, stages, REQUEST, method=method, stable=stable or allow_unstable_coverage,
+                                   differing=differing, seed=seed)
+    elif axis == CONCURRENCY:
+        problems.append(f"axis {axis!r} needs positive whole numbers of clients, got {list(values)}: summaries only, "
+                        "no fits")
+    elif fit and _numeric(values):
         for stage in stages:
             fits[stage], linear[stage] = _fit_stage(stage, axis, values, per_trace,
                                                     stable or allow_unstable_coverage, differing, seed)
@@ -254,6 +304,7 @@ def profile_traces(
         axis=axis, sweep_id=sweep_id, values=values,
         trace_ids={v: tuple(t.id for t in by_value[v]) for v in values}, stages=stages, points=tuple(points),
         coverage=coverage, coverage_stable=stable, fits=fits, linear_fits=linear, problems=tuple(problems),
+        throughput=tput, throughput_method=method if tput else None,
     )
 
 
