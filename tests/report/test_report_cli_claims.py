@@ -33,9 +33,9 @@ from vauban_trace.executors.torch.tiny import cached_tiny_model
 session = vt.configure(store_dir=sys.argv[1], service_name={SERVICE!r})
 ex = TorchExecutor.from_pretrained(cached_tiny_model("llama", hidden_size=64, num_layers=2))
 ex.load()
-ids = [ex.trace(ex.make_request(p, layers=(0, 1), logprobs=True,
+ids = [ex.trace(ex.make_request(p, layers=(0, 1), logprobs=True, metadata={{"prompt_id": f"p{{i}}"}},
                                 interventions=["steer:layer=1,vector=random:7,alpha=4"]), max_new_tokens=0).id
-       for p in {PROMPTS!r}]
+       for i, p in enumerate({PROMPTS!r})]
 session.shutdown()
 print(json.dumps(ids))
 """
@@ -56,8 +56,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     try:
         ex = TorchExecutor.from_pretrained(cached_tiny_model("llama", hidden_size=64, num_layers=2))
         ex.load()
-        base = [ex.trace(ex.make_request(p, layers=(0, 1), logprobs=True), max_new_tokens=0)
-                for p in (*PROMPTS, "left without a partner")]
+        # the fourth baseline reuses prompt id p0: by metadata, p0 is ambiguous
+        base = [ex.trace(ex.make_request(p, layers=(0, 1), logprobs=True, metadata={"prompt_id": f"p{i % 3}"}),
+                         max_new_tokens=0) for i, p in enumerate((*PROMPTS, "left without a partner"))]
     finally:
         session.shutdown()
     env = {k: v for k, v in os.environ.items() if k not in ("OTEL_SERVICE_NAME", "OTEL_TRACES_EXPORTER")}
@@ -144,7 +145,39 @@ def test_single_pair_claims_accept_refs_and_slots(store: dict[str, Any]) -> None
     assert set(plain) == {"evidence", "diff", "content", "blobs"}  # the single-pair document is unchanged
 
 
+def test_pair_by_metadata_markdown_and_tests(store: dict[str, Any]) -> None:
+    base, cand = store["base"], store["cand"]
+    ids = ("--baseline-ids", *(t.id for t in base), "--candidate-ids", *(t.id for t in cand),
+           "--source", f"store:{store['dir']}", "--pair-by", "metadata.prompt_id")
+    proc = _cli(*ids, "--json", "--test", "signed_rank", "--correction", "bh", "--alpha", "0.2")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["pairing"]["by"] == ["metadata.prompt_id"]
+    assert [(p["baseline_trace_id"], p["candidate_trace_id"]) for p in doc["pairing"]["pairs"]] == [
+        (base[1].id, cand[1].id), (base[2].id, cand[2].id)]
+    why = "ambiguous: 2 baseline and 1 candidate trace(s) carry this metadata"
+    assert {(u["trace_id"], u["reason"]) for u in doc["pairing"]["unpaired"]} == {
+        (base[0].id, why), (base[3].id, why), (cand[0].id, why)}
+    tests = doc["tests"]
+    assert (tests["test"], tests["correction"], tests["alpha"], tests["m"]) == ("signed_rank", "bh", 0.2, 0)
+    (norm,) = [t for t in tests["measures"] if t["ref"] == "activation[1]@observe#0:l2_norm"]
+    assert norm["n"] == 2 and norm["p"] is None and norm["reason"].startswith("2 pairs measured: the smallest")
+    md = _cli(*ids, "--markdown")
+    assert md.returncode == 0, md.stderr
+    assert md.stdout.startswith("# Aggregate evidence report\n\n2 pair(s); pairs by request metadata metadata.prompt_id")
+    assert f"- baseline `{base[0].id}`: {why}" in md.stdout and "## Paired tests (candidate − baseline)" in md.stdout
+    text = _cli(*ids)
+    assert "paired tests (delta = candidate - baseline): two-sided sign-flip permutation test" in text.stdout
+    assert "  not tested (2 pairs measured: the smallest attainable p is 2^(1-n) = 0.5 > alpha 0.05" in text.stdout
+
+
 @pytest.mark.parametrize("args, words", [
+    (["--baseline-ids", "BASE", "--candidate-ids", "CAND", "--pair-by", "prompt_id"],
+     "pair by: 'prompt_id' is not 'input' or 'metadata.KEY'"),
+    (["BASE", "CAND", "--pair-by", "metadata.prompt_id"], "--pair-by applies to many pairs"),
+    (["--baseline-ids", "BASE", "--candidate-ids", "CAND", "--family", "logits:kl_max"], "matches no measure"),
+    (["--baseline-ids", "BASE", "--candidate-ids", "CAND", "--json", "--markdown"], "not both"),
+    (["--baseline-ids", "BASE", "--candidate-ids", "CAND", "--alpha", "1"], "--alpha"),
     (["BAD_CLAIMS", "BASE", "CAND"], "claims[1] ('t'): key 'strength'"),
     (["BASE", "--baseline-ids", "BASE", "--candidate-ids", "CAND"], "not both"),
     (["--baseline-ids", "BASE"], "the candidate side has no traces"),
