@@ -48,7 +48,8 @@ def test_steering_differs_at_layer_1_not_at_layer_0(stored: dict[str, Any]) -> N
     assert base[0].request.metadata == {"prompt_id": "p0"}  # stamped metadata survives the store
     pairing = pair_traces(base, cand, by="metadata.prompt_id")
     assert pairing.unpaired == () and pairing.notes == ()
-    assert [p.candidate.request.metadata["prompt_id"] for p in pairing.pairs] == [f"p{i}" for i in range(7)]
+    assert [p.candidate.request.metadata["prompt_id"] for p in pairing.pairs  # type: ignore[union-attr]
+            ] == [f"p{i}" for i in range(7)]
     claims = [
         Claim("the steer moves the layer-1 norm", "activation_diagnostic", ("activation[1]",),
               ClaimTest("activation[1]:l2_norm", "differs")),

@@ -34,7 +34,8 @@ def _correlated(rng: np.random.Generator, sets: int, m: int, n: int, rho: float,
     """(sets, m, n) differences whose m measures share a latent factor (correlation rho)."""
     common = rng.normal(size=(sets, 1, n))
     own = rng.normal(size=(sets, m, n))
-    return np.sqrt(rho) * common + np.sqrt(1 - rho) * own + np.asarray(shift)[..., None]
+    out: Array = np.sqrt(rho) * common + np.sqrt(1 - rho) * own + np.asarray(shift)[..., None]
+    return out
 
 
 def calibration(seed: int = 20261126) -> dict[str, float]:

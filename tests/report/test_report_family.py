@@ -112,7 +112,7 @@ def test_bh_signed_rank_and_a_family_given() -> None:
     for bad, words in (({"test": "t"}, "test must be one of"), ({"correction": "bonf"}, "correction"),
                        ({"alpha": 0}, "alpha"), ({"permutations": -1}, "permutations")):
         with pytest.raises(ReportError, match=words):
-            aggregate_report(_set(), **bad)  # type: ignore[arg-type]
+            aggregate_report(_set(), **bad)
 
 
 def test_too_few_pairs_and_unlike_provenances_are_not_tested() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from vauban_trace._exceptions import ReportError
 from vauban_trace.report import benjamini_hochberg, holm, paired_test, signflip_pvalues
-from vauban_trace.report._signif import adjust, too_few_pairs
+from vauban_trace.report._signif import adjust, scores, too_few_pairs
 
 
 def _brute(d: list[float], test: str) -> float:
@@ -25,7 +25,7 @@ def _brute(d: list[float], test: str) -> float:
     observed = abs(sum(d))
     hits = sum(1 for signs in itertools.product((1, -1), repeat=len(d))
                if abs(sum(s * x for s, x in zip(signs, d, strict=True))) >= observed - 1e-9)
-    return hits / 2 ** len(d)
+    return float(hits / 2 ** len(d))
 
 
 @pytest.mark.parametrize("d", [
@@ -57,6 +57,17 @@ def test_against_scipy() -> None:
         perm = stats.permutation_test((d,), lambda x, axis: np.sum(x, axis=axis), permutation_type="samples",
                                       n_resamples=np.inf, alternative="two-sided")
         assert paired_test(d.tolist(), "sign_flip").p == pytest.approx(perm.pvalue, rel=1e-9)
+
+
+def test_signed_ranks_short_and_long_rows_match_scipy() -> None:
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(8)
+    for n in (40, 300):  # pairwise comparisons up to 64, sorting above
+        d = np.round(rng.normal(0.1, 1.0, n), 1)  # ties and zeros
+        nz = d != 0
+        expected = np.zeros(n)
+        expected[nz] = np.sign(d[nz]) * stats.rankdata(np.abs(d[nz]))
+        assert np.allclose(scores(d[None, :], "signed_rank")[0], expected)
 
 
 def test_monte_carlo_above_the_exact_limit() -> None:

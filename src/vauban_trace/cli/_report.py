@@ -5,6 +5,8 @@
     vauban-trace report BASELINE_ID [CANDIDATE_ID] [--claims FILE] [--source SRC] [--blobs DIR_or_URL] [--json]
     vauban-trace report --baseline-ids ID... --candidate-ids ID... [--claims FILE] [...]
     vauban-trace report --baseline-query SERVICE --candidate-query SERVICE [--since 2h] [--limit N] [...]
+    many pairs: [--pair-by input|metadata.KEY[,...]] [--test sign_flip|signed_rank] [--correction holm|bh]
+                [--alpha 0.05] [--permutations N] [--family REF...] [--markdown]
 
 ``--source`` is any :func:`vauban_trace.sources.open_source` spec (default ``store:.vauban``).
 
@@ -26,8 +28,15 @@ traces may be left out). The two sides are paired by input (:func:`pair_traces`;
 traces are listed) and :func:`aggregate_report` prints the evidence of the set (the weakest pair
 caps it, and the pairs that narrow it are named with why), per artifact slot the distribution of
 every content measure over the pairs (n, mean, median, min, max, bootstrap CI of the mean with
-``--seed``, ``--resamples``, ``--ci-level``) and the pairs where it could not be computed, and the
-stage counter deltas grouped by provenance.
+``--seed``, ``--resamples``, ``--ci-level``) and the pairs where it could not be computed, the
+stage counter deltas grouped by provenance, and the paired tests (:attr:`AggregateReport.tests`):
+per summary statistic and counter group the mean delta with its CI, the test's p (``--test``,
+exact up to 16 pairs, ``--permutations`` Monte Carlo flips above), the Holm- and BH-adjusted p
+over the family (every measure, or the refs of ``--family``) and whether it differs at
+``--alpha`` by ``--correction``; the measures not tested are listed with the reason.
+``--pair-by metadata.KEY`` (comma-separated for several keys) pairs by request metadata instead of
+input; ambiguous keys (several traces on one side) leave their traces unpaired, listed.
+``--markdown`` prints :meth:`AggregateReport.render_markdown` instead of text.
 
 ``--claims FILE`` checks a JSON claims file (schema in docs/report.md) against the evidence (one
 trace, one pair, or the set) and prints each claim as accepted or rejected with its problems;

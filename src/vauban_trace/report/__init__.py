@@ -48,19 +48,33 @@ Many pairs (``_pairing``, ``_aggregate``, ``_setevidence``, ``_measures``, ``_st
     >>> agg.evidence.access_level, agg.evidence.narrowing, agg.measure("logits", "kl_max").distribution
     ... # doctest: +SKIP
 
-    Pairs traces by their request's input (unpaired traces are reported), caps the set's evidence
-    at its weakest pair (naming the pairs that narrow it), gives per-measure distributions over the
-    pairs (n, mean, median, min, max, seeded bootstrap CI of the mean) with the pairs where a
-    measure could not be computed and why, stage counter deltas grouped by provenance, and checks
-    claims over the set (cites are slot references such as ``logits`` or ``activation[1]`` that
-    every pair holds).
+    Pairs traces by their request's input, or by request metadata
+    (``pair_traces(b, c, by="metadata.prompt_id")``; unpaired and ambiguous traces are reported
+    with reasons), caps the set's evidence at its weakest pair (naming the pairs that narrow it),
+    gives per-measure distributions over the pairs (n, mean, median, min, max, seeded bootstrap CI
+    of the mean) with the pairs where a measure could not be computed and why, stage counter deltas
+    grouped by provenance, and checks claims over the set (cites are slot references such as
+    ``logits`` or ``activation[1]`` that every pair holds).
+
+Paired tests (``_signif``, ``_summaries``, ``_family``)
+    >>> agg = aggregate_report(pairing, test="sign_flip", correction="holm", alpha=0.05)  # doctest: +SKIP
+    >>> t = agg.test("activation[1]:l2_norm")          # doctest: +SKIP
+    >>> t.n, t.effect.mean, t.effect.ci_low, t.test.p, t.p_holm, t.p_bh, t.differs   # doctest: +SKIP
+
+    Every summary statistic and stage counter with a value on both sides of the pairs gets an
+    exact sign-flip (or signed-rank) test of its per-pair deltas, Monte Carlo above 16 pairs; a
+    measure measured in too few pairs to reach alpha gets no p-value but a reason. The tests of one
+    report are one family, adjusted by Holm and by Benjamini-Hochberg; ``differs`` follows the
+    chosen correction at ``alpha``. Content measures (divergences within a pair) are not tested,
+    and the report says why. A claim's :class:`ClaimTest` (``differs`` / ``does_not_differ``) is
+    checked against the adjusted results.
 
 Claims files (``_claims``)
     >>> claims = load_claims("claims.json")            # doctest: +SKIP
     >>> [(c.index, c.accepted, c.problems) for c in check_claim_list(claims, evidence)]  # doctest: +SKIP
 
-    JSON ``{"claims": [{"statement", "strength", "cites"}]}``; :class:`ClaimsFileError` names the
-    entry and key at fault.
+    JSON ``{"claims": [{"statement", "strength", "cites"[, "test"]}]}``; :class:`ClaimsFileError`
+    names the entry and key at fault.
 
 Every record is a frozen dataclass with a JSON-ready ``to_dict()``. Passing something that is not
 a Trace raises :class:`vauban_trace._exceptions.ReportError`. See docs/report.md.

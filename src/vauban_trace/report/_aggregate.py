@@ -4,6 +4,7 @@
 
     from vauban_trace.report import Claim, aggregate_report, pair_traces
     pairing = pair_traces(baseline_traces, candidate_traces)       # by input; unpaired kept
+    # or pair_traces(..., by="metadata.prompt_id"): by request metadata; ambiguous keys listed
     agg = aggregate_report(pairing, claims=[
         Claim("steering moves the next-token distribution", "distributional_diff", ("logits",)),
     ], blobs=".vauban/blobs", seed=0, resamples=2000, ci_level=0.95)
@@ -11,6 +12,9 @@
     d = agg.measure("logits", "kl_max").distribution                 # n, mean, median, min, max, CI
     agg.measure("logits", "kl_max").not_computed                     # reasons, never imputed
     agg.counter("prefill", "duration_s").groups                      # one group per provenance pair
+    agg.summary("activation", "l2_norm", layer=1).values             # (pair, baseline, candidate, delta)
+    t = agg.test("activation[1]:l2_norm")                            # the paired test of one measure
+    t.effect, t.test.p, t.p_holm, t.p_bh, t.differs                  # effect + CI, p, adjusted p, verdict
     [(c.claim.statement, c.accepted, c.problems) for c in agg.claims]
     agg.to_dict()                                                    # JSON-ready, no NaN
     agg.render_markdown()                                            # tables for a written report
@@ -30,9 +34,17 @@ For every pair the report computes :func:`evidence_of`, :func:`diff_traces` and,
 - ``counters``: stage-profile deltas per stage and counter, one distribution per provenance pair;
 - ``unpaired_artifacts`` / ``unpaired_stages``: artifacts and profiled stages one side recorded
   without a partner (e.g. a steer's ``intervention_result``), with the pairs where it happens;
+- ``summaries``: per artifact slot and summary statistic (mean, std, min, max, l2_norm), each
+  pair's baseline and candidate values and the distribution of the deltas (``_summaries``);
+- ``tests``: the :class:`TestFamily`: a paired test of "no difference" per summary statistic and
+  per like-for-like counter group (``test``: ``sign_flip`` or ``signed_rank``; exact up to 16
+  pairs, ``permutations`` Monte Carlo sign flips above), Holm- and BH-adjusted p-values over the
+  family (every measure tested, or those ``family`` names), ``differs`` at ``alpha`` by
+  ``correction``; too few pairs, unlike provenances and the content measures are listed as not
+  tested with the reason (``_family``, ``_signif``);
 - ``claims``: each claim checked against the set like a pair's claims against a pair: its strength
   within the set's cap, its cites slot references held by every pair, one of a kind that carries
-  the strength.
+  the strength; a claim with a :class:`ClaimTest` also against the adjusted test results.
 
 Distributions carry a percentile-bootstrap interval of the mean with a fixed ``seed`` (``_stats``).
 No pairs at all is a :class:`ReportError` (it names the unpaired traces).

@@ -9,13 +9,16 @@ A claims file is JSON (schema in docs/report.md)::
        "cites": ["activation[1]", "intervention_result[1]"]}
     ]}
 
-A bare list of claim objects is accepted too. Each claim object has exactly the keys
+A bare list of claim objects is accepted too. Each claim object has the keys
 ``statement`` (non-empty text), ``strength`` (a :class:`ClaimStrength` word) and ``cites`` (a list
-of non-empty strings; it may be empty, and the claim is then rejected as citing nothing).
+of non-empty strings; it may be empty, and the claim is then rejected as citing nothing), and
+optionally ``test``: ``{"measure": REF, "outcome": "differs" | "does_not_differ"[, "margin": X > 0]}``
+(a :class:`~vauban_trace.report.ClaimTest`, checked over a set of pairs against the report's
+adjusted paired tests; see ``_family``).
 :func:`load_claims` raises :class:`~vauban_trace._exceptions.ClaimsFileError` naming the file, the
 entry (``claims[2]``, with its statement when it has one) and the key at fault for anything else:
 not JSON, another top level, an entry that is not an object, a missing or unknown key, a value of
-the wrong type, an unknown strength word.
+the wrong type, an unknown strength word, a ``test`` that is not such an object.
 
 What a claim cites:
 

@@ -76,6 +76,7 @@ DEFAULT_PERMUTATIONS = 10000
 #: Up to this many differences, every sign vector is enumerated (2^16 = 65536).
 EXACT_MAX_N = 16
 _RTOL = 1e-10
+_CHUNK = 1 << 21  # sign-vector entries drawn per Monte Carlo step
 
 Array = npt.NDArray[np.float64]
 
@@ -135,9 +136,18 @@ def scores(d: Array, test: str) -> Array:
         return d
     a = np.abs(d)
     nz = a > 0
-    less = ((a[:, None, :] < a[:, :, None]) & nz[:, None, :]).sum(axis=-1)
-    equal = ((a[:, None, :] == a[:, :, None]) & nz[:, None, :]).sum(axis=-1)
-    ranks = less + (equal + 1) / 2.0
+    if a.shape[1] <= 64:  # many small rows at once (calibration): pairwise comparisons
+        less = ((a[:, None, :] < a[:, :, None]) & nz[:, None, :]).sum(axis=-1)
+        equal = ((a[:, None, :] == a[:, :, None]) & nz[:, None, :]).sum(axis=-1)
+        ranks = less + (equal + 1) / 2.0
+    else:  # long rows: sort each one
+        ranks = np.empty_like(a)
+        for i, row in enumerate(a):
+            _, inverse, counts = np.unique(row[row > 0], return_inverse=True, return_counts=True)
+            below = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            mid = np.zeros(row.shape)
+            mid[row > 0] = (below + (counts + 1) / 2.0)[inverse]
+            ranks[i] = mid
     return np.where(nz, np.sign(d) * ranks, 0.0)
 
 
@@ -159,9 +169,16 @@ def signflip_pvalues(d: npt.ArrayLike, test: str = DEFAULT_TEST, *, permutations
         flipped = np.abs(x @ _signs(n).T)
         return (flipped >= (observed - tol)[:, None]).mean(axis=1), True
     rng = np.random.default_rng(seed)
-    signs = rng.integers(0, 2, size=(permutations, n)).astype(np.float64) * 2 - 1
-    hits = (np.abs(x @ signs.T) >= (observed - tol)[:, None]).sum(axis=1)
-    return (1.0 + hits) / (1.0 + permutations), False
+    hits = np.zeros(arr.shape[0], dtype=np.int64)
+    chunk = max(1, min(permutations, _CHUNK // max(n, arr.shape[0])))  # bounded memory per step
+    done = 0
+    while done < permutations:
+        size = min(chunk, permutations - done)
+        signs = rng.integers(0, 2, size=(size, n)).astype(np.float64) * 2 - 1
+        hits += (np.abs(x @ signs.T) >= (observed - tol)[:, None]).sum(axis=1)
+        done += size
+    p: Array = (1.0 + hits.astype(np.float64)) / (1.0 + permutations)
+    return p, False
 
 
 def paired_test(deltas: Sequence[float], test: str = DEFAULT_TEST, *, permutations: int = DEFAULT_PERMUTATIONS,
