@@ -30,6 +30,7 @@ import mlx.core as mx
 
 from vauban_trace._exceptions import ExecutorError
 
+
 @dataclass(frozen=True)
 class Padded:
     """Left-padded input ids ``[batch, width]`` and each row's padding."""

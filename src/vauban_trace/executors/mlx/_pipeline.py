@@ -62,7 +62,14 @@ from vauban_trace.contract import TraceRequest
 from vauban_trace.executors._common import request_inputs
 from vauban_trace.executors.mlx._batch import Padded, check_batchable, forward, left_pad, log_softmax
 from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
-from vauban_trace.executors.mlx._decode import STOP_EOS, STOP_LENGTH, STOP_STRING, Decoded, DecodeParams, decode
+from vauban_trace.executors.mlx._decode import (
+    STOP_EOS,
+    STOP_LENGTH,
+    STOP_STRING,
+    Decoded,
+    DecodeParams,
+    decode,
+)
 from vauban_trace.executors.mlx._intervene import InterventionSet, ResolvedIntervention, resolve
 from vauban_trace.executors.mlx._layers import ActivationCapture
 from vauban_trace.executors.mlx._score import ContinuationScore, score_continuations
