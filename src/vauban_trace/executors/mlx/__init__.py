@@ -3,9 +3,11 @@
 Public API:
 
 - :class:`MlxExecutor` — ``MlxExecutor.from_pretrained(dir)``; ``executor.capabilities``;
-  ``executor.run(request, max_new_tokens=..., sites=..., logits_positions=..., topk=...,
-  score_continuation=..., prompts=...) -> RunResult`` (one prompt or a left-padded batch;
-  :class:`ContinuationScore` per sequence in ``RunResult.scores``).
+  ``executor.run(request, max_new_tokens=..., do_sample=..., seed=..., temperature=...,
+  top_k=..., top_p=..., stop=..., sites=..., logits_positions=..., topk=...,
+  score_continuation=..., prompts=...) -> RunResult`` (one prompt or a left-padded batch; greedy
+  or sampled with torch's CPU draw for the same seed, stop strings; :class:`ContinuationScore`
+  per sequence in ``RunResult.scores``).
 - :func:`find_layers` / :class:`ActivationCapture` — decoder layers, their sites (residual, attn,
   mlp) and activation capture (:class:`ResidualCapture`: the residual site only).
 - :class:`InterventionSet` / :func:`resolve_intervention` — ablate, steer and patch with the torch
