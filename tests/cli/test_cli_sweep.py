@@ -89,3 +89,36 @@ def test_bad_flags_exit_2_with_one_line(argv: list[str], message: str, capsys: p
     assert main([*argv, "--store", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_concurrency_sweep_runs_clients_against_a_serving_loop(model_dir: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    proc = _sweep(model_dir, store, "--axis", "concurrency", "--values", "1,2", "--requests-per-client", "2",
+                  "--max-batch", "2", "--max-wait-ms", "1", "--sweep-id", "cli-conc", "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["axis"] == "concurrency" and result["values"] == [1, 2] and result["repeats"] == 2
+    assert len(result["requests"]) == (1 + 2) * 2 * 2 and len(result["runs"]) == 4
+    profile = result["profile"]
+    assert profile["stages"] == ["request", "queue", "batch"] and len(profile["throughput"]) == 4
+    assert profile["throughput_method"] in ("window", "littles_law")
+    with open_source(f"store:{store}") as src:
+        trace = src.get_trace(result["requests"][0]["trace_id"])
+    assert trace.metadata["sweep"]["axis"] == "concurrency" and trace.metadata["closed_loop"]["client"] == 0
+    (batch,) = trace.spans_for_stage("batch")
+    assert batch.metadata["served_trace_ids"]  # the executor's trace of the batch
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["sweep", "--axis", "prompt_tokens", "--values", "4", "--window", "1"], "apply to --axis concurrency only"),
+    (["sweep", "--axis", "concurrency", "--values", "1", "--window", "1", "--requests-per-client", "2"],
+     "not both"),
+    (["sweep", "--axis", "concurrency", "--values", "1", "--window", "0"], "window_s must be a finite number > 0"),
+    (["sweep", "--axis", "concurrency", "--values", "1", "--workers", "0"], "workers must be an integer >= 1"),
+    (["sweep", "--axis", "concurrency", "--values", "1", "--max-wait-ms", "-1"], "max_wait_s must be"),
+])
+def test_bad_concurrency_flags_exit_2_with_one_line(argv: list[str], message: str,
+                                                    capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main([*argv, "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

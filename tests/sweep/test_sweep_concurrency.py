@@ -98,7 +98,7 @@ def test_independent_service_scales_linearly(session: Any) -> None:
     result = _sweep(session, lambda _: time.sleep(SERVICE_S), "linear")
     xs = {tp.value: tp.window for tp in result.profile.throughput if tp.run == 0}
     assert all(x is not None for x in xs.values())
-    assert xs[8] > 5 * xs[1]  # type: ignore[operator]
+    assert xs[8] > 5 * xs[1]
     fit = result.profile.fits[REQUEST]
     assert fit.status == "fitted", fit.reason
     assert fit.sigma is not None and fit.sigma < 0.05 and fit.lambda_ is not None

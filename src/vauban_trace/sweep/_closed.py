@@ -31,6 +31,10 @@ with :func:`~vauban_trace.sweep.profile_traces` on the concurrency axis, the dri
 which run and client issued each trace (``closed_loop=``), so the cycle throughput works even when
 an executor opened the root.
 
+A trace that never reached the store (the SDK's export queue, ``OTEL_BSP_MAX_QUEUE_SIZE``, 2048
+spans by default, drops spans when the exporter falls behind) is named in ``notes`` and left out;
+an incomplete one is left out by the profile, which lists it in ``problems``.
+
 Per request the result keeps what the traces show: the response time (root span), the queue wait
 (the ``queue`` stage, when a serving loop queued it), and the driver's own clock around the call.
 Per run it keeps the direct throughput over the driver's clock: of the requests completed
@@ -55,7 +59,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vauban_trace._exceptions import ConfigurationError
+from vauban_trace._exceptions import ConfigurationError, TraceNotFoundError
 from vauban_trace.contract import Trace
 from vauban_trace.instrument import sweep_point
 from vauban_trace.sweep._labels import load_labels
@@ -322,9 +326,21 @@ def _collect(spec: ConcurrencySpec, sweep_id: str, done: Sequence[tuple[int, int
     if not plan:
         raise ConfigurationError("run_concurrency: the requests opened no recorded traced request (does request() "
                                  "open one, e.g. ServingLoop.call or traced_call, and is an SDK configured?)")
-    traces = tuple(session.store.get_trace(tid) for tid, *_ in plan)
+    found: list[tuple[Trace, tuple[str, int, int, int, int, float | None]]] = []
+    lost: list[str] = []
+    for entry in plan:
+        try:
+            found.append((session.store.get_trace(entry[0]), entry))
+        except TraceNotFoundError:
+            lost.append(entry[0])
+    if lost:
+        notes.append(f"{len(lost)} of {len(plan)} traces were not stored (spans dropped by a full export queue? "
+                     f"raise OTEL_BSP_MAX_QUEUE_SIZE): {', '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}")
+    if not found:
+        raise ConfigurationError(f"run_concurrency: none of the {len(plan)} traced requests reached the store")
+    traces = tuple(t for t, _ in found)
     records: list[RequestRecord] = []
-    for trace, (tid, n, run, c, i, call_s) in zip(traces, plan, strict=True):
+    for trace, (tid, n, run, c, i, call_s) in found:
         root = trace.root
         waits = [s.stage_duration_s for s in trace.spans if s.stage == QUEUE_STAGE and s.stage_duration_s is not None]
         records.append(RequestRecord(tid, n, run, c, i, None if root is None else root.stage_duration_s,
