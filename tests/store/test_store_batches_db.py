@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
-from store_testlib import CHILD, CHILD2, ROOT, TRACE_A, TRACE_B, TRACE_COLUMNS, V3_TRACES, make_request, make_span
+from store_testlib import (
+    CHILD,
+    CHILD2,
+    ROOT,
+    TRACE_A,
+    TRACE_B,
+    TRACE_COLUMNS,
+    V3_TRACES,
+    make_request,
+    make_span,
+)
 
 from vauban_trace.store import TraceStore, TraceStoreError
 from vauban_trace.store._ingest import _UPSERT_TRACE, COMPACT_AT, _bookkeeping, extract_rows, snapshot_bytes

@@ -3,18 +3,23 @@
 ::
 
     from vauban_trace.store import TraceStore
-    ts = TraceStore(".vauban")        # .vauban/traces.sqlite, .vauban/blobs/, .vauban/traces/<id>.json
+    ts = TraceStore(".vauban")        # .vauban/traces.sqlite, documents/, blobs/, traces/<id>.json
     accepted, duplicates = ts.add_spans(export_request)   # committed (fsync'd) when it returns
     for p in ts.pending_traces():     # changed since last rebuild: p.has_root, p.last_received_unix_nano
         data = ts.spans_for(p.trace_id)                   # OTLP TracesData
         for trace in rebuild_traces(data):
-            ts.put_trace(trace, version=p.version)        # JSON in the DB + traces/<id>.json
+            ts.put_trace(trace, version=p.version)        # JSON in a segment + its row + traces/<id>.json
     ts.get_trace("4bf92f3577b34da6a3ce929d0e0e4736")      # -> Trace
     ts.last_trace(); ts.list_traces(service="demo", limit=20)   # -> list[TraceSummary]
 
 - :class:`TraceStore` SQLite (WAL, ``synchronous=FULL``, busy timeout) at ``<dir>/traces.sqlite``.
   Raw spans are keyed by (trace_id, span_id); each is a one-span ``ResourceSpans`` protobuf, kept
-  in per-trace span batches (one SQLite row per trace and write, ``_batch`` encoding: schema 3);
+  in per-trace span batches (one SQLite row per trace and write, ``_batch`` encoding: schema 3 on);
+  rebuilt Trace JSON is appended to segment files ``documents/seg-<id>.jsonl`` and its row holds
+  (segment, offset, length, BLAKE3 digest) (schema 4): reads verify the text, and a text lost or
+  torn in a crash puts its trace back to pending (rebuilt from the raw spans), never served corrupt;
+  ``compact_documents`` rewrites segments mostly made of replaced texts (``put_documents`` runs it
+  when it rolls a segment);
   an identical re-sent span is a duplicate, a changed one replaces the stored copy. One
   transaction per :meth:`~TraceStore.add_spans` call. Safe from several threads (one connection
   each) and processes. :meth:`~TraceStore.ingest` also reports rejected spans (bad ids).
@@ -22,7 +27,7 @@
   ``pending_count``, ``trace_ids_touched_since``, ``put_traces`` (many rebuilt traces in one
   transaction), ``put_documents`` (the same for traces already serialised, e.g. by
   ``vauban_trace.rebuild.rebuild_documents``), ``trace_json_path`` (where the file goes),
-  ``trace_json_file`` (the file, written from the database first when ``trace_files="on_read"``
+  ``trace_json_file`` (the file, written from the segment first when ``trace_files="on_read"``
   left it out), ``trace_count``, ``blobs`` (the ``LocalArtifactStore``).
   Older databases are migrated on open; newer ones are refused.
 - :class:`TraceSummary` a listed trace: id, service, root name, start, duration, span count,

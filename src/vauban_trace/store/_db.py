@@ -2,15 +2,21 @@
 
 Layout of a store directory::
 
-    <dir>/traces.sqlite          span batches + per-trace bookkeeping + rebuilt Trace JSON (WAL)
-    <dir>/blobs/                 LocalArtifactStore of artifact blobs
-    <dir>/traces/<trace_id>.json rebuilt traces as files (written atomically)
+    <dir>/traces.sqlite               span batches + per-trace bookkeeping + rebuilt-trace rows (WAL)
+    <dir>/documents/seg-<id>.jsonl    rebuilt Trace JSON, appended (``_segments``; schema 4)
+    <dir>/blobs/                      LocalArtifactStore of artifact blobs
+    <dir>/traces/<trace_id>.json      rebuilt traces as files (written atomically)
 
-The database copy of a rebuilt trace is the durable one; the ``traces/<id>.json`` file mirrors
-it. With ``trace_files="eager"`` (the default) every put writes the file; with ``"on_read"`` (the
+The raw spans in the database are the durable truth. A rebuilt trace is a ``traces`` row (its
+summary, and where its Trace JSON lies in a segment file, with the text's BLAKE3 digest) plus the
+text itself; every read checks length and digest, and a text lost or torn by a crash makes its
+trace pending again, to be rebuilt from its raw spans (``_rebuilt``). At open, rows pointing past
+the end of their segment (or into a missing one) are made pending the same way, and segment
+files no row names are deleted. The ``traces/<id>.json`` file mirrors the text. With
+``trace_files="eager"`` (the default) every put writes the file; with ``"on_read"`` (the
 collector's default: creating one file per trace costs more than rebuilding the trace) a put only
-removes a stale file, and :meth:`TraceStore.trace_json_file` writes it from the database the
-first time somebody asks for it.
+removes a stale file, and :meth:`TraceStore.trace_json_file` writes it from the segment the first
+time somebody asks for it.
 
 Raw spans are keyed by (trace_id, span_id). Each is the serialized protobuf of a one-span
 ``ResourceSpans`` (its resource, its scope, the span), so :meth:`TraceStore.spans_for` can regroup

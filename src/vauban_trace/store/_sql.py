@@ -7,12 +7,16 @@ take fewer pages, overflow chains and WAL frames, which cut the collector's CPU 
 span by about a tenth in ``bench/bench_collector.py``; the WAL is checkpointed every
 :data:`CHECKPOINT_BYTES` whatever the page size. An existing database keeps its page size. ``user_version``
 records the schema version; a newer file is refused instead of being misread, an older one is
-migrated on open in one transaction (:data:`MIGRATIONS`: 1 -> 2 in SQL, 2 -> 3 by ``_migrate``).
+migrated on open in one transaction (:data:`MIGRATIONS`: 1 -> 2 in SQL, 2 -> 3 and 3 -> 4 by
+``_migrate``).
 
-Schema 3: ``span_batches`` (one row per trace and write; ``spans`` = ``_batch`` encoding of the
+Schema 4: ``span_batches`` (one row per trace and write; ``spans`` = ``_batch`` encoding of the
 trace's spans that write stored; ``id`` orders the writes, and a later batch's copy of a span id
-wins; index on ``trace_id``) and ``traces`` (bookkeeping kept by ``_ingest``, rebuilt trace kept by
-``_documents``). Schema 2 had one ``spans`` row per span with a UNIQUE (trace_id, span_id) index.
+wins; index on ``trace_id``), ``traces`` (bookkeeping kept by ``_ingest``; rebuilt trace kept by
+``_rebuilt``: summary columns and ``doc_segment``/``doc_offset``/``doc_length``/``doc_digest``, where
+its Trace JSON lies) and ``segments`` (the segment files of ``_segments``: committed end and live
+bytes). Schema 3 held the Trace JSON in ``traces.trace_json``; schema 2 had one ``spans`` row per
+span with a UNIQUE (trace_id, span_id) index.
 """
 
 from __future__ import annotations
@@ -88,10 +92,10 @@ CREATE TABLE IF NOT EXISTS {name} (
     rb_span_count             INTEGER
 )"""
 
-#: segment files of Trace JSON (``bytes``: committed end; ``live_bytes``: kept by the triggers)
+#: segment files of Trace JSON (``bytes``: committed end; ``live_bytes``: see ``_documents.account``)
 SEGMENTS_TABLE = """
 CREATE TABLE IF NOT EXISTS segments (
-    id                  INTEGER PRIMARY KEY,
+    id                  INTEGER PRIMARY KEY AUTOINCREMENT,   -- a compacted segment's id is never reused
     created_unix_nano   INTEGER NOT NULL,
     bytes               INTEGER NOT NULL DEFAULT 0,
     live_bytes          INTEGER NOT NULL DEFAULT 0
