@@ -80,12 +80,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--limit", type=int, default=1000, metavar="N",
                    help="with --profile: read at most the N most recent traces (default 1000)")
     p.add_argument("--model", default=None, metavar="DIR", help="local transformers model (default: tiny Llama)")
-    p.add_argument("--repeats", type=int, default=5, metavar="N", help="measured requests per value (default 5)")
-    p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured requests per value first (default 1)")
+    p.add_argument("--repeats", type=int, default=5, metavar="N", help="measured requests per value; on concurrency: runs per N (default 5)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured requests per value first; on concurrency: per client and run (default 1)")
     p.add_argument("--prompt-tokens", type=int, default=32, metavar="N",
-                   help="prompt length for the batch_size and new_tokens axes (default 32)")
+                   help="prompt length on every axis but prompt_tokens (default 32)")
     p.add_argument("--new-tokens", type=int, default=0, metavar="N",
-                   help="tokens generated per request for the prompt_tokens and batch_size axes (default 0)")
+                   help="tokens generated per request on every axis but new_tokens (default 0)")
     p.add_argument("--sweep-id", default=None, metavar="ID", help="sweep id stamped on every root span")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default cpu)")
     p.add_argument("--store", default=".vauban", metavar="DIR", help="embedded trace store (default .vauban)")
