@@ -36,11 +36,12 @@ def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
 
         base = [run(i, p) for i, p in enumerate(PROMPTS)]
         cand = [run(i, p, interventions=[STEER]) for i, p in reversed(list(enumerate(PROMPTS)))]
+        rerun = [run(i, p) for i, p in enumerate(PROMPTS)]  # the baseline again: the noise floor
     finally:
         session.shutdown()
     with open_source(f"store:{store_dir}") as src:
         yield {"base": [src.get_trace(t) for t in base], "cand": [src.get_trace(t) for t in cand],
-               "blobs": store_dir / "blobs"}
+               "rerun": [src.get_trace(t) for t in rerun], "blobs": store_dir / "blobs"}
 
 
 def test_steering_differs_at_layer_1_not_at_layer_0(stored: dict[str, Any]) -> None:
@@ -78,3 +79,29 @@ def test_steering_differs_at_layer_1_not_at_layer_0(stored: dict[str, Any]) -> N
     wide = everything.test("activation[1]:l2_norm")
     assert wide.test is not None and wide.test.p == layer1.test.p
     assert wide.p_holm == pytest.approx(min(1.0, everything.tests.m * 2 / 128))
+
+
+def test_content_measures_against_reruns_of_the_baseline(stored: dict[str, Any]) -> None:
+    base, cand, rerun = stored["base"], stored["cand"], stored["rerun"]
+    by = "metadata.prompt_id"
+    pairing, reference = pair_traces(base, cand, by=by), pair_traces(base[:6], rerun[:6], by=by)
+    family = ["logits:kl_max", "logits:top1_agreement", "activation[1]:relative_l2"]
+    agg = aggregate_report(pairing, blobs=stored["blobs"], reference=reference, family=family)
+    assert agg.tests is not None and agg.tests.m == 3 and agg.tests.untested[0].startswith(
+        "content measures are tested against the reference pairs")
+    kl = agg.test("logits:kl_max")
+    assert kl.ref == "logits@prefill#0:kl_max" and kl.n == 6  # pair 6 has no rerun: said, not imputed
+    assert [(g.reason, g.pairs) for g in kl.not_computed] == [
+        ("reference: no reference pair for this pair's baseline trace or key", (6,))]
+    measured = dict(agg.measure("logits", "kl_max").values)
+    assert kl.effect is not None and kl.effect.mean == pytest.approx(sum(measured[i] for i in range(6)) / 6)
+    assert kl.test is not None and kl.test.p == 2 / 64 and kl.p_holm is not None  # reruns are bit-identical here
+    top1 = agg.test("logits:top1_agreement")
+    assert top1.effect is not None and top1.effect.mean < 0  # agreement drops below the rerun's 1
+    # the null: the rerun against itself as reference gives deltas of 0 and p = 1
+    same = aggregate_report(pair_traces(base, rerun, by=by), blobs=stored["blobs"],
+                            reference=pair_traces(base, rerun, by=by), family=family)
+    null = same.test("logits:kl_max")
+    assert null.test is not None and null.test.p == 1.0 and null.differs is False and null.n == 7
+    assert aggregate_report(pairing, blobs=stored["blobs"]).tests.untested[0].startswith(  # type: ignore[union-attr]
+        "content measures (kl_max")

@@ -168,6 +168,13 @@ def test_pair_by_metadata_markdown_and_tests(store: dict[str, Any]) -> None:
     assert f"- baseline `{base[0].id}`: {why}" in md.stdout and "## Paired tests (candidate − baseline)" in md.stdout
     text = _cli(*ids)
     assert "paired tests (delta = candidate - baseline): two-sided sign-flip permutation test" in text.stdout
+    assert "  not tested  content measures (kl_max, kl_mean, top1_agreement" in text.stdout
+    # the baselines as their own reruns: a noise floor of 0 the content measures are tested against
+    ref = json.loads(_cli(*ids, "--reference-ids", *(t.id for t in base), "--json").stdout)["tests"]
+    assert ref["untested"][0].startswith("content measures are tested against the reference pairs")
+    (kl,) = [t for t in ref["measures"] if t["ref"] == "logits@prefill#0:kl_max"]
+    assert kl["source"] == "content" and kl["n"] == 2 and kl["reason"].startswith("2 pairs measured")
+    assert kl["effect"]["min"] > 0  # KL(baseline, steered) - KL(baseline, itself)
     assert "  not tested (2 pairs measured: the smallest attainable p is 2^(1-n) = 0.5 > alpha 0.05" in text.stdout
 
 
@@ -178,6 +185,7 @@ def test_pair_by_metadata_markdown_and_tests(store: dict[str, Any]) -> None:
     (["--baseline-ids", "BASE", "--candidate-ids", "CAND", "--family", "logits:kl_max"], "matches no measure"),
     (["--baseline-ids", "BASE", "--candidate-ids", "CAND", "--json", "--markdown"], "not both"),
     (["--baseline-ids", "BASE", "--candidate-ids", "CAND", "--alpha", "1"], "--alpha"),
+    (["BASE", "CAND", "--reference-ids", "BASE"], "--reference-ids applies to many pairs"),
     (["BAD_CLAIMS", "BASE", "CAND"], "claims[1] ('t'): key 'strength'"),
     (["BASE", "--baseline-ids", "BASE", "--candidate-ids", "CAND"], "not both"),
     (["--baseline-ids", "BASE"], "the candidate side has no traces"),

@@ -36,7 +36,10 @@ over the family (every measure, or the refs of ``--family``) and whether it diff
 ``--alpha`` by ``--correction``; the measures not tested are listed with the reason.
 ``--pair-by metadata.KEY`` (comma-separated for several keys) pairs by request metadata instead of
 input; ambiguous keys (several traces on one side) leave their traces unpaired, listed.
-``--markdown`` prints :meth:`AggregateReport.render_markdown` instead of text.
+``--reference-ids``/``--reference-query`` give reruns of the baseline (paired with the baseline side
+by the same rule): the content measures are then tested against that noise floor
+(``measure(baseline, candidate) - measure(baseline, rerun)`` per pair); without them they are
+listed as not tested. ``--markdown`` prints :meth:`AggregateReport.render_markdown` instead of text.
 
 ``--claims FILE`` checks a JSON claims file (schema in docs/report.md) against the evidence (one
 trace, one pair, or the set) and prints each claim as accepted or rejected with its problems;
@@ -133,6 +136,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--family", nargs="+", default=None, metavar="REF",
                    help="test only these measures (refs, parts optional: activation[1]:l2_norm, "
                         "stage:prefill:duration_s); default: every measure")
+    p.add_argument("--reference-ids", nargs="+", default=None, metavar="ID",
+                   help="reruns of the baseline (paired with the baseline side like the candidates): the noise "
+                        "floor the content measures are tested against")
+    p.add_argument("--reference-query", default=None, metavar="SERVICE",
+                   help="add the traces of this service to the reference (rerun) side")
     p.add_argument("--markdown", action="store_true", help="many pairs: print the report as markdown")
     p.add_argument("--source", default=DEFAULT_SOURCE, metavar="SRC",
                    help="store:DIR | otlp-json:FILE | jaeger:URL | tempo:URL (default store:.vauban)")
@@ -176,13 +184,15 @@ def run(args: argparse.Namespace) -> int:
                                  "--candidate-ids/--candidate-query")
     if not _is_set(args):
         moved = [flag for flag, on in (("--pair-by", args.pair_by != "input"), ("--family", args.family is not None),
-                                       ("--markdown", args.markdown)) if on]
+                                       ("--markdown", args.markdown), ("--reference-ids", args.reference_ids is not None),
+                                       ("--reference-query", args.reference_query is not None)) if on]
         if moved:
             raise ConfigurationError(f"{moved[0]} applies to many pairs (--baseline-ids/--candidate-ids/"
                                      "--baseline-query/--candidate-query) only")
     if args.json and args.markdown:
         raise ConfigurationError("give --json or --markdown, not both")
-    if args.since is not None and args.baseline_query is None and args.candidate_query is None:
+    if args.since is not None and args.baseline_query is None and args.candidate_query is None \
+            and args.reference_query is None:
         raise ConfigurationError("--since applies to --baseline-query/--candidate-query only")
     claims = None if args.claims is None else load_claims(args.claims)
     store, blobs_line = _blob_store(args)
@@ -247,11 +257,13 @@ def _run_set(args: argparse.Namespace, claims: Any, store: Any, blobs_line: str)
     with open_source(args.source) as src:
         baselines = _side(src, args, "baseline", notes)
         candidates = _side(src, args, "candidate", notes)
+        reruns = None if args.reference_ids is None and args.reference_query is None else _side(
+            src, args, "reference", notes)
     by = [b.strip() for b in str(args.pair_by).split(",") if b.strip()]
     agg = aggregate_report(pair_traces(baselines, candidates, by=by), claims or (), store, seed=args.seed,
                            resamples=args.resamples, ci_level=args.ci_level, test=args.test,
                            correction=args.correction, alpha=args.alpha, permutations=args.permutations,
-                           family=args.family)
+                           family=args.family, reference=None if reruns is None else pair_traces(baselines, reruns, by=by))
     if args.json:
         print(json.dumps({**agg.to_dict(), "blobs": blobs_line, "selection": notes}, indent=2, allow_nan=False))
     elif args.markdown:

@@ -65,8 +65,9 @@ Paired tests (``_signif``, ``_summaries``, ``_family``)
     exact sign-flip (or signed-rank) test of its per-pair deltas, Monte Carlo above 16 pairs; a
     measure measured in too few pairs to reach alpha gets no p-value but a reason. The tests of one
     report are one family, adjusted by Holm and by Benjamini-Hochberg; ``differs`` follows the
-    chosen correction at ``alpha``. Content measures (divergences within a pair) are not tested,
-    and the report says why. A claim's :class:`ClaimTest` (``differs`` / ``does_not_differ``) is
+    chosen correction at ``alpha``. Content measures (divergences within a pair) are tested only
+    against reference pairs (the baseline against a rerun: ``reference=``, ``_reference``);
+    without them the report says why they are not. A claim's :class:`ClaimTest` (``differs`` / ``does_not_differ``) is
     checked against the adjusted results.
 
 Claims files (``_claims``)
@@ -145,6 +146,7 @@ from vauban_trace.report._pairing import (
     metadata_key,
     pair_traces,
 )
+from vauban_trace.report._reference import REFERENCE_TESTED
 from vauban_trace.report._setevidence import Narrowing, PairLevel, SetEvidence, SetLimitation, Uncitable
 from vauban_trace.report._signif import (
     CORRECTIONS,
@@ -163,6 +165,7 @@ __all__ = [
     "CONTENT_UNTESTED",
     "CORRECTIONS",
     "EXACT_MAX_N",
+    "REFERENCE_TESTED",
     "TESTS",
     "TEST_OUTCOMES",
     "ClaimTest",

@@ -41,7 +41,8 @@ For every pair the report computes :func:`evidence_of`, :func:`diff_traces` and,
   pairs, ``permutations`` Monte Carlo sign flips above), Holm- and BH-adjusted p-values over the
   family (every measure tested, or those ``family`` names), ``differs`` at ``alpha`` by
   ``correction``; too few pairs, unlike provenances and the content measures are listed as not
-  tested with the reason (``_family``, ``_signif``);
+  tested with the reason (``_family``, ``_signif``); with ``reference`` pairs (the baseline against
+  a rerun) the content measures are tested against that noise floor (``_reference``);
 - ``claims``: each claim checked against the set like a pair's claims against a pair: its strength
   within the set's cap, its cites slot references held by every pair, one of a kind that carries
   the strength; a claim with a :class:`ClaimTest` also against the adjusted test results.
@@ -64,7 +65,14 @@ from vauban_trace.report._claims import ClaimCheck
 from vauban_trace.report._content import ContentDiff, _as_store, content_diff
 from vauban_trace.report._diff import TraceDiff, diff_traces
 from vauban_trace.report._evidence import Claim, ClaimTest, evidence_of
-from vauban_trace.report._family import MeasureTest, TestFamily, build_family, test_claim_problems
+from vauban_trace.report._family import (
+    CONTENT_UNTESTED,
+    MeasureTest,
+    Row,
+    TestFamily,
+    build_family,
+    test_claim_problems,
+)
 from vauban_trace.report._measures import (
     CounterAggregate,
     MeasureAggregate,
@@ -74,6 +82,7 @@ from vauban_trace.report._measures import (
     aggregate_measures,
 )
 from vauban_trace.report._pairing import Pairing, TracePair, UnpairedTrace, input_key
+from vauban_trace.report._reference import REFERENCE_TESTED, reference_rows
 from vauban_trace.report._setevidence import SetEvidence, check_set_claims, set_evidence
 from vauban_trace.report._signif import (
     DEFAULT_ALPHA,
@@ -230,11 +239,14 @@ def aggregate_report(
     alpha: float = DEFAULT_ALPHA,
     permutations: int = DEFAULT_PERMUTATIONS,
     family: Sequence[str] | None = None,
+    reference: Pairing | Sequence[TracePair] | Sequence[tuple[Trace, Trace]] | None = None,
 ) -> AggregateReport:
     """The report over every pair (see the module docstring). ``blobs`` (a store, path or URL) is
     where both sides' blobs are read, ``candidate_blobs`` the candidate's when elsewhere; without
     ``blobs`` no content is measured and every measure says so. ``test``, ``correction``,
-    ``alpha``, ``permutations`` and ``family`` set the paired tests (``_family``)."""
+    ``alpha``, ``permutations`` and ``family`` set the paired tests (``_family``); ``reference``
+    (pairs of the baseline against a rerun) tests the content measures against that noise floor
+    (``_reference``)."""
     check_bootstrap(seed, resamples, ci_level)
     check_test_params(test, correction, alpha, permutations)
     if isinstance(family, str):
@@ -260,8 +272,16 @@ def aggregate_report(
     slots, measures = aggregate_measures(diffs, contents, NO_CONTENT, **boot)
     counters = aggregate_counters(diffs, **boot)
     summaries = aggregate_summaries(diffs, **boot)
+    content_rows: list[Row] = []
+    untested: tuple[str, ...] = (CONTENT_UNTESTED,)
+    if reference is not None:
+        ref_pairing, ref_notes = _as_pairing(reference)
+        notes += [f"reference {n}" for n in ref_notes]
+        content_rows = reference_rows(measures, pairing.pairs, ref_pairing, store, NO_CONTENT, **boot)
+        untested = (REFERENCE_TESTED,)
     tests = build_family(summaries, counters, test=test, correction=correction, alpha=alpha,
-                         permutations=permutations, seed=seed, family=family)
+                         permutations=permutations, seed=seed, family=family, content_rows=content_rows,
+                         untested=untested)
     ev = set_evidence(pairing.pairs, evidences)
     checks = tuple(
         ClaimCheck(chk.index, chk.claim, chk.problems + tuple(test_claim_problems(chk.claim.test, tests)))

@@ -31,10 +31,10 @@ def _slot(x: Any) -> str:
 
 def render_tests(fam: Any) -> list[str]:
     """The paired-tests section: method, adjustment, alpha, m, and one row per measure."""
-    from vauban_trace.report._signif import CORRECTIONS, TESTS
+    from vauban_trace.report._signif import CORRECTIONS, EXACT_MAX_N, TESTS
 
     mc = [t.test for t in fam.tested if not t.test.exact]
-    how = (f"Test: {TESTS[fam.test]}; exact (all 2^n sign flips) up to 16 pairs"
+    how = (f"Test: {TESTS[fam.test]}; exact (all 2^n sign flips) up to {EXACT_MAX_N} pairs"
            + (f", Monte Carlo above ({fam.permutations} sign flips, seed {fam.seed}; p = (1 + hits) / "
               f"(1 + draws), its Monte Carlo standard error in the row)" if mc else "") + ". "
            f"Family: the {fam.m} measure(s) tested"

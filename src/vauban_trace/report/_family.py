@@ -15,11 +15,12 @@ What is tested (one :class:`MeasureTest` each, named by its ``ref``):
   ``stage:prefill#0:duration_s/measured``. A group whose two provenances differ (measured against
   declared) is not like for like: it is listed with that reason and not tested.
 
-The content measures (KL, cosine, relative L2, top-1 agreement) are not tested: each is already a
-divergence between the two sides of a pair, 0 (cosine and agreement: 1) when they are equal and
-otherwise one-signed, so they have no sign-flip null; whether the contents differ at all is
-counted exactly per slot (``content_equal`` / ``content_differs``). :data:`CONTENT_UNTESTED`
-says so in every report.
+The content measures (KL, cosine, relative L2, top-1 agreement) are not tested on their own: each
+is already a divergence between the two sides of a pair, 0 (cosine and agreement: 1) when they are
+equal and otherwise one-signed, so they have no sign-flip null; whether the contents differ at all
+is counted exactly per slot (``content_equal`` / ``content_differs``). :data:`CONTENT_UNTESTED`
+says so in the report. With reference pairs (the baseline against a rerun, ``_reference``) they are
+tested against that noise floor, with refs like ``logits@prefill#0:kl_max``.
 
 A measure is tested when at least the pairs needed to reach ``alpha`` measured it
 (:func:`~vauban_trace.report._signif.too_few_pairs`: n >= 6 at 0.05); otherwise ``test`` is None
@@ -64,6 +65,9 @@ from vauban_trace.report._summaries import SummaryAggregate
 CONTENT_UNTESTED = ("content measures (kl_max, kl_mean, top1_agreement, cosine_mean, cosine_min, relative_l2) "
                     "are not tested: each is a divergence between the two sides of a pair, one-signed by "
                     "construction, so it has no sign-flip null; equality is counted exactly per slot")
+
+#: One measure's test input: ref, source, per-pair deltas, effect, not computed, why not tested.
+Row = tuple[str, str, tuple[float, ...], Distribution | None, tuple[NotComputed, ...], str | None]
 
 _SUMMARY_RE = re.compile(r"^(?P<kind>[a-z_]+)(?:\[(?P<layer>\d+)\])?(?:@(?P<stage>[^#:/@]+?)(?:#(?P<pos>\d+))?)?"
                          r":(?P<q>[A-Za-z0-9_]+)$")
@@ -162,9 +166,11 @@ def _summary_ref(s: SummaryAggregate) -> str:
 
 def build_family(summaries: Sequence[SummaryAggregate], counters: Sequence[CounterAggregate], *,
                  test: str, correction: str, alpha: float, permutations: int, seed: int,
-                 family: Sequence[str] | None = None) -> TestFamily:
-    """Test every measure (see the module docstring) and adjust the family."""
-    rows: list[tuple[str, str, tuple[float, ...], Distribution | None, tuple[NotComputed, ...], str | None]] = []
+                 family: Sequence[str] | None = None, content_rows: Sequence[Row] = (),
+                 untested: tuple[str, ...] = (CONTENT_UNTESTED,)) -> TestFamily:
+    """Test every measure (see the module docstring) and adjust the family; ``content_rows`` are the
+    content measures' rows against reference pairs (``_reference``), tested with the others."""
+    rows: list[Row] = list(content_rows)
     for s in summaries:
         rows.append((_summary_ref(s), "summary", s.deltas, s.delta, s.not_computed, None))
     for c in counters:
@@ -203,7 +209,7 @@ def build_family(summaries: Sequence[SummaryAggregate], counters: Sequence[Count
         chosen = ph if correction == "holm" else pb
         out.append(MeasureTest(ref, source, n, effect, result, None, ph, pb, chosen <= alpha, gaps))
     return TestFamily(test=test, correction=correction, alpha=float(alpha), permutations=permutations, seed=seed,
-                      measures=tuple(out), family=patterns)
+                      measures=tuple(out), family=patterns, untested=untested)
 
 
 def test_claim_problems(claim_test: Any, fam: TestFamily) -> list[str]:
@@ -234,4 +240,5 @@ def test_claim_problems(claim_test: Any, fam: TestFamily) -> list[str]:
     return out
 
 
-__all__ = ["CONTENT_UNTESTED", "MeasureTest", "TestFamily", "build_family", "ref_matches", "test_claim_problems"]
+__all__ = ["CONTENT_UNTESTED", "MeasureTest", "Row", "TestFamily", "build_family", "ref_matches",
+           "test_claim_problems"]
