@@ -54,7 +54,9 @@ the root spans' ``gen_ai.request.model``, several joined with ``,``):
 ``vauban_sweep_usl_predicted``          the fitted throughput ``X(N)`` at each measured ``sweep_value``
 ``vauban_sweep_observed``               ``quantity`` = median_duration_s (the profile's median stage
                                         duration at ``sweep_value``) | throughput (``N`` / that median,
-                                        positive numeric values only)
+                                        positive numeric values only; on the ``concurrency`` axis the
+                                        ``request`` stage only, the median over runs of the throughput
+                                        the USL was fitted to, ``profile.throughput_method``)
 ``vauban_sweep_points``                 ``quantity`` = values (axis values with data), traces (traces
                                         with the stage), min_repeats (fewest traces at one value)
 ======================================  =============================================================
@@ -69,6 +71,7 @@ holds the GIL like any Python work, so a large interval suits busy collectors.
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
@@ -277,8 +280,23 @@ class SweepProfiler(RegistryCollector):
         yield from families.values()
 
 
+def _run_throughput(profile: SweepProfile) -> dict[Any, float]:
+    """Concurrency axis: the median over runs of the fitted throughput estimate, per N."""
+    method = profile.throughput_method
+    if method is None:
+        return {}
+    per_value: dict[Any, list[float]] = {}
+    for tp in profile.throughput:
+        x = tp.throughput(method)
+        if x is not None:
+            per_value.setdefault(tp.value, []).append(x)
+    return {value: statistics.median(xs) for value, xs in per_value.items()}
+
+
 def samples_of(profile: SweepProfile, model: str) -> list[Sample]:
     """The gauge samples of one profile (see the module docstring's table)."""
+    from vauban_trace.sweep import CONCURRENCY, REQUEST  # the sweep package loads with the first profile
+
     sweep_id, axis = profile.sweep_id or "", profile.axis
     no_fit = next((p for p in profile.problems if p.startswith(f"axis {axis!r} has non-numeric")),
                   "no fit for this stage")
@@ -314,11 +332,16 @@ def samples_of(profile: SweepProfile, model: str) -> list[Sample]:
                 for quantity, number in (("f", lof.f), ("p_value", lof.p), ("df_lack", float(lof.df_lack)),
                                          ("df_pure", float(lof.df_pure))):
                     out.append(("vauban_sweep_usl_lack_of_fit", (*base, quantity), number))
+        run_throughput = _run_throughput(profile) if stage == REQUEST else {}
         for point in points:
             value = _label(point.value)
             median = point.duration_s.median
             if median is not None:
                 out.append(("vauban_sweep_observed", (*base, value, "median_duration_s"), median))
+            if profile.axis == CONCURRENCY:
+                if point.value in run_throughput:  # request stage: the throughput the USL was fitted to
+                    out.append(("vauban_sweep_observed", (*base, value, "throughput"), run_throughput[point.value]))
+            elif median is not None:
                 n = point.value
                 if isinstance(n, int | float) and not isinstance(n, bool) and n > 0 and median > 0:
                     out.append(("vauban_sweep_observed", (*base, value, "throughput"), float(n) / median))
