@@ -84,11 +84,12 @@ def test_steering_differs_at_layer_1_not_at_layer_0(stored: dict[str, Any]) -> N
 def test_content_measures_against_reruns_of_the_baseline(stored: dict[str, Any]) -> None:
     base, cand, rerun = stored["base"], stored["cand"], stored["rerun"]
     by = "metadata.prompt_id"
-    pairing, reference = pair_traces(base, cand, by=by), pair_traces(base[:6], rerun[:6], by=by)
+    pairing, reference = pair_traces(base, cand, by=by), pair_traces(base[:6], rerun, by=by)
     family = ["logits:kl_max", "logits:top1_agreement", "activation[1]:relative_l2"]
     agg = aggregate_report(pairing, blobs=stored["blobs"], reference=reference, family=family)
     assert agg.tests is not None and agg.tests.m == 3 and agg.tests.untested[0].startswith(
         "content measures are tested against the reference pairs")
+    assert agg.notes == (f"reference: unpaired candidate {rerun[6].id}: no baseline trace carries this metadata",)
     kl = agg.test("logits:kl_max")
     assert kl.ref == "logits@prefill#0:kl_max" and kl.n == 6  # pair 6 has no rerun: said, not imputed
     assert [(g.reason, g.pairs) for g in kl.not_computed] == [

@@ -277,6 +277,7 @@ def aggregate_report(
     if reference is not None:
         ref_pairing, ref_notes = _as_pairing(reference)
         notes += [f"reference {n}" for n in ref_notes]
+        notes += [f"reference: unpaired {u.side} {u.trace_id}: {u.reason}" for u in ref_pairing.unpaired]
         content_rows = reference_rows(measures, pairing.pairs, ref_pairing, store, NO_CONTENT, **boot)
         untested = (REFERENCE_TESTED,)
     tests = build_family(summaries, counters, test=test, correction=correction, alpha=alpha,

@@ -132,7 +132,8 @@ class ProvenanceGroup:
 
     def to_dict(self) -> dict[str, Any]:
         return {"baseline_provenance": self.baseline_provenance, "candidate_provenance": self.candidate_provenance,
-                "like_for_like": self.like_for_like, "pairs": list(self.pairs), "deltas": list(self.deltas), "delta": self.delta.to_dict(),
+                "like_for_like": self.like_for_like, "pairs": list(self.pairs), "deltas": list(self.deltas),
+                "delta": self.delta.to_dict(),
                 "baseline": self.baseline.to_dict(), "candidate": self.candidate.to_dict()}
 
 
