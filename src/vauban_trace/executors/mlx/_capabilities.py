@@ -16,7 +16,10 @@ can_apply_interventions        full with a layer list (ablate, steer, patch at a
                                unsupported without one
 can_inspect_weights            full: weight_snapshot of named parameters (default: the input embedding)
 can_mutate_weights             unsupported
-can_profile_device_memory      full: the MLX allocator peak per stage (mx.get_peak_memory), measured
+can_profile_device_memory      full: the MLX allocator peak per stage (mx.get_peak_memory), measured;
+                               its note also says what is true of host/device copies on this device
+                               (none on the CPU or Metal's unified memory: 0, derived; otherwise
+                               unavailable), see :func:`._counters.copy_facts`
 can_profile_sync_points        partial: the evaluations this executor makes (mx.eval, item()) are
                                counted; evaluations inside model code are not seen
 =============================  =========================================================================
@@ -25,6 +28,7 @@ can_profile_sync_points        partial: the evaluations this executor makes (mx.
 from __future__ import annotations
 
 from vauban_trace.contract import Capabilities
+from vauban_trace.executors.mlx._counters import copy_facts
 from vauban_trace.executors.mlx._layers import SITES, MlxLayers
 
 EXECUTOR_NAME = "mlx"
@@ -47,7 +51,10 @@ def build_capabilities(*, device_kind: str, layers: MlxLayers | None, layers_not
             "reproduces the torch executor's CPU generator (same seed, same logits: same token)"
         ),
         "can_mutate_weights": "interventions wrap module calls during forward passes; weights are never modified",
-        "can_profile_device_memory": "MLX allocator peak per stage (mx.get_peak_memory): MLX buffers, not the process",
+        "can_profile_device_memory": (
+            "MLX allocator peak per stage (mx.get_peak_memory): MLX buffers, not the process; "
+            + copy_facts(device_kind).note
+        ),
         "can_profile_sync_points": (
             "counts the evaluations the executor itself makes (mx.eval, item()); evaluations inside "
             "model code are not seen"

@@ -20,13 +20,37 @@
     seen, hence ``can_profile_sync_points = partial``. Conversions made by the instrumentation
     (artifacts) evaluate nothing new (the executor evaluates first) and are not counted.
 
-Copies and device time are not counted (``unavailable``): nothing here observes MLX's buffer
-traffic, and unified memory has no host/device transfer to time.
+Host/device copies (:class:`MlxCopyProbe`, :func:`copy_facts`)
+    ``h2d_copies``, ``h2d_bytes``, ``d2h_copies``, ``d2h_bytes`` and ``host_device_copies`` state
+    what MLX's memory model makes true, as the torch executor does on the CPU; never a guess:
+
+    - the default device is the CPU (the ``mlx[cpu]`` build on Linux; or a CPU stream on a Mac):
+      arrays live in host memory, the device *is* the host, so no copy crosses a host/device
+      boundary: every copy counter is ``0`` with provenance ``derived`` (the torch executor
+      records exactly this on the CPU);
+    - the default device is a Metal GPU: MLX's Metal allocator creates every buffer with
+      ``MTL::ResourceStorageModeShared`` (unified memory: one buffer the CPU and the GPU both
+      address; no private GPU copy exists, nothing is blitted between them), so again ``0``,
+      ``derived``;
+    - any other GPU (MLX's CUDA backend, whose buffers are CUDA managed memory migrated between
+      host and device by the driver, page by page, unseen by this executor): ``unavailable``
+      (no value).
+
+    Each stage carries these readings (a static probe, as torch's cheap mode). The reason is in
+    the capabilities, as the note of ``can_profile_device_memory``. The instrumentation's own
+    conversions to numpy follow the same rule (:mod:`._values`): where no host/device boundary
+    exists they are not device-to-host copies, so ``instrumentation_d2h_*`` is ``0`` (measured)
+    as for the torch executor's CPU tensors.
+
+``device_duration_s`` and ``queue_depth`` are not counted (``unavailable``): nothing here times
+MLX's command queue.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import mlx.core as mx
@@ -36,6 +60,62 @@ from vauban_trace import semconv as sc
 from vauban_trace.instrument._probes import Readings
 
 MEMORY_METHOD = "mlx.peak_memory"
+#: the host/device copy counters (torch's names)
+COPY_COUNTERS: tuple[str, ...] = ("h2d_copies", "h2d_bytes", "d2h_copies", "d2h_bytes", "host_device_copies")
+
+
+@dataclass(frozen=True)
+class CopyFacts:
+    """What MLX's memory model says about host/device copies on one device (see the module manual).
+
+    ``memory`` is ``host`` (the device is the CPU), ``unified`` (Metal shared storage) or
+    ``managed`` (a GPU that is not Metal: copies happen but are not observed); ``value`` is ``0``
+    with provenance ``derived`` for the first two, ``None`` with ``unavailable`` for the last.
+    """
+
+    memory: str
+    value: int | None
+    provenance: str
+    note: str
+
+    @property
+    def boundary(self) -> bool:
+        """Whether a host/device boundary exists for copies to cross."""
+        return self.memory == "managed"
+
+
+@lru_cache(maxsize=4)
+def copy_facts(device_kind: str) -> CopyFacts:
+    """The copy facts for an MLX device kind (``cpu`` or ``gpu``: ``_values.device_label()``)."""
+    if device_kind == "cpu":
+        return CopyFacts("host", 0, "derived", (
+            "host/device copies: none exist (the MLX device is the CPU: arrays live in host memory); "
+            "copy counters 0, derived"))
+    if device_kind == "gpu" and mx.metal.is_available():
+        return CopyFacts("unified", 0, "derived", (
+            "host/device copies: none exist (Metal on unified memory: MLX allocates every buffer in "
+            "shared storage, addressed by the CPU and the GPU alike); copy counters 0, derived"))
+    return CopyFacts("managed", None, "unavailable", (
+        f"host/device copies: not observed on this MLX {device_kind} device (not Metal: MLX's CUDA "
+        "backend uses managed memory, migrated by the driver); copy counters unavailable"))
+
+
+class MlxCopyProbe:
+    """The host/device copy counters of every stage, from :func:`copy_facts` (static readings)."""
+
+    name = "mlx.copies"
+
+    def __init__(self, device_kind: str) -> None:
+        self.facts = copy_facts(device_kind)
+        self.attributes: dict[str, str] = {}
+        self._readings: dict[str, tuple[int | None, str]] = {
+            c: (self.facts.value, self.facts.provenance) for c in COPY_COUNTERS}
+
+    def start(self) -> object:
+        return None
+
+    def stop(self, token: object) -> Readings:
+        return self._readings
 
 
 class _Frame:
@@ -122,4 +202,4 @@ class EvalCounter:
         return {"sync_points": (self.total - token, "measured")}
 
 
-__all__ = ["MEMORY_METHOD", "EvalCounter", "MlxMemoryProbe"]
+__all__ = ["COPY_COUNTERS", "MEMORY_METHOD", "CopyFacts", "EvalCounter", "MlxCopyProbe", "MlxMemoryProbe", "copy_facts"]

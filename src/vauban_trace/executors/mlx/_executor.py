@@ -35,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vauban_trace._exceptions import ConfigurationError, ExecutorError
-from vauban_trace.contract import Capabilities, Trace, TraceRequest
+from vauban_trace._exceptions import ExecutorError
+from vauban_trace.contract import Capabilities, Intervention, Trace, TraceRequest
+from vauban_trace.executors import _requests
 from vauban_trace.executors._common import RunResult as _BaseRunResult
 from vauban_trace.executors.mlx._capabilities import build_capabilities
 from vauban_trace.executors.mlx._layers import SITES_BUILT, MlxLayers, config_layer_count, find_layers
@@ -245,6 +246,34 @@ class MlxExecutor:
         return config_layer_count(self.config)
 
     # -- requests ---------------------------------------------------------------------------
+    def make_request(
+        self,
+        prompts: str | Sequence[str],
+        *,
+        layers: Sequence[int] = (),
+        interventions: Sequence[str | Intervention] = (),
+        logits: bool = False,
+        logprobs: bool = False,
+        artifacts: Sequence[str] = (),
+        chat: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> TraceRequest:
+        """A :class:`TraceRequest` for one prompt or a batch, built as ``TorchExecutor.make_request`` builds it.
+
+        The same framework-free builder (:func:`vauban_trace.executors.make_request`), so both
+        executors build equal requests: one prompt in ``input_text``; a batch stored as a JSON list
+        in the configured artifact store (``input_ref``, ``metadata["batch_size"]``; without
+        ``vauban_trace.configure()`` a ``ConfigurationError``); intervention specs parsed
+        (``steer:layer=1,vector=random:5,alpha=4``); requested kinds ``tokens``, ``text`` (every
+        mlx-lm model has a language-model head), ``logits``/``logprobs`` when asked,
+        ``activation`` with layers, ``intervention_result`` with interventions, plus
+        ``artifacts``. Nothing is loaded and torch is never imported.
+        """
+        return _requests.make_request(
+            prompts, causal_lm=True, layers=layers, interventions=interventions, logits=logits,
+            logprobs=logprobs, artifacts=artifacts, chat=chat, metadata=metadata,
+        )
+
     def run(
         self,
         request: TraceRequest,
@@ -291,17 +320,11 @@ class MlxExecutor:
         return run_request(self, request, opts, prompts)
 
     def trace(self, request: TraceRequest, **kwargs: Any) -> Trace:
-        """:meth:`run`, then flush and return the Trace rebuilt from the embedded store."""
-        from vauban_trace.instrument import current_session
+        """:meth:`run`, then flush and return the Trace rebuilt from the embedded store.
 
-        session = current_session()
-        if session is None:
-            raise ConfigurationError(
-                "trace() reads the rebuilt trace from the embedded store: call "
-                "vauban_trace.configure(store_dir=...) first"
-            )
-        trace: Trace = session.read_trace(self.run(request, **kwargs).trace_id)
-        return trace
+        Refuses (``ConfigurationError``, nothing run) without a configured session keeping a store.
+        """
+        return _requests.trace_request(self.run, request, **kwargs)
 
 
 __all__ = ["ALL_SITES", "SITES_BUILT", "ContinuationScore", "MlxExecutor", "MlxRunOptions", "RunResult",

@@ -61,7 +61,7 @@ from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import TraceRequest
 from vauban_trace.executors._common import request_inputs
 from vauban_trace.executors.mlx._batch import Padded, check_batchable, forward, left_pad, log_softmax
-from vauban_trace.executors.mlx._counters import EvalCounter, MlxMemoryProbe
+from vauban_trace.executors.mlx._counters import EvalCounter, MlxCopyProbe, MlxMemoryProbe
 from vauban_trace.executors.mlx._decode import (
     STOP_EOS,
     STOP_LENGTH,
@@ -177,7 +177,7 @@ def run_request(ex: MlxExecutor, request: TraceRequest, opts: MlxRunOptions,
     plan = _Plan(ex, request, opts, prompts)
     needs_load = not ex.loaded
     counter = EvalCounter()
-    with probes(MlxMemoryProbe(), counter), traced_request(
+    with probes(MlxMemoryProbe(), counter, MlxCopyProbe(ex.device)), traced_request(
         request, model=ex.name, provider="mlx_lm", operation="chat" if request.apply_chat_template else "text_completion",
         capabilities=None if needs_load else ex.capabilities, executor="mlx",
         executor_version=f"vauban-trace {__version__}; {_framework_versions()}",

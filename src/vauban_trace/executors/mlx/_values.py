@@ -8,10 +8,12 @@ whose type lives in ``mlx``. It provides the two adapter functions:
   the default device the executor runs on (``cpu`` on Linux, ``gpu`` with Metal).
 - :func:`to_host` — a numpy copy of the array. The conversion evaluates the array if it is still
   lazy (the MLX executor evaluates everything it records inside the stage first, so the
-  conversion only copies). ``bfloat16`` (no numpy dtype) is widened to ``float32``. The copy is
-  reported as one device-to-host copy of the array's bytes, which the stage records as
-  ``instrumentation_d2h_*``: on unified memory it is a memory copy from the MLX buffer into a
-  numpy buffer, not a bus transfer, but it is the instrumentation's cost all the same.
+  conversion only copies). ``bfloat16`` (no numpy dtype) is widened to ``float32``. Whether the
+  copy is a device-to-host copy (``instrumentation_d2h_*`` of the stage) follows
+  :func:`._counters.copy_facts`, the rule of the workload's copy counters: on the CPU and on
+  Metal's unified memory no host/device boundary exists, so it is a copy within host memory and
+  counts as none (as the torch executor's CPU tensors do); on a GPU that is not Metal (managed
+  memory) it is one device-to-host copy of the array's bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from vauban_trace.executors.mlx._counters import copy_facts
 from vauban_trace.instrument._values import HostArray, ValueInfo
 
 _WIDEN = frozenset({"bfloat16"})
@@ -48,7 +51,9 @@ def to_host(value: Any) -> HostArray:
     if dtype_name(array.dtype) in _WIDEN:
         array = array.astype(mx.float32)
     host = np.array(array, copy=True)
-    return HostArray(host, 1, int(host.nbytes))
+    if copy_facts(device_label()).boundary:
+        return HostArray(host, 1, int(host.nbytes))
+    return HostArray(host)
 
 
 __all__ = ["describe", "device_label", "dtype_name", "to_host"]

@@ -31,12 +31,13 @@ from typing import Any
 
 import torch
 
-from vauban_trace._exceptions import ConfigurationError, ExecutorError
+from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import Capabilities, Intervention, Trace, TraceRequest
+from vauban_trace.executors import _requests
 from vauban_trace.executors._common import RunResult as _BaseRunResult
+from vauban_trace.executors._requests import read_trace, trace_request
 from vauban_trace.executors.torch import _load
 from vauban_trace.executors.torch._capabilities import build_capabilities
-from vauban_trace.executors.torch._intervene import parse_intervention
 from vauban_trace.executors.torch._layers import SITES, LayerMap, find_layers
 from vauban_trace.executors.torch._score import ContinuationScore
 
@@ -252,43 +253,10 @@ class TorchExecutor:
         models, ``logits``/``logprobs`` when asked, ``activation`` with layers,
         ``intervention_result`` with interventions, plus ``artifacts``.
         """
-        texts = [prompts] if isinstance(prompts, str) else list(prompts)
-        if not texts or any(not isinstance(t, str) for t in texts):
-            raise ExecutorError("prompts must be a string or a non-empty list of strings")
-        parsed = tuple(parse_intervention(i) if isinstance(i, str) else i for i in interventions)
-        kinds = ["tokens"]
-        if self.causal_lm:
-            kinds.append("text")
-        if logits or logprobs:
-            kinds.append("logits")
-        if logprobs:
-            kinds.append("logprobs")
-        if layers:
-            kinds.append("activation")
-        if parsed:
-            kinds.append("intervention_result")
-        kinds.extend(artifacts)
-        meta = dict(metadata or {})
-        fields: dict[str, Any] = {}
-        if len(texts) == 1:
-            fields["input_text"] = texts[0]
-        else:
-            from vauban_trace.artifacts import encode_json
-            from vauban_trace.instrument import current_session
-
-            session = current_session()
-            if session is None:
-                raise ConfigurationError("a batch request needs vauban_trace.configure() (its prompts are stored as a blob)")
-            fields["input_ref"] = session.artifact_store.put(encode_json(texts), "application/json").digest
-            meta["batch_size"] = len(texts)
-        try:
-            return TraceRequest(
-                requested_artifacts=tuple(dict.fromkeys(kinds)), collect_layers=tuple(layers),
-                interventions=parsed, apply_chat_template=chat, return_logits=bool(logits or logprobs),
-                return_logprobs=bool(logprobs), metadata=meta, **fields,
-            )
-        except ValueError as exc:
-            raise ExecutorError(f"invalid request: {exc}") from exc
+        return _requests.make_request(
+            prompts, causal_lm=self.causal_lm, layers=layers, interventions=interventions, logits=logits,
+            logprobs=logprobs, artifacts=artifacts, chat=chat, metadata=metadata,
+        )
 
     def run(
         self,
@@ -330,22 +298,7 @@ class TorchExecutor:
 
     def trace(self, request: TraceRequest, **kwargs: Any) -> Trace:
         """:meth:`run`, then flush and return the Trace rebuilt from the embedded store."""
-        from vauban_trace.instrument import current_session
-
-        session = current_session()
-        if session is None or session.store is None:
-            raise ConfigurationError(
-                "trace() reads the rebuilt trace from the embedded store: call "
-                "vauban_trace.configure(store_dir=...) first"
-            )
-        result = self.run(request, **kwargs)
-        return read_trace(session, result.trace_id)
-
-
-def read_trace(session: Any, trace_id: str | None) -> Trace:
-    """Flush, then read the rebuilt trace from ``session``'s store (see ``Session.read_trace``)."""
-    trace: Trace = session.read_trace(trace_id)
-    return trace
+        return trace_request(self.run, request, **kwargs)
 
 
 __all__ = ["RunOptions", "RunResult", "TorchExecutor", "make_options", "read_trace"]
