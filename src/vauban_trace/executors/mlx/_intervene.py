@@ -1,8 +1,9 @@
 """Interventions in the MLX executor: ablate, steer and patch, with the torch executor's semantics.
 
 A request's ``interventions`` are contract :class:`~vauban_trace.contract.Intervention` records
-(``TorchExecutor.make_request`` / ``parse_intervention`` build them from ``NAME:key=value,...``
-specs; see ``docs/torch-executor.md``). The MLX executor applies the same three kinds, with the
+(``MlxExecutor.make_request`` / ``TorchExecutor.make_request`` / the shared, torch-free
+``vauban_trace.executors.parse_intervention`` build them from ``NAME:key=value,...`` specs; see
+``docs/torch-executor.md``). The MLX executor applies the same three kinds, with the
 same parameters, at the same sites, and records the same ``intervention_result`` artifacts:
 
 - ``ablate`` (``direction``): ``h <- h - (h . d) d``, ``d`` the direction scaled to unit norm;
