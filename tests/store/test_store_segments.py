@@ -222,3 +222,54 @@ def test_version_3_database_is_migrated(tmp_path: Path) -> None:
     ts.put_trace(trace, version=ts.pending_traces()[0].version)
     assert ts.get_trace(pending) == traces[pending]
     ts.close()
+
+
+def test_a_failed_put_never_appends_to_a_segment_it_rolled_back(tmp_path: Path) -> None:
+    """The transaction that allocated a segment failed: its id is free again, so the writer starts
+    a new segment instead of appending to a file no row names."""
+    ts = TraceStore(tmp_path)
+    ts.add_spans(make_request(make_span(_tid(0), ROOT, "r")))
+    (trace,) = rebuild_traces(ts.spans_for(_tid(0)))
+
+    class Boom(Exception):
+        pass
+
+    real = ts._segments.append_texts
+
+    def failing(*args: object, **kwargs: object) -> object:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        raise Boom
+
+    ts._segments.append_texts = failing  # type: ignore[method-assign]
+    with pytest.raises(Boom):
+        ts.put_trace(trace)
+    assert ts._segments.segment is None
+    del ts._segments.append_texts
+    assert ts._conn().execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0
+    ts.put_trace(trace)
+    assert ts.get_trace(_tid(0)) == trace
+    _live_ok(ts)
+    ts.close()
+    ts = TraceStore(tmp_path)  # the id was handed out again: the failed put's file was truncated and reused
+    assert len(list((tmp_path / "documents").iterdir())) == 1
+    assert ts.get_trace(_tid(0)) == trace
+    ts.close()
+
+
+def test_compaction_does_not_copy_a_broken_text(tmp_path: Path) -> None:
+    ts = TraceStore(tmp_path)
+    traces = _stored(ts, 3)
+    rows = _rows(ts)
+    victim = sorted(traces)[1]
+    seg, off, _length = rows[victim]
+    ts._segments.close()  # sealed
+    with open(segment_path(tmp_path / "documents", seg), "r+b") as f:
+        f.seek(off)
+        f.write(b"#")
+    assert ts.compact_documents(threshold=1.01) == 1
+    assert not segment_path(tmp_path / "documents", seg).exists()
+    assert [p.trace_id for p in ts.pending_traces()] == [victim]
+    for tid in set(traces) - {victim}:
+        assert ts.get_trace(tid) == traces[tid]
+    _live_ok(ts)
+    ts.close()

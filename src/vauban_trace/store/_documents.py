@@ -179,9 +179,10 @@ def needs_recovery(conn: sqlite3.Connection, folder: Path) -> bool:
 
 
 def compaction_candidates(conn: sqlite3.Connection, threshold: float, skip: int | None) -> list[int]:
-    """Segments (not ``skip``, the caller's own) whose live share is below ``threshold``."""
+    """Segments (not ``skip``, the caller's own) whose live share is below ``threshold``, or that
+    hold nothing live (also one a crash left empty)."""
     return [int(r[0]) for r in conn.execute(
-        "SELECT id FROM segments WHERE id IS NOT ? AND bytes > 0 AND live_bytes < ? * bytes ORDER BY id",
+        "SELECT id FROM segments WHERE id IS NOT ? AND (live_bytes < ? * bytes OR live_bytes <= 0) ORDER BY id",
         (skip, float(threshold)))]
 
 
