@@ -34,11 +34,25 @@ Pieces:
   optional dynamic batching around any serving callable, with ``queue`` and ``batch`` stage spans
   in each request's trace; :func:`traced_call` for a direct target. Throughput per run from the
   traces (Little's law or completions in the clients' common window) and the request-level USL fit (``_throughput``).
+- :func:`run_open_loop` / :class:`OpenLoopSpec` (``_open``): open-loop load, requests sent at
+  Poisson (seeded, :func:`arrival_schedule`) or constant arrival times whatever the service does,
+  an in-flight cap that refuses (and counts) the excess, every measured request its own trace on
+  the ``"arrival_rate"`` axis; from the traces (``_arrival``): achieved throughput, p50/p95/p99
+  response time and queue wait, the generator's lateness, saturation, the highest rate sustained,
+  Little's-law L (derived), and a refusal instead of a USL fit (the USL needs N).
 
 Nothing here guesses: a number comes from the traces, a fit comes with its intervals and
 residuals or with the reason it was refused.
 """
 
+from vauban_trace.sweep._arrival import (
+    ARRIVAL_RATE,
+    OPEN_LOOP_REFUSAL,
+    OpenLoopSummary,
+    RatePoint,
+    Tail,
+    tail,
+)
 from vauban_trace.sweep._closed import (
     ConcurrencyResult,
     ConcurrencySpec,
@@ -46,7 +60,15 @@ from vauban_trace.sweep._closed import (
     RunRecord,
     run_concurrency,
 )
-from vauban_trace.sweep._labels import LOAD_KEY
+from vauban_trace.sweep._labels import LOAD_KEY, OPEN_LOOP_KEY
+from vauban_trace.sweep._open import (
+    ArrivalRecord,
+    LoadRun,
+    OpenLoopResult,
+    OpenLoopSpec,
+    arrival_schedule,
+    run_open_loop,
+)
 from vauban_trace.sweep._profile import REQUEST, StagePoint, SweepProfile, profile_traces
 from vauban_trace.sweep._run import SweepResult, SweepSpec, run_sweep, schedule
 from vauban_trace.sweep._serve import BATCH_STAGE, QUEUE_STAGE, ServingLoop, traced_call
@@ -55,16 +77,25 @@ from vauban_trace.sweep._throughput import CONCURRENCY, THROUGHPUT_METHODS, Thro
 from vauban_trace.sweep._usl import LackOfFit, LinearFit, UslFit, VarianceTrend, fit_linear, fit_usl
 
 __all__ = [
+    "ARRIVAL_RATE",
     "BATCH_STAGE",
     "CONCURRENCY",
     "LOAD_KEY",
+    "OPEN_LOOP_KEY",
+    "OPEN_LOOP_REFUSAL",
     "QUEUE_STAGE",
     "REQUEST",
     "THROUGHPUT_METHODS",
+    "ArrivalRecord",
     "ConcurrencyResult",
     "ConcurrencySpec",
     "LackOfFit",
     "LinearFit",
+    "LoadRun",
+    "OpenLoopResult",
+    "OpenLoopSpec",
+    "OpenLoopSummary",
+    "RatePoint",
     "RequestRecord",
     "RunRecord",
     "ServingLoop",
@@ -73,15 +104,19 @@ __all__ = [
     "SweepProfile",
     "SweepResult",
     "SweepSpec",
+    "Tail",
     "ThroughputPoint",
     "UslFit",
     "VarianceTrend",
+    "arrival_schedule",
     "fit_linear",
     "fit_usl",
     "profile_traces",
     "run_concurrency",
+    "run_open_loop",
     "run_sweep",
     "schedule",
     "summarize",
+    "tail",
     "traced_call",
 ]

@@ -7,6 +7,10 @@ variable, per thread); root spans opened by :class:`~vauban_trace.sweep.ServingL
 "client": c, "seq": i}``. A request whose root is opened by someone else (an executor's own
 ``run``) carries no labels in its trace; the driver still knows them and hands them to
 :func:`~vauban_trace.sweep.profile_traces` (``closed_loop=``).
+
+The open-loop driver (``_open``) sets its own labels the same way (:func:`arrival_labels`): they
+land under :data:`OPEN_LOOP_KEY` (run, seq, scheduled arrival time and the measured window, in
+unix nanoseconds, and the arrivals the in-flight cap refused so far); one request carries one kind.
 """
 
 from __future__ import annotations
@@ -18,13 +22,26 @@ from typing import Any
 
 #: key of the labels in ``Trace.metadata`` (from the root's ``vauban.trace.metadata`` object)
 LOAD_KEY = "closed_loop"
+#: key of the open-loop driver's labels in ``Trace.metadata``
+OPEN_LOOP_KEY = "open_loop"
 
-_LABELS: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("vauban_trace_load", default=None)
+_LABELS: contextvars.ContextVar[tuple[str, dict[str, int]] | None] = contextvars.ContextVar(
+    "vauban_trace_load", default=None)
 
 
 @contextlib.contextmanager
 def load_labels(*, run: int, client: int, seq: int) -> Iterator[None]:
-    token = _LABELS.set({"run": run, "client": client, "seq": seq})
+    token = _LABELS.set((LOAD_KEY, {"run": run, "client": client, "seq": seq}))
+    try:
+        yield
+    finally:
+        _LABELS.reset(token)
+
+
+@contextlib.contextmanager
+def arrival_labels(labels: dict[str, int]) -> Iterator[None]:
+    """The open-loop driver's labels (whole numbers) for the requests opened in the block."""
+    token = _LABELS.set((OPEN_LOOP_KEY, dict(labels)))
     try:
         yield
     finally:
@@ -32,9 +49,10 @@ def load_labels(*, run: int, client: int, seq: int) -> Iterator[None]:
 
 
 def load_metadata() -> dict[str, Any] | None:
-    """The ``metadata=`` argument for a root span opened under :func:`load_labels`, else None."""
+    """The ``metadata=`` argument for a root span opened under :func:`load_labels` or
+    :func:`arrival_labels`, else None."""
     labels = _LABELS.get()
-    return None if labels is None else {LOAD_KEY: dict(labels)}
+    return None if labels is None else {labels[0]: dict(labels[1])}
 
 
 def labels_of(metadata: Mapping[str, Any]) -> tuple[int, int] | None:
@@ -48,4 +66,4 @@ def labels_of(metadata: Mapping[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-__all__ = ["LOAD_KEY", "labels_of", "load_labels", "load_metadata"]
+__all__ = ["LOAD_KEY", "OPEN_LOOP_KEY", "arrival_labels", "labels_of", "load_labels", "load_metadata"]

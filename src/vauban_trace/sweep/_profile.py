@@ -40,6 +40,12 @@ labels; ``"auto"``, the default, fits it when every run has it), listed in ``pro
 with ``profile.throughput_method`` naming the one fitted; the USL is fitted to the ``request`` stage only, the other stages' fits are refusals
 (their durations are residence times), and there are no linear fits. ``closed_loop`` maps trace
 ids to (run, client) when the traces do not carry those labels themselves.
+
+The ``arrival_rate`` axis (open loop: the value is an offered rate in requests per second; see
+``_arrival``) gets ``profile.open_loop`` (per run: achieved throughput, response-time and queue-wait
+percentiles, generator lateness, Little's-law L, saturation; the highest rate sustained) and no fits
+but refusals (the USL needs N). ``open_loop`` maps trace ids to the driver's labels when the traces do
+not carry them; ``tolerance`` is the saturation and lateness tolerance.
 """
 
 from __future__ import annotations
@@ -50,6 +56,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vauban_trace.contract import COUNTER_NAMES, Trace
+from vauban_trace.sweep._arrival import (
+    ARRIVAL_RATE,
+    OPEN_LOOP_REFUSAL,
+    TOLERANCE,
+    OpenLoopSummary,
+    arrival_points,
+)
 from vauban_trace.sweep._stats import Summary, summarize
 from vauban_trace.sweep._throughput import (
     CONCURRENCY,
@@ -110,6 +123,7 @@ class SweepProfile:
     problems: tuple[str, ...] = field(default_factory=tuple)
     throughput: tuple[ThroughputPoint, ...] = ()  # concurrency axis only: one point per run
     throughput_method: str | None = None  # the throughput fitted on the concurrency axis
+    open_loop: OpenLoopSummary | None = None  # arrival_rate axis only
 
     def point(self, stage: str, value: AxisValue) -> StagePoint:
         for p in self.points:
@@ -132,6 +146,7 @@ class SweepProfile:
             "problems": list(self.problems),
             "throughput": [p.to_dict() for p in self.throughput],
             "throughput_method": self.throughput_method,
+            "open_loop": None if self.open_loop is None else self.open_loop.to_dict(),
         }
 
     def render_markdown(self) -> str:
@@ -163,7 +178,9 @@ class SweepProfile:
                              f"{tp.mean_response_s * 1e3:.3f} ms ({tp.littles_law_scope}) | {tp.littles_law:.4g}/s | "
                              f"{win} |")
             lines.append("")
-        if self.fits:
+        if self.open_loop is not None:
+            lines += self.open_loop.render_markdown()
+        if self.fits and self.open_loop is None:
             lines += ["| stage | USL | lambda | sigma | kappa | peak N | R² | note |", "|---|---|---|---|---|---|---|---|"]
             for stage, fit in self.fits.items():
                 if fit.status == "fitted":
@@ -220,12 +237,15 @@ def profile_traces(
     seed: int = 0,
     throughput: str = "auto",
     closed_loop: Mapping[str, tuple[int, int]] | None = None,
+    open_loop: Mapping[str, Mapping[str, int]] | None = None,
+    tolerance: float = TOLERANCE,
 ) -> SweepProfile:
     """Group ``traces`` by their sweep axis value and summarise them (see the module docstring).
 
     ``axis`` / ``sweep_id`` select the traces (default: the axis and id of the first trace with
     sweep coordinates). Raises ``ValueError`` when no trace carries sweep coordinates.
-    ``throughput`` and ``closed_loop`` matter on the ``concurrency`` axis only (module docstring).
+    ``throughput`` and ``closed_loop`` matter on the ``concurrency`` axis only, ``open_loop`` and
+    ``tolerance`` on the ``arrival_rate`` axis only (module docstring).
     """
     if throughput not in THROUGHPUT_METHODS:
         raise ValueError(f"profile_traces: throughput must be one of {', '.join(THROUGHPUT_METHODS)}, got {throughput!r}")
@@ -282,7 +302,16 @@ def profile_traces(
     linear: dict[str, dict[str, LinearFit]] = {}
     tput: tuple[ThroughputPoint, ...] = ()
     method: str | None = None
-    if axis == CONCURRENCY and _numeric(values) and all(isinstance(v, int) for v in values):
+    arrivals: OpenLoopSummary | None = None
+    if axis == ARRIVAL_RATE:
+        if _numeric(values):
+            arrivals = arrival_points({v: by_value[v] for v in values}, open_loop, tolerance=tolerance, seed=seed)
+            problems.extend(arrivals.problems)
+        else:
+            problems.append(f"axis {axis!r} needs positive arrival rates, got {list(values)}: summaries only")
+        if fit:
+            fits = {s: UslFit("not_applicable", OPEN_LOOP_REFUSAL, ARRIVAL_RATE) for s in stages}
+    elif axis == CONCURRENCY and _numeric(values) and all(isinstance(v, int) for v in values):
         tput, more = concurrency_points({v: by_value[v] for v in values}, closed_loop)
         problems.extend(more)
         method, fallback = choose_method(tput, throughput)
@@ -304,7 +333,7 @@ def profile_traces(
         axis=axis, sweep_id=sweep_id, values=values,
         trace_ids={v: tuple(t.id for t in by_value[v]) for v in values}, stages=stages, points=tuple(points),
         coverage=coverage, coverage_stable=stable, fits=fits, linear_fits=linear, problems=tuple(problems),
-        throughput=tput, throughput_method=method if tput else None,
+        throughput=tput, throughput_method=method if tput else None, open_loop=arrivals,
     )
 
 
