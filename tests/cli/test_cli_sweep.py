@@ -110,7 +110,8 @@ def test_concurrency_sweep_runs_clients_against_a_serving_loop(model_dir: Path, 
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["sweep", "--axis", "prompt_tokens", "--values", "4", "--window", "1"], "apply to --axis concurrency only"),
+    (["sweep", "--axis", "prompt_tokens", "--values", "4", "--window", "1"],
+     "apply to --axis concurrency or arrival_rate only"),
     (["sweep", "--axis", "concurrency", "--values", "1", "--window", "1", "--requests-per-client", "2"],
      "not both"),
     (["sweep", "--axis", "concurrency", "--values", "1", "--window", "0"], "window_s must be a finite number > 0"),
@@ -119,6 +120,48 @@ def test_concurrency_sweep_runs_clients_against_a_serving_loop(model_dir: Path, 
 ])
 def test_bad_concurrency_flags_exit_2_with_one_line(argv: list[str], message: str,
                                                     capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main([*argv, "--store", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_arrival_rate_sweep_offers_open_loop_load_and_profiles_it_again(model_dir: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store"
+    proc = _sweep(model_dir, store, "--axis", "arrival_rate", "--values", "10,25.5", "--window", "0.4",
+                  "--warmup-s", "0.1", "--arrivals", "constant", "--max-in-flight", "8", "--sweep-id", "cli-open")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "constant arrivals, window 0.4 s after 0.1 s of warm-up, at most 8 in flight" in out
+    assert "| offered | run | realised | sent | achieved |" in out and "| 25.5/s | 1 |" in out
+    assert "Highest offered rate sustained:" in out and "USL: not applicable" in out
+    assert "X over the driver's clock" in out
+    # read back from the store alone: the open-loop numbers come from the traces
+    assert main(["sweep", "--profile", "cli-open", "--source", f"store:{store}", "--json"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["axis"] == "arrival_rate" and profile["values"] == [10, 25.5]
+    assert profile["stages"] == ["request", "queue", "batch"]
+    assert all(f["status"] == "not_applicable" and "no USL fit" in f["reason"] for f in profile["fits"].values())
+    points = profile["open_loop"]["points"]
+    assert len(points) == 4 and {p["traces"] for p in points} == {4, 10}  # constant arrivals: 0.4 s x rate
+    assert all(p["littles_law_n"] is None or p["littles_law_n"]["provenance"] == "derived" for p in points)
+    with open_source(f"store:{store}") as src:
+        trace = src.get_trace(profile["trace_ids"][0]["trace_ids"][0])
+    assert trace.metadata["open_loop"]["run"] in (0, 1) and "scheduled_unix_nano" in trace.metadata["open_loop"]
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["sweep", "--axis", "arrival_rate", "--values", "10,x"], "--values: 'x' is not a positive rate"),
+    (["sweep", "--axis", "arrival_rate", "--values", "0"], "--values: '0' is not a positive rate"),
+    (["sweep", "--axis", "arrival_rate", "--values", "10", "--max-in-flight", "0"], "max_in_flight must be"),
+    (["sweep", "--axis", "arrival_rate", "--values", "10", "--window", "0"], "duration_s must be"),
+    (["sweep", "--axis", "arrival_rate", "--values", "10", "--tolerance", "2"], "tolerance must lie"),
+    (["sweep", "--axis", "arrival_rate", "--values", "10", "--requests-per-client", "2"],
+     "--requests-per-client applies to --axis concurrency only"),
+    (["sweep", "--axis", "concurrency", "--values", "1", "--arrivals", "constant"], "apply to --axis arrival_rate only"),
+])
+def test_bad_arrival_rate_flags_exit_2_with_one_line(argv: list[str], message: str,
+                                                     capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main([*argv, "--store", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

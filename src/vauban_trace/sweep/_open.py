@@ -58,13 +58,18 @@ swallowed: a failure is either raised or reported.
 **Limits.** One process: the generator, senders, serving loop and span processing share the GIL,
 so a service that holds it (pure-Python work) delays the generator; the lateness test then says the
 load was not offered. ``time.sleep`` overshoots by tens of microseconds to a millisecond; rates
-whose gaps approach that are checked by the lateness test, not assumed.
+whose gaps approach that are checked by the lateness test, not assumed. ``switch_interval_s``
+(e.g. ``0.0005``) sets :func:`sys.setswitchinterval` for the sweep and restores it afterwards: a
+thread waiting for the GIL (the generator, waking up) then waits at most that long instead of the
+default 5 ms per runnable thread ahead of it; on a 2-core VM serving the tiny torch model it cut the
+generator's p95 lateness at 100 requests/s from 17 ms to 5 ms. It is process-wide, hence off unless asked.
 """
 
 from __future__ import annotations
 
 import math
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -139,6 +144,7 @@ class OpenLoopSpec:
     seed: int = 0
     tolerance: float = TOLERANCE
     sweep_id: str | None = None
+    switch_interval_s: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.rates, (str, bytes)) or not isinstance(self.rates, Sequence) or not self.rates:
@@ -165,6 +171,9 @@ class OpenLoopSpec:
             raise ConfigurationError(f"OpenLoopSpec: tolerance must lie strictly between 0 and 1, got {self.tolerance!r}")
         if self.sweep_id is not None and (not isinstance(self.sweep_id, str) or not self.sweep_id):
             raise ConfigurationError("OpenLoopSpec: sweep_id must be a non-empty string or None")
+        if self.switch_interval_s is not None and (not _real(self.switch_interval_s) or self.switch_interval_s <= 0):
+            raise ConfigurationError(f"OpenLoopSpec: switch_interval_s must be a finite number > 0 or None, "
+                                     f"got {self.switch_interval_s!r}")
         for r in self.rates:
             if r * (self.warmup_s + self.duration_s) > MAX_ARRIVALS:
                 raise ConfigurationError(f"OpenLoopSpec: rate {r} /s over {self.warmup_s + self.duration_s} s "
@@ -358,7 +367,7 @@ class OpenLoopResult:
         return {
             "sweep_id": self.sweep_id, "axis": ARRIVAL_RATE, "values": list(s.rates), "duration_s": s.duration_s,
             "warmup_s": s.warmup_s, "arrivals": s.arrivals, "repeats": s.repeats, "max_in_flight": s.max_in_flight,
-            "seed": s.seed, "tolerance": s.tolerance, "wall_s": self.wall_s, "notes": list(self.notes),
+            "seed": s.seed, "tolerance": s.tolerance, "switch_interval_s": s.switch_interval_s, "wall_s": self.wall_s, "notes": list(self.notes),
             "errors": [repr(e) for e in self.errors], "runs": [r.to_dict() for r in self.runs],
             "requests": [r.to_dict() for r in self.requests], "profile": self.profile.to_dict(),
         }
@@ -386,6 +395,9 @@ def run_open_loop(
     runs_seen: dict[float, int] = {}
     done: list[_RunState] = []
     started = time.perf_counter()
+    switch = sys.getswitchinterval()
+    if spec.switch_interval_s is not None:
+        sys.setswitchinterval(spec.switch_interval_s)
     senders = _Senders(spec.max_in_flight)
     try:
         for scheduled in schedule(spec.rates, spec.repeats):
@@ -401,6 +413,7 @@ def run_open_loop(
                 raise st.errors[0]
     finally:
         senders.close()
+        sys.setswitchinterval(switch)
         session.force_flush()
     wall = time.perf_counter() - started
     return _collect(spec, sweep_id, done, session, wall, seed)
