@@ -91,13 +91,16 @@ def test_kill9_then_torn_segment_tail_rebuilds_every_trace(tmp_path: Path) -> No
     finally:
         if proc.poll() is None:
             proc.kill()
-    segments = sorted((store / "documents").glob("seg-*.jsonl"))
-    assert segments, "no segment written before the kill"
-    last = segments[-1]
-    size = last.stat().st_size
-    assert size > 0
-    os.truncate(last, size - 50)  # the tail a power cut would lose: the last text is torn
+    conn = sqlite3.connect(f"file:{store / 'traces.sqlite'}?mode=ro", uri=True)
+    segment, end = conn.execute("SELECT doc_segment, MAX(doc_offset + doc_length) FROM traces WHERE doc_segment = "
+                                "(SELECT MAX(doc_segment) FROM traces)").fetchone()
+    conn.close()
+    last = store / "documents" / f"seg-{segment:06d}.jsonl"
+    assert last.stat().st_size >= end > 50
+    os.truncate(last, end - 50)  # the tail a power cut would lose: the last committed text is torn
+    rebuilt = _rebuilt(store)
     with TraceStore(store) as ts:  # opening finds the row past the end: pending again
+        assert ts.trace_count() == rebuilt - 1
         assert ts.pending_count() >= 1
     port = _port()
     proc = _start(store, port)
