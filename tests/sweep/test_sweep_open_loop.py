@@ -71,7 +71,7 @@ def test_a_single_worker_saturates_at_one_over_the_service_time(saturating: Any)
         assert p.queue_wait is not None and p.queue_wait.p50.median is not None and p.queue_wait.p50.median < SERVICE_S
     for rate in (200, 400):  # beyond it: the throughput plateaus at 1 / S, the queue grows, the cap refuses
         p = pts[rate]
-        assert p.saturated and not p.sustained and not p.late, p.reasons
+        assert p.saturated and not p.sustained, p.reasons  # (late too on a busy machine: both are said)
         assert p.achieved is not None and 0.7 / SERVICE_S < p.achieved <= 1.05 / SERVICE_S
         assert p.queue_wait is not None and p.queue_wait.p50.median is not None
         assert p.queue_wait.p50.median > 5 * SERVICE_S
@@ -87,6 +87,18 @@ def test_a_single_worker_saturates_at_one_over_the_service_time(saturating: Any)
     for p in pts.values():
         assert p.littles_law_n == pytest.approx(p.achieved * p.response.mean)
         assert p.to_dict()["littles_law_n"]["provenance"] == "derived"
+
+
+def test_an_overload_without_a_cap_shows_a_growing_backlog(session: Any) -> None:
+    with ServingLoop(serve=lambda _: time.sleep(SERVICE_S), model="fake-service", workers=1) as loop:
+        spec = OpenLoopSpec(rates=(150,), duration_s=0.8, arrivals="constant", max_in_flight=500,
+                            sweep_id="open-backlog")
+        result = run_open_loop(lambda seq: loop.call(None), spec, session=session)
+    (p,) = result.profile.open_loop.points
+    assert p.saturated and p.dropped == 0
+    assert any("a growing backlog" in r for r in p.reasons), p.reasons
+    waits = sorted((r.scheduled_unix_nano, r.queue_wait_s) for r in result.requests)
+    assert waits[-1][1] is not None and waits[0][1] is not None and waits[-1][1] > waits[0][1] + 0.2
 
 
 def test_the_driver_counts_what_it_refused_and_its_clock_agrees(saturating: Any) -> None:
@@ -130,7 +142,8 @@ def test_the_traces_come_back_through_the_store_with_their_coordinates(saturatin
 
 def test_poisson_below_saturation_offers_what_it_says_and_littles_law_holds(session: Any) -> None:
     call = traced_call(lambda _: time.sleep(0.02), model="fake-service")  # each request on its own sender
-    spec = OpenLoopSpec(rates=(100,), duration_s=1.0, warmup_s=0.1, seed=7, sweep_id="open-poisson")
+    spec = OpenLoopSpec(rates=(100,), duration_s=1.0, warmup_s=0.1, seed=7, sweep_id="open-poisson",
+                        tolerance=0.1)  # about 100 arrivals: the edges of the window weigh a few percent
     result = run_open_loop(lambda seq: call(None), spec, session=session)
     (p,) = result.profile.open_loop.points
     (run,) = result.runs

@@ -9,7 +9,7 @@
                        [--workers 1] [--max-batch 1] [--max-wait-ms 0] [--throughput auto|window|littles_law]
                        [same model, prompt, repeats, warmup, store flags]
     vauban-trace sweep --axis arrival_rate --values 20,50,100,150 [--window 2] [--warmup-s 0.5]
-                       [--arrivals poisson|constant] [--max-in-flight 64] [--seed 0] [--tolerance 0.1]
+                       [--arrivals poisson|constant] [--max-in-flight 64] [--seed 0] [--tolerance 0.05]
                        [--on-error raise|record] [--switch-interval-ms 0.5] [--workers 1] [--max-batch 1] [--max-wait-ms 0]
                        [same model, prompt, repeats, store flags]
     vauban-trace sweep --profile SWEEP_ID [--source SRC] [--since 2h] [--limit 1000] [--json]
@@ -148,7 +148,7 @@ def register(subparsers: Any) -> None:
                    help="requests in flight at most; arrivals beyond are refused and counted (default 64)")
     o.add_argument("--seed", type=int, default=None, metavar="N", help="seed of the Poisson schedules (default 0)")
     o.add_argument("--tolerance", type=float, default=None, metavar="F",
-                   help="saturation: achieved below (1 - F) x offered (default 0.1)")
+                   help="saturation: achieved below (1 - F) x offered (default 0.05)")
     o.add_argument("--on-error", choices=("raise", "record"), default=None,
                    help="stop at the first failed request and re-raise it (default), or record failures and go on")
     o.add_argument("--switch-interval-ms", type=float, default=None, metavar="MS",
@@ -314,7 +314,7 @@ def _open_spec(args: argparse.Namespace, values: tuple[Any, ...]) -> Any:
                         arrivals=args.arrivals or "poisson", repeats=args.repeats,
                         max_in_flight=64 if args.max_in_flight is None else args.max_in_flight,
                         seed=0 if args.seed is None else args.seed,
-                        tolerance=0.1 if args.tolerance is None else args.tolerance, sweep_id=args.sweep_id,
+                        tolerance=0.05 if args.tolerance is None else args.tolerance, sweep_id=args.sweep_id,
                         switch_interval_s=(0.5 if args.switch_interval_ms is None else args.switch_interval_ms) / 1000)
     ServingLoop(model="check", serve_batch=list, workers=args.workers, max_batch=args.max_batch,
                 max_wait_s=args.max_wait_ms / 1000.0)
