@@ -89,6 +89,19 @@ def test_a_single_worker_saturates_at_one_over_the_service_time(saturating: Any)
         assert p.to_dict()["littles_law_n"]["provenance"] == "derived"
 
 
+def test_the_collector_gauges_carry_the_achieved_throughput_and_the_refusal(saturating: Any) -> None:
+    from vauban_trace.collector._sweeps import samples_of
+
+    samples = samples_of(saturating.profile, "fake-service")
+    observed = {(labels[2], labels[4]): v for name, labels, v in samples
+                if name == "vauban_sweep_observed" and labels[5] == "throughput"}
+    pts = _points(saturating)
+    assert {stage for stage, _ in observed} == {REQUEST}  # never rate / duration, never the queue's
+    assert {value: x for (_, value), x in observed.items()} == {str(r): pts[r].achieved for r in (25, 50, 200, 400)}
+    status = [labels for name, labels, _ in samples if name == "vauban_sweep_fit_status"]
+    assert status and all(labels[4] == "refused" and labels[5] == OPEN_LOOP_REFUSAL for labels in status)
+
+
 def test_an_overload_without_a_cap_shows_a_growing_backlog(session: Any) -> None:
     with ServingLoop(serve=lambda _: time.sleep(SERVICE_S), model="fake-service", workers=1) as loop:
         spec = OpenLoopSpec(rates=(150,), duration_s=0.8, arrivals="constant", max_in_flight=500,

@@ -56,7 +56,9 @@ the root spans' ``gen_ai.request.model``, several joined with ``,``):
                                         duration at ``sweep_value``) | throughput (``N`` / that median,
                                         positive numeric values only; on the ``concurrency`` axis the
                                         ``request`` stage only, the median over runs of the throughput
-                                        the USL was fitted to, ``profile.throughput_method``)
+                                        the USL was fitted to, ``profile.throughput_method``; on the
+                                        ``arrival_rate`` axis the ``request`` stage only, the median
+                                        over runs of the achieved throughput, ``profile.open_loop``)
 ``vauban_sweep_points``                 ``quantity`` = values (axis values with data), traces (traces
                                         with the stage), min_repeats (fewest traces at one value)
 ======================================  =============================================================
@@ -281,11 +283,17 @@ class SweepProfiler(RegistryCollector):
 
 
 def _run_throughput(profile: SweepProfile) -> dict[Any, float]:
-    """Concurrency axis: the median over runs of the fitted throughput estimate, per N."""
+    """Concurrency axis: the median over runs of the fitted throughput estimate, per N; arrival-rate
+    axis: the median over runs of the achieved throughput, per offered rate."""
+    per_value: dict[Any, list[float]] = {}
+    if profile.open_loop is not None:
+        for rp in profile.open_loop.points:
+            if rp.achieved is not None:
+                per_value.setdefault(rp.value, []).append(rp.achieved)
+        return {value: statistics.median(xs) for value, xs in per_value.items()}
     method = profile.throughput_method
     if method is None:
         return {}
-    per_value: dict[Any, list[float]] = {}
     for tp in profile.throughput:
         x = tp.throughput(method)
         if x is not None:
@@ -295,7 +303,7 @@ def _run_throughput(profile: SweepProfile) -> dict[Any, float]:
 
 def samples_of(profile: SweepProfile, model: str) -> list[Sample]:
     """The gauge samples of one profile (see the module docstring's table)."""
-    from vauban_trace.sweep import CONCURRENCY, REQUEST  # the sweep package loads with the first profile
+    from vauban_trace.sweep import ARRIVAL_RATE, CONCURRENCY, REQUEST  # loads with the first profile
 
     sweep_id, axis = profile.sweep_id or "", profile.axis
     no_fit = next((p for p in profile.problems if p.startswith(f"axis {axis!r} has non-numeric")),
@@ -338,7 +346,7 @@ def samples_of(profile: SweepProfile, model: str) -> list[Sample]:
             median = point.duration_s.median
             if median is not None:
                 out.append(("vauban_sweep_observed", (*base, value, "median_duration_s"), median))
-            if profile.axis == CONCURRENCY:
+            if profile.axis in (CONCURRENCY, ARRIVAL_RATE):
                 if point.value in run_throughput:  # request stage: the throughput the USL was fitted to
                     out.append(("vauban_sweep_observed", (*base, value, "throughput"), run_throughput[point.value]))
             elif median is not None:
