@@ -68,7 +68,7 @@ ARRIVAL_RATE = "arrival_rate"
 LATENESS_FLOOR_S = 0.002
 #: default relative tolerance of the saturation and lateness tests. The achieved and the offered rate
 #: come from the same arrivals, so below saturation they agree within a few percent on windows of a
-#: few hundred arrivals (measured: at most 3 %); windows of a few dozen arrivals need a larger one.
+#: few hundred arrivals (measured: at most 3.1 %); windows of a few dozen arrivals need a larger one.
 TOLERANCE = 0.05
 #: samples needed beyond a tail quantile before its bootstrap interval is given
 _TAIL_SAMPLES = 5
