@@ -117,7 +117,8 @@ def register(subparsers: Any) -> None:
                    help="with --profile: read at most the N most recent traces (default 1000)")
     p.add_argument("--model", default=None, metavar="DIR", help="local transformers model (default: tiny Llama)")
     p.add_argument("--repeats", type=int, default=5, metavar="N", help="measured requests per value; on concurrency: runs per N (default 5)")
-    p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured requests per value first; on concurrency: per client and run (default 1)")
+    p.add_argument("--warmup", type=int, default=1, metavar="N", help="unmeasured requests per value first; on concurrency: per client and run (default 1); "
+                        "not used on arrival_rate (--warmup-s)")
     p.add_argument("--prompt-tokens", type=int, default=32, metavar="N",
                    help="prompt length on every axis but prompt_tokens (default 32)")
     p.add_argument("--new-tokens", type=int, default=0, metavar="N",
