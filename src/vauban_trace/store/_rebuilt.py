@@ -212,10 +212,14 @@ class RebuiltTraces:
             except DocumentError as exc:
                 if attempt == 0:
                     continue  # a compaction may have moved the text since the row was read
-                with self._write_tx("get_trace") as conn:
-                    invalidate(conn, tid, int(segment), int(offset), int(length))
-                _log.warning("vauban-trace store: trace %s: %s; it is pending again (rebuilt from its raw spans)",
-                             tid, exc)
+                try:
+                    with self._write_tx("get_trace") as conn:
+                        invalidate(conn, tid, int(segment), int(offset), int(length))
+                except TraceStoreError as write_exc:  # a read-only store: still never serve the text
+                    _log.warning("vauban-trace store: trace %s: %s; cannot mark it pending: %s", tid, exc, write_exc)
+                else:
+                    _log.warning("vauban-trace store: trace %s: %s; it is pending again (rebuilt from its raw "
+                                 "spans)", tid, exc)
         return None, int(raw)
 
     def get_trace(self, trace_id: str) -> Trace:
