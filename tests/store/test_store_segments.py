@@ -11,7 +11,7 @@ from store_testlib import CHILD, ROOT, TRACE_COLUMNS, V3_TRACES, make_request, m
 
 from vauban_trace.contract import Trace
 from vauban_trace.rebuild import rebuild_traces
-from vauban_trace.store import TraceNotFoundError, TraceStore
+from vauban_trace.store import TraceNotFoundError, TraceStore, TraceStoreError
 from vauban_trace.store._segments import compact_segment, segment_path
 from vauban_trace.store._sql import _SPAN_BATCHES
 
@@ -272,4 +272,46 @@ def test_compaction_does_not_copy_a_broken_text(tmp_path: Path) -> None:
     for tid in set(traces) - {victim}:
         assert ts.get_trace(tid) == traces[tid]
     _live_ok(ts)
+    ts.close()
+
+
+def test_a_read_racing_a_compaction_finds_the_moved_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The row was read, then a compaction moved the text and deleted the file: the read retries
+    with the new row instead of calling the trace broken."""
+    import vauban_trace.store._rebuilt as rebuilt_module
+
+    ts = TraceStore(tmp_path)
+    traces = _stored(ts, 2)
+    ts._segments.close()
+    tid = sorted(traces)[0]
+    real = rebuilt_module.read_document
+    calls = []
+
+    def racing(*args: object) -> bytes:
+        if not calls:
+            calls.append(1)
+            assert ts.compact_documents(threshold=1.01) == 1  # runs between the row read and the file read
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rebuilt_module, "read_document", racing)
+    assert ts.get_trace(tid) == traces[tid]
+    assert ts.pending_traces() == [] and ts.trace_count() == 2
+    ts.close()
+
+
+def test_a_failed_v3_migration_leaves_the_file_as_it_was(tmp_path: Path) -> None:
+    source = TraceStore(tmp_path / "source")
+    traces = _stored(source, 2)
+    _v3_database(tmp_path, source, traces, pending="")
+    source.close()
+    (tmp_path / "documents").write_text("not a folder")  # the segments cannot be created
+    with pytest.raises(TraceStoreError, match="cannot create segment"):
+        TraceStore(tmp_path)
+    conn = sqlite3.connect(tmp_path / "traces.sqlite")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("SELECT COUNT(*) FROM traces WHERE trace_json IS NOT NULL").fetchone()[0] == 2
+    conn.close()
+    (tmp_path / "documents").unlink()
+    ts = TraceStore(tmp_path)
+    assert all(ts.get_trace(t) == tr for t, tr in traces.items())
     ts.close()
