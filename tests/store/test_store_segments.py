@@ -224,7 +224,7 @@ def test_version_3_database_is_migrated(tmp_path: Path) -> None:
     ts.close()
 
 
-def test_a_failed_put_never_appends_to_a_segment_it_rolled_back(tmp_path: Path) -> None:
+def test_a_failed_put_never_appends_to_a_segment_it_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The transaction that allocated a segment failed: its id is free again, so the writer starts
     a new segment instead of appending to a file no row names."""
     ts = TraceStore(tmp_path)
@@ -240,11 +240,11 @@ def test_a_failed_put_never_appends_to_a_segment_it_rolled_back(tmp_path: Path) 
         real(*args, **kwargs)  # type: ignore[arg-type]
         raise Boom
 
-    ts._segments.append_texts = failing  # type: ignore[method-assign]
+    monkeypatch.setattr(ts._segments, "append_texts", failing)
     with pytest.raises(Boom):
         ts.put_trace(trace)
     assert ts._segments.segment is None
-    del ts._segments.append_texts
+    monkeypatch.undo()
     assert ts._conn().execute("SELECT COUNT(*) FROM segments").fetchone()[0] == 0
     ts.put_trace(trace)
     assert ts.get_trace(_tid(0)) == trace
@@ -284,8 +284,8 @@ def test_a_read_racing_a_compaction_finds_the_moved_text(tmp_path: Path, monkeyp
     traces = _stored(ts, 2)
     ts._segments.close()
     tid = sorted(traces)[0]
-    real = rebuilt_module.read_document
-    calls = []
+    real = rebuilt_module.read_document  # type: ignore[attr-defined]
+    calls: list[int] = []
 
     def racing(*args: object) -> bytes:
         if not calls:

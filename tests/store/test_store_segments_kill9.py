@@ -55,7 +55,8 @@ def _batch(b: int) -> bytes:
         spans.append(make_span(tid, root, f"root {b}.{t}", start=1_000, end=9_000, attrs={"pad": "r" * 200}))
         spans += [make_span(tid, f"{i + 2:016x}", f"stage {i}", parent=root, start=1_000 + i, end=2_000 + i,
                             attrs={"pad": "s" * 100}) for i in range(SPANS - 1)]
-    return make_request(*spans).SerializeToString()
+    body: bytes = make_request(*spans).SerializeToString()
+    return body
 
 
 def _post(port: int, bodies: list[bytes]) -> None:
