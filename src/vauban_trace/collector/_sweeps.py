@@ -33,7 +33,9 @@ Bounds (label cardinality and work stay bounded whatever clients send):
 - at most ``max_waiting`` noted trace ids (default 10000) wait between two passes; past that the
   oldest are dropped (logged);
 - a series carries one ``sweep_value`` label per measured axis value, so per sweep the series
-  count is ``stages x values x 3`` plus a few per stage.
+  count is ``stages x values x 3`` plus a few per stage, and on the load axes at most about 30
+  ``vauban_sweep_load*`` / ``vauban_sweep_verdict`` series per value (fixed quantity names; no
+  run label: several runs at one value are summarised by their median, their counts summed).
 
 Exported gauges (labels ``sweep_id``, ``axis``, ``stage``, ``model`` on all of them; ``model`` is
 the root spans' ``gen_ai.request.model``, several joined with ``,``):
@@ -61,6 +63,30 @@ the root spans' ``gen_ai.request.model``, several joined with ``,``):
                                         over runs of the achieved throughput, ``profile.open_loop``)
 ``vauban_sweep_points``                 ``quantity`` = values (axis values with data), traces (traces
                                         with the stage), min_repeats (fewest traces at one value)
+``vauban_sweep_load``                   ``stage`` = request, ``sweep_value``, ``quantity``: on the
+                                        ``arrival_rate`` axis (``profile.open_loop``, per offered rate,
+                                        the median over its runs) offered_realised, offered_sent,
+                                        achieved (requests/s), response_p50_s / _p95_s / _p99_s,
+                                        queue_wait_p50_s / _p95_s / _p99_s (when a queue stage was
+                                        traced), lateness_p95_s (the generator's), littles_law_n
+                                        (``L = X R``, derived), and the counts runs, traces, dropped,
+                                        failed (sums over runs); on the ``concurrency`` axis (per N)
+                                        response_p50_s (``request`` stage median), queue_wait_p50_s
+                                        (``queue`` stage median, when traced), mean_response_s,
+                                        throughput_window, throughput_littles_law (medians over runs,
+                                        each when available), runs, traces. Absent when unmeasured
+``vauban_sweep_load_interval``          ``bound`` = low | high of a ``vauban_sweep_load`` percentile
+                                        (the ``_p50_s`` / ``_p95_s`` / ``_p99_s`` quantities): the
+                                        bootstrap interval, only where one exists (open loop: a rate
+                                        measured in one run, a tail with 5 samples beyond it; a median
+                                        over several runs has none)
+``vauban_sweep_verdict``                ``arrival_rate`` axis, 1 per offered rate: ``verdict`` =
+                                        sustained, or the words late / saturated / failures that hold
+                                        for some run, joined by ``, `` (at most 7 values); ``reason``
+                                        = the runs' reasons (empty when sustained)
+``vauban_sweep_load_limit``             ``arrival_rate`` axis, per sweep: ``quantity`` =
+                                        highest_sustained | lowest_saturated (requests/s); absent
+                                        when no rate was sustained / none saturated
 ======================================  =============================================================
 
 ``sweep_value`` is written like the stage histograms' label (``8``, not ``8.0``). A non-numeric
@@ -76,7 +102,7 @@ import logging
 import statistics
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,7 +116,7 @@ if TYPE_CHECKING:
     from vauban_trace.contract import Trace
     from vauban_trace.rebuild import TraceDocument
     from vauban_trace.store import TraceStore
-    from vauban_trace.sweep import SweepProfile
+    from vauban_trace.sweep import RatePoint, SweepProfile
 
 log = logging.getLogger("vauban_trace.collector")
 
@@ -112,6 +138,14 @@ FAMILIES: Mapping[str, tuple[str, tuple[str, ...]]] = {
     "vauban_sweep_observed": ("Measured stage median duration and throughput at each sweep value.",
                               ("sweep_value", "quantity")),
     "vauban_sweep_points": ("Sweep values, traces and fewest repeats behind a stage's profile.", ("quantity",)),
+    "vauban_sweep_load": ("Load-test numbers per sweep value (open loop: offered, achieved, percentiles, lateness, "
+                          "Little's L; closed loop: response and queue medians, throughputs).", ("sweep_value", "quantity")),
+    "vauban_sweep_load_interval": ("Bootstrap interval of a load-test percentile at a sweep value.",
+                                   ("sweep_value", "quantity", "bound")),
+    "vauban_sweep_verdict": ("Open-loop verdict per offered rate: 1 with sustained, late, saturated or failures "
+                             "and the reason.", ("sweep_value", "verdict", "reason")),
+    "vauban_sweep_load_limit": ("Open-loop sweep: highest offered rate sustained, lowest rate saturated (req/s).",
+                                ("quantity",)),
 }
 Sample = tuple[str, tuple[str, ...], float]  # family, label values (base + extra), value
 
@@ -359,6 +393,95 @@ def samples_of(profile: SweepProfile, model: str) -> list[Sample]:
             out.append(("vauban_sweep_points", (*base, "values"), float(len(points))))
             out.append(("vauban_sweep_points", (*base, "traces"), float(sum(p.traces for p in points))))
             out.append(("vauban_sweep_points", (*base, "min_repeats"), float(min(p.traces for p in points))))
+    if REQUEST in profile.stages:
+        out.extend(_load_samples(profile, (sweep_id, axis, REQUEST, model)))
+    return out
+
+
+def _median(xs: Iterable[float | None]) -> float | None:
+    kept = [x for x in xs if x is not None]
+    return statistics.median(kept) if kept else None
+
+
+def _verdict(points: Sequence[RatePoint]) -> tuple[str, str]:
+    """(verdict, reason) of one offered rate from its runs (the module docstring's words)."""
+    if all(p.sustained for p in points):
+        return "sustained", ""
+    words = [w for w, on in (("late", any(p.late for p in points)), ("saturated", any(p.saturated for p in points)),
+                             ("failures", any(p.failed for p in points))) if on]
+    several = len(points) > 1
+    reason = "; ".join(f"run {p.run}: {r}" if several else r for p in points for r in p.reasons)
+    return ", ".join(words), reason
+
+
+def _load_samples(profile: SweepProfile, base: tuple[str, ...]) -> list[Sample]:
+    """``vauban_sweep_load*`` and ``vauban_sweep_verdict``: the open-loop numbers per offered rate and the
+    sweep's limits (``arrival_rate``), or the response and queue medians per N (``concurrency``)."""
+    from vauban_trace.sweep import QUEUE_STAGE, REQUEST  # loads with the first profile
+
+    out: list[Sample] = []
+
+    def load(value: str, quantity: str, number: float | None) -> None:
+        if number is not None:
+            out.append(("vauban_sweep_load", (*base, value, quantity), float(number)))
+
+    def interval(value: str, quantity: str, bounds: tuple[float | None, float | None] | None) -> None:
+        if bounds is not None and bounds[0] is not None and bounds[1] is not None:
+            out.append(("vauban_sweep_load_interval", (*base, value, quantity, "low"), float(bounds[0])))
+            out.append(("vauban_sweep_load_interval", (*base, value, quantity, "high"), float(bounds[1])))
+
+    summary = profile.open_loop
+    if summary is not None:
+        by_rate: dict[float, list[RatePoint]] = {}
+        for rp in summary.points:
+            by_rate.setdefault(rp.value, []).append(rp)
+        for rate, runs in sorted(by_rate.items()):
+            value = _label(rate)
+            tails = {"response": [p.response for p in runs],
+                     "queue_wait": [p.queue_wait for p in runs if p.queue_wait is not None]}
+            for name, number in (("offered_realised", _median(p.offered_realised for p in runs)),
+                                 ("offered_sent", _median(p.offered_sent for p in runs)),
+                                 ("achieved", _median(p.achieved for p in runs)),
+                                 ("lateness_p95_s", _median(p.lateness.p95 for p in runs)),
+                                 ("littles_law_n", _median(p.littles_law_n for p in runs)),
+                                 ("runs", float(len(runs))), ("traces", float(sum(p.traces for p in runs))),
+                                 ("dropped", float(sum(p.dropped for p in runs))),
+                                 ("failed", float(sum(p.failed for p in runs)))):
+                load(value, name, number)
+            for kind, ts in tails.items():
+                if not ts:
+                    continue
+                load(value, f"{kind}_p50_s", _median(t.p50.median for t in ts))
+                load(value, f"{kind}_p95_s", _median(t.p95 for t in ts))
+                load(value, f"{kind}_p99_s", _median(t.p99 for t in ts))
+                if len(ts) == 1:  # one run: its bootstrap intervals (a median over runs has none)
+                    interval(value, f"{kind}_p50_s", (ts[0].p50.ci_low, ts[0].p50.ci_high))
+                    interval(value, f"{kind}_p95_s", ts[0].p95_interval)
+                    interval(value, f"{kind}_p99_s", ts[0].p99_interval)
+            verdict, reason = _verdict(runs)
+            out.append(("vauban_sweep_verdict", (*base, value, verdict, reason), 1.0))
+        for name, limit in (("highest_sustained", summary.highest_sustained),
+                            ("lowest_saturated", summary.lowest_saturated)):
+            if limit is not None:
+                out.append(("vauban_sweep_load_limit", (*base, name), float(limit)))
+        return out
+    if not profile.throughput:  # only the concurrency axis has per-run throughput points
+        return out
+    for n in profile.values:
+        value = _label(n)
+        runs_at = [tp for tp in profile.throughput if tp.value == n]
+        for stage, quantity in ((REQUEST, "response_p50_s"), (QUEUE_STAGE, "queue_wait_p50_s")):
+            try:
+                s = profile.point(stage, n).duration_s
+            except KeyError:
+                continue
+            load(value, quantity, s.median)
+            interval(value, quantity, (s.ci_low, s.ci_high))
+        load(value, "mean_response_s", _median(tp.mean_response_s for tp in runs_at))
+        load(value, "throughput_window", _median(tp.window for tp in runs_at))
+        load(value, "throughput_littles_law", _median(tp.littles_law for tp in runs_at))
+        load(value, "runs", float(len(runs_at)))
+        load(value, "traces", float(sum(tp.traces for tp in runs_at)))
     return out
 
 
