@@ -1,7 +1,7 @@
 """The ``vauban-trace`` command line.
 
 Subcommands live one per module (``_demo``, ``_show``, ``_traces``, ``_run``, ``_collector``, ``_sweep``,
-``_report``);
+``_report``, ``_store``);
 each exposes ``register(subparsers)`` and sets ``func`` on its parser. Errors the user can fix
 (bad flags, missing files, unreachable sources) print one line to stderr and exit with code 2;
 no traceback.
@@ -18,7 +18,7 @@ from typing import NoReturn
 
 from vauban_trace._exceptions import VaubanTraceError
 
-_COMMANDS = ("_demo", "_run", "_show", "_traces", "_collector", "_sweep", "_report")
+_COMMANDS = ("_demo", "_run", "_show", "_traces", "_collector", "_sweep", "_report", "_store")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -30,6 +30,16 @@
   ``trace_json_file`` (the file, written from the segment first when ``trace_files="on_read"``
   left it out), ``trace_count``, ``blobs`` (the ``LocalArtifactStore``).
   Older databases are migrated on open; newer ones are refused.
+- Operating a store (``_maintenance``; ``vauban-trace store verify|stats|compact|rebuild``):
+  ``verify_store(repair=False)`` -> :class:`VerifyReport` reads back every text (length + digest),
+  every segment's bookkeeping (live bytes, committed end, overlaps, file length) and every raw span
+  batch (the batch codec's decode); ``repair=True`` makes broken traces pending with the store's
+  own invalidation (and recovery / live-bytes recount for segments); ``store_stats()`` ->
+  :class:`StoreStats`; ``rebuild_stored(ids | None, pending=False)`` -> :class:`RebuildReport`
+  rebuilds from the raw spans with this version's rebuild (:func:`rebuild_document`, the
+  collector's road) and stores the traces whose text changed; ``compact_documents(threshold)``.
+  All safe beside a running collector; ``recovered_at_open`` counts what the open's crash
+  recovery made pending.
 - :class:`TraceSummary` a listed trace: id, service, root name, start, duration, span count,
   complete.
 - :class:`PendingTrace` per-trace bookkeeping for assemblers: version, has_root, first/last
@@ -49,6 +59,14 @@ from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.store._db import TraceStore
 from vauban_trace.store._documents import TraceDocumentLike, TraceFiles
 from vauban_trace.store._ingest import SpanSnapshot
+from vauban_trace.store._maintenance import (
+    RebuildReport,
+    SegmentStats,
+    StoreProblem,
+    StoreStats,
+    VerifyReport,
+    rebuild_document,
+)
 from vauban_trace.store._records import IngestResult, PendingTrace, TraceSummary, check_trace_id
 from vauban_trace.store._split import CutRequest, cut_request
 
@@ -56,13 +74,19 @@ __all__ = [
     "CutRequest",
     "IngestResult",
     "PendingTrace",
+    "RebuildReport",
+    "SegmentStats",
     "SpanSnapshot",
+    "StoreProblem",
+    "StoreStats",
     "TraceDocumentLike",
     "TraceFiles",
     "TraceNotFoundError",
     "TraceStore",
     "TraceStoreError",
     "TraceSummary",
+    "VerifyReport",
     "check_trace_id",
     "cut_request",
+    "rebuild_document",
 ]

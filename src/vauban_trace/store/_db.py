@@ -67,6 +67,7 @@ from vauban_trace.store._ingest import (
     store_rows,
     stored_rows,
 )
+from vauban_trace.store._maintenance import StoreMaintenance
 from vauban_trace.store._rebuilt import RebuiltTraces
 from vauban_trace.store._records import IngestResult, PendingTrace, check_trace_id
 from vauban_trace.store._segments import FOLDER, SegmentWriter
@@ -75,7 +76,7 @@ from vauban_trace.store._sql import connect, initialise
 
 _log = logging.getLogger("vauban_trace.store")
 
-class TraceStore(RebuiltTraces):
+class TraceStore(RebuiltTraces, StoreMaintenance):
     """A trace database in a directory (created if missing). See the module docstring."""
 
     def __init__(
@@ -107,10 +108,13 @@ class TraceStore(RebuiltTraces):
         self._blobs: LocalArtifactStore | None = None
         self._folder = self.dir / FOLDER
         self._segments = SegmentWriter(self._folder)
+        #: rebuilt traces this open found lost in a crash and made pending (``_documents.recover``)
+        self.recovered_at_open = 0
         initialise(self._conn(), self.db_path)
         if needs_recovery(self._conn(), self._folder):
             with self._write_tx("opening the store") as conn:
                 lost = recover(conn, self._folder)
+            self.recovered_at_open = lost
             if lost:
                 _log.warning("vauban-trace store: %d rebuilt trace(s) lost their Trace JSON in a crash; they are "
                              "pending again (rebuilt from their raw spans)", lost)

@@ -154,10 +154,17 @@ def recover(conn: sqlite3.Connection, folder: Path) -> int:
                 "UPDATE traces SET doc_segment = NULL, doc_offset = NULL, doc_length = NULL, doc_digest = NULL, "
                 "rebuilt_version = NULL, rebuilt_at_unix_nano = NULL WHERE doc_segment = ? AND doc_offset + "
                 "doc_length > ?", (int(segment), size)).rowcount
-            conn.execute("UPDATE segments SET bytes = ?, live_bytes = (SELECT COALESCE(SUM(doc_length), 0) FROM "
-                         "traces WHERE doc_segment = segments.id) WHERE id = ?", (size, int(segment)))
+            conn.execute("UPDATE segments SET bytes = ? WHERE id = ?", (size, int(segment)))
+            recount_live(conn, int(segment))
     remove_orphans(conn, folder)
     return lost
+
+
+def recount_live(conn: sqlite3.Connection, segment: int) -> None:
+    """Set ``segments.live_bytes`` of ``segment`` to the bytes its rows point to (inside a write
+    transaction): after :func:`recover` invalidated rows, or a count found wrong by a verify."""
+    conn.execute("UPDATE segments SET live_bytes = (SELECT COALESCE(SUM(doc_length), 0) FROM traces WHERE "
+                 "doc_segment = segments.id) WHERE id = ?", (segment,))
 
 
 def needs_recovery(conn: sqlite3.Connection, folder: Path) -> bool:
@@ -186,4 +193,5 @@ def compaction_candidates(conn: sqlite3.Connection, threshold: float, skip: int 
         (skip, float(threshold)))]
 
 
-__all__ = ["TraceDocumentLike", "TraceFiles", "account", "compaction_candidates", "invalidate", "needs_recovery", "recover"]
+__all__ = ["TraceDocumentLike", "TraceFiles", "account", "compaction_candidates", "invalidate", "needs_recovery", "recount_live",
+           "recover"]
