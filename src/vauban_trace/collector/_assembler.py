@@ -38,7 +38,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from vauban_trace.collector._metrics import CollectorMetrics
-from vauban_trace.contract import Trace
 
 if TYPE_CHECKING:
     from vauban_trace.rebuild import TraceDocument
@@ -208,20 +207,12 @@ class Assembler:
                 log.exception("on_stored listener failed for %d trace(s)", len(built))
 
     def _rebuild(self, entry: PendingTrace) -> TraceDocument:
-        from vauban_trace.rebuild import document_of, rebuild_documents
+        # the one road, shared with `vauban-trace store rebuild`: bad stored data still gives a
+        # stored, incomplete trace whose problems say why, instead of being retried forever
+        from vauban_trace.store import rebuild_document
 
-        try:
-            snapshot = self._take_snapshot(entry)
-            if snapshot is not None:
-                self.snapshot_hits += 1
-                data = snapshot
-            else:
-                data = self._store.spans_for_bytes(entry.trace_id)
-            for doc in rebuild_documents(data):
-                if doc.trace_id == entry.trace_id:
-                    return doc
-            raise ValueError("rebuild produced no trace with this id")
-        except Exception as exc:  # bad stored data: keep a record of why instead of retrying forever
-            log.warning("trace %s could not be rebuilt: %s", entry.trace_id, exc)
-            trace = Trace(id=entry.trace_id, complete=False, problems=(f"rebuild failed: {exc}",))
-            return document_of(trace, None)
+        snapshot = self._take_snapshot(entry)
+        if snapshot is not None:
+            self.snapshot_hits += 1
+            return rebuild_document(entry.trace_id, lambda: snapshot)
+        return rebuild_document(entry.trace_id, lambda: self._store.spans_for_bytes(entry.trace_id))

@@ -357,7 +357,7 @@ class StoreMaintenance:
             except FileNotFoundError:
                 size = None
             seg_stats.append(SegmentStats(int(seg), int(end), int(live), size,
-                                          round(int(live) / int(end), 4) if end else 0.0))
+                                          int(live) / int(end) if end else 0.0))
         return StoreStats(
             schema_version=version, traces=int(total), rebuilt=int(rebuilt), complete=int(complete),
             incomplete=int(rebuilt) - int(complete), pending=int(pending), raw_spans=int(raw),
