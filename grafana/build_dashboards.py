@@ -1,6 +1,6 @@
 """Generate the Grafana dashboards of the vauban-trace reference deployment.
 
-The two dashboards under ``grafana/dashboards/`` are written by this script, never by hand::
+The three dashboards under ``grafana/dashboards/`` are written by this script, never by hand::
 
     python grafana/build_dashboards.py            # (re)write grafana/dashboards/*.json
     python grafana/build_dashboards.py --check    # exit 1 if a checked-in file differs
@@ -30,7 +30,23 @@ Dashboards:
     R², the values and repeats behind it, and the refusal reason or the fit's notes (a refused
     fit has empty parameter cells: the collector exports no number for it); and one XY chart
     per selected stage of the measured throughput (N / median duration) and the USL-predicted
-    throughput against ``sweep_value``. All instant queries of the latest profile.
+    throughput against ``sweep_value``. All instant queries of the latest profile. These two
+    follow the ``sweep_stage`` variable (the stages of the chosen sweep's profile, which include
+    ``request``: the root span is not a stage span, so ``stage`` never lists it, while on the
+    concurrency axis the request stage is the one fitted).
+
+``vauban-load.json`` (uid ``vauban-load``)
+    Load tests (``load_panels.py``). For the chosen ``open_sweep`` (arrival-rate sweeps, those
+    with ``vauban_sweep_verdict``): achieved vs offered throughput (XY, x = the offered rate the
+    schedule realised, with the y = x line and the rate actually sent), response time p50 / p95 /
+    p99 against the offered rate, a table of verdicts per rate (sustained / late / saturated /
+    failures, the reason, offered, achieved, p50 with its bootstrap interval, p99, Little's L,
+    runs, dropped, failed), the highest rate sustained and the lowest saturated (stats), queue
+    wait and generator lateness p95 against the rate. For the chosen ``closed_sweep``
+    (concurrency sweeps): the request throughput X(N) measured vs its USL fit, and the median
+    response time, mean response time and median queue wait against N. Instant queries of the
+    latest profile (``vauban_sweep_load*``, ``vauban_sweep_verdict``, ``vauban_sweep_observed``,
+    ``vauban_sweep_usl_predicted``).
 
 Every panel queries the Prometheus data source by its fixed uid ``prometheus``
 (``grafana/provisioning/datasources/datasources.yaml``). No grafana-foundation-sdk: the JSON
@@ -48,6 +64,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules, also when loaded by path
 
+from load_panels import (  # noqa: E402
+    achieved_vs_offered,
+    closed_loop_response,
+    closed_loop_throughput,
+    limit_stat,
+    response_vs_rate,
+    verdicts_table,
+    wait_and_lateness,
+)
 from panels import (  # noqa: E402
     RATE,
     Json,
@@ -267,6 +292,13 @@ def build_stages_dashboard() -> Json:
             multi=False,
             include_all=False,
         ),
+        query_variable(
+            "sweep_stage",
+            "Sweep stage",
+            'label_values(vauban_sweep_fit_status{sweep_id="$sweep_id"}, stage)',
+            multi=True,
+            include_all=True,
+        ),
     ]
     return dashboard(
         "vauban-stages",
@@ -278,11 +310,58 @@ def build_stages_dashboard() -> Json:
     )
 
 
+def build_load_dashboard() -> Json:
+    """Open-loop (arrival-rate) and closed-loop (concurrency) load tests from the sweep profiler."""
+    panels = [
+        achieved_vs_offered(),
+        response_vs_rate(),
+        verdicts_table(),
+        limit_stat(
+            "Highest offered rate sustained ($open_sweep)",
+            "highest_sustained",
+            "The largest offered rate at which every run kept up: not late, not saturated, no failed request.",
+            "none sustained",
+        ),
+        limit_stat(
+            "Lowest offered rate saturated ($open_sweep)",
+            "lowest_saturated",
+            "The smallest offered rate at which a run saturated (achieved below offered, refused arrivals "
+            "or a growing backlog).",
+            "none saturated",
+        ),
+        wait_and_lateness(),
+        closed_loop_throughput(),
+        closed_loop_response(),
+    ]
+    widths = [12, 12, 24, 6, 6, 12, 12, 12]
+    variables = [
+        query_variable(
+            "open_sweep", "Open-loop sweep", "label_values(vauban_sweep_verdict, sweep_id)",
+            multi=False, include_all=False,
+        ),
+        query_variable(
+            "closed_sweep", "Closed-loop sweep", 'label_values(vauban_sweep_load{axis="concurrency"}, sweep_id)',
+            multi=False, include_all=False,
+        ),
+    ]
+    return dashboard(
+        "vauban-load",
+        "vauban-trace: load tests",
+        "Open-loop (arrival-rate) sweeps: achieved vs offered throughput, response-time percentiles, "
+        "queue wait, generator lateness, verdicts and the highest rate sustained; closed-loop "
+        "(concurrency) sweeps: request throughput X(N) against its USL fit, response time and queue "
+        "wait per N. From the collector's sweep profiler (vauban_sweep_* gauges).",
+        variables,
+        layout(panels, widths),
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Output
 
 DASHBOARDS = {
     "vauban-collector.json": build_collector_dashboard,
+    "vauban-load.json": build_load_dashboard,
     "vauban-stages.json": build_stages_dashboard,
 }
 

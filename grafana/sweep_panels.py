@@ -92,7 +92,7 @@ def sweep_panel() -> Json:
     }
 
 
-def _fit_sel(stage: str = '=~"$stage"') -> str:
+def _fit_sel(stage: str = '=~"$sweep_stage"') -> str:
     return '{sweep_id="$sweep_id", stage' + stage
 
 
@@ -160,17 +160,20 @@ def fits_table() -> Json:
 
 def fit_xy_panel() -> Json:
     """Measured and USL-predicted throughput of one stage against ``sweep_value``."""
-    sel = _fit_sel('="$stage"')
+    sel = _fit_sel('="$sweep_stage"')
     observed = f'avg by (sweep_value) (vauban_sweep_observed{sel}, quantity="throughput"}})'
     predicted = f"avg by (sweep_value) (vauban_sweep_usl_predicted{sel}}})"
     return {
         "type": "xychart",
-        "title": "$stage throughput: measured vs USL fit ($sweep_id)",
+        "title": "$sweep_stage throughput: measured vs USL fit ($sweep_id)",
         "description": "Measured throughput (sweep value / median stage duration, points) and the "
-        "throughput the stage's USL fit predicts at the same values (line). No line when the fit "
-        "was refused: see the fits table for the reason.",
+        "throughput the stage's USL fit predicts at the same values (line). On the concurrency axis "
+        "only the request stage has both: the request throughput the USL was fitted to (completions "
+        "in the clients' common window or Little's law, median over runs); on the arrival_rate axis "
+        "the request stage's points are the achieved throughput and there is no fit. No line when the "
+        "fit was refused: see the fits table for the reason.",
         "datasource": dict(DATASOURCE),
-        "repeat": "stage",
+        "repeat": "sweep_stage",
         "repeatDirection": "h",
         "maxPerRow": 2,
         "fieldConfig": {

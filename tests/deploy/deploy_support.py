@@ -44,6 +44,10 @@ FIXED_METRICS = frozenset(
         "vauban_sweep_usl_predicted",
         "vauban_sweep_observed",
         "vauban_sweep_points",
+        "vauban_sweep_load",
+        "vauban_sweep_load_interval",
+        "vauban_sweep_verdict",
+        "vauban_sweep_load_limit",
     }
 )
 _SWEEP = frozenset({"sweep_id", "axis", "stage", "model"})
@@ -70,6 +74,10 @@ METRIC_LABELS: dict[str, frozenset[str]] = {
     "vauban_sweep_usl_predicted": _SWEEP | {"sweep_value"},
     "vauban_sweep_observed": _SWEEP | {"sweep_value", "quantity"},
     "vauban_sweep_points": _SWEEP | {"quantity"},
+    "vauban_sweep_load": _SWEEP | {"sweep_value", "quantity"},
+    "vauban_sweep_load_interval": _SWEEP | {"sweep_value", "quantity", "bound"},
+    "vauban_sweep_verdict": _SWEEP | {"sweep_value", "verdict", "reason"},
+    "vauban_sweep_load_limit": _SWEEP | {"quantity"},
 }
 HISTOGRAMS = frozenset(
     {

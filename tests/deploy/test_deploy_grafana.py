@@ -15,7 +15,7 @@ import pytest
 import yaml
 from deploy_support import FIXED_METRICS, HISTOGRAMS, METRIC_LABELS, REPO, load_yaml
 
-DASHBOARDS = ("vauban-collector.json", "vauban-stages.json")
+DASHBOARDS = ("vauban-collector.json", "vauban-load.json", "vauban-stages.json")
 METRIC_TOKEN = re.compile(r"\bvauban_[a-z_]+")
 BY_CLAUSE = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 MATCHERS = re.compile(r"\{([^{}]*)\}")
@@ -242,8 +242,48 @@ def test_stages_dashboard_has_the_usl_fit_table_and_curve() -> None:
     renamed = table["transformations"][1]["options"]["renameByName"].values()
     assert {"lambda", "lambda low", "lambda high", "sigma", "kappa", "kappa high", "peak N"} <= set(renamed)
     (curve,) = [p for p in dash["panels"] if p["type"] == "xychart" and "USL" in p["title"]]
-    assert curve["repeat"] == "stage"
+    # the sweep's own stages (they include "request", which the histograms' stage variable lacks)
+    assert curve["repeat"] == "sweep_stage" and all('stage="$sweep_stage"' in t["expr"] for t in curve["targets"])
+    assert all('stage=~"$sweep_stage"' in e for e in exprs)
     assert {s["y"]["matcher"]["options"] for s in curve["options"]["series"]} == {"measured", "USL fit"}
     assert ["vauban_sweep_observed" in t["expr"] for t in curve["targets"]] == [True, False]
     names = {v["name"]: v for v in dash["templating"]["list"]}
     assert names["sweep_id"]["multi"] is False and "vauban_sweep_fit_status" in names["sweep_id"]["query"]["query"]
+    assert names["sweep_stage"]["query"]["query"] == 'label_values(vauban_sweep_fit_status{sweep_id="$sweep_id"}, stage)'
+
+
+def test_load_dashboard_panels() -> None:
+    dash = _dashboard("vauban-load.json")
+    panels = {p["title"]: p for p in dash["panels"]}
+    names = {v["name"]: v for v in dash["templating"]["list"]}
+    assert names["open_sweep"]["query"]["query"] == "label_values(vauban_sweep_verdict, sweep_id)"
+    assert 'axis="concurrency"' in names["closed_sweep"]["query"]["query"]
+    for panel in dash["panels"]:
+        for t in panel["targets"]:
+            assert t["instant"] is True and t["format"] == "table", panel["title"]
+            assert 'sweep_id="$open_sweep"' in t["expr"] or 'sweep_id="$closed_sweep"' in t["expr"]
+    # achieved vs offered: x is the realised offered rate, with the y = x reference and the rate sent
+    xy = panels["Achieved vs offered throughput ($open_sweep)"]
+    series = {s["y"]["matcher"]["options"]: s["x"]["matcher"]["options"] for s in xy["options"]["series"]}
+    assert series == {"achieved": "offered", "y = x": "offered", "sent": "offered"}
+    exprs = [t["expr"] for t in xy["targets"]]
+    assert exprs[0] == exprs[2] and 'quantity="offered_realised"' in exprs[0]
+    assert 'quantity="achieved"' in exprs[1] and 'quantity="offered_sent"' in exprs[3]
+    rename = xy["transformations"][1]["options"]["renameByName"]
+    assert list(rename.values()) == ["offered", "achieved", "y = x", "sent"]
+    response = panels["Response time vs offered rate ($open_sweep)"]
+    assert [s["y"]["matcher"]["options"] for s in response["options"]["series"]] == ["p50", "p95", "p99"]
+    assert {s["x"]["matcher"]["options"] for s in response["options"]["series"]} == {"sweep_value"}
+    table = panels["Verdicts per offered rate ($open_sweep)"]
+    assert "vauban_sweep_verdict" in table["targets"][0]["expr"]
+    assert "verdict, reason" in table["targets"][0]["expr"]
+    organize = table["transformations"][1]["options"]
+    assert {"sweep_value", "verdict", "reason", "offered", "achieved", "p50 low", "Little's L"} <= set(
+        organize["indexByName"]
+    )
+    stat = panels["Highest offered rate sustained ($open_sweep)"]
+    assert 'quantity="highest_sustained"' in stat["targets"][0]["expr"]
+    assert stat["fieldConfig"]["defaults"]["noValue"] == "none sustained"
+    closed = panels["Request throughput X(N): measured vs USL ($closed_sweep)"]
+    assert all('stage="request"' in t["expr"] for t in closed["targets"])
+    assert ["vauban_sweep_observed" in t["expr"] for t in closed["targets"]] == [True, False]

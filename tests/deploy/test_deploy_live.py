@@ -9,9 +9,11 @@
    rejection and one request is re-sent to produce duplicates.
 4. A batch-size sweep with a sweep id (durations on a known USL curve) is sent too, so the
    collector's sweep profiler (``--sweep-profile-interval 0.5s``) exports its fits.
-5. Every PromQL expression of both dashboards (Grafana macros substituted) is evaluated by
+5. An open-loop (arrival-rate) sweep and a closed-loop (concurrency) sweep, simulated exactly
+   (one FIFO server, 10 ms per request), give the load dashboard its data.
+6. Every PromQL expression of the dashboards (Grafana macros substituted) is evaluated by
    Prometheus and must return data; the sweep XY query must return one p50 per sweep value,
-   growing with the value.
+   growing with the value; the load dashboard's numbers are those of the simulated service.
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ USL_NOISE = (
     (1.01, 0.997, 1.004), (0.99, 1.006, 0.998), (1.005, 0.993, 1.002),
     (0.995, 1.003, 1.009), (1.0, 0.992, 1.006), (1.008, 0.996, 1.001),
 )
+OPEN_SWEEP_ID, CLOSED_SWEEP_ID = "deploy-open", "deploy-closed"
+OPEN_RATES = (20, 200)  # against one server at 10 ms per request: sustained, then saturated at 100/s
+CLOSED_VALUES = (1, 2, 4, 8, 16, 32)
+SERVICE_NS = 10_000_000
 
 
 def _free_port() -> int:
@@ -268,6 +274,65 @@ def _send_usl_sweep(collector: Collector) -> None:
     provider.shutdown()
 
 
+def _open_loop_requests(t0: int) -> Iterator[tuple[int, dict[str, Any], int, int, int]]:
+    """(rate, metadata, start, queue end, end) of constant arrivals over a 1 s window, one FIFO server."""
+    for rate in OPEN_RATES:
+        w0 = t0 + 10**10 * rate
+        free = w0
+        for seq in range(rate):
+            scheduled = w0 + seq * (10**9 // rate)
+            sent = scheduled + 50_000
+            begin = max(sent, free)
+            free = begin + SERVICE_NS
+            labels = {"run": 0, "seq": seq, "scheduled_unix_nano": scheduled, "window_start_unix_nano": w0,
+                      "window_end_unix_nano": w0 + 10**9, "dropped": 0}
+            yield rate, {"open_loop": labels}, sent, begin + 1000, free
+
+
+def _x_closed(n: int) -> float:
+    return 100.0 * n / (1 + 0.08 * (n - 1) + 0.004 * n * (n - 1))
+
+
+def _closed_loop_requests(t0: int) -> Iterator[tuple[int, dict[str, Any], int, int, int]]:
+    """(N, metadata, start, queue end, end): N clients back to back, response N / X(N)."""
+    for n in CLOSED_VALUES:
+        r_ns = int(n / _x_closed(n) * 1e9)
+        for c in range(n):
+            for i in range(3):
+                start = t0 + 10**11 + 10**10 * n + c * 1000 + i * r_ns
+                yield n, {"closed_loop": {"run": 0, "client": c, "seq": i}}, start, start + r_ns // 2, start + r_ns
+
+
+def _send_load_sweeps(collector: Collector) -> int:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.trace import set_span_in_context
+
+    from vauban_trace import semconv
+
+    provider = TracerProvider(resource=Resource.create({semconv.SERVICE_NAME: "deploy-test"}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"http://{collector.http}/v1/traces")))
+    tracer = provider.get_tracer("tests.deploy")
+    t0 = time.time_ns() - 10**12
+    sent = 0
+    for sweep_id, axis, requests in ((OPEN_SWEEP_ID, "arrival_rate", _open_loop_requests(t0)),
+                                     (CLOSED_SWEEP_ID, "concurrency", _closed_loop_requests(t0))):
+        for value, metadata, start, queued, end in requests:
+            root = tracer.start_span(f"text_completion {MODEL}", start_time=start, attributes={
+                semconv.TRACE_ROOT: True, semconv.GEN_AI_OPERATION_NAME: "text_completion",
+                semconv.GEN_AI_REQUEST_MODEL: MODEL, semconv.SWEEP_ID: sweep_id, semconv.SWEEP_AXIS: axis,
+                semconv.SWEEP_AXIS_VALUE: value, semconv.TRACE_METADATA: json.dumps(metadata)})
+            queue = tracer.start_span("queue", context=set_span_in_context(root), start_time=start,
+                                      attributes={semconv.STAGE: "queue"})
+            queue.end(end_time=queued)
+            root.end(end_time=end)
+            sent += 1
+    provider.shutdown()  # flushes the batch processor
+    return sent
+
+
 def _post_bad_span(collector: Collector) -> None:
     body = {
         "resourceSpans": [
@@ -349,6 +414,13 @@ def loaded(collector: Collector, prometheus: str) -> str:
         "the USL sweep's fit scraped",
         lambda: bool(_query(prometheus, f'vauban_sweep_usl_peak{{sweep_id="{USL_SWEEP_ID}", stage="prefill"}}')),
     )
+    _send_load_sweeps(collector)
+    _wait(
+        "the load sweeps' profiles scraped",
+        lambda: bool(_query(prometheus, f'vauban_sweep_load_limit{{sweep_id="{OPEN_SWEEP_ID}"}}'))
+        and bool(_query(prometheus, f'vauban_sweep_usl_predicted{{sweep_id="{CLOSED_SWEEP_ID}", stage="request"}}')),
+        timeout=40.0,
+    )
     _post_bad_span(collector)
     _resend_duplicate(collector)
     _wait(
@@ -377,7 +449,7 @@ def test_collector_exposes_every_fixed_metric_with_its_labels(collector: Collect
 
 
 def _dashboard_queries() -> Iterator[tuple[str, str, str]]:
-    for name in ("vauban-collector.json", "vauban-stages.json"):
+    for name in ("vauban-collector.json", "vauban-load.json", "vauban-stages.json"):
         dash = json.loads((REPO / "grafana/dashboards" / name).read_text(encoding="utf-8"))
         for panel in dash["panels"]:
             for target in panel["targets"]:
@@ -387,6 +459,9 @@ def _dashboard_queries() -> Iterator[tuple[str, str, str]]:
 def _concrete(expr: str) -> str:
     expr = expr.replace("$__rate_interval", "10s").replace("$__range", "5m")
     expr = expr.replace('sweep_id="$sweep_id"', f'sweep_id="{USL_SWEEP_ID}"')
+    expr = expr.replace('sweep_id="$open_sweep"', f'sweep_id="{OPEN_SWEEP_ID}"')
+    expr = expr.replace('sweep_id="$closed_sweep"', f'sweep_id="{CLOSED_SWEEP_ID}"')
+    expr = expr.replace('stage="$sweep_stage"', 'stage="prefill"')
     expr = expr.replace('stage="$stage"', 'stage="prefill"').replace(
         'sweep_axis="$sweep_axis"', 'sweep_axis="token_count"'
     )
@@ -413,3 +488,31 @@ def test_sweep_xy_query_orders_durations_by_sweep_value(loaded: str) -> None:
         true = tokens * STAGE_SECONDS_PER_TOKEN
         # histogram_quantile interpolates inside the bucket holding the observations
         assert true / 2.5 <= median <= true * 2.5, (tokens, median)
+
+
+def _by_value(base: str, expr: str) -> dict[float, float]:
+    return {float(r["metric"]["sweep_value"]): float(r["value"][1]) for r in _query_raw(base, _concrete(expr))}
+
+
+def test_load_dashboard_shows_the_simulated_service(loaded: str) -> None:
+    queries = {where.split(": ", 1)[1]: expr for where, _, expr in _dashboard_queries() if "vauban-load" in where}
+    offered = _by_value(loaded, queries["Achieved vs offered throughput ($open_sweep) [A]"])
+    achieved = _by_value(loaded, queries["Achieved vs offered throughput ($open_sweep) [B]"])
+    assert sorted(offered) == [float(r) for r in OPEN_RATES]
+    assert offered[20.0] == pytest.approx(20.0) and offered[200.0] == pytest.approx(200.0)
+    assert achieved[20.0] == pytest.approx(20.0, rel=0.01)
+    assert achieved[200.0] == pytest.approx(1e9 / SERVICE_NS, rel=0.01)  # the server's capacity
+    verdicts = _query_raw(loaded, _concrete(queries["Verdicts per offered rate ($open_sweep) [A]"]))
+    by_rate = {float(r["metric"]["sweep_value"]): r["metric"] for r in verdicts}
+    assert by_rate[20.0]["verdict"] == "sustained" and by_rate[200.0]["verdict"] == "saturated"
+    assert "achieved 100/s" in by_rate[200.0]["reason"]
+    highest = _query(loaded, _concrete(queries["Highest offered rate sustained ($open_sweep) [A]"]))
+    assert highest == [20.0]
+    p99 = _by_value(loaded, queries["Response time vs offered rate ($open_sweep) [C]"])
+    assert p99[20.0] == pytest.approx(SERVICE_NS / 1e9, rel=0.01) and p99[200.0] > 0.4  # the backlog
+    measured = _by_value(loaded, queries["Request throughput X(N): measured vs USL ($closed_sweep) [A]"])
+    fitted = _by_value(loaded, queries["Request throughput X(N): measured vs USL ($closed_sweep) [B]"])
+    assert sorted(measured) == sorted(fitted) == [float(n) for n in CLOSED_VALUES]
+    for n in CLOSED_VALUES:
+        assert measured[float(n)] == pytest.approx(_x_closed(n), rel=0.05)
+        assert fitted[float(n)] == pytest.approx(_x_closed(n), rel=0.05)
