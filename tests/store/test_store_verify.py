@@ -13,7 +13,7 @@ from vauban_trace.contract import Trace
 from vauban_trace.rebuild import rebuild_traces
 from vauban_trace.store import TraceNotFoundError, TraceStore, rebuild_document
 from vauban_trace.store import _maintenance as maintenance
-from vauban_trace.store._segments import segment_path
+from vauban_trace.store._segments import read_document, segment_path
 
 
 def _tid(n: int) -> str:
@@ -151,8 +151,8 @@ def test_a_text_moved_by_a_compaction_during_verify_is_not_reported(tmp_path: Pa
     traces = _assemble(writer)  # the first texts are dead now
     writer.close()  # sealed
     verifier, compactor = TraceStore(tmp_path), TraceStore(tmp_path)  # as two processes would
-    real = maintenance.read_document
-    calls = []
+    real = read_document
+    calls: list[tuple[object, ...]] = []
 
     def racing(*args: object) -> bytes:
         if not calls:  # another process compacts between the verifier's row read and its file read
