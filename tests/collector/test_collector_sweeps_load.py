@@ -188,3 +188,70 @@ def test_batch_axis_exports_no_load_series() -> None:
                             metadata={"sweep": {"id": "bs", "axis": "batch_size", "axis_value": n}}))
     samples = samples_of(profile_traces(traces, sweep_id="bs"), "m")
     assert samples and not [s for s in samples if s[0].startswith(("vauban_sweep_load", "vauban_sweep_verdict"))]
+
+
+def test_a_real_open_loop_sweep_through_the_collector(make_collector: Any, tmp_path: Any) -> None:
+    """run_open_loop + ServingLoop export over OTLP/HTTP to a collector: its gauges are the profile of
+    the traces it stored, equal to the driver's own profile (same spans, read back locally)."""
+    import time
+
+    from collector_helpers import wait_for
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    import vauban_trace as vt
+    from vauban_trace.sweep import OpenLoopSpec, ServingLoop, run_open_loop
+
+    c = make_collector(quiet_period_s=0.0, sweep_profile_interval_s=0.2)
+    assert c.http_address is not None
+    exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{c.http_address[1]}/v1/traces")
+    session = vt.configure(store_dir=tmp_path / "local", exporter=["embedded", exporter])
+    try:
+        serving: ServingLoop[None, None] = ServingLoop(serve=lambda _: time.sleep(0.010), model="fake-service",
+                                                        workers=1)
+        with serving as loop:
+            spec = OpenLoopSpec(rates=(20, 400), duration_s=0.6, warmup_s=0.1, arrivals="constant",
+                                max_in_flight=16, sweep_id="ol-e2e")
+            result = run_open_loop(lambda seq: loop.call(None), spec, session=session)
+    finally:
+        session.shutdown()  # flushes the OTLP exporter
+    assert result.profile.open_loop is not None
+    measured = sum(p.traces for p in result.profile.open_loop.points)
+    assert c.sweeps is not None
+
+    def profiled() -> bool:
+        assert c.sweeps is not None
+        p = c.sweeps.profiles().get("ol-e2e")
+        return p is not None and p.open_loop is not None and sum(x.traces for x in p.open_loop.points) == measured
+
+    wait_for(profiled, timeout=30)
+    rows = [(s.name, tuple(s.labels[k] for k in ("sweep_id", "axis", "stage", "model",
+                                                  *FAMILIES[s.name][1])), s.value)
+            for family in c.metrics.registry.collect() for s in family.samples
+            if s.name in FAMILIES and s.labels["sweep_id"] == "ol-e2e"]
+    mine = [r for r in rows if r[0].startswith(("vauban_sweep_load", "vauban_sweep_verdict"))]
+    stored = sorted((c.store.get_trace(t.trace_id) for t in c.store.list_traces(limit=None)), key=lambda t: t.id)
+    again = profile_traces(stored, sweep_id="ol-e2e", seed=0)  # what the profiler documents
+    expected = [s for s in samples_of(again, "fake-service")
+                if s[0].startswith(("vauban_sweep_load", "vauban_sweep_verdict"))]
+    assert sorted(mine) == sorted(expected)
+    # and the driver's own profile (its traces in its order): the same numbers up to rounding, except
+    # the bootstrap intervals (they depend on the order) and what the driver knows beyond the traces:
+    # it hands profile_traces the final count of refused arrivals, the traces carry the count so far
+    # when each was sent (arrivals refused after the last one are not seen: dropped and offered are
+    # lower bounds in the collector, and so are the verdict's reasons' counts)
+    driver = {(n, lbl): v for n, lbl, v in samples_of(result.profile, "fake-service") if n == "vauban_sweep_load"}
+    same = {"achieved", "lateness_p95_s", "littles_law_n", "runs", "traces", "failed", *(
+        f"{k}_{q}_s" for k in ("response", "queue_wait") for q in ("p50", "p95", "p99"))}
+    compared = [(name, labels, value) for name, labels, value in mine
+                if name == "vauban_sweep_load" and labels[-1] in same]
+    assert {lbl[-1] for _, lbl, _ in compared} >= {"achieved", "response_p99_s", "queue_wait_p95_s"}
+    for name, labels, value in compared:
+        assert value == pytest.approx(driver[(name, labels)], rel=1e-9), (name, labels)
+    for (value, verdict, _), v2 in zip(sorted(_by(mine, "vauban_sweep_verdict")), sorted(
+            _by([s for s in samples_of(result.profile, "x") if s[0] == "vauban_sweep_verdict"],
+                "vauban_sweep_verdict")), strict=True):
+        assert (value, verdict) == v2[:2]
+    load = _by(mine, "vauban_sweep_load")
+    assert load[("400", "achieved")] < 0.6 * load[("400", "offered_realised")]  # capacity 100/s
+    verdicts = {v: verdict for (v, verdict, _) in _by(mine, "vauban_sweep_verdict")}
+    assert "saturated" in verdicts["400"].split(", ")

@@ -70,8 +70,11 @@ the root spans' ``gen_ai.request.model``, several joined with ``,``):
                                         queue_wait_p50_s / _p95_s / _p99_s (when a queue stage was
                                         traced), lateness_p95_s (the generator's), littles_law_n
                                         (``L = X R``, derived), and the counts runs, traces, dropped,
-                                        failed (sums over runs); on the ``concurrency`` axis (per N)
-                                        response_p50_s (``request`` stage median), queue_wait_p50_s
+                                        failed (sums over runs; dropped, and offered_realised with
+                                        it, as the traces' labels tell: a lower bound, arrivals
+                                        refused after a run's last sent request are not seen, which
+                                        the driver's own result counts); on the ``concurrency`` axis
+                                        (per N) response_p50_s (``request`` stage median), queue_wait_p50_s
                                         (``queue`` stage median, when traced), mean_response_s,
                                         throughput_window, throughput_littles_law (medians over runs,
                                         each when available), runs, traces. Absent when unmeasured
