@@ -516,3 +516,20 @@ def test_load_dashboard_shows_the_simulated_service(loaded: str) -> None:
     for n in CLOSED_VALUES:
         assert measured[float(n)] == pytest.approx(_x_closed(n), rel=0.05)
         assert fitted[float(n)] == pytest.approx(_x_closed(n), rel=0.05)
+
+
+def test_stages_dashboard_fit_chart_shows_the_closed_loop_request_stage(loaded: str) -> None:
+    """The USL panels follow the sweep's own stages: on the concurrency axis the fitted one is request."""
+    title = "vauban-stages.json: $sweep_stage throughput: measured vs USL fit ($sweep_id)"
+    panel_exprs = [e for where, _, e in _dashboard_queries() if where.startswith(title)]
+    assert len(panel_exprs) == 2
+    for expr in panel_exprs:
+        concrete = _concrete(expr.replace('sweep_id="$sweep_id"', f'sweep_id="{CLOSED_SWEEP_ID}"')
+                             .replace('stage="$sweep_stage"', 'stage="request"'))
+        rows = {float(r["metric"]["sweep_value"]): float(r["value"][1]) for r in _query_raw(loaded, concrete)}
+        assert sorted(rows) == [float(n) for n in CLOSED_VALUES], concrete
+        for n in CLOSED_VALUES:
+            assert rows[float(n)] == pytest.approx(_x_closed(n), rel=0.05)
+    stages = _query_raw(loaded, f'vauban_sweep_fit_status{{sweep_id="{CLOSED_SWEEP_ID}"}}')
+    by_stage = {r["metric"]["stage"]: r["metric"]["status"] for r in stages}
+    assert by_stage == {"request": "fitted", "queue": "refused"}  # what the Sweep stage variable lists
