@@ -142,7 +142,8 @@ def recover(conn: sqlite3.Connection, folder: Path) -> int:
     """At open, inside a write transaction: rows pointing past the end of their segment file (or
     into a missing one: texts lost in a crash before they reached the disk) are invalidated, and
     segment files no row names are deleted. Returns the rows invalidated. Cheap: one ``stat`` per
-    segment; a torn text inside a file's length is caught by the digest when it is read."""
+    segment; a torn text inside a file's length is caught by the digest when it is read (or by
+    ``TraceStore.verify_store``)."""
     lost = 0
     for segment, end in conn.execute("SELECT id, bytes FROM segments").fetchall():
         try:
