@@ -5,13 +5,28 @@ Each batch is encoded with the official OTLP encoder
 (``opentelemetry.exporter.otlp.proto.common.trace_encoder.encode_spans``), so what is stored is
 byte-for-byte what an OTLP exporter would send, then:
 
-1. written to the :class:`~vauban_trace.store.TraceStore` (``add_spans``: durable, idempotent);
+1. written to the :class:`~vauban_trace.store.TraceStore` (``ingest``: durable, idempotent, one
+   transaction);
 2. every trace touched by the batch whose root span has arrived (now or in an earlier batch) is
-   rebuilt from everything stored for it (``rebuild_traces(store.spans_for(id))``) and saved with
-   ``put_trace``. Late spans therefore refresh the rebuilt trace instead of being lost.
+   rebuilt from everything stored for it (``rebuild_documents``: the Trace JSON of
+   ``rebuild_traces``, through the C accelerator when it is built) and the batch's traces are saved
+   with ONE ``put_documents`` (one segment append and sync, one commit). A trace new to the store
+   is rebuilt from the snapshot ``ingest`` hands back (the bytes ``spans_for_bytes`` would read,
+   stored with version 1); a trace that already had spans (late spans) is read back, so late spans
+   refresh the rebuilt trace instead of being lost.
+
+Why one ``put_documents`` per batch and not one ``put_trace`` per trace: each ``put_trace`` is its
+own durable transaction (file fsync, segment sync, commit: about 3-5 ms on a VM disk), which held
+the exporter to about 115-160 traces/s, below what an open-loop sweep of the tiny torch model
+produces (about 250 traces/s at 125 requests/s). The backlog then grew without bound in the
+``BatchSpanProcessor`` queue (spans dropped at the SDK's default 2048, or, with a large
+``OTEL_BSP_MAX_QUEUE_SIZE``, tens of thousands of spans kept alive, every one of them scanned by
+each full garbage collection, which stalls every thread of the process; see docs/sweep.md's
+open-loop caveats and ``bench/bench_exporter_stalls.py``).
 
 There is one road from telemetry to a Trace, and this exporter takes it like any other source.
 Errors are logged and reported as ``SpanExportResult.FAILURE``; they never reach the application.
+A trace that fails to rebuild is logged and left out; the batch's other traces are still saved.
 """
 
 from __future__ import annotations
@@ -53,12 +68,13 @@ class EmbeddedExporter(SpanExporter):
             return SpanExportResult.FAILURE
         if not spans:
             return SpanExportResult.SUCCESS
+        failed: list[str] = []
         try:
-            from vauban_trace.rebuild import rebuild_traces
+            from vauban_trace.rebuild import rebuild_documents
 
             request = encode_spans(spans)
             with self._lock:
-                self.store.add_spans(request)
+                ingested = self.store.ingest(request, snapshots=True)
                 touched: list[int] = []
                 for span in spans:
                     ctx = span.context
@@ -71,17 +87,34 @@ class EmbeddedExporter(SpanExporter):
                         touched.append(ctx.trace_id)
                 while len(self._rooted) > _ROOTS_REMEMBERED:
                     self._rooted.popitem(last=False)
+                docs: list[tuple[Any, int | None]] = []
+                done: list[str] = []
                 for trace_id in touched:
                     if trace_id not in self._rooted:
                         continue
                     hex_id = format(trace_id, "032x")
-                    for trace in rebuild_traces(self.store.spans_for(hex_id)):
-                        self.store.put_trace(trace)
-                    self.rebuilt.append(hex_id)
+                    snapshot = ingested.snapshots.get(hex_id)
+                    try:
+                        if snapshot is not None:  # new to the store: its spans as committed (version 1)
+                            docs.extend((doc, 1) for doc in rebuild_documents(snapshot.data()))
+                        else:  # late spans: everything stored for it now
+                            docs.extend((doc, None) for doc in rebuild_documents(self.store.spans_for_bytes(hex_id)))
+                    except Exception as exc:  # one bad trace does not cost the batch's others
+                        _log.warning("vauban-trace: rebuilding trace %s failed: %s", hex_id, exc, exc_info=True)
+                        failed.append(f"trace {hex_id}: {type(exc).__name__}: {exc}")
+                        continue
+                    done.append(hex_id)
+                if docs:
+                    self.store.put_documents(docs)  # one durable transaction for the whole batch
+                self.rebuilt.extend(done)
                 del self.rebuilt[:-_ROOTS_REMEMBERED]
         except Exception as exc:  # never into the application
             _log.warning("vauban-trace: embedded export failed: %s", exc, exc_info=True)
             self.errors.append(f"{type(exc).__name__}: {exc}")
+            self.errors.extend(failed)
+            return SpanExportResult.FAILURE
+        if failed:
+            self.errors.extend(failed)
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
