@@ -151,6 +151,56 @@ def test_an_error_under_the_driver_is_stored_on_the_request_trace(session: Any) 
     assert len(failed) == 1 and _stage(failed[0], BATCH_STAGE).status == "error"
 
 
+def test_closing_a_loop_under_racing_calls_leaves_no_caller_waiting(session: Any) -> None:
+    # every call either is served or is refused as made on a closed loop; none is queued behind
+    # the workers' stop markers (its caller would wait for ever)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def client(loop: ServingLoop[int, int]) -> None:
+        while True:
+            try:
+                loop.call(1)
+            except ConfigurationError as exc:
+                assert "loop that is closed" in str(exc)
+                with lock:
+                    outcomes.append("refused")
+                return
+            with lock:
+                outcomes.append("served")
+
+    for _ in range(5):
+        outcomes.clear()
+        def serve(x: int) -> int:
+            return x
+
+        loop = ServingLoop(serve=serve, model="racing", workers=2).start()
+        threads = [threading.Thread(target=client, args=(loop,), daemon=True) for _ in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.01)
+        loop.close()
+        for t in threads:
+            t.join(timeout=10)
+        assert not any(t.is_alive() for t in threads), "a caller waits on a closed loop"
+        assert outcomes.count("refused") == 6 and "served" in outcomes
+
+
+def test_a_result_that_fails_after_serving_releases_its_callers(session: Any) -> None:
+    # an error raised by the worker after the served callable returned (here: reading a result's
+    # trace_id) reaches the caller instead of leaving it waiting
+    class Odd:
+        @property
+        def trace_id(self) -> str:
+            raise LookupError("no trace id here")
+
+    def serve(x: int) -> Odd:
+        return Odd()
+
+    with ServingLoop(serve=serve, model="odd") as loop, pytest.raises(LookupError, match="no trace id"):
+        loop.call(1)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({}, "exactly one of serve="),
     ({"serve": abs, "serve_batch": list}, "exactly one of serve="),

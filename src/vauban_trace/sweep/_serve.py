@@ -191,9 +191,7 @@ class ServingLoop(Generic[P, R]):
                             metadata=load_metadata()) as req:
             ticket = _Ticket(payload, req.trace_id)
             with stage(QUEUE_STAGE) as q:
-                ticket.depth_at_enqueue = self._queue.qsize()
-                ticket.t_enqueue = time.perf_counter()
-                self._queue.put(ticket)
+                self._enqueue(ticket)
                 ticket.started.wait()
                 q.set_counter("queue_depth", ticket.depth_at_enqueue, provenance="measured")
                 q.set_counter("duration_s", max(0.0, ticket.t_start - ticket.t_enqueue), provenance="measured")
@@ -208,6 +206,17 @@ class ServingLoop(Generic[P, R]):
                     raise ticket.error
             result: R = ticket.result
             return result
+
+    def _enqueue(self, ticket: _Ticket) -> None:
+        # Under the lock: close() cannot queue its stop markers between the state check and the
+        # put, so no ticket lands behind them (it would never be served and its caller would wait
+        # for ever). A full queue blocks here with the lock held; the workers drain it without it.
+        with self._lock:
+            if self._state != "running":
+                raise ConfigurationError(f"ServingLoop: call() on a loop that is {self._state}")
+            ticket.depth_at_enqueue = self._queue.qsize()
+            ticket.t_enqueue = time.perf_counter()
+            self._queue.put(ticket)
 
     # -- worker side ------------------------------------------------------------------------
     def _take(self) -> tuple[list[_Ticket], bool]:
@@ -246,6 +255,7 @@ class ServingLoop(Generic[P, R]):
                 t_start, batch_id, len(items), depth, k, members)
             t.started.set()
         results: list[Any] = []
+        served: list[str] = []
         error: BaseException | None = None
         try:
             if self._serve_batch is not None:
@@ -256,15 +266,16 @@ class ServingLoop(Generic[P, R]):
             else:
                 assert self._serve is not None
                 results = [self._serve(items[0].payload)]
+            served = sorted({tid for r in results if isinstance(tid := getattr(r, "trace_id", None), str)})
         except BaseException as exc:  # handed to every caller, re-raised there unchanged
             error = exc
-        t_done = time.perf_counter()
-        served = sorted({tid for r in results if isinstance(tid := getattr(r, "trace_id", None), str)})
-        for i, t in enumerate(items):
-            t.t_done, t.served, t.error = t_done, served, error
-            if error is None:
-                t.result = results[i]
-            t.done.set()
+        finally:  # every caller is released, whatever happened: a worker never leaves one waiting
+            t_done = time.perf_counter()
+            for i, t in enumerate(items):
+                t.t_done, t.served, t.error = t_done, served, error
+                if error is None:
+                    t.result = results[i]
+                t.done.set()
 
 
 def traced_call(
