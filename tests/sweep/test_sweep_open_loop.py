@@ -17,6 +17,7 @@ from opentelemetry import trace as otel_trace
 
 import vauban_trace as vt
 from vauban_trace._exceptions import ConfigurationError
+from vauban_trace.contract import Trace, TraceSpan
 from vauban_trace.sources import open_source
 from vauban_trace.sweep import (
     ARRIVAL_RATE,
@@ -327,3 +328,25 @@ def test_tail_percentiles_and_their_intervals() -> None:
     assert t.p99_interval is None or t.p99_interval[0] <= t.p99 <= t.p99_interval[1]
     assert tail(values[:50]).p99_interval is None  # fewer than 5 samples beyond p99: no interval
     assert tail([]).p95 is None
+
+
+def test_a_trace_without_a_root_adds_no_lateness() -> None:
+    # two requests on schedule (1 ms late) and one whose trace has two parentless spans (no root):
+    # the rootless one has no start to compare with its schedule and must not count as lateness
+    w0, w1 = 10**12, 10**12 + 10**9
+    traces = []
+    for i, sched in enumerate((w0 + 10**8, w0 + 3 * 10**8, w0 + 5 * 10**8)):
+        labels = {"run": 0, "seq": i, "scheduled_unix_nano": sched, "window_start_unix_nano": w0,
+                  "window_end_unix_nano": w1, "dropped": 0}
+        meta: dict[str, Any] = {"sweep": {"id": "syn", "axis": ARRIVAL_RATE, "axis_value": 3.0}, OPEN_LOOP_KEY: labels}
+        start = sched + 10**6
+        spans = [TraceSpan(id=f"{i:016x}", name="root", start_unix_nano=start, end_unix_nano=start + 10**7)]
+        if i == 2:
+            spans.append(TraceSpan(id="f" * 16, name="other", start_unix_nano=start, end_unix_nano=start + 10**7))
+        traces.append(Trace(id=f"{i:032x}", spans=tuple(spans), metadata=meta))
+    summary = profile_traces(traces).open_loop
+    assert summary is not None
+    (point,) = summary.points
+    assert point.lateness.n == 2 and point.lateness.p95 == pytest.approx(1e-3)
+    assert not point.late
+

@@ -281,7 +281,8 @@ def _point(value: float, run: int, rows: Sequence[tuple[Trace, dict[str, int]]],
         reason = f"{len(ends)} requests completed in the measured window (need 2: a longer window or a higher rate)"
     responses = [t.root.stage_duration_s for t, _ in ok if t.root is not None and t.root.stage_duration_s is not None]
     waits = [w for t, _ in ok if (w := _queue_wait(t)) is not None]
-    late_s = [((t.root.start_unix_nano if t.root else 0) - labels["scheduled_unix_nano"]) / 1e9 for t, labels in rows]
+    # a trace without a single root has no start to compare with its schedule: left out (not 0)
+    late_s = [(t.root.start_unix_nano - labels["scheduled_unix_nano"]) / 1e9 for t, labels in rows if t.root is not None]
     after = sum(1 for t, _ in rows if t.root is not None and t.root.start_unix_nano > w1)
     offered = (len(rows) + dropped) / window_s
     in_window = sum(1 for t, _ in rows if t.root is not None and w0 <= t.root.start_unix_nano <= w1)
