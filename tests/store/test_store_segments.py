@@ -315,3 +315,32 @@ def test_a_failed_v3_migration_leaves_the_file_as_it_was(tmp_path: Path) -> None
     ts = TraceStore(tmp_path)
     assert all(ts.get_trace(t) == tr for t, tr in traces.items())
     ts.close()
+
+
+def test_a_segment_that_cannot_be_locked_leaves_no_descriptor_open(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "no locks available")
+
+    def open_segments() -> list[str]:
+        out = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(tmp_path / "documents")):
+                out.append(target)
+        return out
+
+    ts = TraceStore(tmp_path)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    for _ in range(3):
+        with pytest.raises(TraceStoreError, match="cannot lock segment"):
+            _stored(ts, 1)
+    assert open_segments() == []
+    monkeypatch.undo()
+    ts.close()

@@ -136,7 +136,12 @@ class SegmentWriter:
                 fd = os.open(path, _OPEN_NEW, 0o644)
         except OSError as exc:
             raise TraceStoreError(f"cannot create segment {str(path)!r}: {exc}") from exc
-        if not _lock(fd, path):
+        try:
+            locked = _lock(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if not locked:
             os.close(fd)
             raise TraceStoreError(f"segment {str(path)!r} is locked by another writer")
         _fsync_dir(self.folder)  # the file's name is durable before any row names it
@@ -144,6 +149,9 @@ class SegmentWriter:
 
     def _ready(self, conn: sqlite3.Connection) -> int:
         if os.getpid() != self._pid:  # forked: the parent keeps its segment (and its lock)
+            if self._fd >= 0:  # the child's copy of the descriptor: closing it keeps the parent's flock
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
             self._pid, self._fd, self.segment = os.getpid(), -1, None
         if self.segment is None or self.pos >= self.roll_bytes:
             self.rolled = self.rolled or self.segment is not None
