@@ -61,6 +61,7 @@ import numpy as np
 
 from vauban_trace.contract import Trace
 from vauban_trace.sweep._labels import OPEN_LOOP_KEY
+from vauban_trace.sweep._serve import queue_wait_s
 from vauban_trace.sweep._stats import Summary, _as_finite_array, _percentile_interval, summarize
 
 ARRIVAL_RATE = "arrival_rate"
@@ -250,11 +251,6 @@ def arrival_points(
                            lowest_saturated=saturated[0] if saturated else None, problems=tuple(problems))
 
 
-def _queue_wait(trace: Trace) -> float | None:
-    waits = [s.stage_duration_s for s in trace.spans if s.stage == "queue" and s.stage_duration_s is not None]
-    return sum(waits) if waits else None
-
-
 def _point(value: float, run: int, rows: Sequence[tuple[Trace, dict[str, int]]], tolerance: float,
            seed: int) -> RatePoint | None:
     first = rows[0][1]
@@ -280,7 +276,7 @@ def _point(value: float, run: int, rows: Sequence[tuple[Trace, dict[str, int]]],
     else:
         reason = f"{len(ends)} requests completed in the measured window (need 2: a longer window or a higher rate)"
     responses = [t.root.stage_duration_s for t, _ in ok if t.root is not None and t.root.stage_duration_s is not None]
-    waits = [w for t, _ in ok if (w := _queue_wait(t)) is not None]
+    waits = [w for t, _ in ok if (w := queue_wait_s(t)) is not None]
     # a trace without a single root has no start to compare with its schedule: left out (not 0)
     late_s = [(t.root.start_unix_nano - labels["scheduled_unix_nano"]) / 1e9 for t, labels in rows if t.root is not None]
     after = sum(1 for t, _ in rows if t.root is not None and t.root.start_unix_nano > w1)

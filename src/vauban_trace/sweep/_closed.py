@@ -65,7 +65,7 @@ from vauban_trace.instrument import sweep_point
 from vauban_trace.sweep._labels import load_labels
 from vauban_trace.sweep._profile import SweepProfile, profile_traces
 from vauban_trace.sweep._run import schedule
-from vauban_trace.sweep._serve import QUEUE_STAGE
+from vauban_trace.sweep._serve import queue_wait_s
 from vauban_trace.sweep._throughput import CONCURRENCY, THROUGHPUT_METHODS
 
 if TYPE_CHECKING:
@@ -342,9 +342,8 @@ def _collect(spec: ConcurrencySpec, sweep_id: str, done: Sequence[tuple[int, int
     records: list[RequestRecord] = []
     for trace, (tid, n, run, c, i, call_s) in found:
         root = trace.root
-        waits = [s.stage_duration_s for s in trace.spans if s.stage == QUEUE_STAGE and s.stage_duration_s is not None]
         records.append(RequestRecord(tid, n, run, c, i, None if root is None else root.stage_duration_s,
-                                     sum(waits) if waits else None, call_s))
+                                     queue_wait_s(trace), call_s))
     profile = profile_traces(traces, axis=CONCURRENCY, sweep_id=sweep_id, throughput=throughput, closed_loop=labels,
                              allow_unstable_coverage=allow_unstable_coverage, seed=seed)
     return ConcurrencyResult(spec=spec, sweep_id=sweep_id, profile=profile, traces=traces, requests=tuple(records),

@@ -86,7 +86,7 @@ from vauban_trace.sweep._arrival import ARRIVAL_RATE, TOLERANCE
 from vauban_trace.sweep._labels import arrival_labels
 from vauban_trace.sweep._profile import SweepProfile, profile_traces
 from vauban_trace.sweep._run import schedule
-from vauban_trace.sweep._serve import QUEUE_STAGE
+from vauban_trace.sweep._serve import queue_wait_s
 
 if TYPE_CHECKING:
     from vauban_trace.instrument import Session
@@ -477,10 +477,9 @@ def _collect(spec: OpenLoopSpec, sweep_id: str, done: Sequence[_RunState], sessi
     records: list[ArrivalRecord] = []
     for trace, st, a in found:
         root = trace.root
-        waits = [s.stage_duration_s for s in trace.spans if s.stage == QUEUE_STAGE and s.stage_duration_s is not None]
         records.append(ArrivalRecord(
             trace.id, st.value, st.run, a.seq, st.unix_ns(a.t_sched), a.t_start - a.t_sched, a.in_system,
-            None if root is None else root.stage_duration_s, sum(waits) if waits else None,
+            None if root is None else root.stage_duration_s, queue_wait_s(trace),
             None if a.error is None else repr(a.error)))
     errors = tuple(e for st in done for e in st.errors)
     if errors:

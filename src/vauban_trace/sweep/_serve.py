@@ -64,7 +64,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from vauban_trace._exceptions import ConfigurationError
-from vauban_trace.contract import TraceRequest
+from vauban_trace.contract import Trace, TraceRequest
 from vauban_trace.instrument import stage, traced_request
 from vauban_trace.sweep._labels import load_metadata
 
@@ -278,6 +278,13 @@ class ServingLoop(Generic[P, R]):
                 t.done.set()
 
 
+def queue_wait_s(trace: Trace) -> float | None:
+    """The time ``trace``'s request waited in a serving loop's queue: the sum of its ``queue``
+    stage durations, None when nothing queued it (no such stage with a duration)."""
+    waits = [s.stage_duration_s for s in trace.spans if s.stage == QUEUE_STAGE and s.stage_duration_s is not None]
+    return sum(waits) if waits else None
+
+
 def traced_call(
     fn: Callable[[P], R],
     *,
@@ -302,4 +309,4 @@ def traced_call(
     return call
 
 
-__all__ = ["BATCH_STAGE", "QUEUE_STAGE", "ServingLoop", "traced_call"]
+__all__ = ["BATCH_STAGE", "QUEUE_STAGE", "ServingLoop", "queue_wait_s", "traced_call"]
