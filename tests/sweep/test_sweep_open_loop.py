@@ -350,3 +350,27 @@ def test_a_trace_without_a_root_adds_no_lateness() -> None:
     assert point.lateness.n == 2 and point.lateness.p95 == pytest.approx(1e-3)
     assert not point.late
 
+
+
+def test_senders_that_cannot_start_are_stopped_and_the_interval_restored(session: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_start = threading.Thread.start
+    started: list[threading.Thread] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("vauban-sender-") and len(started) >= 3:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+        if self.name.startswith("vauban-sender-"):
+            started.append(self)
+
+    before = sys.getswitchinterval()
+    monkeypatch.setattr(threading.Thread, "start", start)
+    spec = OpenLoopSpec(rates=(50,), duration_s=0.1, max_in_flight=10, switch_interval_s=0.0005)
+    with pytest.raises(ConfigurationError, match="sender thread 4 of max_in_flight=10"):
+        run_open_loop(lambda seq: None, spec, session=session)
+    monkeypatch.undo()
+    assert sys.getswitchinterval() == before
+    for t in started:
+        t.join(timeout=5)
+    assert len(started) == 3 and not any(t.is_alive() for t in started)

@@ -257,9 +257,16 @@ class _Senders:
 
     def __init__(self, size: int) -> None:
         self.jobs: queue.SimpleQueue[tuple[_RunState, _Arrival] | None] = queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._loop, name=f"vauban-sender-{k}", daemon=True) for k in range(size)]
-        for t in self.threads:
-            t.start()
+        self.threads: list[threading.Thread] = []
+        for k in range(size):
+            t = threading.Thread(target=self._loop, name=f"vauban-sender-{k}", daemon=True)
+            try:
+                t.start()
+            except RuntimeError as exc:  # the process ran out of threads: stop the ones started
+                self.close()
+                raise ConfigurationError(f"run_open_loop: could not start sender thread {k + 1} of max_in_flight="
+                                         f"{size} ({exc}); lower max_in_flight") from exc
+            self.threads.append(t)
 
     def _loop(self) -> None:
         while (job := self.jobs.get()) is not None:
@@ -396,10 +403,11 @@ def run_open_loop(
     done: list[_RunState] = []
     started = time.perf_counter()
     switch = sys.getswitchinterval()
-    if spec.switch_interval_s is not None:
-        sys.setswitchinterval(spec.switch_interval_s)
-    senders = _Senders(spec.max_in_flight)
+    senders: _Senders | None = None
     try:
+        if spec.switch_interval_s is not None:
+            sys.setswitchinterval(spec.switch_interval_s)
+        senders = _Senders(spec.max_in_flight)  # inside the try: a failed start restores the interval
         for scheduled in schedule(spec.rates, spec.repeats):
             value = float(scheduled) if isinstance(scheduled, float) else int(scheduled)
             run = runs_seen.get(value, 0)
@@ -412,7 +420,8 @@ def run_open_loop(
             if on_error == "raise" and st.errors:
                 raise st.errors[0]
     finally:
-        senders.close()
+        if senders is not None:
+            senders.close()
         sys.setswitchinterval(switch)
         session.force_flush()
     wall = time.perf_counter() - started
