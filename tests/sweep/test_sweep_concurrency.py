@@ -145,6 +145,26 @@ def test_errors_propagate_unchanged_after_the_traces_are_flushed(session: Any) -
     assert failed.root is not None and failed.root.status == "error" and "Boom" in (failed.root.error or "")
 
 
+def test_clients_that_cannot_all_start_stop_the_started_ones(session: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the started clients would otherwise wait for ever (issuing warm-up requests) for the others
+    real_start = threading.Thread.start
+    started: list[threading.Thread] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("vauban-client-") and len(started) >= 2:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+        if self.name.startswith("vauban-client-"):
+            started.append(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    call = traced_call(lambda _: time.sleep(0.001), model="fake-service")
+    spec = ConcurrencySpec(values=(4,), requests_per_client=2, warmup_requests=1)
+    with pytest.raises(ConfigurationError, match="client thread 3 of concurrency 4"):
+        run_concurrency(lambda client, seq: call(None), spec, session=session)
+    assert len(started) == 2 and not any(t.is_alive() for t in started)
+
+
 def test_requests_that_open_no_trace_are_refused(session: Any) -> None:
     spec = ConcurrencySpec(values=(1,), requests_per_client=1, warmup_requests=0)
     with pytest.raises(ConfigurationError, match="opened no recorded traced request"):

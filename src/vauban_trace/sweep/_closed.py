@@ -245,10 +245,20 @@ def _client(request: Callable[[int, int], object], r: _Run, c: int, run: int, sw
 def _run_once(request: Callable[[int, int], object], n: int, run: int, spec: ConcurrencySpec, sweep_id: str,
               failed: threading.Event) -> _Run:
     r = _Run(n, spec, failed)
-    threads = [threading.Thread(target=_client, args=(request, r, c, run, sweep_id), name=f"vauban-client-{n}-{c}",
-                                daemon=True) for c in range(n)]
-    for t in threads:
-        t.start()
+    threads: list[threading.Thread] = []
+    for c in range(n):
+        t = threading.Thread(target=_client, args=(request, r, c, run, sweep_id), name=f"vauban-client-{n}-{c}",
+                             daemon=True)
+        try:
+            t.start()
+        except RuntimeError as exc:  # out of threads: the started clients would wait for ever for the rest
+            failed.set()
+            r.all_warm.set()
+            for started in threads:
+                started.join()
+            raise ConfigurationError(f"run_concurrency: could not start client thread {c + 1} of concurrency {n} "
+                                     f"({exc}); lower the concurrency values") from exc
+        threads.append(t)
     for t in threads:
         t.join()
     return r
