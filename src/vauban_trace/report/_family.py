@@ -160,8 +160,14 @@ class TestFamily:
                 "measures": [t.to_dict() for t in self.measures]}
 
 
+def slot_ref(kind: str, layer: int | None, stage: str | None, position: int, quantity: str) -> str:
+    """The ref of one quantity of an artifact slot: ``KIND[LAYER]@STAGE#POSITION:QUANTITY`` (a
+    summary statistic, or a content measure against reference pairs); ``-`` for no stage."""
+    return kind + ("" if layer is None else f"[{layer}]") + f"@{stage or '-'}#{position}:{quantity}"
+
+
 def _summary_ref(s: SummaryAggregate) -> str:
-    return s.kind + ("" if s.layer is None else f"[{s.layer}]") + f"@{s.stage or '-'}#{s.position}:{s.stat}"
+    return slot_ref(s.kind, s.layer, s.stage, s.position, s.stat)
 
 
 def build_family(summaries: Sequence[SummaryAggregate], counters: Sequence[CounterAggregate], *,
@@ -240,5 +246,5 @@ def test_claim_problems(claim_test: Any, fam: TestFamily) -> list[str]:
     return out
 
 
-__all__ = ["CONTENT_UNTESTED", "MeasureTest", "Row", "TestFamily", "build_family", "ref_matches",
+__all__ = ["CONTENT_UNTESTED", "MeasureTest", "Row", "TestFamily", "build_family", "ref_matches", "slot_ref",
            "test_claim_problems"]

@@ -31,7 +31,7 @@ from typing import Any
 
 from vauban_trace.report._content import ContentDiff, content_diff
 from vauban_trace.report._diff import TraceDiff, diff_traces
-from vauban_trace.report._family import Row
+from vauban_trace.report._family import Row, slot_ref
 from vauban_trace.report._measures import MeasureAggregate, NotComputed, _gap, _slot_of
 from vauban_trace.report._pairing import Pairing, TracePair
 from vauban_trace.report._stats import distribution_of
@@ -95,7 +95,7 @@ def reference_rows(measures: Sequence[MeasureAggregate], pairs: Sequence[TracePa
                 gaps["reference: " + _gap(slot, m.measure, d, cp, content_missing)].append(i)
                 continue
             deltas.append(have[i] - float(value))
-        ref = m.kind + ("" if m.layer is None else f"[{m.layer}]") + f"@{m.stage or '-'}#{m.position}:{m.measure}"
+        ref = slot_ref(m.kind, m.layer, m.stage, m.position, m.measure)
         effect = distribution_of(deltas, **boot)
         rows.append((ref, "content", tuple(deltas), effect,
                      tuple(NotComputed(reason, tuple(sorted(p))) for reason, p in gaps.items()), None))
