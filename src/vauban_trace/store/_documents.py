@@ -17,17 +17,7 @@ import threading
 from pathlib import Path
 from typing import Literal, Protocol
 
-from vauban_trace.store._segments import remove_orphans, segment_path
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
+from vauban_trace.store._segments import _fsync_dir, remove_orphans, segment_path
 
 _OPEN_TMP = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
