@@ -374,3 +374,15 @@ def test_senders_that_cannot_start_are_stopped_and_the_interval_restored(session
     for t in started:
         t.join(timeout=5)
     assert len(started) == 3 and not any(t.is_alive() for t in started)
+
+
+def test_a_run_whose_labels_give_an_empty_window_is_named() -> None:
+    labels = {"run": 0, "seq": 0, "scheduled_unix_nano": 10**12, "window_start_unix_nano": 10**12,
+              "window_end_unix_nano": 10**12, "dropped": 0}
+    meta: dict[str, Any] = {"sweep": {"id": "syn", "axis": ARRIVAL_RATE, "axis_value": 5.0}, OPEN_LOOP_KEY: labels}
+    trace = Trace(id="a" * 32, spans=(TraceSpan(id="b" * 16, name="root", start_unix_nano=10**12,
+                                                end_unix_nano=10**12 + 10**6),), metadata=meta)
+    profile = profile_traces([trace])
+    assert profile.open_loop is not None and profile.open_loop.points == ()
+    assert any("empty measured window" in p for p in profile.problems)
+

@@ -233,9 +233,12 @@ def arrival_points(
                             "(run, schedule, window); left out of the open-loop numbers")
         for run in sorted(runs):
             point = _point(float(value), run, runs[run], tolerance, seed)
-            if point is not None:
-                points.append(point)
-                problems.extend(f"arrival rate {value:g}/s run {run}: {r}" for r in point.reasons)
+            if point is None:
+                problems.append(f"arrival rate {value:g}/s run {run}: its labels give an empty measured window "
+                                "(window_end_unix_nano <= window_start_unix_nano); left out of the open-loop numbers")
+                continue
+            points.append(point)
+            problems.extend(f"arrival rate {value:g}/s run {run}: {r}" for r in point.reasons)
     by_rate: dict[float, list[RatePoint]] = {}
     for p in points:
         by_rate.setdefault(p.value, []).append(p)
