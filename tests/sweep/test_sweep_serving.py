@@ -201,6 +201,24 @@ def test_a_result_that_fails_after_serving_releases_its_callers(session: Any) ->
         loop.call(1)
 
 
+def test_workers_that_cannot_all_start_are_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_start = threading.Thread.start
+    started: list[threading.Thread] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("vauban-serving-") and len(started) >= 2:
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+        if self.name.startswith("vauban-serving-"):
+            started.append(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    loop: ServingLoop[int, int] = ServingLoop(serve=abs, model="m", workers=4)
+    with pytest.raises(ConfigurationError, match="could not start worker 3 of workers=4"):
+        loop.start()
+    assert not loop.running and len(started) == 2 and not any(t.is_alive() for t in started)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({}, "exactly one of serve="),
     ({"serve": abs, "serve_batch": list}, "exactly one of serve="),

@@ -153,7 +153,16 @@ class ServingLoop(Generic[P, R]):
             self._state = "running"
             for k in range(self.workers):
                 t = threading.Thread(target=self._work, args=(k,), name=f"vauban-serving-{k}", daemon=True)
-                t.start()
+                try:
+                    t.start()
+                except RuntimeError as exc:  # out of threads: stop the workers started, refuse the loop
+                    self._state = "closed"
+                    for _ in self._threads:
+                        self._queue.put(None)
+                    for started in self._threads:
+                        started.join()
+                    raise ConfigurationError(f"ServingLoop: could not start worker {k + 1} of workers={self.workers} "
+                                             f"({exc}); lower workers") from exc
                 self._threads.append(t)
         return self
 
