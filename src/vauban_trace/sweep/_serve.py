@@ -50,7 +50,11 @@ thread. A ``serve_batch`` that returns another number of results than payloads r
 :class:`~vauban_trace._exceptions.ConfigurationError` in the callers.
 
 **Queue.** ``queue_size`` bounds the queue; a call that finds it full blocks (back-pressure), and
-that wait counts as queue time. :meth:`close` lets the workers drain the queue, then stops them.
+that wait counts as queue time. :meth:`close` lets the workers drain the queue, then stops and
+joins them; a call that reaches the queue once ``close`` has begun is refused with
+:class:`~vauban_trace._exceptions.ConfigurationError` (never queued behind the stop, where no
+worker would serve it). A worker that cannot start (the process is out of threads) stops the ones
+started and :meth:`start` raises ``ConfigurationError``.
 """
 
 from __future__ import annotations
