@@ -59,11 +59,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from vauban_trace._exceptions import ConfigurationError, TraceNotFoundError
+from vauban_trace._exceptions import ConfigurationError
 from vauban_trace.contract import Trace
 from vauban_trace.instrument import sweep_point
 from vauban_trace.sweep._labels import load_labels
 from vauban_trace.sweep._profile import SweepProfile, profile_traces
+from vauban_trace.sweep._readback import read_back
 from vauban_trace.sweep._run import schedule
 from vauban_trace.sweep._serve import queue_wait_s
 from vauban_trace.sweep._throughput import CONCURRENCY, THROUGHPUT_METHODS
@@ -336,18 +337,10 @@ def _collect(spec: ConcurrencySpec, sweep_id: str, done: Sequence[tuple[int, int
     if not plan:
         raise ConfigurationError("run_concurrency: the requests opened no recorded traced request (does request() "
                                  "open one, e.g. ServingLoop.call or traced_call, and is an SDK configured?)")
-    found: list[tuple[Trace, tuple[str, int, int, int, int, float | None]]] = []
-    lost: list[str] = []
-    for entry in plan:
-        try:
-            found.append((session.store.get_trace(entry[0]), entry))
-        except TraceNotFoundError:
-            lost.append(entry[0])
-    if lost:
-        notes.append(f"{len(lost)} of {len(plan)} traces were not stored (spans dropped by a full export queue? "
-                     f"raise OTEL_BSP_MAX_QUEUE_SIZE): {', '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}")
-    if not found:
-        raise ConfigurationError(f"run_concurrency: none of the {len(plan)} traced requests reached the store")
+    stored, note = read_back(session.store, [entry[0] for entry in plan], "run_concurrency")
+    if note is not None:
+        notes.append(note)
+    found = [(stored[entry[0]], entry) for entry in plan if entry[0] in stored]
     traces = tuple(t for t, _ in found)
     records: list[RequestRecord] = []
     for trace, (tid, n, run, c, i, call_s) in found:

@@ -79,12 +79,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from vauban_trace._exceptions import ConfigurationError, TraceNotFoundError
+from vauban_trace._exceptions import ConfigurationError
 from vauban_trace.contract import Trace
 from vauban_trace.instrument import sweep_point
 from vauban_trace.sweep._arrival import ARRIVAL_RATE, TOLERANCE
 from vauban_trace.sweep._labels import arrival_labels
 from vauban_trace.sweep._profile import SweepProfile, profile_traces
+from vauban_trace.sweep._readback import read_back
 from vauban_trace.sweep._run import schedule
 from vauban_trace.sweep._serve import queue_wait_s
 
@@ -470,18 +471,10 @@ def _collect(spec: OpenLoopSpec, sweep_id: str, done: Sequence[_RunState], sessi
         raise ConfigurationError("run_open_loop: the requests opened no recorded traced request (does request() open "
                                  "one, e.g. ServingLoop.call or traced_call, is an SDK configured, and did any "
                                  "arrival fall in the measured window?)")
-    found: list[tuple[Trace, _RunState, _Arrival]] = []
-    lost: list[str] = []
-    for tid, st, a in plan:
-        try:
-            found.append((session.store.get_trace(tid), st, a))
-        except TraceNotFoundError:
-            lost.append(tid)
-    if lost:
-        notes.append(f"{len(lost)} of {len(plan)} traces were not stored (spans dropped by a full export queue? "
-                     f"raise OTEL_BSP_MAX_QUEUE_SIZE): {', '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}")
-    if not found:
-        raise ConfigurationError(f"run_open_loop: none of the {len(plan)} traced requests reached the store")
+    stored, note = read_back(session.store, [tid for tid, _, _ in plan], "run_open_loop")
+    if note is not None:
+        notes.append(note)
+    found = [(stored[tid], st, a) for tid, st, a in plan if tid in stored]
     traces = tuple(t for t, _, _ in found)
     records: list[ArrivalRecord] = []
     for trace, st, a in found:
