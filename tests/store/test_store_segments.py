@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from store_testlib import CHILD, ROOT, TRACE_COLUMNS, V3_TRACES, make_request, make_span
@@ -343,4 +344,29 @@ def test_a_segment_that_cannot_be_locked_leaves_no_descriptor_open(tmp_path: Pat
             _stored(ts, 1)
     assert open_segments() == []
     monkeypatch.undo()
+    ts.close()
+
+
+def test_a_failed_rollback_does_not_hide_the_error_that_caused_it(tmp_path: Path) -> None:
+    class NoRollback:
+        """A connection whose ROLLBACK fails (a disk error at the worst moment)."""
+
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        @property
+        def in_transaction(self) -> bool:
+            return self.conn.in_transaction
+
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql == "ROLLBACK":
+                self.conn.execute("ROLLBACK")
+                raise sqlite3.OperationalError("disk I/O error")
+            return self.conn.execute(sql, *args)
+
+    ts = TraceStore(tmp_path)
+    ts._local.conn = NoRollback(ts._conn())
+    with pytest.raises(KeyError, match="the caller's own error") as info, ts._write_tx("test write"):
+        raise KeyError("the caller's own error")
+    assert any("test write: the rollback failed too: disk I/O error" in n for n in info.value.__notes__)
     ts.close()

@@ -158,7 +158,10 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
                 conn.execute("COMMIT")
             except BaseException as exc:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error as failed:  # the first error stays the one raised
+                        exc.add_note(f"{what}: the rollback failed too: {failed}")
                 if isinstance(exc, sqlite3.Error):
                     raise TraceStoreError(f"{what}: {str(self.db_path)!r}: {exc}") from exc
                 raise
