@@ -329,7 +329,8 @@ DOC_METHOD = (
 
 DOC_READING = (
     "Reading (the run of 2026-11-26 above; re-check on a rerun): every stall above 100 ms is a full "
-    "(generation-2) garbage collection, which holds the GIL from start to end and stops every thread of the "
+    "(generation-2) garbage collection, but for one that the probe in the other process saw as well (the "
+    "machine, shared with other jobs). A full collection holds the GIL from start to end and stops every thread of the "
     "process, the model's and the application's included; its length is the number of tracked objects "
     "(about 386,000 here, nearly all of them torch, transformers and the model, alive before the first "
     "request), not the exporter's work. They come with the SDK (`drop`, a discarding exporter, has them "
