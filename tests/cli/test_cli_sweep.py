@@ -53,6 +53,9 @@ def test_sweep_json_groups_the_stored_traces(model_dir: Path, tmp_path: Path, ax
     with open_source(f"store:{store}") as src:  # the same traces, read back from the store
         traces = [src.get_trace(i) for i in ids]
     assert {t.metadata["sweep"]["id"] for t in traces} == {f"cli-{axis}"}
+    # the loaded model's objects were frozen out of the garbage collector's reach, and it says so
+    frozen = [line for line in proc.stderr.splitlines() if line.startswith("sweep: gc.freeze() after loading")]
+    assert len(frozen) == 1 and int(frozen[0].split("model (")[1].split()[0]) > 10_000
     if axis == "prompt_tokens":
         tokens = {t.metadata["sweep"]["axis_value"]: _profile(t, "tokenize").token_count for t in traces}
         assert tokens == {4: 4, 8: 8, 16: 16}  # the axis value is the real prompt length
@@ -168,3 +171,10 @@ def test_bad_arrival_rate_flags_exit_2_with_one_line(argv: list[str], message: s
     assert main([*argv, "--store", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_no_gc_freeze_leaves_the_collector_alone(model_dir: Path, tmp_path: Path) -> None:
+    proc = _sweep(model_dir, tmp_path / "store", "--axis", "batch_size", "--values", "1,2", "--repeats", "1",
+                  "--no-gc-freeze", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "gc.freeze()" not in proc.stderr and json.loads(proc.stdout)["values"] == [1, 2]

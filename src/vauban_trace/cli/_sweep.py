@@ -57,6 +57,7 @@ for sweeps whose requests ran elsewhere under :func:`vauban_trace.sweep_point`.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from typing import Any
@@ -128,6 +129,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--store", default=".vauban", metavar="DIR", help="embedded trace store (default .vauban)")
     p.add_argument("--cache", default=None, metavar="DIR", help="where the tiny model is built (as for demo)")
     p.add_argument("--json", action="store_true", help="print the sweep result as JSON")
+    p.add_argument("--no-gc-freeze", action="store_true",
+                   help="keep the loaded model's objects under the garbage collector (by default gc.freeze() runs "
+                        "after loading: each full collection would otherwise hold the interpreter lock for 100+ ms "
+                        "and stall every request in flight)")
     g = p.add_argument_group("concurrency axis (closed loop against a serving loop)")
     g.add_argument("--requests-per-client", type=int, default=None, metavar="N",
                    help="measured requests per client and run (default 10 unless --window)")
@@ -181,6 +186,21 @@ def _profile_from_source(args: argparse.Namespace) -> int:
     return 0
 
 
+def _freeze_gc() -> None:
+    """Move everything alive now (torch, transformers, the model) out of the collector's reach.
+
+    A full (oldest-generation) collection scans every tracked object while holding the
+    interpreter lock: with the tiny Llama loaded that is about 386,000 objects and 135-215 ms
+    (docs/benchmarks.md, "Exporter stalls"), a stall of every request in flight that a sweep would
+    then measure as service time. This process exists for the sweep, so freezing is safe here;
+    a library user decides for their own process (docs/sweep.md, "Full garbage collections").
+    """
+    gc.collect()
+    gc.freeze()
+    print(f"sweep: gc.freeze() after loading the model ({gc.get_freeze_count()} objects out of the collector's "
+          "reach; --no-gc-freeze keeps them)", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.profile is not None:
         return _profile_from_source(args)
@@ -222,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
         model_dir = args.model
     ex = TorchExecutor.from_pretrained(model_dir, device=args.device)
     ex.load()
+    if not args.no_gc_freeze:
+        _freeze_gc()
     vocab = len(ex._require().tokenizer)
 
     def ids(n: int, salt: int = 0) -> tuple[int, ...]:
