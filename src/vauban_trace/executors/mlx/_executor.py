@@ -39,6 +39,7 @@ from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import Capabilities, Intervention, Trace, TraceRequest
 from vauban_trace.executors import _requests
 from vauban_trace.executors._common import RunResult as _BaseRunResult
+from vauban_trace.executors._genparams import check_generation, check_int
 from vauban_trace.executors.mlx._capabilities import build_capabilities
 from vauban_trace.executors.mlx._layers import SITES_BUILT, MlxLayers, config_layer_count, find_layers
 from vauban_trace.executors.mlx._score import ContinuationScore
@@ -72,11 +73,6 @@ class MlxRunOptions:
     stop: tuple[str, ...] = ()
 
 
-def _check_int(value: Any, name: str, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ExecutorError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def make_mlx_options(
     *, max_new_tokens: int = 0, sites: Sequence[str] = ("residual",), logits_positions: str = "last",
     topk: int = 5, ignore_eos: bool = False, weights: Sequence[str] = (),
@@ -86,23 +82,12 @@ def make_mlx_options(
 ) -> MlxRunOptions:
     """Check the settings of :meth:`MlxExecutor.run`; :class:`ExecutorError` names the bad one.
 
-    The generation settings are checked as the torch executor checks them, with its messages;
-    one more: a seed must be below ``2**64`` (torch's generator refuses larger ones at run time).
+    The generation settings are checked by :func:`~vauban_trace.executors._genparams.check_generation`,
+    the function the torch executor calls (same rules, same messages; a seed must be below ``2**64``).
     """
-    for name, value, low in (("max_new_tokens", max_new_tokens, 0), ("topk", topk, 1)):
-        _check_int(value, name, low)
-    for name, opt, low in (("seed", seed, 0), ("top_k", top_k, 1)):
-        if opt is not None:
-            _check_int(opt, name, low)
-    if seed is not None and seed >= 2**64:
-        raise ExecutorError(f"seed must be below 2**64 (a torch.Generator seed), got {seed!r}")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ExecutorError(f"temperature must be a number > 0, got {temperature!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ExecutorError(f"top_p must be in (0, 1], got {top_p!r}")
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise ExecutorError("stop strings must be non-empty strings")
+    gen = check_generation(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
+                           temperature=temperature, top_k=top_k, top_p=top_p, stop=stop)
+    check_int(topk, "topk", 1)
     if isinstance(sites, str) or not sites or any(s not in ALL_SITES for s in sites):
         raise ExecutorError(f"sites must be among {', '.join(ALL_SITES)}, got {sites!r}")
     if logits_positions not in ("last", "all"):
@@ -115,9 +100,9 @@ def make_mlx_options(
     if score is not None and (not score or any(not isinstance(s, str) or not s for s in score)):
         raise ExecutorError("score_continuation must be a non-empty string (or one per prompt)")
     return MlxRunOptions(
-        max_new_tokens, tuple(dict.fromkeys(sites)), logits_positions, topk, bool(ignore_eos),
-        tuple(dict.fromkeys(weights)), score, do_sample=bool(do_sample), seed=seed,
-        temperature=float(temperature), top_k=top_k, top_p=None if top_p is None else float(top_p), stop=stops,
+        gen.max_new_tokens, tuple(dict.fromkeys(sites)), logits_positions, topk, bool(ignore_eos),
+        tuple(dict.fromkeys(weights)), score, do_sample=gen.do_sample, seed=gen.seed,
+        temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p, stop=gen.stop,
     )
 
 

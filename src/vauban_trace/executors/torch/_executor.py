@@ -35,6 +35,7 @@ from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import Capabilities, Intervention, Trace, TraceRequest
 from vauban_trace.executors import _requests
 from vauban_trace.executors._common import RunResult as _BaseRunResult
+from vauban_trace.executors._genparams import check_generation, check_int
 from vauban_trace.executors._requests import read_trace, trace_request
 from vauban_trace.executors.torch import _load
 from vauban_trace.executors.torch._capabilities import build_capabilities
@@ -69,14 +70,6 @@ class RunOptions:
     ignore_eos: bool = False
 
 
-def _int_or_none(value: Any, name: str, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ExecutorError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def make_options(
     *,
     max_new_tokens: int = 0,
@@ -94,18 +87,14 @@ def make_options(
     topk: int = 5,
     ignore_eos: bool = False,
 ) -> RunOptions:
-    """Check the settings of :meth:`TorchExecutor.run`; :class:`ExecutorError` names the bad one."""
-    _int_or_none(max_new_tokens, "max_new_tokens", 0)
-    _int_or_none(seed, "seed", 0)
-    _int_or_none(top_k, "top_k", 1)
-    _int_or_none(topk, "topk", 1)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ExecutorError(f"temperature must be a number > 0, got {temperature!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
-        raise ExecutorError(f"top_p must be in (0, 1], got {top_p!r}")
-    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-    if any(not isinstance(s, str) or not s for s in stops):
-        raise ExecutorError("stop strings must be non-empty strings")
+    """Check the settings of :meth:`TorchExecutor.run`; :class:`ExecutorError` names the bad one.
+
+    The generation settings are checked by :func:`~vauban_trace.executors._genparams.check_generation`
+    (shared with the MLX executor: same rules, same messages).
+    """
+    gen = check_generation(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
+                           temperature=temperature, top_k=top_k, top_p=top_p, stop=stop)
+    check_int(topk, "topk", 1)
     score = (score_continuation,) if isinstance(score_continuation, str) else (
         tuple(score_continuation) if score_continuation is not None else None
     )
@@ -117,8 +106,8 @@ def make_options(
     if logits_positions not in ("last", "all"):
         raise ExecutorError(f"logits_positions must be 'last' or 'all', got {logits_positions!r}")
     return RunOptions(
-        max_new_tokens=max_new_tokens, do_sample=bool(do_sample), seed=seed, temperature=float(temperature),
-        top_k=top_k, top_p=None if top_p is None else float(top_p), stop=stops, score_continuation=score,
+        max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, seed=gen.seed, temperature=gen.temperature,
+        top_k=gen.top_k, top_p=gen.top_p, stop=gen.stop, score_continuation=score,
         deep_counters=bool(deep_counters), sites=tuple(dict.fromkeys(sites)),
         logits_positions=logits_positions, weights=tuple(weights), topk=topk, ignore_eos=bool(ignore_eos),
     )
