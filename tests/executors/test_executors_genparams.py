@@ -49,6 +49,7 @@ def test_defaults_and_normalisation() -> None:
     ({"stop": ""}, "stop strings must be non-empty strings"),
     ({"stop": ["ok", ""]}, "stop strings must be non-empty strings"),
     ({"stop": [3]}, "stop strings must be non-empty strings"),
+    ({"stop": 3}, "stop must be a string or a sequence of strings, got 3"),
 ])
 def test_bad_values_raise_their_message(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ExecutorError) as info:

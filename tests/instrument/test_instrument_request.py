@@ -69,6 +69,27 @@ def test_root_span_attributes(spans: InMemorySpanExporter, monkeypatch: pytest.M
     assert trace.capabilities is not None and trace.capabilities.level("can_emit_activations") == "partial"
 
 
+@pytest.mark.parametrize("seed", [2**63, 2**64 - 1, -(2**63) - 1])
+def test_a_seed_outside_int64_is_kept_exactly_as_text(spans: InMemorySpanExporter, seed: int) -> None:
+    # OTLP int attributes are signed 64-bit: the exporter would drop gen_ai.request.seed (logging
+    # "Value out of range"), while torch accepts seeds up to 2**64 - 1
+    with vt.traced_request(vt.TraceRequest(input_text="x"), model="m", seed=seed):
+        pass
+    a = _root(spans).attributes
+    assert sc.GEN_AI_REQUEST_SEED not in a and a[sc.REQUEST_SEED_TEXT] == str(seed)
+    encoded = encode_spans(spans.get_finished_spans())  # encodes without losing the attribute
+    values = [kv.value for rs in encoded.resource_spans for ss in rs.scope_spans for sp in ss.spans
+              for kv in sp.attributes if kv.key == sc.REQUEST_SEED_TEXT]
+    assert [v.string_value for v in values] == [str(seed)]
+
+
+def test_an_int64_seed_stays_an_int(spans: InMemorySpanExporter) -> None:
+    with vt.traced_request(vt.TraceRequest(input_text="x"), model="m", seed=2**63 - 1):
+        pass
+    a = _root(spans).attributes
+    assert a[sc.GEN_AI_REQUEST_SEED] == 2**63 - 1 and sc.REQUEST_SEED_TEXT not in a
+
+
 @pytest.mark.parametrize("how", ["env", "argument"])
 def test_content_capture_opt_in(spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     if how == "env":

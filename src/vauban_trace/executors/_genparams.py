@@ -23,7 +23,8 @@ The settings are checked in this order; the first bad one raises:
 ``temperature``      a number > 0 (``temperature must be a number > 0, got ...``)
 ``top_p``            ``None`` or a number in (0, 1] (``top_p must be in (0, 1], got ...``)
 ``stop``             ``None``, one string or a sequence of strings, none empty
-                     (``stop strings must be non-empty strings``)
+                     (``stop must be a string or a sequence of strings, got ...``;
+                     ``stop strings must be non-empty strings``)
 ===================  ===================================================================
 
 ``bool`` is refused wherever a number is expected (``True`` is an ``int`` to Python, never a
@@ -90,6 +91,8 @@ def check_generation(
         raise ExecutorError(f"temperature must be a number > 0, got {temperature!r}")
     if top_p is not None and (not _is_number(top_p) or not 0 < top_p <= 1):
         raise ExecutorError(f"top_p must be in (0, 1], got {top_p!r}")
+    if stop is not None and not isinstance(stop, str | Sequence):
+        raise ExecutorError(f"stop must be a string or a sequence of strings, got {stop!r}")
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     if any(not isinstance(s, str) or not s for s in stops):
         raise ExecutorError("stop strings must be non-empty strings")

@@ -195,6 +195,9 @@ def traced_request(
         sc.GEN_AI_PROVIDER_NAME: provider,
         sc.GEN_AI_REQUEST_MODEL: model,
     }
+    if seed is not None and not -(2**63) <= seed < 2**63:  # OTLP ints are signed 64-bit: keep it exact as text
+        attrs[sc.REQUEST_SEED_TEXT] = str(seed)
+        seed = None
     for key, value in (
         (sc.GEN_AI_REQUEST_MAX_TOKENS, max_tokens),
         (sc.GEN_AI_REQUEST_SEED, seed),

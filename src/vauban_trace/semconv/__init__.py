@@ -71,6 +71,7 @@ REQUEST_APPLY_CHAT_TEMPLATE: Final = "vauban.request.apply_chat_template"
 REQUEST_RETURN_LOGITS: Final = "vauban.request.return_logits"
 REQUEST_RETURN_LOGPROBS: Final = "vauban.request.return_logprobs"
 REQUEST_METADATA: Final = "vauban.request.metadata"  # JSON object
+REQUEST_SEED_TEXT: Final = "vauban.request.seed_text"  # a seed outside int64, in decimal
 
 EXECUTOR_NAME: Final = "vauban.executor.name"
 EXECUTOR_VERSION: Final = "vauban.executor.version"
