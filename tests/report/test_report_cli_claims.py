@@ -204,3 +204,29 @@ def test_errors_exit_2_with_one_line(store: dict[str, Any], tmp_path: Path, args
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vauban-trace: error:") and words in lines[0], proc.stderr
+
+
+def test_equivalent_claims_and_exit_status(store: dict[str, Any]) -> None:
+    args = ("--baseline-query", store["service"], "--candidate-query", SERVICE)
+    claim = {"statement": "layer 0 is untouched by steering at layer 1", "strength": "activation_diagnostic",
+             "cites": ["activation[0]"], "test": {"measure": "activation[0]:l2_norm", "outcome": "equivalent",
+                                                  "margin": 1e-3}}
+    path = store["dir"].parent / "equivalent.json"
+    path.write_text(json.dumps({"claims": [claim]}))
+    # 3 pairs: the smallest TOST p is 1/8; at alpha 0.2 the identical layer-0 norms are shown equivalent
+    ok = _cli(*args, "--claims", str(path), "--alpha", "0.2", cwd=store["dir"].parent)
+    assert ok.returncode == 0, ok.stderr + ok.stdout
+    assert "claims (1 accepted, 0 rejected)" in ok.stdout and "within +-0.001" in ok.stdout
+    assert "EQUIVALENT" in ok.stdout
+    # at alpha 0.05, 3 pairs can never show equivalence: rejected with that reason, exit 1
+    few = _cli(*args, "--claims", str(path), cwd=store["dir"].parent)
+    assert few.returncode == 1, few.stderr
+    assert "too few pairs to ever show equivalence" in few.stdout
+    # the steered layer moves: not equivalent within a tiny margin
+    moved = {**claim, "cites": ["activation[1]"], "test": {**claim["test"], "measure": "activation[1]:l2_norm"}}
+    path.write_text(json.dumps({"claims": [moved]}))
+    bad = _cli(*args, "--claims", str(path), "--alpha", "0.2", "--json", cwd=store["dir"].parent)
+    assert bad.returncode == 1, bad.stderr
+    doc = json.loads(bad.stdout)
+    assert doc["claims"][0]["accepted"] is False and "not shown equivalent" in doc["claims"][0]["problems"][0]
+    assert doc["tests"]["equivalence"]["claims"][0]["equivalent"] is False

@@ -158,7 +158,7 @@ def test_test_claims_are_checked_against_the_adjusted_results() -> None:
                               f"{5 * 2 / 256:.4g} (raw p {2 / 256:.4g}, m=5) <= alpha",)
     assert "is ambiguous: it names activation[0]@observe#0:l2_norm, activation[1]@observe#0:l2_norm" in verdicts[6][1][0]
     assert "'logits:kl_max' names no measure of this report" in verdicts[7][1][0]
-    assert verdicts[8][1] == ("test outcome 'maybe' is not one of differs, does_not_differ",)
+    assert verdicts[8][1] == ("test outcome 'maybe' is not one of differs, does_not_differ, equivalent",)
     small = aggregate_report(_set(4), [_claim("activation[1]:l2_norm", "differs"),
                                        _claim("activation[1]:l2_norm", "does_not_differ")])
     for chk in small.claims:
@@ -166,7 +166,7 @@ def test_test_claims_are_checked_against_the_adjusted_results() -> None:
     # one pair: a test claim is not checkable there
     base, cand = _set(1)[0]
     (chk,) = check_claim_list([_claim("activation[1]:l2_norm", "differs")], evidence_of(base, cand))
-    assert chk.problems == ("a test claim (differs / does_not_differ) is checked over a set of pairs "
+    assert chk.problems == ("a test claim (differs / does_not_differ / equivalent) is checked over a set of pairs "
                             "(an aggregate report), not over one trace or one pair",)
 
 
@@ -194,7 +194,8 @@ def test_claims_file_with_a_test(tmp_path: Path) -> None:
         ({"measure": "", "outcome": "differs"}, "'measure' must be a non-empty measure ref"),
         ({"measure": "a:b", "outcome": "same"}, "'outcome' must be one of differs, does_not_differ"),
         ({"measure": "a:b", "outcome": "does_not_differ", "margin": -1}, "'margin' must be a finite number > 0"),
-        ({"measure": "a:b", "outcome": "differs", "margin": 1}, "'margin' applies to the outcome does_not_differ"),
+        ({"measure": "a:b", "outcome": "differs", "margin": 1}, "'margin' applies to the outcomes does_not_differ and equivalent"),
+        ({"measure": "a:b", "outcome": "equivalent"}, "the outcome equivalent needs a 'margin'"),
     ):
         with pytest.raises(ClaimsFileError, match=re.escape(words)):
             claims_from_json([{**base, "test": test}])

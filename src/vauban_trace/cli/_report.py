@@ -389,6 +389,17 @@ def render_tests(fam: Any) -> list[str]:
             skipped.setdefault(str(t.reason), []).append(t.ref)
     lines += [f"  not tested ({why}): {', '.join(refs)}" for why, refs in skipped.items()]
     lines += [f"  not tested  {u}" for u in fam.untested]
+    equiv = getattr(fam, "equivalence", ())
+    if equiv:
+        lines.append(f"  equivalence claims (TOST against +-margin, Holm over the "
+                     f"{sum(1 for e in equiv if e.tost is not None)} that ran, alpha {fam.alpha:g})")
+    for e in equiv:
+        if e.tost is None:
+            lines.append(f"    claim {e.claim_index}  {e.measure} +-{e.margin:g}: not tested: {e.reason}")
+            continue
+        lines.append(f"    claim {e.claim_index}  {e.ref} +-{e.margin:g}: n={e.tost.n} mean {_num(e.tost.mean)} "
+                     f"p_upper {_num(e.tost.p_upper)} p_lower {_num(e.tost.p_lower)} p {_num(e.tost.p)} "
+                     f"p_holm {_num(e.p_holm)}  {'EQUIVALENT' if e.equivalent else 'not shown equivalent'}")
     return lines
 
 

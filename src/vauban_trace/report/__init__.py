@@ -68,7 +68,9 @@ Paired tests (``_signif``, ``_summaries``, ``_family``)
     chosen correction at ``alpha``. Content measures (divergences within a pair) are tested only
     against reference pairs (the baseline against a rerun: ``reference=``, ``_reference``);
     without them the report says why they are not. A claim's :class:`ClaimTest` (``differs`` / ``does_not_differ``) is
-    checked against the adjusted results.
+    checked against the adjusted results; ``equivalent`` (with a required ``margin``) runs a TOST
+    (:func:`tost`) of the measure's deltas against ±margin, Holm-adjusted over the report's
+    equivalence claims (:class:`EquivalenceTest` in ``agg.tests.equivalence``).
 
 Claims files (``_claims``)
     >>> claims = load_claims("claims.json")            # doctest: +SKIP
@@ -128,7 +130,13 @@ from vauban_trace.report._evidence import (
     claim_problems,
     evidence_of,
 )
-from vauban_trace.report._family import CONTENT_UNTESTED, MeasureTest, TestFamily, ref_matches
+from vauban_trace.report._family import (
+    CONTENT_UNTESTED,
+    EquivalenceTest,
+    MeasureTest,
+    TestFamily,
+    ref_matches,
+)
 from vauban_trace.report._measures import (
     MEASURES,
     CounterAggregate,
@@ -153,10 +161,13 @@ from vauban_trace.report._signif import (
     EXACT_MAX_N,
     TESTS,
     PairedTest,
+    TostTest,
     benjamini_hochberg,
     holm,
     paired_test,
     signflip_pvalues,
+    tost,
+    tost_pvalues,
 )
 from vauban_trace.report._stats import Distribution, distribution_of
 from vauban_trace.report._summaries import SummaryAggregate
@@ -169,6 +180,7 @@ __all__ = [
     "TESTS",
     "TEST_OUTCOMES",
     "ClaimTest",
+    "EquivalenceTest",
     "MeasureTest",
     "PairedTest",
     "SummaryAggregate",
@@ -179,6 +191,9 @@ __all__ = [
     "paired_test",
     "ref_matches",
     "signflip_pvalues",
+    "tost",
+    "tost_pvalues",
+    "TostTest",
     "CANNOT_CLAIM",
     "CAN_CLAIM",
     "CLAIM_CAP",

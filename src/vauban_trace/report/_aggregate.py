@@ -72,6 +72,7 @@ from vauban_trace.report._family import (
     TestFamily,
     build_family,
     test_claim_problems,
+    with_equivalence,
 )
 from vauban_trace.report._measures import (
     CounterAggregate,
@@ -284,11 +285,14 @@ def aggregate_report(
                          permutations=permutations, seed=seed, family=family, content_rows=content_rows,
                          untested=untested)
     ev = set_evidence(pairing.pairs, evidences)
+    set_checks = check_set_claims(claim_list, ev)
+    testable = [chk for chk in set_checks if chk.claim.test is not None and isinstance(chk.claim.test, ClaimTest)
+                and not any(p.startswith("test ") for p in chk.problems)]
+    tests = with_equivalence(tests, [(chk.index, chk.claim.test) for chk in testable])
     checks = tuple(
-        ClaimCheck(chk.index, chk.claim, chk.problems + tuple(test_claim_problems(chk.claim.test, tests)))
-        if chk.claim.test is not None and isinstance(chk.claim.test, ClaimTest) and not any(
-            p.startswith("test ") for p in chk.problems) else chk
-        for chk in check_set_claims(claim_list, ev))
+        ClaimCheck(chk.index, chk.claim, chk.problems + tuple(test_claim_problems(chk.claim.test, tests, chk.index)))
+        if any(chk is t for t in testable) else chk
+        for chk in set_checks)
     lonely_arts: dict[str, list[int]] = defaultdict(list)
     lonely_stages: dict[str, list[int]] = defaultdict(list)
     for i, d in enumerate(diffs):

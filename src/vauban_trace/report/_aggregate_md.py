@@ -60,6 +60,21 @@ def render_tests(fam: Any) -> list[str]:
         out.append("| – | – | – | – | – | – | – | no measure with paired values |")
     out += ["", "Not tested:", "", *[f"- {why}: {', '.join(refs)}" for why, refs in untested.items()],
             *[f"- {u}" for u in fam.untested]]
+    equiv = getattr(fam, "equivalence", ())
+    if equiv:
+        out += ["", f"Equivalence claims: TOST (two one-sided sign-flip tests of the mean delta against ±margin, "
+                    f"p = max), Holm-adjusted over the {sum(1 for e in equiv if e.tost is not None)} that ran; "
+                    f"**equivalent** = Holm-adjusted p ≤ α = {fam.alpha:g}.", "",
+                "| claim | measure | margin | n | mean delta | p upper | p lower | p | p Holm | equivalent |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
+        for e in equiv:
+            if e.tost is None:
+                out.append(f"| {e.claim_index} | `{e.measure}` | ±{e.margin:g} | – | – | – | – | – | – | "
+                           f"not tested: {e.reason} |")
+                continue
+            out.append(f"| {e.claim_index} | `{e.ref}` | ±{e.margin:g} | {e.tost.n} | {_n(e.tost.mean)} | "
+                       f"{_n(e.tost.p_upper)} | {_n(e.tost.p_lower)} | {_n(e.tost.p)} | {_n(e.p_holm)} | "
+                       f"{'**yes**' if e.equivalent else 'no'} |")
     return out
 
 

@@ -13,6 +13,7 @@ A bare list of claim objects is accepted too. Each claim object has the keys
 ``statement`` (non-empty text), ``strength`` (a :class:`ClaimStrength` word) and ``cites`` (a list
 of non-empty strings; it may be empty, and the claim is then rejected as citing nothing), and
 optionally ``test``: ``{"measure": REF, "outcome": "differs" | "does_not_differ"[, "margin": X > 0]}``
+or ``{"measure": REF, "outcome": "equivalent", "margin": X > 0}`` (margin required: a TOST)
 (a :class:`~vauban_trace.report.ClaimTest`, checked over a set of pairs against the report's
 adjusted paired tests; see ``_family``).
 :func:`load_claims` raises :class:`~vauban_trace._exceptions.ClaimsFileError` naming the file, the
@@ -155,8 +156,11 @@ def _test_of(raw: Any, name: str) -> ClaimTest:
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)
                                or not 0 < margin < float("inf")):
         raise ClaimsFileError(f"{name}: key 'test': 'margin' must be a finite number > 0, got {margin!r}")
-    if margin is not None and outcome != "does_not_differ":
-        raise ClaimsFileError(f"{name}: key 'test': 'margin' applies to the outcome does_not_differ only")
+    if margin is not None and outcome == "differs":
+        raise ClaimsFileError(f"{name}: key 'test': 'margin' applies to the outcomes does_not_differ and "
+                              "equivalent only")
+    if margin is None and outcome == "equivalent":
+        raise ClaimsFileError(f"{name}: key 'test': the outcome equivalent needs a 'margin' (a finite number > 0)")
     return ClaimTest(measure, outcome, None if margin is None else float(margin))
 
 

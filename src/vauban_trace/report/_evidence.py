@@ -137,7 +137,7 @@ class Evidence:
 
 
 #: What a test claim can say about a measure over a set of pairs.
-TEST_OUTCOMES: tuple[str, ...] = ("differs", "does_not_differ")
+TEST_OUTCOMES: tuple[str, ...] = ("differs", "does_not_differ", "equivalent")
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,9 @@ class ClaimTest:
     """A claim's statement about a paired test over a set of pairs: the measure (a ref or a
     shortened ref, e.g. ``activation[1]:l2_norm``) ``differs`` or ``does_not_differ`` at the
     report's alpha after its multiple-comparison adjustment; ``margin`` (> 0, optional) also asks
-    that the CI of the mean delta lie within [-margin, margin]. Checked by ``aggregate_report``."""
+    that the CI of the mean delta lie within [-margin, margin]. ``equivalent`` (``margin`` required)
+    is a TOST of the mean delta against ±margin, Holm-adjusted over the report's equivalence
+    claims. Checked by ``aggregate_report``."""
 
     measure: str
     outcome: str
@@ -377,9 +379,11 @@ def _test_problems(test: Any, over_set: bool) -> list[str]:
                                or not 0 < margin < float("inf")):
         out.append(f"test margin must be a finite number > 0, got {margin!r}")
     if margin is not None and test.outcome == "differs":
-        out.append("test margin applies to the outcome does_not_differ only")
+        out.append("test margin applies to the outcomes does_not_differ and equivalent only")
+    if margin is None and test.outcome == "equivalent":
+        out.append("test outcome equivalent needs a margin > 0 (equivalent within ±margin)")
     if not over_set:
-        out.append("a test claim (differs / does_not_differ) is checked over a set of pairs "
+        out.append("a test claim (differs / does_not_differ / equivalent) is checked over a set of pairs "
                    "(an aggregate report), not over one trace or one pair")
     return out
 

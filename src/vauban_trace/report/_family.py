@@ -44,20 +44,41 @@ is > alpha (no difference detected: absence of evidence, not equivalence), and, 
 ``margin`` is given, the bootstrap CI of its mean delta also lies within [-margin, margin]
 (an equivalence statement at the report's CI level). A pattern that matches no measure or
 several, and a measure that was not tested, reject the claim with the reason.
+
+``{"measure": REF, "outcome": "equivalent", "margin": X}`` (margin required) is the equivalence
+test proper: a TOST (:func:`~vauban_trace.report._signif.tost`) of the measure's per-pair deltas
+against ±X. The equivalence claims of one report form their own family: their TOST p-values are
+Holm-adjusted together (``m_eq`` of them, whatever the report's ``correction``), and a claim is
+accepted when its Holm-adjusted TOST p is <= alpha (:class:`EquivalenceTest`, in
+``TestFamily.equivalence``). The TOST runs on any like-for-like measure of the report (also one
+outside ``family`` or with too few pairs for the two-sided test); a measure whose pairs can never
+reach alpha (``2^-n > alpha``), one not like for like, and a pattern naming no measure or several
+reject the claim with the reason and take no part in the adjustment.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from vauban_trace._exceptions import ReportError
 from vauban_trace.report._measures import CounterAggregate, NotComputed
-from vauban_trace.report._signif import CORRECTIONS, TESTS, PairedTest, adjust, paired_test, too_few_pairs
+from vauban_trace.report._signif import (
+    CORRECTIONS,
+    TESTS,
+    PairedTest,
+    TostTest,
+    adjust,
+    holm,
+    paired_test,
+    too_few_pairs,
+    tost,
+    tost_too_few_pairs,
+)
 from vauban_trace.report._stats import Distribution
 from vauban_trace.report._summaries import SummaryAggregate
 
@@ -105,6 +126,8 @@ class MeasureTest:
     p_bh: float | None = None
     differs: bool | None = None
     not_computed: tuple[NotComputed, ...] = ()
+    deltas: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    like_for_like: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"ref": self.ref, "source": self.source, "n": self.n,
@@ -112,6 +135,28 @@ class MeasureTest:
                 "test": None if self.test is None else self.test.to_dict(), "reason": self.reason,
                 "p": None if self.test is None else self.test.p, "p_holm": self.p_holm, "p_bh": self.p_bh,
                 "differs": self.differs, "not_computed": [g.to_dict() for g in self.not_computed]}
+
+
+@dataclass(frozen=True)
+class EquivalenceTest:
+    """One ``equivalent`` claim's TOST: the measure it resolved to, its TOST, the Holm-adjusted p
+    over the report's equivalence claims, the verdict, or why no TOST ran (``reason``)."""
+
+    claim_index: int
+    measure: str
+    margin: float
+    ref: str | None = None
+    tost: TostTest | None = None
+    reason: str | None = None
+    p_holm: float | None = None
+    m: int = 0
+    equivalent: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"claim_index": self.claim_index, "measure": self.measure, "margin": self.margin, "ref": self.ref,
+                "tost": None if self.tost is None else self.tost.to_dict(), "reason": self.reason,
+                "p": None if self.tost is None else self.tost.p, "p_holm": self.p_holm, "m": self.m,
+                "equivalent": self.equivalent}
 
 
 @dataclass(frozen=True)
@@ -128,6 +173,7 @@ class TestFamily:
     measures: tuple[MeasureTest, ...] = ()
     family: tuple[str, ...] | None = None
     untested: tuple[str, ...] = (CONTENT_UNTESTED,)
+    equivalence: tuple[EquivalenceTest, ...] = ()
 
     @property
     def tested(self) -> tuple[MeasureTest, ...]:
@@ -157,7 +203,9 @@ class TestFamily:
                 "correction_method": CORRECTIONS[self.correction], "alpha": self.alpha, "m": self.m,
                 "permutations": self.permutations, "seed": self.seed,
                 "family": None if self.family is None else list(self.family), "untested": list(self.untested),
-                "measures": [t.to_dict() for t in self.measures]}
+                "measures": [t.to_dict() for t in self.measures],
+                "equivalence": {"correction": "holm", "m": sum(1 for e in self.equivalence if e.tost is not None),
+                                "claims": [e.to_dict() for e in self.equivalence]}}
 
 
 def slot_ref(kind: str, layer: int | None, stage: str | None, position: int, quantity: str) -> str:
@@ -195,6 +243,7 @@ def build_family(summaries: Sequence[SummaryAggregate], counters: Sequence[Count
             if not any(ref_matches(pat, r[0]) or pat == r[0] for r in rows):
                 raise ReportError(f"family: {pat!r} matches no measure of this report")
     pending: list[tuple[str, str, int, Distribution | None, PairedTest | None, str | None, tuple[NotComputed, ...]]] = []
+    comparable = {r[0]: (tuple(float(v) for v in r[2]), r[5] is None) for r in rows}
     for ref, source, values, effect, gaps, why in rows:
         if why is None and patterns is not None and not any(pat == ref or ref_matches(pat, ref) for pat in patterns):
             why = "outside the family given: not tested"
@@ -207,20 +256,67 @@ def build_family(summaries: Sequence[SummaryAggregate], counters: Sequence[Count
     out: list[MeasureTest] = []
     k = 0
     for ref, source, n, effect, result, why, gaps in pending:
+        values_of, like = comparable[ref]
         if result is None:
-            out.append(MeasureTest(ref, source, n, effect, None, why, not_computed=gaps))
+            out.append(MeasureTest(ref, source, n, effect, None, why, not_computed=gaps, deltas=values_of,
+                                   like_for_like=like))
             continue
         ph, pb = float(p_holm[k]), float(p_bh[k])
         k += 1
         chosen = ph if correction == "holm" else pb
-        out.append(MeasureTest(ref, source, n, effect, result, None, ph, pb, chosen <= alpha, gaps))
+        out.append(MeasureTest(ref, source, n, effect, result, None, ph, pb, chosen <= alpha, gaps, values_of, like))
     return TestFamily(test=test, correction=correction, alpha=float(alpha), permutations=permutations, seed=seed,
                       measures=tuple(out), family=patterns, untested=untested)
 
 
-def test_claim_problems(claim_test: Any, fam: TestFamily) -> list[str]:
-    """Why a claim's test outcome does not hold in ``fam`` (empty when it holds)."""
+def with_equivalence(fam: TestFamily, claims: Sequence[tuple[int, Any]]) -> TestFamily:
+    """``fam`` with the TOST of each ``(claim index, ClaimTest)`` whose outcome is ``equivalent``,
+    Holm-adjusted over those that ran (see the module docstring)."""
+    pending: list[EquivalenceTest] = []
+    for index, ct in claims:
+        if ct.outcome != "equivalent" or ct.margin is None:
+            continue
+        margin = float(ct.margin)
+        found = fam.find(ct.measure)
+        why: str | None
+        if len(found) != 1:
+            why = (f"{ct.measure!r} names no measure of this report" if not found else
+                   f"{ct.measure!r} is ambiguous: it names {', '.join(t.ref for t in found)}")
+            pending.append(EquivalenceTest(index, ct.measure, margin, reason=why))
+            continue
+        t = found[0]
+        why = (t.reason if not t.like_for_like else
+               tost_too_few_pairs(len(t.deltas), fam.alpha) or
+               (None if all(np.isfinite(t.deltas)) else "non-finite deltas: not tested"))
+        result = None if why is not None else tost(t.deltas, margin, permutations=fam.permutations, seed=fam.seed)
+        pending.append(EquivalenceTest(index, ct.measure, margin, t.ref, result, why))
+    ran = [e for e in pending if e.tost is not None]
+    adj = holm(np.asarray([e.tost.p for e in ran if e.tost is not None], dtype=np.float64))
+    by_id = {id(e): (float(a), len(ran)) for e, a in zip(ran, adj, strict=True)}
+    out = tuple(replace(e, p_holm=by_id[id(e)][0], m=by_id[id(e)][1], equivalent=by_id[id(e)][0] <= fam.alpha)
+                if id(e) in by_id else e for e in pending)
+    return replace(fam, equivalence=out)
+
+
+def _equivalence_problems(index: int | None, fam: TestFamily) -> list[str]:
+    found = [e for e in fam.equivalence if e.claim_index == index]
+    if not found:
+        return ["test: no equivalence test was run for this claim"]
+    e = found[0]
+    if e.tost is None or e.p_holm is None:
+        return [f"test: equivalence within ±{e.margin:g} not tested: {e.reason}"]
+    said = (f"Holm-adjusted TOST p {e.p_holm:.4g} (raw p {e.tost.p:.4g} = max(upper {e.tost.p_upper:.4g}, "
+            f"lower {e.tost.p_lower:.4g}), m_eq={e.m}, n={e.tost.n}, mean delta {e.tost.mean:.4g})")
+    return [] if e.equivalent else [f"test: {e.ref} not shown equivalent within ±{e.margin:g} at alpha "
+                                    f"{fam.alpha:g}: {said} > alpha"]
+
+
+def test_claim_problems(claim_test: Any, fam: TestFamily, index: int | None = None) -> list[str]:
+    """Why a claim's test outcome does not hold in ``fam`` (empty when it holds); an ``equivalent``
+    claim is looked up by its ``index`` in ``fam.equivalence`` (:func:`with_equivalence`)."""
     pattern, outcome = claim_test.measure, claim_test.outcome
+    if outcome == "equivalent":
+        return _equivalence_problems(index, fam)
     found = fam.find(pattern)
     if not found:
         return [f"test: {pattern!r} names no measure of this report (refs look like "
@@ -246,5 +342,5 @@ def test_claim_problems(claim_test: Any, fam: TestFamily) -> list[str]:
     return out
 
 
-__all__ = ["CONTENT_UNTESTED", "MeasureTest", "Row", "TestFamily", "build_family", "ref_matches", "slot_ref",
-           "test_claim_problems"]
+__all__ = ["CONTENT_UNTESTED", "EquivalenceTest", "MeasureTest", "Row", "TestFamily", "build_family", "ref_matches", "slot_ref",
+           "test_claim_problems", "with_equivalence"]

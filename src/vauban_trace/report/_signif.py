@@ -45,6 +45,17 @@ in [p, 1]; a hypothesis is rejected when its adjusted p <= alpha):
 - :func:`benjamini_hochberg`: Benjamini-Hochberg step-up, controls the false discovery rate (the
   expected share of false rejections among the rejections) for independent or positively
   dependent tests.
+
+Equivalence (:func:`tost`, :func:`tost_pvalues`): two one-sided sign-flip tests of the mean paired
+difference against a margin ``delta > 0``. H0: ``mean(d) >= delta`` is tested on ``d - delta``
+(small sums are evidence against it: ``p_upper = #{T* <= T} / 2^n``), H0: ``mean(d) <= -delta`` on
+``d + delta`` (``p_lower = #{T* >= T} / 2^n``), and ``p = max(p_upper, p_lower)``: equivalence
+within ±delta is shown at level alpha when ``p <= alpha``. Exact up to :data:`EXACT_MAX_N`
+differences, Monte Carlo above (the same seeded draws for both sides, ``(1 + hits) / (1 +
+permutations)``). Assumption: under each boundary null the shifted differences ``d -+ delta`` are
+symmetric about 0 (the deltas symmetric about their mean, which sits on the boundary). The smallest
+attainable p is ``2^-n`` (every ``|d_i| < delta``), so fewer than ``log2(1/alpha)`` pairs can never
+show equivalence (n < 5 at 0.05): :func:`tost_too_few_pairs`.
 """
 
 from __future__ import annotations
@@ -198,6 +209,92 @@ def paired_test(deltas: Sequence[float], test: str = DEFAULT_TEST, *, permutatio
                       permutations=None if exact else permutations, seed=None if exact else seed, mc_se=mc)
 
 
+@dataclass(frozen=True)
+class TostTest:
+    """Two one-sided sign-flip tests of ``|mean(d)| < margin``: both p-values and their max."""
+
+    n: int
+    margin: float
+    mean: float
+    p_upper: float
+    p_lower: float
+    p: float
+    exact: bool
+    min_p: float
+    permutations: int | None = None
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": TOST_METHOD, "n": self.n, "margin": self.margin, "mean": self.mean,
+                "p_upper": self.p_upper, "p_lower": self.p_lower, "p": self.p, "exact": self.exact,
+                "min_p": self.min_p, "permutations": self.permutations, "seed": self.seed}
+
+
+#: What :func:`tost` tests.
+TOST_METHOD = ("two one-sided sign-flip tests of the mean paired difference against ±margin "
+               "(H0 mean >= margin on d - margin, H0 mean <= -margin on d + margin; p = max)")
+
+
+def tost_min_p(n: int) -> float:
+    """The smallest p of a TOST on n differences (exact): ``2^-n``."""
+    return 1.0 if n < 1 else 2.0 ** -n
+
+
+def tost_too_few_pairs(n: int, alpha: float) -> str | None:
+    """Why n pairs can never show equivalence at ``alpha``, or None when they can."""
+    if n < 1 or tost_min_p(n) > alpha:
+        return (f"{n} pair(s) measured: the smallest attainable TOST p is 2^-n = {tost_min_p(n):.4g} > "
+                f"alpha {alpha:g}: too few pairs to ever show equivalence")
+    return None
+
+
+def tost_pvalues(d: npt.ArrayLike, margin: float, *, permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0,
+                 exact_max_n: int = EXACT_MAX_N) -> tuple[Array, Array, bool]:
+    """One-sided p-values of k data sets at once (``d``: (k, n) or (n,)): ``(p_upper, p_lower,
+    exact)``; the TOST p-value is their elementwise max."""
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 0 < margin < float("inf"):
+        raise ReportError(f"margin must be a finite number > 0, got {margin!r}")
+    arr = np.atleast_2d(np.asarray(d, dtype=np.float64))
+    up, lo = arr - margin, arr + margin
+    t_up, t_lo = up.sum(axis=1), lo.sum(axis=1)
+    tol_up, tol_lo = _RTOL * np.abs(up).sum(axis=1), _RTOL * np.abs(lo).sum(axis=1)
+    n = arr.shape[1]
+    if n <= exact_max_n:
+        signs = _signs(n).T
+        p_up: Array = ((up @ signs) <= (t_up + tol_up)[:, None]).mean(axis=1)
+        p_lo: Array = ((lo @ signs) >= (t_lo - tol_lo)[:, None]).mean(axis=1)
+        return p_up, p_lo, True
+    rng = np.random.default_rng(seed)
+    h_up = np.zeros(arr.shape[0], dtype=np.int64)
+    h_lo = np.zeros(arr.shape[0], dtype=np.int64)
+    chunk = max(1, min(permutations, _CHUNK // max(n, arr.shape[0])))
+    done = 0
+    while done < permutations:
+        size = min(chunk, permutations - done)
+        draw = (rng.integers(0, 2, size=(size, n)).astype(np.float64) * 2 - 1).T
+        h_up += ((up @ draw) <= (t_up + tol_up)[:, None]).sum(axis=1)
+        h_lo += ((lo @ draw) >= (t_lo - tol_lo)[:, None]).sum(axis=1)
+        done += size
+    pu: Array = (1.0 + h_up.astype(np.float64)) / (1.0 + permutations)
+    pl: Array = (1.0 + h_lo.astype(np.float64)) / (1.0 + permutations)
+    return pu, pl, False
+
+
+def tost(deltas: Sequence[float], margin: float, *, permutations: int = DEFAULT_PERMUTATIONS,
+         seed: int = 0) -> TostTest:
+    """The TOST of ``deltas`` (candidate minus baseline, finite; at least one) against ±``margin``."""
+    check_test_params(DEFAULT_TEST, DEFAULT_CORRECTION, DEFAULT_ALPHA, permutations)
+    arr = np.asarray([float(v) for v in deltas], dtype=np.float64)
+    if arr.size == 0 or not np.all(np.isfinite(arr)):
+        raise ReportError("tost: deltas must be one or more finite numbers")
+    p_up, p_lo, exact = tost_pvalues(arr[None, :], margin, permutations=permutations, seed=seed)
+    pu, pl = float(min(1.0, p_up[0])), float(min(1.0, p_lo[0]))
+    n = int(arr.size)
+    return TostTest(n=n, margin=float(margin), mean=float(arr.mean()), p_upper=pu, p_lower=pl, p=max(pu, pl),
+                    exact=exact, min_p=tost_min_p(n) if exact else max(tost_min_p(n), 1.0 / (1 + permutations)),
+                    permutations=None if exact else permutations, seed=None if exact else seed)
+
+
 def _as_p(p: npt.ArrayLike) -> Array:
     arr = np.asarray(p, dtype=np.float64)
     if arr.ndim > 2 or (arr.size and (not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 1)):
@@ -243,5 +340,6 @@ def adjust(p: npt.ArrayLike, correction: str) -> Array:
 
 
 __all__ = ["CORRECTIONS", "DEFAULT_ALPHA", "DEFAULT_CORRECTION", "DEFAULT_PERMUTATIONS", "DEFAULT_TEST",
-           "EXACT_MAX_N", "TESTS", "PairedTest", "adjust", "benjamini_hochberg", "check_test_params", "holm",
-           "min_p_value", "paired_test", "scores", "signflip_pvalues", "too_few_pairs"]
+           "EXACT_MAX_N", "TESTS", "TOST_METHOD", "PairedTest", "TostTest", "adjust", "benjamini_hochberg",
+           "check_test_params", "holm", "min_p_value", "paired_test", "scores", "signflip_pvalues", "too_few_pairs",
+           "tost", "tost_min_p", "tost_pvalues", "tost_too_few_pairs"]
