@@ -64,29 +64,10 @@ from pathlib import Path
 from typing import Any
 
 from vauban_trace._exceptions import ConfigurationError
+from vauban_trace.cli._args import nonnegative_int, positive_int
 
 DEFAULT_SOURCE = "store:.vauban"
 DEFAULT_LIMIT = 100
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
 
 
 def _level(text: str) -> float:
@@ -118,11 +99,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--candidate-query", default=None, metavar="SERVICE",
                    help="add the traces of this service to the candidate side")
     p.add_argument("--since", default=None, metavar="DURATION", help="queries: only traces started within, e.g. 2h")
-    p.add_argument("--limit", type=_positive, default=DEFAULT_LIMIT, metavar="N",
+    p.add_argument("--limit", type=positive_int, default=DEFAULT_LIMIT, metavar="N",
                    help=f"queries: at most N traces per side (default {DEFAULT_LIMIT})")
     p.add_argument("--claims", default=None, metavar="FILE", help="JSON claims file to check (docs/report.md)")
-    p.add_argument("--seed", type=_seed, default=0, metavar="N", help="bootstrap seed (default 0)")
-    p.add_argument("--resamples", type=_positive, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, metavar="N", help="bootstrap seed (default 0)")
+    p.add_argument("--resamples", type=positive_int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
     p.add_argument("--ci-level", type=_level, default=0.95, metavar="X", help="interval level (default 0.95)")
     p.add_argument("--pair-by", default="input", metavar="input|metadata.KEY[,metadata.KEY...]",
                    help="many pairs: pair by input (default) or by request metadata key(s), e.g. metadata.prompt_id")
@@ -131,7 +112,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--correction", default="holm", choices=("holm", "bh"),
                    help="multiple-comparison adjustment that decides 'differs' (default holm; both are printed)")
     p.add_argument("--alpha", type=_level, default=0.05, metavar="X", help="test level (default 0.05)")
-    p.add_argument("--permutations", type=_positive, default=10000, metavar="N",
+    p.add_argument("--permutations", type=positive_int, default=10000, metavar="N",
                    help="Monte Carlo sign flips above 16 pairs (default 10000)")
     p.add_argument("--family", nargs="+", default=None, metavar="REF",
                    help="test only these measures (refs, parts optional: activation[1]:l2_norm, "

@@ -40,21 +40,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vauban_trace._exceptions import ConfigurationError
+from vauban_trace.cli._args import positive_int
 
 if TYPE_CHECKING:
     from vauban_trace.store import TraceStore
 
 _SUBCOMMANDS = "verify, stats, compact, rebuild"
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _share(text: str) -> float:
@@ -86,7 +77,7 @@ def register(subparsers: Any) -> None:
     with_store(v)
     v.add_argument("--repair", action="store_true", help="send traces with broken texts back to pending "
                    "and fix segment bookkeeping the store's recovery can fix")
-    v.add_argument("--max-problems", type=_positive, default=20, metavar="N", help="list at most N problems "
+    v.add_argument("--max-problems", type=positive_int, default=20, metavar="N", help="list at most N problems "
                    "(default 20)")
     v.set_defaults(func=_verify)
 

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from vauban_trace._exceptions import ConfigurationError
+from vauban_trace.cli._args import positive_int
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -36,16 +37,6 @@ def parse_duration(text: str, flag: str = "--since") -> timedelta:
     return timedelta(seconds=value)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "traces",
@@ -56,7 +47,7 @@ def register(subparsers: Any) -> None:
                    help="store:DIR | otlp-json:FILE | jaeger:URL | tempo:URL (default store:.vauban)")
     p.add_argument("--service", default=None, metavar="NAME", help="only traces of this service")
     p.add_argument("--since", default=None, metavar="DURATION", help="only traces started within, e.g. 15m, 2h, 1d")
-    p.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N traces (default 20)")
+    p.add_argument("--limit", type=positive_int, default=20, metavar="N", help="at most N traces (default 20)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=run)
 
