@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _concurrency_spec(args: argparse.Namespace, values: tuple[int, ...]) -> Any:
-    from vauban_trace.sweep import ConcurrencySpec, ServingLoop
+    from vauban_trace.sweep import ConcurrencySpec
 
     if args.window is not None and args.requests_per_client is not None:
         raise ConfigurationError("give --requests-per-client or --window, not both")
@@ -292,23 +292,35 @@ def _concurrency_spec(args: argparse.Namespace, values: tuple[int, ...]) -> Any:
         10 if args.window is None else None)
     spec = ConcurrencySpec(values=values, requests_per_client=per_client, window_s=args.window,
                            warmup_requests=args.warmup, repeats=args.repeats, sweep_id=args.sweep_id)
-    # the serving loop's own checks, before a model is built
-    ServingLoop(model="check", serve_batch=list, workers=args.workers, max_batch=args.max_batch,
-                max_wait_s=args.max_wait_ms / 1000.0)
+    _check_loop(args)
     return spec
 
 
-def _run_concurrency(args: argparse.Namespace, ex: Any, ids: Any, spec: Any, session: Any, model_dir: str) -> int:
-    from vauban_trace.sweep import ServingLoop, run_concurrency
+def _check_loop(args: argparse.Namespace) -> None:
+    """The serving loop's own checks of --workers/--max-batch/--max-wait-ms, before a model is built."""
+    from vauban_trace.sweep import ServingLoop
 
-    text = ex._require().tokenizer.decode(list(ids(args.prompt_tokens)))
+    ServingLoop(model="check", serve_batch=list, workers=args.workers, max_batch=args.max_batch,
+                max_wait_s=args.max_wait_ms / 1000.0)
+
+
+def _serving_loop(args: argparse.Namespace, ex: Any) -> Any:
+    """The loop both load axes drive: each formed batch is one executor ``run`` of its prompts."""
+    from vauban_trace.sweep import ServingLoop
 
     def serve_batch(prompts: list[str]) -> list[Any]:
         result = ex.run(ex.make_request(prompts), prompts=prompts, max_new_tokens=args.new_tokens, ignore_eos=True)
         return [result] * len(prompts)
 
-    with ServingLoop(serve_batch=serve_batch, model=ex.name, workers=args.workers, max_batch=args.max_batch,
-                     max_wait_s=args.max_wait_ms / 1000.0, executor="torch", device=args.device) as loop:
+    return ServingLoop(serve_batch=serve_batch, model=ex.name, workers=args.workers, max_batch=args.max_batch,
+                       max_wait_s=args.max_wait_ms / 1000.0, executor="torch", device=args.device)
+
+
+def _run_concurrency(args: argparse.Namespace, ex: Any, ids: Any, spec: Any, session: Any, model_dir: str) -> int:
+    from vauban_trace.sweep import run_concurrency
+
+    text = ex._require().tokenizer.decode(list(ids(args.prompt_tokens)))
+    with _serving_loop(args, ex) as loop:
         result = run_concurrency(lambda client, seq: loop.call(text), spec, session=session,
                                  throughput=args.throughput)
     if args.json:
@@ -330,7 +342,7 @@ def _run_concurrency(args: argparse.Namespace, ex: Any, ids: Any, spec: Any, ses
 
 
 def _open_spec(args: argparse.Namespace, values: tuple[Any, ...]) -> Any:
-    from vauban_trace.sweep import OpenLoopSpec, ServingLoop
+    from vauban_trace.sweep import OpenLoopSpec
 
     spec = OpenLoopSpec(rates=values, duration_s=2.0 if args.window is None else args.window,
                         warmup_s=0.5 if args.warmup_s is None else args.warmup_s,
@@ -339,22 +351,15 @@ def _open_spec(args: argparse.Namespace, values: tuple[Any, ...]) -> Any:
                         seed=0 if args.seed is None else args.seed,
                         tolerance=0.05 if args.tolerance is None else args.tolerance, sweep_id=args.sweep_id,
                         switch_interval_s=(0.5 if args.switch_interval_ms is None else args.switch_interval_ms) / 1000)
-    ServingLoop(model="check", serve_batch=list, workers=args.workers, max_batch=args.max_batch,
-                max_wait_s=args.max_wait_ms / 1000.0)
+    _check_loop(args)
     return spec
 
 
 def _run_open(args: argparse.Namespace, ex: Any, ids: Any, spec: Any, session: Any, model_dir: str) -> int:
-    from vauban_trace.sweep import ServingLoop, run_open_loop
+    from vauban_trace.sweep import run_open_loop
 
     text = ex._require().tokenizer.decode(list(ids(args.prompt_tokens)))
-
-    def serve_batch(prompts: list[str]) -> list[Any]:
-        result = ex.run(ex.make_request(prompts), prompts=prompts, max_new_tokens=args.new_tokens, ignore_eos=True)
-        return [result] * len(prompts)
-
-    with ServingLoop(serve_batch=serve_batch, model=ex.name, workers=args.workers, max_batch=args.max_batch,
-                     max_wait_s=args.max_wait_ms / 1000.0, executor="torch", device=args.device) as loop:
+    with _serving_loop(args, ex) as loop:
         result = run_open_loop(lambda seq: loop.call(text), spec, session=session, on_error=args.on_error or "raise")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, allow_nan=False))
