@@ -15,6 +15,7 @@
     ├── SourceError              a trace source (file, Jaeger, Tempo) is unreachable or answered garbage
     ├── ExecutorError            an executor cannot do what was asked (bad layer, missing model...)
     ├── ConfigurationError       bad settings (environment variables, CLI flags)
+    ├── LoadGeneratorError       the open loop's arrival generator process exited, went silent or has another clock
     └── ReportError              a report was asked of something that is not a trace
         └── ClaimsFileError      a claims file is not valid (names the entry and key)
 
@@ -83,6 +84,11 @@ class ConfigurationError(VaubanTraceError, ValueError):
     """Invalid configuration: environment variables, arguments or flags."""
 
 
+class LoadGeneratorError(VaubanTraceError, RuntimeError):
+    """The open-loop sweep's out-of-process arrival generator failed (exited, went silent, or its clock is
+    not the serving process's); the message names the process, its exit code and the end of its stderr."""
+
+
 class ReportError(VaubanTraceError, ValueError):
     """Evidence, a diff or a report was asked of arguments that are not traces."""
 
@@ -100,6 +106,7 @@ __all__ = [
     "ExecutorError",
     "IntegrityError",
     "InvalidDigestError",
+    "LoadGeneratorError",
     "RebuildError",
     "ReportError",
     "SourceError",

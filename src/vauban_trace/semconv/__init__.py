@@ -83,6 +83,12 @@ SWEEP_ID: Final = "vauban.sweep.id"
 SWEEP_AXIS: Final = "vauban.sweep.axis"
 SWEEP_AXIS_VALUE: Final = "vauban.sweep.axis_value"
 
+# Keys inside the ``open_loop`` object of ``vauban.trace.metadata`` (the open-loop driver's labels,
+# ``Trace.metadata["open_loop"]``; not attribute names of their own: the rebuild keeps that object
+# whole from every source). Written with the out-of-process arrival generator only.
+OPEN_LOOP_SENT_UNIX_NANO: Final = "sent_unix_nano"  # int: the generator process sent the arrival
+OPEN_LOOP_RECEIVED_UNIX_NANO: Final = "received_unix_nano"  # int: the serving process received it
+
 # --- Stage spans ---------------------------------------------------------------------------
 STAGE: Final = "vauban.stage"
 DEVICE_KIND: Final = "vauban.device.kind"

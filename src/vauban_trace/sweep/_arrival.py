@@ -30,6 +30,14 @@ run). Per run (one rate measured once), from the root spans:
   only when lateness is small next to the gaps between arrivals: the run is **late** (its load was
   not offered) when the p95 lateness exceeds both ``LATENESS_FLOOR_S`` and the mean inter-arrival
   time, or when more than ``tolerance`` of the window's arrivals were sent after the window ended.
+- **process generator** (labels ``sent_unix_nano`` and ``received_unix_nano``, written by
+  ``OpenLoopSpec(generator="process")``): the lateness above is then the **generator's own**, send
+  minus scheduled time, both read in the generator process (``lateness_from == "generator"``; the
+  thread generator's is ``"root"``: root start minus scheduled time, read in the serving process);
+  the **hand-off**, receive minus send time (the channel and the serving process's receiver: a
+  service that starves the receiver of the interpreter lock shows here), is its own tail
+  (``handoff``) and part of the service's response, so the backlog test below measures response
+  times from the send time, and "sent in the window" / "sent after it" use the send times.
 - **Little's law**: ``L = X * mean(R)`` is the mean number of requests in the system (provenance
   ``derived``: the achieved throughput times the mean response time, both from the traces). It is
   the closed-loop N at which a closed-loop sweep would see the same throughput and response time.
@@ -60,7 +68,7 @@ from typing import Any
 import numpy as np
 
 from vauban_trace.contract import Trace
-from vauban_trace.sweep._labels import OPEN_LOOP_KEY
+from vauban_trace.sweep._labels import OPEN_LOOP_KEY, RECEIVED_LABEL, SENT_LABEL
 from vauban_trace.sweep._serve import queue_wait_s
 from vauban_trace.sweep._stats import Summary, _as_finite_array, _percentile_interval, summarize
 
@@ -77,6 +85,7 @@ OPEN_LOOP_REFUSAL = ("open loop: the value is an offered arrival rate, not a num
                      "X(N) with N held fixed, while here N (the requests in the system) is an outcome (Little's law "
                      "L = X R, reported per rate): no USL fit on this axis")
 _LABEL_NAMES = ("run", "seq", "scheduled_unix_nano", "window_start_unix_nano", "window_end_unix_nano", "dropped")
+_PROCESS_LABELS = (SENT_LABEL, RECEIVED_LABEL)  # the process generator's (all or none)
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,8 @@ class RatePoint:
     late: bool
     saturated: bool
     reasons: tuple[str, ...]  # why late or saturated
+    lateness_from: str = "root"  # "root": root start - scheduled; "generator": send - scheduled (generator process)
+    handoff: Tail | None = None  # process generator: receive - send
 
     @property
     def sustained(self) -> bool:
@@ -150,7 +161,9 @@ class RatePoint:
             "achieved": self.achieved, "achieved_reason": self.achieved_reason,
             "completed_in_window": self.completed_in_window, "response_s": self.response.to_dict(),
             "queue_wait_s": None if self.queue_wait is None else self.queue_wait.to_dict(),
-            "lateness_s": self.lateness.to_dict(), "sent_after_window": self.sent_after_window,
+            "lateness_s": self.lateness.to_dict(), "lateness_from": self.lateness_from,
+            "handoff_s": None if self.handoff is None else self.handoff.to_dict(),
+            "sent_after_window": self.sent_after_window,
             "littles_law_n": None if self.littles_law_n is None else {
                 "value": self.littles_law_n, "provenance": "derived",
                 "from": "achieved throughput x mean response time (root spans), Little's law L = X R"},
@@ -175,9 +188,13 @@ class OpenLoopSummary:
                 "problems": list(self.problems)}
 
     def render_markdown(self) -> list[str]:
-        lines = ["Open loop per run (achieved = completions / window; L = X R, derived):", "",
-                 "| offered | run | realised | sent | achieved | p50 | p95 | p99 | queue p50 | lateness p95 | L | "
-                 "dropped | failed | verdict |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        proc = any(p.handoff is not None for p in self.points)
+        lines = ["Open loop per run (achieved = completions / window; L = X R, derived"
+                 + ("; lateness: the generator process's send - scheduled (g) or root start - scheduled (r), "
+                    "hand-off: receive - send" if proc else "") + "):", "",
+                 "| offered | run | realised | sent | achieved | p50 | p95 | p99 | queue p50 | lateness p95 | "
+                 + ("hand-off p95 | " if proc else "") + "L | dropped | failed | verdict |",
+                 "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if proc else "") + "---|---|---|---|"]
         for p in self.points:
             verdict = "sustained" if p.sustained else ", ".join(
                 w for w, on in (("late", p.late), ("saturated", p.saturated), ("failures", p.failed > 0)) if on)
@@ -185,7 +202,8 @@ class OpenLoopSummary:
             lines.append(
                 f"| {p.value:g}/s | {p.run} | {p.offered_realised:.4g}/s | {p.offered_sent:.4g}/s | "
                 f"{'' if p.achieved is None else f'{p.achieved:.4g}/s'} | {_ms(p.response.p50.median)} | "
-                f"{_ms(p.response.p95)} | {_ms(p.response.p99)} | {q} | {_ms(p.lateness.p95)} | "
+                f"{_ms(p.response.p95)} | {_ms(p.response.p99)} | {q} | {_ms(p.lateness.p95)}"
+                + (f" ({p.lateness_from[0]}) | {'' if p.handoff is None else _ms(p.handoff.p95)} | " if proc else " | ") +
                 f"{'' if p.littles_law_n is None else f'{p.littles_law_n:.3g}'} | {p.dropped} | {p.failed} | {verdict} |")
         hs = "none" if self.highest_sustained is None else f"{self.highest_sustained:g}/s"
         ls = "none" if self.lowest_saturated is None else f"{self.lowest_saturated:g}/s"
@@ -207,6 +225,9 @@ def labels_for(trace: Trace, given: Mapping[str, Mapping[str, int]] | None) -> d
     out = {k: raw.get(k) for k in _LABEL_NAMES}
     if not all(type(v) is int and v >= 0 for v in out.values()):
         return None
+    extra = {k: raw.get(k) for k in _PROCESS_LABELS}
+    if all(type(v) is int and v >= 0 for v in extra.values()):
+        out.update(extra)
     return {k: int(v) for k, v in out.items() if v is not None}
 
 
@@ -280,11 +301,18 @@ def _point(value: float, run: int, rows: Sequence[tuple[Trace, dict[str, int]]],
         reason = f"{len(ends)} requests completed in the measured window (need 2: a longer window or a higher rate)"
     responses = [t.root.stage_duration_s for t, _ in ok if t.root is not None and t.root.stage_duration_s is not None]
     waits = [w for t, _ in ok if (w := queue_wait_s(t)) is not None]
-    # a trace without a single root has no start to compare with its schedule: left out (not 0)
-    late_s = [(t.root.start_unix_nano - labels["scheduled_unix_nano"]) / 1e9 for t, labels in rows if t.root is not None]
-    after = sum(1 for t, _ in rows if t.root is not None and t.root.start_unix_nano > w1)
+    # process generator (every row labelled): the generator's own send times; else the roots' starts.
+    # A trace without a single root has no start to compare with its schedule: left out (not 0)
+    process = all(SENT_LABEL in labels for _, labels in rows)
+    timed = [(labels[SENT_LABEL], labels) for _, labels in rows] if process else [
+        (t.root.start_unix_nano, labels) for t, labels in rows if t.root is not None]
+    sent_at = [at for at, _ in timed]
+    late_s = [(at - labels["scheduled_unix_nano"]) / 1e9 for at, labels in timed]
+    handoff = tail([(labels[RECEIVED_LABEL] - labels[SENT_LABEL]) / 1e9 for _, labels in rows], seed=seed) if (
+        process) else None
+    after = sum(1 for at in sent_at if at > w1)
     offered = (len(rows) + dropped) / window_s
-    in_window = sum(1 for t, _ in rows if t.root is not None and w0 <= t.root.start_unix_nano <= w1)
+    in_window = sum(1 for at in sent_at if w0 <= at <= w1)
     sent = (in_window + dropped) / window_s
     resp = tail(responses, seed=seed)
     lateness = tail(late_s, seed=seed)
@@ -293,7 +321,9 @@ def _point(value: float, run: int, rows: Sequence[tuple[Trace, dict[str, int]]],
     late = False
     if lateness.p95 is not None and lateness.p95 > max(LATENESS_FLOOR_S, 1.0 / value):
         late = True
-        reasons.append(f"the generator fell behind its schedule: p95 lateness {lateness.p95 * 1e3:.1f} ms, more than "
+        which = ("the generator process fell behind its schedule: p95 lateness (send - scheduled, its own clock)"
+                 if process else "the generator fell behind its schedule: p95 lateness")
+        reasons.append(f"{which} {lateness.p95 * 1e3:.1f} ms, more than "
                        f"the mean gap between arrivals ({1e3 / value:.1f} ms); the load offered was not {value:g}/s")
     if rows and after > tolerance * len(rows):
         late = True
@@ -307,7 +337,7 @@ def _point(value: float, run: int, rows: Sequence[tuple[Trace, dict[str, int]]],
     if dropped:
         saturated = True
         reasons.append(f"saturated: the in-flight cap refused {dropped} arrivals")
-    growth = _backlog_growth(ok, tolerance * 0.75 * window_s)
+    growth = _backlog_growth(ok, tolerance * 0.75 * window_s, from_sent=process)
     if growth is not None:
         saturated = True
         reasons.append(growth)
@@ -317,13 +347,17 @@ def _point(value: float, run: int, rows: Sequence[tuple[Trace, dict[str, int]]],
         value=value, run=run, traces=len(rows), failed=failed, dropped=dropped, window_s=window_s,
         offered_realised=offered, offered_sent=sent, achieved=achieved, achieved_reason=reason, completed_in_window=len(ends),
         response=resp, queue_wait=tail(waits, seed=seed) if waits else None, lateness=lateness,
-        sent_after_window=after, littles_law_n=littles, late=late, saturated=saturated, reasons=tuple(reasons))
+        sent_after_window=after, littles_law_n=littles, late=late, saturated=saturated, reasons=tuple(reasons),
+        lateness_from="generator" if process else "root", handoff=handoff)
 
 
-def _backlog_growth(ok: Sequence[tuple[Trace, dict[str, int]]], threshold_s: float) -> str | None:
-    """A problem line when the response time grows across the window's quarters (module docstring), else None."""
-    rows = sorted((labels["scheduled_unix_nano"], t.root.stage_duration_s) for t, labels in ok
-                  if t.root is not None and t.root.stage_duration_s is not None)
+def _backlog_growth(ok: Sequence[tuple[Trace, dict[str, int]]], threshold_s: float, *,
+                    from_sent: bool = False) -> str | None:
+    """A problem line when the response time grows across the window's quarters (module docstring), else None.
+    ``from_sent``: response times from the generator's send time (the hand-off included) to the root's end."""
+    rows = sorted((labels["scheduled_unix_nano"],
+                   (t.root.end_unix_nano - labels[SENT_LABEL]) / 1e9 if from_sent else t.root.stage_duration_s)
+                  for t, labels in ok if t.root is not None and t.root.stage_duration_s is not None)
     q = len(rows) // 4
     if q < 3:
         return None
@@ -331,7 +365,8 @@ def _backlog_growth(ok: Sequence[tuple[Trace, dict[str, int]]], threshold_s: flo
     medians = [float(np.median([r for _, r in rows[k * n // 4:(k + 1) * n // 4]])) for k in range(4)]
     rising = all(a < b for a, b in zip(medians, medians[1:], strict=False))
     if rising and medians[-1] - medians[0] > threshold_s:
-        return ("saturated: a growing backlog (median response per quarter of the window's arrivals: "
+        return ("saturated: a growing backlog (median response" + (" from the send time" if from_sent else "")
+                + " per quarter of the window's arrivals: "
                 f"{', '.join(f'{m * 1e3:.1f}' for m in medians)} ms)")
     return None
 

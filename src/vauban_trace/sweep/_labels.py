@@ -11,6 +11,9 @@ variable, per thread); root spans opened by :class:`~vauban_trace.sweep.ServingL
 The open-loop driver (``_open``) sets its own labels the same way (:func:`arrival_labels`): they
 land under :data:`OPEN_LOOP_KEY` (run, seq, scheduled arrival time and the measured window, in
 unix nanoseconds, and the arrivals the in-flight cap refused so far); one request carries one kind.
+With the process generator (``OpenLoopSpec(generator="process")``) two more: :data:`SENT_LABEL`
+(when the generator process sent the arrival) and :data:`RECEIVED_LABEL` (when the serving
+process received it); their names live in ``vauban_trace.semconv`` (docs/semconv.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from vauban_trace.semconv import OPEN_LOOP_RECEIVED_UNIX_NANO as RECEIVED_LABEL
+from vauban_trace.semconv import OPEN_LOOP_SENT_UNIX_NANO as SENT_LABEL
 
 #: key of the labels in ``Trace.metadata`` (from the root's ``vauban.trace.metadata`` object)
 LOAD_KEY = "closed_loop"
@@ -66,4 +72,4 @@ def labels_of(metadata: Mapping[str, Any]) -> tuple[int, int] | None:
     return None
 
 
-__all__ = ["LOAD_KEY", "OPEN_LOOP_KEY", "arrival_labels", "labels_of", "load_labels", "load_metadata"]
+__all__ = ["LOAD_KEY", "OPEN_LOOP_KEY", "RECEIVED_LABEL", "SENT_LABEL", "arrival_labels", "labels_of", "load_labels", "load_metadata"]

@@ -55,6 +55,18 @@ achieved throughput and the percentiles, named in ``problems`` with the first er
 exceptions are kept in ``result.errors``; a rate with a failure is never "sustained". Nothing is
 swallowed: a failure is either raised or reported.
 
+**Generator** (``generator``): ``"thread"`` (default) is the generator thread above, in this
+process; ``"process"`` keeps the schedule and the clock in a child process (``_procgen``: a
+standard-library script, no torch) that sends each arrival (sequence number, scheduled time, send
+time) over a socket pair to one receiver here (the calling thread), which stamps the receive time
+and hands it to a sender as above. Its labels add ``sent_unix_nano`` and ``received_unix_nano``;
+the profile then judges lateness on the generator's own clock (send minus scheduled, in the
+child) and reports the hand-off (receive minus send) apart: a serving process too busy to take
+arrivals in delays the hand-off, which belongs to the service's response, not to the load
+offered. Times are ``time.monotonic`` in both processes (system-wide; checked at start). A child
+that exits or goes silent raises :class:`~vauban_trace._exceptions.LoadGeneratorError` (never a
+hang); the sweep's end, an error or ``KeyboardInterrupt`` stops it.
+
 **Limits.** One process: the generator, senders, serving loop and span processing share the GIL,
 so a service that holds it (pure-Python work) delays the generator; the lateness test then says the
 load was not offered. ``time.sleep`` overshoots by tens of microseconds to a millisecond; rates
@@ -83,7 +95,8 @@ from vauban_trace._exceptions import ConfigurationError
 from vauban_trace.contract import Trace
 from vauban_trace.instrument import sweep_point
 from vauban_trace.sweep._arrival import ARRIVAL_RATE, TOLERANCE
-from vauban_trace.sweep._labels import arrival_labels
+from vauban_trace.sweep._labels import RECEIVED_LABEL, SENT_LABEL, arrival_labels
+from vauban_trace.sweep._procgen import ProcessGenerator, drive
 from vauban_trace.sweep._profile import SweepProfile, profile_traces
 from vauban_trace.sweep._readback import read_back
 from vauban_trace.sweep._run import schedule
@@ -94,6 +107,7 @@ if TYPE_CHECKING:
 
 PROCESSES = ("poisson", "constant")
 ON_ERROR = ("raise", "record")
+GENERATORS = ("thread", "process")
 #: most arrivals one run may schedule (a typo in a rate should not allocate gigabytes)
 MAX_ARRIVALS = 1_000_000
 
@@ -146,6 +160,7 @@ class OpenLoopSpec:
     tolerance: float = TOLERANCE
     sweep_id: str | None = None
     switch_interval_s: float | None = None
+    generator: str = "thread"
 
     def __post_init__(self) -> None:
         if isinstance(self.rates, (str, bytes)) or not isinstance(self.rates, Sequence) or not self.rates:
@@ -163,6 +178,9 @@ class OpenLoopSpec:
         if self.arrivals not in PROCESSES:
             raise ConfigurationError(f"OpenLoopSpec: arrivals must be one of {', '.join(PROCESSES)}, "
                                      f"got {self.arrivals!r}")
+        if self.generator not in GENERATORS:
+            raise ConfigurationError(f"OpenLoopSpec: generator must be one of {', '.join(GENERATORS)}, "
+                                     f"got {self.generator!r}")
         for name, value in (("repeats", self.repeats), ("max_in_flight", self.max_in_flight)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"OpenLoopSpec: {name} must be an integer >= 1, got {value!r}")
@@ -194,6 +212,7 @@ class _Arrival:
     t_end: float = math.nan
     error: BaseException | None = None
     trace_ids: list[str] = field(default_factory=list)
+    t_sent: float = math.nan  # the generator process's send time (process generator only)
 
 
 class _RunState:
@@ -215,7 +234,9 @@ class _RunState:
         self.errors: list[BaseException] = []
         self.ends: list[tuple[float, bool]] = []  # (completion time, succeeded), warm-up included
         self.t0 = self.t1 = 0.0
-        self.anchor = (0.0, 0)  # (perf_counter, time_ns) read together
+        self.anchor = (0.0, 0)  # (clock, time_ns) read together
+        self.clock: Callable[[], float] = time.perf_counter  # time.monotonic with a process generator
+        self.max_block_s: float | None = None  # the generator process's longest blocked write
 
     def unix_ns(self, t: float) -> int:
         return self.anchor[1] + round((t - self.anchor[0]) * 1e9)
@@ -229,12 +250,10 @@ class _RunState:
 
 
 def _send(st: _RunState, a: _Arrival) -> None:
-    a.t_start = time.perf_counter()
+    a.t_start = st.clock()
     try:
         if a.measured:
-            labels = {"run": st.run, "seq": a.seq, "scheduled_unix_nano": st.unix_ns(a.t_sched),
-                      "window_start_unix_nano": st.unix_ns(st.t0), "window_end_unix_nano": st.unix_ns(st.t1),
-                      "dropped": a.dropped_before}
+            labels = _labels(st, a, a.dropped_before)
             with sweep_point(ARRIVAL_RATE, st.value, sweep_id=st.sweep_id) as point, arrival_labels(labels):
                 try:
                     st.request(a.seq)
@@ -249,8 +268,16 @@ def _send(st: _RunState, a: _Arrival) -> None:
         if st.on_error == "raise":
             st.stop.set()
     finally:
-        a.t_end = time.perf_counter()
+        a.t_end = st.clock()
         st.finished(a)
+
+
+def _labels(st: _RunState, a: _Arrival, dropped: int) -> dict[str, int]:
+    out = {"run": st.run, "seq": a.seq, "scheduled_unix_nano": st.unix_ns(a.t_sched),
+           "window_start_unix_nano": st.unix_ns(st.t0), "window_end_unix_nano": st.unix_ns(st.t1), "dropped": dropped}
+    if not math.isnan(a.t_sent):
+        out[SENT_LABEL], out[RECEIVED_LABEL] = st.unix_ns(a.t_sent), st.unix_ns(a.t_dispatch)
+    return out
 
 
 class _Senders:
@@ -294,24 +321,53 @@ def _run_once(st: _RunState, offsets: Sequence[float], spec: OpenLoopSpec, sende
         if t_sched > now:
             time.sleep(t_sched - now)
             now = time.perf_counter()
-        measured = off >= spec.warmup_s
-        st.scheduled += measured
-        with st.lock:
-            if st.in_flight >= spec.max_in_flight:
-                if measured:
-                    st.dropped += 1
-                else:
-                    st.dropped_warmup += 1
-                continue
-            a = _Arrival(i, measured, t_sched, now, st.in_flight, st.dropped)
-            st.in_flight += 1
-        st.arrivals.append(a)
-        senders.jobs.put((st, a))
+        _admit(st, spec, senders, i, off >= spec.warmup_s, t_sched, now)
+    _drain(st)
+
+
+def _admit(st: _RunState, spec: OpenLoopSpec, senders: _Senders, seq: int, measured: bool, t_sched: float,
+           now: float, t_sent: float = math.nan) -> None:
+    """One arrival at ``now``: refused by the cap (counted) or handed to a sender."""
+    st.scheduled += measured
+    with st.lock:
+        if st.in_flight >= spec.max_in_flight:
+            if measured:
+                st.dropped += 1
+            else:
+                st.dropped_warmup += 1
+            return
+        a = _Arrival(seq, measured, t_sched, now, st.in_flight, st.dropped, t_sent=t_sent)
+        st.in_flight += 1
+    st.arrivals.append(a)
+    senders.jobs.put((st, a))
+
+
+def _drain(st: _RunState) -> None:
     with st.lock:
         st.generator_done = True
         if st.in_flight == 0:
             st.drained.set()
     st.drained.wait()
+
+
+def _run_process(st: _RunState, offsets: Sequence[float], spec: OpenLoopSpec, senders: _Senders,
+                 gen: ProcessGenerator) -> None:
+    """One run whose arrivals come from the generator process (``_procgen.drive``: the receiver)."""
+    st.clock = time.monotonic
+    st.anchor = (time.monotonic(), time.time_ns())
+
+    def on_start(base: float) -> None:
+        st.t0 = base + spec.warmup_s
+        st.t1 = st.t0 + spec.duration_s
+
+    def on_arrival(seq: int, scheduled: float, sent: float, received: float) -> None:
+        _admit(st, spec, senders, seq, offsets[seq] >= spec.warmup_s, scheduled, received, sent)
+
+    try:
+        end = drive(gen, offsets, on_start, on_arrival, st.stop.is_set)
+        st.not_sent, st.max_block_s = end.not_sent, end.max_block_s
+    finally:
+        _drain(st)
 
 
 @dataclass(frozen=True)
@@ -326,12 +382,17 @@ class LoadRun:
     dropped_warmup: int
     not_sent: int  # arrivals left when an error stopped the generator
     failed: int  # measured requests that raised
-    dispatch_lateness_p50_s: float | None
+    dispatch_lateness_p50_s: float | None  # the generator's own (process: send - scheduled, in the child)
     dispatch_lateness_p95_s: float | None
     dispatch_lateness_max_s: float | None
     mean_in_system_at_arrival: float | None
     completed_in_window: int  # every request (warm-up included) that succeeded in the window
     driver_throughput: float  # completed_in_window / duration_s
+    generator: str = "thread"
+    handoff_p50_s: float | None = None  # process generator: receive - send
+    handoff_p95_s: float | None = None
+    handoff_max_s: float | None = None
+    generator_max_block_s: float | None = None  # process generator: its longest blocked write
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -351,6 +412,8 @@ class ArrivalRecord:
     response_s: float | None  # root span
     queue_wait_s: float | None  # the queue stage, when a serving loop queued it
     error: str | None  # the exception's repr, when the request raised
+    generator_lateness_s: float | None = None  # thread: the generator's hand-off - scheduled; process: send - scheduled
+    handoff_s: float | None = None  # thread: sender start - hand-off; process: receive - send
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -375,7 +438,8 @@ class OpenLoopResult:
         return {
             "sweep_id": self.sweep_id, "axis": ARRIVAL_RATE, "values": list(s.rates), "duration_s": s.duration_s,
             "warmup_s": s.warmup_s, "arrivals": s.arrivals, "repeats": s.repeats, "max_in_flight": s.max_in_flight,
-            "seed": s.seed, "tolerance": s.tolerance, "switch_interval_s": s.switch_interval_s, "wall_s": self.wall_s, "notes": list(self.notes),
+            "seed": s.seed, "tolerance": s.tolerance, "switch_interval_s": s.switch_interval_s,
+            "generator": s.generator, "wall_s": self.wall_s, "notes": list(self.notes),
             "errors": [repr(e) for e in self.errors], "runs": [r.to_dict() for r in self.runs],
             "requests": [r.to_dict() for r in self.requests], "profile": self.profile.to_dict(),
         }
@@ -405,7 +469,10 @@ def run_open_loop(
     started = time.perf_counter()
     switch = sys.getswitchinterval()
     senders: _Senders | None = None
+    gen: ProcessGenerator | None = None
     try:
+        if spec.generator == "process":  # first: a child that cannot start fails before any load
+            gen = ProcessGenerator().start()
         if spec.switch_interval_s is not None:
             sys.setswitchinterval(spec.switch_interval_s)
         senders = _Senders(spec.max_in_flight)  # inside the try: a failed start restores the interval
@@ -416,11 +483,16 @@ def run_open_loop(
             offsets = arrival_schedule(value, spec.warmup_s + spec.duration_s, process=spec.arrivals,
                                        seed=[spec.seed, spec.rates.index(value), run])
             st = _RunState(request, value, run, sweep_id, on_error, stop)
-            _run_once(st, offsets, spec, senders)
+            if gen is None:
+                _run_once(st, offsets, spec, senders)
+            else:
+                _run_process(st, offsets, spec, senders, gen)
             done.append(st)
             if on_error == "raise" and st.errors:
                 raise st.errors[0]
     finally:
+        if gen is not None:
+            gen.close()
         if senders is not None:
             senders.close()
         sys.setswitchinterval(switch)
@@ -435,7 +507,9 @@ def _q(values: Sequence[float], q: float) -> float | None:
 
 def _load_run(st: _RunState, spec: OpenLoopSpec) -> LoadRun:
     measured = [a for a in st.arrivals if a.measured]
-    lateness = [a.t_dispatch - a.t_sched for a in measured]
+    process = any(not math.isnan(a.t_sent) for a in measured)
+    lateness = [(a.t_sent if process else a.t_dispatch) - a.t_sched for a in measured]
+    handoff = [a.t_dispatch - a.t_sent for a in measured] if process else []
     done = sum(1 for t, ok in st.ends if ok and st.t0 < t <= st.t1)
     return LoadRun(
         value=st.value, run=st.run, scheduled=st.scheduled, sent=len(measured), dropped=st.dropped,
@@ -443,7 +517,10 @@ def _load_run(st: _RunState, spec: OpenLoopSpec) -> LoadRun:
         dispatch_lateness_p50_s=_q(lateness, 50), dispatch_lateness_p95_s=_q(lateness, 95),
         dispatch_lateness_max_s=max(lateness) if lateness else None,
         mean_in_system_at_arrival=float(np.mean([a.in_system for a in measured])) if measured else None,
-        completed_in_window=done, driver_throughput=done / spec.duration_s)
+        completed_in_window=done, driver_throughput=done / spec.duration_s,
+        generator=spec.generator,
+        handoff_p50_s=_q(handoff, 50), handoff_p95_s=_q(handoff, 95), handoff_max_s=max(handoff) if handoff else None,
+        generator_max_block_s=st.max_block_s)
 
 
 def _collect(spec: OpenLoopSpec, sweep_id: str, done: Sequence[_RunState], session: Session, wall: float,
@@ -463,9 +540,7 @@ def _collect(spec: OpenLoopSpec, sweep_id: str, done: Sequence[_RunState], sessi
                          f"{lr.dropped} of {lr.scheduled} measured arrivals")
         for a in st.arrivals:
             for tid in a.trace_ids:
-                labels[tid] = {"run": st.run, "seq": a.seq, "scheduled_unix_nano": st.unix_ns(a.t_sched),
-                               "window_start_unix_nano": st.unix_ns(st.t0), "window_end_unix_nano": st.unix_ns(st.t1),
-                               "dropped": st.dropped}  # the run's exact count (a trace's own label: so far)
+                labels[tid] = _labels(st, a, st.dropped)  # the run's exact count (a trace's own label: so far)
                 plan.append((tid, st, a))
     if not plan:
         raise ConfigurationError("run_open_loop: the requests opened no recorded traced request (does request() open "
@@ -482,7 +557,9 @@ def _collect(spec: OpenLoopSpec, sweep_id: str, done: Sequence[_RunState], sessi
         records.append(ArrivalRecord(
             trace.id, st.value, st.run, a.seq, st.unix_ns(a.t_sched), a.t_start - a.t_sched, a.in_system,
             None if root is None else root.stage_duration_s, queue_wait_s(trace),
-            None if a.error is None else repr(a.error)))
+            None if a.error is None else repr(a.error),
+            (a.t_dispatch if math.isnan(a.t_sent) else a.t_sent) - a.t_sched,
+            (a.t_start - a.t_dispatch) if math.isnan(a.t_sent) else a.t_dispatch - a.t_sent))
     errors = tuple(e for st in done for e in st.errors)
     if errors:
         notes.append(f"{len(errors)} requests raised (on_error='record'); first: {errors[0]!r}")
@@ -492,5 +569,5 @@ def _collect(spec: OpenLoopSpec, sweep_id: str, done: Sequence[_RunState], sessi
                           runs=tuple(runs), wall_s=wall, errors=errors, notes=tuple(notes))
 
 
-__all__ = ["ON_ERROR", "PROCESSES", "ArrivalRecord", "LoadRun", "OpenLoopResult", "OpenLoopSpec", "arrival_schedule",
+__all__ = ["GENERATORS", "ON_ERROR", "PROCESSES", "ArrivalRecord", "LoadRun", "OpenLoopResult", "OpenLoopSpec", "arrival_schedule",
            "run_open_loop"]

@@ -1,0 +1,138 @@
+"""The out-of-process arrival generator: a script the open-loop driver starts (standard library only).
+
+Run by :class:`vauban_trace.sweep._procgen.ProcessGenerator` as ``python -I -S _genchild.py FD``:
+no site-packages, no ``vauban_trace`` import, hence no torch and no numpy in this process (the
+schedule comes from the parent, which draws it with :func:`~vauban_trace.sweep.arrival_schedule`
+as the thread generator does). ``FD`` is this end of an ``AF_UNIX`` stream socket pair; the other
+end stays in the serving process.
+
+Wire format: little-endian records of three signed 64-bit integers (``<qqq``, 24 bytes).
+
+Parent to child (commands)::
+
+    (1, n, lead_ns) + n float64 offsets   RUN: send arrival i at base + offsets[i], base = now + lead
+    (2, 0, 0)                             STOP: abort the run in progress (answered with STOPPED)
+    (3, token, 0)                         PING: answered with CLOCK (the shared-clock check)
+    (4, 0, 0) or end of file              QUIT: exit (the parent closed or died)
+
+Child to parent (records)::
+
+    (seq >= 0, scheduled_ns, sent_ns)     one arrival, stamped just before it is written
+    (-1, pid, flags)                      HELLO; flags bit 0: torch was imported (it never should be)
+    (-2, token, now_ns)                   CLOCK: this process's time.monotonic_ns() when it answered
+    (-3, base_ns, now_ns)                 START of a run: the schedule's origin
+    (-4, sent, max_block_ns)              END of a run: arrivals sent; the longest write (a full channel)
+    (-5, sent, not_sent)                  STOPPED: the run was aborted after ``sent`` arrivals
+
+Every time is ``time.monotonic_ns()``: CLOCK_MONOTONIC on Linux, one clock for every process of
+the machine (the parent checks it with PING brackets before the first run). The child owns the
+clock of the schedule: it waits for each arrival with ``select`` on the command socket (so a STOP
+or the parent's death ends the wait at once), stamps the send time and writes the record. When it
+wakes up late, the overdue arrivals are written at once, each with its own (late) send time:
+its lateness is measured, never hidden. A write that blocks (the serving process is not reading:
+the socket buffer is full) delays every later arrival, which their send times show; the longest
+block is reported in END. SIGINT is ignored here: the serving process decides when to stop
+(Ctrl-C reaches the whole process group) and ends this one by closing its end or sending QUIT.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+
+REC = struct.Struct("<qqq")
+RUN, STOP, PING, QUIT = 1, 2, 3, 4
+HELLO, CLOCK, START, END, STOPPED = -1, -2, -3, -4, -5
+
+
+class _Quit(Exception):
+    pass
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise _Quit
+        buf += chunk
+    return bytes(buf)
+
+
+def _command(sock: socket.socket) -> tuple[int, int, int]:
+    cmd, a, b = REC.unpack(_read_exact(sock, REC.size))
+    if cmd == QUIT:
+        raise _Quit
+    return cmd, a, b
+
+
+def _run(sock: socket.socket, n: int, lead_ns: int) -> None:
+    offsets = struct.unpack(f"<{n}d", _read_exact(sock, 8 * n)) if n else ()
+    base = time.monotonic_ns() + lead_ns
+    sock.sendall(REC.pack(START, base, time.monotonic_ns()))
+    sent = 0
+    max_block = 0
+    for seq, off in enumerate(offsets):
+        due = base + round(off * 1e9)
+        while True:
+            wait = due - time.monotonic_ns()
+            if wait <= 0:
+                break
+            ready, _, _ = select.select([sock], [], [], wait / 1e9)
+            if ready:
+                cmd, token, _ = _command(sock)
+                if cmd == STOP:
+                    sock.sendall(REC.pack(STOPPED, sent, n - sent))
+                    return
+                if cmd == PING:
+                    sock.sendall(REC.pack(CLOCK, token, time.monotonic_ns()))
+        t_sent = time.monotonic_ns()
+        sock.sendall(REC.pack(seq, due, t_sent))
+        max_block = max(max_block, time.monotonic_ns() - t_sent)
+        sent += 1
+    sock.sendall(REC.pack(END, sent, max_block))
+
+
+def _tight_timers() -> None:
+    """Linux: a timer slack of 1 us instead of 50 us for this process's waits (prctl PR_SET_TIMERSLACK)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, in ns
+    except (OSError, AttributeError):  # no libc symbol: the default slack stays (measured either way)
+        pass
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _tight_timers()
+    sock = socket.socket(fileno=int(argv[1]))
+    sock.setblocking(True)
+    sock.sendall(REC.pack(HELLO, os.getpid(), int("torch" in sys.modules)))
+    try:
+        while True:
+            cmd, a, b = _command(sock)
+            if cmd == RUN:
+                _run(sock, a, b)
+            elif cmd == PING:
+                sock.sendall(REC.pack(CLOCK, a, time.monotonic_ns()))
+            elif cmd == STOP:  # a stop that crossed the END of its run: nothing left to abort
+                sock.sendall(REC.pack(STOPPED, 0, 0))
+            else:
+                sys.stderr.write(f"vauban arrival generator: unknown command {cmd}\n")
+                return 2
+    except (_Quit, BrokenPipeError, ConnectionResetError):
+        return 0
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
