@@ -10,7 +10,8 @@
                        [same model, prompt, repeats, warmup, store flags]
     vauban-trace sweep --axis arrival_rate --values 20,50,100,150 [--window 2] [--warmup-s 0.5]
                        [--arrivals poisson|constant] [--max-in-flight 64] [--seed 0] [--tolerance 0.05]
-                       [--on-error raise|record] [--switch-interval-ms 0.5] [--workers 1] [--max-batch 1] [--max-wait-ms 0]
+                       [--on-error raise|record] [--switch-interval-ms 0.5] [--generator thread|process]
+                       [--workers 1] [--max-batch 1] [--max-wait-ms 0]
                        [same model, prompt, repeats, store flags]
     vauban-trace sweep --profile SWEEP_ID [--source SRC] [--since 2h] [--limit 1000] [--json]
 
@@ -41,6 +42,9 @@ and used. Each request is a :class:`~vauban_trace.executors.torch.TorchExecutor`
   stopping at the first error and re-raising it. ``--switch-interval-ms`` (default 0.5) is the
   interpreter's thread switch interval during the sweep: the generator shares the GIL with the
   senders, the serving loop and the model, and wakes up late with the default 5 ms.
+  ``--generator process`` keeps the schedule in a child process instead (no torch in it): the
+  lateness is then the generator's own (send minus scheduled, on its clock) and the hand-off
+  (receive minus send) is reported apart (docs/sweep.md, "Out-of-process generator").
 
 ``--new-tokens`` adds greedy decoding to all but ``new_tokens``. The sweep runs through
 :func:`vauban_trace.sweep.run_sweep` (warm-up outside the sweep, values interleaved and rotated
@@ -65,7 +69,8 @@ from typing import Any
 from vauban_trace._exceptions import ConfigurationError
 
 AXES = ("prompt_tokens", "batch_size", "new_tokens", "concurrency", "arrival_rate")
-_OPEN_FLAGS = ("warmup_s", "arrivals", "max_in_flight", "seed", "tolerance", "on_error", "switch_interval_ms")
+_OPEN_FLAGS = ("warmup_s", "arrivals", "max_in_flight", "seed", "tolerance", "on_error", "switch_interval_ms",
+               "generator")
 
 
 def _rates(text: str) -> tuple[float, ...]:
@@ -159,6 +164,9 @@ def register(subparsers: Any) -> None:
                    help="stop at the first failed request and re-raise it (default), or record failures and go on")
     o.add_argument("--switch-interval-ms", type=float, default=None, metavar="MS",
                    help="the interpreter's thread switch interval during the sweep (default 0.5; Python's is 5)")
+    o.add_argument("--generator", choices=("thread", "process"), default=None,
+                   help="who keeps the arrival schedule: a thread of this process (default) or a child process "
+                        "(its own clock and lateness; the hand-off to this process measured apart)")
     p.set_defaults(func=run)
 
 
@@ -222,8 +230,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigurationError("--requests-per-client, --window, --workers, --max-batch and --max-wait-ms "
                                  "apply to --axis concurrency or arrival_rate only")
     if args.axis != "arrival_rate" and any(getattr(args, f) is not None for f in _OPEN_FLAGS):
-        raise ConfigurationError("--warmup-s, --arrivals, --max-in-flight, --seed, --tolerance, --on-error and "
-                                 "--switch-interval-ms apply to --axis arrival_rate only")
+        raise ConfigurationError("--warmup-s, --arrivals, --max-in-flight, --seed, --tolerance, --on-error, "
+                                 "--switch-interval-ms and --generator apply to --axis arrival_rate only")
     if args.axis == "arrival_rate" and args.requests_per_client is not None:
         raise ConfigurationError("--requests-per-client applies to --axis concurrency only (arrival_rate: --window)")
     if args.axis == "concurrency":
@@ -350,7 +358,8 @@ def _open_spec(args: argparse.Namespace, values: tuple[Any, ...]) -> Any:
                         max_in_flight=64 if args.max_in_flight is None else args.max_in_flight,
                         seed=0 if args.seed is None else args.seed,
                         tolerance=0.05 if args.tolerance is None else args.tolerance, sweep_id=args.sweep_id,
-                        switch_interval_s=(0.5 if args.switch_interval_ms is None else args.switch_interval_ms) / 1000)
+                        switch_interval_s=(0.5 if args.switch_interval_ms is None else args.switch_interval_ms) / 1000,
+                        generator=args.generator or "thread")
     _check_loop(args)
     return spec
 
@@ -367,15 +376,20 @@ def _run_open(args: argparse.Namespace, ex: Any, ids: Any, spec: Any, session: A
     print(f"model: {model_dir}; sweep {result.sweep_id}: {len(result.traces)} requests in {result.wall_s:.1f} s; "
           f"{spec.arrivals} arrivals, window {spec.duration_s:g} s after {spec.warmup_s:g} s of warm-up, at most "
           f"{spec.max_in_flight} in flight; serving loop: {args.workers} worker(s), batches of at most "
-          f"{args.max_batch} (wait {args.max_wait_ms:g} ms)")
+          f"{args.max_batch} (wait {args.max_wait_ms:g} ms); arrivals from a generator "
+          + ("process (lateness: its send - scheduled; hand-off: receive - send)" if spec.generator == "process"
+             else "thread of this process"))
     print(result.profile.render_markdown())
-    print("| offered | run | scheduled | sent | refused | dispatch lateness p95 | in system at arrival | "
-          "X over the driver's clock |\n|---|---|---|---|---|---|---|---|")
+    proc = spec.generator == "process"
+    print("| offered | run | scheduled | sent | refused | dispatch lateness p95 | "
+          + ("hand-off p95 | " if proc else "") + "in system at arrival | X over the driver's clock |\n"
+          + "|---|---|---|---|---|---|---|---|" + ("---|" if proc else ""))
     for r in result.runs:
         late = "" if r.dispatch_lateness_p95_s is None else f"{r.dispatch_lateness_p95_s * 1e3:.2f} ms"
+        hand = "" if r.handoff_p95_s is None else f"{r.handoff_p95_s * 1e3:.2f} ms | "
         mean = "" if r.mean_in_system_at_arrival is None else f"{r.mean_in_system_at_arrival:.3g}"
-        print(f"| {r.value:g}/s | {r.run} | {r.scheduled} | {r.sent} | {r.dropped} | {late} | {mean} | "
-              f"{r.driver_throughput:.4g}/s |")
+        print(f"| {r.value:g}/s | {r.run} | {r.scheduled} | {r.sent} | {r.dropped} | {late} | "
+              + (hand or " | " if proc else "") + f"{mean} | {r.driver_throughput:.4g}/s |")
     for note in result.notes:
         print(f"note: {note}")
     sys.stdout.flush()
