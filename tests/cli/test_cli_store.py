@@ -83,7 +83,7 @@ def test_verify_stats_and_repair(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert code == 0 and "texts: 3 checked, 0 broken" in out and "span batches: 6 checked (6 spans)" in out
     assert out.rstrip().endswith("verify: OK")
     code, out, _err = _run(capsys, "stats", "--store", store)
-    assert code == 0 and "(schema 4)" in out and "traces: 3 (3 rebuilt: 3 complete, 0 incomplete; 0 pending)" in out
+    assert code == 0 and "(schema 5)" in out and "traces: 3 (3 rebuilt: 3 complete, 0 incomplete; 0 pending)" in out
     assert "raw spans: 6 in 6 span batch(es)" in out and re.search(r"seg-000001\.jsonl .* live +(99\.\d|100\.0)%", out)
     code, out, _err = _run(capsys, "stats", "--store", store, "--json")
     stats = json.loads(out)

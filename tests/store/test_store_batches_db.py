@@ -15,8 +15,10 @@ from store_testlib import (
     TRACE_B,
     TRACE_COLUMNS,
     V3_TRACES,
+    batch_rows,
     make_request,
     make_span,
+    rewrite_batch,
 )
 
 from vauban_trace.store import TraceStore, TraceStoreError
@@ -91,9 +93,11 @@ def test_a_corrupt_batch_is_reported(tmp_path: Path) -> None:
     conn.commit()
     with pytest.raises(TraceStoreError, match="span_count says 7, the blob holds 1"):
         ts.raw_span_count(TRACE_A)
-    conn.execute("UPDATE span_batches SET span_count = 1, spans = substr(spans, 1, 20)")
+    conn.execute("UPDATE span_batches SET span_count = 1")
     conn.commit()
     conn.close()
+    ((_id, _t, _r, _c, blob),) = batch_rows(ts)
+    rewrite_batch(ts, TRACE_A, blob[:20])
     with pytest.raises(TraceStoreError, match="span batch: truncated"):
         ts.spans_for(TRACE_A)
     with pytest.raises(TraceStoreError, match="span batch"):  # the write is refused, nothing stored
@@ -150,7 +154,7 @@ def test_version_2_database_is_migrated(tmp_path: Path) -> None:
     assert {tid: ts.spans_for_bytes(tid) for tid in before} == before
     assert (ts.raw_span_count(TRACE_A), ts.raw_span_count(TRACE_B)) == (3, 1)
     conn = sqlite3.connect(tmp_path / "traces.sqlite")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5  # 2 -> 3 -> 4 -> 5
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'spans'").fetchall() == []
     assert conn.execute(pending_cols).fetchall() == traces_before  # bookkeeping untouched
     assert conn.execute("SELECT trace_id, received_unix_nano, span_count FROM span_batches ORDER BY trace_id"

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from store_testlib import CHILD, ROOT, TRACE_COLUMNS, V3_TRACES, make_request, make_span
+from store_testlib import CHILD, ROOT, TRACE_COLUMNS, V3_TRACES, batch_rows, make_request, make_span
 
 from vauban_trace.contract import Trace
 from vauban_trace.rebuild import rebuild_traces
 from vauban_trace.store import TraceNotFoundError, TraceStore, TraceStoreError
 from vauban_trace.store._segments import compact_segment, segment_path
-from vauban_trace.store._sql import _SPAN_BATCHES
+from vauban_trace.store._sql import _SPAN_BATCHES_V3
 
 
 def _tid(n: int) -> str:
@@ -184,10 +184,9 @@ def test_two_writers_keep_their_own_segments(tmp_path: Path) -> None:
 def _v3_database(path: Path, source: TraceStore, traces: dict[str, Trace], pending: str) -> None:
     """A schema-3 file as the previous vauban-trace wrote it: the Trace JSON in traces.trace_json."""
     conn = sqlite3.connect(path / "traces.sqlite")
-    conn.executescript(_SPAN_BATCHES + ";" + V3_TRACES)
+    conn.executescript(_SPAN_BATCHES_V3 + ";" + V3_TRACES)
     src = source._conn()
-    conn.executemany("INSERT INTO span_batches VALUES (?,?,?,?,?)",
-                     src.execute("SELECT id, trace_id, received_unix_nano, span_count, spans FROM span_batches"))
+    conn.executemany("INSERT INTO span_batches VALUES (?,?,?,?,?)", batch_rows(source))
     for row in src.execute(f"SELECT {TRACE_COLUMNS} FROM traces"):
         text = traces[row[0]].to_json() if row[0] != pending else None
         if row[0] == pending:
@@ -216,10 +215,10 @@ def test_version_3_database_is_migrated(tmp_path: Path) -> None:
     assert [p.trace_id for p in ts.pending_traces()] == [pending]
     assert ts.trace_count() == 4 and {s.trace_id for s in ts.list_traces()} == set(traces) - {pending}
     assert ts._conn().execute(f"SELECT {TRACE_COLUMNS} FROM traces ORDER BY trace_id").fetchall() == before
-    assert ts._conn().execute("PRAGMA user_version").fetchone()[0] == 4
+    assert ts._conn().execute("PRAGMA user_version").fetchone()[0] == 5  # 3 -> 4 -> 5
     assert "trace_json" not in [r[1] for r in ts._conn().execute("PRAGMA table_info(traces)")]
     _live_ok(ts)
-    (trace,) = rebuild_traces(ts.spans_for(pending))  # the store goes on as a v4 one
+    (trace,) = rebuild_traces(ts.spans_for(pending))  # the store goes on as a v5 one
     ts.put_trace(trace, version=ts.pending_traces()[0].version)
     assert ts.get_trace(pending) == traces[pending]
     ts.close()

@@ -14,7 +14,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from store_testlib import CHILD, CHILD2, ROOT, TRACE_A, TRACE_B, make_request, make_span
+from store_testlib import CHILD, CHILD2, ROOT, TRACE_A, TRACE_B, batch_rows, make_request, make_span
 
 from vauban_trace.store import TraceStore, TraceStoreError
 
@@ -193,13 +193,9 @@ def test_closed_store_refuses(tmp_path: Path) -> None:
 def test_one_span_resource_spans_payload(tmp_path: Path) -> None:
     ts = TraceStore(tmp_path)
     ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root"), make_span(TRACE_A, CHILD, "c", parent=ROOT)))
-    import sqlite3
-
     from vauban_trace.store._batch import decode_batch
 
-    conn = sqlite3.connect(tmp_path / "traces.sqlite")
-    (tid, count, blob), = conn.execute("SELECT trace_id, span_count, spans FROM span_batches").fetchall()
-    conn.close()
+    ((_id, tid, _received, count, blob),) = batch_rows(ts)
     payloads = [r.payload for r in decode_batch(tid, bytes(blob))]  # the stored one-span payloads
     assert count == len(payloads) == 2
     for payload in payloads:
@@ -209,8 +205,6 @@ def test_one_span_resource_spans_payload(tmp_path: Path) -> None:
 
 
 def test_payload_bytes_match_protobuf_serialization(tmp_path: Path) -> None:
-    import sqlite3
-
     from opentelemetry.proto.trace.v1.trace_pb2 import ScopeSpans
 
     req = make_request(make_span(TRACE_A, ROOT, "root", attrs={"k": "v" * 300}))
@@ -220,9 +214,7 @@ def test_payload_bytes_match_protobuf_serialization(tmp_path: Path) -> None:
     ts.add_spans(req)
     from vauban_trace.store._batch import decode_batch
 
-    conn = sqlite3.connect(tmp_path / "traces.sqlite")
-    (blob,) = conn.execute("SELECT spans FROM span_batches").fetchone()
-    conn.close()
+    ((_id, _tid, _received, _count, blob),) = batch_rows(ts)
     (row,) = decode_batch(TRACE_A, bytes(blob))
     payload = row.payload
     rs, ss = req.resource_spans[0], req.resource_spans[0].scope_spans[0]

@@ -274,7 +274,7 @@ def test_version_1_database_is_migrated(tmp_path: Path) -> None:
     assert ts.add_spans(make_request(make_span(TRACE_A, CHILD2, "new", parent=ROOT))) == (1, 0)
     assert ts.raw_span_count(TRACE_A) == 3
     conn = sqlite3.connect(tmp_path / "traces.sqlite")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 5
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'spans'").fetchall() == []
     assert conn.execute("SELECT start_unix_nano, end_unix_nano, root_start_unix_nano FROM traces").fetchone() == (
         5, 2_000, 10)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from store_testlib import CHILD, ROOT, make_request, make_span
+from store_testlib import CHILD, ROOT, make_request, make_span, rewrite_batch
 
 from vauban_trace.contract import Trace
 from vauban_trace.rebuild import rebuild_traces
@@ -65,9 +65,11 @@ def test_a_healthy_store_verifies_and_counts_everything(tmp_path: Path) -> None:
     report = ts.verify_store()
     assert report.ok and report.problems == [] and report.problem_count == 0
     assert report.texts_checked == 5 and report.segments_checked == 1
-    assert report.span_batches_checked == 7 and report.spans_decoded == 14
+    assert report.span_batches_checked == 7 and report.spans_decoded == 14 and report.span_segments_checked == 1
     stats = ts.store_stats()
-    assert (stats.schema_version, stats.traces, stats.rebuilt, stats.complete, stats.pending) == (4, 7, 5, 5, 2)
+    assert (stats.schema_version, stats.traces, stats.rebuilt, stats.complete, stats.pending) == (5, 7, 5, 5, 2)
+    (span_seg,) = stats.span_segments
+    assert span_seg.bytes == stats.span_segment_bytes == span_seg.file_bytes == stats.span_live_bytes > 0
     assert stats.raw_spans == 14 and stats.span_batches == 7 and stats.sqlite_bytes > 0
     (seg,) = stats.segments
     assert seg.bytes == stats.segment_bytes == seg.file_bytes and seg.live_share == pytest.approx(
@@ -132,7 +134,7 @@ def test_undecodable_span_batches_are_reported_never_repaired(tmp_path: Path) ->
     a, b = _ingest(ts, 2)
     _assemble(ts)
     conn = ts._conn()
-    conn.execute("UPDATE span_batches SET spans = X'01ff' WHERE trace_id = ?", (a,))
+    rewrite_batch(ts, a, b"\x01\xff")
     conn.execute("UPDATE span_batches SET span_count = 5 WHERE trace_id = ?", (b,))
     report = ts.verify_store(repair=True)
     assert report.span_batches_bad == 2 and report.repaired == 0
@@ -204,7 +206,7 @@ def test_rebuild_of_undecodable_spans_stores_an_incomplete_trace_saying_why(tmp_
     ts = TraceStore(tmp_path)
     (tid,) = _ingest(ts, 1)
     _assemble(ts)
-    ts._conn().execute("UPDATE span_batches SET spans = X'01ff' WHERE trace_id = ?", (tid,))
+    rewrite_batch(ts, tid, b"\x01\xff")
     report = ts.rebuild_stored([tid])
     assert report.failed == 1 and report.changed == 1
     trace = ts.get_trace(tid)

@@ -14,16 +14,20 @@ moved text up again, and they never take a segment's writer lock); see ``docs/co
 "Operating the store".
 
 - ``verify`` reads back every rebuilt trace's text (length + BLAKE3 digest), checks every
-  segment's bookkeeping and decodes every raw span batch
-  (:meth:`~vauban_trace.store.TraceStore.verify_store`). Exit 0 when all is well, 1 when
+  segment's bookkeeping (Trace JSON and span segments) and reads back every raw span batch
+  (length + BLAKE3 digest in its span segment, then decoded)
+  (:meth:`~vauban_trace.store.TraceStore.verify_store`). A damaged span batch is raw spans lost:
+  it is listed with its trace and segment file, and never repaired. Exit 0 when all is well, 1 when
   anything is wrong (the first ``--max-problems`` problems are listed); ``--repair`` sends traces
   with broken texts back to pending (the collector, or ``store rebuild``, rebuilds them) and
   fixes segment bookkeeping the store's recovery can fix; what it cannot repair is said so.
 - ``stats`` schema version, traces (rebuilt complete / incomplete, pending), raw spans, bytes in
-  SQLite and in segment files, and each segment's live share.
-- ``compact`` runs :meth:`~vauban_trace.store.TraceStore.compact_documents`: segments whose
-  live share is under ``--threshold`` are rewritten; prints segment bytes before and after and
-  the segments removed (segments a running collector writes are skipped).
+  SQLite, in Trace JSON segment files and in span segment files, and each segment's live share.
+- ``compact`` runs :meth:`~vauban_trace.store.TraceStore.compact_documents` and
+  :meth:`~vauban_trace.store.TraceStore.compact_spans`: segments of either kind whose live share
+  is under ``--threshold`` are rewritten; prints segment bytes before and after and the segments
+  removed (segments a running collector writes, and span segments holding a damaged batch, are
+  skipped).
 - ``rebuild`` rebuilds traces from their raw spans with this vauban-trace's rebuild (after an
   upgrade that changed it) and stores those whose text changed
   (:meth:`~vauban_trace.store.TraceStore.rebuild_stored`); ``--all`` takes every trace whose
@@ -72,8 +76,9 @@ def register(subparsers: Any) -> None:
         q.add_argument("--json", action="store_true", help="print one JSON object")
 
     v = sub.add_parser("verify", help="check every text, segment and raw span batch",
-                       description="Read back every rebuilt trace's text, check segment bookkeeping, decode "
-                                   "every raw span batch. Exit 1 when anything is wrong.")
+                       description="Read back every rebuilt trace's text and every raw span batch (length and "
+                                   "digest), check segment bookkeeping, decode every span batch. Exit 1 when "
+                                   "anything is wrong.")
     with_store(v)
     v.add_argument("--repair", action="store_true", help="send traces with broken texts back to pending "
                    "and fix segment bookkeeping the store's recovery can fix")
@@ -86,8 +91,9 @@ def register(subparsers: Any) -> None:
     with_store(s)
     s.set_defaults(func=_stats)
 
-    c = sub.add_parser("compact", help="rewrite segments mostly made of replaced texts",
-                       description="Compact the segment files whose live share is under --threshold.")
+    c = sub.add_parser("compact", help="rewrite segments mostly made of replaced texts or merged span batches",
+                       description="Compact the segment files (Trace JSON and raw spans) whose live share is under "
+                                   "--threshold.")
     with_store(c)
     c.add_argument("--threshold", type=_share, default=0.5, metavar="SHARE",
                    help="compact segments whose live share is below this (0 < SHARE <= 1, default 0.5)")
@@ -140,8 +146,9 @@ def _verify(args: argparse.Namespace) -> int:
           + (f", {report.rows_bad} row(s) naming unknown segments" if report.rows_bad else "")
           + (f" ({report.unreferenced_files} unreferenced file(s), removed at the next open)"
              if report.unreferenced_files else ""))
+    print(f"span segments: {report.span_segments_checked} checked, {report.span_segments_bad} with bad bookkeeping")
     print(f"span batches: {report.span_batches_checked} checked ({report.spans_decoded} spans), "
-          f"{report.span_batches_bad} undecodable")
+          f"{report.span_batches_bad} damaged or undecodable")
     if report.ok:
         print("verify: OK")
         return 0
@@ -172,6 +179,12 @@ def _stats(args: argparse.Namespace) -> int:
     for seg in stats.segments:
         missing = "  FILE MISSING" if seg.file_bytes is None else ""
         print(f"  seg-{seg.id:06d}.jsonl  {_size(seg.bytes):>10}  live {seg.live_share:6.1%}{missing}")
+    share = stats.span_live_bytes / stats.span_segment_bytes if stats.span_segment_bytes else 0.0
+    print(f"span segments: {len(stats.span_segments)}, {_size(stats.span_segment_bytes)}, live "
+          f"{_size(stats.span_live_bytes)} ({share:.0%})")
+    for seg in stats.span_segments:
+        missing = "  FILE MISSING" if seg.file_bytes is None else ""
+        print(f"  spans/seg-{seg.id:06d}.spans  {_size(seg.bytes):>10}  live {seg.live_share:6.1%}{missing}")
     return 0
 
 
@@ -179,15 +192,20 @@ def _compact(args: argparse.Namespace) -> int:
     with _open(args) as ts:
         before = ts.store_stats()
         removed = ts.compact_documents(args.threshold)
+        spans_removed = ts.compact_spans(args.threshold)
         after = ts.store_stats()
     out = {"segments_before": len(before.segments), "segments_after": len(after.segments),
            "segments_removed": removed, "bytes_before": before.segment_bytes, "bytes_after": after.segment_bytes,
-           "threshold": args.threshold}
+           "span_segments_before": len(before.span_segments), "span_segments_after": len(after.span_segments),
+           "span_segments_removed": spans_removed, "span_bytes_before": before.span_segment_bytes,
+           "span_bytes_after": after.span_segment_bytes, "threshold": args.threshold}
     if args.json:
         print(json.dumps(out))
         return 0
     print(f"segments: {len(before.segments)} -> {len(after.segments)} ({removed} removed)")
     print(f"segment bytes: {_size(before.segment_bytes)} -> {_size(after.segment_bytes)}")
+    print(f"span segments: {len(before.span_segments)} -> {len(after.span_segments)} ({spans_removed} removed)")
+    print(f"span segment bytes: {_size(before.span_segment_bytes)} -> {_size(after.span_segment_bytes)}")
     return 0
 
 

@@ -2,12 +2,14 @@
 
 Layout of a store directory::
 
-    <dir>/traces.sqlite               span batches + per-trace bookkeeping + rebuilt-trace rows (WAL)
+    <dir>/traces.sqlite               span batch rows + per-trace bookkeeping + rebuilt-trace rows (WAL)
+    <dir>/spans/seg-<id>.spans        raw span batches (``_batch`` blobs), appended and synced (schema 5)
     <dir>/documents/seg-<id>.jsonl    rebuilt Trace JSON, appended (``_segments``; schema 4)
     <dir>/blobs/                      LocalArtifactStore of artifact blobs
     <dir>/traces/<trace_id>.json      rebuilt traces as files (written atomically)
 
-The raw spans in the database are the durable truth. A rebuilt trace is a ``traces`` row (its
+The raw spans (their batches in the span segments, the rows naming them in the database) are the
+durable truth. A rebuilt trace is a ``traces`` row (its
 summary, and where its Trace JSON lies in a segment file, with the text's BLAKE3 digest) plus the
 text itself; every read checks length and digest, and a text lost or torn by a crash makes its
 trace pending again, to be rebuilt from its raw spans (``_rebuilt``). At open, rows pointing past
@@ -21,12 +23,21 @@ time somebody asks for it.
 Raw spans are keyed by (trace_id, span_id). Each is the serialized protobuf of a one-span
 ``ResourceSpans`` (its resource, its scope, the span), so :meth:`TraceStore.spans_for` can regroup
 a trace's spans into an OTLP ``TracesData``. They are stored per trace and write: one
-``span_batches`` row holds every span of one trace that one call stored (``_batch`` encodes them,
-the envelope once per batch), so a write of ~16 spans per trace costs SQLite one row and one
-index entry instead of ~16; a later batch's copy of a span id replaces an earlier one (see
-``_ingest``). :meth:`TraceStore.add_spans` runs one
-transaction per call and returns once it is committed with ``synchronous=FULL``: a process killed
-right after the call loses nothing. A re-sent identical span counts as a duplicate and changes
+``span_batches`` row names the batch holding every span of one trace that one call stored
+(``_batch`` encodes them, the envelope once per batch), so a write of ~16 spans per trace costs
+SQLite one small row and one index entry instead of ~16; a later batch's copy of a span id
+replaces an earlier one (see ``_ingest``). Since schema 5 the batch blobs live in span segment
+files (``_rawspans``): the row holds segment, offset, length and BLAKE3 digest, and the blobs of
+a call are appended with one ``writev`` and ``fdatasync``-ed BEFORE the transaction that inserts
+their rows commits; SQLite then writes ~60 bytes per batch instead of the blob (no overflow pages,
+WAL frames or checkpoint copies of the spans: ``TraceStore.ingest_parts`` went from 4.2 to ~2.6
+CPU µs per span in ``bench/collector_steps.py``). Every read checks length and digest; a batch
+that fails raises :class:`TraceStoreError` naming the trace, batch and segment (the spans are
+lost: raw spans have no other copy). Span segments whose batches were mostly merged away
+(``_ingest``'s ``COMPACT_AT``) are compacted when the writer rolls a segment, or by
+:meth:`TraceStore.compact_spans`. :meth:`TraceStore.add_spans` runs one
+transaction per call and returns once it is committed with ``synchronous=FULL`` (and the batches
+synced before it): a process killed right after the call loses nothing. A re-sent identical span counts as a duplicate and changes
 nothing; a span with the same ids and different content (an updated end time, more events)
 replaces the stored one.
 
@@ -68,9 +79,17 @@ from vauban_trace.store._ingest import (
     stored_rows,
 )
 from vauban_trace.store._maintenance import StoreMaintenance
+from vauban_trace.store._rawspans import (
+    RawSpanError,
+    SpanSegments,
+    compact_span_segment,
+    compaction_candidates,
+    orphans_present,
+    short_segments,
+)
 from vauban_trace.store._rebuilt import RebuiltTraces
 from vauban_trace.store._records import IngestResult, PendingTrace, check_trace_id
-from vauban_trace.store._segments import FOLDER, SegmentWriter
+from vauban_trace.store._segments import COMPACT_BELOW, FOLDER, SPANS, SegmentWriter, remove_orphans, unlink_segment
 from vauban_trace.store._split import CutRequest, split_rows
 from vauban_trace.store._sql import connect, initialise
 
@@ -108,16 +127,23 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
         self._blobs: LocalArtifactStore | None = None
         self._folder = self.dir / FOLDER
         self._segments = SegmentWriter(self._folder)
+        self._span_folder = self.dir / SPANS.folder
+        self._spans = SpanSegments(self._span_folder)
         #: rebuilt traces this open found lost in a crash and made pending (``_documents.recover``)
         self.recovered_at_open = 0
         initialise(self._conn(), self.db_path)
-        if needs_recovery(self._conn(), self._folder):
+        if needs_recovery(self._conn(), self._folder) or orphans_present(self._conn(), self._span_folder):
             with self._write_tx("opening the store") as conn:
                 lost = recover(conn, self._folder)
+                remove_orphans(conn, self._span_folder, SPANS)
             self.recovered_at_open = lost
             if lost:
                 _log.warning("vauban-trace store: %d rebuilt trace(s) lost their Trace JSON in a crash; they are "
                              "pending again (rebuilt from their raw spans)", lost)
+        for seg, end, size in short_segments(self._conn(), self._span_folder):
+            _log.error("vauban-trace store: span segment %s %s, its committed end is %d: raw spans are lost "
+                       "(`vauban-trace store verify` lists the traces)", self._spans.path(seg).name,
+                       "is missing" if size is None else f"holds {size} bytes", end)
 
     def __repr__(self) -> str:
         return f"TraceStore({str(self.dir)!r})"
@@ -179,6 +205,7 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
         """Close every connection this object opened (the store can no longer be used)."""
         with self._write_lock:
             self._segments.close()  # seals the segment (its lock goes with the file descriptor)
+            self._spans.close()
         self._closed = True
         with self._conns_lock:
             conns, self._conns = self._conns, []
@@ -272,8 +299,20 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
         fresh: dict[str, list[SpanRow]] | None = {} if snapshots else None
         if rows:
             now = time.time_ns()
-            with self._write_tx("add_spans") as conn:
-                accepted, duplicates, touched = store_rows(conn, rows, now, fresh)
+            try:
+                with self._write_tx("add_spans") as conn:
+                    accepted, duplicates, touched = store_rows(conn, rows, now, self._spans, fresh)
+            except BaseException:
+                # rolled back: a span segment allocated in this transaction has no row any more (its
+                # id may be handed out again), so never append to it again; what was written is dead
+                self._spans.close()
+                raise
+            if self._spans.writer.rolled:
+                self._spans.writer.rolled = False
+                try:
+                    self.compact_spans()
+                except TraceStoreError as exc:  # the spans are committed: report, never fail the write
+                    _log.warning("vauban-trace store: compacting span segments failed: %s", exc)
         return IngestResult(
             snapshots={tid: SpanSnapshot(spans) for tid, spans in fresh.items()} if fresh else {},
             accepted=accepted,
@@ -296,11 +335,45 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
         return snapshot_bytes(list(self._stored_rows(trace_id).values()))
 
     def _stored_rows(self, trace_id: str) -> dict[str, SpanRow]:
+        """Raises :class:`TraceStoreError` (a ``RawSpanError``) when a batch is damaged."""
         tid = check_trace_id(trace_id)
         try:
-            return stored_rows(self._conn(), tid)
+            try:
+                return stored_rows(self._conn(), tid, self._spans)
+            except RawSpanError:  # a compaction in another process may have moved a batch: look again
+                return stored_rows(self._conn(), tid, self._spans)
         except sqlite3.Error as exc:
             raise TraceStoreError(f"reading {str(self.db_path)!r}: {exc}") from exc
+
+    def compact_spans(self, threshold: float = COMPACT_BELOW) -> int:
+        """Compact every sealed span segment whose live share is under ``threshold`` (batches
+        merged away by ``_ingest``): its live batches are checked, copied into this object's span
+        segment and synced, the rows moved in one durable commit, then the file is deleted.
+        Segments another writer holds, and segments holding a damaged batch (logged; ``verify``
+        reports them), are skipped. Returns how many segments were removed. Run whenever the
+        span writer rolls a segment."""
+        removed = 0
+        try:
+            candidates = compaction_candidates(self._conn(), threshold, self._spans.writer.segment)
+        except sqlite3.Error as exc:
+            raise TraceStoreError(f"reading {str(self.db_path)!r}: {exc}") from exc
+        for segment in candidates:
+            try:
+                with self._write_tx("compact_spans") as conn:
+                    moved = compact_span_segment(conn, self._spans, segment)
+            except BaseException:
+                self._spans.close()  # as after a failed ingest
+                raise
+            if moved is None:
+                continue
+            if moved[1]:
+                _log.error("vauban-trace store: span segment %s holds %d damaged span batch(es); it is not "
+                           "compacted (`vauban-trace store verify` lists them)", self._spans.path(segment).name,
+                           moved[1])
+                continue
+            unlink_segment(self._span_folder, segment, SPANS)
+            removed += 1
+        return removed
 
     def raw_span_count(self, trace_id: str) -> int:
         """How many raw spans are stored for ``trace_id``."""

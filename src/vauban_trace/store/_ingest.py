@@ -1,5 +1,12 @@
 """Writing raw spans: payload extraction, span batches, per-trace bookkeeping.
 
+Every batch a call writes is encoded first, then all of them are appended to the store's span
+segment with one ``writev`` and ``fdatasync``-ed (``_rawspans``) before their ``span_batches``
+rows (segment, offset, length, digest) are inserted in the caller's transaction, which commits
+with ``synchronous=FULL``. A stored batch of a known trace that fails its check (damaged on disk)
+is logged and not compared with: the incoming spans are all written as a new batch, and that
+trace's batches are not merged (the damaged one stays for ``verify`` to report).
+
 One call of :func:`store_rows` runs inside the caller's write transaction. It first looks up the
 bookkeeping row of every trace of the request at once. A trace without one (new to the store:
 the hot path) gets ONE ``span_batches`` row holding all its spans (``_batch`` encoding) and an
@@ -21,6 +28,7 @@ resource ``service.name``, else that of the first span received that had one.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterable
 from typing import Any, cast
@@ -32,12 +40,14 @@ from opentelemetry.semconv.attributes.service_attributes import SERVICE_NAME
 from vauban_trace._exceptions import TraceStoreError
 from vauban_trace.store._batch import decode_batch, encode_batch, match_batch
 from vauban_trace.store._native import cwire
+from vauban_trace.store._rawspans import BatchRef, RawSpanError, SpanSegments, release
 from vauban_trace.store._rows import SpanRow
 from vauban_trace.store._wire import envelope, ld, wrap_span
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 _IN_CHUNK = 500  # trace ids per IN (...) lookup
+_log = logging.getLogger("vauban_trace.store")
 
 
 def service_of(resource: Resource) -> str | None:
@@ -93,98 +103,124 @@ def extract_rows(resource_spans: Iterable[ResourceSpans]) -> tuple[list[SpanRow]
 
 #: a write to a known trace that would leave this many batches merges them into one
 COMPACT_AT = 16
-_BATCHES_OF = "SELECT id, span_count, spans FROM span_batches WHERE trace_id = ? ORDER BY id"
-_INSERT_BATCH = "INSERT INTO span_batches (trace_id, received_unix_nano, span_count, spans) VALUES (?,?,?,?)"
+_BATCHES_OF = "SELECT id, span_count, seg, off, len, digest FROM span_batches WHERE trace_id = ? ORDER BY id"
+_INSERT_BATCH = ("INSERT INTO span_batches (trace_id, received_unix_nano, span_count, seg, off, len, digest) "
+                 "VALUES (?,?,?,?,?,?,?)")
 
 
 def store_rows(
-    conn: sqlite3.Connection, rows: list[SpanRow], now: int, fresh_out: dict[str, list[SpanRow]] | None = None
+    conn: sqlite3.Connection, rows: list[SpanRow], now: int, spans: SpanSegments,
+    fresh_out: dict[str, list[SpanRow]] | None = None,
 ) -> tuple[int, int, list[str]]:
     """Store ``rows`` as span batches; return (accepted, duplicates, trace ids whose raw spans changed).
 
+    The batches' blobs go to ``spans`` (appended and synced before the caller commits).
     With ``fresh_out``, the spans of every trace that had no stored span before (its version is
     1 after this call, and these rows are all its raw spans) are put there by trace id.
     """
     by_trace: dict[str, dict[str, SpanRow]] = {}
     accepted = duplicates = 0
     last_tid: str | None = None
-    spans: dict[str, SpanRow] = {}
+    spans_of: dict[str, SpanRow] = {}
     for row in rows:  # (indexing: row[0] trace id, row[1] span id, row[7] payload; faster than names)
         tid = row[0]
         if tid != last_tid:  # the rows of a trace mostly come together
-            spans = by_trace.setdefault(tid, {})
+            spans_of = by_trace.setdefault(tid, {})
             last_tid = tid
         sid = row[1]
-        earlier = spans.get(sid)
+        earlier = spans_of.get(sid)
         if earlier is not None:
             if earlier[7] == row[7]:
                 duplicates += 1  # the same span twice in one request
                 continue
             accepted += 1  # superseded inside the request: counts, the later copy is stored
-        spans[sid] = row
+        spans_of[sid] = row
     # one lookup for the bookkeeping of every trace in the request: a trace without it has no
     # stored span (the trace row is written in the same transaction as its first batch), so its
     # spans are all new: one batch, no per-span lookup
     known = _known_traces(conn, list(by_trace))
-    fresh_batches: list[tuple[object, ...]] = []
-    fresh_traces: list[tuple[object, ...]] = []
+    batches_out: list[tuple[str, int, bytes]] = []  # (trace id, span count, blob)
+    upserts: list[tuple[object, ...]] = []
     touched: list[str] = []
-    for tid, spans in by_trace.items():
+    for tid, spans_of in by_trace.items():
         if tid in known:
-            batches = conn.execute(_BATCHES_OF, (tid,)).fetchall()
-            found: dict[str, bool] = {}  # span id -> the latest stored copy equals the incoming one
-            for batch_id, count, blob in batches:
-                n, hits = match_batch(tid, blob, spans)
-                _check_count(tid, batch_id, count, n)
-                found.update(hits)
-            write: list[SpanRow] = []
-            replaced = False
-            for sid, r in spans.items():
-                same = found.get(sid)
-                if same:
-                    duplicates += 1
-                    continue
-                replaced = replaced or same is not None
-                write.append(r)
-            if not write:
-                continue
-            accepted += len(write)
-            touched.append(tid)
-            compact = len(batches) + 1 >= COMPACT_AT
-            stored: dict[str, SpanRow] = {}
-            if replaced or compact:
-                stored = _current_rows(tid, batches)
-                for r in write:  # a replaced span now counts as received last
-                    stored.pop(r.span_id, None)
-                    stored[r.span_id] = r
-            if compact:  # every current span in one batch, in received order
-                merged = list(stored.values())
-                conn.execute("DELETE FROM span_batches WHERE trace_id = ?", (tid,))
-                conn.execute(_INSERT_BATCH, (tid, now, len(merged), encode_batch(merged)))
-            else:
-                conn.execute(_INSERT_BATCH, (tid, now, len(write), encode_batch(write)))
-            if replaced:
-                conn.execute(_UPSERT_TRACE, _recomputed(tid, list(stored.values()), now))
-            else:
-                conn.execute(_UPSERT_TRACE, _bookkeeping(tid, known[tid], write, now))
+            write = _known_trace(conn, tid, spans_of, known[tid], now, spans, batches_out, upserts)
+            duplicates += len(spans_of) - write
+            if write:
+                accepted += write
+                touched.append(tid)
             continue
-        new = list(spans.values())
-        fresh_batches.append((tid, now, len(new), encode_batch(new)))
-        fresh_traces.append(_bookkeeping(tid, None, new, now))
+        new = list(spans_of.values())
+        batches_out.append((tid, len(new), encode_batch(new)))
+        upserts.append(_bookkeeping(tid, None, new, now))
         accepted += len(new)
         touched.append(tid)
         if fresh_out is not None:
             fresh_out[tid] = new
-    if fresh_batches:
-        conn.executemany(_INSERT_BATCH, fresh_batches)
-        conn.executemany(_UPSERT_TRACE, fresh_traces)
+    if batches_out:
+        segment, refs = spans.append(conn, [b[2] for b in batches_out])  # on disk before the commit
+        conn.executemany(_INSERT_BATCH, [(tid, now, count, segment, off, length, dig)
+                                         for (tid, count, _b), (off, length, dig) in zip(batches_out, refs, strict=True)])
+        conn.executemany(_UPSERT_TRACE, upserts)
     return accepted, duplicates, touched
 
 
-def stored_rows(conn: sqlite3.Connection, tid: str) -> dict[str, SpanRow]:
+def _known_trace(conn: sqlite3.Connection, tid: str, spans_of: dict[str, SpanRow], known: tuple[object, ...],
+                 now: int, spans: SpanSegments, batches_out: list[tuple[str, int, bytes]],
+                 upserts: list[tuple[object, ...]]) -> int:
+    """Incoming spans of a trace with stored spans: queue what to write; return how many spans
+    are written (the others are duplicates)."""
+    batches: list[BatchRef] = conn.execute(_BATCHES_OF, (tid,)).fetchall()
+    try:
+        blobs = spans.read(tid, batches)
+    except RawSpanError as exc:  # keep accepting spans: store them all, compare with nothing
+        _log.error("vauban-trace store: %s; storing %d incoming span(s) of the trace without comparing them with "
+                   "the damaged batch", exc, len(spans_of))
+        write = list(spans_of.values())
+        batches_out.append((tid, len(write), encode_batch(write)))
+        upserts.append(_bookkeeping(tid, known, write, now))
+        return len(write)
+    found: dict[str, bool] = {}  # span id -> the latest stored copy equals the incoming one
+    for batch_id, count, blob in blobs:
+        n, hits = match_batch(tid, blob, spans_of)
+        _check_count(tid, batch_id, count, n)
+        found.update(hits)
+    write = []
+    replaced = False
+    for sid, r in spans_of.items():
+        same = found.get(sid)
+        if same:
+            continue
+        replaced = replaced or same is not None
+        write.append(r)
+    if not write:
+        return 0
+    compact = len(batches) + 1 >= COMPACT_AT
+    stored: dict[str, SpanRow] = {}
+    if replaced or compact:
+        stored = _current_rows(tid, blobs)
+        for r in write:  # a replaced span now counts as received last
+            stored.pop(r.span_id, None)
+            stored[r.span_id] = r
+    if compact:  # every current span in one batch, in received order
+        merged = list(stored.values())
+        conn.execute("DELETE FROM span_batches WHERE trace_id = ?", (tid,))
+        release(conn, batches)
+        batches_out.append((tid, len(merged), encode_batch(merged)))
+    else:
+        batches_out.append((tid, len(write), encode_batch(write)))
+    if replaced:
+        upserts.append(_recomputed(tid, list(stored.values()), now))
+    else:
+        upserts.append(_bookkeeping(tid, known, write, now))
+    return len(write)
+
+
+def stored_rows(conn: sqlite3.Connection, tid: str, spans: SpanSegments) -> dict[str, SpanRow]:
     """The trace's current raw spans by span id, in received order (batch order; a span stored
-    again in a later batch is the later copy, at its later place)."""
-    return _current_rows(tid, conn.execute(_BATCHES_OF, (tid,)).fetchall())
+    again in a later batch is the later copy, at its later place). :class:`RawSpanError` when a
+    batch cannot be read back intact."""
+    return _current_rows(tid, spans.read(tid, conn.execute(_BATCHES_OF, (tid,)).fetchall()))
 
 
 def _current_rows(tid: str, batches: list[tuple[int, int, bytes]]) -> dict[str, SpanRow]:

@@ -6,15 +6,18 @@
   and BLAKE3 digest, through ``_segments.read_document``, the read every ``get_trace`` does), every
   segment's bookkeeping (``live_bytes`` = the lengths its rows point to, the committed end covers
   every row, no two rows overlap, the file is as long as the committed end, no row names a
-  segment that does not exist) and every raw span batch (``_batch.decode_batch`` and its span
-  count). A read only checks; ``repair=True`` fixes what the store's own recovery fixes, with the
+  segment that does not exist), every raw span batch (read from its span segment, length and
+  digest checked, then ``_batch.decode_batch`` and its span count) and every span segment's
+  bookkeeping (the same checks as the text segments'). A read only checks; ``repair=True`` fixes what the store's own recovery fixes, with the
   store's own code: a broken text's trace is made pending with ``_documents.invalidate`` (the
   collector, or :meth:`rebuild_stored`, rebuilds it from its raw spans), a file shorter than its
   committed end goes through ``_documents.recover`` (what an open after a crash runs), a wrong
-  ``live_bytes`` is recounted with ``_documents.recount_live``. Broken span batches, rows past a
-  committed end and overlaps are reported, never "repaired": the raw spans are the truth.
+  ``live_bytes`` is recounted with ``_documents.recount_live`` (``_rawspans.recount_live`` for a
+  span segment). Broken span batches, span segments shorter than their committed end, rows past a
+  committed end and overlaps are reported, never "repaired": the raw spans are the truth, and a
+  damaged span batch is spans lost (the report names the trace, the batch and the segment file).
 - :meth:`StoreMaintenance.store_stats` schema version, trace counts, raw spans, bytes in SQLite
-  and per segment (live share).
+  and per segment, text and span segments (live share).
 - :meth:`StoreMaintenance.rebuild_stored` rebuilds traces from their raw spans with this
   vauban-trace's rebuild (:func:`rebuild_document`: ``rebuild.rebuild_documents`` of
   ``spans_for_bytes``, the collector assembler's road) and stores those whose text changed.
@@ -42,8 +45,10 @@ from typing import TYPE_CHECKING, Any
 from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.store._batch import decode_batch
 from vauban_trace.store._documents import invalidate, recount_live, recover
+from vauban_trace.store._rawspans import RawSpanError, SpanSegments, segment_issues
+from vauban_trace.store._rawspans import recount_live as recount_span_live
 from vauban_trace.store._records import check_trace_id
-from vauban_trace.store._segments import DocumentError, read_document, segment_path
+from vauban_trace.store._segments import SPANS, DocumentError, read_document, segment_path
 
 if TYPE_CHECKING:
     from vauban_trace.rebuild import TraceDocument
@@ -81,8 +86,8 @@ def _rebuild_one(trace_id: str, load: Callable[[], bytes]) -> tuple[TraceDocumen
 class StoreProblem:
     """One thing :meth:`StoreMaintenance.verify_store` found wrong."""
 
-    kind: str  # "text" | "segment" | "row" | "span_batch"
-    subject: str  # "trace <id>", "segment 3", "span batch 17 (trace <id>)"
+    kind: str  # "text" | "segment" | "row" | "span_batch" | "span_segment"
+    subject: str  # "trace <id>", "segment 3", "span batch 17 (trace <id>)", "span segment 2"
     detail: str
     repaired: bool = False
 
@@ -99,7 +104,9 @@ class VerifyReport:
     rows_bad: int = 0
     span_batches_checked: int = 0
     spans_decoded: int = 0
-    span_batches_bad: int = 0
+    span_batches_bad: int = 0  # undecodable, or damaged in their span segment (raw spans lost)
+    span_segments_checked: int = 0
+    span_segments_bad: int = 0
     repaired: int = 0
     unreferenced_files: int = 0  # segment files no row names (an open deletes them; not a problem)
     problem_count: int = 0
@@ -137,9 +144,12 @@ class StoreStats:
     raw_spans: int
     span_batches: int
     sqlite_bytes: int  # traces.sqlite + its WAL
-    segment_bytes: int  # sum of the committed ends
+    segment_bytes: int  # sum of the committed ends (Trace JSON segments)
     live_bytes: int
     segments: tuple[SegmentStats, ...]
+    span_segment_bytes: int = 0  # raw span batches (schema 5)
+    span_live_bytes: int = 0
+    span_segments: tuple[SegmentStats, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,12 +171,25 @@ class RebuildReport:
         return asdict(self)
 
 
+def _segment_stats(folder: Path, segs: list[tuple[Any, ...]], spans: bool) -> list[SegmentStats]:
+    out = []
+    for seg, end, live in segs:
+        try:
+            size: int | None = os.stat(segment_path(folder, int(seg), *((SPANS,) if spans else ()))).st_size
+        except FileNotFoundError:
+            size = None
+        out.append(SegmentStats(int(seg), int(end), int(live), size, int(live) / int(end) if end else 0.0))
+    return out
+
+
 class StoreMaintenance:
     """Verification, statistics and offline rebuild of a store (see the module docstring)."""
 
     dir: Path
     db_path: Path
     _folder: Path
+    _span_folder: Path
+    _spans: SpanSegments
 
     if TYPE_CHECKING:  # given by TraceStore
         def _conn(self) -> sqlite3.Connection: ...
@@ -191,8 +214,38 @@ class StoreMaintenance:
 
         self._verify_segments(report, found, repair)
         self._verify_texts(report, found, repair)
+        self._verify_span_segments(report, found, repair)
         self._verify_batches(report, found)
         return report
+
+    def _verify_span_segments(self, report: VerifyReport, found: Callable[[StoreProblem], None],
+                              repair: bool) -> None:
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN")
+            try:
+                segs = [(int(a), int(b), int(c)) for a, b, c in
+                        conn.execute("SELECT id, bytes, live_bytes FROM span_segments ORDER BY id")]
+                extents: dict[int, list[tuple[int, int, int, str]]] = {}
+                for seg, off, length, bid, tid in conn.execute("SELECT seg, off, len, id, trace_id FROM span_batches"):
+                    extents.setdefault(int(seg), []).append((int(off), int(length), int(bid), str(tid)))
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise TraceStoreError(f"reading {str(self.db_path)!r}: {exc}") from exc
+        report.span_segments_checked = len(segs)
+        bad: set[int] = set()
+        for seg, what, repairable in segment_issues(self._span_folder, segs, extents):
+            if "file " in what and not self._read("SELECT 1 FROM span_segments WHERE id = ?", (seg,)):
+                continue  # compacted away by another process since the snapshot
+            bad.add(seg)
+            fixed = False
+            if repair and repairable:
+                with self._write_tx("verify --repair") as wconn:
+                    recount_span_live(wconn, seg)
+                fixed = True
+            found(StoreProblem("span_segment", f"span segment {seg}", what, fixed))
+        report.span_segments_bad = len(bad)
 
     def _location(self, tid: str) -> tuple[Any, ...] | None:
         rows = self._read("SELECT doc_segment, doc_offset, doc_length, doc_digest FROM traces WHERE trace_id = ?",
@@ -309,15 +362,24 @@ class StoreMaintenance:
     def _verify_batches(self, report: VerifyReport, found: Callable[[StoreProblem], None]) -> None:
         last = 0
         while True:
-            rows = self._read("SELECT id, trace_id, span_count, spans FROM span_batches WHERE id > ? ORDER BY id "
-                              "LIMIT ?", (last, _PAGE))
+            rows = self._read("SELECT id, trace_id, span_count, seg, off, len, digest FROM span_batches WHERE id > ? "
+                              "ORDER BY id LIMIT ?", (last, _PAGE))
             if not rows:
                 return
             last = int(rows[-1][0])
-            for batch_id, tid, count, blob in rows:
+            for batch_id, tid, count, *where in rows:
                 report.span_batches_checked += 1
                 try:
-                    decoded = len(decode_batch(str(tid), bytes(blob)))
+                    try:
+                        ((_b, _c, blob),) = self._spans.read(str(tid), [(batch_id, count, *where)])
+                    except RawSpanError:  # moved by a compaction meanwhile? read the row again
+                        again = self._read("SELECT id, span_count, seg, off, len, digest FROM span_batches "
+                                           "WHERE id = ?", (batch_id,))
+                        if not again:
+                            report.span_batches_checked -= 1
+                            continue
+                        ((_b, _c, blob),) = self._spans.read(str(tid), [tuple(again[0])])  # type: ignore[list-item]
+                    decoded = len(decode_batch(str(tid), blob))
                 except TraceStoreError as exc:
                     error: str | None = str(exc)
                 else:
@@ -342,6 +404,7 @@ class StoreMaintenance:
                                        "OR rebuilt_version < version)").fetchone()[0]
                 batches = conn.execute("SELECT COUNT(*) FROM span_batches").fetchone()[0]
                 segs = conn.execute("SELECT id, bytes, live_bytes FROM segments ORDER BY id").fetchall()
+                span_segs = conn.execute("SELECT id, bytes, live_bytes FROM span_segments ORDER BY id").fetchall()
             finally:
                 conn.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -350,20 +413,15 @@ class StoreMaintenance:
         for suffix in ("", "-wal"):
             with contextlib.suppress(FileNotFoundError):
                 sqlite_bytes += os.stat(f"{self.db_path}{suffix}").st_size
-        seg_stats = []
-        for seg, end, live in segs:
-            try:
-                size: int | None = os.stat(segment_path(self._folder, int(seg))).st_size
-            except FileNotFoundError:
-                size = None
-            seg_stats.append(SegmentStats(int(seg), int(end), int(live), size,
-                                          int(live) / int(end) if end else 0.0))
+        seg_stats = _segment_stats(self._folder, segs, False)
+        span_stats = _segment_stats(self._span_folder, span_segs, True)
         return StoreStats(
             schema_version=version, traces=int(total), rebuilt=int(rebuilt), complete=int(complete),
             incomplete=int(rebuilt) - int(complete), pending=int(pending), raw_spans=int(raw),
             span_batches=int(batches), sqlite_bytes=sqlite_bytes,
             segment_bytes=sum(s.bytes for s in seg_stats), live_bytes=sum(s.live_bytes for s in seg_stats),
-            segments=tuple(seg_stats),
+            segments=tuple(seg_stats), span_segment_bytes=sum(s.bytes for s in span_stats),
+            span_live_bytes=sum(s.live_bytes for s in span_stats), span_segments=tuple(span_stats),
         )
 
     # -- rebuild ---------------------------------------------------------------------------

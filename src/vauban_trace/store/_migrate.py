@@ -1,4 +1,5 @@
-"""Schema migrations 2 -> 3 (``spans`` becomes ``span_batches``) and 3 -> 4 (Trace JSON into segments).
+"""Schema migrations 2 -> 3 (``spans`` becomes ``span_batches``), 3 -> 4 (Trace JSON into
+segments) and 4 -> 5 (span batch blobs into span segments).
 
 :func:`migrate_spans_to_batches` runs inside ``_sql.initialise``'s transaction. It reads the v2
 ``spans`` rows trace by trace in rowid order (insertion order), turns each payload (a one-span
@@ -16,6 +17,14 @@ file (``_segments``; rolled at its size) and points the row at it, ``fdatasync``
 before the transaction commits, then drops the old table and renames the new one. A crash before
 the commit leaves the version-3 file as it was (segment files no row names are deleted at the
 next open).
+
+:func:`migrate_batches_to_segments` (4 -> 5) builds the version-5 ``span_batches`` table beside the
+old one, appends every batch's blob (in id order) to new span segment files (``_rawspans``; rolled
+at their size), ``fdatasync``s each append, inserts the row with the same id, segment, offset,
+length and BLAKE3 digest, then drops the old table and renames the new one, all in the open's one
+transaction: the segments are on disk before the commit that names them, and a crash before it
+leaves the version-4 file as it was (the segment files, which no row names, are deleted at the
+next open; the migration then runs again).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from pathlib import Path
 from vauban_trace._exceptions import TraceStoreError
 from vauban_trace.store._batch import encode_batch
 from vauban_trace.store._rows import SpanRow
-from vauban_trace.store._segments import FOLDER, SegmentWriter, digest
+from vauban_trace.store._segments import FOLDER, SPANS, SegmentWriter, digest
 from vauban_trace.store._wire import envelope, split_resource_spans, wrap_span
 
 _INSERT = "INSERT INTO span_batches (trace_id, received_unix_nano, span_count, spans) VALUES (?,?,?,?)"
@@ -118,4 +127,45 @@ def migrate_documents_to_segments(conn: sqlite3.Connection, directory: Path, tra
                  "WHERE doc_segment = segments.id)")
 
 
-__all__ = ["migrate_documents_to_segments", "migrate_spans_to_batches"]
+def migrate_batches_to_segments(conn: sqlite3.Connection, directory: Path, batches_table: str,
+                                span_segments_table: str) -> None:
+    """4 -> 5 (see the module docstring): ``batches_table`` is the version-5 ``span_batches`` DDL
+    with a ``{name}`` placeholder, ``span_segments_table`` the ``span_segments`` DDL."""
+    conn.execute(span_segments_table)
+    conn.execute("DROP TABLE IF EXISTS span_batches_v5")
+    conn.execute(batches_table.format(name="span_batches_v5"))
+    writer = SegmentWriter(directory / SPANS.folder, kind=SPANS)
+    try:
+        pending: list[tuple[int, str, int, int, bytes]] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            blobs = [p[4] for p in pending]
+            segment, offsets = writer.append(conn, blobs, sync=True)
+            conn.executemany(
+                "INSERT INTO span_batches_v5 (id, trace_id, received_unix_nano, span_count, seg, off, len, digest) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                [(bid, tid, rcv, count, segment, off, len(blob), digest(blob))
+                 for (bid, tid, rcv, count, blob), off in zip(pending, offsets, strict=True)])
+            pending.clear()
+
+        size = 0
+        cursor = conn.execute("SELECT id, trace_id, received_unix_nano, span_count, spans FROM span_batches ORDER BY id")
+        for bid, tid, rcv, count, blob in cursor:
+            data = bytes(blob)
+            pending.append((int(bid), str(tid), int(rcv), int(count), data))
+            size += len(data)
+            if len(pending) >= 1024 or size >= 8 * 1024 * 1024:
+                flush()
+                size = 0
+        flush()
+    finally:
+        writer.close()
+    conn.execute("DROP TABLE span_batches")
+    conn.execute("ALTER TABLE span_batches_v5 RENAME TO span_batches")
+    conn.execute("UPDATE span_segments SET live_bytes = (SELECT COALESCE(SUM(len), 0) FROM span_batches "
+                 "WHERE seg = span_segments.id)")
+
+
+__all__ = ["migrate_batches_to_segments", "migrate_documents_to_segments", "migrate_spans_to_batches"]

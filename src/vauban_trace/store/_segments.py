@@ -1,6 +1,15 @@
-"""Rebuilt Trace JSON in append-only segment files: the writer, checked reads, compaction.
+"""Append-only segment files: the writer, checked reads, compaction (Trace JSON and raw spans).
 
-Layout: ``<dir>/documents/seg-<id>.jsonl`` (``<id>`` six digits or more). A segment is the
+Two kinds of segment (:class:`SegmentKind`) share this machinery: :data:`DOCUMENTS`, the rebuilt
+Trace JSON (``documents/seg-<id>.jsonl``, table ``segments``; schema 4 on), and :data:`SPANS`, the
+raw span batches (``spans/seg-<id>.spans``, table ``span_segments``; schema 5 on; their SQL side is
+``_rawspans``). A kind names its folder, file suffix, table and whether a newline follows each
+record; everything below holds for both unless said otherwise. The differences are in who syncs
+and what a bad extent means: span batches are always ``fdatasync``-ed before the commit that names
+them (they are the durable truth, acknowledged to clients), and a span extent that fails its
+check is data loss, reported and never dropped; a Trace JSON text that fails costs a rebuild.
+
+Layout of the documents: ``<dir>/documents/seg-<id>.jsonl`` (``<id>`` six digits or more). A segment is the
 concatenation of UTF-8 ``Trace.to_json()`` texts, one after the other (a newline after each, so
 ``jq``/``grep`` work on it); the ``traces`` row of a trace names where its text is
 (``doc_segment``, ``doc_offset``, ``doc_length``) and its BLAKE3 digest (``doc_digest``, 16
@@ -38,6 +47,7 @@ import os
 import re
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from blake3 import blake3
@@ -50,14 +60,35 @@ SEGMENT_BYTES = 64 * 1024 * 1024
 COMPACT_BELOW = 0.5
 DIGEST_SIZE = 16
 FOLDER = "documents"
-_NAME_RE = re.compile(r"^seg-(\d{6,})\.jsonl$")
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(
     os, "O_CLOEXEC", 0)
 _OPEN_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentKind:
+    """What differs between the segment files of Trace JSON and those of raw span batches."""
+
+    folder: str  # under the store directory
+    suffix: str  # file name: seg-<id><suffix>
+    table: str  # SQL table of the segments: id, created_unix_nano, bytes, live_bytes
+    newline: bool  # a newline after each record (the JSON texts: jq/grep work on the file)
+
+    @property
+    def name_re(self) -> re.Pattern[str]:
+        return re.compile(r"^seg-(\d{6,})" + re.escape(self.suffix) + "$")
+
+
+#: rebuilt Trace JSON (schema 4 on)
+DOCUMENTS = SegmentKind(FOLDER, ".jsonl", "segments", True)
+#: raw span batches, ``_batch`` encoding (schema 5 on; ``_rawspans``)
+SPANS = SegmentKind("spans", ".spans", "span_segments", False)
 
 
 class DocumentError(Exception):
-    """A stored Trace JSON text that cannot be read back intact (the message says why)."""
+    """A stored record (a Trace JSON text, a span batch) that cannot be read back intact (the
+    message says why)."""
 
 
 def digest(data: bytes) -> bytes:
@@ -65,13 +96,15 @@ def digest(data: bytes) -> bytes:
     return blake3(data).digest(length=DIGEST_SIZE)
 
 
-def segment_path(folder: Path, segment: int) -> Path:
-    return folder / f"seg-{segment:06d}.jsonl"
+def segment_path(folder: Path, segment: int, kind: SegmentKind = DOCUMENTS) -> Path:
+    return folder / f"seg-{segment:06d}{kind.suffix}"
 
 
-def read_document(folder: Path, segment: int, offset: int, length: int, expected: bytes) -> bytes:
-    """The text stored at (``segment``, ``offset``, ``length``), checked against ``expected``."""
-    path = segment_path(folder, segment)
+def read_document(folder: Path, segment: int, offset: int, length: int, expected: bytes,
+                  kind: SegmentKind = DOCUMENTS) -> bytes:
+    """The record stored at (``segment``, ``offset``, ``length``), checked against ``expected``
+    (its digest)."""
+    path = segment_path(folder, segment, kind)
     try:
         fd = os.open(path, _OPEN_READ)
     except FileNotFoundError:
@@ -84,11 +117,17 @@ def read_document(folder: Path, segment: int, offset: int, length: int, expected
         raise DocumentError(f"cannot read segment {path.name}: {exc}") from None
     finally:
         os.close(fd)
-    if len(data) != length:
-        raise DocumentError(f"segment {path.name} ends {len(data)} bytes into the text of {length} at offset {offset}")
-    if digest(data) != bytes(expected):
-        raise DocumentError(f"the text of {length} bytes at offset {offset} of segment {path.name} fails its digest")
+    check_extent(data, path.name, offset, length, expected)
     return data
+
+
+def check_extent(data: bytes, name: str, offset: int, length: int, expected: bytes, what: str = "text") -> None:
+    """Raise :class:`DocumentError` unless ``data`` (read at ``offset`` of segment file ``name``)
+    is ``length`` bytes whose digest is ``expected``; ``what`` names the record in the message."""
+    if len(data) != length:
+        raise DocumentError(f"segment {name} ends {len(data)} bytes into the {what} of {length} at offset {offset}")
+    if digest(data) != bytes(expected):
+        raise DocumentError(f"the {what} of {length} bytes at offset {offset} of segment {name} fails its digest")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -114,9 +153,10 @@ class SegmentWriter:
     """The segment this store object appends to (see the module docstring). Not thread-safe:
     the store calls it under its write lock, inside a write transaction."""
 
-    def __init__(self, folder: Path, roll_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, folder: Path, roll_bytes: int = SEGMENT_BYTES, kind: SegmentKind = DOCUMENTS) -> None:
         self.folder = folder
         self.roll_bytes = roll_bytes
+        self.kind = kind
         self.segment: int | None = None
         self.pos = 0
         self._fd = -1
@@ -125,9 +165,9 @@ class SegmentWriter:
 
     def _open(self, conn: sqlite3.Connection) -> None:
         self.close()
-        cur = conn.execute("INSERT INTO segments (created_unix_nano) VALUES (?)", (time.time_ns(),))
+        cur = conn.execute(f"INSERT INTO {self.kind.table} (created_unix_nano) VALUES (?)", (time.time_ns(),))
         segment = int(cur.lastrowid or 0)
-        path = segment_path(self.folder, segment)
+        path = segment_path(self.folder, segment, self.kind)
         try:
             try:
                 fd = os.open(path, _OPEN_NEW, 0o644)
@@ -160,7 +200,7 @@ class SegmentWriter:
         return self.segment
 
     def _write(self, parts: list[bytes]) -> None:
-        total = sum(len(p) for p in parts)
+        total = sum(map(len, parts))
         try:
             written = os.writev(self._fd, parts)
             if written < total:  # short write (a signal, a full disk): finish it piecewise
@@ -168,7 +208,7 @@ class SegmentWriter:
                 while rest:
                     rest = rest[os.write(self._fd, rest):]
         except OSError as exc:
-            path = segment_path(self.folder, self.segment or 0)
+            path = segment_path(self.folder, self.segment or 0, self.kind)
             self.close()  # the segment's tail is unknown now: start a new one next time
             raise TraceStoreError(f"cannot append to {str(path)!r}: {exc}") from exc
         self.pos += total
@@ -190,13 +230,25 @@ class SegmentWriter:
         return segment, out
 
     def append(self, conn: sqlite3.Connection, chunks: list[bytes], *, sync: bool) -> tuple[int, list[int]]:
-        """Append ``chunks`` (each followed by a newline, already hashed by the caller); return
-        (segment, the offset of each chunk). As :meth:`append_texts` otherwise."""
+        """Append ``chunks`` (each followed by a newline when the kind says so; already hashed by
+        the caller) with as few ``writev`` calls as the system allows; return (segment, the offset
+        of each chunk). As :meth:`append_texts` otherwise."""
         segment = self._ready(conn)
         offsets = []
-        for chunk in chunks:
-            offsets.append(self.pos)
-            self._write([chunk, b"\n"])
+        pos = self.pos
+        parts: list[bytes] = []
+        if self.kind.newline:
+            for chunk in chunks:
+                offsets.append(pos)
+                pos += len(chunk) + 1
+                parts += (chunk, b"\n")
+        else:
+            for chunk in chunks:
+                offsets.append(pos)
+                pos += len(chunk)
+            parts = chunks
+        for k in range(0, len(parts), _IOV_MAX):
+            self._write(parts[k:k + _IOV_MAX])
         self._finish(conn, sync)
         return segment, offsets
 
@@ -205,10 +257,10 @@ class SegmentWriter:
             try:
                 os.fdatasync(self._fd)
             except OSError as exc:
-                path = segment_path(self.folder, self.segment or 0)
+                path = segment_path(self.folder, self.segment or 0, self.kind)
                 self.close()
                 raise TraceStoreError(f"cannot sync {str(path)!r}: {exc}") from exc
-        conn.execute("UPDATE segments SET bytes = ? WHERE id = ?", (self.pos, self.segment))
+        conn.execute(f"UPDATE {self.kind.table} SET bytes = ? WHERE id = ?", (self.pos, self.segment))
 
     def close(self) -> None:
         if self._fd >= 0 and os.getpid() == self._pid:
@@ -266,13 +318,13 @@ def compact_segment(conn: sqlite3.Connection, writer: SegmentWriter, segment: in
             os.close(fd)
 
 
-def unlink_segment(folder: Path, segment: int) -> None:
+def unlink_segment(folder: Path, segment: int, kind: SegmentKind = DOCUMENTS) -> None:
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(segment_path(folder, segment))
+        os.unlink(segment_path(folder, segment, kind))
     _fsync_dir(folder)
 
 
-def remove_orphans(conn: sqlite3.Connection, folder: Path) -> int:
+def remove_orphans(conn: sqlite3.Connection, folder: Path, kind: SegmentKind = DOCUMENTS) -> int:
     """Delete segment files no ``segments`` row names (a compaction's old file after a crash, a
     segment whose allocating transaction never committed) and that nobody holds. Inside a write
     transaction (no allocation can be in flight)."""
@@ -280,10 +332,11 @@ def remove_orphans(conn: sqlite3.Connection, folder: Path) -> int:
         names = os.listdir(folder)
     except FileNotFoundError:
         return 0
-    known = {int(r[0]) for r in conn.execute("SELECT id FROM segments")}
+    known = {int(r[0]) for r in conn.execute(f"SELECT id FROM {kind.table}")}
     removed = 0
+    name_re = kind.name_re
     for name in names:
-        m = _NAME_RE.match(name)
+        m = name_re.match(name)
         if m is None or int(m.group(1)) in known:
             continue
         path = folder / name
@@ -302,7 +355,11 @@ def remove_orphans(conn: sqlite3.Connection, folder: Path) -> int:
 
 __all__ = [
     "COMPACT_BELOW",
+    "DOCUMENTS",
     "FOLDER",
+    "SPANS",
+    "SegmentKind",
+    "check_extent",
     "SEGMENT_BYTES",
     "DocumentError",
     "SegmentWriter",

@@ -2,21 +2,23 @@
 
 ``traces.sqlite`` is opened in WAL mode with ``synchronous=FULL`` (a committed transaction is on
 disk when the call returns) and a busy timeout (several processes may write). A new database gets
-16 KiB pages (SQLite's default is 4 KiB): span batches and Trace JSON of tens of kilobytes then
-take fewer pages, overflow chains and WAL frames, which cut the collector's CPU per
-span by about a tenth in ``bench/bench_collector.py``; the WAL is checkpointed every
-:data:`CHECKPOINT_BYTES` whatever the page size. An existing database keeps its page size. ``user_version``
-records the schema version; a newer file is refused instead of being misread, an older one is
-migrated on open in one transaction (:data:`MIGRATIONS`: 1 -> 2 in SQL, 2 -> 3 and 3 -> 4 by
-``_migrate``).
+16 KiB pages (SQLite's default is 4 KiB): fewer pages and WAL frames per transaction, which cut the
+collector's CPU per span by about a tenth in ``bench/bench_collector.py`` when the span batches
+were blobs in rows (64 KiB pages measured slower); the WAL is checkpointed every
+:data:`CHECKPOINT_BYTES` whatever the page size. An existing database keeps its page size.
+``user_version`` records the schema version; a newer file is refused instead of being misread, an
+older one is migrated on open in one transaction (:data:`MIGRATIONS`: 1 -> 2 in SQL, 2 -> 3,
+3 -> 4 and 4 -> 5 by ``_migrate``).
 
-Schema 4: ``span_batches`` (one row per trace and write; ``spans`` = ``_batch`` encoding of the
-trace's spans that write stored; ``id`` orders the writes, and a later batch's copy of a span id
-wins; index on ``trace_id``), ``traces`` (bookkeeping kept by ``_ingest``; rebuilt trace kept by
-``_rebuilt``: summary columns and ``doc_segment``/``doc_offset``/``doc_length``/``doc_digest``, where
-its Trace JSON lies) and ``segments`` (the segment files of ``_segments``: committed end and live
-bytes). Schema 3 held the Trace JSON in ``traces.trace_json``; schema 2 had one ``spans`` row per
-span with a UNIQUE (trace_id, span_id) index.
+Schema 5: ``span_batches`` (one row per trace and write; ``id`` orders the writes, and a later
+batch's copy of a span id wins; index on ``trace_id``; the ``_batch`` blob itself lies in a span
+segment file: ``seg``/``off``/``len``/``digest``, see ``_rawspans``), ``span_segments`` (those
+files: committed end and live bytes), ``traces`` (bookkeeping kept by ``_ingest``; rebuilt trace
+kept by ``_rebuilt``: summary columns and ``doc_segment``/``doc_offset``/``doc_length``/
+``doc_digest``, where its Trace JSON lies) and ``segments`` (the Trace JSON segment files of
+``_segments``). Schema 4 held each batch's blob in ``span_batches.spans``; schema 3 held the Trace
+JSON in ``traces.trace_json``; schema 2 had one ``spans`` row per span with a UNIQUE (trace_id,
+span_id) index.
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vauban_trace._exceptions import TraceStoreError
-from vauban_trace.store._migrate import migrate_documents_to_segments, migrate_spans_to_batches
+from vauban_trace.store._migrate import (
+    migrate_batches_to_segments,
+    migrate_documents_to_segments,
+    migrate_spans_to_batches,
+)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PAGE_SIZE = 16384
 #: automatic WAL checkpoint interval (SQLite's default: 1000 pages of 4 KiB)
 CHECKPOINT_BYTES = 4 * 1024 * 1024
@@ -48,8 +54,8 @@ CREATE TABLE IF NOT EXISTS spans (
     UNIQUE (trace_id, span_id)
 )"""
 
-#: the raw-span table of schema version 3 and later (created by the 2 -> 3 migration)
-_SPAN_BATCHES = """
+#: the raw-span table of schema versions 3 and 4, blobs in rows (created by the 2 -> 3 migration)
+_SPAN_BATCHES_V3 = """
 CREATE TABLE IF NOT EXISTS span_batches (
     id                  INTEGER PRIMARY KEY,   -- write order: a later batch's copy of a span wins
     trace_id            TEXT    NOT NULL,
@@ -60,6 +66,20 @@ CREATE TABLE IF NOT EXISTS span_batches (
 
 CREATE INDEX IF NOT EXISTS span_batches_by_trace ON span_batches (trace_id)
 """
+
+#: the raw-span table of schema version 5 (``{name}``: the 4 -> 5 migration builds it under another
+#: name first; its index is created by :data:`SCHEMA` once it has its name)
+SPAN_BATCHES_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
+    id                  INTEGER PRIMARY KEY,   -- write order: a later batch's copy of a span wins
+    trace_id            TEXT    NOT NULL,
+    received_unix_nano  INTEGER NOT NULL,
+    span_count          INTEGER NOT NULL,
+    seg                 INTEGER NOT NULL,      -- span_segments.id: spans/seg-<id>.spans
+    off                 INTEGER NOT NULL,
+    len                 INTEGER NOT NULL,
+    digest              BLOB    NOT NULL       -- BLAKE3, 16 bytes, of the store._batch blob
+)"""
 
 #: the traces table (``{name}``: the 3 -> 4 migration builds it under another name first)
 TRACES_TABLE = """
@@ -101,7 +121,12 @@ CREATE TABLE IF NOT EXISTS segments (
     live_bytes          INTEGER NOT NULL DEFAULT 0
 )"""
 
-SCHEMA = _SPAN_BATCHES + ";" + TRACES_TABLE.format(name="traces") + ";" + SEGMENTS_TABLE + """;
+#: segment files of raw span batches (``_rawspans``; same columns)
+SPAN_SEGMENTS_TABLE = SEGMENTS_TABLE.replace("segments (", "span_segments (", 1)
+
+SCHEMA = SPAN_BATCHES_TABLE.format(name="span_batches") + """;
+CREATE INDEX IF NOT EXISTS span_batches_by_trace ON span_batches (trace_id);
+""" + TRACES_TABLE.format(name="traces") + ";" + SEGMENTS_TABLE + ";" + SPAN_SEGMENTS_TABLE + """;
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (rb_start_unix_nano)
     WHERE doc_segment IS NOT NULL;
 CREATE INDEX IF NOT EXISTS traces_pending ON traces (last_received_unix_nano)
@@ -130,9 +155,11 @@ MIGRATIONS: dict[int, tuple[str, ...] | Callable[[sqlite3.Connection, Path], Non
         "WHERE version > 0",
     ),
     # 2 -> 3: one span_batches row per trace replaces the one-row-per-span table
-    2: lambda conn, _path: migrate_spans_to_batches(conn, _SPAN_BATCHES),
+    2: lambda conn, _path: migrate_spans_to_batches(conn, _SPAN_BATCHES_V3),
     # 3 -> 4: the Trace JSON moves from traces.trace_json into segment files
     3: lambda conn, path: migrate_documents_to_segments(conn, path.parent, TRACES_TABLE, SEGMENTS_TABLE),
+    # 4 -> 5: the span batches' blobs move from span_batches.spans into span segment files
+    4: lambda conn, path: migrate_batches_to_segments(conn, path.parent, SPAN_BATCHES_TABLE, SPAN_SEGMENTS_TABLE),
 }
 
 
