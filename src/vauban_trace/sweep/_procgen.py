@@ -175,7 +175,7 @@ class ProcessGenerator:
         Closing the iterator early (``stop()`` first) leaves the child ready for the next run."""
         sock = self._require()
         n = len(offsets)
-        sock.sendall(REC.pack(RUN, n, round(lead_s * 1e9)) + struct.pack(f"<{n}d", *offsets))
+        self._send(sock, REC.pack(RUN, n, round(lead_s * 1e9)) + struct.pack(f"<{n}d", *offsets), "a run")
         span = offsets[-1] if n else 0.0
         deadline = time.monotonic() + self.startup_s
         _, base_ns, _ = self._expect((START,), deadline, "the start of a run")
@@ -195,7 +195,7 @@ class ProcessGenerator:
     def stop(self) -> RunEnd:
         """Abort the run in progress; the arrivals still in the channel are discarded (counted as not sent)."""
         sock = self._require()
-        sock.sendall(REC.pack(STOP, 0, 0))
+        self._send(sock, REC.pack(STOP, 0, 0), "a stop")
         received = 0
         end: RunEnd | None = None
         deadline = time.monotonic() + self.silence_s
@@ -217,10 +217,17 @@ class ProcessGenerator:
             raise LoadGeneratorError("the arrival generator process is not running (start() it, or it was closed)")
         return self._sock
 
+    def _send(self, sock: socket.socket, data: bytes, what: str) -> None:
+        try:
+            sock.sendall(data)
+        except OSError as exc:  # the child is gone (broken pipe, reset)
+            self._wait_exit()
+            raise self._failure(f"it could not be sent {what} ({exc})") from exc
+
     def _check_clock(self) -> None:
         for token in range(3):
             before = time.monotonic_ns()
-            self._require().sendall(REC.pack(PING, token, 0))
+            self._send(self._require(), REC.pack(PING, token, 0), "a clock check")
             _, got, child = self._expect((CLOCK,), time.monotonic() + self.startup_s, "a clock reading")
             after = time.monotonic_ns()
             self.clock_checks.append((before, child, after))
@@ -252,7 +259,10 @@ class ProcessGenerator:
                 if self.returncode is not None:
                     raise self._failure(f"it exited while the sweep waited for {what}")
                 continue
-            chunk = sock.recv(1 << 16)
+            try:
+                chunk = sock.recv(1 << 16)
+            except OSError:  # reset: the child exited with commands unread
+                chunk = b""
             if not chunk:
                 self._wait_exit()
                 raise self._failure(f"it closed its end while the sweep waited for {what}")
