@@ -25,12 +25,12 @@ from vauban_trace.sweep import (
     OPEN_LOOP_KEY,
     OpenLoopSpec,
     ServingLoop,
+    _procgen,
     arrival_schedule,
     profile_traces,
     run_open_loop,
     traced_call,
 )
-from vauban_trace.sweep import _procgen
 from vauban_trace.sweep._procgen import Arrival, ProcessGenerator, RunEnd, Start
 
 SENT, RECEIVED = semconv.OPEN_LOOP_SENT_UNIX_NANO, semconv.OPEN_LOOP_RECEIVED_UNIX_NANO
