@@ -52,7 +52,10 @@ def session(store_dir: Path) -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def sleeping(session: Any) -> Any:
     """Poisson arrivals at 40/s from a child process against one worker with a 5 ms (GIL-free) service."""
-    with ServingLoop(serve=lambda _: time.sleep(0.005), model="fake-service", workers=1) as loop:
+    def serve(_: None) -> None:
+        time.sleep(0.005)
+
+    with ServingLoop(serve=serve, model="fake-service", workers=1) as loop:
         spec = OpenLoopSpec(rates=(40,), duration_s=1.0, warmup_s=0.2, seed=3, tolerance=0.3, generator="process",
                             sweep_id="open-proc")
         return run_open_loop(lambda seq: loop.call(None), spec, session=session)
@@ -124,7 +127,9 @@ def test_the_child_keeps_the_same_seeded_schedule(sleeping: Any) -> None:
 def test_the_profile_read_back_from_the_store_alone_says_the_same(sleeping: Any, store_dir: Path) -> None:
     with open_source(f"store:{store_dir}") as src:
         traces = [src.get_trace(t.id) for t in sleeping.traces]
-    (again,) = profile_traces(traces).open_loop.points  # no driver mapping: the traces' own labels
+    summary = profile_traces(traces).open_loop  # no driver mapping: the traces' own labels
+    assert summary is not None
+    (again,) = summary.points
     (point,) = sleeping.profile.open_loop.points
     assert again.lateness_from == "generator" and again.handoff is not None
     assert again.lateness.p95 == pytest.approx(point.lateness.p95, abs=1e-6)
