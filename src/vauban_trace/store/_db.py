@@ -371,6 +371,7 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
                            "compacted (`vauban-trace store verify` lists them)", self._spans.path(segment).name,
                            moved[1])
                 continue
+            self._spans.forget(segment)
             unlink_segment(self._span_folder, segment, SPANS)
             removed += 1
         return removed

@@ -16,8 +16,13 @@ the committed end, ``live_bytes`` the lengths rows point to, kept in the same tr
 (:meth:`SpanSegments.append` adds, :func:`release` subtracts when ``_ingest`` merges a trace's
 batches into one and deletes the old rows).
 
-Reading (:meth:`SpanSegments.read`): ``pread`` of each extent, length and digest checked. A
-failure raises :class:`RawSpanError` (a :class:`TraceStoreError`) naming the trace, the batch and
+Reading (:meth:`SpanSegments.read`): ``pread`` of each extent, length and digest checked, through
+read descriptors kept open per segment (up to 32 per store object: opening the file for each read
+cost more than the read). That is safe because a segment id is never reused once a row names it
+(``AUTOINCREMENT``) and a segment's bytes below its committed end never change: a descriptor of a
+file another process compacted and deleted still reads the bytes its old rows named (the disk
+space comes back when the descriptor is closed: at the 33rd segment, :meth:`SpanSegments.close`,
+or this process's own compaction of it). A failure raises :class:`RawSpanError` (a :class:`TraceStoreError`) naming the trace, the batch and
 the segment file: raw spans are the truth, so this is data loss, never silently dropped.
 ``TraceStore.spans_for`` raises it (after looking the rows up once more, since a compaction in
 another process may have moved the batch); ``_ingest`` stores the incoming spans of such a trace
@@ -39,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from pathlib import Path
 
 from vauban_trace._exceptions import TraceStoreError
@@ -53,6 +59,7 @@ from vauban_trace.store._segments import (
 )
 
 _OPEN_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+_READ_FDS = 32  # read descriptors kept open per store object (all closed when one more is needed)
 
 #: (batch id, span count, segment, offset, length, digest) of a ``span_batches`` row
 BatchRef = tuple[int, int, int, int, int, bytes]
@@ -72,7 +79,11 @@ class SpanSegments:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self._folder_str = str(folder)
         self.writer = SegmentWriter(folder, kind=SPANS)
+        self._read_fds: dict[int, int] = {}
+        self._fds_lock = threading.Lock()
+        self._pid = os.getpid()
 
     def path(self, segment: int) -> Path:
         return segment_path(self.folder, segment, SPANS)
@@ -89,28 +100,55 @@ class SpanSegments:
     def read(self, trace_id: str, batches: list[BatchRef]) -> list[tuple[int, int, bytes]]:
         """The blobs of ``batches`` (rows of ``trace_id``) as (batch id, span count, blob), each
         checked; :class:`RawSpanError` for the first that fails."""
-        fds: dict[int, int] = {}
         out = []
-        try:
-            for batch_id, count, seg, off, length, expected in batches:
-                fd = fds.get(seg)
-                if fd is None:
-                    try:
-                        fd = fds[seg] = os.open(self.path(seg), _OPEN_READ)
-                    except FileNotFoundError:
-                        raise self._error(trace_id, batch_id, seg, "the file is missing", missing=True) from None
-                    except OSError as exc:
-                        raise self._error(trace_id, batch_id, seg, f"cannot open it: {exc}") from None
+        for batch_id, count, seg, off, length, expected in batches:
+            fd = self._fd(trace_id, batch_id, seg)
+            try:
+                data = os.pread(fd, length, off)
+            except OSError as exc:
+                raise self._error(trace_id, batch_id, seg, f"cannot read it: {exc}") from None
+            if len(data) != length or digest(data) != expected:
                 try:
-                    data = os.pread(fd, int(length), int(off))
-                    check_extent(data, self.path(seg).name, int(off), int(length), bytes(expected), "batch")
-                except (OSError, DocumentError) as exc:
+                    check_extent(data, self.path(seg).name, off, length, bytes(expected), "batch")
+                except DocumentError as exc:
                     raise self._error(trace_id, batch_id, seg, str(exc)) from None
-                out.append((int(batch_id), int(count), data))
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+            out.append((batch_id, count, data))
         return out
+
+    def _fd(self, trace_id: str, batch_id: int, seg: int) -> int:
+        """A read descriptor of span segment ``seg``, kept open (see the module docstring)."""
+        fd = self._read_fds.get(seg)
+        if fd is not None and self._pid == os.getpid():
+            return fd
+        with self._fds_lock:
+            if self._pid != os.getpid():  # forked: the parent's descriptors are the child's copies
+                self._read_fds, self._pid = {}, os.getpid()
+            fd = self._read_fds.get(seg)
+            if fd is None:
+                if len(self._read_fds) >= _READ_FDS:
+                    self._drop_fds()
+                try:
+                    fd = os.open(f"{self._folder_str}/seg-{seg:06d}{SPANS.suffix}", _OPEN_READ)
+                except FileNotFoundError:
+                    raise self._error(trace_id, batch_id, seg, "the file is missing", missing=True) from None
+                except OSError as exc:
+                    raise self._error(trace_id, batch_id, seg, f"cannot open it: {exc}") from None
+                self._read_fds[seg] = fd
+            return fd
+
+    def _drop_fds(self) -> None:
+        fds, self._read_fds = self._read_fds, {}
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def forget(self, segment: int) -> None:
+        """Close the read descriptor of ``segment`` (compacted: its file is being deleted)."""
+        with self._fds_lock:
+            fd = self._read_fds.pop(segment, None)
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def _error(self, tid: str, batch_id: int, seg: int, what: str, *, missing: bool = False) -> RawSpanError:
         return RawSpanError(
@@ -120,6 +158,10 @@ class SpanSegments:
 
     def close(self) -> None:
         self.writer.close()
+        with self._fds_lock:
+            if self._pid == os.getpid():
+                self._drop_fds()
+            self._read_fds = {}
 
 
 def release(conn: sqlite3.Connection, batches: list[BatchRef]) -> None:
