@@ -28,13 +28,14 @@ CUT = "receiver: cut the body into the store's rows (C splitter; no protobuf dec
 DECODE = "  fallback when the splitter declines: decode protobuf (FromString)"
 CHECKS = "  fallback: id/time checks (collector)"
 EXTRACT = "  fallback: extract_rows (rows from the decoded request)"
-DURABLE = "TraceStore.ingest_parts of the cut rows (durable write: a span batch row per trace + commit)"
+DURABLE = ("TraceStore.ingest_parts of the cut rows (durable write: span batches appended to a span segment + "
+           "fdatasync, a row per trace + commit)")
 SPANS_STEP = "spans for the rebuild (new trace: in-memory snapshot)"
 REBUILD = "rebuild_documents (rebuild + Trace JSON + summary)"
 METRICS = "stage histograms (collector, one bulk update per assembly pass)"
 PUT = "TraceStore.put_documents (Trace JSON appended to a segment + rows, committed as the assembler does; files on read)"
 FILES = "traces/<id>.json files with --trace-files eager (median of 3 rounds)"
-READ_BACK = "TraceStore.spans_for_bytes (read back: late spans, after a restart)"
+READ_BACK = "TraceStore.spans_for_bytes (read back, digest-checked: late spans, after a restart)"
 PIPELINE = (CUT, DURABLE, SPANS_STEP, REBUILD, METRICS, PUT)
 FALLBACK = (DECODE, CHECKS, EXTRACT)
 
@@ -199,7 +200,7 @@ def why_text(steps: dict[str, float], total: float, parse_rate: float, decode_ra
         f"one core; end to end the collector rebuilt {cpu_rate:,.0f} spans per CPU-second (HTTP handling, the "
         f"assembler's bookkeeping queries and the threads' hand-offs come on top of the steps). The 50% target "
         f"is measured against `FromString` at {1e6 / parse_rate:.1f} µs per span: half of that rate leaves "
-        f"{budget:.1f} µs per span for everything, while the durable SQLite write of the raw spans costs "
+        f"{budget:.1f} µs per span for everything, while the durable write of the raw spans costs "
         f"{steps[DURABLE]:.1f} µs, the C rebuild {steps[REBUILD]:.1f} µs and committing the Trace JSON "
         f"{steps[PUT]:.1f} µs ({verdict} that budget together); the receiver alone (HTTP + C splitter, no "
         f"decode) runs at {recv / parse_rate:.0%} of parse-only. Against decoding the spans into Python values "
