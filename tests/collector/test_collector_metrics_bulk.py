@@ -1,16 +1,22 @@
 """Stage histograms observed in bulk equal one ``observe`` per value (buckets and count exactly,
 sum up to float rounding), on both roads of ``_observe_many`` (a Python loop for a few values,
-numpy from ``_VECTOR_MIN`` on)."""
+numpy from ``_VECTOR_MIN`` on); values wait per series until a collection or the pending cap
+folds them in."""
 
 from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from collector_helpers import vauban_request
+from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from vauban_trace.collector import CollectorMetrics
 from vauban_trace.collector._metrics import _BYTES_BUCKETS, _DURATION_BUCKETS, _VECTOR_MIN, _observe_many
+from vauban_trace.rebuild import TraceDocument, rebuild_documents
 
 
 def _state(h: Histogram) -> tuple[list[float], float]:
@@ -41,3 +47,76 @@ def test_nan_counts_in_no_bucket_on_both_roads() -> None:
         _observe_many(h, amounts)
         buckets, total = _state(h)
         assert buckets[-1] == n - 1 and math.isnan(total)  # +Inf bucket: cumulative count
+
+
+def _documents(n_traces: int, salt: int) -> list[TraceDocument]:
+    req, _ = vauban_request(n_traces, salt=salt, stages=6, model="m1", sweep=("token_count", 64))
+    return [doc for rs in req.resource_spans for doc in _one_per_trace(rs)]
+
+
+def _one_per_trace(rs: Any) -> list[TraceDocument]:
+    by_trace: dict[bytes, list[Any]] = {}
+    for span in rs.scope_spans[0].spans:
+        by_trace.setdefault(span.trace_id, []).append(span)
+    docs = []
+    for spans in by_trace.values():
+        one = TracesData()
+        out = one.resource_spans.add()
+        out.resource.CopyFrom(rs.resource)
+        out.scope_spans.add().spans.extend(spans)
+        docs.extend(rebuild_documents(one.SerializeToString()))
+    return docs
+
+
+def _stage_samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in registry.collect()
+            if m.name.startswith("vauban_stage") for s in m.samples if not s.name.endswith("_created")}
+
+
+def test_pending_values_are_folded_before_every_collection() -> None:
+    """Observed values wait, per series, until a collection (or the pending cap) folds them in: a
+    collection always shows everything observed before it, the same as one observe per value."""
+    docs = _documents(6, salt=31)
+    metrics = CollectorMetrics()
+    assert metrics.observe_documents(docs[:4]) == 4 * 6
+    assert metrics._pending_n and not list(metrics.stage_duration.collect())[0].samples  # not folded yet
+    first = _stage_samples(metrics.registry)  # the registry's collection folds them
+    assert metrics._pending_n == 0 and first
+    metrics.observe_documents(docs[4:])
+    after = _stage_samples(metrics.registry)
+    reference = CollectorRegistry()  # the same histograms, one observe per value
+    stage_labels = ["stage", "model", "sweep_axis", "sweep_value"]
+    durations = Histogram("vauban_stage_duration_seconds", "d", stage_labels, buckets=_DURATION_BUCKETS,
+                          registry=reference)
+    nbytes = Histogram("vauban_stage_bytes", "b", ["stage", "model", "direction", "sweep_axis", "sweep_value"],
+                       buckets=_BYTES_BUCKETS, registry=reference)
+    for doc in docs:
+        for obs in doc.stages:
+            durations.labels(obs.stage, "m1", "token_count", "64").observe(obs.duration_s)
+            nbytes.labels(obs.stage, "m1", "in", "token_count", "64").observe(obs.input_bytes)
+            nbytes.labels(obs.stage, "m1", "out", "token_count", "64").observe(obs.output_bytes)
+    expected = _stage_samples(reference)
+    got = {k: v for k, v in after.items() if not k[0].startswith("vauban_stage_sync_points")}
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert math.isclose(got[key], value, rel_tol=1e-12), key
+
+
+def test_the_pending_cap_folds_without_a_collection() -> None:
+    docs = _documents(3, salt=32)
+    metrics = CollectorMetrics(pending_values=10)
+    metrics.observe_documents(docs)
+    assert metrics._pending_n == 0
+    count = next(s.value for m in metrics.stage_duration.collect() for s in m.samples
+                 if s.name.endswith("_count") and s.labels["stage"] == docs[0].stages[0].stage)
+    assert count == sum(1 for d in docs for s in d.stages if s.stage == docs[0].stages[0].stage)
+
+
+def test_the_stage_histograms_keep_their_place_in_the_exposition() -> None:
+    metrics = CollectorMetrics()
+    metrics.observe_documents(_documents(1, salt=33))
+    names = [m.name for m in metrics.registry.collect()]
+    i = names.index("vauban_collector_store_write_seconds")
+    assert names[i + 1:i + 4] == ["vauban_stage_duration_seconds", "vauban_stage_bytes", "vauban_stage_sync_points"]
+    text = generate_latest(metrics.registry).decode()
+    assert text.count("# TYPE vauban_stage_duration_seconds histogram") == 1

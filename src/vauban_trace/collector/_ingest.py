@@ -39,10 +39,10 @@ def read_protobuf(body: bytes | bytearray) -> ExportTraceServiceRequest | CutReq
     are in the canonical form upb writes (what SDK exporters send), so that no protobuf decode is
     needed; otherwise (a span to reject, unusual encoding, no extension) decoded with upb. Raises
     :class:`~vauban_trace.collector._codec.BadRequest` when it does not decode. Either way the
-    caller can drop the body before the (slow) durable write."""
-    data = bytes(body)
-    cut = cut_request(data)
-    return decode_request(data, PROTOBUF) if cut is None else cut
+    caller can drop the body before the (slow) durable write. The splitter reads ``body`` in
+    place (its rows hold copies), so the body is copied only on the decode road."""
+    cut = cut_request(body)  # type: ignore[arg-type]  # any contiguous buffer: the rows are copies
+    return decode_request(bytes(body), PROTOBUF) if cut is None else cut
 
 
 class StoreUnavailable(Exception):

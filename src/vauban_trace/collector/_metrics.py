@@ -57,11 +57,12 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
 
 from vauban_trace.contract import Provenance
 
@@ -84,7 +85,8 @@ _StageValues = tuple[list[float], list[float], list[float], list[float]]
 class CollectorMetrics:
     """Every metric of one collector instance, registered in its own :class:`CollectorRegistry`."""
 
-    def __init__(self, registry: CollectorRegistry | None = None, *, remember_traces: int = 10_000) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, remember_traces: int = 10_000,
+                 pending_values: int = 1 << 16) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.spans_received = Counter(
@@ -114,22 +116,28 @@ class CollectorMetrics:
             "vauban_collector_store_write_seconds", "Durable span writes (TraceStore.add_spans).",
             buckets=_WRITE_BUCKETS, registry=r,
         )
+        # the stage histograms are registered through _StageHistograms, which folds the values
+        # still pending into them before every collection (see observe_documents)
         self.stage_duration = Histogram(
             "vauban_stage_duration_seconds", "Stage span durations from rebuilt traces.",
-            list(_STAGE_LABELS), buckets=_DURATION_BUCKETS, registry=r,
+            list(_STAGE_LABELS), buckets=_DURATION_BUCKETS, registry=None,
         )
         self.stage_bytes = Histogram(
             "vauban_stage_bytes", "Stage input/output bytes from rebuilt traces.",
-            ["stage", "model", "direction", "sweep_axis", "sweep_value"], buckets=_BYTES_BUCKETS, registry=r,
+            ["stage", "model", "direction", "sweep_axis", "sweep_value"], buckets=_BYTES_BUCKETS, registry=None,
         )
         self.stage_sync_points = Histogram(
             "vauban_stage_sync_points", "Host-device sync points per stage (measured or derived only).",
-            list(_STAGE_LABELS), buckets=_SYNC_BUCKETS, registry=r,
+            list(_STAGE_LABELS), buckets=_SYNC_BUCKETS, registry=None,
         )
         self._seen: OrderedDict[str, set[str]] = OrderedDict()
         self._child_cache: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._seen_cap = remember_traces
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the seen sets, the pending values and their folding
+        self._pending: dict[tuple[str, str, str], dict[str, _StageValues]] = {}
+        self._pending_n = 0
+        self._pending_cap = pending_values
+        r.register(_StageHistograms(self))
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -139,43 +147,50 @@ class CollectorMetrics:
         (:attr:`TraceDocument.stages`), labelled with each trace's ``root_labels`` (the root span's
         model, sweep axis and sweep axis value). Returns how many spans were observed.
 
-        The values of all the documents go into each label set's histogram in one bulk update
-        (the assembler observes a whole pass at once). While a trace has no root yet
+        The values are gathered per series and folded into the histograms in bulk: before every
+        collection of the registry (a scrape, ``get_sample_value``; the registered
+        :class:`_StageHistograms` does it first, so a collection always shows every value observed
+        before it) and whenever ``pending_values`` values are waiting (memory stays bounded without
+        scrapes). Folding costs a fixed amount per series, so folding many passes at once is what
+        keeps the histograms cheap per span. While a trace has no root yet
         (``root_labels`` None: rebuilt incomplete before its root arrived) nothing is observed and
         nothing is marked seen: its labels are unknown, and observing under an empty model label
         would count those spans under the wrong series for good. They are observed once the root
         has arrived; a trace whose root never arrives is not counted in the stage histograms.
         """
-        batches: dict[tuple[str, str, str], dict[str, _StageValues]] = {}
-        done = sum(self._gather(doc.trace_id, doc.stages, doc.root_labels, batches) for doc in docs)
-        self._flush(batches)
+        done = 0
+        with self._lock:
+            for doc in docs:
+                if doc.root_labels is not None:
+                    done += self._gather(doc.trace_id, doc.stages, doc.root_labels)
+            if self._pending_n >= self._pending_cap:
+                self._fold()
         return done
 
-    def _gather(
-        self,
-        trace_id: str,
-        stages: Iterable[StageObservation],
-        root_labels: tuple[Any, Any, Any] | None,
-        batches: dict[tuple[str, str, str], dict[str, _StageValues]],
-    ) -> int:
-        """Add the values of the spans not observed before to ``batches``: per label set (model,
-        sweep axis, axis value), per stage, the four lists of values (one dict lookup per span;
-        the label tuples are built once per series in :meth:`_flush`)."""
-        if root_labels is None:
-            return 0
-        labels = (_label(root_labels[0]), _label(root_labels[1]), _label(root_labels[2]))
+    def flush(self) -> None:
+        """Fold the values still pending into the histograms (done before every collection)."""
         with self._lock:
-            seen = self._seen.pop(trace_id, None)
-            if seen is None:
-                seen = set()
-            self._seen[trace_id] = seen
+            self._fold()
+
+    def _gather(self, trace_id: str, stages: tuple[StageObservation, ...], root_labels: tuple[Any, Any, Any]) -> int:
+        """Add the values of the spans not observed before to the pending values: per label set
+        (model, sweep axis, axis value), per stage, the four lists of values (one dict lookup per
+        span; the label tuples are built once per series in :meth:`_fold`). Holds ``_lock``."""
+        labels = (_label(root_labels[0]), _label(root_labels[1]), _label(root_labels[2]))
+        seen = self._seen.pop(trace_id, None)
+        if seen is None:  # the common case: a trace observed for the first time
+            fresh: tuple[StageObservation, ...] | list[StageObservation] = stages
+            self._seen[trace_id] = {s.span_id for s in stages}
             while len(self._seen) > self._seen_cap:
                 self._seen.popitem(last=False)
-            fresh = [s for s in stages if s.span_id not in seen] if seen else list(stages)
+        else:  # rebuilt again after a late span: only the spans not observed before
+            fresh = [s for s in stages if s.span_id not in seen]
             seen.update(s.span_id for s in fresh)
-        per_stage = batches.get(labels)
+            self._seen[trace_id] = seen
+        per_stage = self._pending.get(labels)
         if per_stage is None:
-            per_stage = batches[labels] = {}
+            per_stage = self._pending[labels] = {}
+        n = 0
         for obs in fresh:
             stage = obs.stage
             if not stage:
@@ -185,20 +200,26 @@ class CollectorMetrics:
                 values = per_stage[stage] = ([], [], [], [])
             if obs.duration_s is not None:
                 values[0].append(obs.duration_s)
+                n += 1
             # the contract forbids a value with provenance "unavailable": a set value is observable
             if obs.input_bytes is not None:
                 values[1].append(obs.input_bytes)
+                n += 1
             if obs.output_bytes is not None:
                 values[2].append(obs.output_bytes)
+                n += 1
             if obs.sync_points is not None and obs.sync_provenance in _OBSERVABLE:
                 values[3].append(obs.sync_points)
+                n += 1
+        self._pending_n += n
         return len(fresh)
 
-    def _flush(self, batches: dict[tuple[str, str, str], dict[str, _StageValues]]) -> None:
-        # one bulk update per series (one lock round per bucket hit, not one bisect + two locked
-        # increments per value)
+    def _fold(self) -> None:
+        """One bulk update per series of the pending values (one lock round per bucket hit, not one
+        bisect + two locked increments per value). Holds ``_lock``."""
+        pending, self._pending, self._pending_n = self._pending, {}, 0
         duration, nbytes, syncs = self.stage_duration, self.stage_bytes, self.stage_sync_points
-        for (model, axis, value), per_stage in batches.items():
+        for (model, axis, value), per_stage in pending.items():
             for stage, (durations, inputs, outputs, sync_points) in per_stage.items():
                 for histogram, labels, amounts in (
                     (duration, (stage, model, axis, value), durations),
@@ -230,6 +251,26 @@ class CollectorMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class _StageHistograms:
+    """The three stage histograms as one registry collector: folds the pending values into them
+    (:meth:`CollectorMetrics.flush`), then yields them exactly as the histograms themselves would."""
+
+    def __init__(self, metrics: CollectorMetrics) -> None:
+        self._metrics = metrics
+
+    def _histograms(self) -> tuple[Histogram, Histogram, Histogram]:
+        m = self._metrics
+        return m.stage_duration, m.stage_bytes, m.stage_sync_points
+
+    def describe(self) -> list[Metric]:
+        return [family for h in self._histograms() for family in h.describe()]
+
+    def collect(self) -> Iterator[Metric]:
+        self._metrics.flush()
+        for h in self._histograms():
+            yield from h.collect()
 
 
 def _observe_many(child: Any, amounts: list[float]) -> None:
