@@ -4,8 +4,9 @@ Every batch a call writes is encoded first, then all of them are appended to the
 segment with one ``writev`` and ``fdatasync``-ed (``_rawspans``) before their ``span_batches``
 rows (segment, offset, length, digest) are inserted in the caller's transaction, which commits
 with ``synchronous=FULL``. A stored batch of a known trace that fails its check (damaged on disk)
-is logged and not compared with: the incoming spans are all written as a new batch, and that
-trace's batches are not merged (the damaged one stays for ``verify`` to report).
+is logged and left out of the comparison: incoming spans equal to a copy in an intact batch are
+duplicates, the others are written as a new batch with incremental bookkeeping, and that trace's
+batches are never merged (the damaged one stays for ``verify`` to report).
 
 One call of :func:`store_rows` runs inside the caller's write transaction. It first looks up the
 bookkeeping row of every trace of the request at once. A trace without one (new to the store:
@@ -171,15 +172,11 @@ def _known_trace(conn: sqlite3.Connection, tid: str, spans_of: dict[str, SpanRow
     """Incoming spans of a trace with stored spans: queue what to write; return how many spans
     are written (the others are duplicates)."""
     batches: list[BatchRef] = conn.execute(_BATCHES_OF, (tid,)).fetchall()
-    try:
-        blobs = spans.read(tid, batches)
-    except RawSpanError as exc:  # keep accepting spans: store them all, compare with nothing
-        _log.error("vauban-trace store: %s; storing %d incoming span(s) of the trace without comparing them with "
-                   "the damaged batch", exc, len(spans_of))
-        write = list(spans_of.values())
-        batches_out.append((tid, len(write), encode_batch(write)))
-        upserts.append(_bookkeeping(tid, known, write, now))
-        return len(write)
+    damaged: list[RawSpanError] = []
+    blobs = spans.read(tid, batches, damaged)
+    if damaged:  # keep accepting spans: compare with the intact batches only, never merge
+        _log.error("vauban-trace store: %s; the incoming spans of the trace are compared with its %d intact "
+                   "batch(es) only", damaged[0], len(blobs))
     found: dict[str, bool] = {}  # span id -> the latest stored copy equals the incoming one
     for batch_id, count, blob in blobs:
         n, hits = match_batch(tid, blob, spans_of)
@@ -195,6 +192,10 @@ def _known_trace(conn: sqlite3.Connection, tid: str, spans_of: dict[str, SpanRow
         write.append(r)
     if not write:
         return 0
+    if damaged:  # bookkeeping from the stored counts plus the new ones (the damaged spans stay counted)
+        batches_out.append((tid, len(write), encode_batch(write)))
+        upserts.append(_bookkeeping(tid, known, write, now))
+        return len(write)
     compact = len(batches) + 1 >= COMPACT_AT
     stored: dict[str, SpanRow] = {}
     if replaced or compact:

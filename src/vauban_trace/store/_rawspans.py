@@ -25,9 +25,9 @@ space comes back when the descriptor is closed: at the 33rd segment, :meth:`Span
 or this process's own compaction of it). A failure raises :class:`RawSpanError` (a :class:`TraceStoreError`) naming the trace, the batch and
 the segment file: raw spans are the truth, so this is data loss, never silently dropped.
 ``TraceStore.spans_for`` raises it (after looking the rows up once more, since a compaction in
-another process may have moved the batch); ``_ingest`` stores the incoming spans of such a trace
-as a new batch without comparing them with the unreadable one (so the collector keeps accepting
-spans); ``verify_store`` reports it.
+another process may have moved the batch); ``_ingest`` compares the incoming spans of such a trace
+with its intact batches only and stores the others as a new batch (so the collector keeps
+accepting spans, and a retry is still a duplicate); ``verify_store`` reports it.
 
 Compaction (:func:`compact_span_segment`): merges make batches dead. A sealed span segment whose
 live share is under the threshold has its live batches read and checked, appended to the
@@ -97,21 +97,29 @@ class SpanSegments:
         conn.execute("UPDATE span_segments SET live_bytes = live_bytes + ? WHERE id = ?", (sum(lengths), segment))
         return segment, list(zip(offsets, lengths, digests, strict=True))
 
-    def read(self, trace_id: str, batches: list[BatchRef]) -> list[tuple[int, int, bytes]]:
+    def read(self, trace_id: str, batches: list[BatchRef],
+             damaged: list[RawSpanError] | None = None) -> list[tuple[int, int, bytes]]:
         """The blobs of ``batches`` (rows of ``trace_id``) as (batch id, span count, blob), each
-        checked; :class:`RawSpanError` for the first that fails."""
+        checked; :class:`RawSpanError` for the first that fails, or, with ``damaged``, the
+        errors are appended there and the intact batches returned."""
         out = []
         for batch_id, count, seg, off, length, expected in batches:
-            fd = self._fd(trace_id, batch_id, seg)
             try:
-                data = os.pread(fd, length, off)
-            except OSError as exc:
-                raise self._error(trace_id, batch_id, seg, f"cannot read it: {exc}") from None
-            if len(data) != length or digest(data) != expected:
+                fd = self._fd(trace_id, batch_id, seg)
                 try:
-                    check_extent(data, self.path(seg).name, off, length, bytes(expected), "batch")
-                except DocumentError as exc:
-                    raise self._error(trace_id, batch_id, seg, str(exc)) from None
+                    data = os.pread(fd, length, off)
+                except OSError as exc:
+                    raise self._error(trace_id, batch_id, seg, f"cannot read it: {exc}") from None
+                if len(data) != length or digest(data) != expected:
+                    try:
+                        check_extent(data, self.path(seg).name, off, length, bytes(expected), "batch")
+                    except DocumentError as exc:
+                        raise self._error(trace_id, batch_id, seg, str(exc)) from None
+            except RawSpanError as exc:
+                if damaged is None:
+                    raise
+                damaged.append(exc)
+                continue
             out.append((batch_id, count, data))
         return out
 

@@ -8,6 +8,10 @@ record; everything below holds for both unless said otherwise. The differences a
 and what a bad extent means: span batches are always ``fdatasync``-ed before the commit that names
 them (they are the durable truth, acknowledged to clients), and a span extent that fails its
 check is data loss, reported and never dropped; a Trace JSON text that fails costs a rebuild.
+A span segment is the plain concatenation of ``_batch`` blobs (no separator); compaction of span
+segments (which must never drop a record) is ``_rawspans.compact_span_segment``, the
+:func:`compact_segment` below is the Trace JSON one. :meth:`SegmentWriter.append` writes many
+records with one ``writev`` (the span writer's hot path: one call per ingest transaction).
 
 Layout of the documents: ``<dir>/documents/seg-<id>.jsonl`` (``<id>`` six digits or more). A segment is the
 concatenation of UTF-8 ``Trace.to_json()`` texts, one after the other (a newline after each, so
@@ -20,7 +24,7 @@ raw-span ingest a microsecond per span in ``bench/collector_steps.py``, so there
 
 Writing (:class:`SegmentWriter`, one per ``TraceStore`` object, used under its write lock and
 inside its write transaction): a segment is allocated in the transaction that first writes to
-it (``INSERT INTO segments``, file created with ``O_TRUNC`` and ``flock``-ed exclusively, so a
+it (``INSERT INTO segments`` / ``span_segments``, file created with ``O_TRUNC`` and ``flock``-ed exclusively, so a
 file left by a transaction that never committed is reused), the texts are appended with one
 ``write`` before the rows are committed (and ``fdatasync``-ed first when the commit is durable),
 and a segment is rolled once it holds :data:`SEGMENT_BYTES`. Only the process holding a
