@@ -41,8 +41,10 @@ def test_the_collector_survives_a_damaged_span_batch(tmp_path: Path) -> None:
     try:
         late_and_new = make_request(make_span(TRACE_A, CHILD2, "late", parent=ROOT),
                                     make_span(TRACE_B, ROOT, "b"), make_span(TRACE_B, CHILD, "b.c", parent=ROOT))
-        assert _post(collector.http_address, late_and_new.SerializeToString()) == 200
-        assert _post(collector.http_address, late_and_new.SerializeToString()) == 200  # a retry: duplicates
+        address = collector.http_address
+        assert address is not None
+        assert _post(address, late_and_new.SerializeToString()) == 200
+        assert _post(address, late_and_new.SerializeToString()) == 200  # a retry: duplicates
         deadline = time.monotonic() + 30
         while collector.store.pending_count() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -378,7 +378,7 @@ class StoreMaintenance:
                         if not again:
                             report.span_batches_checked -= 1
                             continue
-                        ((_b, _c, blob),) = self._spans.read(str(tid), [tuple(again[0])])  # type: ignore[list-item]
+                        ((_b, _c, blob),) = self._spans.read(str(tid), [tuple(again[0])])
                     decoded = len(decode_batch(str(tid), blob))
                 except TraceStoreError as exc:
                     error: str | None = str(exc)

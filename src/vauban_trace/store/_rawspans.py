@@ -105,11 +105,7 @@ class SpanSegments:
         out = []
         for batch_id, count, seg, off, length, expected in batches:
             try:
-                fd = self._fd(trace_id, batch_id, seg)
-                try:
-                    data = os.pread(fd, length, off)
-                except OSError as exc:
-                    raise self._error(trace_id, batch_id, seg, f"cannot read it: {exc}") from None
+                data = self._pread(trace_id, batch_id, seg, off, length)
                 if len(data) != length or digest(data) != expected:
                     try:
                         check_extent(data, self.path(seg).name, off, length, bytes(expected), "batch")
@@ -123,11 +119,10 @@ class SpanSegments:
             out.append((batch_id, count, data))
         return out
 
-    def _fd(self, trace_id: str, batch_id: int, seg: int) -> int:
-        """A read descriptor of span segment ``seg``, kept open (see the module docstring)."""
-        fd = self._read_fds.get(seg)
-        if fd is not None and self._pid == os.getpid():
-            return fd
+    def _pread(self, trace_id: str, batch_id: int, seg: int, off: int, length: int) -> bytes:
+        """``length`` bytes at ``off`` of span segment ``seg``, through a kept read descriptor
+        (see the module docstring); under the lock, so no thread closes a descriptor another is
+        reading from (its number could meanwhile name another file)."""
         with self._fds_lock:
             if self._pid != os.getpid():  # forked: the parent's descriptors are the child's copies
                 self._read_fds, self._pid = {}, os.getpid()
@@ -142,7 +137,10 @@ class SpanSegments:
                 except OSError as exc:
                     raise self._error(trace_id, batch_id, seg, f"cannot open it: {exc}") from None
                 self._read_fds[seg] = fd
-            return fd
+            try:
+                return os.pread(fd, length, off)
+            except OSError as exc:
+                raise self._error(trace_id, batch_id, seg, f"cannot read it: {exc}") from None
 
     def _drop_fds(self) -> None:
         fds, self._read_fds = self._read_fds, {}

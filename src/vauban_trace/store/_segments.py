@@ -177,6 +177,7 @@ class SegmentWriter:
                 fd = os.open(path, _OPEN_NEW, 0o644)
             except FileNotFoundError:
                 self.folder.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self.folder.parent)  # the folder's own name is durable too
                 fd = os.open(path, _OPEN_NEW, 0o644)
         except OSError as exc:
             raise TraceStoreError(f"cannot create segment {str(path)!r}: {exc}") from exc
