@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import random
+import struct
 from typing import Any
 
 import pytest
@@ -38,6 +39,21 @@ def test_bulk_equals_one_observe_per_value(n: int, buckets: tuple[float, ...]) -
     (b1, s1), (b2, s2) = _state(one), _state(bulk)
     assert b1 == b2
     assert s1 == s2 or math.isclose(s1, s2, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 500])
+def test_packed_doubles_equal_one_observe_per_value(n: int) -> None:
+    """The fold hands ``_observe_many`` the values as a bytearray of doubles (group_stage_values)."""
+    rng = random.Random(n + 7)
+    amounts = [rng.choice([*_BYTES_BUCKETS[:3], 0.0, 2**40]) if rng.random() < 0.3 else rng.lognormvariate(8, 4)
+               for _ in range(n)]
+    one, bulk = (Histogram("h", "h", buckets=_BYTES_BUCKETS, registry=CollectorRegistry()) for _ in range(2))
+    for a in amounts:
+        one.observe(a)
+    _observe_many(bulk, bytearray(struct.pack(f"{n}d", *amounts)))
+    (b1, s1), (b2, s2) = _state(one), _state(bulk)
+    assert b1 == b2
+    assert math.isclose(s1, s2, rel_tol=1e-12)
 
 
 def test_nan_counts_in_no_bucket_on_both_roads() -> None:
@@ -73,7 +89,7 @@ def _stage_samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[s
             if m.name.startswith("vauban_stage") for s in m.samples if not s.name.endswith("_created")}
 
 
-def test_pending_values_are_folded_before_every_collection() -> None:
+def test_pending_spans_are_folded_before_every_collection() -> None:
     """Observed values wait, per series, until a collection (or the pending cap) folds them in: a
     collection always shows everything observed before it, the same as one observe per value."""
     docs = _documents(6, salt=31)
@@ -104,7 +120,7 @@ def test_pending_values_are_folded_before_every_collection() -> None:
 
 def test_the_pending_cap_folds_without_a_collection() -> None:
     docs = _documents(3, salt=32)
-    metrics = CollectorMetrics(pending_values=10)
+    metrics = CollectorMetrics(pending_spans=10)
     metrics.observe_documents(docs)
     assert metrics._pending_n == 0
     count = next(s.value for m in metrics.stage_duration.collect() for s in m.samples

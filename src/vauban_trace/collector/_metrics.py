@@ -57,7 +57,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,9 +65,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.metrics_core import Metric
 
 from vauban_trace.contract import Provenance
+from vauban_trace.rebuild import group_stage_values
 
 if TYPE_CHECKING:
-    from vauban_trace.rebuild import StageObservation, TraceDocument
+    from vauban_trace.rebuild import StageObservation, StageValues, TraceDocument
 
 _DURATION_BUCKETS = (
     0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -78,15 +79,13 @@ _WRITE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 _VECTOR_MIN = 32  # values per series from which numpy sorts them into buckets
 _OBSERVABLE = (Provenance.MEASURED.value, Provenance.DERIVED.value)
 _STAGE_LABELS = ("stage", "model", "sweep_axis", "sweep_value")
-#: one stage's values in a pass: durations, input bytes, output bytes, sync points
-_StageValues = tuple[list[float], list[float], list[float], list[float]]
 
 
 class CollectorMetrics:
     """Every metric of one collector instance, registered in its own :class:`CollectorRegistry`."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, remember_traces: int = 10_000,
-                 pending_values: int = 1 << 16) -> None:
+                 pending_spans: int = 1 << 14) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.spans_received = Counter(
@@ -131,12 +130,15 @@ class CollectorMetrics:
             list(_STAGE_LABELS), buckets=_SYNC_BUCKETS, registry=None,
         )
         self._seen: OrderedDict[str, set[str]] = OrderedDict()
-        self._child_cache: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._child_cache: dict[tuple[str, tuple[str, ...]], tuple[Any, np.ndarray | None]] = {}
         self._seen_cap = remember_traces
         self._lock = threading.Lock()  # the seen sets, the pending values and their folding
-        self._pending: dict[tuple[str, str, str], dict[str, _StageValues]] = {}
+        # per label set, the stage spans waiting to be folded in (each a document's stages, or the
+        # part of them not observed before), and how many spans they hold
+        self._pending: dict[tuple[str, str, str], list[Sequence[StageObservation]]] = {}
         self._pending_n = 0
-        self._pending_cap = pending_values
+        self._pending_cap = pending_spans
+        self._labels: dict[tuple[Any, Any, Any], tuple[str, str, str]] = {}  # root labels -> label values
         r.register(_StageHistograms(self))
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -150,8 +152,8 @@ class CollectorMetrics:
         The values are gathered per series and folded into the histograms in bulk: before every
         collection of the registry (a scrape, ``get_sample_value``; the registered
         :class:`_StageHistograms` does it first, so a collection always shows every value observed
-        before it) and whenever ``pending_values`` values are waiting (memory stays bounded without
-        scrapes). Folding costs a fixed amount per series, so folding many passes at once is what
+        before it) and whenever ``pending_spans`` stage spans are waiting (memory stays bounded
+        without scrapes). Folding costs a fixed amount per series, so folding many passes at once is what
         keeps the histograms cheap per span. While a trace has no root yet
         (``root_labels`` None: rebuilt incomplete before its root arrived) nothing is observed and
         nothing is marked seen: its labels are unknown, and observing under an empty model label
@@ -173,10 +175,15 @@ class CollectorMetrics:
             self._fold()
 
     def _gather(self, trace_id: str, stages: tuple[StageObservation, ...], root_labels: tuple[Any, Any, Any]) -> int:
-        """Add the values of the spans not observed before to the pending values: per label set
-        (model, sweep axis, axis value), per stage, the four lists of values (one dict lookup per
-        span; the label tuples are built once per series in :meth:`_fold`). Holds ``_lock``."""
-        labels = (_label(root_labels[0]), _label(root_labels[1]), _label(root_labels[2]))
+        """Queue the stage spans of a trace not observed before under its label set (model, sweep
+        axis, axis value): one list append per trace, the values are read out by :meth:`_fold`.
+        Holds ``_lock``."""
+        labels = self._labels.get(root_labels)
+        if labels is None:
+            if len(self._labels) >= 4096:  # bounded: label sets are few, but their values come from clients
+                self._labels.clear()
+            labels = self._labels[root_labels] = (_label(root_labels[0]), _label(root_labels[1]),
+                                                  _label(root_labels[2]))
         seen = self._seen.pop(trace_id, None)
         if seen is None:  # the common case: a trace observed for the first time
             fresh: tuple[StageObservation, ...] | list[StageObservation] = stages
@@ -187,39 +194,22 @@ class CollectorMetrics:
             fresh = [s for s in stages if s.span_id not in seen]
             seen.update(s.span_id for s in fresh)
             self._seen[trace_id] = seen
-        per_stage = self._pending.get(labels)
-        if per_stage is None:
-            per_stage = self._pending[labels] = {}
-        n = 0
-        for obs in fresh:
-            stage = obs.stage
-            if not stage:
-                continue
-            values = per_stage.get(stage)
-            if values is None:
-                values = per_stage[stage] = ([], [], [], [])
-            if obs.duration_s is not None:
-                values[0].append(obs.duration_s)
-                n += 1
-            # the contract forbids a value with provenance "unavailable": a set value is observable
-            if obs.input_bytes is not None:
-                values[1].append(obs.input_bytes)
-                n += 1
-            if obs.output_bytes is not None:
-                values[2].append(obs.output_bytes)
-                n += 1
-            if obs.sync_points is not None and obs.sync_provenance in _OBSERVABLE:
-                values[3].append(obs.sync_points)
-                n += 1
-        self._pending_n += n
+        queued = self._pending.get(labels)
+        if queued is None:
+            queued = self._pending[labels] = []
+        queued.append(fresh)
+        self._pending_n += len(fresh)
         return len(fresh)
 
     def _fold(self) -> None:
-        """One bulk update per series of the pending values (one lock round per bucket hit, not one
+        """The queued stage spans' values, grouped per series (:func:`group_stage_values`, in C
+        when built), then one bulk update per series (one lock round per bucket hit, not one
         bisect + two locked increments per value). Holds ``_lock``."""
         pending, self._pending, self._pending_n = self._pending, {}, 0
         duration, nbytes, syncs = self.stage_duration, self.stage_bytes, self.stage_sync_points
-        for (model, axis, value), per_stage in pending.items():
+        for (model, axis, value), queued in pending.items():
+            per_stage: dict[str, StageValues] = {}
+            group_stage_values(per_stage, queued, _OBSERVABLE)
             for stage, (durations, inputs, outputs, sync_points) in per_stage.items():
                 for histogram, labels, amounts in (
                     (duration, (stage, model, axis, value), durations),
@@ -228,15 +218,19 @@ class CollectorMetrics:
                     (syncs, (stage, model, axis, value), sync_points),
                 ):
                     if amounts:
-                        _observe_many(self._child(histogram, labels), amounts)
+                        child, edges = self._child(histogram, labels)
+                        _observe_many(child, amounts, edges)
 
-    def _child(self, histogram: Histogram, labels: tuple[str, ...]) -> Any:
-        """``histogram.labels(*labels)``, cached; created only when first observed, so a series
-        never appears without an observation."""
+    def _child(self, histogram: Histogram, labels: tuple[str, ...]) -> tuple[Any, np.ndarray | None]:
+        """``histogram.labels(*labels)`` and its bucket bounds as an array, cached; created only
+        when first observed, so a series never appears without an observation."""
         key = (histogram._name, labels)
         found = self._child_cache.get(key)
         if found is None:
-            found = self._child_cache[key] = histogram.labels(*labels)
+            child = histogram.labels(*labels)
+            bounds = getattr(child, "_upper_bounds", None)
+            edges = np.asarray(bounds, dtype=np.float64) if isinstance(bounds, list) else None
+            found = self._child_cache[key] = (child, edges)
         return found
 
     # -- exposition -----------------------------------------------------------------------
@@ -273,31 +267,38 @@ class _StageHistograms:
             yield from h.collect()
 
 
-def _observe_many(child: Any, amounts: list[float]) -> None:
+def _observe_many(child: Any, amounts: Sequence[float] | bytearray, edges: np.ndarray | None = None) -> None:
     """``child.observe(a)`` for every amount, in bulk: the same buckets and sum as one
     ``observe`` per value (``le`` buckets are inclusive: a value lands in the first bucket whose
-    bound is >= it), with one increment per bucket hit. Falls back to ``observe`` when the
-    prometheus_client internals are not the expected ones."""
+    bound is >= it), with one increment per bucket hit. ``amounts``: a list of numbers, or a
+    buffer of native doubles (:data:`~vauban_trace.rebuild.StageValues`); ``edges``: the child's
+    bounds as a float64 array, when the caller keeps it. The sum of many values is numpy's
+    (pairwise: equal to adding one by one up to float rounding). Falls back to ``observe`` when
+    the prometheus_client internals are not the expected ones."""
     bounds = getattr(child, "_upper_bounds", None)
     buckets = getattr(child, "_buckets", None)
     total = getattr(child, "_sum", None)
+    packed = np.frombuffer(amounts, dtype=np.float64) if isinstance(amounts, bytearray) else None
     if not isinstance(bounds, list) or not isinstance(buckets, list) or len(buckets) != len(bounds) or total is None:
-        for amount in amounts:
+        for amount in (packed.tolist() if packed is not None else amounts):
             child.observe(amount)
         return
     counts: dict[int, int] = {}
-    if len(amounts) >= _VECTOR_MIN:
+    if packed is not None or len(amounts) >= _VECTOR_MIN:
         # float64 is exact up to 2**53, past every finite bound, so no value changes bucket
-        values = np.asarray(amounts, dtype=np.float64)
-        hits = np.bincount(np.searchsorted(np.asarray(bounds, dtype=np.float64), values[values == values]),
-                           minlength=len(bounds))
+        values = packed if packed is not None else np.asarray(amounts, dtype=np.float64)
+        if edges is None or len(edges) != len(bounds):
+            edges = np.asarray(bounds, dtype=np.float64)
+        hits = np.bincount(np.searchsorted(edges, values[values == values]), minlength=len(bounds))
         counts = {int(i): int(hits[i]) for i in np.flatnonzero(hits)}
+        amount_sum = float(values.sum()) if packed is not None else sum(amounts)
     else:
         for amount in amounts:
             if amount == amount:  # NaN matches no bucket in observe() either (it only adds to the sum)
                 i = bisect_left(bounds, amount)
                 counts[i] = counts.get(i, 0) + 1
-    total.inc(sum(amounts))
+        amount_sum = sum(amounts)
+    total.inc(amount_sum)
     for i, n in counts.items():
         buckets[i].inc(n)
 

@@ -13,6 +13,7 @@ store, every source) goes through this package::
     doc = traces_data_to_json(data)                        # canonical OTLP JSON (hex ids)
     docs = rebuild_documents(protobuf_bytes)               # [TraceDocument]: Trace JSON + summary,
                                                            # native accelerator for clean traces
+    n = group_stage_values(per_stage, [doc.stages], ("measured", "derived"))  # histogram values per stage
 
 How spans become records (stage spans, counters with provenance, artifact events, spill spans
 folded into the span they overflowed from, root request/capabilities, completeness) is described
@@ -28,8 +29,10 @@ from typing import Any
 from vauban_trace.contract import Trace
 from vauban_trace.rebuild._documents import (
     StageObservation,
+    StageValues,
     TraceDocument,
     document_of,
+    group_stage_values,
     native_available,
     rebuild_documents,
 )
@@ -47,8 +50,10 @@ def rebuild_from_json(obj: Mapping[str, Any] | str | bytes) -> list[Trace]:
 __all__ = [
     "OtlpInput",
     "StageObservation",
+    "StageValues",
     "TraceDocument",
     "document_of",
+    "group_stage_values",
     "native_available",
     "normalize_trace_id",
     "parse_trace_id",

@@ -477,6 +477,8 @@ int crb_root_facts(Out *o, Span *root, Str trace_id);
 int crb_put_artifact(Out *o, int ev, Str producer);
 int crb_put_missing(Out *o, int ev, Str span_id);
 int crb_put_span(Out *o, Span *sp, int is_root);
+/* group_stages(per_stage, seqs, observable): the stage histograms' values, see span.c */
+PyObject *crb_group_stages(PyObject *self, PyObject *args);
 /* The whole road; returns a new tuple, or NULL to bail (exception cleared by the caller). */
 PyObject *crb_rebuild(Str data);
 

@@ -62,6 +62,10 @@ static PyMethodDef methods[] = {
      "rebuild_one(data) -> (trace_id, json, complete, service, root_name, start, end, span_count, stages, "
      "root_labels) | None (None: not the clean one-trace case; use the Python rebuild). stages is a tuple of "
      "StageObservation when configure() was given stage_class, else of 7-tuples."},
+    {"group_stages", crb_group_stages, METH_VARARGS,
+     "group_stages(per_stage: dict, seqs: list, observable: tuple) -> int | None: the stage histograms' values "
+     "of the StageObservations in seqs appended to per_stage (see _documents.group_stage_values); None: not "
+     "plain StageObservations, nothing appended."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_crebuild", "Native accelerator of rebuild_traces.", -1,

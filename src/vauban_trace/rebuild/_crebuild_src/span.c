@@ -362,3 +362,115 @@ done:
     Py_XDECREF(span_meta);
     return rc;
 }
+
+/* group_stages(per_stage, seqs, observable) -> int | None: the stage histograms' values of the
+ * StageObservations in seqs (a list of tuples or lists of them), appended to per_stage[stage] =
+ * (durations, input bytes, output bytes, sync points), four bytearrays of native doubles, exactly
+ * as the Python reference (_documents.python_group_stage_values, into array('d')) does, in order:
+ * a stage that is None or "" is skipped, a None value is not appended, sync points only when their
+ * provenance is in observable (a tuple); a value is converted as float() would. Returns the number
+ * of values appended; None (nothing appended) when anything is not a plain StageObservation of
+ * configure's class holding str stages and int or float values, so that the reference runs instead. */
+enum { SO_STAGE = 1, SO_DURATION, SO_INPUT, SO_OUTPUT, SO_SYNC, SO_SYNC_PROV };
+
+static PyObject *slot(PyObject *obj, int i) { return *(PyObject **)((char *)obj + crb_cfg.stage_offset[i]); }
+
+static int plain_number(PyObject *v) {
+    return v == NULL || v == Py_None || PyFloat_CheckExact(v) || PyLong_CheckExact(v);
+}
+
+static int append_value(PyObject *lists, int k, PyObject *v, Py_ssize_t *n) {
+    if (v == NULL || v == Py_None) return 0;
+    double d = PyFloat_CheckExact(v) ? PyFloat_AS_DOUBLE(v) : PyLong_AsDouble(v);
+    if (d == -1.0 && PyErr_Occurred()) return -1; /* an int past the double range: float() raises too */
+    PyObject *buf = PyTuple_GET_ITEM(lists, k);
+    Py_ssize_t size = PyByteArray_GET_SIZE(buf);
+    if (PyByteArray_Resize(buf, size + (Py_ssize_t)sizeof(double)) < 0) return -1;
+    memcpy(PyByteArray_AS_STRING(buf) + size, &d, sizeof(double));
+    ++*n;
+    return 0;
+}
+
+static int valid_lists(PyObject *lists) {
+    if (!PyTuple_CheckExact(lists) || PyTuple_GET_SIZE(lists) != 4) return 0;
+    for (int k = 0; k < 4; k++)
+        if (!PyByteArray_CheckExact(PyTuple_GET_ITEM(lists, k))) return 0;
+    return 1;
+}
+
+PyObject *crb_group_stages(PyObject *self, PyObject *args) {
+    PyObject *per_stage, *seqs, *observable;
+    if (!PyArg_ParseTuple(args, "O!O!O!", &PyDict_Type, &per_stage, &PyList_Type, &seqs, &PyTuple_Type, &observable))
+        return NULL;
+    PyTypeObject *cls = crb_cfg.stage_cls;
+    if (!crb_cfg.ready || cls == NULL) Py_RETURN_NONE;
+    for (int i = 0; i < 7; i++)
+        if (crb_cfg.stage_offset[i] < 0) Py_RETURN_NONE;
+    /* first every item checked, so that nothing is appended when the reference must run */
+    Py_ssize_t nseq = PyList_GET_SIZE(seqs);
+    for (Py_ssize_t s = 0; s < nseq; s++) {
+        PyObject *seq = PyList_GET_ITEM(seqs, s);
+        if (!PyTuple_CheckExact(seq) && !PyList_CheckExact(seq)) Py_RETURN_NONE;
+        Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
+        PyObject **items = PySequence_Fast_ITEMS(seq);
+        for (Py_ssize_t j = 0; j < m; j++) {
+            PyObject *obs = items[j];
+            if (!Py_IS_TYPE(obs, cls)) Py_RETURN_NONE;
+            PyObject *stage = slot(obs, SO_STAGE);
+            if (stage != NULL && stage != Py_None && !PyUnicode_CheckExact(stage)) Py_RETURN_NONE;
+            if (!plain_number(slot(obs, SO_DURATION)) || !plain_number(slot(obs, SO_INPUT)) ||
+                !plain_number(slot(obs, SO_OUTPUT)) || !plain_number(slot(obs, SO_SYNC)))
+                Py_RETURN_NONE;
+        }
+    }
+    Py_ssize_t values = 0;
+    PyObject *last_stage = NULL, *last_lists = NULL; /* a trace's spans often repeat a stage */
+    for (Py_ssize_t s = 0; s < nseq; s++) {
+        PyObject *seq = PyList_GET_ITEM(seqs, s);
+        Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
+        PyObject **items = PySequence_Fast_ITEMS(seq);
+        for (Py_ssize_t j = 0; j < m; j++) {
+            PyObject *obs = items[j];
+            PyObject *stage = slot(obs, SO_STAGE);
+            if (stage == NULL || stage == Py_None || PyUnicode_GET_LENGTH(stage) == 0) continue;
+            PyObject *lists;
+            if (stage == last_stage) {
+                lists = last_lists;
+            } else {
+                lists = PyDict_GetItemWithError(per_stage, stage);
+                if (lists == NULL) {
+                    if (PyErr_Occurred()) return NULL;
+                    lists = PyTuple_New(4);
+                    if (lists == NULL) return NULL;
+                    for (int k = 0; k < 4; k++) {
+                        PyObject *b = PyByteArray_FromStringAndSize(NULL, 0);
+                        if (b == NULL) {
+                            Py_DECREF(lists);
+                            return NULL;
+                        }
+                        PyTuple_SET_ITEM(lists, k, b);
+                    }
+                    int rc = PyDict_SetItem(per_stage, stage, lists);
+                    Py_DECREF(lists); /* the dict holds it */
+                    if (rc < 0) return NULL;
+                } else if (!valid_lists(lists)) {
+                    PyErr_SetString(PyExc_TypeError, "group_stages: per_stage values must be 4-tuples of bytearrays");
+                    return NULL;
+                }
+                last_stage = stage;
+                last_lists = lists;
+            }
+            if (append_value(lists, 0, slot(obs, SO_DURATION), &values) ||
+                append_value(lists, 1, slot(obs, SO_INPUT), &values) ||
+                append_value(lists, 2, slot(obs, SO_OUTPUT), &values))
+                return NULL;
+            PyObject *sync = slot(obs, SO_SYNC), *prov = slot(obs, SO_SYNC_PROV);
+            if (sync != NULL && sync != Py_None && prov != NULL) {
+                int in = PySequence_Contains(observable, prov);
+                if (in < 0) return NULL;
+                if (in && append_value(lists, 3, sync, &values)) return NULL;
+            }
+        }
+    }
+    return PyLong_FromSsize_t(values);
+}
