@@ -96,6 +96,20 @@ def test_the_child_runs_without_torch_or_site_packages() -> None:
         assert "torch" not in maps and "numpy" not in maps
 
 
+def test_a_receiver_that_stops_reading_makes_the_generator_late_visibly() -> None:
+    """The serving side cannot keep up (here: does not read for 0.5 s): once the channel is full the
+    child's writes block, and the later arrivals' send times (its lateness) and its longest write say so."""
+    with ProcessGenerator() as gen:
+        records = gen.run([i / 10_000 for i in range(2_000)])
+        assert isinstance(next(records), Start)
+        time.sleep(0.5)
+        rest = list(records)
+    end = rest[-1]
+    assert isinstance(end, RunEnd) and end.sent == 2_000 and end.max_block_s > 0.2
+    lateness = [r.sent - r.scheduled for r in rest if isinstance(r, Arrival)]
+    assert max(lateness) > 0.2
+
+
 def test_process_arrivals_are_labelled_and_judged_on_the_generators_clock(sleeping: Any) -> None:
     (point,) = sleeping.profile.open_loop.points
     assert point.lateness_from == "generator" and point.handoff is not None and point.handoff.n == point.traces
