@@ -89,7 +89,7 @@ def _stage_samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[s
             if m.name.startswith("vauban_stage") for s in m.samples if not s.name.endswith("_created")}
 
 
-def test_pending_spans_are_folded_before_every_collection() -> None:
+def test_pending_values_are_folded_before_every_collection() -> None:
     """Observed values wait, per series, until a collection (or the pending cap) folds them in: a
     collection always shows everything observed before it, the same as one observe per value."""
     docs = _documents(6, salt=31)
@@ -120,7 +120,7 @@ def test_pending_spans_are_folded_before_every_collection() -> None:
 
 def test_the_pending_cap_folds_without_a_collection() -> None:
     docs = _documents(3, salt=32)
-    metrics = CollectorMetrics(pending_spans=10)
+    metrics = CollectorMetrics(pending_values=10)
     metrics.observe_documents(docs)
     assert metrics._pending_n == 0
     count = next(s.value for m in metrics.stage_duration.collect() for s in m.samples

@@ -16,7 +16,10 @@ accelerator for clean traces), where the spans of a trace whose version
 is still 1 (all its spans came in one durable write) come from the snapshot the collector's
 writer handed over (:meth:`Assembler.remember`, bytes identical to ``spans_for_bytes``) instead
 of being read back from SQLite; any later change bumps the version and the snapshot is ignored,
-and after a restart there are none: the store stays the source of truth. Snapshots are bounded
+and after a restart there are none: the store stays the source of truth. The writer holds
+:attr:`Assembler.handoff` from its commit until the snapshots are remembered, and a pass holds
+it while it asks for the ready traces, so a new trace is never rebuilt before its snapshot
+arrived (which would read its spans back and leave the snapshot behind). Snapshots are bounded
 (``snapshot_bytes``, 16 MiB by default: while full, new traces are not kept and are read back
 like any other, so memory stays bounded under overload). Then the traces of one pass (up to
 ``batch``) are stored with ``store.put_documents([(doc, v), ...])`` in one transaction, where
@@ -35,9 +38,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vauban_trace.collector._metrics import CollectorMetrics
+from vauban_trace.store import rebuild_document
 
 if TYPE_CHECKING:
     from vauban_trace.rebuild import TraceDocument
@@ -80,6 +84,11 @@ class Assembler:
         self._snapshot_cap = snapshot_bytes
         self._snapshot_lock = threading.Lock()
         self.snapshot_hits = 0
+        # held by the collector's writer from a durable write until its snapshots are remembered,
+        # and by a pass around its query of the ready traces: a pass never finds a trace whose
+        # spans were committed while their snapshot is still on its way (it would read them back)
+        self.handoff = threading.Lock()
+        self._counted: dict[bool, Any] = {}  # traces_rebuilt's children, made when first counted
 
     def remember(self, snapshots: Mapping[str, SpanSnapshot]) -> None:
         """Keep the spans of traces just stored for the first time (version 1), see the module doc."""
@@ -154,14 +163,15 @@ class Assembler:
         with self._lock:
             backlog = self._store.pending_count()
             for _ in range(10_000):  # bounded even if a store never cleared its pending entries
-                if force:
-                    ready = self._store.pending_traces(limit=self._batch)
-                else:
-                    now = time.time_ns()
-                    ready = self._store.pending_traces(
-                        limit=self._batch, received_by=now - self._quiet_ns,
-                        rootless_received_by=now - self._incomplete_ns,
-                    )
+                with self.handoff:
+                    if force:
+                        ready = self._store.pending_traces(limit=self._batch)
+                    else:
+                        now = time.time_ns()
+                        ready = self._store.pending_traces(
+                            limit=self._batch, received_by=now - self._quiet_ns,
+                            rootless_received_by=now - self._incomplete_ns,
+                        )
                 if ready:
                     self._rebuild_batch(ready)
                 done += len(ready)
@@ -198,8 +208,14 @@ class Assembler:
         # mirrors (trace_files="eager") are not fsync'd either and are rewritten on the next put
         self._store.put_documents([(doc, entry.version) for entry, doc in zip(entries, built, strict=True)],
                                   sync_files=False, durable=False)
-        for doc in built:
-            self._metrics.traces_rebuilt.labels("complete" if doc.complete else "incomplete").inc()
+        complete = sum(1 for doc in built if doc.complete)
+        for state, n in ((True, complete), (False, len(built) - complete)):
+            if n:
+                child = self._counted.get(state)
+                if child is None:
+                    child = self._counted[state] = self._metrics.traces_rebuilt.labels(
+                        "complete" if state else "incomplete")
+                child.inc(n)
         if self._on_stored is not None:
             try:
                 self._on_stored(built)
@@ -209,8 +225,6 @@ class Assembler:
     def _rebuild(self, entry: PendingTrace) -> TraceDocument:
         # the one road, shared with `vauban-trace store rebuild`: bad stored data still gives a
         # stored, incomplete trace whose problems say why, instead of being retried forever
-        from vauban_trace.store import rebuild_document
-
         snapshot = self._take_snapshot(entry)
         if snapshot is not None:
             self.snapshot_hits += 1

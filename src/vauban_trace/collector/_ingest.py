@@ -20,8 +20,9 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -145,9 +146,11 @@ class Ingestor:
         *,
         max_group: int = 64,
         on_snapshots: Callable[[Mapping[str, SpanSnapshot]], None] | None = None,
+        handoff: AbstractContextManager[Any] | None = None,
     ) -> None:
         self._store = store
         self._on_snapshots = on_snapshots
+        self._handoff = handoff if handoff is not None else nullcontext()  # held from write to snapshots
         self._metrics = metrics
         self._on_stored = on_stored
         self._max_group = max_group
@@ -211,10 +214,11 @@ class Ingestor:
     def _write(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
         try:
-            result = self._store.ingest_parts([job.part for job in jobs], snapshots=self._on_snapshots is not None)
+            with self._handoff:  # the assembler's query of ready traces waits for the snapshots
+                result = self._store.ingest_parts([job.part for job in jobs], snapshots=self._on_snapshots is not None)
+                if result.snapshots and self._on_snapshots is not None:
+                    self._on_snapshots(result.snapshots)
             accepted, duplicates = result.accepted, result.duplicates
-            if result.snapshots and self._on_snapshots is not None:
-                self._on_snapshots(result.snapshots)
         except BaseException as exc:
             self._metrics.spans_rejected.labels("store_error").inc(sum(job.valid for job in jobs))
             for job in jobs:

@@ -85,7 +85,7 @@ class CollectorMetrics:
     """Every metric of one collector instance, registered in its own :class:`CollectorRegistry`."""
 
     def __init__(self, registry: CollectorRegistry | None = None, *, remember_traces: int = 10_000,
-                 pending_spans: int = 1 << 14) -> None:
+                 pending_values: int = 1 << 16) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.spans_received = Counter(
@@ -129,15 +129,14 @@ class CollectorMetrics:
             "vauban_stage_sync_points", "Host-device sync points per stage (measured or derived only).",
             list(_STAGE_LABELS), buckets=_SYNC_BUCKETS, registry=None,
         )
-        self._seen: OrderedDict[str, set[str]] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._child_cache: dict[tuple[str, tuple[str, ...]], tuple[Any, np.ndarray | None]] = {}
         self._seen_cap = remember_traces
         self._lock = threading.Lock()  # the seen sets, the pending values and their folding
-        # per label set, the stage spans waiting to be folded in (each a document's stages, or the
-        # part of them not observed before), and how many spans they hold
-        self._pending: dict[tuple[str, str, str], list[Sequence[StageObservation]]] = {}
+        # per label set and stage, the values waiting to be folded in (packed doubles), and how many
+        self._pending: dict[tuple[str, str, str], dict[str, StageValues]] = {}
         self._pending_n = 0
-        self._pending_cap = pending_spans
+        self._pending_cap = pending_values
         self._labels: dict[tuple[Any, Any, Any], tuple[str, str, str]] = {}  # root labels -> label values
         r.register(_StageHistograms(self))
         self._server: Any = None
@@ -149,22 +148,40 @@ class CollectorMetrics:
         (:attr:`TraceDocument.stages`), labelled with each trace's ``root_labels`` (the root span's
         model, sweep axis and sweep axis value). Returns how many spans were observed.
 
-        The values are gathered per series and folded into the histograms in bulk: before every
-        collection of the registry (a scrape, ``get_sample_value``; the registered
-        :class:`_StageHistograms` does it first, so a collection always shows every value observed
-        before it) and whenever ``pending_spans`` stage spans are waiting (memory stays bounded
-        without scrapes). Folding costs a fixed amount per series, so folding many passes at once is what
-        keeps the histograms cheap per span. While a trace has no root yet
+        The values of a call (an assembly pass) are grouped per label set and stage as packed
+        doubles (:func:`~vauban_trace.rebuild.group_stage_values`, in C when built) and folded
+        into the histograms in bulk: before every collection of the registry (a scrape,
+        ``get_sample_value``; the registered :class:`_StageHistograms` does it first, so a
+        collection always shows every value observed before it) and whenever ``pending_values``
+        values are waiting (memory stays bounded without scrapes: 8 bytes a value). Folding costs a
+        fixed amount per series, so folding many passes at once is what keeps the histograms
+        cheap per span. While a trace has no root yet
         (``root_labels`` None: rebuilt incomplete before its root arrived) nothing is observed and
         nothing is marked seen: its labels are unknown, and observing under an empty model label
         would count those spans under the wrong series for good. They are observed once the root
         has arrived; a trace whose root never arrives is not counted in the stage histograms.
         """
         done = 0
+        by_labels: dict[tuple[str, str, str], list[Sequence[StageObservation]]] = {}
         with self._lock:
             for doc in docs:
-                if doc.root_labels is not None:
-                    done += self._gather(doc.trace_id, doc.stages, doc.root_labels)
+                if doc.root_labels is None:
+                    continue
+                labels = self._labels.get(doc.root_labels)
+                if labels is None:
+                    labels = self._label_values(doc.root_labels)
+                fresh = self._fresh(doc.trace_id, doc.stages)
+                queued = by_labels.get(labels)
+                if queued is None:
+                    by_labels[labels] = [fresh]
+                else:
+                    queued.append(fresh)
+                done += len(fresh)
+            for labels, seqs in by_labels.items():
+                per_stage = self._pending.get(labels)
+                if per_stage is None:
+                    per_stage = self._pending[labels] = {}
+                self._pending_n += group_stage_values(per_stage, seqs, _OBSERVABLE)
             if self._pending_n >= self._pending_cap:
                 self._fold()
         return done
@@ -174,42 +191,34 @@ class CollectorMetrics:
         with self._lock:
             self._fold()
 
-    def _gather(self, trace_id: str, stages: tuple[StageObservation, ...], root_labels: tuple[Any, Any, Any]) -> int:
-        """Queue the stage spans of a trace not observed before under its label set (model, sweep
-        axis, axis value): one list append per trace, the values are read out by :meth:`_fold`.
-        Holds ``_lock``."""
-        labels = self._labels.get(root_labels)
-        if labels is None:
-            if len(self._labels) >= 4096:  # bounded: label sets are few, but their values come from clients
-                self._labels.clear()
-            labels = self._labels[root_labels] = (_label(root_labels[0]), _label(root_labels[1]),
-                                                  _label(root_labels[2]))
+    def _label_values(self, root_labels: tuple[Any, Any, Any]) -> tuple[str, str, str]:
+        """The label values of a root's (model, sweep axis, axis value), remembered."""
+        if len(self._labels) >= 4096:  # bounded: label sets are few, but their values come from clients
+            self._labels.clear()
+        labels = self._labels[root_labels] = (_label(root_labels[0]), _label(root_labels[1]), _label(root_labels[2]))
+        return labels
+
+    def _fresh(self, trace_id: str, stages: tuple[StageObservation, ...]) -> Sequence[StageObservation]:
+        """The stage spans of a trace not observed before, now marked observed. Holds ``_lock``.
+        A trace's observed span ids are kept as a tuple (of str: the garbage collector stops
+        tracking it, so 10,000 remembered traces cost it nothing)."""
         seen = self._seen.pop(trace_id, None)
         if seen is None:  # the common case: a trace observed for the first time
-            fresh: tuple[StageObservation, ...] | list[StageObservation] = stages
-            self._seen[trace_id] = {s.span_id for s in stages}
-            while len(self._seen) > self._seen_cap:
+            self._seen[trace_id] = tuple([s.span_id for s in stages])
+            if len(self._seen) > self._seen_cap:
                 self._seen.popitem(last=False)
-        else:  # rebuilt again after a late span: only the spans not observed before
-            fresh = [s for s in stages if s.span_id not in seen]
-            seen.update(s.span_id for s in fresh)
-            self._seen[trace_id] = seen
-        queued = self._pending.get(labels)
-        if queued is None:
-            queued = self._pending[labels] = []
-        queued.append(fresh)
-        self._pending_n += len(fresh)
-        return len(fresh)
+            return stages
+        known = set(seen)  # rebuilt again after a late span: only the spans not observed before
+        fresh = [s for s in stages if s.span_id not in known]
+        self._seen[trace_id] = seen + tuple([s.span_id for s in fresh])
+        return fresh
 
     def _fold(self) -> None:
-        """The queued stage spans' values, grouped per series (:func:`group_stage_values`, in C
-        when built), then one bulk update per series (one lock round per bucket hit, not one
+        """One bulk update per series of the pending values (one lock round per bucket hit, not one
         bisect + two locked increments per value). Holds ``_lock``."""
         pending, self._pending, self._pending_n = self._pending, {}, 0
         duration, nbytes, syncs = self.stage_duration, self.stage_bytes, self.stage_sync_points
-        for (model, axis, value), queued in pending.items():
-            per_stage: dict[str, StageValues] = {}
-            group_stage_values(per_stage, queued, _OBSERVABLE)
+        for (model, axis, value), per_stage in pending.items():
             for stage, (durations, inputs, outputs, sync_points) in per_stage.items():
                 for histogram, labels, amounts in (
                     (duration, (stage, model, axis, value), durations),

@@ -85,6 +85,7 @@ class Collector:
             self._store, self.metrics, on_stored=self.assembler.wake,
             # spans of new traces go to the assembler as they were stored (no read-back)
             on_snapshots=self.assembler.remember if isinstance(self._store, TraceStore) else None,
+            handoff=self.assembler.handoff,
         )
         try:
             if cfg.metrics is not None:

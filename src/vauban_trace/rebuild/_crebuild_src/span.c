@@ -67,7 +67,8 @@ static int put_error(Buf *b, Span *sp) {
 /* A StageObservation from its 7 field values (references stolen, NULL ones allowed: then NULL
  * back): allocated and filled as the dataclass __init__ would with object.__setattr__, minus
  * the Python frames: straight into the slots when configure found plain object slots, else
- * through the slot descriptors. Without stage_class, a 7-tuple. */
+ * through the slot descriptors, and not tracked by the garbage collector. Without stage_class, a
+ * 7-tuple. */
 static PyObject *make_stage(PyObject *v[7]) {
     PyObject *obj = NULL;
     for (int i = 0; i < 7; i++)
@@ -92,6 +93,9 @@ static PyObject *make_stage(PyObject *v[7]) {
             Py_CLEAR(v[i]);
         }
     }
+    /* it holds only str, int, float and None and is frozen: it can never be part of a reference
+     * cycle, so the garbage collector need not track it (as it stops tracking such tuples) */
+    if (PyObject_IS_GC(obj)) PyObject_GC_UnTrack(obj);
     return obj;
 fail:
     Py_XDECREF(obj);
