@@ -114,6 +114,30 @@ def test_verify_stats_and_repair(tmp_path: Path, capsys: pytest.CaptureFixture[s
     ts.close()
 
 
+def test_span_segments_in_stats_verify_and_compact(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "s"
+    traces = _fill(store, 2)
+    code, out, _err = _run(capsys, "stats", "--store", str(store))
+    assert code == 0 and re.search(r"span segments: 1, .* live .*\(100%\)", out)
+    assert re.search(r"spans/seg-000001\.spans .* live +100\.0%", out)
+    code, out, _err = _run(capsys, "compact", "--store", str(store), "--json")
+    result = json.loads(out)
+    assert code == 0 and result["span_segments_before"] == result["span_segments_after"] == 1
+    assert result["span_segments_removed"] == 0  # fully live
+    victim = sorted(traces)[0]
+    with TraceStore(store) as ts:
+        seg, off, length = ts._conn().execute(
+            "SELECT seg, off, len FROM span_batches WHERE trace_id = ? ORDER BY id LIMIT 1", (victim,)).fetchone()
+    path = store / "spans" / f"seg-{seg:06d}.spans"
+    data = bytearray(path.read_bytes())
+    data[off + length - 1] ^= 0x01
+    path.write_bytes(bytes(data))
+    code, out, _err = _run(capsys, "verify", "--store", str(store), "--repair")
+    assert code == 1 and f"span_batch  span batch" in out and f"(trace {victim})" in out
+    assert f"spans/seg-{seg:06d}.spans" in out and "fails its digest" in out and "[not repaired]" in out
+    assert "span batches: " in out and "1 damaged or undecodable" in out
+
+
 def test_compact_reports_bytes_and_segments_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "s"
     first = _fill(store, 4)
