@@ -99,3 +99,21 @@ def test_switch_off_gives_the_same_bytes() -> None:
     finally:
         documents.set_native(previous)
     assert n_on == n_off and _same(on, off)
+
+
+@needs_native
+def test_c_made_documents_equal_the_tuple_road_and_stay_out_of_the_gc() -> None:
+    """rebuild_document (the TraceDocument made in C, what rebuild_documents returns) holds exactly
+    rebuild_one's values; neither it nor its StageObservations are tracked by the garbage
+    collector (frozen records of atomic values: never part of a cycle)."""
+    import gc
+
+    from vauban_trace.rebuild import TraceDocument
+
+    for part in split_per_trace(make_batch(9))[:4]:
+        doc = documents._NATIVE.rebuild_document(part)
+        assert isinstance(doc, TraceDocument) and doc.native
+        assert doc == TraceDocument(*documents._NATIVE.rebuild_one(part), True)
+        assert rebuild_documents(part) == [doc]
+        assert not gc.is_tracked(doc) and not any(gc.is_tracked(s) for s in doc.stages)
+    assert documents._NATIVE.rebuild_document(b"\xff\xff") is None

@@ -14,6 +14,12 @@ value the Python rebuild would refuse or report, undecodable bytes...), and the 
 byte-identical text: tests compare them on real SDK traces, benchmark batches, hand-built edge
 cases and thousands of mutations. ``TraceDocument.native`` says which road produced a document.
 
+The C road makes the TraceDocument and its StageObservations itself (``rebuild_document``),
+outside the garbage collector's tracking (frozen records of atomic values cannot form cycles).
+:func:`group_stage_values` turns the stage observations of many documents into the values the
+collector's stage histograms take, grouped per stage as packed doubles (C ``group_stages``, with
+:func:`python_group_stage_values` as its reference).
+
 ``VAUBAN_TRACE_NO_NATIVE=1`` in the environment at import (or :func:`set_native` False) turns the
 accelerator off; :func:`native_available` says whether it is built and on.
 
@@ -141,6 +147,8 @@ def _config() -> dict[str, Any]:
         "parse_json": parse_json_attr,
         # the C road builds StageObservation records itself, through their slots
         "stage_class": StageObservation, "stage_fields": _field_names(StageObservation),
+        # and the TraceDocument of rebuild_document (field order: the tuple of rebuild_one, native)
+        "document_class": TraceDocument, "document_fields": _field_names(TraceDocument),
     }
 
 
@@ -181,10 +189,9 @@ def rebuild_documents(data: bytes | bytearray | memoryview) -> list[TraceDocumen
     otherwise, or without the extension, ``rebuild_traces(data)`` + ``to_json()``. Undecodable
     input raises :class:`~vauban_trace.RebuildError` as ``rebuild_traces`` does."""
     if _enabled and _NATIVE is not None:
-        got = _NATIVE.rebuild_one(data)
-        if got is not None:
-            tid, text, complete, service, root_name, start, end, count, stages, labels = got
-            return [TraceDocument(tid, text, complete, service, root_name, start, end, count, stages, labels, True)]
+        doc: TraceDocument | None = _NATIVE.rebuild_document(data)  # made in C, native=True
+        if doc is not None:
+            return [doc]
     return python_documents(data)
 
 

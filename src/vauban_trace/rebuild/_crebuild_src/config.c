@@ -219,6 +219,39 @@ static int make_fragments(void) {
     return 0;
 }
 
+/* A slots class whose instances the C road makes itself (StageObservation, TraceDocument): its
+ * class and the slot descriptors of its nfields fields, in field order, and where each plain
+ * read-write object slot lives in the object (-1: set through the descriptor). Neither key in
+ * cfg: no class (plain tuples). Returns -1 with an exception set when the class does not fit. */
+static int config_record(PyObject *cfg, const char *cls_key, const char *fields_key, int nfields, PyTypeObject **cls,
+                         PyObject **slots, Py_ssize_t *offset) {
+    Py_CLEAR(*cls);
+    for (int i = 0; i < nfields; i++) Py_CLEAR(slots[i]);
+    PyObject *sc = PyDict_GetItemString(cfg, cls_key);
+    PyObject *sf = PyDict_GetItemString(cfg, fields_key);
+    if (sc == NULL || sf == NULL) return 0;
+    if (!PyType_Check(sc) || !PyTuple_Check(sf) || PyTuple_GET_SIZE(sf) != nfields) {
+        PyErr_Format(PyExc_TypeError, "configure: %s / %s", cls_key, fields_key);
+        return -1;
+    }
+    for (int i = 0; i < nfields; i++) {
+        PyObject *d = PyObject_GetAttr(sc, PyTuple_GET_ITEM(sf, i));
+        if (d == NULL) return -1;
+        if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+            Py_DECREF(d);
+            PyErr_Format(PyExc_TypeError, "configure: %s fields must be slots", cls_key);
+            return -1;
+        }
+        slots[i] = d;
+        /* a plain read-write object slot can be filled directly (what its setter does) */
+        PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+        offset[i] = m->type == CRB_T_OBJECT_EX && !(m->flags & CRB_READONLY) ? m->offset : -1;
+    }
+    Py_INCREF(sc);
+    *cls = (PyTypeObject *)sc;
+    return 0;
+}
+
 PyObject *crb_configure(PyObject *self, PyObject *cfg) {
     if (!PyDict_Check(cfg)) {
         PyErr_SetString(PyExc_TypeError, "configure takes a dict");
@@ -383,31 +416,11 @@ PyObject *crb_configure(PyObject *self, PyObject *cfg) {
     Py_XDECREF(crb_cfg.parse_json);
     Py_INCREF(pj);
     crb_cfg.parse_json = pj;
-    Py_CLEAR(crb_cfg.stage_cls);
-    for (int i = 0; i < 7; i++) Py_CLEAR(crb_cfg.stage_slots[i]);
-    PyObject *sc = PyDict_GetItemString(cfg, "stage_class");
-    PyObject *sf = PyDict_GetItemString(cfg, "stage_fields");
-    if (sc != NULL && sf != NULL) {
-        if (!PyType_Check(sc) || !PyTuple_Check(sf) || PyTuple_GET_SIZE(sf) != 7) {
-            PyErr_SetString(PyExc_TypeError, "configure: stage_class / stage_fields");
-            return NULL;
-        }
-        for (int i = 0; i < 7; i++) {
-            PyObject *d = PyObject_GetAttr(sc, PyTuple_GET_ITEM(sf, i));
-            if (d == NULL) return NULL;
-            if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
-                Py_DECREF(d);
-                PyErr_SetString(PyExc_TypeError, "configure: stage_class fields must be slots");
-                return NULL;
-            }
-            crb_cfg.stage_slots[i] = d;
-            /* a plain read-write object slot can be filled directly (what its setter does) */
-            PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-            crb_cfg.stage_offset[i] = m->type == CRB_T_OBJECT_EX && !(m->flags & CRB_READONLY) ? m->offset : -1;
-        }
-        Py_INCREF(sc);
-        crb_cfg.stage_cls = (PyTypeObject *)sc;
-    }
+    if (config_record(cfg, "stage_class", "stage_fields", 7, &crb_cfg.stage_cls, crb_cfg.stage_slots,
+                      crb_cfg.stage_offset) ||
+        config_record(cfg, "document_class", "document_fields", 11, &crb_cfg.doc_cls, crb_cfg.doc_slots,
+                      crb_cfg.doc_offset))
+        return NULL;
     crb_cfg.ready = 1;
     Py_RETURN_NONE;
 }

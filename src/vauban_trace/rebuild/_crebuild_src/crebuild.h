@@ -115,6 +115,9 @@ typedef struct {
     PyTypeObject *stage_cls; /* StageObservation (slots dataclass), or NULL: plain tuples */
     PyObject *stage_slots[8];
     Py_ssize_t stage_offset[8]; /* where each slot lives in the object (plain object slots), or -1 */
+    PyTypeObject *doc_cls;   /* TraceDocument (slots dataclass), or NULL: rebuild_document declines */
+    PyObject *doc_slots[11];
+    Py_ssize_t doc_offset[11];
     int ready;
 } CrbConfig;
 
@@ -479,8 +482,13 @@ int crb_put_missing(Out *o, int ev, Str span_id);
 int crb_put_span(Out *o, Span *sp, int is_root);
 /* group_stages(per_stage, seqs, observable): the stage histograms' values, see span.c */
 PyObject *crb_group_stages(PyObject *self, PyObject *args);
-/* The whole road; returns a new tuple, or NULL to bail (exception cleared by the caller). */
-PyObject *crb_rebuild(Str data);
+/* A record of a configured slots class from its n field values (references stolen, NULL ones
+ * allowed: then NULL back), not tracked by the garbage collector (its values are atomic or
+ * tuples of them, so it can never be part of a cycle). cls NULL: an n-tuple. */
+PyObject *crb_make_record(PyTypeObject *cls, PyObject **slots, const Py_ssize_t *offset, int n, PyObject **v);
+/* The whole road; returns a new tuple (a TraceDocument with as_document, when configured), or
+ * NULL to bail (exception cleared by the caller). */
+PyObject *crb_rebuild(Str data, int as_document);
 
 #if defined(__GNUC__)
 #pragma GCC visibility pop

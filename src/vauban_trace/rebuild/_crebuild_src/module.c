@@ -16,12 +16,12 @@
  * unique span ids, one root, no orphan, one resource) -> JSON emission in the Python rebuild's
  * exact key order, bailing on every value the Python road would refuse or report.
  *
- * Files (one concern each, shared declarations in crebuild.h): module.c (this: rebuild_one, the
- * method table, PyInit), config.c (configure and the vocabulary's JSON fragments), names.c (the
+ * Files (one concern each, shared declarations in crebuild.h): module.c (this: rebuild_one,
+ * rebuild_document, the method table, PyInit), config.c (configure and the vocabulary's JSON fragments), names.c (the
  * interned attribute names), json.c (JSON text as json.dumps writes it), wire.c (protobuf fields,
  * KeyValue and AnyValue, UTF-8), otlp.c (the OTLP messages), values.c (attribute indexes and
  * values as JSON), records.c (request, device, capabilities, artifacts, missing), span.c (one
- * span and its profile), trace.c (trace analysis, resource, metadata, assembly).
+ * span and its profile, the C-made records, group_stages), trace.c (trace analysis, resource, metadata, assembly).
  *
  * Speed (bench/bench_rebuild_native.py): the output buffers are kept from one call to the next,
  * the vocabulary's keys and words are escaped once by configure, attribute names are looked up
@@ -32,8 +32,8 @@
 
 static int busy;
 
-static PyObject *rebuild_one(PyObject *self, PyObject *arg) {
-    if (!crb_cfg.ready || busy) Py_RETURN_NONE;
+static PyObject *rebuild(PyObject *arg, int as_document) {
+    if (!crb_cfg.ready || busy || (as_document && crb_cfg.doc_cls == NULL)) Py_RETURN_NONE;
     Py_buffer view;
     if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) { /* not contiguous bytes: the Python road */
         PyErr_Clear();
@@ -41,7 +41,7 @@ static PyObject *rebuild_one(PyObject *self, PyObject *arg) {
     }
     busy = 1;
     Str data = {(const uint8_t *)view.buf, view.len};
-    PyObject *r = crb_rebuild(data);
+    PyObject *r = crb_rebuild(data, as_document);
     busy = 0;
     PyBuffer_Release(&view);
     if (r == NULL) {
@@ -56,12 +56,19 @@ static PyObject *rebuild_one(PyObject *self, PyObject *arg) {
     return r;
 }
 
+static PyObject *rebuild_one(PyObject *self, PyObject *arg) { return rebuild(arg, 0); }
+
+static PyObject *rebuild_document(PyObject *self, PyObject *arg) { return rebuild(arg, 1); }
+
 static PyMethodDef methods[] = {
     {"configure", crb_configure, METH_O, "configure(cfg: dict) -> None: attribute names and vocabularies."},
     {"rebuild_one", rebuild_one, METH_O,
      "rebuild_one(data) -> (trace_id, json, complete, service, root_name, start, end, span_count, stages, "
      "root_labels) | None (None: not the clean one-trace case; use the Python rebuild). stages is a tuple of "
      "StageObservation when configure() was given stage_class, else of 7-tuples."},
+    {"rebuild_document", rebuild_document, METH_O,
+     "rebuild_document(data) -> TraceDocument | None: rebuild_one's result as the TraceDocument configure() was "
+     "given as document_class (native=True), made in C; None as rebuild_one, or without document_class."},
     {"group_stages", crb_group_stages, METH_VARARGS,
      "group_stages(per_stage: dict, seqs: list, observable: tuple) -> int | None: the stage histograms' values "
      "of the StageObservations in seqs appended to per_stage (see _documents.group_stage_values); None: not "

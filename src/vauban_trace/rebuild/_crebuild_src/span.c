@@ -64,43 +64,45 @@ static int put_error(Buf *b, Span *sp) {
     return crb_put_jstr(b, et->s);
 }
 
-/* A StageObservation from its 7 field values (references stolen, NULL ones allowed: then NULL
- * back): allocated and filled as the dataclass __init__ would with object.__setattr__, minus
- * the Python frames: straight into the slots when configure found plain object slots, else
- * through the slot descriptors, and not tracked by the garbage collector. Without stage_class, a
- * 7-tuple. */
-static PyObject *make_stage(PyObject *v[7]) {
+/* A record of a configured slots class (StageObservation, TraceDocument) from its n field values
+ * (references stolen, NULL ones allowed: then NULL back): allocated and filled as the dataclass
+ * __init__ would with object.__setattr__, minus the Python frames: straight into the slots when
+ * configure found plain object slots, else through the slot descriptors; and not tracked by the
+ * garbage collector: it holds only str, int, float, None and tuples of them and is frozen, so it
+ * can never be part of a reference cycle (as the collector stops tracking such tuples). Without
+ * a class, an n-tuple. */
+PyObject *crb_make_record(PyTypeObject *cls, PyObject **slots, const Py_ssize_t *offset, int n, PyObject **v) {
     PyObject *obj = NULL;
-    for (int i = 0; i < 7; i++)
+    for (int i = 0; i < n; i++)
         if (v[i] == NULL) goto fail;
-    PyTypeObject *cls = crb_cfg.stage_cls;
     if (cls == NULL) {
-        obj = PyTuple_New(7);
+        obj = PyTuple_New(n);
         if (obj == NULL) goto fail;
-        for (int i = 0; i < 7; i++) PyTuple_SET_ITEM(obj, i, v[i]);
+        for (int i = 0; i < n; i++) PyTuple_SET_ITEM(obj, i, v[i]);
         return obj;
     }
     obj = cls->tp_alloc(cls, 0); /* zeroed: every slot empty */
     if (obj == NULL) goto fail;
-    for (int i = 0; i < 7; i++) {
-        Py_ssize_t off = crb_cfg.stage_offset[i];
-        if (off >= 0) {
-            *(PyObject **)((char *)obj + off) = v[i]; /* the reference moves into the slot */
+    for (int i = 0; i < n; i++) {
+        if (offset[i] >= 0) {
+            *(PyObject **)((char *)obj + offset[i]) = v[i]; /* the reference moves into the slot */
             v[i] = NULL;
         } else {
-            PyObject *d = crb_cfg.stage_slots[i];
+            PyObject *d = slots[i];
             if (Py_TYPE(d)->tp_descr_set(d, obj, v[i]) < 0) goto fail;
             Py_CLEAR(v[i]);
         }
     }
-    /* it holds only str, int, float and None and is frozen: it can never be part of a reference
-     * cycle, so the garbage collector need not track it (as it stops tracking such tuples) */
     if (PyObject_IS_GC(obj)) PyObject_GC_UnTrack(obj);
     return obj;
 fail:
     Py_XDECREF(obj);
-    for (int i = 0; i < 7; i++) Py_XDECREF(v[i]);
+    for (int i = 0; i < n; i++) Py_XDECREF(v[i]);
     return NULL;
+}
+
+static PyObject *make_stage(PyObject *v[7]) {
+    return crb_make_record(crb_cfg.stage_cls, crb_cfg.stage_slots, crb_cfg.stage_offset, 7, v);
 }
 
 typedef struct {

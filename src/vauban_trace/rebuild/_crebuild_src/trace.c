@@ -41,7 +41,7 @@ static PyObject *scalar_obj(const Attr *a) {
 }
 
 /* The whole road; returns a new tuple, or NULL to bail (exception cleared by the caller). */
-PyObject *crb_rebuild(Str data) {
+PyObject *crb_rebuild(Str data, int as_document) {
     crb_g.nattrs = crb_g.nevents = crb_g.nspans = crb_g.nscratch = 0;
     crb_g.has_spill = 0;
     if (crb_parse_traces_data(data) || crb_g.nspans == 0 || crb_g.has_spill) return NULL;
@@ -298,10 +298,18 @@ PyObject *crb_rebuild(Str data) {
         tid[2 * i + 1] = crb_hex[trace_id.p[i] & 15];
     }
     PyObject *service_obj = service ? scalar_obj(service) : Py_NewRef(Py_None);
-    result = Py_BuildValue("(s#NONNNNnNN)", tid, (Py_ssize_t)32, json, Py_True, service_obj,
+    if (as_document) { /* a TraceDocument: its fields in order, native=True last */
+        PyObject *v[11] = {PyUnicode_FromStringAndSize(tid, 32), json, Py_NewRef(Py_True), service_obj,
                            PyUnicode_DecodeUTF8((const char *)root->name.p, root->name.n, "strict"),
                            PyLong_FromUnsignedLongLong(root->start), PyLong_FromUnsignedLongLong(root->end),
-                           (Py_ssize_t)n, stages, labels);
+                           PyLong_FromSsize_t((Py_ssize_t)n), stages, labels, Py_NewRef(Py_True)};
+        result = crb_make_record(crb_cfg.doc_cls, crb_cfg.doc_slots, crb_cfg.doc_offset, 11, v);
+    } else {
+        result = Py_BuildValue("(s#NONNNNnNN)", tid, (Py_ssize_t)32, json, Py_True, service_obj,
+                               PyUnicode_DecodeUTF8((const char *)root->name.p, root->name.n, "strict"),
+                               PyLong_FromUnsignedLongLong(root->start), PyLong_FromUnsignedLongLong(root->end),
+                               (Py_ssize_t)n, stages, labels);
+    }
 out:
     PyMem_RawFree(order);
     PyMem_RawFree(ids);
