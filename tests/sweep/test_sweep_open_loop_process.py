@@ -4,6 +4,7 @@ crashes, exits early or goes silent (a clear error, never a hang), SIGINT and cl
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import vauban_trace as vt
 from vauban_trace import semconv
 from vauban_trace._exceptions import ConfigurationError, LoadGeneratorError
 from vauban_trace.cli import main
+from vauban_trace.executors.torch.tiny import cached_tiny_model
 from vauban_trace.sources import open_source
 from vauban_trace.sweep import (
     OPEN_LOOP_KEY,
@@ -299,6 +301,23 @@ def test_sigint_stops_the_sweep_and_its_child(tmp_path: Path) -> None:
     assert proc.returncode == 130 and "interrupted" in out
     with pytest.raises(ProcessLookupError):  # the child is gone (and was waited for: no zombie either)
         os.kill(child, 0)
+
+
+def test_the_cli_runs_an_arrival_rate_sweep_from_a_generator_process(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    model = cached_tiny_model("llama", hidden_size=64, num_layers=2)
+    store = tmp_path / "store"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from vauban_trace.cli import main; sys.exit(main())", "sweep",
+         "--model", str(model), "--store", str(store), "--axis", "arrival_rate", "--values", "20", "--window", "0.5",
+         "--warmup-s", "0.1", "--repeats", "1", "--arrivals", "constant", "--generator", "process",
+         "--sweep-id", "cli-proc"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "arrivals from a generator process" in proc.stdout and "hand-off p95" in proc.stdout
+    assert main(["sweep", "--profile", "cli-proc", "--source", f"store:{store}", "--json"]) == 0
+    (point,) = json.loads(capsys.readouterr().out)["open_loop"]["points"]
+    assert point["lateness_from"] == "generator" and point["handoff_s"]["n"] == point["traces"] == 10
 
 
 def test_the_generator_option_is_checked() -> None:

@@ -114,6 +114,9 @@ class ProcessGenerator:
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> ProcessGenerator:
+        if sys.platform == "win32":  # no descriptor passing to a child (pass_fds): declared, not emulated
+            raise LoadGeneratorError("the process arrival generator is not supported on Windows "
+                                     "(use generator='thread')")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock = mine
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
