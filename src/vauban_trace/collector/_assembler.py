@@ -157,11 +157,12 @@ class Assembler:
         incomplete-after cut-offs: a range scan of its pending index), up to ``batch`` at a time,
         so the cost of a pass follows the work done, not the number of traces still in their
         quiet period. The backlog (the pending-traces gauge and the backpressure signal) is
-        counted once per pass and kept current by subtraction while a large backlog drains.
+        counted once at the end of a pass, and kept current by subtraction while a backlog of
+        more than one batch drains.
         """
         done = 0
         with self._lock:
-            backlog = self._store.pending_count()
+            backlog: int | None = None
             for _ in range(10_000):  # bounded even if a store never cleared its pending entries
                 with self.handoff:
                     if force:
@@ -178,10 +179,9 @@ class Assembler:
                 self.rebuilt += len(ready)
                 if len(ready) < self._batch:
                     break
-                backlog = max(0, backlog - len(ready))
+                backlog = self._store.pending_count() if backlog is None else max(0, backlog - len(ready))
                 self._report_backlog(backlog)
-            if done:
-                backlog = self._store.pending_count()
+            backlog = self._store.pending_count()
             self._report_backlog(backlog)
             if not backlog and self._snapshots:
                 self._drop_snapshots()  # left by a trace rebuilt before its snapshot came

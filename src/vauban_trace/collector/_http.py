@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
         if close or self.close_connection:
             head.append("Connection: close")
             self.close_connection = True
-        self.server.metrics.requests.labels("http", str(status)).inc()
+        self.server.metrics.count(self.server.metrics.requests, ("http", str(status)))
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
     def _refuse(self, media: str, refusal: _Refusal) -> None:

@@ -170,12 +170,12 @@ class Ingestor:
             received = len(request)
             if not received:
                 return Outcome(0, 0, 0, "")
-            self._metrics.spans_received.labels(transport).inc(received)
+            self._metrics.count(self._metrics.spans_received, (transport,), received)
             return self._store_job(_Job(request, received), 0, "")
         check = drop_invalid_spans(request)
         received = check.valid + check.rejected
         if received:
-            self._metrics.spans_received.labels(transport).inc(received)
+            self._metrics.count(self._metrics.spans_received, (transport,), received)
         if check.rejected - check.bad_time:
             self._metrics.spans_rejected.labels("invalid_id").inc(check.rejected - check.bad_time)
         if check.bad_time:

@@ -131,6 +131,7 @@ class CollectorMetrics:
         )
         self._seen: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self._child_cache: dict[tuple[str, tuple[str, ...]], tuple[Any, np.ndarray | None]] = {}
+        self._counters: dict[tuple[str, tuple[str, ...]], Any] = {}  # count()'s children
         self._seen_cap = remember_traces
         self._lock = threading.Lock()  # the seen sets, the pending values and their folding
         # per label set and stage, the values waiting to be folded in (packed doubles), and how many
@@ -141,6 +142,15 @@ class CollectorMetrics:
         r.register(_StageHistograms(self))
         self._server: Any = None
         self._thread: threading.Thread | None = None
+
+    def count(self, metric: Counter, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        """``metric.labels(*labels).inc(amount)`` with the child cached (the per-request counters:
+        ``labels`` builds a tuple of str and takes a lock on every call)."""
+        key = (metric._name, labels)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = metric.labels(*labels)
+        child.inc(amount)
 
     # -- stage histograms -----------------------------------------------------------------
     def observe_documents(self, docs: Iterable[TraceDocument]) -> int:
