@@ -3,7 +3,7 @@
 ::
 
     from vauban_trace.store import TraceStore
-    ts = TraceStore(".vauban")        # .vauban/traces.sqlite, documents/, blobs/, traces/<id>.json
+    ts = TraceStore(".vauban")        # .vauban/traces.sqlite, spans/, documents/, blobs/, traces/<id>.json
     accepted, duplicates = ts.add_spans(export_request)   # committed (fsync'd) when it returns
     for p in ts.pending_traces():     # changed since last rebuild: p.has_root, p.last_received_unix_nano
         data = ts.spans_for(p.trace_id)                   # OTLP TracesData
@@ -14,8 +14,12 @@
 
 - :class:`TraceStore` SQLite (WAL, ``synchronous=FULL``, busy timeout) at ``<dir>/traces.sqlite``.
   Raw spans are keyed by (trace_id, span_id); each is a one-span ``ResourceSpans`` protobuf, kept
-  in per-trace span batches (one SQLite row per trace and write, ``_batch`` encoding: schema 3 on);
-  rebuilt Trace JSON is appended to segment files ``documents/seg-<id>.jsonl`` and its row holds
+  in per-trace span batches (one SQLite row per trace and write, ``_batch`` encoding: schema 3 on),
+  whose blobs are appended to span segment files ``spans/seg-<id>.spans`` and ``fdatasync``-ed
+  before the commit of their rows (segment, offset, length, BLAKE3 digest) (schema 5,
+  ``_rawspans``): every read checks them, and a damaged batch raises :class:`TraceStoreError`
+  naming the trace and segment (raw spans lost; ``compact_spans`` compacts span segments whose
+  batches were mostly merged away); rebuilt Trace JSON is appended to segment files ``documents/seg-<id>.jsonl`` and its row holds
   (segment, offset, length, BLAKE3 digest) (schema 4): reads verify the text, and a text lost or
   torn in a crash puts its trace back to pending (rebuilt from the raw spans), never served corrupt;
   ``compact_documents`` rewrites segments mostly made of replaced texts (``put_documents`` runs it
@@ -32,12 +36,13 @@
   Older databases are migrated on open; newer ones are refused.
 - Operating a store (``_maintenance``; ``vauban-trace store verify|stats|compact|rebuild``):
   ``verify_store(repair=False)`` -> :class:`VerifyReport` reads back every text (length + digest),
-  every segment's bookkeeping (live bytes, committed end, overlaps, file length) and every raw span
-  batch (the batch codec's decode); ``repair=True`` makes broken traces pending with the store's
+  every segment's bookkeeping (live bytes, committed end, overlaps, file length; Trace JSON and span
+  segments) and every raw span batch (length + digest, then the batch codec's decode); ``repair=True`` makes broken traces pending with the store's
   own invalidation (and recovery / live-bytes recount for segments); ``store_stats()`` ->
   :class:`StoreStats`; ``rebuild_stored(ids | None, pending=False)`` -> :class:`RebuildReport`
   rebuilds from the raw spans with this version's rebuild (:func:`rebuild_document`, the
-  collector's road) and stores the traces whose text changed; ``compact_documents(threshold)``.
+  collector's road) and stores the traces whose text changed; ``compact_documents(threshold)``,
+  ``compact_spans(threshold)``.
   All safe beside a running collector; ``recovered_at_open`` counts what the open's crash
   recovery made pending.
 - :class:`TraceSummary` a listed trace: id, service, root name, start, duration, span count,
