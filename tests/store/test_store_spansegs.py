@@ -215,3 +215,50 @@ def test_a_v4_migration_killed_before_its_commit_leaves_the_v4_store(tmp_path: P
         assert ts.verify_store().ok
         assert sorted(os.listdir(store / "spans")) == [segment_path(store, s.id, SPANS).name
                                                        for s in ts.store_stats().span_segments]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_writes_merges_rolls_and_compactions_keep_the_latest_copy_of_every_span(tmp_path: Path,
+                                                                                       seed: int) -> None:
+    """A model (the latest copy of each span id wins) against the store, through duplicates,
+    replacements, merges at COMPACT_AT, tiny span segments and compactions at random times."""
+    import random
+
+    from vauban_trace.store._ingest import extract_rows, snapshot_bytes
+
+    rng = random.Random(seed)
+    ts = TraceStore(tmp_path)
+    ts._spans.writer.roll_bytes = 1500
+    model: dict[str, dict[str, object]] = {}
+    tids = [_tid(100 + k) for k in range(3)]
+    for _step in range(120):
+        tid = rng.choice(tids)
+        spans = []
+        for n in rng.sample(range(1, 31), rng.randint(1, 4)):  # distinct ids in one request
+            sid = f"{n:016x}"
+            parent = None if sid == f"{1:016x}" else f"{1:016x}"
+            spans.append(make_span(tid, sid, f"s{sid[-2:]}", parent=parent, start=int(sid, 16) * 10,
+                                   end=int(sid, 16) * 10 + rng.choice((5, 7)), attrs={"v": "x" * rng.choice((40, 90))}))
+        request = make_request(*spans)
+        rows, problems = extract_rows(request.resource_spans)
+        assert not problems
+        ts.add_spans(request)
+        for r in rows:
+            model.setdefault(tid, {}).pop(r.span_id, None)
+            model[tid][r.span_id] = r
+        if rng.random() < 0.2:
+            assert ts.add_spans(request)[0] == 0  # the same request again: all duplicates
+        if rng.random() < 0.1:
+            ts.compact_spans(threshold=rng.choice((0.5, 0.9, 1.01)))
+    for tid, spans_by_id in model.items():
+        assert ts.spans_for_bytes(tid) == snapshot_bytes(list(spans_by_id.values()))  # type: ignore[arg-type]
+        assert ts.raw_span_count(tid) == len(spans_by_id)
+    _span_live_ok(ts)
+    report = ts.verify_store()
+    assert report.ok, report.problems
+    ts.close()
+    with TraceStore(tmp_path) as again:
+        for tid, spans_by_id in model.items():
+            assert again.spans_for_bytes(tid) == snapshot_bytes(list(spans_by_id.values()))  # type: ignore[arg-type]
+        assert sorted(os.listdir(tmp_path / "spans")) == [segment_path(tmp_path, s.id, SPANS).name
+                                                          for s in again.store_stats().span_segments]
