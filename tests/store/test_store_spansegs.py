@@ -262,3 +262,37 @@ def test_random_writes_merges_rolls_and_compactions_keep_the_latest_copy_of_ever
             assert again.spans_for_bytes(tid) == snapshot_bytes(list(spans_by_id.values()))  # type: ignore[arg-type]
         assert sorted(os.listdir(tmp_path / "spans")) == [segment_path(tmp_path, s.id, SPANS).name
                                                           for s in again.store_stats().span_segments]
+
+
+def test_a_batch_merged_away_while_compaction_reads_is_not_moved(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compaction reads a sealed segment's rows without the write lock; a row deleted before its
+    move transaction (a merge in another process) stays deleted and its copy counts as dead."""
+    from vauban_trace.store import _db
+
+    ts = TraceStore(tmp_path)
+    for i in range(3):
+        ts.add_spans(make_request(make_span(_tid(i), ROOT, f"r{i}", attrs={"pad": "p" * 100})))
+    ts._spans.close()  # seal the segment
+    (gone_id, gone_seg, gone_len) = ts._conn().execute(
+        "SELECT id, seg, len FROM span_batches WHERE trace_id = ?", (_tid(1),)).fetchone()
+    real = _db.read_live  # type: ignore[attr-defined]
+
+    def read_then_merge(*args: object) -> object:
+        out = real(*args)  # type: ignore[arg-type]
+        other = TraceStore(tmp_path)  # another writer deletes a batch meanwhile
+        with other._write_tx("merge") as conn:
+            conn.execute("DELETE FROM span_batches WHERE id = ?", (gone_id,))
+            conn.execute("UPDATE span_segments SET live_bytes = live_bytes - ? WHERE id = ?", (gone_len, gone_seg))
+        other.close()
+        return out
+
+    monkeypatch.setattr(_db, "read_live", read_then_merge)
+    assert ts.compact_spans(threshold=1.01) == 1
+    assert ts._conn().execute("SELECT COUNT(*) FROM span_batches WHERE id = ?", (gone_id,)).fetchone() == (0,)
+    _span_live_ok(ts)
+    assert ts.raw_span_count(_tid(0)) == ts.raw_span_count(_tid(2)) == 1 and ts.verify_store().ok
+    stats = ts.store_stats()
+    (seg,) = stats.span_segments
+    assert seg.bytes - seg.live_bytes == gone_len  # the copy of the deleted batch is dead
+    ts.close()

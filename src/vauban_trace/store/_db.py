@@ -82,9 +82,11 @@ from vauban_trace.store._maintenance import StoreMaintenance
 from vauban_trace.store._rawspans import (
     RawSpanError,
     SpanSegments,
-    compact_span_segment,
     compaction_candidates,
+    hold_segment,
+    move_batches,
     orphans_present,
+    read_live,
     short_segments,
 )
 from vauban_trace.store._rebuilt import RebuiltTraces
@@ -354,8 +356,9 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
 
     def compact_spans(self, threshold: float = COMPACT_BELOW) -> int:
         """Compact every sealed span segment whose live share is under ``threshold`` (batches
-        merged away by ``_ingest``): its live batches are checked, copied into this object's span
-        segment and synced, the rows moved in one durable commit, then the file is deleted.
+        merged away by ``_ingest``): its rows are read without the write lock, its live batches
+        checked, copied into this object's span segment and synced, the rows moved in one short
+        durable commit, then the file is deleted (``_rawspans``).
         Segments another writer holds, and segments holding a damaged batch (logged; ``verify``
         reports them), are skipped. Returns how many segments were removed. Run whenever the
         span writer rolls a segment."""
@@ -365,19 +368,28 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
         except sqlite3.Error as exc:
             raise TraceStoreError(f"reading {str(self.db_path)!r}: {exc}") from exc
         for segment in candidates:
+            fd = hold_segment(self._spans, segment)
+            if fd is None:
+                continue  # a writer (or another compaction) holds it
             try:
-                with self._write_tx("compact_spans") as conn:
-                    moved = compact_span_segment(conn, self._spans, segment)
-            except BaseException:
-                self._spans.close()  # as after a failed ingest
-                raise
-            if moved is None:
-                continue
-            if moved[1]:
-                _log.error("vauban-trace store: span segment %s holds %d damaged span batch(es); it is not "
-                           "compacted (`vauban-trace store verify` lists them)", self._spans.path(segment).name,
-                           moved[1])
-                continue
+                # a read snapshot, no write lock: the writers go on during the scan and the reads
+                rows = [(int(a), int(b), int(c), bytes(d)) for a, b, c, d in self._read(
+                    "SELECT id, off, len, digest FROM span_batches WHERE seg = ? ORDER BY off", (segment,))]
+                good, bad = read_live(self._spans, segment, fd, rows)
+                if bad:
+                    _log.error("vauban-trace store: span segment %s holds %d damaged span batch(es); it is not "
+                               "compacted (`vauban-trace store verify` lists them)", self._spans.path(segment).name,
+                               bad)
+                    continue
+                try:
+                    with self._write_tx("compact_spans") as conn:
+                        move_batches(conn, self._spans, segment, good)
+                except BaseException:
+                    self._spans.close()  # as after a failed ingest
+                    raise
+            finally:
+                if fd >= 0:
+                    os.close(fd)
             self._spans.forget(segment)
             unlink_segment(self._span_folder, segment, SPANS)
             removed += 1

@@ -30,10 +30,13 @@ another process may have moved the batch); ``_ingest`` compares the incoming spa
 with its intact batches only and stores the others as a new batch (so the collector keeps
 accepting spans, and a retry is still a duplicate); ``verify_store`` reports it.
 
-Compaction (:func:`compact_span_segment`): merges make batches dead. A sealed span segment whose
-live share is under the threshold has its live batches read and checked, appended to the
-writer's segment and synced, the rows moved and the segment's row deleted in one durable
-transaction; the file is unlinked after the commit. A segment holding a batch that fails its
+Compaction (``TraceStore.compact_spans``: :func:`hold_segment`, :func:`read_live`,
+:func:`move_batches`): merges make batches dead. A sealed span segment whose live share is under
+the threshold is locked (its ``flock``), its rows are read OUTSIDE any write transaction (a full
+scan of ``span_batches``: there is no index on ``seg``, which would cost the ingest 0.1 µs per
+span, so the scan must not hold the write lock) and its live batches read and checked, then
+appended to the writer's segment and synced, the rows moved and the segment's row deleted in one
+short durable transaction; the file is unlinked after the commit. A segment holding a batch that fails its
 check is left as it is (the damaged bytes stay where ``verify`` finds them). At open,
 :func:`orphans_present` / ``_segments.remove_orphans`` delete span segment files no row names; a
 span segment shorter than its committed end is logged as data loss (:func:`short_segments`),
@@ -193,46 +196,67 @@ def compaction_candidates(conn: sqlite3.Connection, threshold: float, skip: int 
         (skip, float(threshold)))]
 
 
-def compact_span_segment(conn: sqlite3.Connection, spans: SpanSegments, segment: int) -> tuple[int, int] | None:
-    """Move the live batches of sealed span ``segment`` into the writer's segment (inside the
-    caller's write transaction, which must commit durably before ``_segments.unlink_segment``).
-    None when another writer holds it; (batches moved, 0) when done; (0, damaged batches) when a
-    batch fails its check: then nothing changes (the segment stays, for ``verify``)."""
+def hold_segment(spans: SpanSegments, segment: int) -> int | None:
+    """A read descriptor of sealed span ``segment`` holding its writer lock (``flock``: no writer
+    appends to it while held, and no other compaction takes it), -1 when the file is missing, None
+    when a writer (or another compaction) holds it."""
     path = spans.path(segment)
-    rows = conn.execute("SELECT id, trace_id, off, len, digest FROM span_batches WHERE seg = ? ORDER BY off",
-                        (segment,)).fetchall()
     try:
         fd = os.open(path, _OPEN_READ)
     except FileNotFoundError:
-        if rows:
-            return 0, len(rows)
-        conn.execute("DELETE FROM span_segments WHERE id = ?", (segment,))
-        return 0, 0
+        return -1
     except OSError as exc:
         raise TraceStoreError(f"cannot open span segment {str(path)!r}: {exc}") from exc
     try:
-        if not _lock(fd, path):
-            return None
-        good: list[tuple[int, bytes]] = []
-        bad = 0
-        for batch_id, _tid, off, length, expected in rows:
-            try:
-                data = os.pread(fd, int(length), int(off))
-                check_extent(data, path.name, int(off), int(length), bytes(expected), "batch")
-            except (OSError, DocumentError):
-                bad += 1
-                continue
-            good.append((int(batch_id), data))
-        if bad:
-            return 0, bad
-        if good:
-            new_segment, refs = spans.append(conn, [g[1] for g in good])
-            conn.executemany("UPDATE span_batches SET seg = ?, off = ? WHERE id = ?",
-                             [(new_segment, ref[0], batch_id) for (batch_id, _d), ref in zip(good, refs, strict=True)])
-        conn.execute("DELETE FROM span_segments WHERE id = ?", (segment,))
-        return len(good), 0
-    finally:
+        if _lock(fd, path):
+            return fd
+    except BaseException:
         os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def read_live(spans: SpanSegments, segment: int, fd: int,
+              rows: list[tuple[int, int, int, bytes]]) -> tuple[list[tuple[int, bytes]], int]:
+    """The batches ``rows`` (id, offset, length, digest) of held ``segment`` read and checked:
+    ([(batch id, blob)], how many are damaged or unreadable)."""
+    name = spans.path(segment).name
+    good: list[tuple[int, bytes]] = []
+    bad = 0
+    for batch_id, off, length, expected in rows:
+        try:
+            if fd < 0:
+                raise DocumentError("missing")
+            data = os.pread(fd, int(length), int(off))
+            check_extent(data, name, int(off), int(length), bytes(expected), "batch")
+        except (OSError, DocumentError):
+            bad += 1
+            continue
+        good.append((int(batch_id), data))
+    return good, bad
+
+
+def move_batches(conn: sqlite3.Connection, spans: SpanSegments, segment: int, good: list[tuple[int, bytes]]) -> int:
+    """Inside a write transaction that must commit durably before the file is unlinked: append the
+    blobs of ``good`` (read from held ``segment`` by :func:`read_live`) to the writer's segment
+    (synced), point their rows there and delete the segment's row. A row deleted meanwhile (a
+    merge committed after the rows were read) is not moved and its copy counts as dead; rows
+    never come INTO a sealed segment, so none is missed. Returns the batches moved."""
+    moved = 0
+    if good:
+        new_segment, refs = spans.append(conn, [blob for _id, blob in good])
+        dead = 0
+        for (batch_id, _blob), (off, length, _digest) in zip(good, refs, strict=True):
+            if conn.execute("UPDATE span_batches SET seg = ?, off = ? WHERE id = ? AND seg = ?",
+                            (new_segment, off, batch_id, segment)).rowcount:
+                moved += 1
+            else:
+                dead += length
+        if dead:
+            conn.execute("UPDATE span_segments SET live_bytes = live_bytes - ? WHERE id = ?", (dead, new_segment))
+    conn.execute("DELETE FROM span_segments WHERE id = ?", (segment,))
+    return moved
 
 
 def short_segments(conn: sqlite3.Connection, folder: Path) -> list[tuple[int, int, int | None]]:
@@ -293,5 +317,5 @@ def segment_issues(folder: Path, segs: list[tuple[int, int, int]],
     return issues
 
 
-__all__ = ["BatchRef", "RawSpanError", "SpanSegments", "compact_span_segment", "compaction_candidates",
-           "orphans_present", "recount_live", "release", "segment_issues", "short_segments"]
+__all__ = ["BatchRef", "RawSpanError", "SpanSegments", "compaction_candidates", "hold_segment", "move_batches",
+           "orphans_present", "read_live", "recount_live", "release", "segment_issues", "short_segments"]
