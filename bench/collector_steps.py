@@ -33,7 +33,7 @@ DURABLE = ("TraceStore.ingest_parts of the cut rows (durable write: span batches
            "fdatasync, a row per trace + commit)")
 SPANS_STEP = "spans for the rebuild (new trace: in-memory snapshot)"
 REBUILD = "rebuild_documents (rebuild + Trace JSON + summary)"
-METRICS = "stage histograms (collector, one bulk update per assembly pass)"
+METRICS = "stage histograms (collector: values grouped per assembly pass, folded per series before scrapes)"
 PUT = "TraceStore.put_documents (Trace JSON appended to a segment + rows, committed as the assembler does; files on read)"
 FILES = "traces/<id>.json files with --trace-files eager (median of 3 rounds)"
 READ_BACK = "TraceStore.spans_for_bytes (read back, digest-checked: late spans, after a restart)"
