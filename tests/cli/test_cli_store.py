@@ -133,7 +133,7 @@ def test_span_segments_in_stats_verify_and_compact(tmp_path: Path, capsys: pytes
     data[off + length - 1] ^= 0x01
     path.write_bytes(bytes(data))
     code, out, _err = _run(capsys, "verify", "--store", str(store), "--repair")
-    assert code == 1 and f"span_batch  span batch" in out and f"(trace {victim})" in out
+    assert code == 1 and "span_batch  span batch" in out and f"(trace {victim})" in out
     assert f"spans/seg-{seg:06d}.spans" in out and "fails its digest" in out and "[not repaired]" in out
     assert "span batches: " in out and "1 damaged or undecodable" in out
 
