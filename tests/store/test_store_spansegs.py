@@ -296,3 +296,22 @@ def test_a_batch_merged_away_while_compaction_reads_is_not_moved(tmp_path: Path,
     (seg,) = stats.span_segments
     assert seg.bytes - seg.live_bytes == gone_len  # the copy of the deleted batch is dead
     ts.close()
+
+
+def test_wrong_span_segment_bookkeeping_is_reported_and_live_bytes_repaired(tmp_path: Path) -> None:
+    ts = TraceStore(tmp_path)
+    ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root"), make_span(TRACE_B, ROOT, "b")))
+    conn = ts._conn()
+    conn.execute("UPDATE span_segments SET live_bytes = live_bytes + 7")
+    report = ts.verify_store()
+    (problem,) = report.problems
+    assert problem.kind == "span_segment" and "live_bytes says" in problem.detail and report.span_segments_bad == 1
+    report = ts.verify_store(repair=True)
+    assert report.repaired == 1 and ts.verify_store().ok
+    _span_live_ok(ts)
+    conn.execute("UPDATE span_batches SET seg = 99 WHERE trace_id = ?", (TRACE_B,))
+    report = ts.verify_store(repair=True)
+    details = [p.detail for p in report.problems]
+    assert any("span segment 99, which span_segments does not list" in d for d in details)
+    assert any("file is missing" in d for d in details) and not report.ok  # the batch cannot be read either
+    ts.close()
