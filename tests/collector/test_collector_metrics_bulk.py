@@ -136,3 +136,23 @@ def test_the_stage_histograms_keep_their_place_in_the_exposition() -> None:
     assert names[i + 1:i + 4] == ["vauban_stage_duration_seconds", "vauban_stage_bytes", "vauban_stage_sync_points"]
     text = generate_latest(metrics.registry).decode()
     assert text.count("# TYPE vauban_stage_duration_seconds histogram") == 1
+
+
+def test_root_labels_equal_but_of_another_type_keep_their_own_series() -> None:
+    """True == 1 == 1.0 in Python, but their label values differ ("True" vs "1"): the cache of the
+    root labels' strings must not hand one the other's series (whichever came first)."""
+    from vauban_trace.rebuild import StageObservation
+
+    def doc(tid: str, value: object) -> TraceDocument:
+        stages = (StageObservation(f"{tid[:15]}1", "forward", 0.01, None, None, None, None),)
+        return TraceDocument(tid, "{}", True, None, "root", 0, 1, 1, stages, ("m", "flag", value), False)
+
+    metrics = CollectorMetrics()
+    for i, value in enumerate((True, 1, 1.0, False, 0, "1")):
+        metrics.observe_documents([doc(f"{i:032x}", value)])
+
+    def count(value: str) -> float | None:
+        return metrics.registry.get_sample_value("vauban_stage_duration_seconds_count", {
+            "stage": "forward", "model": "m", "sweep_axis": "flag", "sweep_value": value})
+
+    assert (count("True"), count("1"), count("False"), count("0")) == (1.0, 3.0, 1.0, 1.0)

@@ -138,7 +138,7 @@ class CollectorMetrics:
         self._pending: dict[tuple[str, str, str], dict[str, StageValues]] = {}
         self._pending_n = 0
         self._pending_cap = pending_values
-        self._labels: dict[tuple[Any, Any, Any], tuple[str, str, str]] = {}  # root labels -> label values
+        self._labels: dict[tuple[Any, ...], tuple[str, str, str]] = {}  # root labels (and types) -> label values
         r.register(_StageHistograms(self))
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -175,11 +175,15 @@ class CollectorMetrics:
         by_labels: dict[tuple[str, str, str], list[Sequence[StageObservation]]] = {}
         with self._lock:
             for doc in docs:
-                if doc.root_labels is None:
+                root = doc.root_labels
+                if root is None:
                     continue
-                labels = self._labels.get(doc.root_labels)
+                # keyed with the values' types too: True == 1 == 1.0 are one dict key, but
+                # "True" and "1" are two label values
+                key = (root, type(root[0]), type(root[1]), type(root[2]))
+                labels = self._labels.get(key)
                 if labels is None:
-                    labels = self._label_values(doc.root_labels)
+                    labels = self._label_values(key, root)
                 fresh = self._fresh(doc.trace_id, doc.stages)
                 queued = by_labels.get(labels)
                 if queued is None:
@@ -201,11 +205,11 @@ class CollectorMetrics:
         with self._lock:
             self._fold()
 
-    def _label_values(self, root_labels: tuple[Any, Any, Any]) -> tuple[str, str, str]:
-        """The label values of a root's (model, sweep axis, axis value), remembered."""
+    def _label_values(self, key: tuple[Any, ...], root_labels: tuple[Any, Any, Any]) -> tuple[str, str, str]:
+        """The label values of a root's (model, sweep axis, axis value), remembered under ``key``."""
         if len(self._labels) >= 4096:  # bounded: label sets are few, but their values come from clients
             self._labels.clear()
-        labels = self._labels[root_labels] = (_label(root_labels[0]), _label(root_labels[1]), _label(root_labels[2]))
+        labels = self._labels[key] = (_label(root_labels[0]), _label(root_labels[1]), _label(root_labels[2]))
         return labels
 
     def _fresh(self, trace_id: str, stages: tuple[StageObservation, ...]) -> Sequence[StageObservation]:
