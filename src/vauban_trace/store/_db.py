@@ -192,6 +192,14 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
+                # rolled back: a segment allocated in this transaction has no row any more (its id may
+                # be handed out again) and what was appended is dead or of unknown fate (a failed
+                # write or sync), so neither writer appends to its segment again. Sealed HERE, under
+                # the write lock and before the rollback frees the id: a thread waiting for the lock
+                # must never write to it, and a close after the lock is released could close another
+                # thread's new segment mid-write
+                self._segments.close()
+                self._spans.writer.close()
                 if conn.in_transaction:
                     try:
                         conn.execute("ROLLBACK")
@@ -308,14 +316,9 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
         fresh: dict[str, list[SpanRow]] | None = {} if snapshots else None
         if rows:
             now = time.time_ns()
-            try:
-                with self._write_tx("add_spans") as conn:
-                    accepted, duplicates, touched = store_rows(conn, rows, now, self._spans, fresh)
-            except BaseException:
-                # rolled back: a span segment allocated in this transaction has no row any more (its
-                # id may be handed out again), so never append to it again; what was written is dead
-                self._spans.close()
-                raise
+            # a failure rolls back and seals the span segment (``_write_tx``): what was written is dead
+            with self._write_tx("add_spans") as conn:
+                accepted, duplicates, touched = store_rows(conn, rows, now, self._spans, fresh)
             if self._spans.writer.rolled:
                 self._spans.writer.rolled = False
                 try:
@@ -381,12 +384,8 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
                                "compacted (`vauban-trace store verify` lists them)", self._spans.path(segment).name,
                                bad)
                     continue
-                try:
-                    with self._write_tx("compact_spans") as conn:
-                        move_batches(conn, self._spans, segment, good)
-                except BaseException:
-                    self._spans.close()  # as after a failed ingest
-                    raise
+                with self._write_tx("compact_spans") as conn:  # a failure seals the writer's segment
+                    move_batches(conn, self._spans, segment, good)
             finally:
                 if fd >= 0:
                     os.close(fd)

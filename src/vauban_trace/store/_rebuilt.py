@@ -143,25 +143,20 @@ class RebuiltTraces:
             if not isinstance(doc.json, str):
                 raise TraceStoreError(f"put_trace: trace {tid}: the Trace JSON must be text, got {type(doc.json).__name__}")
         now = time.time_ns()
-        try:
-            with self._write_tx("put_trace", durable=durable) as conn:
-                segment, refs = self._segments.append_texts(conn, [doc.json for doc, _v, _t, _p in prepared],
-                                                            sync=durable)
-                params = []
-                for (doc, version, tid, _path), (off, length, dig) in zip(prepared, refs, strict=True):
-                    v = None if version is None else int(version)
-                    params.append((
-                        tid, v, now, segment, off, length, dig, int(doc.complete), doc.service, doc.root_name,
-                        doc.start_unix_nano, max(0, doc.end_unix_nano - doc.start_unix_nano) / 1e9, doc.span_count,
-                        v,
-                    ))
-                account(conn, [p[0] for p in params], segment, sum(r[1] for r in refs))
-                conn.executemany(_PUT_TRACE, params)
-        except BaseException:
-            # rolled back: a segment allocated in this transaction has no row any more (its id may be
-            # handed out again), so never append to it again; the bytes written are dead either way
-            self._segments.close()
-            raise
+        # a failure rolls back and seals the segment (``_write_tx``): the bytes written are dead
+        with self._write_tx("put_trace", durable=durable) as conn:
+            segment, refs = self._segments.append_texts(conn, [doc.json for doc, _v, _t, _p in prepared],
+                                                        sync=durable)
+            params = []
+            for (doc, version, tid, _path), (off, length, dig) in zip(prepared, refs, strict=True):
+                v = None if version is None else int(version)
+                params.append((
+                    tid, v, now, segment, off, length, dig, int(doc.complete), doc.service, doc.root_name,
+                    doc.start_unix_nano, max(0, doc.end_unix_nano - doc.start_unix_nano) / 1e9, doc.span_count,
+                    v,
+                ))
+            account(conn, [p[0] for p in params], segment, sum(r[1] for r in refs))
+            conn.executemany(_PUT_TRACE, params)
         if self._segments.rolled:
             self._segments.rolled = False
             self.compact_documents()
@@ -178,12 +173,8 @@ class RebuiltTraces:
         except sqlite3.Error as exc:
             raise TraceStoreError(f"reading {str(self.db_path)!r}: {exc}") from exc
         for segment in candidates:
-            try:
-                with self._write_tx("compact_documents") as conn:
-                    moved = compact_segment(conn, self._segments, segment, _INVALIDATE)
-            except BaseException:
-                self._segments.close()  # as in put_documents
-                raise
+            with self._write_tx("compact_documents") as conn:  # a failure seals the writer's segment
+                moved = compact_segment(conn, self._segments, segment, _INVALIDATE)
             if moved is None:
                 continue
             unlink_segment(self._folder, segment)

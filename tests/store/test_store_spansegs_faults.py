@@ -1,0 +1,160 @@
+"""Span segments under faults: full disks, failed syncs, threads racing a failed ingest, kill -9."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from store_testlib import CHILD, ROOT, TRACE_A, TRACE_B, make_request, make_span
+
+from vauban_trace.store import TraceStore, TraceStoreError
+from vauban_trace.store._segments import SPANS, segment_path
+
+
+def _seg_of(ts: TraceStore, tid: str) -> int:
+    (seg,) = ts._conn().execute("SELECT seg FROM span_batches WHERE trace_id = ? ORDER BY id DESC LIMIT 1",
+                                (tid,)).fetchone()
+    return int(seg)
+
+
+def _fail_once(monkeypatch: pytest.MonkeyPatch, name: str, err: int, *, when: object = None) -> list[int]:
+    """Make ``os.<name>`` raise ``OSError(err)`` once (for calls ``when(args)`` accepts)."""
+    real = getattr(os, name)
+    calls: list[int] = []
+
+    def failing(*args: object) -> object:
+        if not calls and (when is None or when(*args)):  # type: ignore[operator]
+            calls.append(1)
+            raise OSError(err, os.strerror(err))
+        return real(*args)
+
+    monkeypatch.setattr(os, name, failing)
+    return calls
+
+
+@pytest.mark.parametrize(("call", "err"), [("writev", errno.ENOSPC), ("fdatasync", errno.EIO),
+                                           ("fdatasync", errno.ENOSPC)])
+def test_a_failed_write_or_sync_rolls_back_and_abandons_the_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     call: str, err: int) -> None:
+    ts = TraceStore(tmp_path)
+    assert ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root"))) == (1, 0)
+    first = _seg_of(ts, TRACE_A)
+    calls = _fail_once(monkeypatch, call, err)
+    with pytest.raises(TraceStoreError, match=os.strerror(err)):
+        ts.add_spans(make_request(make_span(TRACE_B, ROOT, "b"), make_span(TRACE_A, CHILD, "c", parent=ROOT)))
+    assert calls == [1]
+    assert ts._conn().execute("SELECT COUNT(*) FROM span_batches WHERE trace_id = ?", (TRACE_B,)).fetchone() == (0,)
+    assert ts.raw_span_count(TRACE_A) == 1  # nothing of the failed call was committed
+    # the store goes on, never appending after the bytes whose fate is unknown
+    assert ts.add_spans(make_request(make_span(TRACE_B, ROOT, "b"), make_span(TRACE_A, CHILD, "c", parent=ROOT))) \
+        == (2, 0)
+    assert _seg_of(ts, TRACE_B) != first
+    (end,) = ts._conn().execute("SELECT bytes FROM span_segments WHERE id = ?", (first,)).fetchone()
+    assert os.path.getsize(segment_path(tmp_path / "spans", first, SPANS)) >= end
+    assert ts.verify_store().ok
+    ts.close()
+    with TraceStore(tmp_path) as again:
+        assert again.raw_span_count(TRACE_A) == 2 and again.raw_span_count(TRACE_B) == 1
+        assert again.verify_store().ok
+
+
+def test_a_failed_ingest_abandons_its_segment_before_another_thread_writes(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread A's write allocates a span segment, appends, then fails: its transaction rolls back,
+    so the segment has no row. Thread B, waiting for the write lock, must not append to that
+    segment (its rows would name a segment the next open deletes as an orphan)."""
+    from vauban_trace.store import _db, _segments
+
+    ts = TraceStore(tmp_path)
+    a_appended, b_done = threading.Event(), threading.Event()
+    real_store_rows = _db.store_rows
+    real_close = _segments.SegmentWriter.close
+
+    class Boom(Exception):
+        pass
+
+    def store_rows_then_fail(*args: object, **kwargs: object) -> object:
+        out = real_store_rows(*args, **kwargs)  # type: ignore[arg-type]
+        if threading.current_thread().name == "A":
+            a_appended.set()
+            raise Boom()
+        return out
+
+    def slow_close(self: _segments.SegmentWriter) -> None:
+        if threading.current_thread().name == "A" and self.kind is SPANS and self.segment is not None:
+            b_done.wait(1.0)  # let B in if the lock allows it
+        real_close(self)
+
+    monkeypatch.setattr(_db, "store_rows", store_rows_then_fail)
+    monkeypatch.setattr(_segments.SegmentWriter, "close", slow_close)
+    errors: list[BaseException] = []
+
+    def a() -> None:
+        try:
+            ts.add_spans(make_request(make_span(TRACE_A, ROOT, "a")))
+        except Boom:
+            pass
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def b() -> None:
+        try:
+            a_appended.wait(5)
+            assert ts.add_spans(make_request(make_span(TRACE_B, ROOT, "b"))) == (1, 0)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            b_done.set()
+
+    threads = [threading.Thread(target=a, name="A"), threading.Thread(target=b, name="B")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors, errors
+    seg = _seg_of(ts, TRACE_B)
+    assert ts._conn().execute("SELECT COUNT(*) FROM span_segments WHERE id = ?", (seg,)).fetchone() == (1,)
+    assert ts.verify_store().ok
+    ts.close()
+    with TraceStore(tmp_path) as again:  # the open's orphan removal keeps B's segment
+        assert again.raw_span_count(TRACE_B) == 1 and again.verify_store().ok
+
+
+_KILL_AFTER_SYNC = """
+import os, sys
+from vauban_trace.store import TraceStore
+sys.path.insert(0, sys.argv[2])
+from store_testlib import make_request, make_span
+ts = TraceStore(sys.argv[1])
+ts.add_spans(make_request(make_span("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", "root",
+                                    attrs={"pad": "p" * 300})))
+real = os.fdatasync
+def synced_then_killed(fd):
+    real(fd)
+    os.kill(os.getpid(), 9)  # the batch is on disk, its rows are not committed
+os.fdatasync = synced_then_killed
+ts.add_spans(make_request(make_span("0af7651916cd43dd8448eb211c80319c", "00f067aa0ba902b7", "lost",
+                                    attrs={"pad": "q" * 300})))
+"""
+
+
+def test_kill9_between_the_segment_sync_and_the_commit(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", _KILL_AFTER_SYNC, str(tmp_path), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    with TraceStore(tmp_path) as ts:
+        assert ts.raw_span_count(TRACE_A) == 1 and ts.raw_span_count(TRACE_B) == 0
+        first = _seg_of(ts, TRACE_A)
+        (end,) = ts._conn().execute("SELECT bytes FROM span_segments WHERE id = ?", (first,)).fetchone()
+        assert os.path.getsize(segment_path(tmp_path / "spans", first, SPANS)) > end  # the uncommitted tail
+        assert ts.verify_store().ok
+        assert ts.add_spans(make_request(make_span(TRACE_B, ROOT, "b"))) == (1, 0)
+        assert _seg_of(ts, TRACE_B) != first  # never appended after the garbage
+        assert ts.verify_store().ok
+    with TraceStore(tmp_path) as ts:
+        assert ts.raw_span_count(TRACE_A) == 1 and ts.raw_span_count(TRACE_B) == 1
