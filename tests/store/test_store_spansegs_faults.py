@@ -63,6 +63,28 @@ def test_a_failed_write_or_sync_rolls_back_and_abandons_the_segment(tmp_path: Pa
         assert again.verify_store().ok
 
 
+def test_a_failed_directory_sync_of_a_new_span_segment_fails_the_write(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new segment file's name must be durable before a row names it: an fsync of the span
+    folder that fails is an error of the write, not something to ignore."""
+    ts = TraceStore(tmp_path)
+    (tmp_path / "spans").mkdir()
+    spans_dir = os.stat(tmp_path / "spans")
+
+    def is_span_folder(fd: int) -> bool:
+        st = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (spans_dir.st_dev, spans_dir.st_ino)
+
+    calls = _fail_once(monkeypatch, "fsync", errno.EIO, when=is_span_folder)
+    with pytest.raises(TraceStoreError, match="Input/output error"):
+        ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
+    assert calls == [1]
+    assert ts._conn().execute("SELECT COUNT(*) FROM span_batches").fetchone() == (0,)
+    assert ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root"))) == (1, 0)
+    assert ts.verify_store().ok
+    ts.close()
+
+
 def test_a_failed_ingest_abandons_its_segment_before_another_thread_writes(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Thread A's write allocates a span segment, appends, then fails: its transaction rolls back,

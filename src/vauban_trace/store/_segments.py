@@ -25,7 +25,8 @@ raw-span ingest a microsecond per span in ``bench/collector_steps.py``, so there
 Writing (:class:`SegmentWriter`, one per ``TraceStore`` object, used under its write lock and
 inside its write transaction): a segment is allocated in the transaction that first writes to
 it (``INSERT INTO segments`` / ``span_segments``, file created with ``O_TRUNC`` and ``flock``-ed exclusively, so a
-file left by a transaction that never committed is reused), the texts are appended with one
+file left by a transaction that never committed is reused; the folder is ``fsync``-ed so the
+file's name is durable, and a failure of that sync fails the write), the texts are appended with one
 ``write`` before the rows are committed (and ``fdatasync``-ed first when the commit is durable),
 and a segment is rolled once it holds :data:`SEGMENT_BYTES`. Only the process holding a
 segment's lock appends to it; a segment nobody holds is sealed.
@@ -46,6 +47,7 @@ A crash at any point leaves either the old rows and file or the new rows and a s
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -134,13 +136,23 @@ def check_extent(data: bytes, name: str, offset: int, length: int, expected: byt
         raise DocumentError(f"the {what} of {length} bytes at offset {offset} of segment {name} fails its digest")
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
+#: ``fsync`` of a directory failing with these means the file system cannot sync directories
+_NO_DIR_SYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def _fsync_dir(folder: Path, *, strict: bool = False) -> None:
+    """Make the names in ``folder`` durable. ``strict``: raise the ``OSError`` of a failed sync
+    (a new segment's name must be on disk before a committed row names it), unless the file
+    system cannot sync directories at all; otherwise errors are ignored (an unlink's sync)."""
+    try:
         fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError as exc:
+        if strict and exc.errno not in _NO_DIR_SYNC:
+            raise
 
 
 def _lock(fd: int, path: Path) -> bool:
@@ -177,19 +189,23 @@ class SegmentWriter:
                 fd = os.open(path, _OPEN_NEW, 0o644)
             except FileNotFoundError:
                 self.folder.mkdir(parents=True, exist_ok=True)
-                _fsync_dir(self.folder.parent)  # the folder's own name is durable too
+                _fsync_dir(self.folder.parent, strict=True)  # the folder's own name is durable too
                 fd = os.open(path, _OPEN_NEW, 0o644)
         except OSError as exc:
             raise TraceStoreError(f"cannot create segment {str(path)!r}: {exc}") from exc
         try:
             locked = _lock(fd, path)
+            if locked:
+                _fsync_dir(self.folder, strict=True)  # the file's name is durable before any row names it
+        except OSError as exc:
+            os.close(fd)
+            raise TraceStoreError(f"cannot sync the folder of new segment {str(path)!r}: {exc}") from exc
         except BaseException:
             os.close(fd)
             raise
         if not locked:
             os.close(fd)
             raise TraceStoreError(f"segment {str(path)!r} is locked by another writer")
-        _fsync_dir(self.folder)  # the file's name is durable before any row names it
         self._fd, self.segment, self.pos = fd, segment, 0
 
     def _ready(self, conn: sqlite3.Connection) -> int:
