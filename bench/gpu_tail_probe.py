@@ -1,0 +1,154 @@
+"""Where the serving loop's response tail comes from: one open-loop run with stall probes.
+
+Diagnostic companion of ``bench/gpu_open_generators.py`` (same model and loop). While one
+open-loop run goes on it records, on ``time.monotonic``:
+
+- **interpreter stalls:** a probe thread sleeps 1 ms in a loop and logs every wake-up more than
+  ``--stall-ms`` late (the interpreter lock or the machine was busy elsewhere);
+- **garbage collections:** ``gc.callbacks`` start/stop of every collection, with its generation;
+- **exports:** the start and end of every call of the embedded exporter's ``export``;
+- **batches:** the start and end of every served batch, with its size.
+
+Then every request whose response exceeds ``--slow-ms`` is listed with what overlapped it. ::
+
+    OTEL_BSP_MAX_QUEUE_SIZE=500000 python bench/gpu_tail_probe.py --rate 60 --out probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--layers", type=int, default=16)
+    p.add_argument("--prompt-tokens", type=int, default=64)
+    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--rate", type=float, default=60.0)
+    p.add_argument("--window", type=float, default=4.0)
+    p.add_argument("--generator", default="process")
+    p.add_argument("--stall-ms", type=float, default=5.0)
+    p.add_argument("--slow-ms", type=float, default=50.0)
+    p.add_argument("--out", default="gpu_tail_probe.json")
+    args = p.parse_args(argv)
+
+    import vauban_trace as vt
+    from vauban_trace.cli._demo import _quiet_transformers
+    from vauban_trace.executors.torch import TorchExecutor
+    from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model
+    from vauban_trace.sweep import OpenLoopSpec, ServingLoop, run_open_loop
+
+    _quiet_transformers()
+    directory = cached_tiny_model("llama", hidden_size=args.hidden, num_layers=args.layers,
+                                  max_position_embeddings=1024)
+    ex = TorchExecutor.from_pretrained(directory, device=args.device,
+                                       dtype="bfloat16" if args.device == "cuda" else "float32")
+    ex.load()
+    tok = ex._require().tokenizer
+    text = tok.decode(tok(" ".join(SENTENCES * 8), add_special_tokens=False)["input_ids"][: args.prompt_tokens])
+    session = vt.configure(store_dir=tempfile.mkdtemp(prefix="vauban-probe-"), service_name="vauban-probe")
+    clock = time.monotonic
+    batches: list[tuple[float, float, int]] = []
+
+    def serve_batch(prompts: list[str]) -> list[Any]:
+        t = clock()
+        out = ex.run(ex.make_request(prompts), prompts=prompts, max_new_tokens=0, ignore_eos=True)
+        batches.append((t, clock(), len(prompts)))
+        return [out] * len(prompts)
+
+    for b in range(1, args.max_batch + 1):
+        serve_batch([text] * b)
+    batches.clear()
+    gc.collect()
+    gc.freeze()
+
+    stalls: list[tuple[float, float]] = []
+    gcs: list[tuple[float, float, int]] = []
+    exports: list[tuple[float, float, int]] = []
+    gc_start: dict[str, float] = {}
+    stop = threading.Event()
+
+    def probe() -> None:
+        while not stop.is_set():
+            t = clock()
+            time.sleep(0.001)
+            late = clock() - t - 0.001
+            if late * 1000 > args.stall_ms:
+                stalls.append((t, late))
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            gc_start["t"] = clock()
+        elif "t" in gc_start:
+            gcs.append((gc_start.pop("t"), clock(), int(info.get("generation", -1))))
+
+    exporters = [session.embedded] if session.embedded is not None else []
+    for e in exporters:
+        orig = e.export
+
+        def export(spans: Any, _orig: Any = orig) -> Any:
+            t = clock()
+            try:
+                return _orig(spans)
+            finally:
+                exports.append((t, clock(), len(spans)))
+        e.export = export  # type: ignore[method-assign]
+
+    gc.callbacks.append(on_gc)
+    th = threading.Thread(target=probe, daemon=True)
+    th.start()
+    spec = OpenLoopSpec(rates=(args.rate,), duration_s=args.window, warmup_s=0.5, repeats=1, seed=0,
+                        switch_interval_s=0.0005, generator=args.generator)
+    with ServingLoop(serve_batch=serve_batch, model=ex.name, workers=1, max_batch=args.max_batch,
+                     max_wait_s=0.002, executor="torch", device=args.device) as loop:
+        res = run_open_loop(lambda seq: loop.call(text), spec, session=session, on_error="record")
+    stop.set()
+    th.join()
+    gc.callbacks.remove(on_gc)
+    session.shutdown()
+
+    # ArrivalRecord times are Unix ns; map them onto monotonic through one paired reading
+    off = time.time() - clock()
+    slow: list[dict[str, Any]] = []
+    rs = [r.response_s for r in res.requests if r.response_s is not None]
+    for r in res.requests:
+        if r.response_s is None or r.response_s * 1000 < args.slow_ms:
+            continue
+        t0 = r.scheduled_unix_nano / 1e9 - off
+        t1 = t0 + r.lateness_s + r.response_s
+
+        def over(events: list[Any], t0: float = t0, t1: float = t1) -> list[Any]:
+            return [list(e) for e in events if e[0] < t1 and (e[1] if len(e) == 3 else e[0] + e[1]) > t0]
+        slow.append({"t": t0, "response_ms": r.response_s * 1000, "queue_ms": (r.queue_wait_s or 0) * 1000,
+                     "stalls": over(stalls), "gcs": over(gcs), "exports": over(exports),
+                     "batches": over(batches)})
+    out: dict[str, Any] = {"exporters_wrapped": len(exporters), "requests": len(rs),
+           "response_p50_ms": statistics.median(rs) * 1000, "response_p95_ms": sorted(rs)[int(0.95 * len(rs))] * 1000,
+           "batches": len(batches), "batch_ms_median": statistics.median([(b - a) * 1000 for a, b, _ in batches]),
+           "batch_ms_max": max((b - a) * 1000 for a, b, _ in batches),
+           "stalls_over": len(stalls), "stall_ms_max": max((s[1] * 1000 for s in stalls), default=0),
+           "gcs": len(gcs), "gc_ms_max": max(((b - a) * 1000 for a, b, _ in gcs), default=0),
+           "exports": len(exports), "export_ms_max": max(((b - a) * 1000 for a, b, _ in exports), default=0),
+           "slow": slow, "all_batches": batches, "all_stalls": stalls, "all_exports": exports, "all_gcs": gcs}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({k: v for k, v in out.items() if not k.startswith("all_") and k != "slow"}, indent=1))
+    for s in slow[:15]:
+        print(f"slow {s['response_ms']:.0f} ms (queue {s['queue_ms']:.0f}): stalls {[(round(a, 3), round(b * 1000, 1)) for a, b in s['stalls']]}"
+              f" gcs {len(s['gcs'])} exports {[(round((b - a) * 1000, 1), n) for a, b, n in s['exports']]}"
+              f" batches {[(round((b - a) * 1000, 1), n) for a, b, n in s['batches']]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
