@@ -1,0 +1,379 @@
+/* span.c: one SDK span (ReadableSpan) as an OTLP Span message, with its attributes, events,
+ * links and status, field for field what the official encoder's _encode_span builds and upb
+ * serialises (fields in number order, proto3 defaults left out, oneof members and set
+ * submessages always written). Anything else declines (see cencode.h). */
+#include "cencode.h"
+
+/* str -> UTF-8 field; optional: None and "" write nothing (a plain proto3 string field). */
+int ce_str_field(Buf *b, uint32_t field, PyObject *s, int optional) {
+    if (s == Py_None && optional) return 0;
+    if (!PyUnicode_Check(s)) return -1;
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    if (u == NULL) return -1; /* lone surrogates: protobuf refuses them too */
+    if (n == 0 && optional) return 0;
+    return ce_bytes_field(b, field, u, (size_t)n);
+}
+
+/* A Python int in [lo, hi] (unsigned 64-bit when unsig). */
+static int get_u64(PyObject *o, uint64_t max, uint64_t *out) {
+    if (!PyLong_Check(o) || PyBool_Check(o)) return -1;
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return -1;
+    if ((uint64_t)v > max) return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static int attr_u64(PyObject *obj, PyObject *name, uint64_t max, int none_ok, uint64_t *out) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL) return -1;
+    int rc;
+    if (v == Py_None && none_ok) {
+        *out = 0;
+        rc = 0;
+    } else {
+        rc = get_u64(v, max, out);
+    }
+    Py_DECREF(v);
+    return rc;
+}
+
+static int any_value(Buf *b, uint32_t field, PyObject *v, int depth);
+
+static int key_value(Buf *b, uint32_t field, PyObject *key, PyObject *value, int depth) {
+    size_t body = ce_begin(b, field);
+    if (body == (size_t)-1 || ce_str_field(b, 1, key, 1) < 0) return -1;
+    if (any_value(b, 2, value, depth) < 0) return -1;
+    return ce_end(b, body);
+}
+
+/* AnyValue as _encode_value picks its member: None, bool, str, int, float, bytes, list/tuple, dict. */
+static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
+    if (depth > CE_MAX_DEPTH) return -1;
+    size_t body = ce_begin(b, field);
+    if (body == (size_t)-1) return -1;
+    if (v == Py_None) {
+        /* empty AnyValue */
+    } else if (PyBool_Check(v)) {
+        if (ce_uint_field(b, 2, v == Py_True) < 0) return -1;
+    } else if (PyUnicode_Check(v)) {
+        if (ce_str_field(b, 1, v, 0) < 0) return -1;
+    } else if (PyLong_Check(v)) {
+        int overflow = 0;
+        long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow || (x == -1 && PyErr_Occurred())) return -1;
+        if (ce_uint_field(b, 3, (uint64_t)x) < 0) return -1;
+    } else if (PyFloat_Check(v)) {
+        double d = PyFloat_AS_DOUBLE(v);
+        uint64_t bits;
+        memcpy(&bits, &d, 8);
+        if (ce_fixed64(b, 4, bits) < 0) return -1;
+    } else if (PyBytes_Check(v)) {
+        if (ce_bytes_field(b, 7, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v)) < 0) return -1;
+    } else if (PyList_Check(v) || PyTuple_Check(v)) {
+        size_t arr = ce_begin(b, 5);
+        if (arr == (size_t)-1) return -1;
+        PyObject *seq = PySequence_Fast(v, "sequence");
+        if (seq == NULL) return -1;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (any_value(b, 1, PySequence_Fast_GET_ITEM(seq, i), depth + 1) < 0) {
+                Py_DECREF(seq);
+                return -1;
+            }
+        }
+        Py_DECREF(seq);
+        if (ce_end(b, arr) < 0) return -1;
+    } else if (PyDict_CheckExact(v)) {
+        size_t kvl = ce_begin(b, 6);
+        if (kvl == (size_t)-1) return -1;
+        Py_ssize_t pos = 0;
+        PyObject *k, *val;
+        Py_ssize_t size = PyDict_GET_SIZE(v);
+        while (PyDict_Next(v, &pos, &k, &val)) {
+            PyObject *ks = PyObject_Str(k);
+            if (ks == NULL) return -1;
+            Py_INCREF(val);
+            int rc = key_value(b, 1, ks, val, depth + 1);
+            Py_DECREF(val);
+            Py_DECREF(ks);
+            if (rc < 0 || PyDict_GET_SIZE(v) != size) return -1;
+        }
+        if (ce_end(b, kvl) < 0) return -1;
+    } else {
+        return -1; /* other sequences / mappings, or a type the official encoder drops */
+    }
+    return ce_end(b, body);
+}
+
+static int dict_attributes(Buf *b, uint32_t field, PyObject *d) {
+    Py_ssize_t pos = 0, size = PyDict_GET_SIZE(d);
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        if (!PyUnicode_Check(k)) return -1;
+        Py_INCREF(k);
+        Py_INCREF(v);
+        int rc = key_value(b, field, k, v, 0);
+        Py_DECREF(v);
+        Py_DECREF(k);
+        if (rc < 0 || PyDict_GET_SIZE(d) != size) return -1;
+    }
+    return 0;
+}
+
+/* Repeated KeyValue of an attributes mapping (None, dict, BoundedAttributes or any mapping), in
+ * its items() order. */
+int ce_attributes(Buf *b, uint32_t field, PyObject *attrs) {
+    if (attrs == Py_None) return 0;
+    if (PyDict_CheckExact(attrs)) return dict_attributes(b, field, attrs);
+    PyObject *inner = PyObject_GetAttr(attrs, ce_s__dict); /* BoundedAttributes keeps a dict */
+    if (inner != NULL && PyDict_CheckExact(inner)) {
+        int rc = dict_attributes(b, field, inner);
+        Py_DECREF(inner);
+        return rc;
+    }
+    Py_XDECREF(inner);
+    PyErr_Clear();
+    if (!PyMapping_Check(attrs)) return -1;
+    PyObject *items = PyMapping_Items(attrs);
+    if (items == NULL) return -1;
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(kv, 0)) ||
+            key_value(b, field, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), 0) < 0) {
+            Py_DECREF(items);
+            return -1;
+        }
+    }
+    Py_DECREF(items);
+    return 0;
+}
+
+static int attr_attributes(Buf *b, uint32_t field, PyObject *obj, PyObject *name) {
+    PyObject *a = PyObject_GetAttr(obj, name);
+    if (a == NULL) return -1;
+    int rc = ce_attributes(b, field, a);
+    Py_DECREF(a);
+    return rc;
+}
+
+/* trace_id (16 bytes) or span_id (8 bytes), big-endian, as int.to_bytes (which refuses negative
+ * and too large ids: declined). */
+static int id_field(Buf *b, uint32_t field, PyObject *ctx, PyObject *name, int nbytes) {
+    PyObject *v = PyObject_GetAttr(ctx, name);
+    if (v == NULL) return -1;
+    uint8_t out[16];
+    uint64_t hi = 0, lo = 0;
+    int rc = -1;
+    if (!PyLong_Check(v) || PyBool_Check(v)) goto done;
+    if (nbytes == 8) {
+        lo = PyLong_AsUnsignedLongLong(v);
+        if (lo == (uint64_t)-1 && PyErr_Occurred()) goto done;
+    } else {
+        PyObject *h = PyNumber_Rshift(v, ce_sixty_four);
+        if (h == NULL) goto done;
+        hi = PyLong_AsUnsignedLongLong(h);
+        Py_DECREF(h);
+        if (hi == (uint64_t)-1 && PyErr_Occurred()) goto done;
+        lo = PyLong_AsUnsignedLongLongMask(v);
+        if (lo == (uint64_t)-1 && PyErr_Occurred()) goto done;
+    }
+    int k = 0;
+    if (nbytes == 16)
+        for (int i = 7; i >= 0; i--) out[k++] = (uint8_t)(hi >> (8 * i));
+    for (int i = 7; i >= 0; i--) out[k++] = (uint8_t)(lo >> (8 * i));
+    rc = ce_bytes_field(b, field, out, (size_t)nbytes);
+done:
+    Py_DECREF(v);
+    return rc;
+}
+
+/* 0x100 (has is_remote) | 0x200 when the context is remote. */
+static int context_flags(PyObject *ctx, uint32_t *flags) {
+    *flags = 0x100;
+    if (ctx == Py_None) return 0;
+    int truth = PyObject_IsTrue(ctx);
+    if (truth < 0) return -1;
+    if (!truth) return 0;
+    PyObject *r = PyObject_GetAttr(ctx, ce_s_is_remote);
+    if (r == NULL) return -1;
+    int remote = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    if (remote < 0) return -1;
+    if (remote) *flags |= 0x200;
+    return 0;
+}
+
+/* ",".join(f"{k}={v}") of a TraceState; written only when not empty. */
+static int trace_state(Buf *b, PyObject *ctx) {
+    PyObject *ts = PyObject_GetAttr(ctx, ce_s_trace_state);
+    if (ts == NULL) return -1;
+    if (ts == Py_None) {
+        Py_DECREF(ts);
+        return 0;
+    }
+    Py_ssize_t n = PyObject_Length(ts);
+    if (n <= 0) {
+        Py_DECREF(ts);
+        return n < 0 ? -1 : 0;
+    }
+    PyObject *items = PyMapping_Items(ts);
+    Py_DECREF(ts);
+    if (items == NULL) return -1;
+    PyObject *parts = PyList_New(0);
+    int rc = -1;
+    if (parts == NULL) goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *kv = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(kv, 0)) ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(kv, 1)))
+            goto done;
+        PyObject *s = PyUnicode_FromFormat("%U=%U", PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1));
+        if (s == NULL) goto done;
+        int ap = PyList_Append(parts, s);
+        Py_DECREF(s);
+        if (ap < 0) goto done;
+    }
+    PyObject *sep = PyUnicode_FromString(",");
+    if (sep == NULL) goto done;
+    PyObject *joined = PyUnicode_Join(sep, parts);
+    Py_DECREF(sep);
+    if (joined == NULL) goto done;
+    rc = ce_str_field(b, 3, joined, 1);
+    Py_DECREF(joined);
+done:
+    Py_XDECREF(parts);
+    Py_DECREF(items);
+    return rc;
+}
+
+static int one_event(Buf *b, PyObject *ev) {
+    size_t body = ce_begin(b, 11);
+    if (body == (size_t)-1) return -1;
+    uint64_t t, dropped;
+    if (attr_u64(ev, ce_s_timestamp, UINT64_MAX, 1, &t) < 0) return -1;
+    if (t && ce_fixed64(b, 1, t) < 0) return -1;
+    PyObject *name = PyObject_GetAttr(ev, ce_s_name);
+    if (name == NULL) return -1;
+    int rc = ce_str_field(b, 2, name, 1);
+    Py_DECREF(name);
+    if (rc < 0 || attr_attributes(b, 3, ev, ce_s_attributes) < 0) return -1;
+    if (attr_u64(ev, ce_s_dropped_attributes, UINT32_MAX, 1, &dropped) < 0) return -1;
+    if (dropped && ce_uint_field(b, 4, dropped) < 0) return -1;
+    return ce_end(b, body);
+}
+
+static int one_link(Buf *b, PyObject *ln) {
+    size_t body = ce_begin(b, 13);
+    if (body == (size_t)-1) return -1;
+    PyObject *ctx = PyObject_GetAttr(ln, ce_s_context);
+    if (ctx == NULL) return -1;
+    uint32_t flags;
+    int rc = -1;
+    if (ctx != Py_None && id_field(b, 1, ctx, ce_s_trace_id, 16) == 0 && id_field(b, 2, ctx, ce_s_span_id, 8) == 0 &&
+        context_flags(ctx, &flags) == 0)
+        rc = 0;
+    Py_DECREF(ctx);
+    if (rc < 0 || attr_attributes(b, 4, ln, ce_s_attributes) < 0) return -1;
+    uint64_t dropped;
+    if (attr_u64(ln, ce_s_dropped_attributes, UINT32_MAX, 1, &dropped) < 0) return -1;
+    if (dropped && ce_uint_field(b, 5, dropped) < 0) return -1;
+    if (ce_fixed32(b, 6, flags) < 0) return -1;
+    return ce_end(b, body);
+}
+
+static int status(Buf *b, PyObject *span) {
+    PyObject *st = PyObject_GetAttr(span, ce_s_status);
+    if (st == NULL) return -1;
+    if (st == Py_None) {
+        Py_DECREF(st);
+        return 0;
+    }
+    int rc = -1;
+    uint64_t code;
+    PyObject *desc = NULL, *sc = NULL;
+    size_t body = ce_begin(b, 15);
+    if (body == (size_t)-1) goto done;
+    if ((desc = PyObject_GetAttr(st, ce_s_description)) == NULL || ce_str_field(b, 2, desc, 1) < 0) goto done;
+    if ((sc = PyObject_GetAttr(st, ce_s_status_code)) == NULL || attr_u64(sc, ce_s_value, INT32_MAX, 0, &code) < 0)
+        goto done;
+    if (code && ce_uint_field(b, 3, code) < 0) goto done;
+    rc = ce_end(b, body);
+done:
+    Py_XDECREF(desc);
+    Py_XDECREF(sc);
+    Py_DECREF(st);
+    return rc;
+}
+
+static int sequence_of(Buf *b, PyObject *span, PyObject *name, int (*one)(Buf *, PyObject *)) {
+    PyObject *seq = PyObject_GetAttr(span, name);
+    if (seq == NULL) return -1;
+    PyObject *fast = PySequence_Fast(seq, "sequence");
+    Py_DECREF(seq);
+    if (fast == NULL) return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+        if (one(b, PySequence_Fast_GET_ITEM(fast, i)) < 0) {
+            Py_DECREF(fast);
+            return -1;
+        }
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+/* The span's own attributes: the SDK's ``attributes`` property is a read-only view of
+ * ``_attributes or {}``, read here without the view (same items, same order). */
+static int span_attributes(Buf *b, PyObject *span) {
+    PyObject *a = PyObject_GetAttr(span, ce_s__attributes);
+    if (a == NULL) {
+        PyErr_Clear();
+        return attr_attributes(b, 9, span, ce_s_attributes);
+    }
+    int rc = ce_attributes(b, 9, a);
+    Py_DECREF(a);
+    return rc;
+}
+
+int ce_span(Buf *b, uint32_t field, PyObject *span) {
+    size_t body = ce_begin(b, field);
+    if (body == (size_t)-1) return -1;
+    PyObject *ctx = PyObject_CallMethodNoArgs(span, ce_s_get_span_context);
+    if (ctx == NULL) return -1;
+    int ok = ctx != Py_None && id_field(b, 1, ctx, ce_s_trace_id, 16) == 0 && id_field(b, 2, ctx, ce_s_span_id, 8) == 0 &&
+             trace_state(b, ctx) == 0;
+    Py_DECREF(ctx);
+    if (!ok) return -1;
+    PyObject *parent = PyObject_GetAttr(span, ce_s_parent);
+    if (parent == NULL) return -1;
+    uint32_t flags = 0x100;
+    if (parent != Py_None) {
+        int truth = PyObject_IsTrue(parent);
+        ok = truth >= 0 && (!truth || id_field(b, 4, parent, ce_s_span_id, 8) == 0) && context_flags(parent, &flags) == 0;
+    }
+    Py_DECREF(parent);
+    if (!ok) return -1;
+    PyObject *name = PyObject_GetAttr(span, ce_s_name);
+    if (name == NULL) return -1;
+    int rc = ce_str_field(b, 5, name, 1);
+    Py_DECREF(name);
+    if (rc < 0) return -1;
+    PyObject *kind = PyObject_GetAttr(span, ce_s_kind);
+    if (kind == NULL) return -1;
+    uint64_t kv = 0, t;
+    rc = attr_u64(kind, ce_s_value, 4, 0, &kv);
+    Py_DECREF(kind);
+    if (rc < 0 || ce_uint_field(b, 6, kv + 1) < 0) return -1;
+    if (attr_u64(span, ce_s_start_time, UINT64_MAX, 1, &t) < 0 || (t && ce_fixed64(b, 7, t) < 0)) return -1;
+    if (attr_u64(span, ce_s_end_time, UINT64_MAX, 1, &t) < 0 || (t && ce_fixed64(b, 8, t) < 0)) return -1;
+    if (span_attributes(b, span) < 0) return -1;
+    if (attr_u64(span, ce_s_dropped_attributes, UINT32_MAX, 0, &t) < 0 || (t && ce_uint_field(b, 10, t) < 0)) return -1;
+    if (sequence_of(b, span, ce_s_events, one_event) < 0) return -1;
+    if (attr_u64(span, ce_s_dropped_events, UINT32_MAX, 0, &t) < 0 || (t && ce_uint_field(b, 12, t) < 0)) return -1;
+    if (sequence_of(b, span, ce_s_links, one_link) < 0) return -1;
+    if (attr_u64(span, ce_s_dropped_links, UINT32_MAX, 0, &t) < 0 || (t && ce_uint_field(b, 14, t) < 0)) return -1;
+    if (status(b, span) < 0 || ce_fixed32(b, 16, flags) < 0) return -1;
+    return ce_end(b, body);
+}
