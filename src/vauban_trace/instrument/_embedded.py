@@ -1,19 +1,32 @@
 """The embedded exporter: traces land in the local trace database, rebuilt, with no collector.
 
 :class:`EmbeddedExporter` is a real ``SpanExporter`` (put it behind a ``BatchSpanProcessor``).
-Each batch is encoded with the official OTLP encoder
-(``opentelemetry.exporter.otlp.proto.common.trace_encoder.encode_spans``), so what is stored is
-byte-for-byte what an OTLP exporter would send, then:
+Each batch is serialised to the bytes of an OTLP ``ExportTraceServiceRequest`` by
+:func:`~vauban_trace.instrument._encode.encode_request`: the C encoder ``_cencode`` when it is
+built, which writes byte for byte what the official OTLP encoder
+(``opentelemetry.exporter.otlp.proto.common.trace_encoder.encode_spans(...).SerializeToString()``)
+writes, and that official encoder itself for anything the C declines or when it is not built. So
+what is stored is byte-for-byte what an OTLP exporter would send. Then the bytes take the
+collector's road:
 
-1. written to the :class:`~vauban_trace.store.TraceStore` (``ingest``: durable, idempotent, one
-   transaction);
+1. cut into the store's rows by the store's C splitter (:func:`~vauban_trace.store.cut_request`,
+   no protobuf decode; the store decodes them itself when the splitter declines) and written with
+   :meth:`~vauban_trace.store.TraceStore.ingest_parts` (durable, idempotent, one transaction);
 2. every trace touched by the batch whose root span has arrived (now or in an earlier batch) is
    rebuilt from everything stored for it (``rebuild_documents``: the Trace JSON of
    ``rebuild_traces``, through the C accelerator when it is built) and the batch's traces are saved
    with ONE ``put_documents`` (one segment append and sync, one commit). A trace new to the store
-   is rebuilt from the snapshot ``ingest`` hands back (the bytes ``spans_for_bytes`` would read,
-   stored with version 1); a trace that already had spans (late spans) is read back, so late spans
-   refresh the rebuilt trace instead of being lost.
+   is rebuilt from the snapshot ``ingest_parts`` hands back (the bytes ``spans_for_bytes`` would
+   read, stored with version 1); a trace that already had spans (late spans) is read back, so late
+   spans refresh the rebuilt trace instead of being lost.
+
+Cost: this runs on the ``BatchSpanProcessor``'s thread of the serving process, holding the GIL
+for most of it, so every microsecond is taken from inference threads. With the official encoder
+(about 165 us/span for the torch executor's spans, 1.7 kB each) and a decoded-request ingest, the
+exporter cost about 275 CPU us per span; see docs/benchmarks.md, "Embedded exporter cost", for
+the figures with the C encoder and the ``trace_files`` policy of the store ``configure`` opens
+(``"on_read"``: ``traces/<id>.json`` is written when first asked for, with
+``TraceStore.trace_json_file``, instead of one fsync'd file per trace in the exporter).
 
 Why one ``put_documents`` per batch and not one ``put_trace`` per trace: each ``put_trace`` is its
 own durable transaction (file fsync, segment sync, commit: about 3-5 ms on a VM disk), which held
@@ -37,11 +50,11 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from vauban_trace import semconv as sc
+from vauban_trace.instrument._encode import encode_request
 
 _log = logging.getLogger("vauban_trace.instrument")
 
@@ -71,10 +84,12 @@ class EmbeddedExporter(SpanExporter):
         failed: list[str] = []
         try:
             from vauban_trace.rebuild import rebuild_documents
+            from vauban_trace.store import cut_request
 
-            request = encode_spans(spans)
+            data = encode_request(spans)  # the OTLP bytes an exporter would send
+            cut = cut_request(data)  # the store's rows, cut from the bytes (None: the store decodes them)
             with self._lock:
-                ingested = self.store.ingest(request, snapshots=True)
+                ingested = self.store.ingest_parts([data if cut is None else cut], snapshots=True)
                 touched: list[int] = []
                 for span in spans:
                     ctx = span.context
