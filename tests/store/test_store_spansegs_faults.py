@@ -180,3 +180,68 @@ def test_kill9_between_the_segment_sync_and_the_commit(tmp_path: Path) -> None:
         assert ts.verify_store().ok
     with TraceStore(tmp_path) as ts:
         assert ts.raw_span_count(TRACE_A) == 1 and ts.raw_span_count(TRACE_B) == 1
+
+
+def _dead_sealed_segment(ts: TraceStore) -> int:
+    """Three traces in one span segment, one of them merged away (COMPACT_AT) into the next
+    segment: the first is sealed and mostly dead. Returns the sealed segment."""
+    from vauban_trace.store._ingest import COMPACT_AT
+
+    for i in range(3):
+        ts.add_spans(make_request(make_span(f"{i + 1:032x}", ROOT, f"r{i}", attrs={"pad": "p" * 50})))
+    sealed = _seg_of(ts, f"{1:032x}")
+    for k in range(COMPACT_AT):  # the trace's batches merge into one in the writer's segment
+        if k == 1:
+            ts._spans.writer.close()  # seal the first segment after the first late span
+        ts.add_spans(make_request(make_span(f"{1:032x}", f"{k + 2:016x}", f"s{k}", parent=ROOT,
+                                            attrs={"pad": "q" * 400})))
+    assert _seg_of(ts, f"{1:032x}") != sealed
+    return sealed
+
+
+_KILL_BEFORE_UNLINK = """
+import os, sys
+from vauban_trace.store import TraceStore, _db
+def killed(*args):
+    os.kill(os.getpid(), 9)  # the rows are moved and committed, the old file is still there
+_db.unlink_segment = killed
+ts = TraceStore(sys.argv[1])
+ts.compact_spans(threshold=1.01)
+"""
+
+
+def test_kill9_between_the_compaction_commit_and_the_unlink(tmp_path: Path) -> None:
+    with TraceStore(tmp_path) as ts:
+        sealed = _dead_sealed_segment(ts)
+        before = {f"{i + 1:032x}": ts.spans_for_bytes(f"{i + 1:032x}") for i in range(3)}
+    old = segment_path(tmp_path / "spans", sealed, SPANS)
+    proc = subprocess.run([sys.executable, "-c", _KILL_BEFORE_UNLINK, str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == -9, proc.stderr
+    assert old.exists()  # no row names it any more
+    with TraceStore(tmp_path) as ts:  # the open deletes the orphan
+        assert not old.exists()
+        assert {t: ts.spans_for_bytes(t) for t in before} == before
+        assert ts.verify_store().ok
+
+
+def test_a_reader_racing_a_compaction_in_another_process_reads_the_moved_batches(tmp_path: Path) -> None:
+    writer = TraceStore(tmp_path)
+    sealed = _dead_sealed_segment(writer)
+    tid = f"{2:032x}"
+    expected = writer.spans_for_bytes(tid)
+    reader = TraceStore(tmp_path)  # another process's store object (its own descriptors)
+    real_read = reader._spans.read
+    raced: list[int] = []
+
+    def read_after_compaction(*args: object, **kwargs: object) -> object:
+        if not raced:  # the rows are read; the batch moves and its file goes before the pread
+            raced.append(writer.compact_spans(threshold=1.01))
+        return real_read(*args, **kwargs)  # type: ignore[arg-type]
+
+    reader._spans.read = read_after_compaction  # type: ignore[method-assign]
+    assert reader.spans_for_bytes(tid) == expected
+    assert raced == [1] and not segment_path(tmp_path / "spans", sealed, SPANS).exists()
+    assert reader.verify_store().ok
+    reader.close()
+    writer.close()
