@@ -15,7 +15,9 @@ and the rows are on disk, and a crash before the commit leaves bytes no row name
 committed end of the segment or in a segment no row lists; see below). ``span_segments.bytes`` is
 the committed end, ``live_bytes`` the lengths rows point to, kept in the same transactions
 (:meth:`SpanSegments.append` adds, :func:`release` subtracts when ``_ingest`` merges a trace's
-batches into one and deletes the old rows).
+batches into one and deletes the old rows). A failed ``writev``, ``fdatasync`` or sync of a new
+segment's folder raises :class:`TraceStoreError`: the transaction rolls back and the segment is
+sealed (never appended to again, its tail of unknown fate named by no row; ``_segments``).
 
 Reading (:meth:`SpanSegments.read`): ``pread`` of each extent, length and digest checked, through
 read descriptors kept open per segment (up to 32 per store object: opening the file for each read

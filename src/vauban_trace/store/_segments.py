@@ -9,8 +9,9 @@ and what a bad extent means: span batches are always ``fdatasync``-ed before the
 them (they are the durable truth, acknowledged to clients), and a span extent that fails its
 check is data loss, reported and never dropped; a Trace JSON text that fails costs a rebuild.
 A span segment is the plain concatenation of ``_batch`` blobs (no separator); compaction of span
-segments (which must never drop a record) is ``_rawspans.compact_span_segment``, the
-:func:`compact_segment` below is the Trace JSON one. :meth:`SegmentWriter.append` writes many
+segments (which must never drop a record) is ``TraceStore.compact_spans`` over ``_rawspans``'
+``hold_segment`` / ``read_live`` / ``move_batches``, the :func:`compact_segment` below is the
+Trace JSON one. :meth:`SegmentWriter.append` writes many
 records with one ``writev`` (the span writer's hot path: one call per ingest transaction).
 
 Layout of the documents: ``<dir>/documents/seg-<id>.jsonl`` (``<id>`` six digits or more). A segment is the
@@ -26,10 +27,13 @@ Writing (:class:`SegmentWriter`, one per ``TraceStore`` object, used under its w
 inside its write transaction): a segment is allocated in the transaction that first writes to
 it (``INSERT INTO segments`` / ``span_segments``, file created with ``O_TRUNC`` and ``flock``-ed exclusively, so a
 file left by a transaction that never committed is reused; the folder is ``fsync``-ed so the
-file's name is durable, and a failure of that sync fails the write), the texts are appended with one
-``write`` before the rows are committed (and ``fdatasync``-ed first when the commit is durable),
-and a segment is rolled once it holds :data:`SEGMENT_BYTES`. Only the process holding a
-segment's lock appends to it; a segment nobody holds is sealed.
+file's name is durable, and a failure of that sync fails the write), the records are appended with
+``writev`` before the rows are committed (and ``fdatasync``-ed first when the commit is durable),
+and a segment is rolled once it holds :data:`SEGMENT_BYTES`. A failed write or sync closes the writer
+(the segment's tail is of unknown fate: never appended to again), and so does every failed write
+transaction (``TraceStore._write_tx``, under the store's write lock, before the rollback: a
+segment allocated in it has no row any more). Only the process holding a segment's lock appends
+to it; a segment nobody holds is sealed.
 
 Reading (:func:`read_document`): ``pread`` of the extent, then length and digest are checked;
 anything else raises :class:`DocumentError` (the store then treats the trace as not rebuilt,
