@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 import vauban_trace as vt
 from vauban_trace import semconv as sc
 from vauban_trace.artifacts import LocalArtifactStore, compute_digest, decode_array
+from vauban_trace.contract import Trace
 
 _OTEL_VARS = (
     "OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -71,7 +72,9 @@ def test_embedded_end_to_end(tmp_path: Path) -> None:
     assert tuple(logits.summary["topk_ids"]) == (5, 4)
     # the request's input text is stored by digest, content not on the span
     assert blobs.exists(trace.request.input_ref)
-    assert session.store.trace_json_path(trace_id).is_file()
+    assert not session.store.trace_json_path(trace_id).exists()  # trace_files="on_read": written when asked for
+    assert session.store.trace_json_file(trace_id) == session.store.trace_json_path(trace_id)
+    assert Trace.from_json(session.store.trace_json_path(trace_id).read_text()) == trace
     assert session.store.last_trace().id == trace_id
 
 

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"trace {trace_id} exported to: {', '.join(session.exporters)}")
             return 0
         trace = session.store.get_trace(trace_id)
-        json_path = session.store.trace_json_path(trace_id)
+        json_path = session.store.trace_json_file(trace_id)  # written now (trace_files="on_read")
     finally:
         session.shutdown()
     print(f"model: {model_dir} (tiny random-init Llama, built offline; ready in {built:.1f} s)")

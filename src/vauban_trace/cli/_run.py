@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"trace {result.trace_id} exported to: {', '.join(session.exporters)}")
             return 0
         trace = read_trace(session, result.trace_id)
-        json_path = session.store.trace_json_path(result.trace_id)
+        json_path = session.store.trace_json_file(result.trace_id)  # written now (trace_files="on_read")
     finally:
         if owned:
             session.shutdown()

@@ -7,7 +7,7 @@ installs a provider.
 What gets installed::
 
     no OTEL_TRACES_EXPORTER / OTEL_EXPORTER_OTLP_* variables
-        TracerProvider + BatchSpanProcessor(EmbeddedExporter(TraceStore(store_dir)))
+        TracerProvider + BatchSpanProcessor(EmbeddedExporter(TraceStore(store_dir, trace_files="on_read")))
     OTEL_TRACES_EXPORTER=otlp, or OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT set
         + BatchSpanProcessor(OTLPSpanExporter) over http/protobuf (default) or grpc, chosen by
           OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL; endpoint, headers, timeout, compression and TLS
@@ -284,7 +284,9 @@ def configure(
         if want_embedded:
             from vauban_trace.store import TraceStore
 
-            store = TraceStore(directory)
+            # traces/<id>.json is written when first asked for (TraceStore.trace_json_file), not by
+            # the exporter: an fsync'd file per trace cost the serving process ~65 CPU us per span
+            store = TraceStore(directory, trace_files="on_read")
             embedded = EmbeddedExporter(store)
             processors.append(BatchSpanProcessor(embedded))
             descriptions.append(f"embedded: {directory}")
