@@ -245,3 +245,48 @@ def test_a_reader_racing_a_compaction_in_another_process_reads_the_moved_batches
     assert reader.verify_store().ok
     reader.close()
     writer.close()
+
+
+def test_a_failed_sync_during_span_compaction_keeps_the_old_segment(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    ts = TraceStore(tmp_path)
+    sealed = _dead_sealed_segment(ts)
+    before = {f"{i + 1:032x}": ts.spans_for_bytes(f"{i + 1:032x}") for i in range(3)}
+    calls = _fail_once(monkeypatch, "fdatasync", errno.EIO)
+    with pytest.raises(TraceStoreError, match="Input/output error"):
+        ts.compact_spans(threshold=1.01)
+    assert calls == [1]
+    assert segment_path(tmp_path / "spans", sealed, SPANS).exists()  # rows not moved, file kept
+    assert {t: ts.spans_for_bytes(t) for t in before} == before and ts.verify_store().ok
+    assert ts.compact_spans(threshold=1.01) >= 1  # the next try moves them
+    assert not segment_path(tmp_path / "spans", sealed, SPANS).exists()
+    assert {t: ts.spans_for_bytes(t) for t in before} == before and ts.verify_store().ok
+    ts.close()
+
+
+def test_a_transient_open_failure_is_not_damage_a_retry_stays_a_duplicate(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of descriptors (EMFILE) while the stored batches of a known trace are read is no
+    damage: the write fails (the client re-sends), instead of skipping the duplicate check,
+    storing the span again and counting it twice."""
+    ts = TraceStore(tmp_path)
+    request = make_request(make_span(TRACE_A, ROOT, "root"))
+    assert ts.add_spans(request) == (1, 0)
+    ts._spans._drop_fds()  # no kept read descriptor: the next read opens the file
+    real_open = os.open
+
+    def no_fds(path: object, flags: int, *args: object) -> int:
+        if str(path).endswith(".spans") and flags & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_fds)
+    with pytest.raises(TraceStoreError, match="Too many open files"):
+        ts.add_spans(request)
+    monkeypatch.setattr(os, "open", real_open)
+    assert ts.add_spans(request) == (0, 1)  # the client's retry: a duplicate
+    (count, version) = ts._conn().execute("SELECT raw_span_count, version FROM traces WHERE trace_id = ?",
+                                          (TRACE_A,)).fetchone()
+    assert (count, version) == (1, 1)
+    assert ts.verify_store().ok
+    ts.close()

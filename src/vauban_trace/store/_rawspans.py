@@ -30,7 +30,9 @@ the segment file: raw spans are the truth, so this is data loss, never silently 
 ``TraceStore.spans_for`` raises it (after looking the rows up once more, since a compaction in
 another process may have moved the batch); ``_ingest`` compares the incoming spans of such a trace
 with its intact batches only and stores the others as a new batch (so the collector keeps
-accepting spans, and a retry is still a duplicate); ``verify_store`` reports it.
+accepting spans, and a retry is still a duplicate); ``verify_store`` reports it. A read that fails
+because this process is out of a resource (``EMFILE``, ``ENOMEM``...: ``RawSpanError.transient``)
+is not damage: it fails the write (the client re-sends), never skips the duplicate check.
 
 Compaction (``TraceStore.compact_spans``: :func:`hold_segment`, :func:`read_live`,
 :func:`move_batches`): merges make batches dead. A sealed span segment whose live share is under
@@ -48,6 +50,7 @@ never "recovered" by dropping rows.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import threading
@@ -71,13 +74,20 @@ _READ_FDS = 32  # read descriptors kept open per store object (all closed when o
 BatchRef = tuple[int, int, int, int, int, bytes]
 
 
+#: errors of opening or reading a span segment that say this process lacks a resource, not that
+#: the data is bad: such a read fails (the write, the client re-sends) instead of counting as damage
+_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EAGAIN, errno.EINTR})
+
+
 class RawSpanError(TraceStoreError):
     """A span batch that cannot be read back intact: raw spans lost (the message names the
-    trace, the batch and the segment file)."""
+    trace, the batch and the segment file), or, when ``transient``, not readable right now (this
+    process is out of descriptors or memory: nothing is known to be lost)."""
 
-    def __init__(self, message: str, *, missing_file: bool = False) -> None:
+    def __init__(self, message: str, *, missing_file: bool = False, transient: bool = False) -> None:
         super().__init__(message)
         self.missing_file = missing_file
+        self.transient = transient
 
 
 class SpanSegments:
@@ -107,7 +117,8 @@ class SpanSegments:
              damaged: list[RawSpanError] | None = None) -> list[tuple[int, int, bytes]]:
         """The blobs of ``batches`` (rows of ``trace_id``) as (batch id, span count, blob), each
         checked; :class:`RawSpanError` for the first that fails, or, with ``damaged``, the
-        errors are appended there and the intact batches returned."""
+        errors are appended there and the intact batches returned (a ``transient`` error is
+        raised all the same: the batch is not known to be damaged)."""
         out = []
         for batch_id, count, seg, off, length, expected in batches:
             try:
@@ -118,7 +129,7 @@ class SpanSegments:
                     except DocumentError as exc:
                         raise self._error(trace_id, batch_id, seg, str(exc)) from None
             except RawSpanError as exc:
-                if damaged is None:
+                if damaged is None or exc.transient:
                     raise
                 damaged.append(exc)
                 continue
@@ -141,12 +152,14 @@ class SpanSegments:
                 except FileNotFoundError:
                     raise self._error(trace_id, batch_id, seg, "the file is missing", missing=True) from None
                 except OSError as exc:
-                    raise self._error(trace_id, batch_id, seg, f"cannot open it: {exc}") from None
+                    raise self._error(trace_id, batch_id, seg, f"cannot open it: {exc}",
+                                      transient=exc.errno in _TRANSIENT) from None
                 self._read_fds[seg] = fd
             try:
                 return os.pread(fd, length, off)
             except OSError as exc:
-                raise self._error(trace_id, batch_id, seg, f"cannot read it: {exc}") from None
+                raise self._error(trace_id, batch_id, seg, f"cannot read it: {exc}",
+                                  transient=exc.errno in _TRANSIENT) from None
 
     def _drop_fds(self) -> None:
         fds, self._read_fds = self._read_fds, {}
@@ -162,10 +175,14 @@ class SpanSegments:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    def _error(self, tid: str, batch_id: int, seg: int, what: str, *, missing: bool = False) -> RawSpanError:
+    def _error(self, tid: str, batch_id: int, seg: int, what: str, *, missing: bool = False,
+               transient: bool = False) -> RawSpanError:
+        where = f"span batch {batch_id} in span segment {SPANS.folder}/{self.path(seg).name}: {what}"
+        if transient:
+            return RawSpanError(f"raw spans of trace {tid} cannot be read now: {where} (this process is out of a "
+                                "resource; the data is not known to be damaged: try again)", transient=True)
         return RawSpanError(
-            f"raw spans of trace {tid} are damaged: span batch {batch_id} in span segment "
-            f"{SPANS.folder}/{self.path(seg).name}: {what} (raw spans are the durable copy: these spans are "
+            f"raw spans of trace {tid} are damaged: {where} (raw spans are the durable copy: these spans are "
             "lost; `vauban-trace store verify` lists every damaged batch)", missing_file=missing)
 
     def close(self) -> None:
