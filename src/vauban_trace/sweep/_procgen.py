@@ -118,6 +118,9 @@ class ProcessGenerator:
             raise LoadGeneratorError("the process arrival generator is not supported on Windows "
                                      "(use generator='thread')")
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # a send (a large schedule: 8 bytes an arrival) waits at most startup_s for a child that stopped
+        # reading; reads are select()ed first, so the timeout never cuts one short
+        mine.settimeout(self.startup_s)
         self._sock = mine
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
         try:
@@ -152,8 +155,9 @@ class ProcessGenerator:
         """Stop the child (QUIT, end of file, then kill after 2 s) and release everything (idempotent)."""
         sock, proc, self._sock, self._proc = self._sock, self._proc, None, None
         if sock is not None:
-            try:
-                sock.sendall(REC.pack(QUIT, 0, 0))
+            try:  # never waits: a child that stopped reading gets end of file, then the kill
+                sock.setblocking(False)
+                sock.send(REC.pack(QUIT, 0, 0))
             except OSError:
                 pass
             sock.close()
@@ -184,12 +188,20 @@ class ProcessGenerator:
         _, base_ns, _ = self._expect((START,), deadline, "the start of a run")
         base = base_ns / 1e9
         yield Start(base)
+        expected = 0  # the child sends the arrivals in schedule order, each once
         while True:
             recs, received = self._read(max(time.monotonic(), base + span) + self.silence_s, "arrivals")
             for kind, a, b in recs:
                 if kind >= 0:
+                    if kind != expected or kind >= n:
+                        raise self._failure(f"it sent arrival {kind} where the schedule expected arrival "
+                                            f"{expected} of {n} (a corrupt or foreign record)")
+                    expected += 1
                     yield Arrival(kind, a / 1e9, b / 1e9, received)
                 elif kind == END:
+                    if a != expected:
+                        raise self._failure(f"it sent the end of a run that sent {a} arrivals, but {expected} were "
+                                            "received (a corrupt or foreign record)")
                     yield RunEnd(a, 0, b / 1e9)
                     return
                 else:
@@ -223,6 +235,9 @@ class ProcessGenerator:
     def _send(self, sock: socket.socket, data: bytes, what: str) -> None:
         try:
             sock.sendall(data)
+        except TimeoutError as exc:  # alive but not reading: the same as silence
+            self._kill()
+            raise self._failure(f"it did not take {what} within {self.startup_s:g} s (not reading; killed)") from exc
         except OSError as exc:  # the child is gone (broken pipe, reset)
             self._wait_exit()
             raise self._failure(f"it could not be sent {what} ({exc})") from exc
@@ -252,10 +267,7 @@ class ProcessGenerator:
         while len(self._buf) < REC.size:
             wait = deadline - time.monotonic()
             if wait <= 0:
-                proc = self._proc
-                if proc is not None and proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+                self._kill()
                 raise self._failure(f"no answer while waiting for {what} (silent past its deadline; killed)")
             ready, _, _ = select.select([sock], [], [], min(wait, 0.5))
             if not ready:
@@ -276,6 +288,12 @@ class ProcessGenerator:
         recs = [REC.unpack_from(self._buf, i * REC.size) for i in range(take)]
         del self._buf[:take * REC.size]
         return recs, received
+
+    def _kill(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
     def _wait_exit(self) -> None:
         if self._proc is not None:

@@ -1,0 +1,71 @@
+"""The process arrival generator's failure paths (``_procgen`` / ``_genchild``): a child that stops reading
+while a large schedule is sent, a child that writes records out of order or out of range, a parent killed
+while another process still holds its end of the socket. Each must end in a clear
+:class:`LoadGeneratorError` (or the child's own exit), never a hang or an orphan."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from vauban_trace._exceptions import LoadGeneratorError
+from vauban_trace.sweep import _procgen
+from vauban_trace.sweep._procgen import Arrival, ProcessGenerator, RunEnd, Start
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the generator's channel is an AF_UNIX socket pair")
+
+
+def _fake_child(tmp_path: Path, body: str) -> Path:
+    """A child answering the hello and the three clock checks, then doing what ``body`` says."""
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent("""\
+        import os, socket, struct, sys, time
+        REC = struct.Struct("<qqq")
+        sock = socket.socket(fileno=int(sys.argv[1]))
+        sock.sendall(REC.pack(-1, os.getpid(), 0))
+        for _ in range(3):
+            cmd, token, _ = REC.unpack(sock.recv(24, socket.MSG_WAITALL))
+            sock.sendall(REC.pack(-2, token, time.monotonic_ns()))
+        """) + textwrap.dedent(body))
+    return script
+
+
+def test_a_child_that_stops_reading_cannot_hang_the_send_of_a_large_schedule(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """60,000 arrivals (480 kB of offsets) do not fit the socket's buffer: the send itself must time out."""
+    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", _fake_child(tmp_path, "time.sleep(600)\n"))
+    t0 = time.monotonic()
+    with ProcessGenerator(startup_s=1.0, silence_s=1.0) as gen, pytest.raises(
+            LoadGeneratorError, match=r"did not take a run within 1(\.0)? s.*killed"):
+        list(gen.run([i * 1e-4 for i in range(60_000)]))
+    assert time.monotonic() - t0 < 8 and not _procgen.live_generators()
+
+
+@pytest.mark.parametrize(("records", "why"), [
+    ("[10**6]", r"arrival 1000000 .*expected arrival 0 of 3"),
+    ("[0, 0]", r"arrival 0 .*expected arrival 1 of 3"),
+    ("[1]", r"arrival 1 .*expected arrival 0 of 3"),
+    ("[0, 1, 2, -4]", r"end of a run that sent 5 arrivals.*3 were received"),
+])
+def test_records_out_of_order_or_range_are_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       records: str, why: str) -> None:
+    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", _fake_child(tmp_path, f"""\
+        cmd, n, lead = REC.unpack(sock.recv(24, socket.MSG_WAITALL))
+        sock.recv(8 * n, socket.MSG_WAITALL)
+        now = time.monotonic_ns()
+        out = REC.pack(-3, now, now)
+        for seq in {records}:
+            out += REC.pack(seq, now, now) if seq >= 0 else REC.pack(seq, 5, 0)
+        sock.sendall(out)
+        time.sleep(600)
+        """))
+    seen: list[object] = []
+    with ProcessGenerator(startup_s=5.0, silence_s=5.0) as gen, pytest.raises(LoadGeneratorError, match=why):
+        for rec in gen.run([0.0, 0.001, 0.002]):
+            seen.append(rec)
+    assert all(isinstance(r, (Start, Arrival)) for r in seen)
+    assert not any(isinstance(r, RunEnd) for r in seen) and not _procgen.live_generators()
