@@ -5,6 +5,9 @@ while another process still holds its end of the socket. Each must end in a clea
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -69,3 +72,43 @@ def test_records_out_of_order_or_range_are_a_clear_error(tmp_path: Path, monkeyp
             seen.append(rec)
     assert all(isinstance(r, (Start, Arrival)) for r in seen)
     assert not any(isinstance(r, RunEnd) for r in seen) and not _procgen.live_generators()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_child_exits_when_its_parent_dies_even_if_a_forked_process_keeps_the_socket() -> None:
+    """A serving process that forked (a multiprocessing worker) shares its end of the socket pair: the
+    child never sees end of file when the serving process is killed, and must notice the death itself."""
+    code = textwrap.dedent("""\
+        import multiprocessing, time
+        from vauban_trace.sweep._procgen import ProcessGenerator
+        gen = ProcessGenerator().start()
+        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+        worker.start()
+        print(gen.pid, worker.pid, flush=True)
+        for _ in gen.run([i * 0.05 for i in range(2000)]):
+            pass
+        """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    child, worker = map(int, proc.stdout.readline().split())
+    try:
+        time.sleep(0.3)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 5.0
+        state = "?"
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{child}/stat").read_text().split()[2]
+            except FileNotFoundError:
+                state = "gone"
+            if state in ("Z", "gone"):  # exited (a zombie until its new parent reaps it)
+                break
+            time.sleep(0.05)
+        assert state in ("Z", "gone"), f"the generator child outlived its parent (state {state})"
+    finally:
+        for pid in (child, worker):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

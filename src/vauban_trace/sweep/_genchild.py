@@ -33,6 +33,12 @@ its lateness is measured, never hidden. A write that blocks (the serving process
 the socket buffer is full) delays every later arrival, which their send times show; the longest
 block is reported in END. SIGINT is ignored here: the serving process decides when to stop
 (Ctrl-C reaches the whole process group) and ends this one by closing its end or sending QUIT.
+
+**Parent death.** End of file on the socket is not enough: a serving process that forked (a
+``multiprocessing`` worker, a data loader) shares its end of the socket with its children, so
+when it is killed the socket stays open. The socket is non-blocking and every wait (for a
+command, for the next arrival, for room to write) lasts at most ``PARENT_CHECK_S``, after which
+the parent's pid is checked: a child whose parent is gone (re-parented) exits.
 """
 
 from __future__ import annotations
@@ -48,20 +54,48 @@ import time
 REC = struct.Struct("<qqq")
 RUN, STOP, PING, QUIT = 1, 2, 3, 4
 HELLO, CLOCK, START, END, STOPPED = -1, -2, -3, -4, -5
+PARENT_CHECK_S = 0.25  # the longest wait between two checks that the parent is alive
+_PARENT = os.getppid()
 
 
 class _Quit(Exception):
     pass
 
 
+def _check_parent() -> None:
+    if os.getppid() != _PARENT:  # re-parented: the serving process is gone
+        raise _Quit
+
+
+def _wait(sock: socket.socket, write: bool, timeout: float) -> bool:
+    """Whether ``sock`` became readable (writable) within ``timeout`` s (at most PARENT_CHECK_S)."""
+    r, w, _ = select.select([] if write else [sock], [sock] if write else [], [], min(timeout, PARENT_CHECK_S))
+    _check_parent()
+    return bool(r or w)
+
+
 def _read_exact(sock: socket.socket, n: int) -> bytes:
     buf = bytearray()
     while len(buf) < n:
-        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        try:
+            chunk = sock.recv(min(n - len(buf), 1 << 20))
+        except BlockingIOError:
+            _wait(sock, False, PARENT_CHECK_S)
+            continue
         if not chunk:
             raise _Quit
         buf += chunk
     return bytes(buf)
+
+
+def _write(sock: socket.socket, data: bytes) -> None:
+    """All of ``data`` (the socket is non-blocking: a full channel is waited for, the parent checked)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view):]
+        except BlockingIOError:
+            _wait(sock, True, PARENT_CHECK_S)
 
 
 def _command(sock: socket.socket) -> tuple[int, int, int]:
@@ -74,7 +108,7 @@ def _command(sock: socket.socket) -> tuple[int, int, int]:
 def _run(sock: socket.socket, n: int, lead_ns: int) -> None:
     offsets = struct.unpack(f"<{n}d", _read_exact(sock, 8 * n)) if n else ()
     base = time.monotonic_ns() + lead_ns
-    sock.sendall(REC.pack(START, base, time.monotonic_ns()))
+    _write(sock, REC.pack(START, base, time.monotonic_ns()))
     sent = 0
     max_block = 0
     for seq, off in enumerate(offsets):
@@ -83,19 +117,18 @@ def _run(sock: socket.socket, n: int, lead_ns: int) -> None:
             wait = due - time.monotonic_ns()
             if wait <= 0:
                 break
-            ready, _, _ = select.select([sock], [], [], wait / 1e9)
-            if ready:
+            if _wait(sock, False, wait / 1e9):
                 cmd, token, _ = _command(sock)
                 if cmd == STOP:
-                    sock.sendall(REC.pack(STOPPED, sent, n - sent))
+                    _write(sock, REC.pack(STOPPED, sent, n - sent))
                     return
                 if cmd == PING:
-                    sock.sendall(REC.pack(CLOCK, token, time.monotonic_ns()))
+                    _write(sock, REC.pack(CLOCK, token, time.monotonic_ns()))
         t_sent = time.monotonic_ns()
-        sock.sendall(REC.pack(seq, due, t_sent))
+        _write(sock, REC.pack(seq, due, t_sent))
         max_block = max(max_block, time.monotonic_ns() - t_sent)
         sent += 1
-    sock.sendall(REC.pack(END, sent, max_block))
+    _write(sock, REC.pack(END, sent, max_block))
 
 
 def _tight_timers() -> None:
@@ -114,17 +147,17 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _tight_timers()
     sock = socket.socket(fileno=int(argv[1]))
-    sock.setblocking(True)
-    sock.sendall(REC.pack(HELLO, os.getpid(), int("torch" in sys.modules)))
+    sock.setblocking(False)
     try:
+        _write(sock, REC.pack(HELLO, os.getpid(), int("torch" in sys.modules)))
         while True:
             cmd, a, b = _command(sock)
             if cmd == RUN:
                 _run(sock, a, b)
             elif cmd == PING:
-                sock.sendall(REC.pack(CLOCK, a, time.monotonic_ns()))
+                _write(sock, REC.pack(CLOCK, a, time.monotonic_ns()))
             elif cmd == STOP:  # a stop that crossed the END of its run: nothing left to abort
-                sock.sendall(REC.pack(STOPPED, 0, 0))
+                _write(sock, REC.pack(STOPPED, 0, 0))
             else:
                 sys.stderr.write(f"vauban arrival generator: unknown command {cmd}\n")
                 return 2
