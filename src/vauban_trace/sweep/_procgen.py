@@ -37,9 +37,12 @@ ping, quit) in one descriptor.
 **Failures never hang.** The receiver waits with a timeout and checks the child: a child that
 exits (crash, kill) or closes its end raises ``LoadGeneratorError`` with its exit code and the
 end of its stderr; a child alive but silent for ``silence_s`` past the end of its schedule is
-killed and reported the same way. :meth:`ProcessGenerator.close` (also on ``KeyboardInterrupt``,
+killed and reported the same way, as is one that does not take a command (a schedule is 8 bytes an
+arrival, more than the socket buffer holds past ~27,000) within ``startup_s``; an arrival out of
+schedule order or range, or an END whose count differs from the arrivals received, is a corrupt
+record and raises the same error. :meth:`ProcessGenerator.close` (also on ``KeyboardInterrupt``,
 through ``with`` or ``run_open_loop``'s ``finally``) sends QUIT, closes the socket (the child
-exits at end of file, also when this process dies) and kills a child that has not exited within
+exits at end of file, or when it sees it was re-parented: this process died) and kills a child that has not exited within
 two seconds. The child ignores SIGINT: Ctrl-C stops the sweep here, which then stops the child.
 """
 
