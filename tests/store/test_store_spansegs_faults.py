@@ -290,3 +290,47 @@ def test_a_transient_open_failure_is_not_damage_a_retry_stays_a_duplicate(tmp_pa
     assert (count, version) == (1, 1)
     assert ts.verify_store().ok
     ts.close()
+
+
+def test_verify_checks_a_batch_read_again_against_its_new_row(tmp_path: Path) -> None:
+    """verify reads a batch, fails (a compaction in another process moved it and deleted the
+    file), reads its row again: the batch may meanwhile hold other spans under the same id (a
+    merge re-used the highest id), so the count it checks is the new row's, not the old one."""
+    import sqlite3
+
+    from vauban_trace.store._batch import encode_batch
+    from vauban_trace.store._ingest import extract_rows
+    from vauban_trace.store._rawspans import RawSpanError
+    from vauban_trace.store._segments import digest
+
+    ts = TraceStore(tmp_path)
+    ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
+    rows, _ = extract_rows(make_request(make_span(TRACE_A, ROOT, "root"),
+                                        make_span(TRACE_A, CHILD, "c", parent=ROOT)).resource_spans)
+    merged = encode_batch(rows)
+    real_read = ts._spans.read
+
+    def moved_meanwhile(tid: str, batches: list[object], *args: object) -> object:
+        if batches and batches[0][1] == 1:  # type: ignore[index]
+            (bid, _count, seg, _off, _len, _dig) = batches[0]  # type: ignore[misc]
+            path = segment_path(tmp_path / "spans", seg, SPANS)
+            with open(path, "ab") as f:
+                off = f.tell()
+                f.write(merged)
+                f.flush()
+                os.fsync(f.fileno())
+            other = sqlite3.connect(tmp_path / "traces.sqlite", isolation_level=None)
+            other.execute("UPDATE span_batches SET off = ?, len = ?, digest = ?, span_count = 2 WHERE id = ?",
+                          (off, len(merged), digest(merged), bid))
+            other.execute("UPDATE span_segments SET bytes = ?, live_bytes = ? WHERE id = ?",
+                          (off + len(merged), len(merged), seg))
+            other.execute("UPDATE traces SET raw_span_count = 2 WHERE trace_id = ?", (tid,))
+            other.close()
+            raise RawSpanError("moved")
+        return real_read(tid, batches, *args)  # type: ignore[arg-type]
+
+    ts._spans.read = moved_meanwhile  # type: ignore[method-assign]
+    report = ts.verify_store()
+    assert report.ok, report.problems
+    assert report.span_batches_checked == 1 and report.spans_decoded == 2
+    ts.close()

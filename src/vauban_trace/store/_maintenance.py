@@ -374,10 +374,11 @@ class StoreMaintenance:
                         ((_b, _c, blob),) = self._spans.read(str(tid), [(batch_id, count, *where)])
                     except RawSpanError:  # moved by a compaction meanwhile? read the row again
                         again = self._read("SELECT id, span_count, seg, off, len, digest FROM span_batches "
-                                           "WHERE id = ?", (batch_id,))
+                                           "WHERE id = ? AND trace_id = ?", (batch_id, tid))
                         if not again:
                             report.span_batches_checked -= 1
                             continue
+                        count = again[0][1]  # a merge may have re-used the id: the new row's count
                         ((_b, _c, blob),) = self._spans.read(str(tid), [tuple(again[0])])
                     decoded = len(decode_batch(str(tid), blob))
                 except TraceStoreError as exc:
