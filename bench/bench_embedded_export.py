@@ -9,6 +9,9 @@ in this one process, on fresh stores each time (best of ``--reps``, ``time.proce
   of the decoded request, rebuild, ``put_documents`` with ``trace_files="eager"``) vs the
   :class:`EmbeddedExporter` now (C encoder, ``cut_request`` + ``ingest_parts``, rebuild,
   ``put_documents``) with ``trace_files`` "eager" and "on_read" (what ``configure`` opens now);
+- ``serve``: the serving-process effect: a thread calls the model's forward pass (4 x 64 tokens)
+  in a loop while the main thread exports the captured spans again and again (a fresh store each
+  time), before vs now, and idle: the forward latencies (p50 / p99 / max);
 - ``stall``: a probe thread sleeping 1 ms in a loop while the main thread exports the spans in
   ``BatchSpanProcessor``-sized batches (512): the worst and the summed lateness of its wake-ups,
   i.e. how long an inference thread of the serving process waits on the exporter's GIL holds.
@@ -29,12 +32,13 @@ from pathlib import Path
 from typing import Any
 
 
-def capture(requests: int) -> list[Any]:
+def capture(requests: int) -> tuple[list[Any], Any, Any]:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
     import vauban_trace as vt
     from vauban_trace.cli._demo import _quiet_transformers
     from vauban_trace.executors.torch import TorchExecutor
     from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     _quiet_transformers()
     d = cached_tiny_model("llama", hidden_size=256, num_layers=4, max_position_embeddings=1024)
@@ -50,7 +54,42 @@ def capture(requests: int) -> list[Any]:
     session.force_flush()
     spans = list(memory.get_finished_spans())
     session.shutdown()
-    return spans
+    ids = tok([text] * 4, return_tensors="pt")["input_ids"]
+    return spans, ex._require().model, ids
+
+
+def serving(model: Any, ids: Any, variant: Callable[[Any, Sequence[Any]], None] | None, mode: str,
+            spans: Sequence[Any], seconds: float) -> list[float]:
+    """Latencies (ms) of the model's forward pass (4 x 64 tokens) called in a loop by a serving
+    thread for ``seconds``, while the main thread exports ``spans`` again and again (fresh store
+    each time) with ``variant``, or stays idle (None)."""
+    import torch
+
+    from vauban_trace.store import TraceStore
+
+    lat: list[float] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        with torch.no_grad():
+            while not stop.is_set():
+                t = time.perf_counter()
+                model(ids)
+                lat.append((time.perf_counter() - t) * 1e3)
+
+    th = threading.Thread(target=serve)
+    th.start()
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        if variant is None:
+            time.sleep(0.01)
+            continue
+        store = TraceStore(Path(tempfile.mkdtemp()), trace_files=mode)  # type: ignore[arg-type]
+        variant(store, spans)
+        store.close()
+    stop.set()
+    th.join()
+    return lat[1:]
 
 
 def export_before(store: Any, spans: Sequence[Any]) -> None:
@@ -121,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--serve-seconds", type=float, default=6.0)
     args = p.parse_args(argv)
 
     from vauban_trace.instrument import _encode
 
-    spans = capture(args.requests)
+    spans, model, ids = capture(args.requests)
     n = len(spans)
     print(f"spans {n}, traces {len({s.context.trace_id for s in spans})}, "
           f"OTLP bytes/span {len(_encode.encode_request_official(spans)) / n:.0f}, C encoder built: {_encode.native is not None}")
@@ -146,6 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     for label, fn, mode in (rows[0], rows[2]):
         worst, total = stalls(fn, mode, spans)
         print(f"stall  {label:42s} worst {worst:6.1f} ms, summed lateness over 1 ms {total:7.1f} ms")
+    import statistics
+
+    serve_rows: list[tuple[str, Callable[[Any, Sequence[Any]], None] | None, str]] = [
+        ("idle (no export)", None, "on_read"), rows[0], rows[2]]
+    for label, fn_or_none, mode in serve_rows:
+        lat = sorted(serving(model, ids, fn_or_none, mode, spans, args.serve_seconds))
+        q = statistics.quantiles(lat, n=100)
+        print(f"serve  {label:42s} forward ms: p50 {q[49]:6.1f} p99 {q[98]:6.1f} max {lat[-1]:6.1f} ({len(lat)} calls)")
     return 0
 
 
