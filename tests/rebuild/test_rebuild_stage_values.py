@@ -117,3 +117,26 @@ def test_c_made_documents_equal_the_tuple_road_and_stay_out_of_the_gc() -> None:
         assert rebuild_documents(part) == [doc]
         assert not gc.is_tracked(doc) and not any(gc.is_tracked(s) for s in doc.stages)
     assert documents._NATIVE.rebuild_document(b"\xff\xff") is None
+
+
+@needs_native
+def test_python_code_cannot_run_while_the_c_loop_walks_the_sequences() -> None:
+    """A provenance (or an observable word) that is not a plain str would be compared with ``==``, which
+    can run Python code: here an ``__eq__`` that empties the caller's list frees the sequences the C
+    loop is walking (a segfault before). C declines such input without appending; the reference runs."""
+    seqs: list[Any] = []
+
+    class Clears:
+        def __eq__(self, other: object) -> bool:
+            seqs.clear()
+            return False
+
+        __hash__ = object.__hash__
+
+    seqs += [[_obs(prov=Clears()) for _ in range(50)] for _ in range(3)]
+    got, per_stage = _native(seqs)
+    assert got is None and per_stage == {} and len(seqs) == 3
+    seqs[:] = [[_obs() for _ in range(5)]]
+    got, per_stage = _native(seqs, (Clears(), "measured"))  # type: ignore[arg-type]
+    assert got is None and per_stage == {} and len(seqs) == 1
+    assert documents.group_stage_values(per_stage, [[_obs(prov="measured")]], OBSERVABLE) == 4

@@ -404,6 +404,82 @@ static int valid_lists(PyObject *lists) {
     return 1;
 }
 
+static int str_or_none(PyObject *v) { return v == NULL || v == Py_None || PyUnicode_CheckExact(v); }
+
+/* A StageObservation of configure's class whose stage and provenance are exact str (or None) and
+ * whose values are exact int or float (or None): nothing about it can run Python code. */
+static int plain_observation(PyObject *obs, PyTypeObject *cls) {
+    return Py_IS_TYPE(obs, cls) && str_or_none(slot(obs, SO_STAGE)) && str_or_none(slot(obs, SO_SYNC_PROV)) &&
+           plain_number(slot(obs, SO_DURATION)) && plain_number(slot(obs, SO_INPUT)) &&
+           plain_number(slot(obs, SO_OUTPUT)) && plain_number(slot(obs, SO_SYNC));
+}
+
+/* The four packed-double buffers of one stage in per_stage (made when absent): a new reference. */
+static PyObject *stage_lists(PyObject *per_stage, PyObject *stage) {
+    PyObject *lists = PyDict_GetItemWithError(per_stage, stage);
+    if (lists != NULL) {
+        if (!valid_lists(lists)) {
+            PyErr_SetString(PyExc_TypeError, "group_stages: per_stage values must be 4-tuples of bytearrays");
+            return NULL;
+        }
+        return Py_NewRef(lists);
+    }
+    if (PyErr_Occurred()) return NULL;
+    lists = PyTuple_New(4);
+    if (lists == NULL) return NULL;
+    for (int k = 0; k < 4; k++) {
+        PyObject *b = PyByteArray_FromStringAndSize(NULL, 0);
+        if (b == NULL) {
+            Py_DECREF(lists);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(lists, k, b);
+    }
+    if (PyDict_SetItem(per_stage, stage, lists) < 0) {
+        Py_DECREF(lists);
+        return NULL;
+    }
+    return lists;
+}
+
+/* One observation's values appended; last_stage / last_lists: strong references to the stage seen
+ * last and its buffers (a trace's spans often repeat a stage). */
+static int group_one(PyObject *per_stage, PyObject *obs, PyTypeObject *cls, PyObject *observable,
+                     PyObject **last_stage, PyObject **last_lists, Py_ssize_t *values) {
+    if (!plain_observation(obs, cls)) { /* checked before: only a finalizer could have changed it */
+        PyErr_SetString(PyExc_RuntimeError, "group_stages: an observation changed while it was grouped");
+        return -1;
+    }
+    PyObject *stage = slot(obs, SO_STAGE);
+    if (stage == NULL || stage == Py_None || PyUnicode_GET_LENGTH(stage) == 0) return 0;
+    if (stage != *last_stage) {
+        Py_INCREF(stage);
+        PyObject *lists = stage_lists(per_stage, stage);
+        if (lists == NULL) {
+            Py_DECREF(stage);
+            return -1;
+        }
+        Py_XSETREF(*last_stage, stage);
+        Py_XSETREF(*last_lists, lists);
+    }
+    PyObject *lists = *last_lists;
+    if (append_value(lists, 0, slot(obs, SO_DURATION), values) || append_value(lists, 1, slot(obs, SO_INPUT), values) ||
+        append_value(lists, 2, slot(obs, SO_OUTPUT), values))
+        return -1;
+    PyObject *sync = slot(obs, SO_SYNC), *prov = slot(obs, SO_SYNC_PROV);
+    if (sync != NULL && sync != Py_None && prov != NULL) {
+        int in = PySequence_Contains(observable, prov); /* str against str: no Python code */
+        if (in < 0) return -1;
+        if (in && append_value(lists, 3, sync, values)) return -1;
+    }
+    return 0;
+}
+
+/* Every comparison made while grouping is str against str (stages, provenances and the observable
+ * words are checked to be exact str first), so no Python code runs while the sequences are walked;
+ * each sequence, observation and the current stage's buffers are still held by a strong reference
+ * and the sizes re-read, so that not even a finalizer run by an allocation can leave a dangling
+ * pointer behind (it can only make the call raise). */
 PyObject *crb_group_stages(PyObject *self, PyObject *args) {
     PyObject *per_stage, *seqs, *observable;
     if (!PyArg_ParseTuple(args, "O!O!O!", &PyDict_Type, &per_stage, &PyList_Type, &seqs, &PyTuple_Type, &observable))
@@ -412,6 +488,8 @@ PyObject *crb_group_stages(PyObject *self, PyObject *args) {
     if (!crb_cfg.ready || cls == NULL) Py_RETURN_NONE;
     for (int i = 0; i < 7; i++)
         if (crb_cfg.stage_offset[i] < 0) Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(observable); i++)
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(observable, i))) Py_RETURN_NONE;
     /* first every item checked, so that nothing is appended when the reference must run */
     Py_ssize_t nseq = PyList_GET_SIZE(seqs);
     for (Py_ssize_t s = 0; s < nseq; s++) {
@@ -419,64 +497,29 @@ PyObject *crb_group_stages(PyObject *self, PyObject *args) {
         if (!PyTuple_CheckExact(seq) && !PyList_CheckExact(seq)) Py_RETURN_NONE;
         Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
         PyObject **items = PySequence_Fast_ITEMS(seq);
-        for (Py_ssize_t j = 0; j < m; j++) {
-            PyObject *obs = items[j];
-            if (!Py_IS_TYPE(obs, cls)) Py_RETURN_NONE;
-            PyObject *stage = slot(obs, SO_STAGE);
-            if (stage != NULL && stage != Py_None && !PyUnicode_CheckExact(stage)) Py_RETURN_NONE;
-            if (!plain_number(slot(obs, SO_DURATION)) || !plain_number(slot(obs, SO_INPUT)) ||
-                !plain_number(slot(obs, SO_OUTPUT)) || !plain_number(slot(obs, SO_SYNC)))
-                Py_RETURN_NONE;
-        }
+        for (Py_ssize_t j = 0; j < m; j++)
+            if (!plain_observation(items[j], cls)) Py_RETURN_NONE;
     }
     Py_ssize_t values = 0;
-    PyObject *last_stage = NULL, *last_lists = NULL; /* a trace's spans often repeat a stage */
-    for (Py_ssize_t s = 0; s < nseq; s++) {
-        PyObject *seq = PyList_GET_ITEM(seqs, s);
-        Py_ssize_t m = PySequence_Fast_GET_SIZE(seq);
-        PyObject **items = PySequence_Fast_ITEMS(seq);
-        for (Py_ssize_t j = 0; j < m; j++) {
-            PyObject *obs = items[j];
-            PyObject *stage = slot(obs, SO_STAGE);
-            if (stage == NULL || stage == Py_None || PyUnicode_GET_LENGTH(stage) == 0) continue;
-            PyObject *lists;
-            if (stage == last_stage) {
-                lists = last_lists;
-            } else {
-                lists = PyDict_GetItemWithError(per_stage, stage);
-                if (lists == NULL) {
-                    if (PyErr_Occurred()) return NULL;
-                    lists = PyTuple_New(4);
-                    if (lists == NULL) return NULL;
-                    for (int k = 0; k < 4; k++) {
-                        PyObject *b = PyByteArray_FromStringAndSize(NULL, 0);
-                        if (b == NULL) {
-                            Py_DECREF(lists);
-                            return NULL;
-                        }
-                        PyTuple_SET_ITEM(lists, k, b);
-                    }
-                    int rc = PyDict_SetItem(per_stage, stage, lists);
-                    Py_DECREF(lists); /* the dict holds it */
-                    if (rc < 0) return NULL;
-                } else if (!valid_lists(lists)) {
-                    PyErr_SetString(PyExc_TypeError, "group_stages: per_stage values must be 4-tuples of bytearrays");
-                    return NULL;
-                }
-                last_stage = stage;
-                last_lists = lists;
-            }
-            if (append_value(lists, 0, slot(obs, SO_DURATION), &values) ||
-                append_value(lists, 1, slot(obs, SO_INPUT), &values) ||
-                append_value(lists, 2, slot(obs, SO_OUTPUT), &values))
-                return NULL;
-            PyObject *sync = slot(obs, SO_SYNC), *prov = slot(obs, SO_SYNC_PROV);
-            if (sync != NULL && sync != Py_None && prov != NULL) {
-                int in = PySequence_Contains(observable, prov);
-                if (in < 0) return NULL;
-                if (in && append_value(lists, 3, sync, &values)) return NULL;
-            }
+    PyObject *last_stage = NULL, *last_lists = NULL, *result = NULL;
+    for (Py_ssize_t s = 0; s < PyList_GET_SIZE(seqs); s++) {
+        PyObject *seq = Py_NewRef(PyList_GET_ITEM(seqs, s));
+        int rc = 0;
+        if (!PyTuple_CheckExact(seq) && !PyList_CheckExact(seq)) {
+            PyErr_SetString(PyExc_RuntimeError, "group_stages: the sequences changed while they were grouped");
+            rc = -1;
         }
+        for (Py_ssize_t j = 0; rc == 0 && j < PySequence_Fast_GET_SIZE(seq); j++) {
+            PyObject *obs = Py_NewRef(PySequence_Fast_ITEMS(seq)[j]);
+            rc = group_one(per_stage, obs, cls, observable, &last_stage, &last_lists, &values);
+            Py_DECREF(obs);
+        }
+        Py_DECREF(seq);
+        if (rc < 0) goto done;
     }
-    return PyLong_FromSsize_t(values);
+    result = PyLong_FromSsize_t(values);
+done:
+    Py_XDECREF(last_stage);
+    Py_XDECREF(last_lists);
+    return result;
 }
