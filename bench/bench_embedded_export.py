@@ -10,8 +10,8 @@ in this one process, on fresh stores each time (best of ``--reps``, ``time.proce
   :class:`EmbeddedExporter` now (C encoder, ``cut_request`` + ``ingest_parts``, rebuild,
   ``put_documents``) with ``trace_files`` "eager" and "on_read" (what ``configure`` opens now);
 - ``serve``: the serving-process effect: a thread calls the model's forward pass (4 x 64 tokens)
-  in a loop while the main thread exports the captured spans again and again (a fresh store each
-  time), before vs now, and idle: the forward latencies (p50 / p99 / max);
+  in a loop while the main thread exports the captured spans at ``--span-rate`` spans/s (a fresh
+  store each batch), before vs now, and idle: the forward latencies (p50 / p99 / max);
 - ``stall``: a probe thread sleeping 1 ms in a loop while the main thread exports the spans in
   ``BatchSpanProcessor``-sized batches (512): the worst and the summed lateness of its wake-ups,
   i.e. how long an inference thread of the serving process waits on the exporter's GIL holds.
@@ -59,10 +59,11 @@ def capture(requests: int) -> tuple[list[Any], Any, Any]:
 
 
 def serving(model: Any, ids: Any, variant: Callable[[Any, Sequence[Any]], None] | None, mode: str,
-            spans: Sequence[Any], seconds: float) -> list[float]:
+            spans: Sequence[Any], seconds: float, rate: float) -> list[float]:
     """Latencies (ms) of the model's forward pass (4 x 64 tokens) called in a loop by a serving
-    thread for ``seconds``, while the main thread exports ``spans`` again and again (fresh store
-    each time) with ``variant``, or stays idle (None)."""
+    thread for ``seconds``, while the main thread exports ``spans`` (a fresh store each time) with
+    ``variant`` at ``rate`` spans per second (one batch every len(spans) / rate seconds), or stays
+    idle (None)."""
     import torch
 
     from vauban_trace.store import TraceStore
@@ -79,14 +80,14 @@ def serving(model: Any, ids: Any, variant: Callable[[Any, Sequence[Any]], None] 
 
     th = threading.Thread(target=serve)
     th.start()
+    period = len(spans) / rate
     end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        if variant is None:
-            time.sleep(0.01)
-            continue
-        store = TraceStore(Path(tempfile.mkdtemp()), trace_files=mode)  # type: ignore[arg-type]
-        variant(store, spans)
-        store.close()
+    while (start := time.perf_counter()) < end:
+        if variant is not None:
+            store = TraceStore(Path(tempfile.mkdtemp()), trace_files=mode)  # type: ignore[arg-type]
+            variant(store, spans)
+            store.close()
+        time.sleep(max(0.0, start + period - time.perf_counter()))
     stop.set()
     th.join()
     return lat[1:]
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--serve-seconds", type=float, default=6.0)
+    p.add_argument("--span-rate", type=float, default=2000.0, help="spans exported per second beside serving")
     args = p.parse_args(argv)
 
     from vauban_trace.instrument import _encode
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_rows: list[tuple[str, Callable[[Any, Sequence[Any]], None] | None, str]] = [
         ("idle (no export)", None, "on_read"), rows[0], rows[2]]
     for label, fn_or_none, mode in serve_rows:
-        lat = sorted(serving(model, ids, fn_or_none, mode, spans, args.serve_seconds))
+        lat = sorted(serving(model, ids, fn_or_none, mode, spans, args.serve_seconds, args.span_rate))
         q = statistics.quantiles(lat, n=100)
         print(f"serve  {label:42s} forward ms: p50 {q[49]:6.1f} p99 {q[98]:6.1f} max {lat[-1]:6.1f} ({len(lat)} calls)")
     return 0
