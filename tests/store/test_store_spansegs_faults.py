@@ -334,3 +334,44 @@ def test_verify_checks_a_batch_read_again_against_its_new_row(tmp_path: Path) ->
     assert report.ok, report.problems
     assert report.span_batches_checked == 1 and report.spans_decoded == 2
     ts.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_while_a_thread_holds_the_write_lock_can_write_and_read(tmp_path: Path) -> None:
+    """A process forks (a DataLoader worker, a pool) while another of its threads is inside the
+    store's write path (its write lock held, e.g. waiting for another process's SQLite write
+    lock): that thread does not exist in the child, so the child's copy of the lock would stay
+    held forever and every write of the child (its exporter's, its exit flush) would hang."""
+    import signal
+
+    ts = TraceStore(tmp_path)
+    ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
+    ts.spans_for_bytes(TRACE_A)  # a kept read descriptor
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with ts._write_lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest from here on, only an exit status
+        code = 3
+        try:
+            signal.alarm(5)  # a hang ends here
+            ok = ts.add_spans(make_request(make_span(TRACE_A, CHILD, "child", parent=ROOT))) == (1, 0)
+            ok = ok and ts.raw_span_count(TRACE_A) == 2 and ts._spans.writer.segment != 1
+            code = 0 if ok else 1
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join(10)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
+    assert ts.raw_span_count(TRACE_A) == 2  # the child's span, in the child's own segment
+    assert ts.add_spans(make_request(make_span(TRACE_B, ROOT, "b"))) == (1, 0)
+    assert ts.verify_store().ok
+    ts.close()

@@ -59,6 +59,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,22 @@ from vauban_trace.store._split import CutRequest, split_rows
 from vauban_trace.store._sql import connect, initialise
 
 _log = logging.getLogger("vauban_trace.store")
+#: every open store object of this process: a forked child gets fresh locks for each (below)
+_OPEN_STORES: weakref.WeakSet[TraceStore] = weakref.WeakSet()
+
+
+def _fresh_locks_in_child() -> None:
+    """After ``fork``, in the child: a lock another thread of the parent held (an exporter thread
+    inside a write, a reader inside a ``pread``) stays held forever in the child's copy, so every
+    store object gets new ones (the child starts its own connections and segments anyway)."""
+    for store in list(_OPEN_STORES):
+        store._write_lock = threading.Lock()
+        store._conns_lock = threading.Lock()
+        store._spans.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 class TraceStore(RebuiltTraces, StoreMaintenance):
     """A trace database in a directory (created if missing). See the module docstring."""
@@ -138,6 +155,7 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
         self._segments = SegmentWriter(self._folder)
         self._span_folder = self.dir / SPANS.folder
         self._spans = SpanSegments(self._span_folder)
+        _OPEN_STORES.add(self)
         #: rebuilt traces this open found lost in a crash and made pending (``_documents.recover``)
         self.recovered_at_open = 0
         initialise(self._conn(), self.db_path)

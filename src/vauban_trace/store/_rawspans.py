@@ -161,6 +161,11 @@ class SpanSegments:
                 raise self._error(trace_id, batch_id, seg, f"cannot read it: {exc}",
                                   transient=exc.errno in _TRANSIENT) from None
 
+    def after_fork(self) -> None:
+        """In a forked child: a fresh descriptor lock (another thread of the parent may have held
+        it); the parent's kept descriptors are forgotten at the next read (``_pread``)."""
+        self._fds_lock = threading.Lock()
+
     def _drop_fds(self) -> None:
         fds, self._read_fds = self._read_fds, {}
         for fd in fds.values():
