@@ -56,3 +56,24 @@ def test_errors_are_one_line_exit_2(tmp_path, capsys):
                      "--metrics", "off"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot start the collector" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_service_run_in_process_leaves_no_frozen_objects_behind(tmp_path, capsys):
+    """gc.freeze() is for the service's own process: ``main(["collector", ...])`` run inside another
+    process (a test, an embedding) must not leave that process's objects frozen once it returns."""
+    import gc
+    import os
+    import signal
+    import threading
+
+    if gc.get_freeze_count():
+        pytest.skip("this process froze objects itself")
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        code = main(["collector", "--store", str(tmp_path), "--http", "127.0.0.1:0", "--grpc", "off",
+                     "--metrics", "off"])
+    finally:
+        timer.cancel()
+    assert code == 0 and "stopped" in capsys.readouterr().out
+    assert gc.get_freeze_count() == 0

@@ -140,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     collector = Collector(config)
+    frozen_before = gc.get_freeze_count()
     try:
         try:
             collector.start()
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"cannot start the collector: {exc}") from exc
         # what is alive once the service runs (modules, the store, the threads) stays alive: out
         # of the garbage collector's full passes, which otherwise walk it all (~40,000 objects,
-        # 13-16 ms a pass under load, bench/bench_collector.py)
+        # 13-16 ms a pass under load, bench/bench_collector.py); undone on the way out unless the
+        # process had frozen objects of its own (gc cannot tell them apart)
         gc.freeze()
         for line in collector.describe():
             print(f"vauban-trace collector: {line}", flush=True)
@@ -159,5 +161,7 @@ def run(args: argparse.Namespace) -> int:
         collector.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if not frozen_before:  # run inside another process (a test, an embedding): leave it as it was
+            gc.unfreeze()
     print("vauban-trace collector: stopped", file=sys.stdout, flush=True)
     return 0
