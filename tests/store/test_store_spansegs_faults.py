@@ -375,3 +375,51 @@ def test_a_child_forked_while_a_thread_holds_the_write_lock_can_write_and_read(t
     assert ts.add_spans(make_request(make_span(TRACE_B, ROOT, "b"))) == (1, 0)
     assert ts.verify_store().ok
     ts.close()
+
+
+_TRICKLE_WRITER = """
+import sys
+sys.path.insert(0, sys.argv[2])
+from store_testlib import make_request, make_span
+from vauban_trace.store import TraceStore
+ts = TraceStore(sys.argv[1])
+ts._spans.writer.roll_bytes = 3000  # rolls (and compacts) often
+for i in range(int(sys.argv[3])):
+    tid = f"{i % 6 + 1:032x}"
+    parent = None if i < 6 else f"{i % 6 + 1:016x}"
+    ts.add_spans(make_request(make_span(tid, f"{i + 1:016x}", f"s{i}", parent=parent, attrs={"pad": "z" * 120})))
+ts.close()
+"""
+
+
+def test_compaction_and_reads_in_one_process_beside_a_trickling_writer_in_another(tmp_path: Path) -> None:
+    """One process writes six traces one span per request (merges every 16 batches, a roll every
+    3 KB, its own compactions); this one compacts, reads and verifies meanwhile. Every span
+    is there at the end, no read fails on the way, and no file is left behind."""
+    n = 600
+    writer = subprocess.Popen([sys.executable, "-c", _TRICKLE_WRITER, str(tmp_path), str(Path(__file__).parent),
+                               str(n)], stderr=subprocess.PIPE, text=True)
+    ts = TraceStore(tmp_path)
+    rounds = compacted = 0
+    while writer.poll() is None or rounds == 0:
+        compacted += ts.compact_spans(threshold=0.9)
+        for k in range(6):
+            tid = f"{k + 1:032x}"
+            try:
+                ts.spans_for_bytes(tid)
+            except TraceStoreError as exc:
+                if "no trace" not in str(exc):
+                    raise
+        report = ts.verify_store()
+        assert report.span_batches_bad == 0 and report.span_segments_bad == 0, report.problems
+        rounds += 1
+    assert writer.wait(60) == 0, writer.stderr.read() if writer.stderr else ""
+    assert rounds > 1
+    for k in range(6):
+        assert ts.raw_span_count(f"{k + 1:032x}") == n // 6
+    assert ts.verify_store().ok
+    ts.close()
+    with TraceStore(tmp_path) as again:
+        assert again.verify_store().ok
+        assert sorted(os.listdir(tmp_path / "spans")) == [segment_path(tmp_path, s.id, SPANS).name
+                                                          for s in again.store_stats().span_segments]
