@@ -467,3 +467,25 @@ def test_kill9_at_random_moments_loses_no_acknowledged_span(tmp_path: Path) -> N
             assert acked <= stored, sorted(acked - stored)[:10]
             report = ts.verify_store()
             assert report.ok, report.problems
+
+
+def test_a_full_disk_during_the_v4_migration_leaves_the_v4_store(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import shutil
+    import sqlite3
+
+    store = tmp_path / "v4"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "store_v4", store)
+    expected = json.loads((store / "expected.json").read_text())
+    calls = _fail_once(monkeypatch, "writev", errno.ENOSPC)
+    with pytest.raises(TraceStoreError, match="No space left on device"):
+        TraceStore(store)
+    assert calls == [1]
+    conn = sqlite3.connect(store / "traces.sqlite")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 4
+    conn.close()
+    with TraceStore(store) as ts:  # space again: the migration runs again
+        for tid, data in expected["spans_for_bytes"].items():
+            assert ts.spans_for_bytes(tid) == bytes.fromhex(data)
+        assert ts.verify_store().ok
