@@ -121,6 +121,7 @@ def _fresh_locks_in_child() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
+
 class TraceStore(RebuiltTraces, StoreMaintenance):
     """A trace database in a directory (created if missing). See the module docstring."""
 
