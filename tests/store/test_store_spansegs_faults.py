@@ -489,3 +489,32 @@ def test_a_full_disk_during_the_v4_migration_leaves_the_v4_store(tmp_path: Path,
         for tid, data in expected["spans_for_bytes"].items():
             assert ts.spans_for_bytes(tid) == bytes.fromhex(data)
         assert ts.verify_store().ok
+
+
+def test_iov_max_is_positive_whatever_sysconf_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sysconf answers -1 for a limit it cannot tell: ``range(0, n, -1)`` would write nothing
+    while the rows still named the bytes."""
+    from vauban_trace.store import _segments
+
+    for answer in (-1, 0, 4, 1 << 20):
+        monkeypatch.setattr(os, "sysconf", lambda name, a=answer: a)
+        assert 1 <= _segments._iov_max() <= 1024
+
+    def unknown(name: str) -> int:
+        raise ValueError("unrecognized configuration name")
+
+    monkeypatch.setattr(os, "sysconf", unknown)
+    assert _segments._iov_max() >= 1
+
+
+def test_a_call_with_more_batches_than_one_writev_takes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vauban_trace.store import _segments
+
+    monkeypatch.setattr(_segments, "_IOV_MAX", 2)
+    ts = TraceStore(tmp_path)
+    spans = [make_span(f"{k + 1:032x}", ROOT, f"r{k}", attrs={"pad": "v" * (10 + k)}) for k in range(5)]
+    assert ts.add_spans(make_request(*spans)) == (5, 0)  # five batches, three writev calls
+    for k in range(5):
+        assert ts.raw_span_count(f"{k + 1:032x}") == 1
+    assert ts.verify_store().ok
+    ts.close()

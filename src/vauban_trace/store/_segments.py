@@ -73,7 +73,19 @@ FOLDER = "documents"
 _OPEN_NEW = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0) | getattr(
     os, "O_CLOEXEC", 0)
 _OPEN_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+
+
+def _iov_max() -> int:
+    """Buffers one ``writev`` may take: the system's limit, at most 1024; 16 (POSIX's minimum)
+    when the system cannot tell (``sysconf`` answers -1 for an indeterminate limit)."""
+    try:
+        limit = int(os.sysconf("SC_IOV_MAX"))
+    except (AttributeError, ValueError, OSError):
+        limit = -1
+    return min(limit, 1024) if limit > 0 else 16
+
+
+_IOV_MAX = _iov_max()
 
 
 @dataclass(frozen=True, slots=True)
