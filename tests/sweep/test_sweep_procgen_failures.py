@@ -112,3 +112,25 @@ def test_the_child_exits_when_its_parent_dies_even_if_a_forked_process_keeps_the
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_a_stop_counts_the_arrivals_read_in_the_same_batch_as_not_handed_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five arrivals reach the receiver in one read; it stops after the first: the other four were
+    read but never handed over, so the run's end must count one sent and nine not sent (of ten)."""
+    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", _fake_child(tmp_path, """\
+        cmd, n, lead = REC.unpack(sock.recv(24, socket.MSG_WAITALL))
+        sock.recv(8 * n, socket.MSG_WAITALL)
+        now = time.monotonic_ns()
+        sock.sendall(REC.pack(-3, now, now) + b"".join(REC.pack(seq, now, now) for seq in range(5)))
+        cmd, _, _ = REC.unpack(sock.recv(24, socket.MSG_WAITALL))
+        assert cmd == 2, cmd  # STOP
+        sock.sendall(REC.pack(-5, 5, n - 5))  # STOPPED after 5 sent
+        time.sleep(600)
+        """))
+    handed: list[int] = []
+    with ProcessGenerator(startup_s=5.0, silence_s=5.0) as gen:
+        end = _procgen.drive(gen, [0.0] * 5 + [5.0] * 5, lambda base: None,
+                             lambda seq, *_: handed.append(seq), lambda: True)
+    assert handed == [0]
+    assert (end.sent, end.not_sent) == (1, 9)

@@ -113,6 +113,10 @@ class ProcessGenerator:
         self._sock: socket.socket | None = None
         self._stderr: IO[bytes] | None = None
         self._buf = bytearray()
+        # records of a run read from the socket but not yet handed out by run() (last first: popped from
+        # the end): a receiver that stops between two of one read leaves them here, and stop() counts
+        # them as not handed over
+        self._held: list[tuple[int, int, int]] = []
         self.clock_checks: list[tuple[int, int, int]] = []  # (before, child, after) in ns
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -185,6 +189,7 @@ class ProcessGenerator:
         Closing the iterator early (``stop()`` first) leaves the child ready for the next run."""
         sock = self._require()
         n = len(offsets)
+        self._held = []
         self._send(sock, REC.pack(RUN, n, round(lead_s * 1e9)) + struct.pack(f"<{n}d", *offsets), "a run")
         span = offsets[-1] if n else 0.0
         deadline = time.monotonic() + self.startup_s
@@ -194,7 +199,9 @@ class ProcessGenerator:
         expected = 0  # the child sends the arrivals in schedule order, each once
         while True:
             recs, received = self._read(max(time.monotonic(), base + span) + self.silence_s, "arrivals")
-            for kind, a, b in recs:
+            self._held = recs[::-1]
+            while self._held:
+                kind, a, b = self._held.pop()
                 if kind >= 0:
                     if kind != expected or kind >= n:
                         raise self._failure(f"it sent arrival {kind} where the schedule expected arrival "
@@ -217,8 +224,10 @@ class ProcessGenerator:
         received = 0
         end: RunEnd | None = None
         deadline = time.monotonic() + self.silence_s
+        held, self._held = self._held[::-1], []  # read with the last arrival handed out, never handed out
         while True:
-            recs, _ = self._read(deadline, "the answer to a stop")
+            recs = held or self._read(deadline, "the answer to a stop")[0]
+            held = []
             for kind, a, b in recs:
                 if kind >= 0:
                     received += 1
