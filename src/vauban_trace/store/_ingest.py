@@ -4,7 +4,8 @@ Every batch a call writes is encoded first, then all of them are appended to the
 segment with one ``writev`` and ``fdatasync``-ed (``_rawspans``) before their ``span_batches``
 rows (segment, offset, length, digest) are inserted in the caller's transaction, which commits
 with ``synchronous=FULL``. A stored batch of a known trace that fails its check (damaged on disk)
-is logged and left out of the comparison: incoming spans equal to a copy in an intact batch are
+is logged and left out of the comparison (a read that fails for want of descriptors or memory is
+not damage: it fails the write, ``_rawspans``): incoming spans equal to a copy in an intact batch are
 duplicates, the others are written as a new batch with incremental bookkeeping, and that trace's
 batches are never merged (the damaged one stays for ``verify`` to report).
 
