@@ -110,6 +110,32 @@ def export_now(store: Any, spans: Sequence[Any]) -> None:
     assert EmbeddedExporter(store).export(spans).name == "SUCCESS"
 
 
+def phases(spans: Sequence[Any], reps: int) -> dict[str, float]:
+    """Best CPU seconds of each phase of the export as ``EmbeddedExporter`` does it now."""
+    from vauban_trace.instrument._encode import encode_request
+    from vauban_trace.rebuild import rebuild_documents
+    from vauban_trace.store import TraceStore, cut_request
+
+    out: dict[str, float] = {}
+    for _ in range(reps):
+        store = TraceStore(Path(tempfile.mkdtemp()), trace_files="on_read")
+        t = [time.process_time()]
+        data = encode_request(spans)
+        t.append(time.process_time())
+        cut = cut_request(data)
+        t.append(time.process_time())
+        ingested = store.ingest_parts([data if cut is None else cut], snapshots=True)
+        t.append(time.process_time())
+        docs = [(doc, 1) for snap in ingested.snapshots.values() for doc in rebuild_documents(snap.data())]
+        t.append(time.process_time())
+        store.put_documents(docs)
+        t.append(time.process_time())
+        store.close()
+        for i, name in enumerate(("encode", "cut_request", "ingest_parts", "rebuild", "put_documents")):
+            out[name] = min(out.get(name, 1e9), t[i + 1] - t[i])
+    return out
+
+
 def best(fn: Callable[[], Any], reps: int) -> float:
     out = 1e9
     for _ in range(reps):
@@ -185,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, fn, mode in rows:
         cpu, wall = export_cost(fn, mode, spans, args.reps)
         print(f"export {label:42s} {cpu * us:7.1f} CPU us/span {wall * us:7.1f} wall us/span")
+    print("phases of 'now, on_read' (CPU us/span):", {k: round(v * us, 1) for k, v in phases(spans, args.reps).items()})
     for label, fn, mode in (rows[0], rows[2]):
         worst, total = stalls(fn, mode, spans)
         print(f"stall  {label:42s} worst {worst:6.1f} ms, summed lateness over 1 ms {total:7.1f} ms")
