@@ -518,3 +518,30 @@ def test_a_call_with_more_batches_than_one_writev_takes(tmp_path: Path, monkeypa
         assert ts.raw_span_count(f"{k + 1:032x}") == 1
     assert ts.verify_store().ok
     ts.close()
+
+
+def test_a_write_failing_before_it_appends_keeps_the_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails before appending anything (a stored batch whose count is wrong, which
+    fails every write of its trace while the client re-sends it) leaves both writers on their
+    segments: sealing them each time made one more small segment file per retry."""
+    from vauban_trace.store import _db
+
+    ts = TraceStore(tmp_path)
+    ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
+    ts.put_documents([])  # no-op
+    seg = ts._spans.writer.segment
+    real = _db.store_rows
+
+    def corrupt(*args: object, **kwargs: object) -> object:
+        raise TraceStoreError("span batch 1 of trace ...: span_count says 2, the blob holds 1")
+
+    monkeypatch.setattr(_db, "store_rows", corrupt)
+    for _ in range(3):
+        with pytest.raises(TraceStoreError, match="span_count says"):
+            ts.add_spans(make_request(make_span(TRACE_B, ROOT, "b")))
+    monkeypatch.setattr(_db, "store_rows", real)
+    assert ts._spans.writer.segment == seg
+    ts.add_spans(make_request(make_span(TRACE_B, ROOT, "b")))
+    assert _seg_of(ts, TRACE_B) == seg and len(os.listdir(tmp_path / "spans")) == 1
+    assert ts.verify_store().ok
+    ts.close()

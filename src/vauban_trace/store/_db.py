@@ -207,18 +207,23 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise TraceStoreError(f"{what}: cannot start a transaction on {str(self.db_path)!r}: {exc}") from exc
+            writers = (self._segments, self._spans.writer)
+            for writer in writers:
+                writer.used = False
             try:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException as exc:
                 # rolled back: a segment allocated in this transaction has no row any more (its id may
                 # be handed out again) and what was appended is dead or of unknown fate (a failed
-                # write or sync), so neither writer appends to its segment again. Sealed HERE, under
-                # the write lock and before the rollback frees the id: a thread waiting for the lock
-                # must never write to it, and a close after the lock is released could close another
-                # thread's new segment mid-write
-                self._segments.close()
-                self._spans.writer.close()
+                # write or sync), so a writer used in it never appends to its segment again. Sealed
+                # HERE, under the write lock and before the rollback frees the id: a thread waiting
+                # for the lock must never write to it, and a close after the lock is released could
+                # close another thread's new segment mid-write. A writer the transaction did not use
+                # keeps its segment (a write failing every retry must not leave a file per retry)
+                for writer in writers:
+                    if writer.used:
+                        writer.close()
                 if conn.in_transaction:
                     try:
                         conn.execute("ROLLBACK")

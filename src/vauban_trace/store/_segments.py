@@ -31,8 +31,8 @@ file's name is durable, and a failure of that sync fails the write), the records
 ``writev`` before the rows are committed (and ``fdatasync``-ed first when the commit is durable),
 and a segment is rolled once it holds :data:`SEGMENT_BYTES`. A failed write or sync closes the writer
 (the segment's tail is of unknown fate: never appended to again), and so does every failed write
-transaction (``TraceStore._write_tx``, under the store's write lock, before the rollback: a
-segment allocated in it has no row any more). Only the process holding a segment's lock appends
+transaction that used the writer (``TraceStore._write_tx``, under the store's write lock, before
+the rollback: a segment allocated in it has no row any more). Only the process holding a segment's lock appends
 to it; a segment nobody holds is sealed.
 
 Reading (:func:`read_document`): ``pread`` of the extent, then length and digest are checked;
@@ -194,6 +194,7 @@ class SegmentWriter:
         self._fd = -1
         self._pid = os.getpid()
         self.rolled = False  # a segment was sealed since the caller last looked (compaction hint)
+        self.used = False  # appended to (or allocated) since the caller last cleared it (``_write_tx``)
 
     def _open(self, conn: sqlite3.Connection) -> None:
         self.close()
@@ -225,6 +226,7 @@ class SegmentWriter:
         self._fd, self.segment, self.pos = fd, segment, 0
 
     def _ready(self, conn: sqlite3.Connection) -> int:
+        self.used = True
         if os.getpid() != self._pid:  # forked: the parent keeps its segment (and its lock)
             if self._fd >= 0:  # the child's copy of the descriptor: closing it keeps the parent's flock
                 with contextlib.suppress(OSError):
