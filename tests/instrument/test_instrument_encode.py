@@ -145,3 +145,47 @@ def test_real_torch_executor_spans_are_byte_equal(tmp_path: Path) -> None:
     assert encode_request(got) == expected
     for i in range(len(got)):  # every span alone too
         assert encode_request(got[i:i + 1]) == encode_request_official(got[i:i + 1])
+
+
+def _stored(store: Any, trace_ids: set[str]) -> dict[str, tuple[bytes, str]]:
+    return {tid: (store.spans_for_bytes(tid), store.get_trace(tid).to_json()) for tid in sorted(trace_ids)}
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-encoder", "official-encoder"])
+def test_exporter_stores_what_the_official_road_stores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """The embedded exporter (encoder bytes -> cut_request -> ingest_parts) stores the same raw span
+    bytes and the same rebuilt traces as ingesting the official encoder's decoded request."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+
+    import vauban_trace as vt
+    from vauban_trace.instrument import EmbeddedExporter
+    from vauban_trace.rebuild import rebuild_documents
+    from vauban_trace.store import TraceStore
+
+    if not native:
+        monkeypatch.setattr(_encode, "native", None)
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource({"service.name": "enc"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    for i in range(4):
+        with vt.traced_request(model="tiny", tracer_provider=provider, metadata={"i": i, "tags": ["a", "b"]}):
+            with vt.stage("tokenize", tracer_provider=provider, batch_size=2):
+                vt.record_artifact("tokens", [1, 2, 3])
+            with vt.stage("forward", tracer_provider=provider):
+                pass
+    got = list(memory.get_finished_spans())
+    ids = {format(s.context.trace_id, "032x") for s in got}
+    official = TraceStore(tmp_path / "official")
+    ingested = official.ingest(encode_spans(got), snapshots=True)
+    official.put_documents([(doc, 1) for snap in ingested.snapshots.values() for doc in rebuild_documents(snap.data())])
+    embedded = TraceStore(tmp_path / "embedded", trace_files="on_read")
+    before = ENCODE_STATS.native
+    assert EmbeddedExporter(embedded).export(got) is SpanExportResult.SUCCESS
+    assert ENCODE_STATS.native == before + (1 if native else 0)
+    assert _stored(embedded, ids) == _stored(official, ids)
+    assert not any(embedded.trace_json_path(tid).exists() for tid in ids)  # on_read: written when asked
+    for tid in ids:
+        path = embedded.trace_json_file(tid)
+        assert path is not None and path.read_text() == official.trace_json_path(tid).read_text()
