@@ -1,10 +1,10 @@
 """The out-of-process arrival generator: a script the open-loop driver starts (standard library only).
 
-Run by :class:`vauban_trace.sweep._procgen.ProcessGenerator` as ``python -I -S _genchild.py FD``:
+Run by :class:`vauban_trace.sweep._procgen.ProcessGenerator` as ``python -I -S _genchild.py FD PID``:
 no site-packages, no ``vauban_trace`` import, hence no torch and no numpy in this process (the
 schedule comes from the parent, which draws it with :func:`~vauban_trace.sweep.arrival_schedule`
 as the thread generator does). ``FD`` is this end of an ``AF_UNIX`` stream socket pair; the other
-end stays in the serving process.
+end stays in the serving process, whose pid is ``PID``.
 
 Wire format: little-endian records of three signed 64-bit integers (``<qqq``, 24 bytes).
 
@@ -55,7 +55,7 @@ REC = struct.Struct("<qqq")
 RUN, STOP, PING, QUIT = 1, 2, 3, 4
 HELLO, CLOCK, START, END, STOPPED = -1, -2, -3, -4, -5
 PARENT_CHECK_S = 0.25  # the longest wait between two checks that the parent is alive
-_PARENT = os.getppid()
+_PARENT = [os.getppid()]  # the serving process's pid (main() sets the one it was given)
 
 
 class _Quit(Exception):
@@ -63,7 +63,7 @@ class _Quit(Exception):
 
 
 def _check_parent() -> None:
-    if os.getppid() != _PARENT:  # re-parented: the serving process is gone
+    if os.getppid() != _PARENT[0]:  # re-parented: the serving process is gone
         raise _Quit
 
 
@@ -145,6 +145,8 @@ def _tight_timers() -> None:
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if len(argv) > 2:  # the parent's own pid: it may have died before this line
+        _PARENT[0] = int(argv[2])
     _tight_timers()
     sock = socket.socket(fileno=int(argv[1]))
     sock.setblocking(False)

@@ -48,6 +48,7 @@ two seconds. The child ignores SIGINT: Ctrl-C stops the sweep here, which then s
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import struct
@@ -132,7 +133,7 @@ class ProcessGenerator:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed in close())
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(CHILD_SCRIPT), str(theirs.fileno())],
+                [sys.executable, "-I", "-S", str(CHILD_SCRIPT), str(theirs.fileno()), str(os.getpid())],
                 pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=self._stderr)
         except OSError as exc:
