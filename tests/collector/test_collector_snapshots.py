@@ -77,3 +77,38 @@ def test_every_new_trace_is_rebuilt_from_its_snapshot_under_load(make_collector)
     finally:
         os.sched_setaffinity(0, cores)
     assert c.assembler.rebuilt == len(tids) and c.assembler.snapshot_hits == len(tids)
+
+
+def test_the_idle_drop_of_leftover_snapshots_keeps_one_handed_over_meanwhile(tmp_path, monkeypatch):
+    """A pass that finds no backlog drops leftover snapshots; a trace committed (and its snapshot handed
+    over) between that count and the drop must keep its snapshot, or it is read back from SQLite."""
+    import threading
+
+    with TraceStore(tmp_path / "s") as store:
+        asm = Assembler(store, CollectorMetrics(), quiet_period_s=0.0)
+        old, _ = vauban_request(2, salt=75)
+        asm.remember(store.ingest(old, snapshots=True).snapshots)
+        assert Assembler(store, CollectorMetrics()).run_once(force=True) == 2  # asm keeps leftovers
+        new, tids = vauban_request(3, salt=76)
+
+        def writer():  # the collector's writer: commit and hand-over under the hand-off lock
+            with asm.handoff:
+                asm.remember(store.ingest(new, snapshots=True).snapshots)
+
+        real = store.pending_count
+        raced: list[int] = []
+
+        def count_then_commit():
+            n = real()
+            if not raced:  # the first count of the pass; the writer commits right after it
+                raced.append(n)
+                t = threading.Thread(target=writer)
+                t.start()
+                t.join(2.0)
+            return n
+
+        monkeypatch.setattr(store, "pending_count", count_then_commit)
+        assert asm.run_once() == 0 and raced == [0]
+        monkeypatch.setattr(store, "pending_count", real)
+        assert asm.run_once(force=True) == 3
+        assert asm.snapshot_hits == 3 and all(store.get_trace(t).complete for t in tids)

@@ -183,8 +183,10 @@ class Assembler:
                 self._report_backlog(backlog)
             backlog = self._store.pending_count()
             self._report_backlog(backlog)
-            if not backlog and self._snapshots:
-                self._drop_snapshots()  # left by a trace rebuilt before its snapshot came
+            if not backlog and self._snapshots:  # left by a trace rebuilt before its snapshot came
+                with self.handoff:  # recounted: a trace committed since the count keeps its snapshot
+                    if not self._store.pending_count():
+                        self._drop_snapshots()
         return done
 
     def _report_backlog(self, backlog: int) -> None:
