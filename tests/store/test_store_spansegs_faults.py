@@ -13,6 +13,7 @@ import pytest
 from store_testlib import CHILD, ROOT, TRACE_A, TRACE_B, make_request, make_span
 
 from vauban_trace.store import TraceStore, TraceStoreError
+from vauban_trace.store._ingest import store_rows as _ingest_store_rows
 from vauban_trace.store._segments import SPANS, segment_path
 
 
@@ -94,7 +95,7 @@ def test_a_failed_ingest_abandons_its_segment_before_another_thread_writes(tmp_p
 
     ts = TraceStore(tmp_path)
     a_appended, b_done = threading.Event(), threading.Event()
-    real_store_rows = _db.store_rows
+    real_store_rows = _ingest_store_rows
     real_close = _segments.SegmentWriter.close
 
     class Boom(Exception):
@@ -225,7 +226,8 @@ def test_kill9_between_the_compaction_commit_and_the_unlink(tmp_path: Path) -> N
         assert ts.verify_store().ok
 
 
-def test_a_reader_racing_a_compaction_in_another_process_reads_the_moved_batches(tmp_path: Path) -> None:
+def test_a_reader_racing_a_compaction_in_another_process_reads_the_moved_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writer = TraceStore(tmp_path)
     sealed = _dead_sealed_segment(writer)
     tid = f"{2:032x}"
@@ -239,7 +241,7 @@ def test_a_reader_racing_a_compaction_in_another_process_reads_the_moved_batches
             raced.append(writer.compact_spans(threshold=1.01))
         return real_read(*args, **kwargs)  # type: ignore[arg-type]
 
-    reader._spans.read = read_after_compaction  # type: ignore[method-assign]
+    monkeypatch.setattr(reader._spans, "read", read_after_compaction)
     assert reader.spans_for_bytes(tid) == expected
     assert raced == [1] and not segment_path(tmp_path / "spans", sealed, SPANS).exists()
     assert reader.verify_store().ok
@@ -292,7 +294,7 @@ def test_a_transient_open_failure_is_not_damage_a_retry_stays_a_duplicate(tmp_pa
     ts.close()
 
 
-def test_verify_checks_a_batch_read_again_against_its_new_row(tmp_path: Path) -> None:
+def test_verify_checks_a_batch_read_again_against_its_new_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """verify reads a batch, fails (a compaction in another process moved it and deleted the
     file), reads its row again: the batch may meanwhile hold other spans under the same id (a
     merge re-used the highest id), so the count it checks is the new row's, not the old one."""
@@ -310,9 +312,9 @@ def test_verify_checks_a_batch_read_again_against_its_new_row(tmp_path: Path) ->
     merged = encode_batch(rows)
     real_read = ts._spans.read
 
-    def moved_meanwhile(tid: str, batches: list[object], *args: object) -> object:
-        if batches and batches[0][1] == 1:  # type: ignore[index]
-            (bid, _count, seg, _off, _len, _dig) = batches[0]  # type: ignore[misc]
+    def moved_meanwhile(tid: str, batches: list[tuple[int, int, int, int, int, bytes]], *args: object) -> object:
+        if batches and batches[0][1] == 1:
+            (bid, _count, seg, _off, _len, _dig) = batches[0]
             path = segment_path(tmp_path / "spans", seg, SPANS)
             with open(path, "ab") as f:
                 off = f.tell()
@@ -329,7 +331,7 @@ def test_verify_checks_a_batch_read_again_against_its_new_row(tmp_path: Path) ->
             raise RawSpanError("moved")
         return real_read(tid, batches, *args)  # type: ignore[arg-type]
 
-    ts._spans.read = moved_meanwhile  # type: ignore[method-assign]
+    monkeypatch.setattr(ts._spans, "read", moved_meanwhile)
     report = ts.verify_store()
     assert report.ok, report.problems
     assert report.span_batches_checked == 1 and report.spans_decoded == 2
@@ -459,7 +461,7 @@ def test_kill9_at_random_moments_loses_no_acknowledged_span(tmp_path: Path) -> N
         acked.update(got)
         start = max(got) + 2  # the one in flight may or may not be there
         with TraceStore(tmp_path) as ts:
-            stored = set()
+            stored: set[int] = set()
             for k in range(5):
                 for rs in ts.spans_for(f"{k + 1:032x}").resource_spans:
                     for ss in rs.scope_spans:
@@ -530,7 +532,7 @@ def test_a_write_failing_before_it_appends_keeps_the_segments(tmp_path: Path, mo
     ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
     ts.put_documents([])  # no-op
     seg = ts._spans.writer.segment
-    real = _db.store_rows
+    real = _ingest_store_rows
 
     def corrupt(*args: object, **kwargs: object) -> object:
         raise TraceStoreError("span batch 1 of trace ...: span_count says 2, the blob holds 1")
