@@ -28,6 +28,34 @@ from pathlib import Path
 from typing import Any
 
 
+def _plain(call: Any, rate: float, window: float) -> list[float]:
+    """Poisson arrivals at ``rate`` for ``window`` s (after 0.5 s unmeasured), each call on a pool thread;
+    the response times (s) of the measured ones, timed here."""
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = random.Random(0)
+    out: list[float] = []
+    lock = threading.Lock()
+
+    def one(t_sched: float, measured: bool) -> None:
+        call()
+        if measured:
+            with lock:
+                out.append(time.monotonic() - t_sched)
+
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        t0 = time.monotonic()
+        t = t0
+        while t < t0 + 0.5 + window:
+            t += rng.expovariate(rate)
+            delay = t - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one, t, t >= t0 + 0.5)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
@@ -41,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stall-ms", type=float, default=5.0)
     p.add_argument("--slow-ms", type=float, default=50.0)
     p.add_argument("--out", default="gpu_tail_probe.json")
+    p.add_argument("--exporter", default="embedded", choices=("embedded", "none"),
+                   help="none: configure(exporter='none', keep_local=False), spans are made but not exported")
+    p.add_argument("--driver", default="sweep", choices=("sweep", "plain"),
+                   help="plain: Poisson arrivals from a thread here, responses timed here (no read-back: works with "
+                        "--exporter none)")
+    p.add_argument("--no-probe", action="store_true", help="no stall-probe thread (it takes the GIL every 1 ms)")
     args = p.parse_args(argv)
 
     import vauban_trace as vt
@@ -57,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.load()
     tok = ex._require().tokenizer
     text = tok.decode(tok(" ".join(SENTENCES * 8), add_special_tokens=False)["input_ids"][: args.prompt_tokens])
-    session = vt.configure(store_dir=tempfile.mkdtemp(prefix="vauban-probe-"), service_name="vauban-probe")
+    none = args.exporter == "none"
+    session = vt.configure(store_dir=tempfile.mkdtemp(prefix="vauban-probe-"), service_name="vauban-probe",
+                           exporter="none" if none else None, keep_local=False if none else None)
     clock = time.monotonic
     batches: list[tuple[float, float, int]] = []
 
@@ -107,14 +143,36 @@ def main(argv: list[str] | None = None) -> int:
 
     gc.callbacks.append(on_gc)
     th = threading.Thread(target=probe, daemon=True)
-    th.start()
+    if not args.no_probe:
+        th.start()
+    if args.driver == "plain":
+        with ServingLoop(serve_batch=serve_batch, model=ex.name, workers=1, max_batch=args.max_batch,
+                         max_wait_s=0.002, executor="torch", device=args.device) as loop:
+            resp = _plain(lambda: loop.call(text), args.rate, args.window)
+        stop.set()
+        if not args.no_probe:
+            th.join()
+        gc.callbacks.remove(on_gc)
+        session.shutdown()
+        resp.sort()
+        plain = {"driver": "plain", "exporter": args.exporter, "probe": not args.no_probe, "rate": args.rate,
+                 "requests": len(resp), "response_p50_ms": resp[len(resp) // 2] * 1000,
+                 "response_p95_ms": resp[int(0.95 * len(resp))] * 1000, "response_max_ms": resp[-1] * 1000,
+                 "batches": len(batches), "batch_ms_median": statistics.median([(b - a) * 1000 for a, b, _ in batches]),
+                 "batch_ms_max": max((b - a) * 1000 for a, b, _ in batches),
+                 "batch_size_median": statistics.median([n for _, _, n in batches]),
+                 "exports": len(exports), "export_ms_max": max(((b - a) * 1000 for a, b, _ in exports), default=0)}
+        Path(args.out).write_text(json.dumps(plain, indent=1))
+        print(json.dumps(plain, indent=1))
+        return 0
     spec = OpenLoopSpec(rates=(args.rate,), duration_s=args.window, warmup_s=0.5, repeats=1, seed=0,
                         switch_interval_s=0.0005, generator=args.generator)
     with ServingLoop(serve_batch=serve_batch, model=ex.name, workers=1, max_batch=args.max_batch,
                      max_wait_s=0.002, executor="torch", device=args.device) as loop:
         res = run_open_loop(lambda seq: loop.call(text), spec, session=session, on_error="record")
     stop.set()
-    th.join()
+    if not args.no_probe:
+        th.join()
     gc.callbacks.remove(on_gc)
     session.shutdown()
 
@@ -133,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         slow.append({"t": t0, "response_ms": r.response_s * 1000, "queue_ms": (r.queue_wait_s or 0) * 1000,
                      "stalls": over(stalls), "gcs": over(gcs), "exports": over(exports),
                      "batches": over(batches)})
-    out: dict[str, Any] = {"exporters_wrapped": len(exporters), "requests": len(rs),
+    out: dict[str, Any] = {"exporter": args.exporter, "probe": not args.no_probe, "rate": args.rate,
+                           "exporters_wrapped": len(exporters), "requests": len(rs),
            "response_p50_ms": statistics.median(rs) * 1000, "response_p95_ms": sorted(rs)[int(0.95 * len(rs))] * 1000,
            "batches": len(batches), "batch_ms_median": statistics.median([(b - a) * 1000 for a, b, _ in batches]),
            "batch_ms_max": max((b - a) * 1000 for a, b, _ in batches),
