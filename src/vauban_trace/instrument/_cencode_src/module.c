@@ -120,9 +120,10 @@ static int write_request(Buf *b, PyObject *resources, PyObject *scopes, PyObject
     return 0;
 }
 
+/* fast: the private list of spans (see encode_spans): it owns every span while they are read. */
 static int group(PyObject *fast, PyObject *resources, PyObject *scopes, PyObject *members) {
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
-        PyObject *span = PySequence_Fast_GET_ITEM(fast, i);
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fast); i++) {
+        PyObject *span = PyList_GET_ITEM(fast, i);
         PyObject *resource = PyObject_GetAttr(span, ce_s_resource);
         if (resource == NULL) return -1;
         PyObject *scope = PyObject_GetAttr(span, ce_s_instrumentation_scope);
@@ -167,7 +168,9 @@ static int group(PyObject *fast, PyObject *resources, PyObject *scopes, PyObject
 }
 
 static PyObject *encode_spans(PyObject *self, PyObject *spans) {
-    PyObject *fast = PySequence_Fast(spans, "encode_spans: expected a sequence of spans");
+    /* A private copy of the batch: code that runs while the spans are read (a property of a span
+     * subclass, a resource's __eq__) cannot shrink or free what is being walked. */
+    PyObject *fast = PySequence_List(spans);
     if (fast == NULL) return NULL;
     PyObject *resources = PyList_New(0), *scopes = PyList_New(0), *members = PyList_New(0);
     Buf b = {NULL, 0, 0};

@@ -76,9 +76,14 @@ static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
         if (arr == (size_t)-1) return -1;
         PyObject *seq = PySequence_Fast(v, "sequence");
         if (seq == NULL) return -1;
-        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (any_value(b, 1, PySequence_Fast_GET_ITEM(seq, i), depth + 1) < 0) {
+        /* The size is read again for every item and each item is owned while it is written: a
+         * list can change under any code that runs meanwhile. */
+        for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+            PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+            Py_INCREF(item);
+            int rc = any_value(b, 1, item, depth + 1);
+            Py_DECREF(item);
+            if (rc < 0) {
                 Py_DECREF(seq);
                 return -1;
             }
@@ -92,12 +97,13 @@ static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
         PyObject *k, *val;
         Py_ssize_t size = PyDict_GET_SIZE(v);
         while (PyDict_Next(v, &pos, &k, &val)) {
-            PyObject *ks = PyObject_Str(k);
-            if (ks == NULL) return -1;
+            Py_INCREF(k); /* owned before anything runs: str(k) may change the dict */
             Py_INCREF(val);
-            int rc = key_value(b, 1, ks, val, depth + 1);
+            PyObject *ks = PyObject_Str(k);
+            int rc = ks == NULL || PyDict_GET_SIZE(v) != size ? -1 : key_value(b, 1, ks, val, depth + 1);
+            Py_XDECREF(ks);
             Py_DECREF(val);
-            Py_DECREF(ks);
+            Py_DECREF(k);
             if (rc < 0 || PyDict_GET_SIZE(v) != size) return -1;
         }
         if (ce_end(b, kvl) < 0) return -1;
@@ -311,17 +317,13 @@ done:
 static int sequence_of(Buf *b, PyObject *span, PyObject *name, int (*one)(Buf *, PyObject *)) {
     PyObject *seq = PyObject_GetAttr(span, name);
     if (seq == NULL) return -1;
-    PyObject *fast = PySequence_Fast(seq, "sequence");
+    PyObject *fast = PySequence_Tuple(seq); /* a snapshot that owns the events / links */
     Py_DECREF(seq);
     if (fast == NULL) return -1;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
-        if (one(b, PySequence_Fast_GET_ITEM(fast, i)) < 0) {
-            Py_DECREF(fast);
-            return -1;
-        }
-    }
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyTuple_GET_SIZE(fast); i++) rc = one(b, PyTuple_GET_ITEM(fast, i));
     Py_DECREF(fast);
-    return 0;
+    return rc;
 }
 
 /* The span's own attributes: the SDK's ``attributes`` property is a read-only view of
