@@ -48,7 +48,15 @@ static int key_value(Buf *b, uint32_t field, PyObject *key, PyObject *value, int
     return ce_end(b, body);
 }
 
-/* AnyValue as _encode_value picks its member: None, bool, str, int, float, bytes, list/tuple, dict. */
+/* AnyValue as _encode_value picks its member: None, bool, str, int, float, bytes, list/tuple, dict.
+ *
+ * No user code runs here: scalars (subclasses included: np.float64, np.str_) are read at the C
+ * level, as upb reads them for the official encoder (PyUnicode_AsUTF8AndSize, PyLong_AsLongLong,
+ * PyFloat_AS_DOUBLE, the bytes buffer: none calls __str__/__index__/__float__); containers must be
+ * exactly list, tuple or dict, and a dict's keys exactly str, since a subclass's __iter__ /
+ * items() or a key's __str__ would run user code (twice, once more in the official encoder after
+ * a decline; and it may change what is being walked). Everything else declines. So the walk is
+ * atomic under the GIL: no other thread runs while a container is read. */
 static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
     if (depth > CE_MAX_DEPTH) return -1;
     size_t body = ce_begin(b, field);
@@ -71,7 +79,7 @@ static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
         if (ce_fixed64(b, 4, bits) < 0) return -1;
     } else if (PyBytes_Check(v)) {
         if (ce_bytes_field(b, 7, PyBytes_AS_STRING(v), (size_t)PyBytes_GET_SIZE(v)) < 0) return -1;
-    } else if (PyList_Check(v) || PyTuple_Check(v)) {
+    } else if (PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
         size_t arr = ce_begin(b, 5);
         if (arr == (size_t)-1) return -1;
         PyObject *seq = PySequence_Fast(v, "sequence");
@@ -97,11 +105,10 @@ static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
         PyObject *k, *val;
         Py_ssize_t size = PyDict_GET_SIZE(v);
         while (PyDict_Next(v, &pos, &k, &val)) {
-            Py_INCREF(k); /* owned before anything runs: str(k) may change the dict */
+            if (!PyUnicode_CheckExact(k)) return -1; /* str(k) is k only for an exact str */
+            Py_INCREF(k);
             Py_INCREF(val);
-            PyObject *ks = PyObject_Str(k);
-            int rc = ks == NULL || PyDict_GET_SIZE(v) != size ? -1 : key_value(b, 1, ks, val, depth + 1);
-            Py_XDECREF(ks);
+            int rc = key_value(b, 1, k, val, depth + 1);
             Py_DECREF(val);
             Py_DECREF(k);
             if (rc < 0 || PyDict_GET_SIZE(v) != size) return -1;
