@@ -4,10 +4,12 @@
  * gives, or None when it declines (see cencode.h): the caller then uses the official encoder.
  *
  * Grouping: spans are grouped by resource, then by instrumentation scope, groups in order of first
- * appearance, as the official encoder's dicts do. A span joins an existing group when its resource
- * (scope) is the group's object or compares equal to it (Resource / InstrumentationScope define
- * __eq__ and a matching __hash__); the hash itself is not computed (Resource hashes a JSON dump of
- * its attributes, per span: most of what this module saves).
+ * appearance, as the official encoder's dicts do: a span joins a group whose resource (scope) is
+ * the same object, or has the same hash and compares equal (a dict's lookup: Resource({"n": 1})
+ * == Resource({"n": True}) but their hashes differ, so they are two groups). The hash of each
+ * distinct object is computed once per batch, not once per span as the dict does (Resource hashes
+ * a JSON dump of its attributes: most of what this module saves); a batch's spans nearly always
+ * share their provider's one Resource and their tracer's one scope.
  */
 #include "cencode.h"
 
@@ -53,18 +55,26 @@ int ce_end(Buf *b, size_t body) {
     return 0;
 }
 
-/* Index of key in keys (identity, then ==), appended when absent; -1 on error. */
-static Py_ssize_t group_index(PyObject *keys, PyObject *key, int *added) {
+/* Index of key in keys, as the official encoder's dict finds it: the same object, or an equal one
+ * of the same hash (hashes[i]: hash(keys[i]), a Python int); appended when absent; -1 on error.
+ * keys and hashes are private lists: the __hash__ / __eq__ that run here cannot change them. */
+static Py_ssize_t group_index(PyObject *keys, PyObject *hashes, PyObject *key, int *added) {
     Py_ssize_t n = PyList_GET_SIZE(keys);
     *added = 0;
     for (Py_ssize_t i = 0; i < n; i++)
         if (PyList_GET_ITEM(keys, i) == key) return i;
+    Py_hash_t h = PyObject_Hash(key); /* unhashable: the dict raises, the official encoder too */
+    if (h == -1 && PyErr_Occurred()) return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyLong_AsSsize_t(PyList_GET_ITEM(hashes, i)) != h) continue;
         int eq = PyObject_RichCompareBool(PyList_GET_ITEM(keys, i), key, Py_EQ);
         if (eq < 0) return -1;
         if (eq) return i;
     }
-    if (PyList_Append(keys, key) < 0) return -1;
+    PyObject *hv = PyLong_FromSsize_t(h);
+    int rc = hv == NULL || PyList_Append(hashes, hv) < 0 || PyList_Append(keys, key) < 0 ? -1 : 0;
+    Py_XDECREF(hv);
+    if (rc < 0) return -1;
     *added = 1;
     return n;
 }
@@ -120,8 +130,10 @@ static int write_request(Buf *b, PyObject *resources, PyObject *scopes, PyObject
     return 0;
 }
 
-/* fast: the private list of spans (see encode_spans): it owns every span while they are read. */
-static int group(PyObject *fast, PyObject *resources, PyObject *scopes, PyObject *members) {
+/* fast: the private list of spans (see encode_spans): it owns every span while they are read.
+ * hashes: [[hash(resource) per resource], [[hash(scope) per scope] per resource]]. */
+static int group(PyObject *fast, PyObject *resources, PyObject *scopes, PyObject *members, PyObject *hashes) {
+    PyObject *rhashes = PyList_GET_ITEM(hashes, 0), *shashes = PyList_GET_ITEM(hashes, 1);
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(fast); i++) {
         PyObject *span = PyList_GET_ITEM(fast, i);
         PyObject *resource = PyObject_GetAttr(span, ce_s_resource);
@@ -141,16 +153,18 @@ static int group(PyObject *fast, PyObject *resources, PyObject *scopes, PyObject
             scope = Py_NewRef(Py_None);
         }
         int added = 0, rc = -1;
-        Py_ssize_t r = group_index(resources, resource, &added), s;
+        Py_ssize_t r = group_index(resources, rhashes, resource, &added), s;
         if (r < 0) goto next;
         if (added) {
-            PyObject *a = PyList_New(0), *m = PyList_New(0);
-            int ok = a != NULL && m != NULL && PyList_Append(scopes, a) == 0 && PyList_Append(members, m) == 0;
+            PyObject *a = PyList_New(0), *m = PyList_New(0), *h = PyList_New(0);
+            int ok = a != NULL && m != NULL && h != NULL && PyList_Append(scopes, a) == 0 &&
+                     PyList_Append(members, m) == 0 && PyList_Append(shashes, h) == 0;
             Py_XDECREF(a);
             Py_XDECREF(m);
+            Py_XDECREF(h);
             if (!ok) goto next;
         }
-        s = group_index(PyList_GET_ITEM(scopes, r), scope, &added);
+        s = group_index(PyList_GET_ITEM(scopes, r), PyList_GET_ITEM(shashes, r), scope, &added);
         if (s < 0) goto next;
         if (added) {
             PyObject *l = PyList_New(0);
@@ -173,15 +187,18 @@ static PyObject *encode_spans(PyObject *self, PyObject *spans) {
     PyObject *fast = PySequence_List(spans);
     if (fast == NULL) return NULL;
     PyObject *resources = PyList_New(0), *scopes = PyList_New(0), *members = PyList_New(0);
+    PyObject *hashes = Py_BuildValue("[[][]]");
     Buf b = {NULL, 0, 0};
     PyObject *out = NULL;
-    if (resources != NULL && scopes != NULL && members != NULL && group(fast, resources, scopes, members) == 0 &&
+    if (resources != NULL && scopes != NULL && members != NULL && hashes != NULL &&
+        group(fast, resources, scopes, members, hashes) == 0 &&
         ce_reserve(&b, 1) == 0 && write_request(&b, resources, scopes, members) == 0)
         out = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.len);
     PyMem_Free(b.data);
     Py_XDECREF(resources);
     Py_XDECREF(scopes);
     Py_XDECREF(members);
+    Py_XDECREF(hashes);
     Py_DECREF(fast);
     if (out == NULL) { /* declined: the official encoder takes the batch */
         PyErr_Clear();
