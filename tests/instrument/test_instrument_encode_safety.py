@@ -14,12 +14,13 @@ the official encoder would not write.
   ``==``); a span subclass's ``attributes``, a mapping's ``items()`` and an id's ``to_bytes`` are
   what the official encoder reads; Ctrl-C raised inside the encoder propagates; a request over
   protobuf's 2 GiB limit is declined.
-- Threads: another thread mutating a link's attribute dict and list while the exporter encodes
-  gives the bytes of one of the states it went through.
+- Threads: another thread mutating a link's attribute dict and list, or setting keys of a bounded
+  ``BoundedAttributes``, while the exporter encodes: each encode is one state they went through.
 """
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
@@ -447,3 +448,55 @@ def test_another_thread_mutating_link_attributes_gives_one_of_its_states() -> No
         thread.join()
         sys.setswitchinterval(old)
     assert seen and seen <= states
+
+
+def _span_attributes(data: bytes) -> tuple[bytes, ...]:
+    """The one span's attributes (the dropped count, read separately, moves on meanwhile)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    span = ExportTraceServiceRequest.FromString(data).resource_spans[0].scope_spans[0].spans[0]
+    return tuple(kv.SerializeToString() for kv in span.attributes)
+
+
+def test_a_bounded_attributes_being_set_in_another_thread_gives_whole_states() -> None:
+    """A bounded ``BoundedAttributes`` sets a key in steps under its lock (delete the old entry,
+    check the length, maybe evict, insert), a lock the official encoder's iteration takes and the
+    C walk does not. The walk runs no Python code and CPython 3.11 does not switch threads between
+    those steps, so every encode is a whole state (this checks it; it does not prove it)."""
+    native = _encode.native
+    assert native is not None
+    attrs = BoundedAttributes(maxlen=2, attributes={"a": 1, "b": "x"}, immutable=False)
+    span = ReadableSpan("s", context=SpanContext(1, 2, False), resource=Resource({}), attributes=attrs)
+    ops = [("a", 2), ("a", 1), ("c", 3.5), ("a", 1), ("b", "x")]  # replace a key, evict the oldest
+    logger = logging.getLogger("opentelemetry.attributes")
+    logger.disabled = True  # the eviction's warning, silenced
+    states = set()
+    for key, value in ops:
+        states.add(_span_attributes(encode_request_official([span])))
+        attrs[key] = value
+    stop = threading.Event()
+
+    def mutate() -> None:
+        while not stop.is_set():
+            for key, value in ops:
+                attrs[key] = value
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=mutate)
+    thread.start()
+    try:
+        seen, declined = set(), 0
+        for _ in range(5000):
+            got = native.encode_spans([span])
+            if got is None:
+                declined += 1
+            else:
+                seen.add(_span_attributes(got))
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(old)
+        logger.disabled = False
+    assert seen and seen <= states, (len(seen - states), declined)
+    assert declined == 0

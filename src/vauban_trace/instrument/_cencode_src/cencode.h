@@ -93,4 +93,9 @@ extern PyObject *ce_s_attributes, *ce_s__attributes, *ce_s__dict, *ce_s_name, *c
     *ce_s_dropped_attributes, *ce_s_dropped_events, *ce_s_dropped_links, *ce_s_timestamp,
     *ce_s_context, *ce_s_items, *ce_s_get_span_context, *ce_sixty_four;
 
+/* The SDK types whose layout this module relies on, exactly (module.c imports them at import):
+ * opentelemetry.attributes.BoundedAttributes, opentelemetry.sdk.trace.ReadableSpan,
+ * opentelemetry.trace.SpanKind. */
+extern PyTypeObject *ce_t_bounded_attributes, *ce_t_readable_span, *ce_t_span_kind;
+
 #endif

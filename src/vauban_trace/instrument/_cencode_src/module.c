@@ -19,6 +19,7 @@ PyObject *ce_s_attributes, *ce_s__attributes, *ce_s__dict, *ce_s_name, *ce_s_ver
     *ce_s_links, *ce_s_status, *ce_s_status_code, *ce_s_description, *ce_s_dropped_attributes,
     *ce_s_dropped_events, *ce_s_dropped_links, *ce_s_timestamp, *ce_s_context, *ce_s_items,
     *ce_s_get_span_context, *ce_sixty_four;
+PyTypeObject *ce_t_bounded_attributes, *ce_t_readable_span, *ce_t_span_kind;
 
 int ce_grow(Buf *b, size_t need) {
     size_t cap = b->cap ? b->cap : 4096;
@@ -216,6 +217,18 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef moduledef = {PyModuleDef_HEAD_INIT, "_cencode", "OTLP span encoder (C)", -1, methods, NULL, NULL, NULL, NULL};
 
+static PyTypeObject *import_type(const char *module, const char *name) {
+    PyObject *m = PyImport_ImportModule(module);
+    if (m == NULL) return NULL;
+    PyObject *t = PyObject_GetAttrString(m, name);
+    Py_DECREF(m);
+    if (t != NULL && !PyType_Check(t)) {
+        PyErr_Format(PyExc_ImportError, "_cencode: %s.%s is not a type", module, name);
+        Py_CLEAR(t);
+    }
+    return (PyTypeObject *)t; /* kept for the life of the process */
+}
+
 #define INTERN(var, text) \
     if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL;
 
@@ -250,5 +263,9 @@ PyMODINIT_FUNC PyInit__cencode(void) {
     INTERN(ce_s_items, "items");
     INTERN(ce_s_get_span_context, "get_span_context");
     if ((ce_sixty_four = PyLong_FromLong(64)) == NULL) return NULL;
+    if ((ce_t_bounded_attributes = import_type("opentelemetry.attributes", "BoundedAttributes")) == NULL ||
+        (ce_t_readable_span = import_type("opentelemetry.sdk.trace", "ReadableSpan")) == NULL ||
+        (ce_t_span_kind = import_type("opentelemetry.trace", "SpanKind")) == NULL)
+        return NULL;
     return PyModule_Create(&moduledef);
 }

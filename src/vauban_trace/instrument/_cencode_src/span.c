@@ -135,33 +135,41 @@ static int dict_attributes(Buf *b, uint32_t field, PyObject *d) {
     return 0;
 }
 
+/* BoundedAttributes, exactly (a subclass may iterate otherwise): its _dict, which its items()
+ * walks. Its writers change _dict under its lock, which the official encoder's iteration takes and
+ * this walk does not: it runs no Python code, so no other thread runs while it reads, and on
+ * CPython 3.11 a writer never yields the GIL between its steps (tested with a writer thread in
+ * test_instrument_encode_safety). 1: not read that way (the generic path reads it). */
+static int bounded_attributes(Buf *b, uint32_t field, PyObject *attrs) {
+    PyObject *inner = PyObject_GetAttr(attrs, ce_s__dict);
+    if (inner == NULL) return -1;
+    int rc = PyDict_CheckExact(inner) ? dict_attributes(b, field, inner) : 1;
+    Py_DECREF(inner);
+    return rc;
+}
+
 /* Repeated KeyValue of an attributes mapping (None, dict, BoundedAttributes or any mapping), in
- * its items() order. */
+ * its items() order, as _encode_attributes reads it: `if not attributes`, then items(). */
 int ce_attributes(Buf *b, uint32_t field, PyObject *attrs) {
     if (attrs == Py_None) return 0;
     if (PyDict_CheckExact(attrs)) return dict_attributes(b, field, attrs);
-    PyObject *inner = PyObject_GetAttr(attrs, ce_s__dict); /* BoundedAttributes keeps a dict */
-    if (inner != NULL && PyDict_CheckExact(inner)) {
-        int rc = dict_attributes(b, field, inner);
-        Py_DECREF(inner);
-        return rc;
+    if (Py_TYPE(attrs) == ce_t_bounded_attributes) {
+        int rc = bounded_attributes(b, field, attrs);
+        if (rc <= 0) return rc;
     }
-    Py_XDECREF(inner);
-    PyErr_Clear();
-    if (!PyMapping_Check(attrs)) return -1;
-    PyObject *items = PyMapping_Items(attrs);
+    int truth = PyObject_IsTrue(attrs);
+    if (truth <= 0) return truth;
+    PyObject *items = PyMapping_Items(attrs); /* a new list (of the items() it calls): ours */
     if (items == NULL) return -1;
-    Py_ssize_t n = PyList_GET_SIZE(items);
-    for (Py_ssize_t i = 0; i < n; i++) {
+    int rc = 0;
+    for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(items); i++) {
         PyObject *kv = PyList_GET_ITEM(items, i);
-        if (!PyTuple_Check(kv) || PyTuple_GET_SIZE(kv) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(kv, 0)) ||
-            key_value(b, field, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), 0) < 0) {
-            Py_DECREF(items);
-            return -1;
-        }
+        rc = PyTuple_Check(kv) && PyTuple_GET_SIZE(kv) == 2 && PyUnicode_Check(PyTuple_GET_ITEM(kv, 0))
+                 ? key_value(b, field, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), 0)
+                 : -1;
     }
     Py_DECREF(items);
-    return 0;
+    return rc;
 }
 
 static int attr_attributes(Buf *b, uint32_t field, PyObject *obj, PyObject *name) {
@@ -173,14 +181,14 @@ static int attr_attributes(Buf *b, uint32_t field, PyObject *obj, PyObject *name
 }
 
 /* trace_id (16 bytes) or span_id (8 bytes), big-endian, as int.to_bytes (which refuses negative
- * and too large ids: declined). */
+ * and too large ids: declined); an exact int only (bool and subclasses decline). */
 static int id_field(Buf *b, uint32_t field, PyObject *ctx, PyObject *name, int nbytes) {
     PyObject *v = PyObject_GetAttr(ctx, name);
     if (v == NULL) return -1;
     uint8_t out[16];
     uint64_t hi = 0, lo = 0;
     int rc = -1;
-    if (!PyLong_Check(v) || PyBool_Check(v)) goto done;
+    if (!PyLong_CheckExact(v)) goto done; /* a subclass may define its own to_bytes / >> */
     if (nbytes == 8) {
         lo = PyLong_AsUnsignedLongLong(v);
         if (lo == (uint64_t)-1 && PyErr_Occurred()) goto done;
@@ -333,17 +341,11 @@ static int sequence_of(Buf *b, PyObject *span, PyObject *name, int (*one)(Buf *,
     return rc;
 }
 
-/* The span's own attributes: the SDK's ``attributes`` property is a read-only view of
- * ``_attributes or {}``, read here without the view (same items, same order). */
+/* The span's own attributes. For an SDK ReadableSpan exactly, whose ``attributes`` property is a
+ * read-only view of ``_attributes or {}``, _attributes is read without the view (same items, same
+ * order); any other span (a subclass may override the property) is read through ``attributes``. */
 static int span_attributes(Buf *b, PyObject *span) {
-    PyObject *a = PyObject_GetAttr(span, ce_s__attributes);
-    if (a == NULL) {
-        PyErr_Clear();
-        return attr_attributes(b, 9, span, ce_s_attributes);
-    }
-    int rc = ce_attributes(b, 9, a);
-    Py_DECREF(a);
-    return rc;
+    return attr_attributes(b, 9, span, Py_TYPE(span) == ce_t_readable_span ? ce_s__attributes : ce_s_attributes);
 }
 
 int ce_span(Buf *b, uint32_t field, PyObject *span) {
@@ -372,7 +374,8 @@ int ce_span(Buf *b, uint32_t field, PyObject *span) {
     PyObject *kind = PyObject_GetAttr(span, ce_s_kind);
     if (kind == NULL) return -1;
     uint64_t kv = 0, t;
-    rc = attr_u64(kind, ce_s_value, 4, 0, &kv);
+    /* _SPAN_KIND_MAP[kind]: a SpanKind member (value 0-4) -> value + 1; anything else declines */
+    rc = Py_TYPE(kind) == ce_t_span_kind ? attr_u64(kind, ce_s_value, 4, 0, &kv) : -1;
     Py_DECREF(kind);
     if (rc < 0 || ce_uint_field(b, 6, kv + 1) < 0) return -1;
     if (attr_u64(span, ce_s_start_time, UINT64_MAX, 1, &t) < 0 || (t && ce_fixed64(b, 7, t) < 0)) return -1;
