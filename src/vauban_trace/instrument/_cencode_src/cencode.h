@@ -5,7 +5,8 @@
  * Every ce_ function returns 0 on success and -1 to DECLINE: the input is something this encoder
  * does not reproduce exactly (an unusual type, a value protobuf would refuse, a Python error while
  * reading an attribute); the caller then clears any Python error and the module returns None, so
- * that the official encoder handles the batch.
+ * that the official encoder handles the batch. An exception that is not an Exception
+ * (KeyboardInterrupt, SystemExit) raised by code run while reading propagates instead.
  */
 #ifndef VAUBAN_CENCODE_H
 #define VAUBAN_CENCODE_H

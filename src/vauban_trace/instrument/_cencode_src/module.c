@@ -202,6 +202,9 @@ static PyObject *encode_spans(PyObject *self, PyObject *spans) {
     Py_XDECREF(hashes);
     Py_DECREF(fast);
     if (out == NULL) { /* declined: the official encoder takes the batch */
+        /* ...unless code that ran here raised KeyboardInterrupt / SystemExit (a signal handler in the
+         * main thread, a span property): not an encoding problem, the caller's to see */
+        if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_Exception)) return NULL;
         PyErr_Clear();
         Py_RETURN_NONE;
     }
