@@ -21,12 +21,18 @@ PyObject *ce_s_attributes, *ce_s__attributes, *ce_s__dict, *ce_s_name, *ce_s_ver
     *ce_s_get_span_context, *ce_sixty_four;
 PyTypeObject *ce_t_bounded_attributes, *ce_t_readable_span, *ce_t_span_kind;
 
+/* Protobuf refuses to serialize a message over 2 GiB (upb: a length over INT32_MAX; the official
+ * encoder then drops the attribute or raises): a request longer than this is declined, and the
+ * buffer never grows past it (plus the few bytes a reservation asks beyond what it writes). Tests
+ * lower it with _set_max_size. */
+static size_t ce_max_size = INT32_MAX;
+#define CE_SLACK 32
+
 int ce_grow(Buf *b, size_t need) {
+    if (need > ce_max_size + CE_SLACK || b->len > ce_max_size + CE_SLACK - need) return -1;
     size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + need) {
-        if (cap > ((size_t)PY_SSIZE_T_MAX) / 2) return -1;
-        cap *= 2;
-    }
+    while (cap < b->len + need) cap *= 2; /* <= 2 * (INT32_MAX + CE_SLACK): no overflow */
+    if (cap > ce_max_size + CE_SLACK) cap = ce_max_size + CE_SLACK;
     uint8_t *d = PyMem_Realloc(b->data, cap);
     if (d == NULL) return -1;
     b->data = d;
@@ -193,7 +199,7 @@ static PyObject *encode_spans(PyObject *self, PyObject *spans) {
     PyObject *out = NULL;
     if (resources != NULL && scopes != NULL && members != NULL && hashes != NULL &&
         group(fast, resources, scopes, members, hashes) == 0 &&
-        ce_reserve(&b, 1) == 0 && write_request(&b, resources, scopes, members) == 0)
+        ce_reserve(&b, 1) == 0 && write_request(&b, resources, scopes, members) == 0 && b.len <= ce_max_size)
         out = PyBytes_FromStringAndSize((const char *)b.data, (Py_ssize_t)b.len);
     PyMem_Free(b.data);
     Py_XDECREF(resources);
@@ -211,10 +217,26 @@ static PyObject *encode_spans(PyObject *self, PyObject *spans) {
     return out;
 }
 
+/* _set_max_size(n) -> the previous limit: for tests (n in [0, INT32_MAX]). */
+static PyObject *set_max_size(PyObject *self, PyObject *arg) {
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || n > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "_set_max_size: the limit must be in [0, 2**31 - 1]");
+        return NULL;
+    }
+    size_t old = ce_max_size;
+    ce_max_size = (size_t)n;
+    return PyLong_FromSize_t(old);
+}
+
 static PyMethodDef methods[] = {
     {"encode_spans", encode_spans, METH_O,
      "encode_spans(spans) -> bytes | None: the serialized ExportTraceServiceRequest of SDK spans, "
      "byte for byte what the official OTLP encoder produces; None when declined."},
+    {"_set_max_size", set_max_size, METH_O,
+     "_set_max_size(n) -> int: sets the longest request encoded (default and maximum 2**31 - 1, "
+     "protobuf's limit; longer ones are declined) and returns the previous one. For tests."},
     {NULL, NULL, 0, NULL},
 };
 
