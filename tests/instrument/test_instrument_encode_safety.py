@@ -26,7 +26,7 @@ import sys
 import textwrap
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -195,7 +195,7 @@ def test_a_mapping_is_read_through_its_items_not_a_private_dict() -> None:
             return 1
 
     _same([_span(M())])
-    _same([_span({}, events=[Event("e", M())])])  # type: ignore[arg-type]
+    _same([_span({}, events=[Event("e", M())])])
 
 
 def test_a_span_subclass_overriding_attributes_is_read_through_the_property() -> None:
@@ -261,6 +261,37 @@ def test_a_request_over_the_size_limit_is_declined() -> None:
     finally:
         assert native._set_max_size(old) == size
     assert old == 2**31 - 1
+
+
+def test_no_reference_is_leaked_when_encoding_declining_or_raising() -> None:
+    native = _encode.native
+    assert native is not None
+    text, items, blob = "v" * 30, ["a", 1, 2.5, (True, None)], b"\x00\x01"
+    nested: dict[str, Any] = {"k": items, "t": text}
+    resource, scope = Resource({"service.name": "r"}), InstrumentationScope("x", "1", None, {"s": text})
+    ctx = SpanContext(2**100 + 7, 2**63 + 1, False)
+
+    class Raising(ReadableSpan):
+        @property
+        def name(self) -> str:
+            raise KeyboardInterrupt
+
+    def batch(extra: Any, cls: type[ReadableSpan] = ReadableSpan) -> list[ReadableSpan]:
+        attrs: dict[str, Any] = {"t": text, "l": items, "b": blob, "n": nested, "x": extra}
+        event_attrs: dict[str, Any] = {"t": text, "l": items}
+        return [cls("s", context=ctx, resource=resource, attributes=attrs, instrumentation_scope=scope,
+                    events=[Event("e", event_attrs)], links=[Link(ctx, {"n": nested})])]
+
+    watched = [text, items, blob, nested, resource, scope, ctx]
+    ok, declined, raising = batch(1), batch(2**70), batch(1, Raising)
+    assert native.encode_spans(ok) is not None and native.encode_spans(declined) is None
+    before = [sys.getrefcount(o) for o in watched]
+    for _ in range(500):
+        native.encode_spans(ok)
+        native.encode_spans(declined)
+        with pytest.raises(KeyboardInterrupt):
+            native.encode_spans(raising)
+    assert [sys.getrefcount(o) for o in watched] == before
 
 
 # --- user code on values: never called, or read as the official encoder's runtime reads it -------
@@ -421,7 +452,8 @@ def test_another_thread_mutating_link_attributes_gives_one_of_its_states() -> No
     d: dict[str, Any] = {"a": 1, "l": inner}
     span = ReadableSpan("s", context=SpanContext(1, 2, False), resource=Resource({}),
                         links=[Link(SpanContext(3, 4, False), d)], attributes={"n": 1})
-    ops = [lambda: d.__setitem__("b", "x"), lambda: inner.append(2), lambda: d.__delitem__("b"), inner.pop]
+    ops: list[Callable[[], object]] = [lambda: d.__setitem__("b", "x"), lambda: inner.append(2),
+                                       lambda: d.__delitem__("b"), inner.pop]
     states = set()
     for op in ops:  # the four states, in the order the thread goes through them
         states.add(encode_request_official([span]))
@@ -467,7 +499,7 @@ def test_a_bounded_attributes_being_set_in_another_thread_gives_whole_states() -
     assert native is not None
     attrs = BoundedAttributes(maxlen=2, attributes={"a": 1, "b": "x"}, immutable=False)
     span = ReadableSpan("s", context=SpanContext(1, 2, False), resource=Resource({}), attributes=attrs)
-    ops = [("a", 2), ("a", 1), ("c", 3.5), ("a", 1), ("b", "x")]  # replace a key, evict the oldest
+    ops: list[tuple[str, Any]] = [("a", 2), ("a", 1), ("c", 3.5), ("a", 1), ("b", "x")]  # replace, evict
     logger = logging.getLogger("opentelemetry.attributes")
     logger.disabled = True  # the eviction's warning, silenced
     states = set()
