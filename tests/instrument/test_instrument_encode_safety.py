@@ -532,3 +532,44 @@ def test_a_bounded_attributes_being_set_in_another_thread_gives_whole_states() -
         logger.disabled = False
     assert seen and seen <= states, (len(seen - states), declined)
     assert declined == 0
+
+
+def _nested(dicts: int, lists: int) -> Any:
+    value: Any = 1
+    for _ in range(lists):
+        value = [value]
+    for _ in range(dicts):
+        value = {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("where", ["span", "event", "link", "scope", "resource"])
+@pytest.mark.parametrize(("dicts", "lists"), [(31, 0), (32, 0), (31, 1), (30, 2), (0, 32), (16, 16)])
+def test_nesting_protobuf_cannot_parse_back_is_declined(where: str, dicts: int, lists: int) -> None:
+    """The official encoder builds its messages by copying them through upb's parser, whose depth
+    limit (100 messages below a ResourceSpans) it then hits: 32 nested dicts in an event's or a
+    link's attributes raise DecodeError there, one level less deep than the span's own. The C
+    declines past the same depth instead of writing bytes nobody can parse back."""
+    attrs = {"a": _nested(dicts, lists)}
+    ctx = SpanContext(1, 2, False)
+    kw: dict[str, Any] = {"context": ctx, "resource": Resource(attrs) if where == "resource" else Resource({})}
+    if where == "span":
+        kw["attributes"] = attrs
+    elif where == "event":
+        kw["events"] = [Event("e", attrs)]
+    elif where == "link":
+        kw["links"] = [Link(ctx, attrs)]
+    elif where == "scope":
+        kw["instrumentation_scope"] = InstrumentationScope("x", attributes=attrs)
+    batch = [ReadableSpan("s", **kw)]
+    native = _encode.native
+    assert native is not None
+    got = native.encode_spans(batch)
+    try:
+        expected = encode_request_official(batch)
+    except Exception as exc:
+        assert got is None
+        with pytest.raises(type(exc)):
+            encode_request(batch)
+        return
+    assert got == expected  # all of these are within the C's limits when the official accepts them
