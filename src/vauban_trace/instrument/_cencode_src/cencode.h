@@ -21,6 +21,11 @@
 #endif
 
 #define CE_MAX_DEPTH 32 /* nesting of attribute values (lists / dicts) */
+/* The deepest AnyValue message written, counted from its ResourceSpans (0): the official encoder
+ * builds its messages by copying them through upb's parser, whose depth limit (100) then raises
+ * DecodeError for the whole batch (32 nested dicts in an event's attributes: level 101); bytes
+ * deeper than that could not be parsed back either. A list adds 2 levels, a dict 3. */
+#define CE_MAX_LEVEL 100
 
 typedef struct {
     uint8_t *data;
@@ -82,7 +87,7 @@ static inline size_t ce_begin(Buf *b, uint32_t field) {
 int ce_end(Buf *b, size_t body);
 
 /* The span's attributes and values (span.c). */
-int ce_attributes(Buf *b, uint32_t field, PyObject *attrs);
+int ce_attributes(Buf *b, uint32_t field, PyObject *attrs, int level);
 int ce_span(Buf *b, uint32_t field, PyObject *span);
 int ce_str_field(Buf *b, uint32_t field, PyObject *s, int optional);
 

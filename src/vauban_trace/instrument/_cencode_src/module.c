@@ -93,7 +93,7 @@ static int scope_message(Buf *b, PyObject *scope) {
         PyObject *name = PyObject_GetAttr(scope, ce_s_name), *version = NULL, *attrs = NULL;
         int ok = name != NULL && ce_str_field(b, 1, name, 1) == 0 &&
                  (version = PyObject_GetAttr(scope, ce_s_version)) != NULL && ce_str_field(b, 2, version, 1) == 0 &&
-                 (attrs = PyObject_GetAttr(scope, ce_s_attributes)) != NULL && ce_attributes(b, 3, attrs) == 0;
+                 (attrs = PyObject_GetAttr(scope, ce_s_attributes)) != NULL && ce_attributes(b, 3, attrs, 4) == 0; /* ScopeSpans 1, scope 2, KeyValue 3 */
         Py_XDECREF(name);
         Py_XDECREF(version);
         Py_XDECREF(attrs);
@@ -120,7 +120,7 @@ static int write_request(Buf *b, PyObject *resources, PyObject *scopes, PyObject
         if (rs == (size_t)-1 || res == (size_t)-1) return -1;
         PyObject *attrs = PyObject_GetAttr(resource, ce_s_attributes);
         if (attrs == NULL) return -1;
-        int rc = ce_attributes(b, 1, attrs);
+        int rc = ce_attributes(b, 1, attrs, 3); /* Resource 1, KeyValue 2 */
         Py_DECREF(attrs);
         if (rc < 0 || ce_end(b, res) < 0) return -1;
         PyObject *rscopes = PyList_GET_ITEM(scopes, r), *rmembers = PyList_GET_ITEM(members, r);

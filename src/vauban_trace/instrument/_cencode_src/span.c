@@ -39,12 +39,12 @@ static int attr_u64(PyObject *obj, PyObject *name, uint64_t max, int none_ok, ui
     return rc;
 }
 
-static int any_value(Buf *b, uint32_t field, PyObject *v, int depth);
+static int any_value(Buf *b, uint32_t field, PyObject *v, int depth, int level);
 
-static int key_value(Buf *b, uint32_t field, PyObject *key, PyObject *value, int depth) {
+static int key_value(Buf *b, uint32_t field, PyObject *key, PyObject *value, int depth, int level) {
     size_t body = ce_begin(b, field);
     if (body == (size_t)-1 || ce_str_field(b, 1, key, 1) < 0) return -1;
-    if (any_value(b, 2, value, depth) < 0) return -1;
+    if (any_value(b, 2, value, depth, level) < 0) return -1;
     return ce_end(b, body);
 }
 
@@ -57,8 +57,8 @@ static int key_value(Buf *b, uint32_t field, PyObject *key, PyObject *value, int
  * items() or a key's __str__ would run user code (twice, once more in the official encoder after
  * a decline; and it may change what is being walked). Everything else declines. So the walk is
  * atomic under the GIL: no other thread runs while a container is read. */
-static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
-    if (depth > CE_MAX_DEPTH) return -1;
+static int any_value(Buf *b, uint32_t field, PyObject *v, int depth, int level) {
+    if (depth > CE_MAX_DEPTH || level > CE_MAX_LEVEL) return -1;
     size_t body = ce_begin(b, field);
     if (body == (size_t)-1) return -1;
     if (v == Py_None) {
@@ -89,7 +89,7 @@ static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
         for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
             PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
             Py_INCREF(item);
-            int rc = any_value(b, 1, item, depth + 1);
+            int rc = any_value(b, 1, item, depth + 1, level + 2); /* ArrayValue, AnyValue */
             Py_DECREF(item);
             if (rc < 0) {
                 Py_DECREF(seq);
@@ -108,7 +108,7 @@ static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
             if (!PyUnicode_CheckExact(k)) return -1; /* str(k) is k only for an exact str */
             Py_INCREF(k);
             Py_INCREF(val);
-            int rc = key_value(b, 1, k, val, depth + 1);
+            int rc = key_value(b, 1, k, val, depth + 1, level + 3); /* KeyValueList, KeyValue, AnyValue */
             Py_DECREF(val);
             Py_DECREF(k);
             if (rc < 0 || PyDict_GET_SIZE(v) != size) return -1;
@@ -120,14 +120,14 @@ static int any_value(Buf *b, uint32_t field, PyObject *v, int depth) {
     return ce_end(b, body);
 }
 
-static int dict_attributes(Buf *b, uint32_t field, PyObject *d) {
+static int dict_attributes(Buf *b, uint32_t field, PyObject *d, int level) {
     Py_ssize_t pos = 0, size = PyDict_GET_SIZE(d);
     PyObject *k, *v;
     while (PyDict_Next(d, &pos, &k, &v)) {
         if (!PyUnicode_Check(k)) return -1;
         Py_INCREF(k);
         Py_INCREF(v);
-        int rc = key_value(b, field, k, v, 0);
+        int rc = key_value(b, field, k, v, 0, level);
         Py_DECREF(v);
         Py_DECREF(k);
         if (rc < 0 || PyDict_GET_SIZE(d) != size) return -1;
@@ -140,21 +140,22 @@ static int dict_attributes(Buf *b, uint32_t field, PyObject *d) {
  * this walk does not: it runs no Python code, so no other thread runs while it reads, and on
  * CPython 3.11 a writer never yields the GIL between its steps (tested with a writer thread in
  * test_instrument_encode_safety). 1: not read that way (the generic path reads it). */
-static int bounded_attributes(Buf *b, uint32_t field, PyObject *attrs) {
+static int bounded_attributes(Buf *b, uint32_t field, PyObject *attrs, int level) {
     PyObject *inner = PyObject_GetAttr(attrs, ce_s__dict);
     if (inner == NULL) return -1;
-    int rc = PyDict_CheckExact(inner) ? dict_attributes(b, field, inner) : 1;
+    int rc = PyDict_CheckExact(inner) ? dict_attributes(b, field, inner, level) : 1;
     Py_DECREF(inner);
     return rc;
 }
 
 /* Repeated KeyValue of an attributes mapping (None, dict, BoundedAttributes or any mapping), in
- * its items() order, as _encode_attributes reads it: `if not attributes`, then items(). */
-int ce_attributes(Buf *b, uint32_t field, PyObject *attrs) {
+ * its items() order, as _encode_attributes reads it: `if not attributes`, then items(). level:
+ * the depth of each value's AnyValue below the ResourceSpans (see CE_MAX_LEVEL). */
+int ce_attributes(Buf *b, uint32_t field, PyObject *attrs, int level) {
     if (attrs == Py_None) return 0;
-    if (PyDict_CheckExact(attrs)) return dict_attributes(b, field, attrs);
+    if (PyDict_CheckExact(attrs)) return dict_attributes(b, field, attrs, level);
     if (Py_TYPE(attrs) == ce_t_bounded_attributes) {
-        int rc = bounded_attributes(b, field, attrs);
+        int rc = bounded_attributes(b, field, attrs, level);
         if (rc <= 0) return rc;
     }
     int truth = PyObject_IsTrue(attrs);
@@ -165,17 +166,17 @@ int ce_attributes(Buf *b, uint32_t field, PyObject *attrs) {
     for (Py_ssize_t i = 0; rc == 0 && i < PyList_GET_SIZE(items); i++) {
         PyObject *kv = PyList_GET_ITEM(items, i);
         rc = PyTuple_Check(kv) && PyTuple_GET_SIZE(kv) == 2 && PyUnicode_Check(PyTuple_GET_ITEM(kv, 0))
-                 ? key_value(b, field, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), 0)
+                 ? key_value(b, field, PyTuple_GET_ITEM(kv, 0), PyTuple_GET_ITEM(kv, 1), 0, level)
                  : -1;
     }
     Py_DECREF(items);
     return rc;
 }
 
-static int attr_attributes(Buf *b, uint32_t field, PyObject *obj, PyObject *name) {
+static int attr_attributes(Buf *b, uint32_t field, PyObject *obj, PyObject *name, int level) {
     PyObject *a = PyObject_GetAttr(obj, name);
     if (a == NULL) return -1;
-    int rc = ce_attributes(b, field, a);
+    int rc = ce_attributes(b, field, a, level);
     Py_DECREF(a);
     return rc;
 }
@@ -280,7 +281,7 @@ static int one_event(Buf *b, PyObject *ev) {
     if (name == NULL) return -1;
     int rc = ce_str_field(b, 2, name, 1);
     Py_DECREF(name);
-    if (rc < 0 || attr_attributes(b, 3, ev, ce_s_attributes) < 0) return -1;
+    if (rc < 0 || attr_attributes(b, 3, ev, ce_s_attributes, 5) < 0) return -1; /* Span 2, Event 3, KeyValue 4 */
     if (attr_u64(ev, ce_s_dropped_attributes, UINT32_MAX, 1, &dropped) < 0) return -1;
     if (dropped && ce_uint_field(b, 4, dropped) < 0) return -1;
     return ce_end(b, body);
@@ -297,7 +298,7 @@ static int one_link(Buf *b, PyObject *ln) {
         context_flags(ctx, &flags) == 0)
         rc = 0;
     Py_DECREF(ctx);
-    if (rc < 0 || attr_attributes(b, 4, ln, ce_s_attributes) < 0) return -1;
+    if (rc < 0 || attr_attributes(b, 4, ln, ce_s_attributes, 5) < 0) return -1; /* Span 2, Link 3, KeyValue 4 */
     uint64_t dropped;
     if (attr_u64(ln, ce_s_dropped_attributes, UINT32_MAX, 1, &dropped) < 0) return -1;
     if (dropped && ce_uint_field(b, 5, dropped) < 0) return -1;
@@ -345,7 +346,8 @@ static int sequence_of(Buf *b, PyObject *span, PyObject *name, int (*one)(Buf *,
  * read-only view of ``_attributes or {}``, _attributes is read without the view (same items, same
  * order); any other span (a subclass may override the property) is read through ``attributes``. */
 static int span_attributes(Buf *b, PyObject *span) {
-    return attr_attributes(b, 9, span, Py_TYPE(span) == ce_t_readable_span ? ce_s__attributes : ce_s_attributes);
+    return attr_attributes(b, 9, span, Py_TYPE(span) == ce_t_readable_span ? ce_s__attributes : ce_s_attributes,
+                           4); /* ScopeSpans 1, Span 2, KeyValue 3 */
 }
 
 int ce_span(Buf *b, uint32_t field, PyObject *span) {
