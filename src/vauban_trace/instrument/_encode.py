@@ -12,9 +12,10 @@ per span than the official encoder (see docs/benchmarks.md, "Embedded exporter c
 declines, and the official encoder takes the whole batch, for anything it does not reproduce
 exactly: an attribute value of a type other than None/bool/str/int/float/bytes (subclasses
 included: read at the C level as protobuf reads them) or exactly list/tuple/dict (nested deeper
-than 32, or a dict key that is not exactly a str), an int outside int64, a string that is not
-valid UTF-8, an id that is not exactly an int or out of range, a kind that is not a ``SpanKind``,
-a timestamp or count out of range, a request over protobuf's 2 GiB limit. Every decline is counted
+than 32 or than protobuf's parser allows, or a dict key that is not exactly a str), an int
+outside int64, a string that is not valid UTF-8, an id that is not exactly an int or out of
+range, a kind that is not a ``SpanKind``, a timestamp or count out of range, a request over
+protobuf's 2 GiB limit. Every decline is counted
 (:data:`ENCODE_STATS`) and logged at debug level; it never fails the export. A KeyboardInterrupt
 or SystemExit raised by code run while the spans are read (a span subclass's property) propagates.
 
