@@ -30,7 +30,8 @@ The settings are checked in this order; the first bad one raises:
 ``bool`` is refused wherever a number is expected (``True`` is an ``int`` to Python, never a
 count or a temperature here). ``do_sample`` is taken as ``bool(do_sample)``, unchecked.
 :func:`check_int` is the integer check used above, shared for the executors' other integer
-settings (``topk``).
+settings (``topk``); :func:`check_score_continuation` checks ``score_continuation`` for both.
+Each executor's run options extend :class:`GenerationSettings` with its recording settings.
 """
 
 from __future__ import annotations
@@ -102,4 +103,13 @@ def check_generation(
     )
 
 
-__all__ = ["SEED_LIMIT", "GenerationSettings", "check_generation", "check_int"]
+def check_score_continuation(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``score_continuation`` normalised to a tuple (one string, or one per prompt), or None;
+    :class:`ExecutorError` when it is empty or holds anything but non-empty strings."""
+    score = (value,) if isinstance(value, str) else (tuple(value) if value is not None else None)
+    if score is not None and (not score or any(not isinstance(s, str) or not s for s in score)):
+        raise ExecutorError("score_continuation must be a non-empty string (or one per prompt)")
+    return score
+
+
+__all__ = ["SEED_LIMIT", "GenerationSettings", "check_generation", "check_int", "check_score_continuation"]

@@ -39,7 +39,12 @@ from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import Capabilities, Intervention, Trace, TraceRequest
 from vauban_trace.executors import _requests
 from vauban_trace.executors._common import RunResult as _BaseRunResult
-from vauban_trace.executors._genparams import check_generation, check_int
+from vauban_trace.executors._genparams import (
+    GenerationSettings,
+    check_generation,
+    check_int,
+    check_score_continuation,
+)
 from vauban_trace.executors.mlx._capabilities import build_capabilities
 from vauban_trace.executors.mlx._layers import SITES_BUILT, MlxLayers, config_layer_count, find_layers
 from vauban_trace.executors.mlx._score import ContinuationScore
@@ -57,20 +62,15 @@ class RunResult(_BaseRunResult):
 
 
 @dataclass(frozen=True)
-class MlxRunOptions:
-    max_new_tokens: int = 0
+class MlxRunOptions(GenerationSettings):
+    """Validated generation (inherited) and recording settings of one run."""
+
     sites: tuple[str, ...] = ("residual",)
     logits_positions: str = "last"
     topk: int = 5
     ignore_eos: bool = False
     weights: tuple[str, ...] = ()
     score_continuation: tuple[str, ...] | None = None
-    do_sample: bool = False
-    seed: int | None = None
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] = ()
 
 
 def make_mlx_options(
@@ -94,15 +94,10 @@ def make_mlx_options(
         raise ExecutorError(f"logits_positions must be 'last' or 'all', got {logits_positions!r}")
     if isinstance(weights, str) or any(not isinstance(w, str) or not w for w in weights):
         raise ExecutorError(f"weights must be a list of parameter names, got {weights!r}")
-    score = (score_continuation,) if isinstance(score_continuation, str) else (
-        tuple(score_continuation) if score_continuation is not None else None
-    )
-    if score is not None and (not score or any(not isinstance(s, str) or not s for s in score)):
-        raise ExecutorError("score_continuation must be a non-empty string (or one per prompt)")
+    score = check_score_continuation(score_continuation)
     return MlxRunOptions(
-        gen.max_new_tokens, tuple(dict.fromkeys(sites)), logits_positions, topk, bool(ignore_eos),
-        tuple(dict.fromkeys(weights)), score, do_sample=gen.do_sample, seed=gen.seed,
-        temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p, stop=gen.stop,
+        **vars(gen), sites=tuple(dict.fromkeys(sites)), logits_positions=logits_positions, topk=topk,
+        ignore_eos=bool(ignore_eos), weights=tuple(dict.fromkeys(weights)), score_continuation=score,
     )
 
 

@@ -35,7 +35,12 @@ from vauban_trace._exceptions import ExecutorError
 from vauban_trace.contract import Capabilities, Intervention, Trace, TraceRequest
 from vauban_trace.executors import _requests
 from vauban_trace.executors._common import RunResult as _BaseRunResult
-from vauban_trace.executors._genparams import check_generation, check_int
+from vauban_trace.executors._genparams import (
+    GenerationSettings,
+    check_generation,
+    check_int,
+    check_score_continuation,
+)
 from vauban_trace.executors._requests import read_trace, trace_request
 from vauban_trace.executors.torch import _load
 from vauban_trace.executors.torch._capabilities import build_capabilities
@@ -51,16 +56,9 @@ class RunResult(_BaseRunResult):
 
 
 @dataclass(frozen=True)
-class RunOptions:
-    """Validated generation and recording settings of one run."""
+class RunOptions(GenerationSettings):
+    """Validated generation (inherited) and recording settings of one run."""
 
-    max_new_tokens: int = 0
-    do_sample: bool = False
-    seed: int | None = None
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] = ()
     score_continuation: tuple[str, ...] | None = None
     deep_counters: bool = False
     sites: tuple[str, ...] = ("residual",)
@@ -95,19 +93,14 @@ def make_options(
     gen = check_generation(max_new_tokens=max_new_tokens, do_sample=do_sample, seed=seed,
                            temperature=temperature, top_k=top_k, top_p=top_p, stop=stop)
     check_int(topk, "topk", 1)
-    score = (score_continuation,) if isinstance(score_continuation, str) else (
-        tuple(score_continuation) if score_continuation is not None else None
-    )
-    if score is not None and (not score or any(not isinstance(s, str) or not s for s in score)):
-        raise ExecutorError("score_continuation must be a non-empty string (or one per prompt)")
+    score = check_score_continuation(score_continuation)
     bad = [s for s in sites if s not in SITES]
     if bad or not sites:
         raise ExecutorError(f"sites must be among {', '.join(SITES)}, got {list(sites)!r}")
     if logits_positions not in ("last", "all"):
         raise ExecutorError(f"logits_positions must be 'last' or 'all', got {logits_positions!r}")
     return RunOptions(
-        max_new_tokens=gen.max_new_tokens, do_sample=gen.do_sample, seed=gen.seed, temperature=gen.temperature,
-        top_k=gen.top_k, top_p=gen.top_p, stop=gen.stop, score_continuation=score,
+        **vars(gen), score_continuation=score,
         deep_counters=bool(deep_counters), sites=tuple(dict.fromkeys(sites)),
         logits_positions=logits_positions, weights=tuple(weights), topk=topk, ignore_eos=bool(ignore_eos),
     )
