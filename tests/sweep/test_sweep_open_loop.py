@@ -7,7 +7,6 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ import numpy as np
 import pytest
 from opentelemetry import trace as otel_trace
 
-import vauban_trace as vt
 from vauban_trace._exceptions import ConfigurationError
 from vauban_trace.contract import Trace, TraceSpan
 from vauban_trace.sources import open_source
@@ -34,18 +32,6 @@ from vauban_trace.sweep import (
 )
 
 SERVICE_S = 0.010  # one worker: capacity 1 / S = 100 requests/s
-
-
-@pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("open-loop-store")
-
-
-@pytest.fixture(scope="module")
-def session(store_dir: Path) -> Iterator[Any]:
-    s = vt.configure(store_dir=store_dir)
-    yield s
-    s.shutdown()
 
 
 @pytest.fixture(scope="module")

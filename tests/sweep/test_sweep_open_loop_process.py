@@ -11,13 +11,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sweep_testlib import fake_child
 
-import vauban_trace as vt
 from vauban_trace import semconv
 from vauban_trace._exceptions import ConfigurationError, LoadGeneratorError
 from vauban_trace.cli import main
@@ -37,18 +36,6 @@ from vauban_trace.sweep._procgen import Arrival, ProcessGenerator, RunEnd, Start
 
 SENT, RECEIVED = semconv.OPEN_LOOP_SENT_UNIX_NANO, semconv.OPEN_LOOP_RECEIVED_UNIX_NANO
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the generator's channel is an AF_UNIX socket pair")
-
-
-@pytest.fixture(scope="module")
-def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("open-loop-process-store")
-
-
-@pytest.fixture(scope="module")
-def session(store_dir: Path) -> Iterator[Any]:
-    s = vt.configure(store_dir=store_dir)
-    yield s
-    s.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -196,24 +183,9 @@ def test_a_child_killed_mid_run_raises_a_clear_error_and_nothing_hangs(session: 
     assert time.monotonic() - t0 < 10 and _no_children_left()
 
 
-def _fake_child(tmp_path: Path, body: str) -> Path:
-    """A child script speaking the first steps of the protocol, then misbehaving as ``body`` says."""
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent("""\
-        import os, socket, struct, sys, time
-        REC = struct.Struct("<qqq")
-        sock = socket.socket(fileno=int(sys.argv[1]))
-        sock.sendall(REC.pack(-1, os.getpid(), 0))
-        for _ in range(3):
-            cmd, token, _ = REC.unpack(sock.recv(24, socket.MSG_WAITALL))
-            sock.sendall(REC.pack(-2, token, time.monotonic_ns()))
-        """) + textwrap.dedent(body))
-    return script
-
-
 def test_a_child_that_exits_early_says_so_with_its_stderr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            session: Any) -> None:
-    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", _fake_child(tmp_path, """\
+    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", fake_child(tmp_path, """\
         sock.recv(24, socket.MSG_WAITALL)
         sys.stderr.write("generator gave up: disk on fire")
         sys.exit(3)
@@ -234,7 +206,7 @@ def test_a_child_that_cannot_start_fails_before_any_load(tmp_path: Path, monkeyp
 
 
 def test_a_silent_child_is_killed_and_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", _fake_child(tmp_path, """\
+    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", fake_child(tmp_path, """\
         time.sleep(600)
         """))
     t0 = time.monotonic()
@@ -245,7 +217,7 @@ def test_a_silent_child_is_killed_and_reported(tmp_path: Path, monkeypatch: pyte
 
 
 def test_a_child_whose_clock_is_not_ours_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    script = _fake_child(tmp_path, "")
+    script = fake_child(tmp_path, "")
     script.write_text(script.read_text().replace("time.monotonic_ns()", "time.monotonic_ns() + 10**12"))
     monkeypatch.setattr(_procgen, "CHILD_SCRIPT", script)
     with pytest.raises(LoadGeneratorError, match="clock is not this process's"):

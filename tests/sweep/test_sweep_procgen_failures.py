@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sweep_testlib import fake_child
 
 from vauban_trace._exceptions import LoadGeneratorError
 from vauban_trace.sweep import _procgen
@@ -22,25 +23,10 @@ from vauban_trace.sweep._procgen import Arrival, ProcessGenerator, RunEnd, Start
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the generator's channel is an AF_UNIX socket pair")
 
 
-def _fake_child(tmp_path: Path, body: str) -> Path:
-    """A child answering the hello and the three clock checks, then doing what ``body`` says."""
-    script = tmp_path / "child.py"
-    script.write_text(textwrap.dedent("""\
-        import os, socket, struct, sys, time
-        REC = struct.Struct("<qqq")
-        sock = socket.socket(fileno=int(sys.argv[1]))
-        sock.sendall(REC.pack(-1, os.getpid(), 0))
-        for _ in range(3):
-            cmd, token, _ = REC.unpack(sock.recv(24, socket.MSG_WAITALL))
-            sock.sendall(REC.pack(-2, token, time.monotonic_ns()))
-        """) + textwrap.dedent(body))
-    return script
-
-
 def test_a_child_that_stops_reading_cannot_hang_the_send_of_a_large_schedule(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """60,000 arrivals (480 kB of offsets) do not fit the socket's buffer: the send itself must time out."""
-    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", _fake_child(tmp_path, "time.sleep(600)\n"))
+    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", fake_child(tmp_path, "time.sleep(600)\n"))
     t0 = time.monotonic()
     with ProcessGenerator(startup_s=1.0, silence_s=1.0) as gen, pytest.raises(
             LoadGeneratorError, match=r"did not take a run within 1(\.0)? s.*killed"):
@@ -56,7 +42,7 @@ def test_a_child_that_stops_reading_cannot_hang_the_send_of_a_large_schedule(
 ])
 def test_records_out_of_order_or_range_are_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        records: str, why: str) -> None:
-    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", _fake_child(tmp_path, f"""\
+    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", fake_child(tmp_path, f"""\
         cmd, n, lead = REC.unpack(sock.recv(24, socket.MSG_WAITALL))
         sock.recv(8 * n, socket.MSG_WAITALL)
         now = time.monotonic_ns()
@@ -118,7 +104,7 @@ def test_a_stop_counts_the_arrivals_read_in_the_same_batch_as_not_handed_over(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Five arrivals reach the receiver in one read; it stops after the first: the other four were
     read but never handed over, so the run's end must count one sent and nine not sent (of ten)."""
-    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", _fake_child(tmp_path, """\
+    monkeypatch.setattr(_procgen, "CHILD_SCRIPT", fake_child(tmp_path, """\
         cmd, n, lead = REC.unpack(sock.recv(24, socket.MSG_WAITALL))
         sock.recv(8 * n, socket.MSG_WAITALL)
         now = time.monotonic_ns()
