@@ -53,21 +53,14 @@ def _open(args: argparse.Namespace, ex: Any, text: str, serve_batch: Any, sessio
             "problems": list(result.profile.problems), "notes": list(result.notes)}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    import vauban_trace as vt
+def load_model(args: argparse.Namespace) -> tuple[Any, str]:
+    """The random Llama of ``--hidden``/``--layers`` loaded on ``--device`` (bf16 on CUDA), and a
+    prompt of ``--prompt-tokens`` tokens. Shared with ``bench/gpu_tail_probe.py``."""
     from vauban_trace.cli._demo import _quiet_transformers
     from vauban_trace.executors.torch import TorchExecutor
     from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model
 
-    t_start = time.perf_counter()
     _quiet_transformers()
-    result: dict[str, Any] = {"machine": _machine(args.device), "command": " ".join(sys.argv),
-                              "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}}
-
-    def save() -> None:
-        result["elapsed_s"] = time.perf_counter() - t_start
-        Path(args.out).write_text(json.dumps(result, indent=2, allow_nan=False, default=str))
-
     directory = cached_tiny_model("llama", hidden_size=args.hidden, num_layers=args.layers,
                                   max_position_embeddings=1024)
     ex = TorchExecutor.from_pretrained(directory, device=args.device,
@@ -75,11 +68,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ex.load()
     tok = ex._require().tokenizer
     ids = tok(" ".join(SENTENCES * 8), add_special_tokens=False)["input_ids"][: args.prompt_tokens]
-    text = tok.decode(ids)
+    return ex, tok.decode(ids)
+
+
+def prefill(ex: Any, prompts: list[str]) -> list[Any]:
+    """One traced prefill of ``prompts`` (the served callable): the run's result, once per prompt."""
+    out = ex.run(ex.make_request(prompts), prompts=prompts, max_new_tokens=0, ignore_eos=True)
+    return [out] * len(prompts)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import vauban_trace as vt
+
+    t_start = time.perf_counter()
+    result: dict[str, Any] = {"machine": _machine(args.device), "command": " ".join(sys.argv),
+                              "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}}
+
+    def save() -> None:
+        result["elapsed_s"] = time.perf_counter() - t_start
+        Path(args.out).write_text(json.dumps(result, indent=2, allow_nan=False, default=str))
+
+    ex, text = load_model(args)
 
     def serve_batch(prompts: list[str]) -> list[Any]:
-        out = ex.run(ex.make_request(prompts), prompts=prompts, max_new_tokens=0, ignore_eos=True)
-        return [out] * len(prompts)
+        return prefill(ex, prompts)
 
     session = vt.configure(store_dir=tempfile.mkdtemp(prefix="vauban-gpu-open-"), service_name="vauban-gpu-open")
     try:

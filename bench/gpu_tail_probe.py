@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpu_open_generators import load_model, prefill
+
 
 def _plain(call: Any, rate: float, window: float) -> list[float]:
     """Poisson arrivals at ``rate`` for ``window`` s (after 0.5 s unmeasured), each call on a pool thread;
@@ -78,19 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import vauban_trace as vt
-    from vauban_trace.cli._demo import _quiet_transformers
-    from vauban_trace.executors.torch import TorchExecutor
-    from vauban_trace.executors.torch.tiny import SENTENCES, cached_tiny_model
     from vauban_trace.sweep import OpenLoopSpec, ServingLoop, run_open_loop
 
-    _quiet_transformers()
-    directory = cached_tiny_model("llama", hidden_size=args.hidden, num_layers=args.layers,
-                                  max_position_embeddings=1024)
-    ex = TorchExecutor.from_pretrained(directory, device=args.device,
-                                       dtype="bfloat16" if args.device == "cuda" else "float32")
-    ex.load()
-    tok = ex._require().tokenizer
-    text = tok.decode(tok(" ".join(SENTENCES * 8), add_special_tokens=False)["input_ids"][: args.prompt_tokens])
+    ex, text = load_model(args)
     none = args.exporter == "none"
     session = vt.configure(store_dir=tempfile.mkdtemp(prefix="vauban-probe-"), service_name="vauban-probe",
                            exporter="none" if none else None, keep_local=False if none else None)
@@ -99,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def serve_batch(prompts: list[str]) -> list[Any]:
         t = clock()
-        out = ex.run(ex.make_request(prompts), prompts=prompts, max_new_tokens=0, ignore_eos=True)
+        out = prefill(ex, prompts)
         batches.append((t, clock(), len(prompts)))
-        return [out] * len(prompts)
+        return out
 
     for b in range(1, args.max_batch + 1):
         serve_batch([text] * b)
