@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from panels import DATASOURCE, Json, target
+from panels import DATASOURCE, Json, merged_table, target
 
 OPEN = '{sweep_id="$open_sweep"'  # open-loop (arrival_rate) sweep selector, left open for more matchers
 CLOSED = '{sweep_id="$closed_sweep"'  # closed-loop (concurrency) sweep selector
@@ -190,16 +190,7 @@ def verdicts_table() -> Json:
         },
         "options": {"showHeader": True, "cellHeight": "sm", "frameIndex": 0},
         "targets": targets,
-        "transformations": [
-            {"id": "merge", "options": {}},
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True, "Value #A": True},
-                    "indexByName": {name: i for i, name in enumerate(order)},
-                    "renameByName": {k: v for k, v in rename.items() if k != "Value #A"},
-                },
-            },
+        "transformations": merged_table(order, rename) + [
             {
                 "id": "convertFieldType",
                 "options": {

@@ -89,6 +89,23 @@ def stat(
     }
 
 
+def merged_table(order: Sequence[str], rename: dict[str, str]) -> list[Json]:
+    """Transformations of a table built from instant frames: merged into one row per label set,
+    the time and the first frame's value (``Value #A``, a status series always 1) dropped, columns
+    put in ``order`` and renamed."""
+    return [
+        {"id": "merge", "options": {}},
+        {
+            "id": "organize",
+            "options": {
+                "excludeByName": {"Time": True, "Value #A": True},
+                "indexByName": {name: i for i, name in enumerate(order)},
+                "renameByName": {k: v for k, v in rename.items() if k != "Value #A"},
+            },
+        },
+    ]
+
+
 def query_variable(name: str, label: str, query: str, *, multi: bool, include_all: bool) -> Json:
     variable: Json = {
         "type": "query",

@@ -6,7 +6,7 @@ frames merged and organised by transformations, XY charts.
 
 from __future__ import annotations
 
-from panels import DATASOURCE, Json, target
+from panels import DATASOURCE, Json, merged_table, target
 
 
 def _xy_options(first: str, second: str) -> Json:
@@ -144,17 +144,7 @@ def fits_table() -> Json:
         "targets": targets,
         # instant table frames (stage[, status, reason, caveat], Value #X) merged into one row per
         # stage; the status frame's value (always 1) is dropped
-        "transformations": [
-            {"id": "merge", "options": {}},
-            {
-                "id": "organize",
-                "options": {
-                    "excludeByName": {"Time": True, "Value #A": True},
-                    "indexByName": {name: i for i, name in enumerate(order)},
-                    "renameByName": rename,
-                },
-            },
-        ],
+        "transformations": merged_table(order, rename),
     }
 
 
