@@ -7,6 +7,7 @@ reference, and where the extension declines (None) the reference decides (a valu
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -34,6 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from bench_collector import make_batch  # noqa: E402
 
 native = pytest.mark.skipif(cwire is None, reason="the _cwire extension is not built (or disabled)")
+
+
+@pytest.mark.skipif(os.environ.get("VAUBAN_TRACE_REQUIRE_NATIVE") != "1", reason="VAUBAN_TRACE_REQUIRE_NATIVE unset")
+def test_extension_is_built_when_required() -> None:
+    # CI requires the accelerators: the tests marked native must never skip there
+    assert cwire is not None
 
 
 def _by_trace(rows: list[SpanRow]) -> dict[str, list[SpanRow]]:
