@@ -24,7 +24,10 @@ Safety (it runs in the serving process): the C runs no user code on attribute va
 under the GIL; it owns every object it walks (a private copy of the batch, snapshots of events
 and links, each list item and dict entry held while written) where code does run (span
 properties, ``Resource.__eq__`` / ``__hash__`` when grouping, a generic mapping's ``items()``);
-it never releases the GIL. ``tests/instrument/test_instrument_encode_safety.py`` covers these
+it never releases the GIL, and it reads a ``BoundedAttributes`` mapping without taking its lock,
+which is sound only while a GIL exists: the extension does not declare free-threading support, so a
+free-threaded CPython re-enables the GIL when it is imported.
+``tests/instrument/test_instrument_encode_safety.py`` covers these
 (the crash cases in a child process).
 
 The extension is optional: when it is not built, or ``VAUBAN_TRACE_NO_NATIVE=1`` was set when

@@ -139,7 +139,10 @@ static int dict_attributes(Buf *b, uint32_t field, PyObject *d, int level) {
  * walks. Its writers change _dict under its lock, which the official encoder's iteration takes and
  * this walk does not: it runs no Python code, so no other thread runs while it reads, and on
  * CPython 3.11 a writer never yields the GIL between its steps (tested with a writer thread in
- * test_instrument_encode_safety). 1: not read that way (the generic path reads it). */
+ * test_instrument_encode_safety). On a free-threaded CPython this still holds: the module does not
+ * declare that it runs without the GIL (no PyUnstable_Module_SetGIL), so importing it turns the
+ * GIL back on. Declaring it would need this walk to take the lock. 1: not read that way (the
+ * generic path reads it). */
 static int bounded_attributes(Buf *b, uint32_t field, PyObject *attrs, int level) {
     PyObject *inner = PyObject_GetAttr(attrs, ce_s__dict);
     if (inner == NULL) return -1;
