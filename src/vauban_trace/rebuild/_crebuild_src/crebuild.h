@@ -123,8 +123,84 @@ typedef struct {
 
 extern CrbConfig crb_cfg;
 
+/* ---- interned attribute names (names.c; the lookup is here, inline) ---- */
+
+#define CRB_KMAXBITS 10     /* 2 * MAXKEYS entries */
+#define CRB_KMAXLEN 0xffff  /* a name's length fits the 16 bits of its entry */
+#define CRB_KARENA (1 << 15)
+
+/* entries: the name's hash (top 32 bits), its length (16), its id + 1 (16); 0 is empty */
+extern uint64_t crb_ktab[1 << CRB_KMAXBITS];
+extern int crb_kbits;
+extern uint32_t crb_koff[MAXKEYS]; /* where each id's name starts in crb_karena */
+extern uint8_t crb_karena[CRB_KARENA];
+
+static inline uint32_t crb_ld4(const uint8_t *p) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return w;
+}
+
+/* names shorter than 8 bytes as one word: every byte is in it (so equal words and lengths mean
+ * equal names) */
+static inline uint64_t crb_small_word(const uint8_t *p, Py_ssize_t n) {
+    if (n >= 4) return crb_ld4(p) | ((uint64_t)crb_ld4(p + n - 4) << 32);
+    if (n > 0) return (uint64_t)p[0] | ((uint64_t)p[n >> 1] << 8) | ((uint64_t)p[n - 1] << 16);
+    return 0;
+}
+
+static inline uint64_t crb_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+/* The name hash reads at most three words of the name instead of every byte: names of the
+ * vocabulary share long prefixes ("vauban.usl.") and suffixes (".provenance") but differ in
+ * length or in the first, middle or last 8 bytes (names agreeing on all of these only share a
+ * probe chain). One multiply on the XOR of the rotated words: the top bits of the product
+ * depend on every input bit, so the stored hash and the slot index are both taken from the top. */
+static inline uint32_t crb_key_hash(const uint8_t *p, Py_ssize_t n) {
+    uint64_t x = (uint64_t)n * 0x9e3779b97f4a7c15ull;
+    if (n < 8) {
+        x ^= crb_small_word(p, n);
+    } else {
+        x ^= crb_ld8(p) ^ crb_rotl(crb_ld8(p + n - 8), 29);
+        if (n > 16) x ^= crb_rotl(crb_ld8(p + (n >> 1) - 4), 47);
+    }
+    return (uint32_t)((x * 0xff51afd7ed558ccdull) >> 32);
+}
+
+static inline uint64_t crb_kentry(uint32_t h, Py_ssize_t n, int id) {
+    return ((uint64_t)h << 32) | ((uint64_t)n << 16) | (uint64_t)(id + 1);
+}
+
+/* equal names, of the same length n: a fixed set of (overlapping) word loads per length class
+ * that covers every byte, OR-ed together, so that the only branch is the class */
+static inline int crb_same_name(const uint8_t *x, const uint8_t *y, Py_ssize_t n) {
+    if (n < 8) return crb_small_word(x, n) == crb_small_word(y, n);
+    uint64_t d = (crb_ld8(x) ^ crb_ld8(y)) | (crb_ld8(x + n - 8) ^ crb_ld8(y + n - 8));
+    if (n <= 16) return d == 0;
+    d |= (crb_ld8(x + 8) ^ crb_ld8(y + 8)) | (crb_ld8(x + n - 16) ^ crb_ld8(y + n - 16));
+    if (n <= 32) return d == 0;
+    d |= (crb_ld8(x + 16) ^ crb_ld8(y + 16)) | (crb_ld8(x + 24) ^ crb_ld8(y + 24)) |
+         (crb_ld8(x + n - 32) ^ crb_ld8(y + n - 32)) | (crb_ld8(x + n - 24) ^ crb_ld8(y + n - 24));
+    if (n <= 64) return d == 0;
+    for (Py_ssize_t i = 32; d == 0 && i < n - 32; i += 8) d |= crb_ld8(x + i) ^ crb_ld8(y + i);
+    return d == 0;
+}
+
 /* interned id of an attribute name, -1 if configure did not name it */
-int crb_lookup_key(const uint8_t *p, Py_ssize_t n);
+static inline int crb_lookup_key(const uint8_t *p, Py_ssize_t n) {
+    if (n > CRB_KMAXLEN) return -1;
+    uint32_t h = crb_key_hash(p, n), i = h >> (32 - crb_kbits), mask = (1u << crb_kbits) - 1;
+    uint64_t want = crb_kentry(h, n, -1); /* hash and length; id bits 0 */
+    for (;;) {
+        uint64_t e = crb_ktab[i];
+        if (e == 0) return -1;
+        if ((e & ~(uint64_t)0xffff) == want) {
+            int id = (int)(e & 0xffff) - 1;
+            if (crb_same_name(crb_karena + crb_koff[id], p, n)) return id;
+        }
+        i = (i + 1) & mask;
+    }
+}
 /* intern a name (configure): its id, or -1 with an exception set */
 int crb_intern_key(const char *s, Py_ssize_t n);
 /* after the last crb_intern_key: the table packed to its working size */
@@ -313,6 +389,8 @@ typedef struct {
     Str *scratch; /* kvlist key stack */
     int nscratch, capscratch;
     int has_spill;
+    /* the previous span's and the previous event's attribute lists (crb_push_attr_at's hints) */
+    int prev_span_a0, prev_span_an, prev_ev_a0, prev_ev_an;
 } Ctx;
 
 extern Ctx crb_g;
@@ -388,6 +466,9 @@ int crb_parse_any(Str m, Attr *a, int depth);
 int crb_parse_kv(Str m, Attr *a, int depth, int intern);
 /* Append one KeyValue to crb_g.attrs. */
 int crb_push_attr(Str m);
+/* the same, with the index of a hint attribute (the one at the same position of the previous
+ * list of the same kind) or -1 */
+int crb_push_attr_at(Str m, int hint);
 /* No key twice in attrs[a0 .. a0+an) (attributes() is a dict comprehension). */
 int crb_unique_keys(int a0, int an);
 int crb_parse_traces_data(Str m);

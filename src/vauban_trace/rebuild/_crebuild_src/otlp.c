@@ -66,11 +66,13 @@ static int parse_event(Str m) {
             TRY(crb_rd_string(&p, end, &s));
             crb_g.events[crb_g.nevents].name = s;
             break;
-        case 3:
+        case 3: {
             if (wt != 2) return BAIL;
             TRY(rd_len(&p, end, &s));
-            TRY(crb_push_attr(s));
+            int pos = crb_g.nattrs - crb_g.events[crb_g.nevents].a0;
+            TRY(crb_push_attr_at(s, pos < crb_g.prev_ev_an ? crb_g.prev_ev_a0 + pos : -1));
             break;
+        }
         case 4:
             if (wt != 0 || (seen & 16)) return BAIL;
             seen |= 16;
@@ -82,6 +84,8 @@ static int parse_event(Str m) {
     e = &crb_g.events[crb_g.nevents];
     e->an = crb_g.nattrs - e->a0;
     TRY(crb_unique_keys(e->a0, e->an));
+    crb_g.prev_ev_a0 = e->a0;
+    crb_g.prev_ev_an = e->an;
     crb_g.nevents++;
     return 0;
 }
@@ -146,11 +150,13 @@ static int parse_span(Str m, Str resource, int seq) {
             break;
         case 7: if (wt != 1) return BAIL; TRY(rd_fixed64(&p, end, &sp.start)); break;
         case 8: if (wt != 1) return BAIL; TRY(rd_fixed64(&p, end, &sp.end)); break;
-        case 9:
+        case 9: {
             if (wt != 2) return BAIL;
             TRY(rd_len(&p, end, &s));
-            TRY(crb_push_attr(s));
+            int pos = crb_g.nattrs - sp.a0;
+            TRY(crb_push_attr_at(s, pos < crb_g.prev_span_an ? crb_g.prev_span_a0 + pos : -1));
             break;
+        }
         case 11:
             if (wt != 2) return BAIL;
             TRY(rd_len(&p, end, &s));
@@ -171,6 +177,8 @@ static int parse_span(Str m, Str resource, int seq) {
     }
     sp.an = crb_g.nattrs - sp.a0;
     TRY(crb_unique_keys(sp.a0, sp.an));
+    crb_g.prev_span_a0 = sp.a0;
+    crb_g.prev_span_an = sp.an;
     for (int i = sp.a0; i < sp.a0 + sp.an; i++)
         if (crb_g.attrs[i].kid == crb_cfg.spill_of) crb_g.has_spill = 1;
     p = first_event;

@@ -44,6 +44,7 @@ static PyObject *scalar_obj(const Attr *a) {
 PyObject *crb_rebuild(Str data, int as_document) {
     crb_g.nattrs = crb_g.nevents = crb_g.nspans = crb_g.nscratch = 0;
     crb_g.has_spill = 0;
+    crb_g.prev_span_an = crb_g.prev_ev_an = 0;
     if (crb_parse_traces_data(data) || crb_g.nspans == 0 || crb_g.has_spill) return NULL;
     int n = crb_g.nspans;
     Str trace_id = crb_g.spans[0].trace_id;

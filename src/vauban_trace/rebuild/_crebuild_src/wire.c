@@ -196,7 +196,12 @@ int crb_parse_any(Str m, Attr *a, int depth) {
     return 0;
 }
 
-int crb_parse_kv(Str m, Attr *a, int depth, int intern) {
+/* KeyValue -> a. With intern, a->kid is the interned id of the key; hint (or NULL) is the
+ * attribute at the same position of the previous list of the same kind (span or event
+ * attributes): lists of one trace nearly always repeat the same keys in the same order, so a key
+ * equal to the hint's (bytes in the input just read, still in cache) takes its id, and its
+ * validity (the hint's key was checked), without the name table. */
+static int parse_kv(Str m, Attr *a, int depth, int intern, const Attr *hint) {
     const uint8_t *p = m.p, *end = m.p + m.n;
     int seen_key = 0, seen_val = 0;
     a->key.p = m.p;
@@ -210,10 +215,16 @@ int crb_parse_kv(Str m, Attr *a, int depth, int intern) {
         if (rd_len(&q, end, &k) == 0 && q < end && *q == 0x12) {
             q++;
             if (rd_len(&q, end, &v) == 0 && q == end) {
-                TRY(valid_utf8(k));
+                int kid;
+                if (hint != NULL && hint->key.n == k.n && crb_same_name(hint->key.p, k.p, k.n)) {
+                    kid = hint->kid;
+                } else {
+                    TRY(valid_utf8(k));
+                    kid = intern ? crb_lookup_key(k.p, k.n) : -1;
+                }
                 a->key = k;
                 TRY(crb_parse_any(v, a, depth + 1));
-                a->kid = intern ? crb_lookup_key(k.p, k.n) : -1;
+                a->kid = kid;
                 return 0;
             }
         }
@@ -240,14 +251,19 @@ int crb_parse_kv(Str m, Attr *a, int depth, int intern) {
     return 0;
 }
 
-/* Append one KeyValue to crb_g.attrs. */
-int crb_push_attr(Str m) {
+int crb_parse_kv(Str m, Attr *a, int depth, int intern) { return parse_kv(m, a, depth, intern, NULL); }
+
+/* Append one KeyValue to crb_g.attrs; hint: the index in crb_g.attrs of the attribute at the
+ * same position of the previous list of its kind, or -1 (see parse_kv). */
+int crb_push_attr_at(Str m, int hint) {
     GROW(crb_g.attrs, crb_g.nattrs, crb_g.capattrs, Attr);
     Attr *a = &crb_g.attrs[crb_g.nattrs];
-    TRY(crb_parse_kv(m, a, 0, 1));
+    TRY(parse_kv(m, a, 0, 1, hint >= 0 ? &crb_g.attrs[hint] : NULL));
     crb_g.nattrs++;
     return 0;
 }
+
+int crb_push_attr(Str m) { return crb_push_attr_at(m, -1); }
 
 /* No key twice in attrs[a0 .. a0+an) (attributes() is a dict comprehension). Interned names
  * are unique, so known keys are checked with a generation-stamped "seen" mark per id; only the
