@@ -66,7 +66,7 @@ def media_type(content_type: str | None) -> str:
     )
 
 
-def inflate(body: bytes | bytearray, encoding: str | None, limit: int) -> bytes | bytearray:
+def inflate(body: bytes | bytearray | memoryview, encoding: str | None, limit: int) -> bytes | bytearray | memoryview:
     """Decode ``Content-Encoding`` (none, identity, gzip, deflate) with an output cap of ``limit``.
 
     Raises :class:`TooLarge` as soon as the output would pass ``limit`` (never inflating more
@@ -197,8 +197,20 @@ def drop_invalid_spans(request: ExportTraceServiceRequest) -> Validation:
     return result
 
 
+_FULL_SUCCESS: dict[str, bytes] = {}  # media -> the body of a response with nothing rejected
+
+
 def export_response(media: str, rejected: int = 0, message: str = "") -> bytes:
     """An ``ExportTraceServiceResponse`` body; ``partial_success`` set only when something was rejected."""
+    if not rejected and not message:
+        body = _FULL_SUCCESS.get(media)
+        if body is None:
+            body = _FULL_SUCCESS[media] = _export_response(media, 0, "")
+        return body
+    return _export_response(media, rejected, message)
+
+
+def _export_response(media: str, rejected: int, message: str) -> bytes:
     response = ExportTraceServiceResponse()
     if rejected or message:
         response.partial_success.rejected_spans = rejected

@@ -22,15 +22,20 @@ and every reply goes out in one write.
 
 from __future__ import annotations
 
+import email.parser
 import hmac
 import logging
+import re
 import socket
 import ssl
 import threading
 import time
 from http import HTTPStatus
+from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from vauban_trace.collector._codec import (
     PROTOBUF,
@@ -46,6 +51,7 @@ from vauban_trace.collector._codec import (
 from vauban_trace.collector._config import CollectorConfig
 from vauban_trace.collector._ingest import Admission, Ingestor, StoreUnavailable, read_protobuf
 from vauban_trace.collector._metrics import CollectorMetrics
+from vauban_trace.store import CutRequest
 
 log = logging.getLogger("vauban_trace.collector")
 
@@ -59,6 +65,18 @@ _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
     b"Connection: close\r\n\r\n"
 )
+_PHRASES = {int(s): s.phrase for s in HTTPStatus}
+# request head limits: those of the stdlib parser (http.client._MAXLINE / _MAXHEADERS)
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+_HEAD_ENDS = (b"\r\n", b"\n", b"")
+# a header line in the plain form `Name: value` CRLF; anything else (folded lines, a line with no
+# colon, a bare CR, "From " lines) goes to the email parser the stdlib uses, for its exact reading
+_FIELD = re.compile(r"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n")
+# request bodies up to this size are read into a reused buffer (no fresh zeroed allocation per
+# request); at most _POOL_SIZE buffers are kept, so the pool holds at most 8 MiB when idle
+_POOL_MAX = 2 * 1024 * 1024
+_POOL_SIZE = 4
 
 
 class _Refusal(Exception):
@@ -101,7 +119,31 @@ class OTLPHTTPServer(ThreadingHTTPServer):
             self.ssl_context = ctx
         self._connections = 0
         self._conn_lock = threading.Lock()
+        self._pool: list[bytearray] = []
+        self._pool_lock = threading.Lock()
+        self.raw_cap = config.max_body + config.max_body // 64 + 1024  # compressed bodies may grow slightly
         super().__init__((host, port), _Handler)
+
+    def take_buffer(self, length: int) -> bytearray:
+        """A buffer of at least ``length`` bytes (``length <= _POOL_MAX``): a pooled one that is
+        large enough, else a new one (rounded up to 64 KiB), handed back with :meth:`give_buffer`
+        once nothing reads it any more."""
+        with self._pool_lock:
+            pool = self._pool
+            for i in range(len(pool)):
+                if len(pool[i]) >= length:
+                    return pool.pop(i)
+        return bytearray(-(-length // 65536) * 65536)
+
+    def give_buffer(self, buf: bytearray) -> None:
+        with self._pool_lock:
+            pool = self._pool
+            if len(pool) < _POOL_SIZE:
+                pool.append(buf)
+                return
+            smallest = min(range(len(pool)), key=lambda i: len(pool[i]))
+            if len(pool[smallest]) < len(buf):
+                pool[smallest] = buf
 
     @property
     def port(self) -> int:
@@ -148,23 +190,107 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "vauban-trace-collector"
     sys_version = ""
     server: OTLPHTTPServer
+    fields: dict[str, str]  # the request's header fields: lower-case name -> first value
+    raw_requestline: bytes  # set by BaseHTTPRequestHandler.handle_one_request
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s - " + format, self.address_string(), *args)
 
+    # -- request head ---------------------------------------------------------------------
+    def parse_request(self) -> bool:
+        """The stdlib's request parsing (same checks, same errors, same keep-alive rules), with
+        the header block read into :attr:`fields` directly instead of through the email parser."""
+        self.command = ""
+        self.request_version = version = self.default_request_version
+        self.close_connection = True
+        requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        self.requestline = requestline
+        words = requestline.split()
+        if not words:
+            return False
+        if len(words) >= 3:
+            version = words[-1]
+            if version == "HTTP/1.1":
+                number = (1, 1)
+            else:
+                parsed = _version_number(version)
+                if parsed is None:
+                    self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version!r})")
+                    return False
+                number = parsed
+            if number >= (1, 1):
+                self.close_connection = False  # protocol_version is HTTP/1.1
+            if number >= (2, 0):
+                self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED,
+                                f"Invalid HTTP version ({version.split('/', 1)[1]})")
+                return False
+            self.request_version = version
+        if not 2 <= len(words) <= 3:
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({requestline!r})")
+            return False
+        command, path = words[:2]
+        if len(words) == 2:
+            self.close_connection = True
+            if command != "GET":
+                self.send_error(HTTPStatus.BAD_REQUEST, f"Bad HTTP/0.9 request type ({command!r})")
+                return False
+        self.command, self.path = command, path
+        if path.startswith("//"):
+            self.path = "/" + path.lstrip("/")
+        fields = self._read_fields()
+        if fields is None:
+            return False
+        self.fields = fields
+        conntype = fields.get("connection", "").lower()
+        if conntype == "close":
+            self.close_connection = True
+        elif conntype == "keep-alive":
+            self.close_connection = False
+        if fields.get("expect", "").lower() == "100-continue" and self.request_version >= "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
+
+    def _read_fields(self) -> dict[str, str] | None:
+        """The header block (limits of the stdlib parser: 431 past them), first value per name."""
+        lines: list[bytes] = []
+        readline = self.rfile.readline
+        while True:
+            line = readline(_MAX_LINE + 1)
+            if len(line) > _MAX_LINE:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", "header line")
+                return None
+            lines.append(line)
+            if len(lines) > _MAX_HEADERS:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers",
+                                f"got more than {_MAX_HEADERS} headers")
+                return None
+            if line in _HEAD_ENDS:
+                break
+        fields: dict[str, str] = {}
+        match = _FIELD.fullmatch
+        for line in lines[:-1]:
+            m = match(line.decode("iso-8859-1"))
+            if m is None:
+                return _email_fields(lines)
+            name = m.group(1).lower()
+            if name not in fields:
+                fields[name] = m.group(2)
+        return fields
+
     # -- replies --------------------------------------------------------------------------
     def _reply(self, status: int, media: str, body: bytes, *, close: bool = False,
                retry_after: int | None = None, extra: tuple[tuple[str, str], ...] = ()) -> None:
-        phrase = HTTPStatus(status).phrase
-        head = [f"HTTP/1.1 {status} {phrase}", f"Content-Type: {media}", f"Content-Length: {len(body)}"]
+        phrase = _PHRASES.get(status) or HTTPStatus(status).phrase
+        head = f"HTTP/1.1 {status} {phrase}\r\nContent-Type: {media}\r\nContent-Length: {len(body)}\r\n"
         if retry_after is not None:
-            head.append(f"Retry-After: {retry_after}")
-        head.extend(f"{k}: {v}" for k, v in extra)
+            head += f"Retry-After: {retry_after}\r\n"
+        for k, v in extra:
+            head += f"{k}: {v}\r\n"
         if close or self.close_connection:
-            head.append("Connection: close")
+            head += "Connection: close\r\n"
             self.close_connection = True
         self.server.metrics.count(self.server.metrics.requests, ("http", str(status)))
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        self.wfile.write(head.encode("latin-1") + b"\r\n" + body)
 
     def _refuse(self, media: str, refusal: _Refusal) -> None:
         body = status_body(media, refusal.grpc_code, str(refusal), refusal.field)
@@ -179,12 +305,15 @@ class _Handler(BaseHTTPRequestHandler):
     # -- body -----------------------------------------------------------------------------
     def _declared_length(self) -> int | None:
         """Content-Length, None for chunked; raises _Refusal on nonsense."""
-        te = (self.headers.get("Transfer-Encoding") or "").strip().lower()
+        fields = self.fields
+        te = fields.get("transfer-encoding")
         if te:
-            if te != "chunked":
-                raise _Refusal(501, _UNIMPLEMENTED, f"unsupported Transfer-Encoding {te!r}", close=True)
-            return None
-        raw = self.headers.get("Content-Length")
+            te = te.strip().lower()
+            if te:
+                if te != "chunked":
+                    raise _Refusal(501, _UNIMPLEMENTED, f"unsupported Transfer-Encoding {te!r}", close=True)
+                return None
+        raw = fields.get("content-length")
         if raw is None:
             return 0
         try:
@@ -209,24 +338,40 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             left -= len(chunk)
 
-    def _read_body(self, length: int | None, cap: int) -> bytes | bytearray:
-        """The request body; a client slower than the body deadline gets 408 and is dropped
-        (so a trickling sender cannot hold an in-flight slot for long)."""
+    def _read_body(self, length: int | None, cap: int) -> tuple[bytes | bytearray | memoryview, bytearray | None]:
+        """The request body, and the pooled buffer holding it (None when it is not pooled: hand
+        it back with :meth:`OTLPHTTPServer.give_buffer` once the body is decoded). A client slower
+        than the body deadline gets 408 and is dropped (so a trickling sender cannot hold an
+        in-flight slot for long)."""
+        if length == 0:
+            return b"", None
         allowed = self.server.config.socket_timeout_s + (length or cap) / _MIN_RATE
         deadline = time.monotonic() + allowed
         if length is not None:
-            buf = bytearray(length)
-            view = memoryview(buf)
-            got = 0
-            while got < length:
-                if time.monotonic() > deadline:
-                    raise _SlowBody(f"body not received within {allowed:.0f}s")
-                n = self.rfile.readinto1(view[got:])
-                if not n:
-                    self.close_connection = True
-                    raise BadRequest(f"body ended after {got} of {length} bytes")
-                got += n
-            return buf
+            pooled = length <= _POOL_MAX
+            buf = self.server.take_buffer(length) if pooled else bytearray(length)
+            try:
+                view = memoryview(buf)[:length]
+                # what the reader holds, plus one read from the socket straight into the buffer;
+                # after that the reader's buffer is empty and the socket is read directly
+                got = self.rfile.readinto1(view)
+                recv_into = self.connection.recv_into
+                while got < length:
+                    if not got:
+                        self.close_connection = True
+                        raise BadRequest(f"body ended after {got} of {length} bytes")
+                    if time.monotonic() > deadline:
+                        raise _SlowBody(f"body not received within {allowed:.0f}s")
+                    n = recv_into(view[got:])
+                    if not n:
+                        self.close_connection = True
+                        raise BadRequest(f"body ended after {got} of {length} bytes")
+                    got += n
+            except BaseException:
+                if pooled:
+                    self.server.give_buffer(buf)
+                raise
+            return view, buf if pooled else None
         parts: list[bytes] = []
         total = 0
         while True:
@@ -239,7 +384,7 @@ class _Handler(BaseHTTPRequestHandler):
             if size == 0:
                 while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                     pass  # trailers
-                return b"".join(parts)
+                return b"".join(parts), None
             total += size
             if total > cap:
                 self.close_connection = True
@@ -255,16 +400,16 @@ class _Handler(BaseHTTPRequestHandler):
     # -- methods --------------------------------------------------------------------------
     def do_POST(self) -> None:
         srv = self.server
-        cfg = srv.config
+        fields = self.fields
         path = self.path.split("?", 1)[0]
         media = PROTOBUF
         unsupported: str | None = None
         try:
-            media = media_type(self.headers.get("Content-Type"))
+            media = media_type(fields.get("content-type"))
         except UnsupportedMedia as exc:
             unsupported = str(exc)
         length: int | None = 0
-        raw_cap = cfg.max_body + cfg.max_body // 64 + 1024  # compressed bodies may grow slightly
+        raw_cap = srv.raw_cap
         try:
             length = self._declared_length()
             if path != TRACES_PATH:
@@ -277,7 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Refusal(415, _INVALID_ARGUMENT, unsupported, field="Content-Type")
             if length is not None and length > raw_cap:
                 raise _Refusal(413, _RESOURCE_EXHAUSTED,
-                               f"body of {length} bytes is over the {cfg.max_body}-byte limit", close=True)
+                               f"body of {length} bytes is over the {srv.config.max_body}-byte limit", close=True)
         except _Refusal as refusal:
             self._discard(length, raw_cap)
             self._refuse(media, refusal)
@@ -292,15 +437,25 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             srv.admission.leave(reserve)
 
+    def _decode(self, media: str, length: int | None, raw_cap: int) -> ExportTraceServiceRequest | CutRequest:
+        """Read, inflate and decode the body; a pooled body buffer is handed back before the
+        (slow) durable write, the decoded request holding copies of what it needs."""
+        srv = self.server
+        raw, pooled = self._read_body(length, raw_cap)
+        try:
+            body = inflate(raw, self.fields.get("content-encoding"), srv.config.max_body)
+            if media == PROTOBUF:
+                return read_protobuf(body)
+            return decode_request(bytes(body), media)
+        finally:
+            del raw
+            if pooled is not None:
+                srv.give_buffer(pooled)
+
     def _handle_export(self, media: str, length: int | None, raw_cap: int) -> None:
         srv = self.server
         try:
-            raw = self._read_body(length, raw_cap)
-            body = inflate(raw, self.headers.get("Content-Encoding"), srv.config.max_body)
-            del raw
-            request = read_protobuf(body) if media == PROTOBUF else decode_request(body, media)
-            del body
-            outcome = srv.ingestor.ingest(request, "http")
+            outcome = srv.ingestor.ingest(self._decode(media, length, raw_cap), "http")
         except BadRequest as exc:
             self._refuse(media, _Refusal(400, _INVALID_ARGUMENT, str(exc), field=exc.field))
         except TooLarge as exc:
@@ -321,7 +476,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, media, export_response(media, outcome.rejected, outcome.message))
 
     def _authorized(self, token: bytes) -> bool:
-        value = self.headers.get("Authorization") or ""
+        value = self.fields.get("authorization") or ""
         scheme, _, given = value.strip().partition(" ")
         if scheme.lower() != "bearer":
             return False
@@ -347,10 +502,31 @@ class _Handler(BaseHTTPRequestHandler):
                          b"Connection: close\r\n\r\n")
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        # malformed request lines/headers (stdlib parser): answer with a Status body, never a crash
+        # malformed request lines/headers: answer with a Status body, never a crash
         self.close_connection = True
         try:
             self._reply(code, PROTOBUF, status_body(PROTOBUF, _INVALID_ARGUMENT, message or HTTPStatus(code).phrase),
                         close=True)
         except OSError:
             pass
+
+
+def _version_number(version: str) -> tuple[int, int] | None:
+    """``HTTP/1.0`` -> (1, 0); None where the stdlib parser answers 400 (not ``HTTP/<d>.<d>``,
+    a part that is not digits or longer than 10 digits)."""
+    if not version.startswith("HTTP/"):
+        return None
+    parts = version.split("/", 1)[1].split(".")
+    if len(parts) != 2 or any(not p.isdigit() or len(p) > 10 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def _email_fields(lines: list[bytes]) -> dict[str, str]:
+    """A header block that is not all plain ``Name: value`` lines, read by the email parser the
+    stdlib uses (folded lines, lines with no colon ending the block, ...): first value per name."""
+    message = email.parser.Parser(_class=HTTPMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
+    fields: dict[str, str] = {}
+    for name, value in message.items():
+        fields.setdefault(name.lower(), str(value))
+    return fields

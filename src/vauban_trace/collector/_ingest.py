@@ -19,6 +19,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from vauban_trace.store import SpanSnapshot, TraceStore
 
 
-def read_protobuf(body: bytes | bytearray) -> ExportTraceServiceRequest | CutRequest:
+def read_protobuf(body: bytes | bytearray | memoryview) -> ExportTraceServiceRequest | CutRequest:
     """A protobuf request body, ready for :meth:`Ingestor.ingest`: cut into the store's rows by the
     C splitter (:func:`~vauban_trace.store.cut_request`) when every span is valid and the bytes
     are in the canonical form upb writes (what SDK exporters send), so that no protobuf decode is
@@ -61,13 +62,14 @@ class Admission:
         self.backlog = 0  # traces waiting for assembly, set by the assembler after each pass
         self._requests = 0
         self._bytes = 0
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)  # drain() waits on it
         self._metrics = metrics
         self.draining = False
 
     def try_enter(self, nbytes: int) -> bool:
         """Reserve room for one request of ``nbytes``; False (at once) when there is none."""
-        with self._cond:
+        with self._lock:
             if self.draining or self._requests >= self.max_requests:
                 return False
             if self.max_backlog is not None and self.backlog > self.max_backlog:
@@ -82,17 +84,18 @@ class Admission:
         return True
 
     def leave(self, nbytes: int) -> None:
-        with self._cond:
+        with self._lock:
             self._requests -= 1
             self._bytes -= nbytes
             depth = self._requests
-            self._cond.notify_all()
+            if self.draining:  # set under the lock before drain() waits: no wake-up is lost
+                self._cond.notify_all()
         if self._metrics is not None:
             self._metrics.queue_depth.set(depth)
 
     @property
     def in_flight(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._requests
 
     def drain(self, timeout: float) -> bool:
@@ -119,12 +122,17 @@ class Outcome:
 
 
 class _Job:
+    """One request's part on its way to the writer. ``done`` is a plain lock taken when the job is
+    made and released by the writer once the job's transaction ended: the receiver thread waits
+    by acquiring it (one C call, no Python-level condition variable)."""
+
     __slots__ = ("part", "valid", "done", "result", "error")
 
     def __init__(self, part: ExportTraceServiceRequest | CutRequest, valid: int) -> None:
         self.part = part  # the decoded request, or its rows as cut by the C splitter
         self.valid = valid
-        self.done = threading.Event()
+        self.done = _allocate_lock()
+        self.done.acquire()
         self.result: tuple[int, int] = (0, 0)
         self.error: BaseException | None = None
 
@@ -187,7 +195,7 @@ class Ingestor:
     def _store_job(self, job: _Job, rejected: int, message: str) -> Outcome:
         """Queue ``job`` for the writer and wait until its transaction committed."""
         self._queue.put(job)
-        job.done.wait()
+        job.done.acquire()
         if job.error is not None:
             raise StoreUnavailable(f"the trace store could not write the spans: {job.error}") from job.error
         accepted, duplicates = job.result
@@ -195,16 +203,14 @@ class Ingestor:
 
     def _write_loop(self) -> None:
         stopping = False
+        get, empty = self._queue.get, self._queue.empty  # this thread is the only consumer
         while not stopping:
-            first = self._queue.get()
+            first = get()
             if first is None:
                 return
             jobs = [first]
-            while len(jobs) < self._max_group:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
+            while len(jobs) < self._max_group and not empty():
+                nxt = get()
                 if nxt is None:
                     stopping = True
                     break
@@ -223,7 +229,7 @@ class Ingestor:
             self._metrics.spans_rejected.labels("store_error").inc(sum(job.valid for job in jobs))
             for job in jobs:
                 job.error = exc
-                job.done.set()
+                job.done.release()
             return
         finally:
             self._metrics.store_write.observe(time.perf_counter() - started)
@@ -235,6 +241,6 @@ class Ingestor:
             for job in jobs:
                 job.result = (job.valid, 0)
         for job in jobs:
-            job.done.set()
+            job.done.release()
         if accepted and self._on_stored is not None:
             self._on_stored()
