@@ -360,6 +360,8 @@ typedef struct {
     Str s; /* string value, or the raw ArrayValue / KeyValueList message */
     int64_t i;
     double d;
+    const uint8_t *raw; /* the KeyValue message it was read from (interned lists: parse_kv's hints) */
+    int32_t rawn;
     int kid;
     uint8_t type;
     uint8_t used, merged;
@@ -391,6 +393,9 @@ typedef struct {
     int has_spill;
     /* the previous span's and the previous event's attribute lists (crb_push_attr_at's hints) */
     int prev_span_a0, prev_span_an, prev_ev_a0, prev_ev_an;
+    /* the StageObservations made so far (owned references; the array is kept between calls) */
+    PyObject **stage_v;
+    int nstage, capstage;
 } Ctx;
 
 extern Ctx crb_g;
@@ -538,7 +543,6 @@ typedef struct {
     Str *inputs; /* every input artifact id, checked at the end */
     int ninputs, capinputs;
     int nerrors;
-    PyObject *stages; /* list */
     /* root facts */
     Str schema_version;
     int has_schema;
@@ -567,6 +571,12 @@ PyObject *crb_group_stages(PyObject *self, PyObject *args);
  * allowed: then NULL back), not tracked by the garbage collector (its values are atomic or
  * tuples of them, so it can never be part of a cycle). cls NULL: an n-tuple. */
 PyObject *crb_make_record(PyTypeObject *cls, PyObject **slots, const Py_ssize_t *offset, int n, PyObject **v);
+/* A str of valid UTF-8: short ASCII ones (stage names, vocabulary words, service and model
+ * names) from a small cache of the strs made before (str objects are immutable: one object serves
+ * every equal value), others made anew. New reference, NULL with an exception set. */
+PyObject *crb_str_obj(Str s);
+/* A str of the 2 * id.n lowercase hex digits of id (span and trace ids). */
+PyObject *crb_hex_obj(Str id);
 /* The whole road; returns a new tuple (a TraceDocument with as_document, when configured), or
  * NULL to bail (exception cleared by the caller). */
 PyObject *crb_rebuild(Str data, int as_document);

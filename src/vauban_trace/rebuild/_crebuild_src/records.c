@@ -14,7 +14,8 @@ void crb_out_free(Out *o) {
     crb_buf_give(KB_META, &o->meta_extra);
     PyMem_RawFree(o->art_ids);
     PyMem_RawFree(o->inputs);
-    Py_XDECREF(o->stages);
+    for (int i = 0; i < crb_g.nstage; i++) Py_DECREF(crb_g.stage_v[i]);
+    crb_g.nstage = 0;
     Py_XDECREF(o->trace_meta);
 }
 

@@ -101,6 +101,37 @@ fail:
     return NULL;
 }
 
+/* crb_str_obj's cache: direct-mapped on the length and three bytes of the value */
+#define STR_CACHE 64
+#define STR_CACHE_MAXLEN 64
+static PyObject *str_cache[STR_CACHE];
+
+PyObject *crb_str_obj(Str s) {
+    const uint8_t *p = s.p;
+    Py_ssize_t n = s.n;
+    if (n == 0 || n > STR_CACHE_MAXLEN)
+        return PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    unsigned h = ((unsigned)n * 31u + p[0] * 7u + p[n >> 1] * 3u + p[n - 1]) & (STR_CACHE - 1);
+    PyObject *c = str_cache[h];
+    /* a cached str is compact ASCII: its 1-byte data are its UTF-8 bytes */
+    if (c != NULL && PyUnicode_GET_LENGTH(c) == n && memcmp(PyUnicode_1BYTE_DATA(c), p, (size_t)n) == 0)
+        return Py_NewRef(c);
+    PyObject *u = PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    if (u != NULL && PyUnicode_IS_ASCII(u) && PyUnicode_CheckExact(u)) Py_XSETREF(str_cache[h], Py_NewRef(u));
+    return u;
+}
+
+PyObject *crb_hex_obj(Str id) {
+    PyObject *u = PyUnicode_New(2 * id.n, 127);
+    if (u == NULL) return NULL;
+    char *w = (char *)PyUnicode_1BYTE_DATA(u);
+    for (Py_ssize_t j = 0; j < id.n; j++) {
+        w[2 * j] = crb_hex[id.p[j] >> 4];
+        w[2 * j + 1] = crb_hex[id.p[j] & 15];
+    }
+    return u;
+}
+
 static PyObject *make_stage(PyObject *v[7]) {
     return crb_make_record(crb_cfg.stage_cls, crb_cfg.stage_slots, crb_cfg.stage_offset, 7, v);
 }
@@ -336,19 +367,10 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
         else if (sp->end >= sp->start && sp->start > 0) dur_obj = PyFloat_FromDouble((double)(sp->end - sp->start) / 1e9);
         else dur_obj = Py_NewRef(Py_None);
         PyObject *sync_prov;
-        if (prov[crb_cfg.c_sync_points] >= 0) {
-            Str w = crb_cfg.prov.w[prov[crb_cfg.c_sync_points]];
-            sync_prov = PyUnicode_DecodeUTF8((const char *)w.p, w.n, "strict");
-        } else {
-            sync_prov = Py_NewRef(Py_None);
-        }
-        char sid[16];
-        for (int j = 0; j < 8; j++) {
-            sid[2 * j] = crb_hex[sp->span_id.p[j] >> 4];
-            sid[2 * j + 1] = crb_hex[sp->span_id.p[j] & 15];
-        }
-        PyObject *fields[7] = {PyUnicode_DecodeASCII(sid, 16, "strict"),
-                               PyUnicode_DecodeUTF8((const char *)stage->s.p, stage->s.n, "strict"),
+        if (prov[crb_cfg.c_sync_points] >= 0) sync_prov = crb_str_obj(crb_cfg.prov.w[prov[crb_cfg.c_sync_points]]);
+        else sync_prov = Py_NewRef(Py_None);
+        PyObject *fields[7] = {crb_hex_obj(sp->span_id),
+                               crb_str_obj(stage->s),
                                dur_obj,
                                cval_obj(&val[crb_cfg.c_input_bytes]),
                                cval_obj(&val[crb_cfg.c_output_bytes]),
@@ -356,9 +378,17 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
                                sync_prov};
         PyObject *t = make_stage(fields);
         if (t == NULL) goto bad_profile;
-        int ar = PyList_Append(o->stages, t);
-        Py_DECREF(t);
-        if (ar) goto bad_profile;
+        if (crb_g.nstage >= crb_g.capstage) {
+            int nc = crb_g.capstage ? 2 * crb_g.capstage : 64;
+            PyObject **nv = (PyObject **)PyMem_RawRealloc(crb_g.stage_v, sizeof(PyObject *) * (size_t)nc);
+            if (nv == NULL) {
+                Py_DECREF(t);
+                goto bad_profile;
+            }
+            crb_g.stage_v = nv;
+            crb_g.capstage = nc;
+        }
+        crb_g.stage_v[crb_g.nstage++] = t;
     }
     rc = 0;
 bad_profile:

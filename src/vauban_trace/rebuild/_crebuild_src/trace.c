@@ -24,6 +24,51 @@ static int cmp_str(const void *a, const void *b) {
     return x->n < y->n ? -1 : x->n > y->n;
 }
 
+/* Sorts of the few elements of a trace: insertion sort (the spans of a snapshot come in start
+ * order, the ids nearly so: a linear pass then), qsort for long lists. Every comparison used is a
+ * total order on the elements sorted (span ids are checked unique before the spans are ordered),
+ * so the result is the one qsort gives. */
+#define SMALL_SORT 48
+
+static void sort_u64(uint64_t *v, int n) {
+    if (n > SMALL_SORT) {
+        qsort(v, (size_t)n, sizeof(uint64_t), cmp_u64);
+        return;
+    }
+    for (int i = 1; i < n; i++) {
+        uint64_t x = v[i];
+        int j = i;
+        for (; j > 0 && v[j - 1] > x; j--) v[j] = v[j - 1];
+        v[j] = x;
+    }
+}
+
+static void sort_spans(Span **v, int n) {
+    if (n > SMALL_SORT) {
+        qsort(v, (size_t)n, sizeof(Span *), cmp_span_order);
+        return;
+    }
+    for (int i = 1; i < n; i++) {
+        Span *x = v[i];
+        int j = i;
+        for (; j > 0 && cmp_span_order(&v[j - 1], &x) > 0; j--) v[j] = v[j - 1];
+        v[j] = x;
+    }
+}
+
+static void sort_strs(Str *v, int n) {
+    if (n > SMALL_SORT) {
+        qsort(v, (size_t)n, sizeof(Str), cmp_str);
+        return;
+    }
+    for (int i = 1; i < n; i++) {
+        Str x = v[i];
+        int j = i;
+        for (; j > 0 && cmp_str(&v[j - 1], &x) > 0; j--) v[j] = v[j - 1];
+        v[j] = x;
+    }
+}
+
 static uint64_t be64(const uint8_t *p) {
     uint64_t v = 0;
     for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
@@ -32,7 +77,7 @@ static uint64_t be64(const uint8_t *p) {
 
 static PyObject *scalar_obj(const Attr *a) {
     switch (a->type) {
-    case V_STR: return PyUnicode_DecodeUTF8((const char *)a->s.p, a->s.n, "strict");
+    case V_STR: return crb_str_obj(a->s);
     case V_BOOL: return PyBool_FromLong((long)a->i);
     case V_INT: return PyLong_FromLongLong(a->i);
     case V_DBL: return PyFloat_FromDouble(a->d);
@@ -83,10 +128,10 @@ PyObject *crb_rebuild(Str data, int as_document) {
         }
         order[i] = sp;
     }
-    qsort(ids, (size_t)n, sizeof(uint64_t), cmp_u64);
+    sort_u64(ids, n);
     for (int i = 1; i < n; i++)
         if (ids[i] == ids[i - 1]) goto out;
-    qsort(order, (size_t)n, sizeof(Span *), cmp_span_order);
+    sort_spans(order, n);
     Span *root = marked;
     if (root == NULL) {
         for (int i = 0; i < n && root == NULL; i++)
@@ -109,14 +154,13 @@ PyObject *crb_rebuild(Str data, int as_document) {
         if (sp->resource.p != root->resource.p && !str_eq(sp->resource, root->resource)) goto out;
     }
     /* root facts */
-    o.stages = PyList_New(0);
-    if (o.stages == NULL) goto out;
+    crb_g.nstage = 0;
     if (crb_root_facts(&o, root, trace_id)) goto out;
     for (int i = 0; i < n; i++)
         if (crb_put_span(&o, order[i], order[i] == root)) goto out;
     /* artifact ids unique; every input id names an artifact */
     if (o.nart > 1) {
-        qsort(o.art_ids, (size_t)o.nart, sizeof(Str), cmp_str);
+        sort_strs(o.art_ids, o.nart);
         for (int i = 1; i < o.nart; i++)
             if (str_eq(o.art_ids[i], o.art_ids[i - 1])) goto out;
     }
@@ -287,27 +331,29 @@ PyObject *crb_rebuild(Str data, int as_document) {
             PyTuple_SET_ITEM(labels, i, v);
         }
     }
-    PyObject *stages = labels == NULL ? NULL : PyList_AsTuple(o.stages);
+    /* the stages tuple takes the StageObservations; it and the labels hold only untracked
+     * records and atomic values, so the garbage collector need not track them (it would stop
+     * tracking them at its next pass anyway) */
+    PyObject *stages = labels == NULL ? NULL : PyTuple_New(crb_g.nstage);
+    if (stages != NULL) {
+        for (int i = 0; i < crb_g.nstage; i++) PyTuple_SET_ITEM(stages, i, crb_g.stage_v[i]);
+        crb_g.nstage = 0;
+        if (PyTuple_GET_SIZE(stages) > 0 && PyObject_GC_IsTracked(stages)) PyObject_GC_UnTrack(stages);
+    }
+    if (labels != NULL && PyTuple_Check(labels) && PyObject_GC_IsTracked(labels)) PyObject_GC_UnTrack(labels);
     if (labels == NULL || stages == NULL) {
         Py_DECREF(json);
         Py_XDECREF(labels);
         goto out;
     }
-    char tid[32];
-    for (int i = 0; i < 16; i++) {
-        tid[2 * i] = crb_hex[trace_id.p[i] >> 4];
-        tid[2 * i + 1] = crb_hex[trace_id.p[i] & 15];
-    }
     PyObject *service_obj = service ? scalar_obj(service) : Py_NewRef(Py_None);
     if (as_document) { /* a TraceDocument: its fields in order, native=True last */
-        PyObject *v[11] = {PyUnicode_FromStringAndSize(tid, 32), json, Py_NewRef(Py_True), service_obj,
-                           PyUnicode_DecodeUTF8((const char *)root->name.p, root->name.n, "strict"),
+        PyObject *v[11] = {crb_hex_obj(trace_id), json, Py_NewRef(Py_True), service_obj, crb_str_obj(root->name),
                            PyLong_FromUnsignedLongLong(root->start), PyLong_FromUnsignedLongLong(root->end),
                            PyLong_FromSsize_t((Py_ssize_t)n), stages, labels, Py_NewRef(Py_True)};
         result = crb_make_record(crb_cfg.doc_cls, crb_cfg.doc_slots, crb_cfg.doc_offset, 11, v);
     } else {
-        result = Py_BuildValue("(s#NONNNNnNN)", tid, (Py_ssize_t)32, json, Py_True, service_obj,
-                               PyUnicode_DecodeUTF8((const char *)root->name.p, root->name.n, "strict"),
+        result = Py_BuildValue("(NNONNNNnNN)", crb_hex_obj(trace_id), json, Py_True, service_obj, crb_str_obj(root->name),
                                PyLong_FromUnsignedLongLong(root->start), PyLong_FromUnsignedLongLong(root->end),
                                (Py_ssize_t)n, stages, labels);
     }
