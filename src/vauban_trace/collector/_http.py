@@ -266,16 +266,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return None
             if line in _HEAD_ENDS:
                 break
-        fields: dict[str, str] = {}
-        match = _FIELD.fullmatch
-        for line in lines[:-1]:
-            m = match(line.decode("iso-8859-1"))
-            if m is None:
-                return _email_fields(lines)
-            name = m.group(1).lower()
-            if name not in fields:
-                fields[name] = m.group(2)
-        return fields
+        return parse_fields(lines)
 
     # -- replies --------------------------------------------------------------------------
     def _reply(self, status: int, media: str, body: bytes, *, close: bool = False,
@@ -520,6 +511,22 @@ def _version_number(version: str) -> tuple[int, int] | None:
     if len(parts) != 2 or any(not p.isdigit() or len(p) > 10 for p in parts):
         return None
     return int(parts[0]), int(parts[1])
+
+
+def parse_fields(lines: list[bytes]) -> dict[str, str]:
+    """The header block ``lines`` (as read, the blank or empty line that ends it last) as
+    lower-case name -> first value, exactly what ``http.client.parse_headers(...).get(name)``
+    answers: plain ``Name: value`` lines are read here, any other block by the email parser."""
+    fields: dict[str, str] = {}
+    match = _FIELD.fullmatch
+    for line in lines[:-1]:
+        m = match(line.decode("iso-8859-1"))
+        if m is None:
+            return _email_fields(lines)
+        name = m.group(1).lower()
+        if name not in fields:
+            fields[name] = m.group(2)
+    return fields
 
 
 def _email_fields(lines: list[bytes]) -> dict[str, str]:

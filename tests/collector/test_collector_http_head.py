@@ -1,0 +1,168 @@
+"""The OTLP/HTTP receiver's request head and body handling: header fields read as the stdlib reads
+them, keep-alive rules, ``Expect: 100-continue``, pooled body buffers, group commit."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from http.client import _read_headers, parse_headers  # type: ignore[attr-defined]
+
+from collector_helpers import span_count, vauban_request
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vauban_trace.collector._http import parse_fields
+from vauban_trace.collector._ingest import Ingestor
+from vauban_trace.collector._metrics import CollectorMetrics
+
+PB = "application/x-protobuf"
+
+
+def _stdlib_fields(lines: list[bytes]) -> dict[str, str]:
+    message = parse_headers(io.BytesIO(b"".join(lines)))
+    return {name.lower(): str(message.get(name)) for name in message.keys()}
+
+
+_line_text = st.lists(st.sampled_from(list("Ab-:; \t\r\x00\xe9/=") + ["From ", "Content-Type", "\r\n"]),
+                      max_size=12).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_line_text, max_size=8), st.sampled_from(["\r\n", "\n", ""]))
+def test_header_fields_match_the_stdlib_parser(texts, end):
+    block = ("".join(t + "\r\n" for t in texts) + end).encode("iso-8859-1")
+    lines = _read_headers(io.BytesIO(block))  # the lines as the receiver reads them
+    assert parse_fields(lines) == _stdlib_fields(lines)
+
+
+def test_plain_and_unusual_header_blocks():
+    assert parse_fields([b"Content-Type: application/json \r\n", b"content-type: x\r\n", b"\r\n"]) == {
+        "content-type": "application/json "}
+    folded = [b"Content-Type:\r\n", b" application/x-protobuf\r\n", b"\r\n"]
+    assert parse_fields(folded) == _stdlib_fields(folded)
+    stray = [b"Content-Length: 2\r\n", b"no colon here\r\n", b"Content-Type: application/json\r\n", b"\r\n"]
+    assert parse_fields(stray) == {"content-length": "2"}  # the email parser ends the block there
+
+
+def _exchange(address: tuple[str, int], raw: bytes, *, shut: bool = True) -> bytes:
+    with socket.create_connection(address, timeout=10) as s:
+        s.sendall(raw)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply
+
+
+def _head(data: bytes, path: str = "/v1/traces", version: str = "HTTP/1.1", extra: str = "",
+          ctype: str = PB) -> bytes:
+    return (f"POST {path} {version}\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
+            f"{extra}\r\n").encode() + data
+
+
+def test_request_line_and_keep_alive_rules(make_collector):
+    c = make_collector(grpc=None)
+    req, tids = vauban_request(1, salt=60)
+    data = req.SerializeToString()
+    # HTTP/1.0 without keep-alive: answered, then closed by the server
+    reply = _exchange(c.http_address, _head(data, version="HTTP/1.0"), shut=False)
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"Connection: close\r\n" in reply
+    # two requests on one HTTP/1.1 connection, header names in any case
+    second, _ = vauban_request(1, salt=61)
+    raw = _head(data).replace(b"Content-Type", b"content-TYPE") + _head(second.SerializeToString(),
+                                                                           extra="Connection: close\r\n")
+    replies = _exchange(c.http_address, raw, shut=False)
+    assert replies.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert _exchange(c.http_address, _head(data, version="HTTP/2.0")).startswith(b"HTTP/1.1 505 ")
+    assert _exchange(c.http_address, _head(data, version="HTTP/1.x")).startswith(b"HTTP/1.1 400 ")
+    assert _exchange(c.http_address, b"POST /v1/traces\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    assert span_count(req) == sum(len(c.store.spans_for(t).resource_spans[0].scope_spans[0].spans) for t in tids)
+
+
+def test_expect_100_continue_and_first_field_wins(make_collector):
+    c = make_collector(grpc=None)
+    req, _ = vauban_request(1, salt=62)
+    data = req.SerializeToString()
+    head = (f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\nContent-Type: text/plain\r\n"
+            f"Content-Length: {len(data)}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection(c.http_address, timeout=10) as s:
+        s.sendall(head)
+        assert s.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n")
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:80]
+    # a folded Content-Type is read as the stdlib reads it (the value continues on the next line)
+    folded = _head(data, ctype="\r\n application/x-protobuf", extra="Connection: close\r\n")
+    assert _exchange(c.http_address, folded).startswith(b"HTTP/1.1 200 ")
+
+
+def test_pooled_body_buffers_never_mix_requests(make_collector):
+    """Bodies of different sizes on one connection and from parallel clients, each stored whole:
+    a reused buffer holds the previous body's bytes past the new Content-Length."""
+    c = make_collector(grpc=None)
+    requests = [vauban_request(n, salt=70 + n) for n in (6, 1, 3, 1, 6)]
+    raw = b"".join(_head(r.SerializeToString()) for r, _ in requests[:-1])
+    raw += _head(requests[-1][0].SerializeToString(), extra="Connection: close\r\n")
+    assert _exchange(c.http_address, raw, shut=False).count(b"HTTP/1.1 200 OK\r\n") == len(requests)
+
+    errors: list[BaseException] = []
+
+    def client(k: int) -> None:
+        try:
+            for j in range(4):
+                r, _ = vauban_request(1 + (k + j) % 4, salt=100 + 10 * k + j)
+                reply = _exchange(c.http_address, _head(r.SerializeToString(), extra="Connection: close\r\n"),
+                                  shut=False)
+                assert reply.startswith(b"HTTP/1.1 200 "), reply[:80]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    requests += [vauban_request(1 + (k + j) % 4, salt=100 + 10 * k + j) for k in range(6) for j in range(4)]
+    for r, tids in requests:
+        for tid, rs in zip(tids, r.resource_spans, strict=True):
+            got = c.store.spans_for(tid).resource_spans[0].scope_spans[0].spans
+            assert sorted(sp.SerializeToString() for sp in got) == sorted(
+                sp.SerializeToString() for sp in rs.scope_spans[0].spans)
+
+
+class _SlowStore:
+    """Records the parts of each write and takes a while per write, so jobs queue meanwhile."""
+
+    def __init__(self) -> None:
+        self.groups: list[int] = []
+
+    def ingest_parts(self, parts: list[object], *, snapshots: bool = False) -> object:
+        from vauban_trace.store import IngestResult
+
+        self.groups.append(len(parts))
+        time.sleep(0.05)
+        return IngestResult(snapshots={}, accepted=0, duplicates=0, rejected=0, problems=(), trace_ids=())
+
+
+def test_writes_queued_during_a_write_commit_together():
+    store = _SlowStore()
+    ingestor = Ingestor(store, CollectorMetrics())  # type: ignore[arg-type]
+    try:
+        threads = [threading.Thread(target=ingestor.ingest, args=(vauban_request(1, salt=200 + i)[0], "http"))
+                   for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        ingestor.close()
+    assert sum(store.groups) == 8
+    assert len(store.groups) < 8  # at least one group commit of several requests
+    ingestor = Ingestor(store, CollectorMetrics())  # type: ignore[arg-type]
+    ingestor.close()  # closing an idle writer returns
