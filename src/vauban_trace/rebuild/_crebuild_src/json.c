@@ -13,37 +13,55 @@ static char DIGITS2[200];
 /* each byte as its two lowercase hex digits */
 static char HEX2[512];
 
-/* exactly 8 digits of v < 10^8 at w, two at a time in 32-bit arithmetic */
+/* exactly 8 digits of v < 10^8 at w: two halves of 4 digits, each two pairs (independent
+ * 32-bit multiply-shift divisions rather than a chain of them) */
 static inline void put8(char *w, uint32_t v) {
-    for (int i = 6; i >= 0; i -= 2) {
-        memcpy(w + i, DIGITS2 + 2 * (v % 100), 2);
-        v /= 100;
-    }
+    uint32_t hi = v / 10000, lo = v % 10000;
+    memcpy(w, DIGITS2 + 2 * (hi / 100), 2);
+    memcpy(w + 2, DIGITS2 + 2 * (hi % 100), 2);
+    memcpy(w + 4, DIGITS2 + 2 * (lo / 100), 2);
+    memcpy(w + 6, DIGITS2 + 2 * (lo % 100), 2);
 }
 
+static const uint64_t POW10U[20] = {1ull, 10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull,
+                                    100000000ull, 1000000000ull, 10000000000ull, 100000000000ull,
+                                    1000000000000ull, 10000000000000ull, 100000000000000ull,
+                                    1000000000000000ull, 10000000000000000ull, 100000000000000000ull,
+                                    1000000000000000000ull, 10000000000000000000ull};
+
+/* the number of decimal digits of v (1 for 0): the binary length times log10(2), corrected */
+static inline int ndigits(uint64_t v) {
+    int bits = 64 - __builtin_clzll(v | 1);
+    int t = (bits * 1233) >> 12; /* floor(bits * log10(2)): the digits, or one more */
+    return v ? t + 1 - (v < POW10U[t]) : 1;
+}
+
+/* the decimal digits of v, straight into the buffer from the right: 8-digit chunks while more
+ * than 8 are left (timestamps have 19), then pairs */
 int crb_put_u64(Buf *b, uint64_t v) {
-    char tmp[40]; /* 20 digits at most; the rest keeps -Warray-bounds quiet about crb_copy's branches */
-    int i = 40;
-    /* 8-digit chunks from the right (timestamps have 19 digits): independent 32-bit work */
+    int nd = ndigits(v);
+    TRY(buf_reserve(b, 20));
+    char *start = b->p + b->n, *w = start + nd;
     while (v >= 100000000u) {
         uint64_t q = v / 100000000u;
-        i -= 8;
-        put8(tmp + i, (uint32_t)(v - q * 100000000u));
+        w -= 8;
+        put8(w, (uint32_t)(v - q * 100000000u));
         v = q;
     }
     uint32_t r = (uint32_t)v;
     while (r >= 100) {
-        i -= 2;
-        memcpy(tmp + i, DIGITS2 + 2 * (r % 100), 2);
+        w -= 2;
+        memcpy(w, DIGITS2 + 2 * (r % 100), 2);
         r /= 100;
     }
     if (r >= 10) {
-        i -= 2;
-        memcpy(tmp + i, DIGITS2 + 2 * r, 2);
+        w -= 2;
+        memcpy(w, DIGITS2 + 2 * r, 2);
     } else {
-        tmp[--i] = (char)('0' + r);
+        *--w = (char)('0' + r);
     }
-    return put(b, tmp + i, (size_t)(40 - i));
+    b->n += (size_t)nd;
+    return 0;
 }
 
 int crb_put_i64(Buf *b, int64_t v) {
@@ -205,18 +223,12 @@ static const uint8_t *plain_run(const uint8_t *q, const uint8_t *end) {
     return q;
 }
 
-/* A JSON string (json.dumps, ensure_ascii=True) from valid UTF-8. */
-int crb_put_jstr(Buf *b, Str s) {
+/* crb_put_jstr of a string with something to escape (out of line: the plain case stays small) */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static int put_jstr_escaped(Buf *b, Str s) {
     const uint8_t *p = s.p, *end = s.p + s.n;
-    if (all_plain(p, s.n)) { /* the common case: nothing to escape */
-        TRY(buf_reserve(b, (size_t)s.n + 2));
-        char *w = b->p + b->n;
-        *w++ = '"';
-        crb_copy(w, p, (size_t)s.n);
-        w[s.n] = '"';
-        b->n += (size_t)s.n + 2;
-        return 0;
-    }
     TRY(buf_reserve(b, (size_t)s.n + 2));
     b->p[b->n++] = '"';
     while (p < end) {
@@ -259,11 +271,42 @@ int crb_put_jstr(Buf *b, Str s) {
     return 0;
 }
 
+/* A JSON string (json.dumps, ensure_ascii=True) from valid UTF-8. */
+int crb_put_jstr(Buf *b, Str s) {
+    if (!all_plain(s.p, s.n)) return put_jstr_escaped(b, s);
+    /* the common case: nothing to escape */
+    TRY(buf_reserve(b, (size_t)s.n + 2));
+    char *w = b->p + b->n;
+    *w++ = '"';
+    crb_copy(w, s.p, (size_t)s.n);
+    w[s.n] = '"';
+    b->n += (size_t)s.n + 2;
+    return 0;
+}
+
+/* the 8 lowercase hex digits of 4 bytes, in order, as one word (little-endian stores): each byte
+ * spread to two nibbles, then '0' or 'a' - 10 added per nibble without a branch */
+static inline uint64_t hex8(const uint8_t *p) {
+    uint64_t x = (uint64_t)p[0] | ((uint64_t)p[1] << 16) | ((uint64_t)p[2] << 32) | ((uint64_t)p[3] << 48);
+    /* byte i of the result: high nibble of p[i/2] for even i, low nibble for odd i */
+    x = ((x >> 4) & 0x000f000f000f000full) | ((x & 0x000f000f000f000full) << 8);
+    const uint64_t ones = 0x0101010101010101ull;
+    uint64_t letters = ((x + ones * 6) >> 4) & ones; /* 1 where the nibble is >= 10 */
+    return x + ones * '0' + letters * ('a' - '0' - 10);
+}
+
 int crb_put_hex(Buf *b, Str id) {
     TRY(buf_reserve(b, (size_t)id.n * 2 + 2));
     char *w = b->p + b->n;
     *w++ = '"';
-    for (Py_ssize_t i = 0; i < id.n; i++, w += 2) memcpy(w, HEX2 + 2 * id.p[i], 2);
+    Py_ssize_t i = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    for (; i + 4 <= id.n; i += 4, w += 8) {
+        uint64_t h = hex8(id.p + i);
+        memcpy(w, &h, 8);
+    }
+#endif
+    for (; i < id.n; i++, w += 2) memcpy(w, HEX2 + 2 * id.p[i], 2);
     *w++ = '"';
     b->n = (size_t)(w - b->p);
     return 0;

@@ -40,6 +40,25 @@ static int validate_msg(Str m, uint32_t kvfield, uint32_t strmask, uint32_t varm
     return 0;
 }
 
+/* Append the KeyValue m to crb_g.attrs, hint as crb_push_attr_at's. A KeyValue whose bytes are
+ * the hint's, key and value (repeated words, devices, counters, units...), is the hint's attribute
+ * again: copied, not parsed (the hint's bytes were validated when it was read, and the copy's
+ * key and value point at them: the same text). Returns 1 for such a copy, 0 for a parsed one,
+ * BAIL. */
+static inline int push_attr(Str m, int hint) {
+    if (hint >= 0 && crb_g.nattrs < crb_g.capattrs) {
+        const Attr *h = &crb_g.attrs[hint];
+        if (h->rawn == m.n && crb_same_name(h->raw, m.p, m.n)) {
+            Attr *a = &crb_g.attrs[crb_g.nattrs++];
+            *a = *h;
+            a->used = a->merged = 0;
+            return 1;
+        }
+    }
+    TRY(crb_push_attr_at(m, hint));
+    return 0;
+}
+
 static int parse_event(Str m) {
     GROW(crb_g.events, crb_g.nevents, crb_g.capevents, Event);
     Event *e = &crb_g.events[crb_g.nevents];
@@ -47,6 +66,7 @@ static int parse_event(Str m) {
     e->a0 = crb_g.nattrs;
     const uint8_t *p = m.p, *end = m.p + m.n;
     uint32_t seen = 0;
+    int copies = 0; /* attributes that are the previous event's, at the same position */
     while (p < end) {
         uint32_t f;
         int wt;
@@ -70,7 +90,9 @@ static int parse_event(Str m) {
             if (wt != 2) return BAIL;
             TRY(rd_len(&p, end, &s));
             int pos = crb_g.nattrs - crb_g.events[crb_g.nevents].a0;
-            TRY(crb_push_attr_at(s, pos < crb_g.prev_ev_an ? crb_g.prev_ev_a0 + pos : -1));
+            int r = push_attr(s, pos < crb_g.prev_ev_an ? crb_g.prev_ev_a0 + pos : -1);
+            if (r < 0) return BAIL;
+            copies += r;
             break;
         }
         case 4:
@@ -83,7 +105,8 @@ static int parse_event(Str m) {
     }
     e = &crb_g.events[crb_g.nevents];
     e->an = crb_g.nattrs - e->a0;
-    TRY(crb_unique_keys(e->a0, e->an));
+    /* the previous event's list again, whole: its keys were found unique */
+    if (copies != e->an || e->an != crb_g.prev_ev_an) TRY(crb_unique_keys(e->a0, e->an));
     crb_g.prev_ev_a0 = e->a0;
     crb_g.prev_ev_an = e->an;
     crb_g.nevents++;
@@ -123,6 +146,7 @@ static int parse_span(Str m, Str resource, int seq) {
     sp.e0 = crb_g.nevents;
     const uint8_t *p = m.p, *end = m.p + m.n;
     uint32_t seen = 0;
+    int copies = 0; /* attributes that are the previous span's, at the same position */
     const uint8_t *first_event = end;
     /* Two passes: attributes first (contiguous in crb_g.attrs), then events (each pushes its
      * own attributes); the second starts at the first event (fields come in number order, so
@@ -154,7 +178,9 @@ static int parse_span(Str m, Str resource, int seq) {
             if (wt != 2) return BAIL;
             TRY(rd_len(&p, end, &s));
             int pos = crb_g.nattrs - sp.a0;
-            TRY(crb_push_attr_at(s, pos < crb_g.prev_span_an ? crb_g.prev_span_a0 + pos : -1));
+            int r = push_attr(s, pos < crb_g.prev_span_an ? crb_g.prev_span_a0 + pos : -1);
+            if (r < 0) return BAIL;
+            copies += r;
             break;
         }
         case 11:
@@ -176,7 +202,8 @@ static int parse_span(Str m, Str resource, int seq) {
         }
     }
     sp.an = crb_g.nattrs - sp.a0;
-    TRY(crb_unique_keys(sp.a0, sp.an));
+    /* the previous span's list again, whole: its keys were found unique */
+    if (copies != sp.an || sp.an != crb_g.prev_span_an) TRY(crb_unique_keys(sp.a0, sp.an));
     crb_g.prev_span_a0 = sp.a0;
     crb_g.prev_span_an = sp.an;
     for (int i = sp.a0; i < sp.a0 + sp.an; i++)

@@ -200,17 +200,11 @@ int crb_parse_any(Str m, Attr *a, int depth) {
  * attribute at the same position of the previous list of the same kind (span or event
  * attributes): lists of one trace nearly always repeat the same keys in the same order, so a key
  * equal to the hint's (bytes in the input just read, still in cache) takes its id, and its
- * validity (the hint's key was checked), without the name table. */
+ * validity (the hint's key was checked), without the name table. (A KeyValue equal to the hint's
+ * as a whole is not parsed at all: otlp.c's push_attr.) */
 static int parse_kv(Str m, Attr *a, int depth, int intern, const Attr *hint) {
     const uint8_t *p = m.p, *end = m.p + m.n;
     int seen_key = 0, seen_val = 0;
-    /* the whole KeyValue equal to the hint's (the same key and value bytes): the same attribute,
-     * its key and value read from the hint's copy of the bytes (validated when it was read) */
-    if (hint != NULL && hint->rawn == m.n && crb_same_name(hint->raw, m.p, m.n)) {
-        *a = *hint;
-        a->used = a->merged = 0;
-        return 0;
-    }
     a->raw = m.p;
     a->rawn = m.n <= INT32_MAX ? (int32_t)m.n : -1;
     a->key.p = m.p;
