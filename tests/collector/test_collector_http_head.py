@@ -166,3 +166,18 @@ def test_writes_queued_during_a_write_commit_together():
     assert len(store.groups) < 8  # at least one group commit of several requests
     ingestor = Ingestor(store, CollectorMetrics())  # type: ignore[arg-type]
     ingestor.close()  # closing an idle writer returns
+
+
+def test_idle_and_stalled_connections_are_closed_after_the_socket_timeout(make_collector):
+    """An idle keep-alive connection, and one stalled inside its request head, are closed after
+    the socket timeout without a reply (plaintext sockets use kernel timeouts on Linux)."""
+    c = make_collector(grpc=None, socket_timeout_s=0.3)
+    for sent in (b"", b"POST /v1/traces HTTP/1.1\r\nContent-Le"):
+        with socket.create_connection(c.http_address, timeout=10) as s:
+            s.sendall(sent)
+            t0 = time.monotonic()
+            assert s.recv(65536) == b""
+            assert 0.2 < time.monotonic() - t0 < 5
+    req, _ = vauban_request(1, salt=300)
+    assert _exchange(c.http_address, _head(req.SerializeToString(), extra="Connection: close\r\n"),
+                     shut=False).startswith(b"HTTP/1.1 200 ")

@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import email.parser
 import hmac
+import io
 import logging
 import re
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -168,8 +171,11 @@ class OTLPHTTPServer(ThreadingHTTPServer):
 
     def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
         try:
-            request.settimeout(self.config.socket_timeout_s)
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if _KERNEL_TIMEOUTS and self.ssl_context is None:
+                _set_kernel_timeouts(request, self.config.socket_timeout_s)
+            else:
+                request.settimeout(self.config.socket_timeout_s)
             if self.ssl_context is not None:
                 try:
                     request = self.ssl_context.wrap_socket(request, server_side=True)
@@ -185,6 +191,56 @@ class OTLPHTTPServer(ThreadingHTTPServer):
             self.shutdown_request(request)
 
 
+# Plaintext connections on Linux: a blocking socket whose timeouts the kernel enforces
+# (SO_RCVTIMEO / SO_SNDTIMEO), instead of Python's socket timeout, which polls the socket before
+# every recv and send (one more system call each). A kernel timeout surfaces as EAGAIN, raised
+# here as TimeoutError, the exception a Python socket timeout raises.
+_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
+
+
+def _set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    sock.settimeout(None)
+    micros = max(1, round(seconds * 1e6))  # 0 would mean "no timeout"
+    value = struct.pack("@ll", micros // 1_000_000, micros % 1_000_000)  # struct timeval
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+class _SocketReader(io.RawIOBase):
+    """The raw stream under a kernel-timeout connection's ``rfile``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._recv_into = sock.recv_into
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return self._recv_into(buffer)
+        except BlockingIOError:
+            raise TimeoutError("timed out") from None
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """The unbuffered ``wfile`` of a kernel-timeout connection: every write is one ``sendall``."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sendall = sock.sendall
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            self._sendall(data)
+        except BlockingIOError:
+            raise TimeoutError("timed out") from None
+        return len(data)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "vauban-trace-collector"
@@ -192,6 +248,14 @@ class _Handler(BaseHTTPRequestHandler):
     server: OTLPHTTPServer
     fields: dict[str, str]  # the request's header fields: lower-case name -> first value
     raw_requestline: bytes  # set by BaseHTTPRequestHandler.handle_one_request
+
+    def setup(self) -> None:
+        if self.server.ssl_context is not None or not _KERNEL_TIMEOUTS:
+            super().setup()  # Python socket timeouts (TLS needs them)
+            return
+        self.connection = self.request
+        self.rfile = io.BufferedReader(_SocketReader(self.connection))
+        self.wfile = _SocketWriter(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s - " + format, self.address_string(), *args)
@@ -353,7 +417,10 @@ class _Handler(BaseHTTPRequestHandler):
                         raise BadRequest(f"body ended after {got} of {length} bytes")
                     if time.monotonic() > deadline:
                         raise _SlowBody(f"body not received within {allowed:.0f}s")
-                    n = recv_into(view[got:])
+                    try:
+                        n = recv_into(view[got:])
+                    except BlockingIOError:  # kernel timeout (see _KERNEL_TIMEOUTS)
+                        raise TimeoutError("timed out") from None
                     if not n:
                         self.close_connection = True
                         raise BadRequest(f"body ended after {got} of {length} bytes")
