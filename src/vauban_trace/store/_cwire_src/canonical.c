@@ -228,6 +228,165 @@ static int check_any(P p, P end, int depth) {
     return p == end;
 }
 
+/* ---------- the span, specialised ----------
+ *
+ * A canonical message writes its known fields in field-number order, each singular one at most
+ * once and each repeated one as one contiguous run, with minimal one-byte tags for fields 1..15:
+ * so consuming the fields in order, each only when its exact tag byte comes next, and requiring
+ * that nothing is left, is the whole order/duplicate/unknown-field/wire-type check that
+ * cw_check_msg does with the tables. The field rules are those of check_field. */
+
+#define AT(t) (p < end && *p == (t))
+#define I32_OK(v) ((v) == (uint64_t)(int64_t)(int32_t)(uint32_t)(v))
+
+/* utf8_ok(s, n) for a string inside a message whose bytes may be read up to ``limit``: a
+ * string of at most 64 bytes with 64 readable bytes from its start is tested for ASCII in one
+ * branch-free 64-byte window (SSE2), whatever its length. */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+CW_INLINE int utf8_in(P s, size_t n, P limit) {
+#if defined(__SSE2__)
+    if (n <= 64 && limit - s >= 64) {
+        uint64_t m0 = (uint32_t)_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)s));
+        uint64_t m1 = (uint32_t)_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(s + 16)));
+        uint64_t m2 = (uint32_t)_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(s + 32)));
+        uint64_t m3 = (uint32_t)_mm_movemask_epi8(_mm_loadu_si128((const __m128i *)(s + 48)));
+        uint64_t high = m0 | m1 << 16 | m2 << 32 | m3 << 48; /* bit i: byte i is not ASCII */
+        uint64_t mine = n ? ~0ULL >> (64 - n) : 0;
+        if (!(high & mine)) return 1;
+        return cw_utf8_slow(s, n);
+    }
+#else
+    (void)limit;
+#endif
+    return utf8_ok(s, n);
+}
+
+/* The common KeyValue (a one-byte key length, a one-byte value length, the value running to the
+ * end: a string, an int, a double or a bool) accepted inline; anything else is left to check_kv,
+ * which decides. Accepting here implies check_kv accepts. [p, limit) may be read. */
+CW_INLINE int kv_ok(P p, P end, P limit, int depth) {
+    size_t left = (size_t)(end - p);
+    if (left >= 4 && p[0] == 0x0a && p[1] != 0 && p[1] < 0x80) {
+        size_t kn = p[1];
+        if (kn + 4 <= left && p[2 + kn] == 0x12 && p[3 + kn] < 0x80 && kn + 4 + p[3 + kn] == left) {
+            P a = p + 4 + kn;
+            size_t n = p[3 + kn];
+            if (n >= 2 && a[0] == 0x0a && a[1] == n - 2) {
+                /* key and value strings; the framing bytes between them are below 0x80, so
+                 * the whole KeyValue is ASCII exactly when both strings are */
+                if (utf8_in(p, left, limit) || (utf8_ok(p + 2, kn) && utf8_ok(a + 2, n - 2))) return 1;
+            } else if (n >= 2 && a[0] == 0x18 && depth < MAX_DEPTH) { /* check_kv: check_any past 1 byte */
+                P q = a + 1;
+                uint64_t v;
+                if (rd_varint(&q, end, &v) && q == end && utf8_in(p + 2, kn, limit)) return 1;
+            } else if ((n == 9 && a[0] == 0x21) || (n == 2 && a[0] == 0x10 && a[1] <= 1)) {
+                if (utf8_in(p + 2, kn, limit)) return 1;
+            }
+        }
+    }
+    return check_kv(p, end, depth);
+}
+
+/* A run of KeyValue fields with one-byte tag ``tag`` at *pp, in a message at ``depth``. */
+CW_INLINE int kv_run(P *pp, P end, uint8_t tag, int depth) {
+    P p = *pp;
+    size_t n;
+    while (p < end && *p == tag) {
+        p++;
+        if (!rd_len(&p, end, &n) || depth >= MAX_DEPTH || !kv_ok(p, p + n, end, depth + 1)) return 0;
+        p += n;
+    }
+    *pp = p;
+    return 1;
+}
+
+/* A non-empty length-delimited payload after a tag byte (a singular string or bytes field). */
+CW_INLINE int ld_nonempty(P *pp, P end, P *s, size_t *n) {
+    P p = *pp + 1;
+    if (!rd_len(&p, end, n) || *n == 0) return 0;
+    *s = p;
+    *pp = p + *n;
+    return 1;
+}
+
+/* A non-zero varint after a tag byte, at most ``max`` when ``i32`` is 0, else an int32. */
+CW_INLINE int varint_nonzero(P *pp, P end, int i32) {
+    P p = *pp + 1;
+    uint64_t v;
+    if (!rd_varint(&p, end, &v) || v == 0) return 0;
+    if (i32 ? !I32_OK(v) : v > 0xFFFFFFFFULL) return 0;
+    *pp = p;
+    return 1;
+}
+
+/* A non-zero fixed64 after a tag byte. */
+CW_INLINE int fixed64_nonzero(P *pp, P end, uint64_t *v) {
+    P p = *pp + 1;
+    if (end - p < 8) return 0;
+    memcpy(v, p, 8); /* little-endian hosts only (checked at import) */
+    if (*v == 0) return 0;
+    *pp = p + 8;
+    return 1;
+}
+
+/* Event: time_unix_nano = 1 (fixed64), name = 2, attributes = 3, dropped_attributes_count = 4. */
+static int check_event(P p, P end, int depth) {
+    P s;
+    size_t n;
+    uint64_t v;
+    if (AT(0x09) && !fixed64_nonzero(&p, end, &v)) return 0;
+    if (AT(0x12) && (!ld_nonempty(&p, end, &s, &n) || !utf8_in(s, n, end))) return 0;
+    if (!kv_run(&p, end, 0x1a, depth)) return 0;
+    if (AT(0x20) && !varint_nonzero(&p, end, 0)) return 0;
+    return p == end;
+}
+
+int cw_check_span(P p, P end, int depth, SpanFields *f) {
+    P s;
+    size_t n;
+    f->trace_id = f->span_id = f->parent = f->name = NULL;
+    f->trace_id_n = f->span_id_n = f->parent_n = f->name_n = 0;
+    f->start = f->end = 0;
+    if (AT(0x0a) && !ld_nonempty(&p, end, &f->trace_id, &f->trace_id_n)) return 0;
+    if (AT(0x12) && !ld_nonempty(&p, end, &f->span_id, &f->span_id_n)) return 0;
+    if (AT(0x1a) && (!ld_nonempty(&p, end, &s, &n) || !utf8_ok(s, n))) return 0; /* trace_state */
+    if (AT(0x22) && !ld_nonempty(&p, end, &f->parent, &f->parent_n)) return 0;
+    if (AT(0x2a) && (!ld_nonempty(&p, end, &f->name, &f->name_n) || !utf8_in(f->name, f->name_n, end))) return 0;
+    if (AT(0x30) && !varint_nonzero(&p, end, 1)) return 0; /* kind */
+    if (AT(0x39) && !fixed64_nonzero(&p, end, &f->start)) return 0;
+    if (AT(0x41) && !fixed64_nonzero(&p, end, &f->end)) return 0;
+    if (!kv_run(&p, end, 0x4a, depth)) return 0;
+    if (AT(0x50) && !varint_nonzero(&p, end, 0)) return 0; /* dropped_attributes_count */
+    while (AT(0x5a)) {                                       /* events */
+        p++;
+        if (!rd_len(&p, end, &n) || depth >= MAX_DEPTH || !check_event(p, p + n, depth + 1)) return 0;
+        p += n;
+    }
+    if (AT(0x60) && !varint_nonzero(&p, end, 0)) return 0; /* dropped_events_count */
+    while (AT(0x6a)) {                                       /* links */
+        p++;
+        if (!rd_len(&p, end, &n) || depth >= MAX_DEPTH || !cw_check_msg(T_LINK, p, p + n, depth + 1, NULL)) return 0;
+        p += n;
+    }
+    if (AT(0x70) && !varint_nonzero(&p, end, 0)) return 0; /* dropped_links_count */
+    if (AT(0x7a)) {                                          /* status */
+        p++;
+        if (!rd_len(&p, end, &n) || depth >= MAX_DEPTH || !cw_check_msg(T_STATUS, p, p + n, depth + 1, NULL)) return 0;
+        p += n;
+    }
+    if (end - p >= 2 && p[0] == 0x85 && p[1] == 0x01) { /* flags (field 16, fixed32) */
+        uint32_t w;
+        p += 2;
+        if (end - p < 4) return 0;
+        memcpy(&w, p, 4);
+        if (w == 0) return 0;
+        p += 4;
+    }
+    return p == end;
+}
+
 /* Is [p, end) a canonical serialization of message ``type``? */
 int cw_check_msg(int type, P p, P end, int depth, Capture *cap) {
     if (type == T_KEYVALUE) return check_kv(p, end, depth);

@@ -23,6 +23,12 @@
 
 #define MAX_DEPTH 64
 
+#if defined(__GNUC__)
+#define CW_INLINE static inline __attribute__((always_inline)) /* the hot per-field helpers */
+#else
+#define CW_INLINE static inline
+#endif
+
 typedef const uint8_t *P;
 
 /* Message types of the canonical checks (index into canonical.c's field tables). */
@@ -42,7 +48,7 @@ typedef struct {
 /* ---------- wire primitives ---------- */
 
 /* Minimal varint of at most 64 bits; 0 on failure. */
-static inline int rd_varint(P *pp, P end, uint64_t *out) {
+CW_INLINE int rd_varint(P *pp, P end, uint64_t *out) {
     P p = *pp;
     if (p < end && *p < 0x80) {
         *out = *p;
@@ -66,7 +72,7 @@ static inline int rd_varint(P *pp, P end, uint64_t *out) {
 }
 
 /* A length prefix: the payload [*pp, *pp + len) fits the input. */
-static inline int rd_len(P *pp, P end, size_t *len) {
+CW_INLINE int rd_len(P *pp, P end, size_t *len) {
     uint64_t n;
     if (!rd_varint(pp, end, &n)) return 0;
     if (n > (uint64_t)(end - *pp)) return 0;
@@ -79,7 +85,7 @@ static inline int rd_len(P *pp, P end, size_t *len) {
 /* Strict UTF-8 (no overlongs, surrogates or code points past U+10FFFF), as upb checks it. */
 int cw_utf8_slow(P p, size_t n);
 
-static inline int utf8_ok(P p, size_t n) {
+CW_INLINE int utf8_ok(P p, size_t n) {
     /* ASCII fast path: OR every byte (words, the tail as an overlapping word) */
     uint64_t acc = 0, w;
     if (n >= 8) {
@@ -99,6 +105,16 @@ static inline int utf8_ok(P p, size_t n) {
 
 /* Is [p, end) a canonical serialization of message ``type``? Fills *cap when not NULL. */
 int cw_check_msg(int type, P p, P end, int depth, Capture *cap);
+
+/* What cw_check_span saw of a span: the ids and name (NULL when absent) and the times (0). */
+typedef struct {
+    P trace_id, span_id, parent, name;
+    size_t trace_id_n, span_id_n, parent_n, name_n;
+    uint64_t start, end;
+} SpanFields;
+
+/* cw_check_msg(T_SPAN, ...) specialised (same verdict), filling *f. */
+int cw_check_span(P p, P end, int depth, SpanFields *f);
 
 /* ---------- snapshot.c ---------- */
 

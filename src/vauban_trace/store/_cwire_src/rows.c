@@ -32,7 +32,7 @@ static char HEX[256][2];
 
 /* A length-delimited field of an outer message (request, ResourceSpans, ScopeSpans):
  * field number in *num, whole field (tag included) from *fstart, payload [*s, *s + *n). */
-static int next_ld(P *pp, P end, int *num, P *fstart, P *s, size_t *n) {
+CW_INLINE int next_ld(P *pp, P end, int *num, P *fstart, P *s, size_t *n) {
     *fstart = *pp;
     uint64_t key;
     if (!rd_varint(pp, end, &key)) return 0;
@@ -128,41 +128,90 @@ static int all_zero(P p, size_t n) {
     return 1;
 }
 
-/* Append the row of one span to ``rows``: 1 = done, 0 = fall back (no error set), -1 = error. */
-static int add_span(PyObject *rows, P s, size_t n, P rp, size_t rpn, P rs, size_t rsn, P sp, size_t spn, P ssx,
-                    size_t ssn, PyObject *service, PyObject *env) {
-    Capture cap;
-    cap.seen = 0;
-    if (!cw_check_msg(T_SPAN, s, s + n, 1, &cap)) return 0;
-    /* ids and times as store._ingest.id_problem / collector._codec require them */
-    if (!(cap.seen & (1u << 1)) || cap.len[1] != 16 || all_zero(cap.ptr[1], 16)) return 0;
-    if (!(cap.seen & (1u << 2)) || cap.len[2] != 8 || all_zero(cap.ptr[2], 8)) return 0;
-    int has_parent = (cap.seen & (1u << 4)) != 0;
-    if (has_parent && cap.len[4] != 8) return 0;
-    uint64_t start = (cap.seen & (1u << 7)) ? cap.val[7] : 0;
-    uint64_t stop = (cap.seen & (1u << 8)) ? cap.val[8] : 0;
-    if (start >= MAX_TIME || stop >= MAX_TIME) return 0;
+/* Strings shared between the rows of one split() call: the spans of a trace come together and
+ * mostly share their parent, and names repeat, so equal ids and names are one str object (as
+ * equal as separate ones: str is immutable). Holds a reference to each cached str. */
+#define NAME_CACHE 8
+#define NAME_MAX_CACHED 48
+typedef struct {
+    uint8_t tid[16];
+    PyObject *tid_s;
+    uint8_t parent[8];
+    PyObject *parent_s;
+    struct {
+        size_t n;
+        uint8_t b[NAME_MAX_CACHED];
+        PyObject *s;
+    } names[NAME_CACHE];
+    int next_name;
+} Shared;
 
-    PyObject *tid = NULL, *sid = NULL, *parent = NULL, *name = NULL, *t0 = NULL, *t1 = NULL, *payload = NULL;
-    tid = hex_str(cap.ptr[1], 16);
-    sid = hex_str(cap.ptr[2], 8);
-    if (has_parent && !all_zero(cap.ptr[4], 8)) {
-        parent = hex_str(cap.ptr[4], 8);
-    } else {
-        parent = Py_None;
-        Py_INCREF(parent);
+static void shared_clear(Shared *sh) {
+    Py_CLEAR(sh->tid_s);
+    Py_CLEAR(sh->parent_s);
+    for (int i = 0; i < NAME_CACHE; i++) Py_CLEAR(sh->names[i].s);
+}
+
+/* A new reference to the hex str of an 8- or 16-byte id, from *slot when its bytes are *key. */
+CW_INLINE PyObject *shared_hex(P id, size_t n, uint8_t *key, PyObject **slot) {
+    if (*slot && memcmp(key, id, n) == 0) {
+        Py_INCREF(*slot);
+        return *slot;
     }
-    if (cap.seen & (1u << 5))
-        name = PyUnicode_DecodeUTF8((const char *)cap.ptr[5], (Py_ssize_t)cap.len[5], NULL);
-    else
-        name = PyUnicode_New(0, 0);
-    t0 = PyLong_FromUnsignedLongLong(start);
-    t1 = PyLong_FromUnsignedLongLong(stop);
-    /* payload = res_prefix + LD(2, scope_prefix + LD(2, span) + scope_suffix) + res_suffix */
+    PyObject *s = hex_str(id, n);
+    if (!s) return NULL;
+    memcpy(key, id, n);
+    Py_INCREF(s);
+    Py_XSETREF(*slot, s);
+    return s;
+}
+
+/* Are the n bytes at a and b equal (n <= NAME_MAX_CACHED)? Inline: names are short. */
+CW_INLINE int same_bytes(P a, P b, size_t n) {
+    uint64_t x, y;
+    if (n < 8) {
+        for (size_t i = 0; i < n; i++)
+            if (a[i] != b[i]) return 0;
+        return 1;
+    }
+    for (size_t i = 0; i + 8 < n; i += 8) {
+        memcpy(&x, a + i, 8);
+        memcpy(&y, b + i, 8);
+        if (x != y) return 0;
+    }
+    memcpy(&x, a + n - 8, 8);
+    memcpy(&y, b + n - 8, 8);
+    return x == y;
+}
+
+/* A new reference to the str of a span name (valid UTF-8, checked): the cache is searched in
+ * order and filled round-robin. */
+static PyObject *shared_name(Shared *sh, P p, size_t n) {
+    if (n > NAME_MAX_CACHED) return PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, NULL);
+    for (int i = 0; i < NAME_CACHE; i++) {
+        if (sh->names[i].s && sh->names[i].n == n && same_bytes(sh->names[i].b, p, n)) {
+            Py_INCREF(sh->names[i].s);
+            return sh->names[i].s;
+        }
+    }
+    PyObject *s = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, NULL);
+    if (!s) return NULL;
+    int i = sh->next_name;
+    sh->next_name = (i + 1) % NAME_CACHE;
+    sh->names[i].n = n;
+    memcpy(sh->names[i].b, p, n);
+    Py_INCREF(s);
+    Py_XSETREF(sh->names[i].s, s);
+    return s;
+}
+
+/* A span's payload: res_prefix + LD(2, scope_prefix + LD(2, span) + scope_suffix) + res_suffix. */
+static PyObject *make_payload(P rp, size_t rpn, P rs, size_t rsn, P sp, size_t spn, P ssx, size_t ssn, P s,
+                              size_t n) {
     size_t ss = spn + 1 + varint_size(n) + n + ssn;
     size_t total = rpn + 1 + varint_size(ss) + ss + rsn;
-    payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
-    if (!tid || !sid || !parent || !name || !t0 || !t1 || !payload) goto fail;
+    PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)total);
+    if (!payload) return NULL;
     uint8_t *o = (uint8_t *)PyBytes_AS_STRING(payload);
     memcpy(o, rp, rpn);
     o += rpn;
@@ -177,9 +226,41 @@ static int add_span(PyObject *rows, P s, size_t n, P rp, size_t rpn, P rs, size_
     memcpy(o, ssx, ssn);
     o += ssn;
     memcpy(o, rs, rsn);
+    return payload;
+}
 
-    PyTypeObject *tp = (PyTypeObject *)row_type;
-    PyObject *row = tp->tp_alloc(tp, 9);
+/* Append the row of one span to ``rows``: 1 = done, 0 = fall back (no error set), -1 = error. */
+static int add_span(PyObject *rows, Shared *sh, P s, size_t n, P rp, size_t rpn, P rs, size_t rsn, P sp,
+                    size_t spn, P ssx, size_t ssn, PyObject *service, PyObject *env) {
+    SpanFields f;
+    if (!cw_check_span(s, s + n, 1, &f)) return 0;
+    /* ids and times as store._ingest.id_problem / collector._codec require them */
+    if (f.trace_id_n != 16 || all_zero(f.trace_id, 16)) return 0;
+    if (f.span_id_n != 8 || all_zero(f.span_id, 8)) return 0;
+    if (f.parent && f.parent_n != 8) return 0;
+    if (f.start >= MAX_TIME || f.end >= MAX_TIME) return 0;
+
+    PyObject *tid = NULL, *sid = NULL, *parent = NULL, *name = NULL, *t0 = NULL, *t1 = NULL, *payload = NULL;
+    tid = shared_hex(f.trace_id, 16, sh->tid, &sh->tid_s);
+    sid = hex_str(f.span_id, 8);
+    if (f.parent && !all_zero(f.parent, 8)) {
+        parent = shared_hex(f.parent, 8, sh->parent, &sh->parent_s);
+    } else {
+        parent = Py_None;
+        Py_INCREF(parent);
+    }
+    if (f.name)
+        name = shared_name(sh, f.name, f.name_n);
+    else
+        name = PyUnicode_New(0, 0);
+    t0 = PyLong_FromUnsignedLongLong(f.start);
+    t1 = PyLong_FromUnsignedLongLong(f.end);
+    payload = make_payload(rp, rpn, rs, rsn, sp, spn, ssx, ssn, s, n);
+    if (!tid || !sid || !parent || !name || !t0 || !t1 || !payload) goto fail;
+
+    /* the row, never tracked by the collector: its items (str, int, bytes, None, a tuple of
+     * bytes) cannot form a cycle, as CPython decides itself for such tuples (and the envelope) */
+    PyObject *row = (PyObject *)PyObject_GC_NewVar(PyTupleObject, (PyTypeObject *)row_type, 9);
     if (!row) goto fail;
     Py_INCREF(service);
     Py_INCREF(env);
@@ -192,10 +273,6 @@ static int add_span(PyObject *rows, P s, size_t n, P rp, size_t rpn, P rs, size_
     PyTuple_SET_ITEM(row, 6, t1);
     PyTuple_SET_ITEM(row, 7, payload);
     PyTuple_SET_ITEM(row, 8, env);
-    /* its items (str, int, bytes, None, a tuple of bytes) cannot form a cycle: keep it (and
-     * the envelope) out of the collector's way, as CPython does itself for such tuples */
-    PyObject_GC_UnTrack(row);
-    if (PyObject_GC_IsTracked(env)) PyObject_GC_UnTrack(env);
     int rc = PyList_Append(rows, row);
     Py_DECREF(row);
     return rc < 0 ? -1 : 1;
@@ -210,8 +287,57 @@ fail:
     return -1;
 }
 
+/* The envelope tuple of the rows of one ScopeSpans (untracked: four bytes objects, no cycle). */
+static PyObject *make_env(PyObject *res_prefix, PyObject *res_suffix, P sp, size_t spn, P sx, size_t sxn) {
+    PyObject *env = PyTuple_New(4);
+    if (!env) return NULL;
+    PyObject *sp_b = PyBytes_FromStringAndSize((const char *)sp, (Py_ssize_t)spn);
+    PyObject *sx_b = PyBytes_FromStringAndSize((const char *)sx, (Py_ssize_t)sxn);
+    if (!sp_b || !sx_b) {
+        Py_XDECREF(sp_b);
+        Py_XDECREF(sx_b);
+        Py_DECREF(env);
+        return NULL;
+    }
+    Py_INCREF(res_prefix);
+    Py_INCREF(res_suffix);
+    PyTuple_SET_ITEM(env, 0, res_prefix);
+    PyTuple_SET_ITEM(env, 1, res_suffix);
+    PyTuple_SET_ITEM(env, 2, sp_b);
+    PyTuple_SET_ITEM(env, 3, sx_b);
+    PyObject_GC_UnTrack(env);
+    return env;
+}
+
+/* The rows [first, len(rows)) were cut from the spans [span_first, span_end) of a ScopeSpans
+ * without its schema_url: give them the payloads and envelope with the suffix [sx, sx + sxn).
+ * They are new (only the list holds them), so their items are replaced in place. 1 or -1. */
+static int refit_suffix(PyObject *rows, Py_ssize_t first, P span_first, P span_end, P rp, size_t rpn, P rs,
+                        size_t rsn, P sp, size_t spn, P sx, size_t sxn, PyObject *res_prefix,
+                        PyObject *res_suffix) {
+    PyObject *env = make_env(res_prefix, res_suffix, sp, spn, sx, sxn);
+    if (!env) return -1;
+    P r = span_first, fstart, s;
+    size_t n;
+    int num;
+    for (Py_ssize_t i = first; i < PyList_GET_SIZE(rows) && r < span_end; i++) {
+        if (!next_ld(&r, span_end, &num, &fstart, &s, &n)) break; /* cannot fail: walked once already */
+        PyObject *payload = make_payload(rp, rpn, rs, rsn, sp, spn, sx, sxn, s, n);
+        if (!payload) {
+            Py_DECREF(env);
+            return -1;
+        }
+        PyObject *row = PyList_GET_ITEM(rows, i);
+        Py_SETREF(((PyTupleObject *)row)->ob_item[R_PAYLOAD], payload);
+        Py_INCREF(env);
+        Py_SETREF(((PyTupleObject *)row)->ob_item[R_ENV], env);
+    }
+    Py_DECREF(env);
+    return 1;
+}
+
 /* One ResourceSpans: 1 = done, 0 = fall back, -1 = error. */
-static int add_resource_spans(PyObject *rows, P p, P end) {
+static int add_resource_spans(PyObject *rows, Shared *sh, P p, P end) {
     /* first pass: resource and schema_url (which follows the scope spans), order checks */
     P rp = p, rs = p, fstart, s, ss_first = NULL, ss_end = NULL;
     size_t rpn = 0, rsn = 0, n;
@@ -258,10 +384,14 @@ static int add_resource_spans(PyObject *rows, P p, P end) {
             break;
         }
         ssend = ss + ssn;
-        /* ScopeSpans: scope = 1, spans = 2 (repeated), schema_url = 3 */
+        /* ScopeSpans: scope = 1, spans = 2 (repeated), schema_url = 3. One pass: the spans are
+         * checked and cut as they come, assuming no schema_url (the scope suffix of every
+         * payload); one after them (rare) has those rows' payloads and envelope redone. */
+        Py_ssize_t first_row = PyList_GET_SIZE(rows);
+        PyObject *env = NULL;
         P r = ss;
         int slast = 0;
-        while (r < ssend) {
+        while (r < ssend && rc == 1) {
             int sn;
             if (!next_ld(&r, ssend, &sn, &fstart, &s, &n) || sn < slast || (sn == slast && sn != 2)) {
                 rc = 0;
@@ -269,55 +399,29 @@ static int add_resource_spans(PyObject *rows, P p, P end) {
             }
             slast = sn;
             if (sn == 1) {
-                if (!cw_check_msg(T_SCOPE, s, s + n, 1, NULL)) {
-                    rc = 0;
-                    break;
-                }
+                if (!cw_check_msg(T_SCOPE, s, s + n, 1, NULL)) rc = 0;
                 sp = fstart;
                 spn = (size_t)(r - fstart);
             } else if (sn == 2) {
-                if (!span_first) span_first = fstart;
-                span_end = r;
-            } else {
-                if (n == 0 || !utf8_ok(s, n)) {
-                    rc = 0;
-                    break;
+                if (!env) {
+                    env = make_env(res_prefix, res_suffix, sp, spn, sx, 0);
+                    if (!env) {
+                        rc = -1;
+                        break;
+                    }
+                    span_first = fstart;
                 }
+                span_end = r;
+                rc = add_span(rows, sh, s, n, rp, rpn, rs, rsn, sp, spn, sx, 0, service, env);
+            } else {
+                if (n == 0 || !utf8_ok(s, n)) rc = 0;
                 sx = fstart;
                 sxn = (size_t)(r - fstart);
             }
         }
-        if (rc != 1 || !span_first) continue;
-        PyObject *env = PyTuple_New(4);
-        if (!env) {
-            rc = -1;
-            break;
-        }
-        PyObject *sp_b = PyBytes_FromStringAndSize((const char *)sp, (Py_ssize_t)spn);
-        PyObject *sx_b = PyBytes_FromStringAndSize((const char *)sx, (Py_ssize_t)sxn);
-        if (!sp_b || !sx_b) {
-            Py_XDECREF(sp_b);
-            Py_XDECREF(sx_b);
-            Py_DECREF(env);
-            rc = -1;
-            break;
-        }
-        Py_INCREF(res_prefix);
-        Py_INCREF(res_suffix);
-        PyTuple_SET_ITEM(env, 0, res_prefix);
-        PyTuple_SET_ITEM(env, 1, res_suffix);
-        PyTuple_SET_ITEM(env, 2, sp_b);
-        PyTuple_SET_ITEM(env, 3, sx_b);
-        r = span_first;
-        while (r < span_end && rc == 1) {
-            int sn;
-            if (!next_ld(&r, span_end, &sn, &fstart, &s, &n)) {
-                rc = 0;
-                break;
-            }
-            rc = add_span(rows, s, n, rp, rpn, rs, rsn, sp, spn, sx, sxn, service, env);
-        }
-        Py_DECREF(env);
+        if (rc == 1 && env && sxn) rc = refit_suffix(rows, first_row, span_first, span_end, rp, rpn, rs, rsn, sp,
+                                                     spn, sx, sxn, res_prefix, res_suffix);
+        Py_XDECREF(env);
     }
 done:
     Py_XDECREF(res_prefix);
@@ -336,6 +440,11 @@ static PyObject *split(PyObject *self, PyObject *arg) {
     P p = (P)buf.buf, end = p + buf.len;
     PyObject *rows = PyList_New(0);
     int rc = rows ? 1 : -1;
+    /* out of the collector's sight while it fills (it holds only untracked rows): the
+     * collections the row allocations trigger need not walk it */
+    if (rows) PyObject_GC_UnTrack(rows);
+    Shared sh;
+    memset(&sh, 0, sizeof sh);
     while (p < end && rc == 1) {
         int num;
         P fstart, s;
@@ -344,10 +453,14 @@ static PyObject *split(PyObject *self, PyObject *arg) {
             rc = 0;
             break;
         }
-        rc = add_resource_spans(rows, s, s + n);
+        rc = add_resource_spans(rows, &sh, s, s + n);
     }
+    shared_clear(&sh);
     PyBuffer_Release(&buf);
-    if (rc == 1) return rows;
+    if (rc == 1) {
+        PyObject_GC_Track(rows);
+        return rows;
+    }
     Py_XDECREF(rows);
     if (rc < 0) {
         /* a failed decode (cannot happen after the UTF-8 check) or memory: let the caller decide */
