@@ -92,7 +92,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         if outcome.rejected:
             response.partial_success.rejected_spans = outcome.rejected
             response.partial_success.error_message = outcome.message
-        self._metrics.requests.labels("grpc", "OK").inc()
+        self._metrics.count(self._metrics.requests, ("grpc", "OK"))
         return response
 
 

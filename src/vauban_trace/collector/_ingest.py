@@ -12,6 +12,9 @@ answer 200), counts everything in :class:`CollectorMetrics`, and wakes the assem
 Duplicates (a client re-sending after a lost reply) are absorbed by the store's idempotent
 insert and only counted. All writes go through one writer thread with group commit (see
 :class:`Ingestor`), so the number of SQLite connections does not grow with client connections.
+The hand-off to that thread and back costs two thread wake-ups per request: the writer is woken
+through an eventfd (written and read without the GIL, so the writer does not wake up only to
+wait for it), the receiver through its job's lock.
 """
 
 from __future__ import annotations
