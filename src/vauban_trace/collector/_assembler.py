@@ -1,7 +1,8 @@
 """The assembler: turns stored raw spans into rebuilt :class:`~vauban_trace.contract.Trace` records.
 
 A background thread wakes every ``interval_s`` and asks the store which traces changed since
-their last rebuild (:meth:`TraceStore.pending_traces`; the bookkeeping is durable, so after a
+their last rebuild (:meth:`TraceStore.pending_versions`, the ids and versions of
+:meth:`TraceStore.pending_traces`; the bookkeeping is durable, so after a
 restart pending work is found on disk, never in memory). A pending trace is rebuilt when
 
 - its root span (no parent) has arrived, which means it has ended since OTel exports a span when
@@ -34,6 +35,7 @@ same way). Data that cannot be rebuilt still yields a stored, incomplete trace w
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -106,12 +108,24 @@ class Assembler:
             self._snapshots.clear()
             self._snapshot_size = 0
 
-    def _take_snapshot(self, entry: PendingTrace) -> bytes | None:
+    def _take_snapshots(self, entries: list[tuple[str, int]]) -> list[SpanSnapshot | None]:
+        """The snapshot of each ``(trace id, version)`` (None when there is none, or when the trace
+        changed since: version past 1), all taken out of the store in one lock round."""
+        taken: list[SpanSnapshot | None] = []
         with self._snapshot_lock:
-            snapshot = self._snapshots.pop(entry.trace_id, None)
-            if snapshot is not None:
-                self._snapshot_size -= snapshot.nbytes
-        return snapshot.data() if snapshot is not None and entry.version == 1 else None
+            if not self._snapshots:
+                return [None] * len(entries)
+            pop = self._snapshots.pop
+            size = self._snapshot_size
+            for tid, version in entries:
+                snapshot = pop(tid, None)
+                if snapshot is not None:
+                    size -= snapshot.nbytes
+                    if version != 1:
+                        snapshot = None
+                taken.append(snapshot)
+            self._snapshot_size = size
+        return taken
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -153,7 +167,7 @@ class Assembler:
     def run_once(self, *, force: bool = False) -> int:
         """Rebuild the pending traces that are ready (all of them with ``force``); returns how many.
 
-        The store is asked for the ready traces only (``pending_traces`` with the quiet-period and
+        The store is asked for the ready traces only (``pending_versions`` with the quiet-period and
         incomplete-after cut-offs: a range scan of its pending index), up to ``batch`` at a time,
         so the cost of a pass follows the work done, not the number of traces still in their
         quiet period. The backlog (the pending-traces gauge and the backpressure signal) is
@@ -166,10 +180,10 @@ class Assembler:
             for _ in range(10_000):  # bounded even if a store never cleared its pending entries
                 with self.handoff:
                     if force:
-                        ready = self._store.pending_traces(limit=self._batch)
+                        ready = self._store.pending_versions(limit=self._batch)
                     else:
                         now = time.time_ns()
-                        ready = self._store.pending_traces(
+                        ready = self._store.pending_versions(
                             limit=self._batch, received_by=now - self._quiet_ns,
                             rootless_received_by=now - self._incomplete_ns,
                         )
@@ -194,9 +208,19 @@ class Assembler:
         if self._on_backlog is not None:
             self._on_backlog(backlog)
 
-    def _rebuild_batch(self, entries: list[PendingTrace]) -> None:
-        """Rebuild ``entries`` and store them in one transaction (one commit for the batch)."""
-        built = [self._rebuild(entry) for entry in entries]
+    def _rebuild_batch(self, entries: list[tuple[str, int]]) -> None:
+        """Rebuild ``entries`` (``(trace id, version)``, as ``pending_versions`` lists them) and
+        store them in one transaction (one commit for the batch)."""
+        built = []
+        for (tid, _version), snapshot in zip(entries, self._take_snapshots(entries), strict=True):
+            # the one road, shared with `vauban-trace store rebuild`: bad stored data still gives a
+            # stored, incomplete trace whose problems say why, instead of being retried forever
+            if snapshot is not None:
+                self.snapshot_hits += 1
+                data = snapshot.data()  # outside the rebuild's net: a failure here fails the pass (retried)
+                built.append(rebuild_document(tid, _given(data)))
+            else:
+                built.append(rebuild_document(tid, functools.partial(self._store.spans_for_bytes, tid)))
         # stage histograms first, so a trace readable from the store has been observed (a retry
         # after a failed put observes nothing twice: spans already seen are skipped)
         try:
@@ -208,7 +232,7 @@ class Assembler:
         # rebuilt after the restart, while a synced commit would hold the store's write lock (and
         # the receivers' durable writes behind it) for an fsync per pass. traces/<id>.json
         # mirrors (trace_files="eager") are not fsync'd either and are rewritten on the next put
-        self._store.put_documents([(doc, entry.version) for entry, doc in zip(entries, built, strict=True)],
+        self._store.put_documents([(doc, entry[1]) for entry, doc in zip(entries, built, strict=True)],
                                   sync_files=False, durable=False)
         complete = sum(1 for doc in built if doc.complete)
         for state, n in ((True, complete), (False, len(built) - complete)):
@@ -224,11 +248,7 @@ class Assembler:
             except Exception:  # a listener never blocks assembly
                 log.exception("on_stored listener failed for %d trace(s)", len(built))
 
-    def _rebuild(self, entry: PendingTrace) -> TraceDocument:
-        # the one road, shared with `vauban-trace store rebuild`: bad stored data still gives a
-        # stored, incomplete trace whose problems say why, instead of being retried forever
-        snapshot = self._take_snapshot(entry)
-        if snapshot is not None:
-            self.snapshot_hits += 1
-            return rebuild_document(entry.trace_id, lambda: snapshot)
-        return rebuild_document(entry.trace_id, lambda: self._store.spans_for_bytes(entry.trace_id))
+
+def _given(data: bytes) -> Callable[[], bytes]:
+    """A loader of bytes already in hand (``rebuild_document`` takes a loader)."""
+    return lambda: data

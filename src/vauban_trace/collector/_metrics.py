@@ -174,6 +174,8 @@ class CollectorMetrics:
         done = 0
         by_labels: dict[tuple[str, str, str], list[Sequence[StageObservation]]] = {}
         with self._lock:
+            known_labels = self._labels
+            seen = self._seen
             for doc in docs:
                 root = doc.root_labels
                 if root is None:
@@ -181,10 +183,18 @@ class CollectorMetrics:
                 # keyed with the values' types too: True == 1 == 1.0 are one dict key, but
                 # "True" and "1" are two label values
                 key = (root, type(root[0]), type(root[1]), type(root[2]))
-                labels = self._labels.get(key)
+                labels = known_labels.get(key)
                 if labels is None:
                     labels = self._label_values(key, root)
-                fresh = self._fresh(doc.trace_id, doc.stages)
+                tid = doc.trace_id
+                fresh: Sequence[StageObservation] = doc.stages
+                before = seen.pop(tid, None)
+                if before is None:  # the common case: a trace observed for the first time (see _fresh)
+                    seen[tid] = tuple([s.span_id for s in doc.stages])
+                    if len(seen) > self._seen_cap:
+                        seen.popitem(last=False)
+                else:
+                    fresh = self._fresh(tid, before, doc.stages)
                 queued = by_labels.get(labels)
                 if queued is None:
                     by_labels[labels] = [fresh]
@@ -212,17 +222,14 @@ class CollectorMetrics:
         labels = self._labels[key] = (_label(root_labels[0]), _label(root_labels[1]), _label(root_labels[2]))
         return labels
 
-    def _fresh(self, trace_id: str, stages: tuple[StageObservation, ...]) -> Sequence[StageObservation]:
-        """The stage spans of a trace not observed before, now marked observed. Holds ``_lock``.
+    def _fresh(self, trace_id: str, seen: tuple[str, ...],
+               stages: tuple[StageObservation, ...]) -> list[StageObservation]:
+        """The stage spans of a trace rebuilt again (after a late span) not observed before (its
+        span ids ``seen``, just taken out of ``_seen``), now marked observed. Holds ``_lock``.
         A trace's observed span ids are kept as a tuple (of str: the garbage collector stops
-        tracking it, so 10,000 remembered traces cost it nothing)."""
-        seen = self._seen.pop(trace_id, None)
-        if seen is None:  # the common case: a trace observed for the first time
-            self._seen[trace_id] = tuple([s.span_id for s in stages])
-            if len(self._seen) > self._seen_cap:
-                self._seen.popitem(last=False)
-            return stages
-        known = set(seen)  # rebuilt again after a late span: only the spans not observed before
+        tracking it, so 10,000 remembered traces cost it nothing); a trace observed for the first
+        time is marked by :meth:`observe_documents` itself."""
+        known = set(seen)
         fresh = [s for s in stages if s.span_id not in known]
         self._seen[trace_id] = seen + tuple([s.span_id for s in fresh])
         return fresh

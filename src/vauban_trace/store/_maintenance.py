@@ -67,19 +67,28 @@ def rebuild_document(trace_id: str, load: Callable[[], bytes]) -> TraceDocument:
     return _rebuild_one(trace_id, load)[0]
 
 
-def _rebuild_one(trace_id: str, load: Callable[[], bytes]) -> tuple[TraceDocument, str | None]:
-    from vauban_trace.contract import Trace
-    from vauban_trace.rebuild import document_of, rebuild_documents
+@functools.cache
+def _rebuild_module() -> Any:
+    """``vauban_trace.rebuild``, imported on first use (the store does not load it otherwise),
+    then at the cost of a cached call instead of an import statement per trace."""
+    import vauban_trace.rebuild
 
+    return vauban_trace.rebuild
+
+
+def _rebuild_one(trace_id: str, load: Callable[[], bytes]) -> tuple[TraceDocument, str | None]:
+    rebuild = _rebuild_module()
     try:
-        for doc in rebuild_documents(load()):
+        for doc in rebuild.rebuild_documents(load()):
             if doc.trace_id == trace_id:
                 return doc, None
         raise ValueError("rebuild produced no trace with this id")
     except Exception as exc:  # bad stored data: keep a record of why instead of retrying forever
+        from vauban_trace.contract import Trace
+
         _log.warning("trace %s could not be rebuilt: %s", trace_id, exc)
         trace = Trace(id=trace_id, complete=False, problems=(f"rebuild failed: {exc}",))
-        return document_of(trace, None), str(exc)
+        return rebuild.document_of(trace, None), str(exc)
 
 
 @dataclass(frozen=True, slots=True)

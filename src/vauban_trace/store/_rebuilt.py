@@ -7,6 +7,16 @@ does not check out (lost or torn by a crash: ``put_documents`` commits without w
 in the collector) makes its trace pending again, so the assembler rebuilds it from its raw spans,
 which are durable; it is never served corrupt. ``traces/<id>.json`` files mirror the texts (see
 ``_db``'s ``trace_files``).
+
+A mirror never contradicts the database, across processes too: with ``trace_files="on_read"``,
+:meth:`RebuiltTraces.trace_json_file` writes a missing mirror inside a write transaction, once it
+has seen that the row still names the text it read, and a put removes the mirrors of the traces
+it stores inside its own write transaction, before the commit. Both hold the store's write lock
+(SQLite's, which other processes share), so a put either finds the file and removes it or
+commits before the file is written from its own text. Since no mirror appears while a put holds
+the lock, the put lists ``traces/`` once (usually empty: nobody asked for a file) instead of
+calling ``unlink`` for each trace, which cost the collector about half a CPU microsecond per
+span; a folder holding many files is not listed, each mirror is unlinked as before.
 """
 
 from __future__ import annotations
@@ -14,11 +24,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from vauban_trace._exceptions import TraceNotFoundError, TraceStoreError
 from vauban_trace.contract import Trace
@@ -43,6 +54,62 @@ from vauban_trace.store._segments import (
 )
 
 _log = logging.getLogger("vauban_trace.store")
+#: :func:`_remove_mirrors` lists ``traces/`` up to this many entries (plus two per trace put) before
+#: it falls back to one ``unlink`` per trace
+_LIST_MIRRORS = 64
+
+
+_CANONICAL_IDS = re.compile(r"(?:[0-9a-f]{32}\n)*")
+_ZERO_ID = "0" * 32 + "\n"
+
+
+def _trace_ids(docs: list[TraceDocumentLike]) -> list[str]:
+    """The canonical trace id of each document (:func:`check_trace_id`, which raises for a bad
+    one). Ids already canonical, as the rebuild makes them, are checked all at once: one match
+    over the ids joined by newlines, which can only match at each id's place."""
+    ids = [doc.trace_id for doc in docs]
+    try:
+        joined = "\n".join(ids) + "\n"
+    except TypeError:  # not all text: the check below names the culprit
+        joined = ""
+    if joined and _CANONICAL_IDS.fullmatch(joined) is not None and _ZERO_ID not in joined:
+        return ids
+    return [check_trace_id(tid, where="put_trace: trace.id") for tid in ids]
+
+
+def _remove_mirrors(folder: str, tids: list[str]) -> None:
+    """Remove ``traces/<id>.json`` of each of ``tids`` (an on-read put: the file would be stale).
+
+    Called inside the put's write transaction, under the write lock that
+    :meth:`RebuiltTraces.trace_json_file` also writes mirrors under (in any process), so one
+    listing of the folder tells exactly which of them exist: usually none (nobody asked for a
+    file), which costs one listing instead of an ``unlink`` per trace. A folder holding more files
+    than is worth listing falls back to unlinking each."""
+    limit = _LIST_MIRRORS + 2 * len(tids)
+    present: set[str] = set()
+    listed = True
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                present.add(entry.name)
+                if len(present) > limit:
+                    listed = False
+                    break
+    except FileNotFoundError:
+        return
+    except OSError:
+        listed = False  # the unlinks below report the problem
+    for tid in tids:
+        name = tid + ".json"
+        if listed and name not in present:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise TraceStoreError(f"put_trace: cannot write {path!r}: {exc}") from exc
 
 
 class RebuiltTraces:
@@ -76,21 +143,35 @@ class RebuiltTraces:
 
     def trace_json_file(self, trace_id: str) -> Path | None:
         """The path of ``traces/<id>.json``, written from the database first if it is missing;
-        None when the trace has not been rebuilt (see ``trace_files`` in the module docstring)."""
+        None when the trace has not been rebuilt (see ``trace_files`` in the module docstring).
+
+        The file is written under the store's write lock (a write transaction, so across processes
+        too), once the trace's row is seen to still name the text read: :meth:`put_documents`
+        removes mirrors under that lock, so a put either finds this file or commits after it is
+        written, and a mirror never outlives the text it copies."""
         path = self.trace_json_path(trace_id)
         if path.is_file():
             return path
-        try:
-            data, _raw = self._document(trace_id)
-        except TraceNotFoundError:
-            return None
-        if data is None:
-            return None
-        try:
-            _write_atomic(path, data.decode("utf-8"), sync=False)
-        except OSError as exc:
-            raise TraceStoreError(f"cannot write {str(path)!r}: {exc}") from exc
-        return path
+        tid = check_trace_id(trace_id)
+        for _attempt in range(8):  # the text changed between the read and the lock: read it again
+            try:
+                data, _raw, expected = self._checked_document(tid)
+            except TraceNotFoundError:
+                return None
+            if data is None:
+                return None
+            try:
+                with self._write_tx("trace_json_file") as conn:
+                    row = conn.execute("SELECT doc_digest FROM traces WHERE trace_id = ?", (tid,)).fetchone()
+                    if row is None or row[0] is None:
+                        return None  # forgotten meanwhile (its text was found broken)
+                    if bytes(row[0]) != expected:
+                        continue  # rebuilt again meanwhile
+                    _write_atomic(path, data.decode("utf-8"), sync=False)
+            except OSError as exc:
+                raise TraceStoreError(f"cannot write {str(path)!r}: {exc}") from exc
+            return path
+        raise TraceStoreError(f"trace {tid}: its Trace JSON kept changing while {str(path)!r} was written")
 
     def put_traces(self, items: Iterable[tuple[Trace, int | None]], *, sync_files: bool = True) -> list[Path]:
         """Store several rebuilt traces in ONE database transaction (one segment append and sync,
@@ -122,45 +203,42 @@ class RebuiltTraces:
         that can redo the work, like the collector's assembler, whose traces stay pending until
         this commit lands, so a commit undone by a power cut is rebuilt from the raw spans (which
         are durable) after the restart. Nothing acknowledged to a client depends on it."""
-        prepared = []
+        pairs = items if isinstance(items, list) else list(items)
+        if not pairs:
+            return 0
+        docs = [doc for doc, _version in pairs]
+        tids = _trace_ids(docs)
         eager = self.trace_files == "eager"
         folder = os.path.join(self.dir, "traces")
-        for doc, version in items:
-            tid = check_trace_id(doc.trace_id, where="put_trace: trace.id")
-            path = os.path.join(folder, tid + ".json")
-            try:
-                if eager:
+        if eager:
+            for doc, tid in zip(docs, tids, strict=True):
+                path = os.path.join(folder, tid + ".json")
+                try:
                     _write_atomic(Path(path), doc.json, sync=sync_files)
-                else:  # a stale mirror would contradict the database; trace_json_file rewrites it
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(path)
-            except OSError as exc:
-                raise TraceStoreError(f"put_trace: cannot write {path!r}: {exc}") from exc
-            prepared.append((doc, version, tid, path))
-        if not prepared:
-            return 0
-        for doc, _v, tid, _p in prepared:
-            if not isinstance(doc.json, str):
-                raise TraceStoreError(f"put_trace: trace {tid}: the Trace JSON must be text, got {type(doc.json).__name__}")
+                except OSError as exc:
+                    raise TraceStoreError(f"put_trace: cannot write {path!r}: {exc}") from exc
+        texts = [doc.json for doc in docs]
+        versions = [None if version is None else int(version) for _doc, version in pairs]
+        for tid, text in zip(tids, texts, strict=True):
+            if not isinstance(text, str):
+                raise TraceStoreError(f"put_trace: trace {tid}: the Trace JSON must be text, got {type(text).__name__}")
         now = time.time_ns()
         # a failure rolls back and seals the segment (``_write_tx``): the bytes written are dead
         with self._write_tx("put_trace", durable=durable) as conn:
-            segment, refs = self._segments.append_texts(conn, [doc.json for doc, _v, _t, _p in prepared],
-                                                        sync=durable)
-            params = []
-            for (doc, version, tid, _path), (off, length, dig) in zip(prepared, refs, strict=True):
-                v = None if version is None else int(version)
-                params.append((
-                    tid, v, now, segment, off, length, dig, int(doc.complete), doc.service, doc.root_name,
-                    doc.start_unix_nano, max(0, doc.end_unix_nano - doc.start_unix_nano) / 1e9, doc.span_count,
-                    v,
-                ))
-            account(conn, [p[0] for p in params], segment, sum(r[1] for r in refs))
+            if not eager:  # a stale mirror would contradict the database; trace_json_file rewrites it
+                _remove_mirrors(folder, tids)
+            segment, refs = self._segments.append_texts(conn, texts, sync=durable)
+            params = [
+                (tid, v, now, segment, off, length, dig, int(doc.complete), doc.service, doc.root_name,
+                 doc.start_unix_nano, max(0, doc.end_unix_nano - doc.start_unix_nano) / 1e9, doc.span_count, v)
+                for doc, v, tid, (off, length, dig) in zip(docs, versions, tids, refs, strict=True)
+            ]
+            account(conn, tids, segment, sum([ref[1] for ref in refs]))
             conn.executemany(_PUT_TRACE, params)
         if self._segments.rolled:
             self._segments.rolled = False
             self.compact_documents()
-        return len(prepared)
+        return len(docs)
 
     def compact_documents(self, threshold: float = COMPACT_BELOW) -> int:
         """Compact every sealed segment whose live share is under ``threshold`` (see ``_segments``):
@@ -189,6 +267,11 @@ class RebuiltTraces:
         not rebuilt; its raw span count). A text that cannot be read back intact (lost or torn in
         a crash) makes the trace pending again (:func:`_documents.invalidate`): it is rebuilt from
         its raw spans, never served corrupt. Raises :class:`TraceNotFoundError` for an unknown id."""
+        data, raw, _digest = self._checked_document(trace_id)
+        return data, raw
+
+    def _checked_document(self, trace_id: str) -> tuple[bytes | None, int, bytes]:
+        """:meth:`_document` and the digest the text was checked against (b"" without a text)."""
         tid = check_trace_id(trace_id)
         for attempt in (0, 1):
             rows = self._read("SELECT doc_segment, doc_offset, doc_length, doc_digest, raw_span_count FROM traces "
@@ -197,9 +280,10 @@ class RebuiltTraces:
                 raise TraceNotFoundError(f"no trace {tid} in {str(self.dir)!r}")
             segment, offset, length, expected, raw = rows[0]
             if segment is None:
-                return None, int(raw)
+                return None, int(raw), b""
             try:
-                return read_document(self._folder, int(segment), int(offset), int(length), bytes(expected)), int(raw)
+                return (read_document(self._folder, int(segment), int(offset), int(length), bytes(expected)), int(raw),
+                        bytes(expected))
             except DocumentError as exc:
                 if attempt == 0:
                     continue  # a compaction may have moved the text since the row was read
@@ -211,7 +295,7 @@ class RebuiltTraces:
                 else:
                     _log.warning("vauban-trace store: trace %s: %s; it is pending again (rebuilt from its raw "
                                  "spans)", tid, exc)
-        return None, int(raw)
+        return None, int(raw), b""
 
     def get_trace(self, trace_id: str) -> Trace:
         """The rebuilt trace ``trace_id``; :class:`TraceNotFoundError` says why it is absent."""
@@ -265,6 +349,33 @@ class RebuiltTraces:
             )
             for r in self._read(sql, tuple(params))
         ]
+
+    def pending_versions(
+        self,
+        *,
+        limit: int | None = None,
+        received_by: int | None = None,
+        rootless_received_by: int | None = None,
+    ) -> list[tuple[str, int]]:
+        """``(trace id, version)`` of each trace :meth:`TraceStore.pending_traces` lists with the
+        same arguments, in the same order, without making a :class:`PendingTrace` of each (the
+        collector's assembler needs no more: a record costs more than the query's row)."""
+        sql = (
+            "SELECT trace_id, version FROM traces "
+            "WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version)"
+        )  # the condition of pending_traces and of the traces_pending index (_sql)
+        params: tuple[object, ...] = ()
+        if received_by is not None:
+            sql += " AND last_received_unix_nano <= ?"
+            params += (int(received_by),)
+        if rootless_received_by is not None:
+            sql += " AND (has_root OR last_received_unix_nano <= ?)"
+            params += (int(rootless_received_by),)
+        sql += " ORDER BY last_received_unix_nano"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (int(limit),)
+        return cast("list[tuple[str, int]]", self._read(sql, params))  # rows of (TEXT PRIMARY KEY, INTEGER NOT NULL)
 
     def trace_count(self) -> int:
         """Number of rebuilt traces stored."""
