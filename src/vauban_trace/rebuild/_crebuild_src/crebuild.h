@@ -327,6 +327,32 @@ static inline Buf crb_buf_take(int i) {
     return b;
 }
 
+/* SWAR: nonzero when one of the 8 bytes of x is one json.dumps escapes (a control byte, the
+ * quote, the backslash, DEL, a non-ASCII byte). The borrows of the subtractions may mark more
+ * bytes than the bad ones, but only where there is one: "any" is exact. */
+static inline uint64_t crb_bad_bytes(uint64_t x) {
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t quote = x ^ (ones * '"'), bslash = x ^ (ones * '\\'), del = x ^ (ones * 0x7f);
+    return (((x - ones * 0x20) & ~x) | x | ((quote - ones) & ~quote) | ((bslash - ones) & ~bslash) |
+            ((del - ones) & ~del)) &
+           highs;
+}
+
+/* the whole string needs no JSON escape (printable ASCII, no quote, no backslash): whole words,
+ * the last one overlapping the one before (the bytes checked twice are harmless); short strings
+ * as two overlapping halves */
+static inline int crb_all_plain(const uint8_t *p, Py_ssize_t n) {
+    if (n >= 8) {
+        uint64_t bad = 0;
+        for (Py_ssize_t i = 0; i + 8 < n; i += 8) bad |= crb_bad_bytes(crb_ld8(p + i));
+        return !(bad | crb_bad_bytes(crb_ld8(p + n - 8)));
+    }
+    if (n >= 4) return !crb_bad_bytes((uint64_t)crb_ld4(p) | ((uint64_t)crb_ld4(p + n - 4) << 32));
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (p[i] < 0x20 || p[i] >= 0x7f || p[i] == '"' || p[i] == '\\') return 0;
+    return 1;
+}
+
 static inline void crb_buf_give(int i, Buf *b) {
     if (b->cap > ((size_t)1 << 20) || crb_keep[i].p != NULL) { /* a huge trace's memory is not kept */
         PyMem_RawFree(b->p);
@@ -365,6 +391,7 @@ typedef struct {
     int kid;
     uint8_t type;
     uint8_t used, merged;
+    uint8_t plain; /* V_STR: s needs no JSON escape (crb_put_attr_str copies it as it is) */
 } Attr;
 
 typedef struct {
@@ -525,6 +552,18 @@ typedef struct {
 } StrListCtx;
 
 int crb_put_attr_value(Buf *b, const Attr *a, int depth);
+
+/* a string attribute's value as a JSON string: one copy when the reader found it plain */
+static inline int crb_put_attr_str(Buf *b, const Attr *a) {
+    if (!a->plain) return crb_put_jstr(b, a->s);
+    TRY(buf_reserve(b, (size_t)a->s.n + 2));
+    char *w = b->p + b->n;
+    *w++ = '"';
+    crb_copy(w, a->s.p, (size_t)a->s.n);
+    w[a->s.n] = '"';
+    b->n += (size_t)a->s.n + 2;
+    return 0;
+}
 int crb_each_elem(const Attr *a, ElemFn fn, void *ud);
 int crb_put_nonneg_int_list(Buf *b, const Attr *a);
 int crb_put_str_list(Buf *b, const Attr *a, Str *items, int *nitems, int cap);

@@ -179,42 +179,9 @@ void crb_json_init(void) {
     PLAIN['"'] = PLAIN['\\'] = 0;
 }
 
-/* SWAR: nonzero when one of the 8 bytes of x is one json.dumps escapes (a control byte, the
- * quote, the backslash, DEL, a non-ASCII byte). The borrows of the subtractions may mark more
- * bytes than the bad ones, but only where there is one: "any" is exact. */
-static inline uint64_t bad_bytes(uint64_t x) {
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    uint64_t quote = x ^ (ones * '"'), bslash = x ^ (ones * '\\'), del = x ^ (ones * 0x7f);
-    return (((x - ones * 0x20) & ~x) | x | ((quote - ones) & ~quote) | ((bslash - ones) & ~bslash) |
-            ((del - ones) & ~del)) &
-           highs;
-}
-
-static inline uint64_t ld8(const uint8_t *p) {
-    uint64_t w;
-    memcpy(&w, p, 8);
-    return w;
-}
-
-static inline uint32_t ld4(const uint8_t *p) {
-    uint32_t w;
-    memcpy(&w, p, 4);
-    return w;
-}
-
-/* the whole string needs no escape: whole words, the last one overlapping the one before (the
- * bytes checked twice are harmless); short strings as two overlapping halves */
-static inline int all_plain(const uint8_t *p, Py_ssize_t n) {
-    if (n >= 8) {
-        uint64_t bad = 0;
-        for (Py_ssize_t i = 0; i + 8 < n; i += 8) bad |= bad_bytes(ld8(p + i));
-        return !(bad | bad_bytes(ld8(p + n - 8)));
-    }
-    if (n >= 4) return !bad_bytes((uint64_t)ld4(p) | ((uint64_t)ld4(p + n - 4) << 32));
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (!PLAIN[p[i]]) return 0;
-    return 1;
-}
+#define bad_bytes crb_bad_bytes
+#define ld8 crb_ld8
+#define all_plain crb_all_plain
 
 /* first byte at or after q that json.dumps escapes (end if none): 8 bytes at a time */
 static const uint8_t *plain_run(const uint8_t *q, const uint8_t *end) {

@@ -43,8 +43,8 @@ static int validate_msg(Str m, uint32_t kvfield, uint32_t strmask, uint32_t varm
 /* Append the KeyValue m to crb_g.attrs, hint as crb_push_attr_at's. A KeyValue whose bytes are
  * the hint's, key and value (repeated words, devices, counters, units...), is the hint's attribute
  * again: copied, not parsed (the hint's bytes were validated when it was read, and the copy's
- * key and value point at them: the same text). Returns 1 for such a copy, 0 for a parsed one,
- * BAIL. */
+ * key and value point at them: the same text). Returns 1 when the attribute has the hint's key
+ * (such a copy, or the same interned name), 0 when not, BAIL. */
 static inline int push_attr(Str m, int hint) {
     if (hint >= 0 && crb_g.nattrs < crb_g.capattrs) {
         const Attr *h = &crb_g.attrs[hint];
@@ -56,7 +56,8 @@ static inline int push_attr(Str m, int hint) {
         }
     }
     TRY(crb_push_attr_at(m, hint));
-    return 0;
+    int kid = crb_g.attrs[crb_g.nattrs - 1].kid;
+    return hint >= 0 && kid >= 0 && kid == crb_g.attrs[hint].kid;
 }
 
 static int parse_event(Str m) {
@@ -66,7 +67,7 @@ static int parse_event(Str m) {
     e->a0 = crb_g.nattrs;
     const uint8_t *p = m.p, *end = m.p + m.n;
     uint32_t seen = 0;
-    int copies = 0; /* attributes that are the previous event's, at the same position */
+    int same = 0; /* attributes with the key of the previous event's at the same position */
     while (p < end) {
         uint32_t f;
         int wt;
@@ -92,7 +93,7 @@ static int parse_event(Str m) {
             int pos = crb_g.nattrs - crb_g.events[crb_g.nevents].a0;
             int r = push_attr(s, pos < crb_g.prev_ev_an ? crb_g.prev_ev_a0 + pos : -1);
             if (r < 0) return BAIL;
-            copies += r;
+            same += r;
             break;
         }
         case 4:
@@ -105,8 +106,8 @@ static int parse_event(Str m) {
     }
     e = &crb_g.events[crb_g.nevents];
     e->an = crb_g.nattrs - e->a0;
-    /* the previous event's list again, whole: its keys were found unique */
-    if (copies != e->an || e->an != crb_g.prev_ev_an) TRY(crb_unique_keys(e->a0, e->an));
+    /* the previous event's keys again, in the same order: they were found unique */
+    if (same != e->an || e->an != crb_g.prev_ev_an) TRY(crb_unique_keys(e->a0, e->an));
     crb_g.prev_ev_a0 = e->a0;
     crb_g.prev_ev_an = e->an;
     crb_g.nevents++;
@@ -146,7 +147,7 @@ static int parse_span(Str m, Str resource, int seq) {
     sp.e0 = crb_g.nevents;
     const uint8_t *p = m.p, *end = m.p + m.n;
     uint32_t seen = 0;
-    int copies = 0; /* attributes that are the previous span's, at the same position */
+    int same = 0; /* attributes with the key of the previous span's at the same position */
     const uint8_t *first_event = end;
     /* Two passes: attributes first (contiguous in crb_g.attrs), then events (each pushes its
      * own attributes); the second starts at the first event (fields come in number order, so
@@ -180,7 +181,7 @@ static int parse_span(Str m, Str resource, int seq) {
             int pos = crb_g.nattrs - sp.a0;
             int r = push_attr(s, pos < crb_g.prev_span_an ? crb_g.prev_span_a0 + pos : -1);
             if (r < 0) return BAIL;
-            copies += r;
+            same += r;
             break;
         }
         case 11:
@@ -202,8 +203,8 @@ static int parse_span(Str m, Str resource, int seq) {
         }
     }
     sp.an = crb_g.nattrs - sp.a0;
-    /* the previous span's list again, whole: its keys were found unique */
-    if (copies != sp.an || sp.an != crb_g.prev_span_an) TRY(crb_unique_keys(sp.a0, sp.an));
+    /* the previous span's keys again, in the same order: they were found unique */
+    if (same != sp.an || sp.an != crb_g.prev_span_an) TRY(crb_unique_keys(sp.a0, sp.an));
     crb_g.prev_span_a0 = sp.a0;
     crb_g.prev_span_an = sp.an;
     for (int i = sp.a0; i < sp.a0 + sp.an; i++)

@@ -30,10 +30,10 @@ int crb_put_device(Buf *b, Index *ix) {
     int first = 1;
     TRY(PUTS(b, "{"));
     TRY(put_keyc(b, &first, "kind"));
-    if (kind != NULL) TRY(crb_put_jstr(b, kind->s));
+    if (kind != NULL) TRY(crb_put_attr_str(b, kind));
     else TRY(PUTS(b, "\"unknown\""));
     TRY(put_keyc(b, &first, "label"));
-    if (label != NULL) TRY(crb_put_jstr(b, label->s));
+    if (label != NULL) TRY(crb_put_attr_str(b, label));
     else TRY(PUTS(b, "\"\""));
     return PUTS(b, "}");
 }
@@ -108,11 +108,11 @@ static int put_request(Out *o, Index *ix, Str trace_id) {
     TRY(put_keyc(b, &first, "trace_id"));
     TRY(crb_put_hex(b, trace_id));
     TRY(put_keyc(b, &first, "input_text"));
-    TRY(r[RQ_TEXT] ? crb_put_jstr(b, r[RQ_TEXT]->s) : PUTS(b, "null"));
+    TRY(r[RQ_TEXT] ? crb_put_attr_str(b, r[RQ_TEXT]) : PUTS(b, "null"));
     TRY(put_keyc(b, &first, "prompt_ids"));
     TRY(r[RQ_PROMPT] ? crb_put_nonneg_int_list(b, r[RQ_PROMPT]) : PUTS(b, "null"));
     TRY(put_keyc(b, &first, "input_ref"));
-    TRY(r[RQ_REF] ? crb_put_jstr(b, r[RQ_REF]->s) : PUTS(b, "null"));
+    TRY(r[RQ_REF] ? crb_put_attr_str(b, r[RQ_REF]) : PUTS(b, "null"));
     TRY(put_keyc(b, &first, "requested_artifacts"));
     if (r[RQ_ARTS]) {
         Str items[MAXLIST];
@@ -173,7 +173,7 @@ static int put_capabilities(Out *o, Index *ix) {
     TRY(PUTS(b, "{"));
     TRY(put_keyc(b, &first, "executor"));
     if (executor != NULL) {
-        TRY(crb_put_jstr(b, executor->s));
+        TRY(crb_put_attr_str(b, executor));
         o->caps_executor = executor->s;
     } else {
         static const uint8_t unknown[] = "unknown";
@@ -306,7 +306,7 @@ int crb_put_artifact(Out *o, int ev, Str producer) {
     int first = 1;
     TRY(PUTS(b, "{"));
     TRY(put_keyc(b, &first, "id"));
-    TRY(crb_put_jstr(b, id->s));
+    TRY(crb_put_attr_str(b, id));
     TRY(put_keyc(b, &first, "kind"));
     TRY(put_str(b, crb_cfg.kinds_json[kind_w]));
     TRY(put_keyc(b, &first, "producer_span_id"));
@@ -319,7 +319,7 @@ int crb_put_artifact(Out *o, int ev, Str producer) {
     } text[] = {{"dtype", dtype}, {"digest", digest}, {"uri", uri}, {"media_type", media}};
     for (int i = 0; i < 4; i++) {
         TRY(put_keyc(b, &first, text[i].name));
-        TRY(text[i].a ? crb_put_jstr(b, text[i].a->s) : PUTS(b, "null"));
+        TRY(text[i].a ? crb_put_attr_str(b, text[i].a) : PUTS(b, "null"));
     }
     TRY(put_keyc(b, &first, "byte_size"));
     TRY(size ? crb_put_i64(b, size->i) : PUTS(b, "null"));
@@ -369,7 +369,7 @@ int crb_put_missing(Out *o, int ev, Str span_id) {
     TRY(put_keyc(b, &first, "reason"));
     TRY(put_str(b, crb_cfg.reasons_json[reason_w]));
     TRY(put_keyc(b, &first, "detail"));
-    TRY(detail ? crb_put_jstr(b, detail->s) : PUTS(b, "\"\""));
+    TRY(detail ? crb_put_attr_str(b, detail) : PUTS(b, "\"\""));
     TRY(put_keyc(b, &first, "span_id"));
     TRY(crb_put_hex(b, span_id));
     TRY(put_keyc(b, &first, "layer"));

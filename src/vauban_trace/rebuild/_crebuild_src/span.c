@@ -61,7 +61,7 @@ static int put_error(Buf *b, Span *sp) {
     Attr *et = get(&crb_IS, crb_cfg.error_type);
     if (et == NULL || et->type == V_NONE) return PUTS(b, "null");
     if (et->type != V_STR) return BAIL;
-    return crb_put_jstr(b, et->s);
+    return crb_put_attr_str(b, et);
 }
 
 /* A record of a configured slots class (StageObservation, TraceDocument) from its n field values
@@ -101,23 +101,31 @@ fail:
     return NULL;
 }
 
-/* crb_str_obj's cache: direct-mapped on the length and three bytes of the value */
-#define STR_CACHE 64
+/* crb_str_obj's cache: two-way set-associative on the name hash of the value (the most
+ * recently made str of a pair first) */
+#define STR_CACHE 128
+#define STR_CACHE_BITS 7
 #define STR_CACHE_MAXLEN 64
 static PyObject *str_cache[STR_CACHE];
+
+/* a cached str is compact ASCII: its 1-byte data are its UTF-8 bytes */
+static inline int cached_is(PyObject *c, const uint8_t *p, Py_ssize_t n) {
+    return c != NULL && PyUnicode_GET_LENGTH(c) == n && crb_same_name(PyUnicode_1BYTE_DATA(c), p, n);
+}
 
 PyObject *crb_str_obj(Str s) {
     const uint8_t *p = s.p;
     Py_ssize_t n = s.n;
     if (n == 0 || n > STR_CACHE_MAXLEN)
         return PyUnicode_DecodeUTF8((const char *)p, n, "strict");
-    unsigned h = ((unsigned)n * 31u + p[0] * 7u + p[n >> 1] * 3u + p[n - 1]) & (STR_CACHE - 1);
-    PyObject *c = str_cache[h];
-    /* a cached str is compact ASCII: its 1-byte data are its UTF-8 bytes */
-    if (c != NULL && PyUnicode_GET_LENGTH(c) == n && memcmp(PyUnicode_1BYTE_DATA(c), p, (size_t)n) == 0)
-        return Py_NewRef(c);
+    unsigned h = (crb_key_hash(p, n) >> (32 - STR_CACHE_BITS)) & ~1u;
+    if (cached_is(str_cache[h], p, n)) return Py_NewRef(str_cache[h]);
+    if (cached_is(str_cache[h + 1], p, n)) return Py_NewRef(str_cache[h + 1]);
     PyObject *u = PyUnicode_DecodeUTF8((const char *)p, n, "strict");
-    if (u != NULL && PyUnicode_IS_ASCII(u) && PyUnicode_CheckExact(u)) Py_XSETREF(str_cache[h], Py_NewRef(u));
+    if (u != NULL && PyUnicode_IS_ASCII(u) && PyUnicode_CheckExact(u)) {
+        Py_XSETREF(str_cache[h + 1], str_cache[h]);
+        str_cache[h] = Py_NewRef(u);
+    }
     return u;
 }
 
@@ -252,7 +260,7 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
     if (b->n && PUTS(b, ", ")) goto bad_profile;
     int first = 1;
     if (PUTS(b, "{") || put_keyc(b, &first, "id") || crb_put_hex(b, sp->span_id) || put_keyc(b, &first, "name") ||
-        crb_put_jstr(b, sp->name) || put_keyc(b, &first, "stage") || (stage ? crb_put_jstr(b, stage->s) : PUTS(b, "null")) ||
+        crb_put_jstr(b, sp->name) || put_keyc(b, &first, "stage") || (stage ? crb_put_attr_str(b, stage) : PUTS(b, "null")) ||
         put_keyc(b, &first, "parent_id") || (sp->has_parent && !is_root ? crb_put_hex(b, sp->parent) : PUTS(b, "null")) ||
         put_keyc(b, &first, "start_unix_nano") || crb_put_u64(b, sp->start) || put_keyc(b, &first, "end_unix_nano") ||
         crb_put_u64(b, sp->end) || put_keyc(b, &first, "status") || put_str(b, crb_cfg.status_json[sp->status]) ||
@@ -263,11 +271,11 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
     for (int i = 0; i < crb_cfg.nprofile_fields; i++) {
         int code = crb_cfg.profile_field[i];
         if (code == -1) {
-            if (put_keyc(b, &pf, "name") || crb_put_jstr(b, stage ? stage->s : sp->name)) goto bad_profile;
+            if (put_keyc(b, &pf, "name") || (stage ? crb_put_attr_str(b, stage) : crb_put_jstr(b, sp->name))) goto bad_profile;
         } else if (code == -2) {
             if (put_keyc(b, &pf, "device") || put(b, dev.p, dev.n)) goto bad_profile;
         } else if (code == -3) {
-            if (put_keyc(b, &pf, "memory_method") || (method ? crb_put_jstr(b, method->s) : PUTS(b, "null")))
+            if (put_keyc(b, &pf, "memory_method") || (method ? crb_put_attr_str(b, method) : PUTS(b, "null")))
                 goto bad_profile;
         } else if (code == -4) {
             if (put_keyc(b, &pf, "provenance") || PUTS(b, "{")) goto bad_profile;
@@ -327,7 +335,7 @@ int crb_put_span(Out *o, Span *sp, int is_root) {
         Event *e = &crb_g.events[arts[j].ev];
         Attr *id = find_attr(e->a0, e->an, crb_cfg.art_id);
         if (id == NULL || id->type != V_STR) goto bad_profile;
-        if ((j && PUTS(b, ", ")) || crb_put_jstr(b, id->s)) goto bad_profile;
+        if ((j && PUTS(b, ", ")) || crb_put_attr_str(b, id)) goto bad_profile;
     }
     if (PUTS(b, "]") || put_keyc(b, &first, "metadata")) goto bad_profile;
     int mf;

@@ -228,8 +228,8 @@ PyObject *crb_rebuild(Str data, int as_document) {
         }
     }
     if (!rc) {
-        rc = put_keyc(m, &mf, "service_name") || (service ? crb_put_jstr(m, service->s) : PUTS(m, "null")) ||
-             put_keyc(m, &mf, "services") || PUTS(m, "[") || (service ? crb_put_jstr(m, service->s) : 0) || PUTS(m, "]") ||
+        rc = put_keyc(m, &mf, "service_name") || (service ? crb_put_attr_str(m, service) : PUTS(m, "null")) ||
+             put_keyc(m, &mf, "services") || PUTS(m, "[") || (service ? crb_put_attr_str(m, service) : 0) || PUTS(m, "]") ||
              put_keyc(m, &mf, "span_count") || crb_put_u64(m, (uint64_t)n) || put_keyc(m, &mf, "artifact_count") ||
              crb_put_u64(m, (uint64_t)o.nart) || put_keyc(m, &mf, "error_count") || crb_put_u64(m, (uint64_t)o.nerrors) ||
              put_keyc(m, &mf, "start_unix_nano") || (min_start ? crb_put_u64(m, min_start) : PUTS(m, "null")) ||

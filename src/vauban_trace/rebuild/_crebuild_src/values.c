@@ -73,7 +73,7 @@ static int put_kvlist_msg(Buf *b, Str m, int depth) {
 int crb_put_attr_value(Buf *b, const Attr *a, int depth) {
     switch (a->type) {
     case V_NONE: return PUTS(b, "null");
-    case V_STR: return crb_put_jstr(b, a->s);
+    case V_STR: return crb_put_attr_str(b, a);
     case V_BOOL: return a->i ? PUTS(b, "true") : PUTS(b, "false");
     case V_INT: return crb_put_i64(b, a->i);
     case V_DBL: return crb_put_double(b, a->d);
@@ -136,7 +136,7 @@ static int elem_str(const Attr *e, void *ud) {
     }
     if (!lc->first) TRY(PUTS(lc->b, ", "));
     lc->first = 0;
-    return crb_put_jstr(lc->b, e->s);
+    return crb_put_attr_str(lc->b, e);
 }
 
 int crb_put_str_list(Buf *b, const Attr *a, Str *items, int *nitems, int cap) {

@@ -63,6 +63,17 @@ static int valid_utf8(Str s) {
     return 0;
 }
 
+/* a string value: valid UTF-8 (else BAIL), and *plain set when JSON writes it as it is (one scan
+ * for both in the common case: printable ASCII is valid UTF-8) */
+static inline int value_utf8(Str s, uint8_t *plain) {
+    if (crb_all_plain(s.p, s.n)) {
+        *plain = 1;
+        return 0;
+    }
+    *plain = 0;
+    return valid_utf8(s);
+}
+
 static int rd_string(const uint8_t **pp, const uint8_t *end, Str *out) {
     TRY(rd_len(pp, end, out));
     return valid_utf8(*out);
@@ -84,7 +95,7 @@ int crb_parse_any(Str m, Attr *a, int depth) {
         if (p[0] == 0x0a) { /* field 1, length-delimited */
             Str s;
             if (rd_len(&q, end, &s) == 0 && q == end) {
-                TRY(valid_utf8(s));
+                TRY(value_utf8(s, &a->plain));
                 a->type = V_STR;
                 a->s = s;
                 return 0;
@@ -114,7 +125,8 @@ int crb_parse_any(Str m, Attr *a, int depth) {
         switch (f) {
         case 1:
             if (wt != 2 || set++) return BAIL;
-            TRY(rd_string(&p, end, &a->s));
+            TRY(rd_len(&p, end, &a->s));
+            TRY(value_utf8(a->s, &a->plain));
             a->type = V_STR;
             break;
         case 2:
