@@ -216,15 +216,18 @@ typedef struct {
     size_t n, cap;
 } Buf;
 
+#if defined(__GNUC__)
+#define CRB_INLINE __attribute__((always_inline)) inline
+#else
+#define CRB_INLINE inline
+#endif
+
+/* the buffer grown to hold extra more bytes (json.c; out of line: the check stays small) */
+int crb_buf_grow(Buf *b, size_t extra);
+
 static inline int buf_reserve(Buf *b, size_t extra) {
     if (b->n + extra <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->n + extra) cap *= 2;
-    char *p = (char *)PyMem_RawRealloc(b->p, cap);
-    if (p == NULL) return BAIL;
-    b->p = p;
-    b->cap = cap;
-    return 0;
+    return crb_buf_grow(b, extra);
 }
 
 /* memcpy for the short pieces of the output (names, words, numbers): up to 32 bytes as
@@ -260,7 +263,8 @@ static inline void crb_copy(char *dst, const void *src, size_t n) {
     }
 }
 
-static inline int put(Buf *b, const char *s, size_t n) {
+/* (always inlined: PUTS of a literal then copies a known length, without a branch on it) */
+static CRB_INLINE int put(Buf *b, const char *s, size_t n) {
     if (n == 0) return 0;
     TRY(buf_reserve(b, n));
     crb_copy(b->p + b->n, s, n);
@@ -287,12 +291,6 @@ static inline int put_str(Buf *b, Str f) { return put(b, (const char *)f.p, (siz
 #define PUTS(b, lit) put((b), (lit), sizeof(lit) - 1)
 
 /* a literal key of these files (plain ASCII: written without escaping) */
-#if defined(__GNUC__)
-#define CRB_INLINE __attribute__((always_inline)) inline
-#else
-#define CRB_INLINE inline
-#endif
-
 /* (always inlined: the strlen of a literal is then folded) */
 static CRB_INLINE int put_keyc(Buf *b, int *first, const char *k) {
     size_t n = strlen(k); /* a constant: folded by the compiler after inlining */

@@ -8,6 +8,20 @@
 
 #include <float.h>
 
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+int crb_buf_grow(Buf *b, size_t extra) {
+    if (b->n + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + extra) cap *= 2;
+    char *p = (char *)PyMem_RawRealloc(b->p, cap);
+    if (p == NULL) return BAIL;
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
 /* "00" .. "99": integers are written two digits at a time */
 static char DIGITS2[200];
 /* each byte as its two lowercase hex digits */
