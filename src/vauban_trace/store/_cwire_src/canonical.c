@@ -2,10 +2,12 @@
  *
  * The field tables of the OTLP trace messages (kind, repeated, oneof membership, sub-message
  * type per field number), the strict UTF-8 check behind utf8_ok's ASCII fast path, and the
- * canonical-form checks: the table-driven cw_check_msg (which also captures the singular fields
- * of the checked message for rows.c) and the hand-specialised checks of the hot KeyValue and
- * AnyValue messages. The rules are those of the manual at the top of rows.c. Every read is
- * bounded by the end pointer it is given.
+ * canonical-form checks: the table-driven cw_check_msg (the reference for every message type)
+ * and the hand-specialised checks of the hot messages with the same verdicts: KeyValue and
+ * AnyValue, and cw_check_span (Span and Event written out field by field, with an inline fast
+ * path for the common KeyValue; it captures what rows.c needs of the span). The rules are those
+ * of the manual at the top of rows.c. Every read is bounded by the end pointer it is given (the
+ * SSE2 window of utf8_in by the end of the enclosing message).
  */
 #include "cwire.h"
 

@@ -262,6 +262,9 @@ static int add_span(PyObject *rows, Shared *sh, P s, size_t n, P rp, size_t rpn,
      * bytes) cannot form a cycle, as CPython decides itself for such tuples (and the envelope) */
     PyObject *row = (PyObject *)PyObject_GC_NewVar(PyTupleObject, (PyTypeObject *)row_type, 9);
     if (!row) goto fail;
+#if PY_VERSION_HEX >= 0x030E0000
+    ((PyTupleObject *)row)->ob_hash = -1; /* 3.14 tuples cache their hash: none yet */
+#endif
     Py_INCREF(service);
     Py_INCREF(env);
     PyTuple_SET_ITEM(row, 0, tid);
