@@ -12,9 +12,8 @@ answer 200), counts everything in :class:`CollectorMetrics`, and wakes the assem
 Duplicates (a client re-sending after a lost reply) are absorbed by the store's idempotent
 insert and only counted. All writes go through one writer thread with group commit (see
 :class:`Ingestor`), so the number of SQLite connections does not grow with client connections.
-The hand-off to that thread and back costs two thread wake-ups per request: the writer is woken
-through an eventfd (written and read without the GIL, so the writer does not wake up only to
-wait for it), the receiver through its job's lock.
+The hand-off to that thread and back costs two thread wake-ups per request, each through an
+eventfd (written and read without the GIL, so no thread wakes up only to wait for it).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -125,20 +125,29 @@ class Outcome:
     message: str
 
 
+_EVENTFD = hasattr(os, "eventfd")
+
+
 class _Job:
-    """One request's part on its way to the writer. ``done`` is a plain lock taken when the job is
-    made and released by the writer once the job's transaction ended: the receiver thread waits
-    by acquiring it (one C call, no Python-level condition variable)."""
+    """One request's part on its way to the writer. ``done`` is what the receiver thread waits on
+    until the writer signals the end of the job's transaction: an eventfd (see :class:`_Wakeup`:
+    signalled and waited on without the GIL), else a lock taken when the job is made."""
 
     __slots__ = ("part", "valid", "done", "result", "error")
 
     def __init__(self, part: ExportTraceServiceRequest | CutRequest, valid: int) -> None:
         self.part = part  # the decoded request, or its rows as cut by the C splitter
         self.valid = valid
-        self.done = _allocate_lock()
-        self.done.acquire()
+        self.done: int | LockType = 0
         self.result: tuple[int, int] = (0, 0)
         self.error: BaseException | None = None
+
+    def finish(self) -> None:
+        """Wake the receiver waiting for this job (the writer calls it once per job)."""
+        if isinstance(self.done, int):
+            os.eventfd_write(self.done, 1)
+        else:
+            self.done.release()
 
 
 class _Wakeup:
@@ -180,7 +189,8 @@ class Ingestor:
     of client connections), and requests queued while a write is running are committed together
     in the next transaction (group commit): each caller still gets its answer only after the
     transaction holding its spans committed. A receiver thread appends its job to a deque, wakes
-    the writer (:class:`_Wakeup`) and waits on the job's lock.
+    the writer (:class:`_Wakeup`) and waits on the job's ``done`` (an idle eventfd of a small
+    pool, one per request in flight at most).
     """
 
     def __init__(
@@ -201,6 +211,7 @@ class Ingestor:
         self._max_group = max_group
         self._pending: deque[_Job | None] = deque()  # appended by receivers, popped by the writer
         self._wakeup = _Wakeup()
+        self._fds: list[int] = []  # idle eventfds for the receivers' waits (one per request in flight)
         self._thread = threading.Thread(target=self._write_loop, name="vauban-store-writer", daemon=True)
         self._thread.start()
 
@@ -210,6 +221,8 @@ class Ingestor:
         self._wakeup.set()
         self._thread.join()
         self._wakeup.close()
+        while self._fds:
+            os.close(self._fds.pop())
 
     def ingest(self, request: ExportTraceServiceRequest | CutRequest, transport: str) -> Outcome:
         """Store the valid spans of ``request`` (see :func:`read_protobuf`); spans with malformed
@@ -234,9 +247,19 @@ class Ingestor:
 
     def _store_job(self, job: _Job, rejected: int, message: str) -> Outcome:
         """Queue ``job`` for the writer and wait until its transaction committed."""
-        self._pending.append(job)
-        self._wakeup.set()
-        job.done.acquire()
+        if _EVENTFD:
+            fds = self._fds
+            fd = job.done = fds.pop() if fds else os.eventfd(0, os.EFD_CLOEXEC)
+            self._pending.append(job)
+            self._wakeup.set()
+            os.eventfd_read(fd)
+            fds.append(fd)  # read back to 0: reusable (an interrupted wait leaves it out for good)
+        else:  # pragma: no cover - platforms without eventfd
+            lock = job.done = _allocate_lock()
+            lock.acquire()
+            self._pending.append(job)
+            self._wakeup.set()
+            lock.acquire()
         if job.error is not None:
             raise StoreUnavailable(f"the trace store could not write the spans: {job.error}") from job.error
         accepted, duplicates = job.result
@@ -269,7 +292,7 @@ class Ingestor:
             self._metrics.spans_rejected.labels("store_error").inc(sum(job.valid for job in jobs))
             for job in jobs:
                 job.error = exc
-                job.done.release()
+                job.finish()
             return
         finally:
             self._metrics.store_write.observe(time.perf_counter() - started)
@@ -281,6 +304,6 @@ class Ingestor:
             for job in jobs:
                 job.result = (job.valid, 0)
         for job in jobs:
-            job.done.release()
+            job.finish()
         if accepted and self._on_stored is not None:
             self._on_stored()
