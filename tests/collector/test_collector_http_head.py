@@ -181,3 +181,36 @@ def test_idle_and_stalled_connections_are_closed_after_the_socket_timeout(make_c
     req, _ = vauban_request(1, salt=300)
     assert _exchange(c.http_address, _head(req.SerializeToString(), extra="Connection: close\r\n"),
                      shut=False).startswith(b"HTTP/1.1 200 ")
+
+
+class _FlakyStore(_SlowStore):
+    """Fails every other write."""
+
+    calls = 0
+
+    def ingest_parts(self, parts: list[object], *, snapshots: bool = False) -> object:
+        self.calls += 1
+        if self.calls % 2:
+            raise OSError("disk on fire")
+        return super().ingest_parts(parts, snapshots=snapshots)
+
+
+def test_a_failed_write_is_reported_and_the_next_one_succeeds():
+    import pytest
+
+    from vauban_trace.collector import StoreUnavailable
+
+    store = _FlakyStore()
+    metrics = CollectorMetrics()
+    ingestor = Ingestor(store, metrics)  # type: ignore[arg-type]
+    try:
+        for i in range(4):
+            req, _ = vauban_request(1, salt=400 + i)
+            if i % 2 == 0:
+                with pytest.raises(StoreUnavailable, match="disk on fire"):
+                    ingestor.ingest(req, "http")
+            else:
+                assert ingestor.ingest(req, "http").rejected == 0
+    finally:
+        ingestor.close()
+    assert metrics.spans_rejected.labels("store_error")._value.get() == 2 * span_count(vauban_request(1)[0])
