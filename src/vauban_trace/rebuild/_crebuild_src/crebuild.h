@@ -225,7 +225,7 @@ typedef struct {
 /* the buffer grown to hold extra more bytes (json.c; out of line: the check stays small) */
 int crb_buf_grow(Buf *b, size_t extra);
 
-static inline int buf_reserve(Buf *b, size_t extra) {
+static CRB_INLINE int buf_reserve(Buf *b, size_t extra) {
     if (b->n + extra <= b->cap) return 0;
     return crb_buf_grow(b, extra);
 }
