@@ -35,7 +35,7 @@ setup(
         ),
         Extension(
             "vauban_trace.store._cwire",
-            sources=[f"src/vauban_trace/store/_cwire_src/{name}.c" for name in ("canonical", "rows", "snapshot", "batch", "batch_match")],
+            sources=[f"src/vauban_trace/store/_cwire_src/{name}.c" for name in ("canonical", "rows", "snapshot", "batch", "batch_match", "ingest")],
             depends=["src/vauban_trace/store/_cwire_src/cwire.h"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=not _REQUIRED,

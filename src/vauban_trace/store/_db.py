@@ -337,7 +337,7 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
             _log.warning("vauban-trace store: rejected %d span(s): %s", len(problems), "; ".join(problems[:5]))
         accepted = duplicates = 0
         touched: list[str] = []
-        fresh: dict[str, list[SpanRow]] | None = {} if snapshots else None
+        fresh: dict[str, SpanSnapshot] | None = {} if snapshots else None
         if rows:
             now = time.time_ns()
             # a failure rolls back and seals the span segment (``_write_tx``): what was written is dead
@@ -350,7 +350,7 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
                 except TraceStoreError as exc:  # the spans are committed: report, never fail the write
                     _log.warning("vauban-trace store: compacting span segments failed: %s", exc)
         return IngestResult(
-            snapshots={tid: SpanSnapshot(spans) for tid, spans in fresh.items()} if fresh else {},
+            snapshots=fresh or {},
             accepted=accepted,
             duplicates=duplicates,
             rejected=len(problems),

@@ -56,8 +56,11 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from blake3 import blake3
+
 from vauban_trace._exceptions import TraceStoreError
 from vauban_trace.store._segments import (
+    DIGEST_SIZE,
     SPANS,
     DocumentError,
     SegmentWriter,
@@ -107,10 +110,9 @@ class SpanSegments:
     def append(self, conn: sqlite3.Connection, blobs: list[bytes]) -> tuple[int, list[tuple[int, int, bytes]]]:
         """Append ``blobs`` to the writer's segment and ``fdatasync`` it (inside the caller's write
         transaction, which must commit durably); return (segment, [(offset, length, digest)])."""
-        digests = [digest(b) for b in blobs]
-        segment, offsets = self.writer.append(conn, blobs, sync=True)
+        digests = [blake3(b).digest(length=DIGEST_SIZE) for b in blobs]  # ``_segments.digest``, inlined
         lengths = [len(b) for b in blobs]
-        conn.execute("UPDATE span_segments SET live_bytes = live_bytes + ? WHERE id = ?", (sum(lengths), segment))
+        segment, offsets = self.writer.append(conn, blobs, sync=True, live=sum(lengths))
         return segment, list(zip(offsets, lengths, digests, strict=True))
 
     def read(self, trace_id: str, batches: list[BatchRef],

@@ -195,6 +195,8 @@ class SegmentWriter:
         self._pid = os.getpid()
         self.rolled = False  # a segment was sealed since the caller last looked (compaction hint)
         self.used = False  # appended to (or allocated) since the caller last cleared it (``_write_tx``)
+        self._end_sql = f"UPDATE {kind.table} SET bytes = ? WHERE id = ?"
+        self._end_live_sql = f"UPDATE {kind.table} SET bytes = ?, live_bytes = live_bytes + ? WHERE id = ?"
 
     def _open(self, conn: sqlite3.Connection) -> None:
         self.close()
@@ -268,10 +270,12 @@ class SegmentWriter:
         self._finish(conn, sync)
         return segment, out
 
-    def append(self, conn: sqlite3.Connection, chunks: list[bytes], *, sync: bool) -> tuple[int, list[int]]:
+    def append(self, conn: sqlite3.Connection, chunks: list[bytes], *, sync: bool,
+               live: int = 0) -> tuple[int, list[int]]:
         """Append ``chunks`` (each followed by a newline when the kind says so; already hashed by
         the caller) with as few ``writev`` calls as the system allows; return (segment, the offset
-        of each chunk). As :meth:`append_texts` otherwise."""
+        of each chunk). ``live``: bytes to add to the segment's ``live_bytes`` (in the same
+        statement as its new end). As :meth:`append_texts` otherwise."""
         segment = self._ready(conn)
         offsets = []
         pos = self.pos
@@ -288,10 +292,10 @@ class SegmentWriter:
             parts = chunks
         for k in range(0, len(parts), _IOV_MAX):
             self._write(parts[k:k + _IOV_MAX])
-        self._finish(conn, sync)
+        self._finish(conn, sync, live)
         return segment, offsets
 
-    def _finish(self, conn: sqlite3.Connection, sync: bool) -> None:
+    def _finish(self, conn: sqlite3.Connection, sync: bool, live: int = 0) -> None:
         if sync:
             try:
                 os.fdatasync(self._fd)
@@ -299,7 +303,10 @@ class SegmentWriter:
                 path = segment_path(self.folder, self.segment or 0, self.kind)
                 self.close()
                 raise TraceStoreError(f"cannot sync {str(path)!r}: {exc}") from exc
-        conn.execute(f"UPDATE {self.kind.table} SET bytes = ? WHERE id = ?", (self.pos, self.segment))
+        if live:
+            conn.execute(self._end_live_sql, (self.pos, live, self.segment))
+        else:
+            conn.execute(self._end_sql, (self.pos, self.segment))
 
     def close(self) -> None:
         if self._fd >= 0 and os.getpid() == self._pid:

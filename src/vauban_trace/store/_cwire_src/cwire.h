@@ -194,6 +194,13 @@ PyObject *cw_match_batch(PyObject *self, PyObject *args);
 PyObject *cw_encode_batch(PyObject *self, PyObject *rows);
 PyObject *cw_decode_batch(PyObject *self, PyObject *args);
 
+/* ---------- ingest.c ---------- */
+
+/* group_rows(rows), new_traces(groups, snapshots), bookkeeping(tid, rows, now): store_rows' hot path. */
+PyObject *cw_group_rows(PyObject *self, PyObject *rows);
+PyObject *cw_new_traces(PyObject *self, PyObject *args);
+PyObject *cw_bookkeeping(PyObject *self, PyObject *args);
+
 /* ---------- rows.c ---------- */
 
 /* The SpanRow type set by configure() (borrowed), NULL before. */

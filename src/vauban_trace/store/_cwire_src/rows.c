@@ -499,6 +499,9 @@ static PyMethodDef methods[] = {
     {"encode_batch", cw_encode_batch, METH_O, "encode_batch(rows) -> bytes | None: store._batch's blob of one trace's rows."},
     {"decode_batch", cw_decode_batch, METH_VARARGS, "decode_batch(trace_id, blob) -> list[SpanRow] | None."},
     {"match_batch", cw_match_batch, METH_VARARGS, "match_batch(trace_id, blob, incoming) -> (count, {id: equal}) | None."},
+    {"group_rows", cw_group_rows, METH_O, "group_rows(rows) -> (groups, superseded, duplicates) | None (ingest.c)."},
+    {"new_traces", cw_new_traces, METH_VARARGS, "new_traces(groups, snapshots) -> (blobs, nbytes, datas) | None (ingest.c)."},
+    {"bookkeeping", cw_bookkeeping, METH_VARARGS, "bookkeeping(trace_id, rows, now) -> tuple | None (ingest.c)."},
     {NULL, NULL, 0, NULL},
 };
 static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_cwire", NULL, -1, methods, NULL, NULL, NULL, NULL};
