@@ -50,12 +50,10 @@ static inline int ndigits(uint64_t v) {
     return v ? t + 1 - (v < POW10U[t]) : 1;
 }
 
-/* the decimal digits of v, straight into the buffer from the right: 8-digit chunks while more
+/* the decimal digits of v, ending at end (written from the right): 8-digit chunks while more
  * than 8 are left (timestamps have 19), then pairs */
-int crb_put_u64(Buf *b, uint64_t v) {
-    int nd = ndigits(v);
-    TRY(buf_reserve(b, 20));
-    char *start = b->p + b->n, *w = start + nd;
+static inline void digits_before(char *end, uint64_t v) {
+    char *w = end;
     while (v >= 100000000u) {
         uint64_t q = v / 100000000u;
         w -= 8;
@@ -74,6 +72,13 @@ int crb_put_u64(Buf *b, uint64_t v) {
     } else {
         *--w = (char)('0' + r);
     }
+}
+
+/* the decimal digits of v, straight into the buffer */
+int crb_put_u64(Buf *b, uint64_t v) {
+    int nd = ndigits(v);
+    TRY(buf_reserve(b, 20));
+    digits_before(b->p + b->n + nd, v);
     b->n += (size_t)nd;
     return 0;
 }
@@ -127,26 +132,30 @@ static int short_repr(double x, char *out) {
             c++;
             if ((double)c / pk != ax) continue;
         }
-        /* digits of c, then the decimal point k digits from the right */
-        char dig[20];
-        int nd = 0;
-        for (uint64_t v = c; v; v /= 10) dig[nd++] = (char)('0' + v % 10); /* reversed */
+        /* digits of c (1 <= c < 2^53: 16 at most), then the decimal point k digits from the right */
+        char dig[24];
+        int nd = ndigits(c);
+        digits_before(dig + nd, c);
         int decpt = nd - k;
         if (decpt <= -4 || decpt > 16) return 0; /* exponent notation: dtoa */
-        if (k > 0 && dig[0] == '0') return 0;    /* not the shortest (cannot happen): dtoa */
+        if (k > 0 && dig[nd - 1] == '0') return 0; /* not the shortest (cannot happen): dtoa */
         char *w = out;
         if (x < 0) *w++ = '-';
-        if (decpt <= 0) {
-            *w++ = '0';
-            *w++ = '.';
-            for (int i = 0; i < -decpt; i++) *w++ = '0';
-            for (int i = nd - 1; i >= 0; i--) *w++ = dig[i];
+        if (decpt <= 0) { /* "0." and -decpt (0 to 3) zeros, then the digits */
+            memcpy(w, "0.000", (size_t)(2 - decpt));
+            w += 2 - decpt;
+            memcpy(w, dig, (size_t)nd);
+            w += nd;
         } else {
-            for (int i = nd - 1; i >= nd - decpt; i--) *w++ = dig[i];
+            memcpy(w, dig, (size_t)decpt);
+            w += decpt;
             *w++ = '.';
-            if (k == 0) *w++ = '0';
-            else
-                for (int i = k - 1; i >= 0; i--) *w++ = dig[i];
+            if (k == 0) {
+                *w++ = '0';
+            } else {
+                memcpy(w, dig + decpt, (size_t)k);
+                w += k;
+            }
         }
         return (int)(w - out);
     }
