@@ -69,11 +69,10 @@ def rebuild_document(trace_id: str, load: Callable[[], bytes]) -> TraceDocument:
 
 @functools.cache
 def _rebuild_module() -> Any:
-    """``vauban_trace.rebuild``, imported on first use (the store does not load it otherwise),
-    then at the cost of a cached call instead of an import statement per trace."""
-    import vauban_trace.rebuild
+    """``vauban_trace.rebuild``, imported on first use (not an import statement per trace)."""
+    import vauban_trace.rebuild as rebuild
 
-    return vauban_trace.rebuild
+    return rebuild
 
 
 def _rebuild_one(trace_id: str, load: Callable[[], bytes]) -> tuple[TraceDocument, str | None]:
