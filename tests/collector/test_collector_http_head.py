@@ -13,7 +13,7 @@ from collector_helpers import span_count, vauban_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vauban_trace.collector._http import parse_fields
+from vauban_trace.collector._httpwire import parse_fields
 from vauban_trace.collector._ingest import Ingestor
 from vauban_trace.collector._metrics import CollectorMetrics
 

@@ -22,29 +22,24 @@ and every reply goes out in one write.
 What a request costs here is kept to a few system calls and little Python (per request, not
 per span, but a 512-span batch still pays it once): the request line and keep-alive rules are the
 stdlib's (:class:`~http.server.BaseHTTPRequestHandler`), but the header block is read by
-:func:`parse_fields` (plain ``Name: value`` lines directly, anything unusual through the email
-parser the stdlib uses, so every field reads the same); a Content-Length body goes into a pooled
-buffer (at most 4 kept, 2 MiB each) with what the line reader holds plus direct ``recv_into``
-calls, and the buffer goes back to the pool once the body is cut or decoded (the C splitter and
-the decoders copy what they keep); plaintext sockets on Linux are blocking with kernel timeouts,
-so no ``poll()`` precedes each ``recv`` and ``send``.
+``_httpwire.parse_fields`` (plain ``Name: value`` lines directly, anything unusual through the
+email parser the stdlib uses, so every field reads the same); a Content-Length body goes into a
+pooled buffer (at most 4 kept, 2 MiB each) with what the line reader holds plus direct
+``recv_into`` calls, and the buffer goes back to the pool once the body is cut or decoded (the C
+splitter and the decoders copy what they keep); plaintext sockets on Linux are blocking with
+kernel timeouts, so no ``poll()`` precedes each ``recv`` and ``send`` (see :mod:`._httpwire`).
 """
 
 from __future__ import annotations
 
-import email.parser
 import hmac
 import io
 import logging
-import re
 import socket
 import ssl
-import struct
-import sys
 import threading
 import time
 from http import HTTPStatus
-from http.client import HTTPMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -62,6 +57,19 @@ from vauban_trace.collector._codec import (
     status_body,
 )
 from vauban_trace.collector._config import CollectorConfig
+from vauban_trace.collector._httpwire import (
+    HEAD_ENDS,
+    KERNEL_TIMEOUTS,
+    MAX_HEADERS,
+    MAX_LINE,
+    POOL_MAX,
+    BufferPool,
+    SocketReader,
+    SocketWriter,
+    parse_fields,
+    set_kernel_timeouts,
+    version_number,
+)
 from vauban_trace.collector._ingest import Admission, Ingestor, StoreUnavailable, read_protobuf
 from vauban_trace.collector._metrics import CollectorMetrics
 from vauban_trace.store import CutRequest
@@ -79,19 +87,6 @@ _BUSY = (
     b"Connection: close\r\n\r\n"
 )
 _PHRASES = {int(s): s.phrase for s in HTTPStatus}
-# request head limits: those of the stdlib parser (http.client._MAXLINE / _MAXHEADERS)
-_MAX_LINE = 65536
-_MAX_HEADERS = 100
-_HEAD_ENDS = (b"\r\n", b"\n", b"")
-# a header line in the plain form `Name: value` CRLF; anything else (folded lines, a line with no
-# colon, a bare CR, "From " lines) goes to the email parser the stdlib uses, for its exact reading
-_FIELD = re.compile(r"([!-9;-~]+):[ \t]*([^\r\n]*)\r?\n")
-# request bodies up to this size are read into a reused buffer (no fresh zeroed allocation per
-# request); at most _POOL_SIZE buffers are kept, so the pool holds at most 8 MiB when idle
-_POOL_MAX = 2 * 1024 * 1024
-_POOL_SIZE = 4
-
-
 class _Refusal(Exception):
     def __init__(self, status: int, grpc_code: int, message: str, *, field: str | None = None,
                  close: bool = False, retry_after: bool = False) -> None:
@@ -132,31 +127,9 @@ class OTLPHTTPServer(ThreadingHTTPServer):
             self.ssl_context = ctx
         self._connections = 0
         self._conn_lock = threading.Lock()
-        self._pool: list[bytearray] = []
-        self._pool_lock = threading.Lock()
+        self.buffers = BufferPool()
         self.raw_cap = config.max_body + config.max_body // 64 + 1024  # compressed bodies may grow slightly
         super().__init__((host, port), _Handler)
-
-    def take_buffer(self, length: int) -> bytearray:
-        """A buffer of at least ``length`` bytes (``length <= _POOL_MAX``): a pooled one that is
-        large enough, else a new one (rounded up to 64 KiB), handed back with :meth:`give_buffer`
-        once nothing reads it any more."""
-        with self._pool_lock:
-            pool = self._pool
-            for i in range(len(pool)):
-                if len(pool[i]) >= length:
-                    return pool.pop(i)
-        return bytearray(-(-length // 65536) * 65536)
-
-    def give_buffer(self, buf: bytearray) -> None:
-        with self._pool_lock:
-            pool = self._pool
-            if len(pool) < _POOL_SIZE:
-                pool.append(buf)
-                return
-            smallest = min(range(len(pool)), key=lambda i: len(pool[i]))
-            if len(pool[smallest]) < len(buf):
-                pool[smallest] = buf
 
     @property
     def port(self) -> int:
@@ -182,8 +155,8 @@ class OTLPHTTPServer(ThreadingHTTPServer):
     def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
         try:
             request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if _KERNEL_TIMEOUTS and self.ssl_context is None:
-                _set_kernel_timeouts(request, self.config.socket_timeout_s)
+            if KERNEL_TIMEOUTS and self.ssl_context is None:
+                set_kernel_timeouts(request, self.config.socket_timeout_s)
             else:
                 request.settimeout(self.config.socket_timeout_s)
             if self.ssl_context is not None:
@@ -201,56 +174,6 @@ class OTLPHTTPServer(ThreadingHTTPServer):
             self.shutdown_request(request)
 
 
-# Plaintext connections on Linux: a blocking socket whose timeouts the kernel enforces
-# (SO_RCVTIMEO / SO_SNDTIMEO), instead of Python's socket timeout, which polls the socket before
-# every recv and send (one more system call each). A kernel timeout surfaces as EAGAIN, raised
-# here as TimeoutError, the exception a Python socket timeout raises.
-_KERNEL_TIMEOUTS = sys.platform.startswith("linux")
-
-
-def _set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
-    sock.settimeout(None)
-    micros = max(1, round(seconds * 1e6))  # 0 would mean "no timeout"
-    value = struct.pack("@ll", micros // 1_000_000, micros % 1_000_000)  # struct timeval
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-
-
-class _SocketReader(io.RawIOBase):
-    """The raw stream under a kernel-timeout connection's ``rfile``."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._recv_into = sock.recv_into
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        try:
-            return self._recv_into(buffer)
-        except BlockingIOError:
-            raise TimeoutError("timed out") from None
-
-
-class _SocketWriter(io.BufferedIOBase):
-    """The unbuffered ``wfile`` of a kernel-timeout connection: every write is one ``sendall``."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sendall = sock.sendall
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        try:
-            self._sendall(data)
-        except BlockingIOError:
-            raise TimeoutError("timed out") from None
-        return len(data)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "vauban-trace-collector"
@@ -260,12 +183,12 @@ class _Handler(BaseHTTPRequestHandler):
     raw_requestline: bytes  # set by BaseHTTPRequestHandler.handle_one_request
 
     def setup(self) -> None:
-        if self.server.ssl_context is not None or not _KERNEL_TIMEOUTS:
+        if self.server.ssl_context is not None or not KERNEL_TIMEOUTS:
             super().setup()  # Python socket timeouts (TLS needs them)
             return
         self.connection = self.request
-        self.rfile = io.BufferedReader(_SocketReader(self.connection))
-        self.wfile = _SocketWriter(self.connection)
+        self.rfile = io.BufferedReader(SocketReader(self.connection))
+        self.wfile = SocketWriter(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("%s - " + format, self.address_string(), *args)
@@ -287,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
             if version == "HTTP/1.1":
                 number = (1, 1)
             else:
-                parsed = _version_number(version)
+                parsed = version_number(version)
                 if parsed is None:
                     self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version!r})")
                     return False
@@ -329,16 +252,16 @@ class _Handler(BaseHTTPRequestHandler):
         lines: list[bytes] = []
         readline = self.rfile.readline
         while True:
-            line = readline(_MAX_LINE + 1)
-            if len(line) > _MAX_LINE:
+            line = readline(MAX_LINE + 1)
+            if len(line) > MAX_LINE:
                 self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long", "header line")
                 return None
             lines.append(line)
-            if len(lines) > _MAX_HEADERS:
+            if len(lines) > MAX_HEADERS:
                 self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers",
-                                f"got more than {_MAX_HEADERS} headers")
+                                f"got more than {MAX_HEADERS} headers")
                 return None
-            if line in _HEAD_ENDS:
+            if line in HEAD_ENDS:
                 break
         return parse_fields(lines)
 
@@ -405,7 +328,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self, length: int | None, cap: int) -> tuple[bytes | bytearray | memoryview, bytearray | None]:
         """The request body, and the pooled buffer holding it (None when it is not pooled: hand
-        it back with :meth:`OTLPHTTPServer.give_buffer` once the body is decoded). A client slower
+        it back with :meth:`BufferPool.give` once the body is decoded). A client slower
         than the body deadline gets 408 and is dropped (so a trickling sender cannot hold an
         in-flight slot for long)."""
         if length == 0:
@@ -413,8 +336,8 @@ class _Handler(BaseHTTPRequestHandler):
         allowed = self.server.config.socket_timeout_s + (length or cap) / _MIN_RATE
         deadline = time.monotonic() + allowed
         if length is not None:
-            pooled = length <= _POOL_MAX
-            buf = self.server.take_buffer(length) if pooled else bytearray(length)
+            pooled = length <= POOL_MAX
+            buf = self.server.buffers.take(length) if pooled else bytearray(length)
             try:
                 view = memoryview(buf)[:length]
                 # what the reader holds, plus one read from the socket straight into the buffer;
@@ -429,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
                         raise _SlowBody(f"body not received within {allowed:.0f}s")
                     try:
                         n = recv_into(view[got:])
-                    except BlockingIOError:  # kernel timeout (see _KERNEL_TIMEOUTS)
+                    except BlockingIOError:  # kernel timeout (see KERNEL_TIMEOUTS)
                         raise TimeoutError("timed out") from None
                     if not n:
                         self.close_connection = True
@@ -437,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
                     got += n
             except BaseException:
                 if pooled:
-                    self.server.give_buffer(buf)
+                    self.server.buffers.give(buf)
                 raise
             return view, buf if pooled else None
         parts: list[bytes] = []
@@ -518,7 +441,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             del raw
             if pooled is not None:
-                srv.give_buffer(pooled)
+                srv.buffers.give(pooled)
 
     def _handle_export(self, media: str, length: int | None, raw_cap: int) -> None:
         srv = self.server
@@ -577,40 +500,3 @@ class _Handler(BaseHTTPRequestHandler):
                         close=True)
         except OSError:
             pass
-
-
-def _version_number(version: str) -> tuple[int, int] | None:
-    """``HTTP/1.0`` -> (1, 0); None where the stdlib parser answers 400 (not ``HTTP/<d>.<d>``,
-    a part that is not digits or longer than 10 digits)."""
-    if not version.startswith("HTTP/"):
-        return None
-    parts = version.split("/", 1)[1].split(".")
-    if len(parts) != 2 or any(not p.isdigit() or len(p) > 10 for p in parts):
-        return None
-    return int(parts[0]), int(parts[1])
-
-
-def parse_fields(lines: list[bytes]) -> dict[str, str]:
-    """The header block ``lines`` (as read, the blank or empty line that ends it last) as
-    lower-case name -> first value, exactly what ``http.client.parse_headers(...).get(name)``
-    answers: plain ``Name: value`` lines are read here, any other block by the email parser."""
-    fields: dict[str, str] = {}
-    match = _FIELD.fullmatch
-    for line in lines[:-1]:
-        m = match(line.decode("iso-8859-1"))
-        if m is None:
-            return _email_fields(lines)
-        name = m.group(1).lower()
-        if name not in fields:
-            fields[name] = m.group(2)
-    return fields
-
-
-def _email_fields(lines: list[bytes]) -> dict[str, str]:
-    """A header block that is not all plain ``Name: value`` lines, read by the email parser the
-    stdlib uses (folded lines, lines with no colon ending the block, ...): first value per name."""
-    message = email.parser.Parser(_class=HTTPMessage).parsestr(b"".join(lines).decode("iso-8859-1"))
-    fields: dict[str, str] = {}
-    for name, value in message.items():
-        fields.setdefault(name.lower(), str(value))
-    return fields
