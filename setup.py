@@ -36,7 +36,7 @@ setup(
         Extension(
             "vauban_trace.store._cwire",
             sources=[f"src/vauban_trace/store/_cwire_src/{name}.c" for name in ("canonical", "rows", "snapshot", "batch", "batch_match", "ingest")],
-            depends=["src/vauban_trace/store/_cwire_src/cwire.h"],
+            depends=["src/vauban_trace/store/_cwire_src/cwire.h", "src/vauban_trace/store/_cwire_src/fastrow.h"],
             extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=not _REQUIRED,
         ),

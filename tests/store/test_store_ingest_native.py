@@ -213,3 +213,16 @@ def test_a_store_written_natively_equals_one_written_in_python(tmp_path: Path, m
     finally:
         for ts in stores:
             ts.close()
+
+
+@pytest.mark.parametrize("start", [0, 1, 2**31, 2**62, 2**63 - 1, 2**63, 2**64 - 2])
+def test_times_at_the_limits_of_64_bits(start: int) -> None:
+    """Times past 2^63 (``fastrow.h`` leaves them to the slow conversion) are read as the Python
+    reference reads them, up to 2^64 - 1."""
+    assert cwire is not None
+    rows = _rows((make_span(TRACE_A, ROOT, "root"), "svc"), (make_span(TRACE_A, "0000000000000002", "x"), "svc"))
+    rows = [rows[0]._replace(start=start, end=start + 1), rows[1]._replace(start=start + 1, end=2**64 - 1)]
+    assert _bookkeeping_native(TRACE_A, rows, 1) == _ingest._bookkeeping_py(TRACE_A, None, rows, 1)
+    blobs, sizes, datas = cwire.new_traces({TRACE_A: rows}, True)
+    assert blobs == [encode_batch_py(rows)]
+    assert datas == [snapshot_bytes_py(rows)]

@@ -17,7 +17,7 @@
  * then raises the error naming the problem), a blob of more than MAX_ENVS envelopes, or before
  * configure() set the row type. Every read is bounded by the blob.
  */
-#include "cwire.h"
+#include "fastrow.h"
 
 /* UTF-8 of a str (cached by CPython); NULL, error cleared: not usable. */
 static const char *utf8_of(PyObject *s, Py_ssize_t *n) {
@@ -25,17 +25,6 @@ static const char *utf8_of(PyObject *s, Py_ssize_t *n) {
     const char *p = PyUnicode_AsUTF8AndSize(s, n);
     if (!p) PyErr_Clear();
     return p;
-}
-
-static int u64_of(PyObject *v, uint64_t *out) {
-    if (!PyLong_CheckExact(v)) return 0;
-    unsigned long long x = PyLong_AsUnsignedLongLong(v);
-    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
-    *out = x;
-    return 1;
 }
 
 static int same(PyObject *a, PyObject *b) {
@@ -119,12 +108,12 @@ PyObject *cw_encode_batch(PyObject *self, PyObject *rows) {
         int env_ok = 1;
         for (int k = 0; k < 4; k++) env_ok &= PyBytes_CheckExact(PyTuple_GET_ITEM(env, k));
         if (!env_ok || !cut_field(payload, env, it)) break;
-        if (!id_bytes(PyTuple_GET_ITEM(row, R_SPAN_ID), it->id)) break;
+        if (!row_id8(PyTuple_GET_ITEM(row, R_SPAN_ID), it->id)) break;
         it->has_parent = parent != Py_None;
-        if (it->has_parent && !id_bytes(parent, it->parent)) break;
+        if (it->has_parent && !row_id8(parent, it->parent)) break;
         it->name = utf8_of(PyTuple_GET_ITEM(row, R_NAME), &it->name_len);
         if (!it->name) break;
-        if (!u64_of(PyTuple_GET_ITEM(row, R_START), &it->start) || !u64_of(PyTuple_GET_ITEM(row, R_END), &it->end))
+        if (!row_u64(PyTuple_GET_ITEM(row, R_START), &it->start) || !row_u64(PyTuple_GET_ITEM(row, R_END), &it->end))
             break;
         const char *svc = NULL;
         Py_ssize_t svc_len = 0;

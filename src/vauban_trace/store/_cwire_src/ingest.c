@@ -28,7 +28,7 @@
  * exact str, a payload not bytes, a parent not None or a str, a start or end not an int in
  * [0, 2^64), a span id that is not ASCII, a row encode_batch declines.
  */
-#include "cwire.h"
+#include "fastrow.h"
 
 typedef struct {
     PyObject *group; /* borrowed list: the trace's rows */
@@ -122,18 +122,6 @@ fail:
     return NULL;
 }
 
-/* start or end of a row as uint64; 0: not an int in [0, 2^64). */
-static int time_of(PyObject *v, uint64_t *out) {
-    if (!PyLong_CheckExact(v)) return 0;
-    unsigned long long x = PyLong_AsUnsignedLongLong(v);
-    if (x == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return 0;
-    }
-    *out = x;
-    return 1;
-}
-
 /* (start, span id) of a < that of b, span ids ASCII. */
 static int before(uint64_t sa, PyObject *ia, uint64_t sb, PyObject *ib) {
     if (sa != sb) return sa < sb;
@@ -154,7 +142,7 @@ static PyObject *bookkeeping(PyObject *tid, PyObject *group, PyObject *now) {
         PyObject *start_obj = PyTuple_GET_ITEM(row, R_START), *end_obj = PyTuple_GET_ITEM(row, R_END);
         PyObject *svc = PyTuple_GET_ITEM(row, R_SERVICE);
         uint64_t start, end;
-        if (!time_of(start_obj, &start) || !time_of(end_obj, &end) || !PyUnicode_IS_ASCII(sid)) Py_RETURN_NONE;
+        if (!row_u64(start_obj, &start) || !row_u64(end_obj, &end) || !PyUnicode_IS_ASCII(sid)) Py_RETURN_NONE;
         if (parent != Py_None && !PyUnicode_CheckExact(parent)) Py_RETURN_NONE;
         if (!lo_obj || start < lo) { /* min(): the first of equal values */
             lo = start;

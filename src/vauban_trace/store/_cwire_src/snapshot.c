@@ -21,7 +21,7 @@
  * envelope item that is not bytes, an envelope that is not a 4-tuple, a payload too short for
  * its envelope, more than MAX_GROUPS scope groups. Reads are bounded by each payload.
  */
-#include "cwire.h"
+#include "fastrow.h"
 
 #define MAX_GROUPS 256
 
@@ -95,12 +95,7 @@ static int read_row(PyObject *row, Py_ssize_t i, Entry *e) {
     if (!PyBytes_CheckExact(payload) || !PyTuple_Check(env) || PyTuple_GET_SIZE(env) != 4) return 0;
     for (int k = 0; k < 4; k++)
         if (!PyBytes_CheckExact(PyTuple_GET_ITEM(env, k))) return 0;
-    unsigned long long s = PyLong_AsUnsignedLongLong(start);
-    if (s == (unsigned long long)-1 && PyErr_Occurred()) {
-        PyErr_Clear(); /* negative or 2^64 and over: Python compares them */
-        return 0;
-    }
-    e->start = s;
+    if (!row_u64(start, &e->start)) return 0; /* negative or 2^64 and over: Python compares them */
     e->sid = (const char *)PyUnicode_DATA(sid);
     e->sid_len = PyUnicode_GET_LENGTH(sid);
     e->index = i;
