@@ -161,6 +161,9 @@ class _NullStore:
     def pending_traces(self, **_filters: object) -> list[object]:  # limit, received_by, ...
         return []
 
+    def pending_versions(self, **_filters: object) -> list[tuple[str, int]]:  # what the assembler asks
+        return []
+
     def pending_count(self) -> int:
         return 0
 
