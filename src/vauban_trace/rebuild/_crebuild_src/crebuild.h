@@ -370,6 +370,8 @@ int crb_put_double(Buf *b, double x);
 /* A JSON string (json.dumps, ensure_ascii=True) from valid UTF-8. */
 int crb_put_jstr(Buf *b, Str s);
 int crb_put_hex(Buf *b, Str id);
+/* the 2 * id.n lowercase hex digits of id at w (no quotes) */
+void crb_hex_into(char *w, Str id);
 /* key of an object member: writes ", " unless first, then "key": */
 int crb_put_key(Buf *b, int *first, Str k);
 /* Python value (as json.loads + json_safe made it) -> JSON text, exactly as json.dumps. */

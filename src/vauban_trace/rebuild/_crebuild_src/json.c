@@ -285,10 +285,8 @@ static inline uint64_t hex8(const uint8_t *p) {
     return x + ones * '0' + letters * ('a' - '0' - 10);
 }
 
-int crb_put_hex(Buf *b, Str id) {
-    TRY(buf_reserve(b, (size_t)id.n * 2 + 2));
-    char *w = b->p + b->n;
-    *w++ = '"';
+/* the 2 * id.n lowercase hex digits of id at w */
+void crb_hex_into(char *w, Str id) {
     Py_ssize_t i = 0;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     for (; i + 4 <= id.n; i += 4, w += 8) {
@@ -297,6 +295,14 @@ int crb_put_hex(Buf *b, Str id) {
     }
 #endif
     for (; i < id.n; i++, w += 2) memcpy(w, HEX2 + 2 * id.p[i], 2);
+}
+
+int crb_put_hex(Buf *b, Str id) {
+    TRY(buf_reserve(b, (size_t)id.n * 2 + 2));
+    char *w = b->p + b->n;
+    *w++ = '"';
+    crb_hex_into(w, id);
+    w += 2 * id.n;
     *w++ = '"';
     b->n = (size_t)(w - b->p);
     return 0;

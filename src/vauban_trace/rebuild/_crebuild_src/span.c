@@ -132,11 +132,7 @@ PyObject *crb_str_obj(Str s) {
 PyObject *crb_hex_obj(Str id) {
     PyObject *u = PyUnicode_New(2 * id.n, 127);
     if (u == NULL) return NULL;
-    char *w = (char *)PyUnicode_1BYTE_DATA(u);
-    for (Py_ssize_t j = 0; j < id.n; j++) {
-        w[2 * j] = crb_hex[id.p[j] >> 4];
-        w[2 * j + 1] = crb_hex[id.p[j] & 15];
-    }
+    crb_hex_into((char *)PyUnicode_1BYTE_DATA(u), id);
     return u;
 }
 
@@ -151,9 +147,31 @@ typedef struct {
     double d;
 } CVal;
 
+/* int objects of the counters the summary carries (byte counts, sync points): CPython keeps the
+ * small ones; larger ones repeat within a trace (the same tensor sizes step after step), so the
+ * last few are kept, direct-mapped on a hash of the value (ints are immutable: one object serves
+ * every equal value) */
+#define INT_CACHE 32
+static struct {
+    int64_t v;
+    PyObject *o;
+} int_cache[INT_CACHE];
+
+static PyObject *int_obj(int64_t v) {
+    if (v >= -5 && v <= 256) return PyLong_FromLongLong(v);
+    unsigned h = (unsigned)(((uint64_t)v * 0x9e3779b97f4a7c15ull) >> 59); /* 5 bits: INT_CACHE */
+    if (int_cache[h].o != NULL && int_cache[h].v == v) return Py_NewRef(int_cache[h].o);
+    PyObject *o = PyLong_FromLongLong(v);
+    if (o != NULL) {
+        Py_XSETREF(int_cache[h].o, Py_NewRef(o));
+        int_cache[h].v = v;
+    }
+    return o;
+}
+
 static PyObject *cval_obj(const CVal *v) {
     if (!v->has) Py_RETURN_NONE;
-    return v->is_int ? PyLong_FromLongLong(v->i) : PyFloat_FromDouble(v->d);
+    return v->is_int ? int_obj(v->i) : PyFloat_FromDouble(v->d);
 }
 
 int crb_put_span(Out *o, Span *sp, int is_root) {
