@@ -119,12 +119,11 @@ def test_trace_json_file_waits_for_a_writer_of_another_process(tmp_path: Path) -
     reader = TraceStore(tmp_path, trace_files="on_read", busy_timeout_s=10)
     got: list[Path | None] = []
     thread = threading.Thread(target=lambda: got.append(reader.trace_json_file(TRACE_A)))
-    t0 = time.monotonic()
     thread.start()
     thread.join(30)
     out, err = holder.communicate(timeout=30)
     assert holder.returncode == 0, err
-    assert got and got[0] is not None and time.monotonic() - t0 >= 0.3
+    assert got and got[0] is not None  # the text committed under the lock it waited for (never note=0)
     text = got[0].read_text()
     assert Trace.from_json(text) == _trace(TRACE_A, note=5) and reader.get_trace(TRACE_A) == _trace(TRACE_A, note=5)
     reader.close()
