@@ -384,8 +384,10 @@ enum { V_NONE, V_STR, V_BOOL, V_INT, V_DBL, V_ARR, V_KVL };
 typedef struct {
     Str key;
     Str s; /* string value, or the raw ArrayValue / KeyValueList message */
-    int64_t i;
-    double d;
+    union {
+        int64_t i; /* V_BOOL, V_INT (every read of i or d is guarded by the type) */
+        double d;  /* V_DBL */
+    };
     const uint8_t *raw; /* the KeyValue message it was read from (interned lists: parse_kv's hints) */
     int32_t rawn;
     int kid;
@@ -393,6 +395,8 @@ typedef struct {
     uint8_t used, merged;
     uint8_t plain; /* V_STR: s needs no JSON escape (crb_put_attr_str copies it as it is) */
 } Attr;
+/* one cache line: the attribute array of a trace streams through L1 */
+_Static_assert(sizeof(Attr) <= 64, "an Attr fits a cache line");
 
 typedef struct {
     uint64_t time;
