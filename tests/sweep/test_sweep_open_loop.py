@@ -214,14 +214,20 @@ def test_a_generator_held_up_by_the_service_says_the_load_was_not_offered(sessio
 def test_the_in_flight_cap_refuses_arrivals_instead_of_spawning_threads(session: Any) -> None:
     release = threading.Event()
     senders: list[int] = []
+    # the four calls are released well after the 0.3 s schedule, counted from the first call (the
+    # schedule's start): a timer started before run_open_loop fired before the last arrivals when
+    # the sweep's set-up took over 50 ms on a loaded machine, and a freed sender took a fifth one
+    timer = threading.Timer(0.3 + 0.25, release.set)
+    lock = threading.Lock()
 
     def blocked(_: object) -> None:
-        senders.append(sum(1 for t in threading.enumerate() if t.name.startswith("vauban-sender-")))
+        with lock:
+            senders.append(sum(1 for t in threading.enumerate() if t.name.startswith("vauban-sender-")))
+            if len(senders) == 1:
+                timer.start()
         release.wait(5)
 
     call = traced_call(blocked, model="fake-service")
-    timer = threading.Timer(0.35, release.set)
-    timer.start()
     spec = OpenLoopSpec(rates=(100,), duration_s=0.3, arrivals="constant", max_in_flight=4, sweep_id="open-cap")
     result = run_open_loop(lambda seq: call(None), spec, session=session)
     timer.join()

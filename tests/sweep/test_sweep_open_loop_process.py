@@ -242,8 +242,11 @@ def test_the_first_error_stops_the_child_and_counts_what_it_did_not_send(session
 
 def test_sigint_stops_the_sweep_and_its_child(tmp_path: Path) -> None:
     """Ctrl-C (SIGINT to the process group): the child ignores it, the sweep's process stops it and exits."""
+    # the handler an interactive Python has: a test run started in the background by a shell
+    # without job control inherits SIGINT ignored, and Python then installs none (a 20 s hang)
     code = textwrap.dedent(f"""\
-        import sys, time
+        import signal, sys, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         import vauban_trace as vt
         from vauban_trace.sweep import OpenLoopSpec, run_open_loop, traced_call
         from vauban_trace.sweep import _procgen

@@ -53,7 +53,11 @@ def test_one_worker_serialises_and_every_request_records_its_queue_wait(session:
         assert loop.call(7) == 70
     tps = {tp.value: tp for tp in result.profile.throughput}
     assert tps[1].window is not None and tps[4].window is not None
-    assert tps[4].window < 1.3 * tps[1].window  # one worker: no more throughput with more clients
+    # one worker: more clients add no throughput beyond its capacity 1 / S. (Against X(1), as this
+    # once read, it failed on a loaded machine: with one client every request also waits for two
+    # thread wake-ups, which with four clients overlap the worker's service of the others; X(1)
+    # fell to 80/s while X(4) reached 160/s, the 167/s the worker can give.)
+    assert tps[4].window < 1.3 / SERVICE_S
     for trace, rec in zip(result.traces, result.requests, strict=True):
         root, queue, batch = trace.root, _stage(trace, QUEUE_STAGE), _stage(trace, BATCH_STAGE)
         assert root is not None and queue.parent_id == root.id and batch.parent_id == root.id
