@@ -38,13 +38,37 @@ static inline uint64_t crb_ld8(const uint8_t *p) {
     return w;
 }
 
-/* equal strings: short ones (event names, vocabulary words) inline, as two overlapping words */
-static inline int str_eq(Str a, Str b) {
-    if (a.n != b.n) return 0;
-    if (a.n >= 8 && a.n <= 16)
-        return ((crb_ld8(a.p) ^ crb_ld8(b.p)) | (crb_ld8(a.p + a.n - 8) ^ crb_ld8(b.p + b.n - 8))) == 0;
-    return a.n == 0 || memcmp(a.p, b.p, (size_t)a.n) == 0;
+static inline uint32_t crb_ld4(const uint8_t *p) {
+    uint32_t w;
+    memcpy(&w, p, 4);
+    return w;
 }
+
+/* names shorter than 8 bytes as one word: every byte is in it (so equal words and lengths mean
+ * equal names) */
+static inline uint64_t crb_small_word(const uint8_t *p, Py_ssize_t n) {
+    if (n >= 4) return crb_ld4(p) | ((uint64_t)crb_ld4(p + n - 4) << 32);
+    if (n > 0) return (uint64_t)p[0] | ((uint64_t)p[n >> 1] << 8) | ((uint64_t)p[n - 1] << 16);
+    return 0;
+}
+
+/* equal names, of the same length n: a fixed set of (overlapping) word loads per length class
+ * that covers every byte, OR-ed together, so that the only branch is the class */
+static inline int crb_same_name(const uint8_t *x, const uint8_t *y, Py_ssize_t n) {
+    if (n < 8) return crb_small_word(x, n) == crb_small_word(y, n);
+    uint64_t d = (crb_ld8(x) ^ crb_ld8(y)) | (crb_ld8(x + n - 8) ^ crb_ld8(y + n - 8));
+    if (n <= 16) return d == 0;
+    d |= (crb_ld8(x + 8) ^ crb_ld8(y + 8)) | (crb_ld8(x + n - 16) ^ crb_ld8(y + n - 16));
+    if (n <= 32) return d == 0;
+    d |= (crb_ld8(x + 16) ^ crb_ld8(y + 16)) | (crb_ld8(x + 24) ^ crb_ld8(y + 24)) |
+         (crb_ld8(x + n - 32) ^ crb_ld8(y + n - 32)) | (crb_ld8(x + n - 24) ^ crb_ld8(y + n - 24));
+    if (n <= 64) return d == 0;
+    for (Py_ssize_t i = 32; d == 0 && i < n - 32; i += 8) d |= crb_ld8(x + i) ^ crb_ld8(y + i);
+    return d == 0;
+}
+
+/* equal strings (event names, vocabulary words, ids): word compares, no call */
+static inline int str_eq(Str a, Str b) { return a.n == b.n && crb_same_name(a.p, b.p, a.n); }
 
 /* ---- configuration (config.c) ---- */
 
@@ -135,20 +159,6 @@ extern int crb_kbits;
 extern uint32_t crb_koff[MAXKEYS]; /* where each id's name starts in crb_karena */
 extern uint8_t crb_karena[CRB_KARENA];
 
-static inline uint32_t crb_ld4(const uint8_t *p) {
-    uint32_t w;
-    memcpy(&w, p, 4);
-    return w;
-}
-
-/* names shorter than 8 bytes as one word: every byte is in it (so equal words and lengths mean
- * equal names) */
-static inline uint64_t crb_small_word(const uint8_t *p, Py_ssize_t n) {
-    if (n >= 4) return crb_ld4(p) | ((uint64_t)crb_ld4(p + n - 4) << 32);
-    if (n > 0) return (uint64_t)p[0] | ((uint64_t)p[n >> 1] << 8) | ((uint64_t)p[n - 1] << 16);
-    return 0;
-}
-
 static inline uint64_t crb_rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
 
 /* The name hash reads at most three words of the name instead of every byte: names of the
@@ -169,21 +179,6 @@ static inline uint32_t crb_key_hash(const uint8_t *p, Py_ssize_t n) {
 
 static inline uint64_t crb_kentry(uint32_t h, Py_ssize_t n, int id) {
     return ((uint64_t)h << 32) | ((uint64_t)n << 16) | (uint64_t)(id + 1);
-}
-
-/* equal names, of the same length n: a fixed set of (overlapping) word loads per length class
- * that covers every byte, OR-ed together, so that the only branch is the class */
-static inline int crb_same_name(const uint8_t *x, const uint8_t *y, Py_ssize_t n) {
-    if (n < 8) return crb_small_word(x, n) == crb_small_word(y, n);
-    uint64_t d = (crb_ld8(x) ^ crb_ld8(y)) | (crb_ld8(x + n - 8) ^ crb_ld8(y + n - 8));
-    if (n <= 16) return d == 0;
-    d |= (crb_ld8(x + 8) ^ crb_ld8(y + 8)) | (crb_ld8(x + n - 16) ^ crb_ld8(y + n - 16));
-    if (n <= 32) return d == 0;
-    d |= (crb_ld8(x + 16) ^ crb_ld8(y + 16)) | (crb_ld8(x + 24) ^ crb_ld8(y + 24)) |
-         (crb_ld8(x + n - 32) ^ crb_ld8(y + n - 32)) | (crb_ld8(x + n - 24) ^ crb_ld8(y + n - 24));
-    if (n <= 64) return d == 0;
-    for (Py_ssize_t i = 32; d == 0 && i < n - 32; i += 8) d |= crb_ld8(x + i) ^ crb_ld8(y + i);
-    return d == 0;
 }
 
 /* interned id of an attribute name, -1 if configure did not name it */

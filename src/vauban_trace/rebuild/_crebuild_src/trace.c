@@ -18,6 +18,10 @@ static int cmp_u64(const void *a, const void *b) {
 
 static int cmp_str(const void *a, const void *b) {
     const Str *x = (const Str *)a, *y = (const Str *)b;
+    if (x->n >= 8 && y->n >= 8) { /* the first 8 bytes as big-endian words order like memcmp */
+        uint64_t u = __builtin_bswap64(crb_ld8(x->p)), v = __builtin_bswap64(crb_ld8(y->p));
+        if (u != v) return u < v ? -1 : 1;
+    }
     Py_ssize_t n = x->n < y->n ? x->n : y->n;
     int c = n ? memcmp(x->p, y->p, (size_t)n) : 0;
     if (c) return c;
