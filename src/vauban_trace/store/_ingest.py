@@ -34,10 +34,10 @@ The hot path (new traces) runs in C when the ``_cwire`` extension is built
 bytes while the payloads are still in the CPU cache) and ``bookkeeping`` (:func:`_bookkeeping_py`
 of a new trace). Each returns None for anything unusual and the Python reference then runs (and
 raises where a row is bad); ``tests/store/test_store_ingest_native.py`` checks them against it,
-down to the bytes and rows of a whole store. On ``bench/collector_steps.py``'s requests (512
-spans in 32 traces) this took the durable write plus the snapshot from ~4.4-4.9 to ~3.8-4.0 CPU
-µs per span (interleaved runs; what is left is mostly the kernel's ``writev``/``fdatasync``, the
-BLAKE3 digests and SQLite's rows and commit).
+down to the bytes and rows of a whole store. Measured on ``bench/collector_steps.py``'s requests
+(512 spans in 32 traces; docs/benchmarks.md, "Durable write and snapshot"): the durable write
+alone 3.37 -> 2.74 CPU µs per span, with the snapshot 4.16 -> 3.53. What is left is mostly the
+kernel's ``writev``/``fdatasync``, the BLAKE3 digests and SQLite's rows and commit.
 """
 
 from __future__ import annotations
@@ -380,9 +380,11 @@ def _recomputed(tid: str, rows: list[SpanRow], now: int) -> tuple[object, ...]:
 class SpanSnapshot:
     """The spans of one trace as just stored, as :meth:`TraceStore.spans_for_bytes`'s bytes
     (:meth:`data`). ``store_rows`` builds those bytes in C right after encoding the trace's batch,
-    while its payloads are still in the CPU cache (``data``; the rows are then not kept): that
-    costs the writer ~0.3 CPU µs per span where the same work from cold memory later cost the
-    assembler 0.8-2 (``bench/collector_steps.py``). Without the C extension (or where it declines)
+    while its payloads are still in the CPU cache (``data``), and the rows are then not kept.
+    Measured: where every snapshot stays alive (``bench/collector_steps.py``) the writer pays what
+    ``data()`` cost later (~0.8 CPU µs per span, mostly fresh heap pages); in the collector, where
+    the assembler takes them soon, 8.79 against 8.91 CPU µs per span end to end (median of 8
+    interleaved runs), and the rows go at once. Without the C extension (or where it declines)
     the rows are kept and turned into bytes only when asked."""
 
     __slots__ = ("_rows", "_data", "nbytes")
