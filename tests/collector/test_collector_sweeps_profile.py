@@ -191,7 +191,66 @@ def test_sweeps_tracked_are_capped_and_evicted_series_removed(make_collector: An
     profiler.note([document_of(Trace(id="ab" * 16), (MODEL, "batch_size", 1)),
                    document_of(Trace(id="cd" * 16), (MODEL, None, None)),
                    document_of(Trace(id="ef" * 16, complete=False), None)])
+    assert list(profiler._waiting) == ["ab" * 16]
     assert profiler.run_once() == 0 and set(profiler.profiles()) == {"s1", "s2"}
+
+
+def test_a_trace_without_sweep_id_is_read_back_but_never_parsed(tmp_path: Any, monkeypatch: Any) -> None:
+    from vauban_trace.collector import _sweeps
+    from vauban_trace.store import TraceStore
+
+    store = TraceStore(tmp_path / "store")
+    swept = Trace(id="ab" * 16, metadata={"sweep": {"id": "s1", "axis": "batch_size", "axis_value": 1}})
+    axis_only = Trace(id="cd" * 16, metadata={"sweep": {"axis": "batch_size", "axis_value": 1}})
+    store.put_traces([(swept, None), (axis_only, None)])
+    parsed: list[str] = []
+    real = Trace.from_json
+
+    def from_json(text: str) -> Trace:
+        trace = real(text)
+        parsed.append(trace.id)
+        return trace
+
+    monkeypatch.setattr(_sweeps.Trace, "from_json", from_json)
+    profiler = SweepProfiler(store, interval_s=60)
+    profiler.note([document_of(t, (MODEL, "batch_size", 1)) for t in (swept, axis_only)])
+    profiler.run_once()
+    assert parsed[0] == swept.id and axis_only.id not in parsed
+    assert set(profiler.profiles()) == {"s1"}
+    store.close()
+
+
+def test_only_documents_that_may_carry_a_sweep_id_are_read_back() -> None:
+    from vauban_trace.collector._sweeps import may_have_sweep_id
+
+    # the key as to_json writes it; a string holding the same characters is escaped, not a key
+    assert may_have_sweep_id(Trace(id="ab" * 16, metadata={"sweep": {"id": "s"}}).to_json())
+    assert not may_have_sweep_id(Trace(id="ab" * 16, metadata={"note": '"sweep": {"id": "s"}'}).to_json())
+    assert not may_have_sweep_id(Trace(id="ab" * 16, metadata={"sweep": "s"}).to_json())
+    assert not may_have_sweep_id(Trace(id="ab" * 16, metadata={"sweep": {"axis": "n", "id": ""}}).to_json())
+    # user metadata may order the keys otherwise; any object under a sweep key is looked at
+    assert may_have_sweep_id(Trace(id="ab" * 16, metadata={"x": {"sweep": {"axis": "n", "id": "s"}}}).to_json())
+    # both roads write the same text: the collector's C rebuild of a swept trace says maybe
+    traces = []
+    provider = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    for attrs in ({"vauban.sweep.id": "s1", "vauban.sweep.axis": "batch_size", "vauban.sweep.axis_value": 2},
+                  {"vauban.sweep.axis": "batch_size", "vauban.sweep.axis_value": 2}):
+        with tracer.start_as_current_span("request", attributes={"vauban.trace.root": True, **attrs}):
+            pass
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    from vauban_trace.rebuild import rebuild_documents
+
+    for span in exporter.get_finished_spans():
+        (doc,) = rebuild_documents(encode_spans([span]).SerializeToString())
+        traces.append((doc.trace().metadata.get("sweep", {}).get("id"), may_have_sweep_id(doc.json)))
+    assert traces == [("s1", True), (None, False)]
 
 
 def test_fit_series_through_a_real_prometheus(make_collector: Any, prometheus: Any) -> None:  # noqa: F811

@@ -299,13 +299,18 @@ class RebuiltTraces:
 
     def get_trace(self, trace_id: str) -> Trace:
         """The rebuilt trace ``trace_id``; :class:`TraceNotFoundError` says why it is absent."""
+        return Trace.from_json(self.get_trace_json(trace_id))
+
+    def get_trace_json(self, trace_id: str) -> str:
+        """The stored ``Trace.to_json()`` text of ``trace_id``, digest-checked, without parsing it
+        (:meth:`get_trace` parses it); :class:`TraceNotFoundError` says why it is absent."""
         data, raw = self._document(trace_id)
         if data is None:
             raise TraceNotFoundError(
                 f"trace {check_trace_id(trace_id)} has {raw} raw span(s) in {str(self.dir)!r} but has not been "
                 "rebuilt yet (it is rebuilt once complete)"
             )
-        return Trace.from_json(data.decode("utf-8"))
+        return data.decode("utf-8")
 
     def last_trace(self) -> Trace:
         """The rebuilt trace that started last."""
