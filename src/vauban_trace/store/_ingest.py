@@ -30,13 +30,13 @@ resource ``service.name``, else that of the first span received that had one.
 
 The hot path (new traces) runs in C when the ``_cwire`` extension is built
 (``_cwire_src/ingest.c``): ``group_rows`` (the grouping, :func:`_group_rows_py`), ``new_traces``
-(each new trace's batch blob, payload bytes and, for ``snapshots``, the :class:`SpanSnapshot`
-bytes while the payloads are still in the CPU cache) and ``bookkeeping`` (:func:`_bookkeeping_py`
-of a new trace). Each returns None for anything unusual and the Python reference then runs (and
+(each new trace's batch blob and payload bytes; it can also build the :class:`SpanSnapshot`
+bytes, which the writer leaves to the assembler, see there) and ``bookkeeping``
+(:func:`_bookkeeping_py` of a new trace). Each returns None for anything unusual and the Python reference then runs (and
 raises where a row is bad); ``tests/store/test_store_ingest_native.py`` checks them against it,
 down to the bytes and rows of a whole store. Measured on ``bench/collector_steps.py``'s requests
 (512 spans in 32 traces; docs/benchmarks.md, "Durable write and snapshot"): the durable write
-alone 3.37 -> 2.74 CPU µs per span, with the snapshot 4.16 -> 3.53. What is left is mostly the
+3.09 -> 2.54 CPU µs per span; the whole collector 8.91 -> 8.30. What is left is mostly the
 kernel's ``writev``/``fdatasync``, the BLAKE3 digests and SQLite's rows and commit.
 """
 
@@ -145,8 +145,9 @@ def store_rows(
     upserts: list[tuple[object, ...]] = []
     touched: list[str] = []
     new = by_trace if not known else {tid: trace_rows for tid, trace_rows in by_trace.items() if tid not in known}
-    # the new traces' blobs and snapshot sizes at once, in C (None: the Python reference)
-    made = _native_new(new, fresh_out is not None) if _native_new is not None and new else None
+    # the new traces' blobs and snapshot sizes at once, in C (None: the Python reference). Its
+    # snapshot bytes are not asked for: see SpanSnapshot (the assembler builds them, cheaper)
+    made = _native_new(new, False) if _native_new is not None and new else None
     if made is not None and not known:  # the hot path: every trace of the request is new
         blobs, sizes, datas = made
         touched = list(new)
@@ -378,14 +379,14 @@ def _recomputed(tid: str, rows: list[SpanRow], now: int) -> tuple[object, ...]:
 
 
 class SpanSnapshot:
-    """The spans of one trace as just stored, as :meth:`TraceStore.spans_for_bytes`'s bytes
-    (:meth:`data`). ``store_rows`` builds those bytes in C right after encoding the trace's batch,
-    while its payloads are still in the CPU cache (``data``), and the rows are then not kept.
-    Measured: where every snapshot stays alive (``bench/collector_steps.py``) the writer pays what
-    ``data()`` cost later (~0.8 CPU µs per span, mostly fresh heap pages); in the collector, where
-    the assembler takes them soon, 8.79 against 8.91 CPU µs per span end to end (median of 8
-    interleaved runs), and the rows go at once. Without the C extension (or where it declines)
-    the rows are kept and turned into bytes only when asked."""
+    """The spans of one trace as just stored, turned into :meth:`TraceStore.spans_for_bytes`'s
+    bytes only when asked (:meth:`data`), so the writer that produced it pays nothing for it.
+
+    ``data`` (bytes already built) is accepted: ``_cwire``'s ``new_traces`` can build them right
+    after encoding the trace's batch, while the payloads are in the CPU cache. The writer does not
+    ask for that: in the collector (one core, 160 requests of 512 spans, 8 interleaved runs, twice)
+    it cost 8.55 and 8.67 CPU µs per span end to end against 8.30 and 8.42 with the bytes built
+    by the assembler, although the step script (every snapshot kept alive) showed the two equal."""
 
     __slots__ = ("_rows", "_data", "nbytes")
 
