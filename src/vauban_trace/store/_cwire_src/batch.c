@@ -273,6 +273,9 @@ PyObject *cw_decode_batch(PyObject *self, PyObject *args) {
         size_t inner = spn + field_n + ssn;
         PyObject *row = tp->tp_alloc(tp, 9);
         if (!row) BAD();
+#if PY_VERSION_HEX >= 0x030E0000
+        ((PyTupleObject *)row)->ob_hash = -1; /* 3.14 tuples cache their hash; tp_alloc zeroed it */
+#endif
         PyList_SET_ITEM(rows, i, row); /* the list owns it from here: a failure below frees it */
         PyObject *payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(rpn + 1 + vlen(inner) + inner + rsn));
         PyObject *items[9] = {tid, hex8(id), parent ? hex8(parent) : Py_None,
