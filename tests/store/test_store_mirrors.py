@@ -174,6 +174,11 @@ def test_put_documents_checks_every_trace_id_as_check_trace_id_does(tmp_path: Pa
         with pytest.raises(TraceStoreError, match=match):
             ts.put_documents([(_doc(_trace(TRACE_B)), None), (_doc(_trace(TRACE_A), tid=bad), None)])  # type: ignore[arg-type]
     assert ts.get_trace(TRACE_A) == _trace(TRACE_A) and ts.trace_count() == 2
+    # an id holding a newline between two id-like halves (the batched check joins ids by newlines)
+    for bad in (f"{TRACE_A}\n{TRACE_B}", f"{TRACE_A}\n{TRACE_B}\n{TRACE_A}"):
+        with pytest.raises(TraceStoreError, match="characters; a trace id is 32 hex digits"):
+            ts.put_documents([(_doc(_trace(TRACE_B)), None), (_doc(_trace(TRACE_A), tid=bad), None)])
+    assert ts.trace_count() == 2
     assert ts.put_documents([]) == 0 and ts.put_documents(iter([(_doc(_trace(TRACE_B)), None)])) == 1
     ts.close()
 

@@ -66,13 +66,16 @@ _ZERO_ID = "0" * 32 + "\n"
 def _trace_ids(docs: list[TraceDocumentLike]) -> list[str]:
     """The canonical trace id of each document (:func:`check_trace_id`, which raises for a bad
     one). Ids already canonical, as the rebuild makes them, are checked all at once: one match
-    over the ids joined by newlines, which can only match at each id's place."""
+    over the ids joined by newlines, which can only match at each id's place (33 characters per id,
+    so no id holds a newline)."""
     ids = [doc.trace_id for doc in docs]
     try:
         joined = "\n".join(ids) + "\n"
     except TypeError:  # not all text: the check below names the culprit
         joined = ""
-    if joined and _CANONICAL_IDS.fullmatch(joined) is not None and _ZERO_ID not in joined:
+    # the length check: an id holding a newline would match as two lines, one line too many
+    if (joined and len(joined) == 33 * len(ids) and _CANONICAL_IDS.fullmatch(joined) is not None
+            and _ZERO_ID not in joined):
         return ids
     return [check_trace_id(tid, where="put_trace: trace.id") for tid in ids]
 
