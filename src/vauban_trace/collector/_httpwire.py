@@ -41,13 +41,17 @@ POOL_SIZE = 4
 
 def version_number(version: str) -> tuple[int, int] | None:
     """``HTTP/1.0`` -> (1, 0); None where the stdlib parser answers 400 (not ``HTTP/<d>.<d>``,
-    a part that is not digits or longer than 10 digits)."""
+    a part that is not digits or longer than 10 digits, or digits ``int`` refuses, such as the
+    superscripts ``str.isdigit`` accepts)."""
     if not version.startswith("HTTP/"):
         return None
     parts = version.split("/", 1)[1].split(".")
     if len(parts) != 2 or any(not p.isdigit() or len(p) > 10 for p in parts):
         return None
-    return int(parts[0]), int(parts[1])
+    try:
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
 
 
 def parse_fields(lines: list[bytes]) -> dict[str, str]:
