@@ -186,6 +186,41 @@ def test_idle_and_stalled_connections_are_closed_after_the_socket_timeout(make_c
                      shut=False).startswith(b"HTTP/1.1 200 ")
 
 
+def test_a_request_after_close_is_refused_and_signals_no_freed_descriptor(tmp_path):
+    """A request still decoding when the collector stops (its drain timed out) reaches the writer
+    after close(): it gets StoreUnavailable at once, instead of waiting forever for a writer that
+    is gone, and writes nothing to the wake-up descriptor close() freed (which a file opened
+    meanwhile may have been given)."""
+    import pytest
+
+    from vauban_trace.collector import StoreUnavailable
+
+    ingestor = Ingestor(_SlowStore(), CollectorMetrics())  # type: ignore[arg-type]
+    ingestor.ingest(vauban_request(1, salt=450)[0], "http")  # one descriptor in the wait pool too
+    ingestor.close()
+    victim = tmp_path / "opened-after-close"
+    outcome: list[BaseException | object] = []
+
+    def late() -> None:
+        try:
+            outcome.append(ingestor.ingest(vauban_request(1, salt=451)[0], "http"))
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome.append(exc)
+
+    with open(victim, "wb") as f:  # the lowest free descriptors: those close() released
+        f.write(b"kept")
+        f.flush()
+        t = threading.Thread(target=late, daemon=True)
+        t.start()
+        t.join(5)
+        assert not t.is_alive(), "the request waits for a writer that is gone"
+    assert victim.read_bytes() == b"kept"
+    assert len(outcome) == 1 and isinstance(outcome[0], StoreUnavailable), outcome
+    with pytest.raises(StoreUnavailable, match="shutting down"):
+        ingestor.ingest(vauban_request(1, salt=452)[0], "grpc")
+    ingestor.close()  # twice: returns
+
+
 class _FlakyStore(_SlowStore):
     """Fails every other write."""
 

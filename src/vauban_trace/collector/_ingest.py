@@ -126,6 +126,7 @@ class Outcome:
 
 
 _EVENTFD = hasattr(os, "eventfd")
+_CLOSED = "the collector is shutting down: the spans were not stored (retry)"
 
 
 class _Job:
@@ -212,17 +213,28 @@ class Ingestor:
         self._pending: deque[_Job | None] = deque()  # appended by receivers, popped by the writer
         self._wakeup = _Wakeup()
         self._fds: list[int] = []  # idle eventfds for the receivers' waits (one per request in flight)
+        # guards _closed, _fds and the hand-off (append + wake-up): no job is queued after close()'s
+        # end marker, and no descriptor is signalled or pooled once close() has closed them
+        self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._write_loop, name="vauban-store-writer", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        """Stop the writer thread after the queued writes (call once no request is in flight)."""
-        self._pending.append(None)
-        self._wakeup.set()
+        """Stop the writer thread after the queued writes. A request reaching :meth:`ingest`
+        later (one still in flight when a drain timed out) gets :class:`StoreUnavailable`."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._pending.append(None)
+            self._wakeup.set()
         self._thread.join()
-        self._wakeup.close()
-        while self._fds:
-            os.close(self._fds.pop())
+        with self._lock:
+            self._wakeup.close()
+            fds, self._fds = self._fds, []
+        for fd in fds:
+            os.close(fd)
 
     def ingest(self, request: ExportTraceServiceRequest | CutRequest, transport: str) -> Outcome:
         """Store the valid spans of ``request`` (see :func:`read_protobuf`); spans with malformed
@@ -248,17 +260,27 @@ class Ingestor:
     def _store_job(self, job: _Job, rejected: int, message: str) -> Outcome:
         """Queue ``job`` for the writer and wait until its transaction committed."""
         if _EVENTFD:
-            fds = self._fds
-            fd = job.done = fds.pop() if fds else os.eventfd(0, os.EFD_CLOEXEC)
-            self._pending.append(job)
-            self._wakeup.set()
-            os.eventfd_read(fd)
-            fds.append(fd)  # read back to 0: reusable (an interrupted wait leaves it out for good)
+            with self._lock:
+                if self._closed:
+                    raise StoreUnavailable(_CLOSED)
+                fds = self._fds
+                fd = job.done = fds.pop() if fds else os.eventfd(0, os.EFD_CLOEXEC)
+                self._pending.append(job)
+                self._wakeup.set()
+            os.eventfd_read(fd)  # the writer signals it once, after every job queued before close()
+            with self._lock:  # read back to 0: reusable (an interrupted wait leaves it out for good)
+                if self._closed:
+                    os.close(fd)
+                else:
+                    self._fds.append(fd)
         else:  # pragma: no cover - platforms without eventfd
             lock = job.done = _allocate_lock()
             lock.acquire()
-            self._pending.append(job)
-            self._wakeup.set()
+            with self._lock:
+                if self._closed:
+                    raise StoreUnavailable(_CLOSED)
+                self._pending.append(job)
+                self._wakeup.set()
             lock.acquire()
         if job.error is not None:
             raise StoreUnavailable(f"the trace store could not write the spans: {job.error}") from job.error
