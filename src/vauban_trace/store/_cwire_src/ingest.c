@@ -64,17 +64,26 @@ PyObject *cw_group_rows(PyObject *self, PyObject *rows) {
     size_t cap = 16;
     while (cap < (size_t)n * 2) cap <<= 1;
     Slot *slots = PyMem_Malloc(sizeof(Slot) * cap);
-    PyObject *groups = PyDict_New();
-    if (!slots || !groups) {
+    /* a reference to every row, taken before the first tracked allocation (the dict, the group
+     * lists): a collection there can run a finalizer that changes ``rows``, and the slots
+     * borrow the rows' span ids */
+    PyObject **held = PyMem_Malloc(sizeof(PyObject *) * (size_t)(n ? n : 1));
+    if (!slots || !held) {
         PyMem_Free(slots);
-        Py_XDECREF(groups);
+        PyMem_Free(held);
         return PyErr_NoMemory();
     }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        held[i] = PyList_GET_ITEM(rows, i);
+        Py_INCREF(held[i]);
+    }
+    PyObject *groups = PyDict_New();
+    if (!groups) goto fail;
     for (size_t k = 0; k < cap; k++) slots[k].pos = -1;
     Py_ssize_t superseded = 0, duplicates = 0;
     PyObject *last_tid = NULL, *group = NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *row = PyList_GET_ITEM(rows, i);
+        PyObject *row = held[i];
         PyObject *tid = PyTuple_GET_ITEM(row, 0), *sid = PyTuple_GET_ITEM(row, R_SPAN_ID);
         if (tid != last_tid) { /* the rows of a trace mostly come together */
             group = PyDict_GetItemWithError(groups, tid);
@@ -115,10 +124,14 @@ PyObject *cw_group_rows(PyObject *self, PyObject *rows) {
         }
     }
     PyMem_Free(slots);
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(held[i]);
+    PyMem_Free(held);
     return Py_BuildValue("(Nnn)", groups, superseded, duplicates);
 fail:
     PyMem_Free(slots);
-    Py_DECREF(groups);
+    for (Py_ssize_t i = 0; i < n; i++) Py_DECREF(held[i]);
+    PyMem_Free(held);
+    Py_XDECREF(groups);
     return NULL;
 }
 
@@ -159,10 +172,15 @@ static PyObject *bookkeeping(PyObject *tid, PyObject *group, PyObject *now) {
         if (service == Py_None) service = svc;
     }
     if (root && PyTuple_GET_ITEM(root, R_SERVICE) != Py_None) service = PyTuple_GET_ITEM(root, R_SERVICE);
-    PyObject *none = Py_None;
-    return Py_BuildValue("(OOOOOOOniOO)", tid, service, root ? PyTuple_GET_ITEM(root, R_SPAN_ID) : none,
-                         root ? PyTuple_GET_ITEM(root, R_NAME) : none, root ? PyTuple_GET_ITEM(root, R_START) : none,
-                         lo_obj ? lo_obj : none, hi_obj ? hi_obj : none, n, root != NULL, now, now);
+    /* own the items before Py_BuildValue allocates the tuple: a collection there can run a
+     * finalizer that drops the rows they are borrowed from */
+    PyObject *own[6] = {service, root ? PyTuple_GET_ITEM(root, R_SPAN_ID) : Py_None,
+                        root ? PyTuple_GET_ITEM(root, R_NAME) : Py_None,
+                        root ? PyTuple_GET_ITEM(root, R_START) : Py_None, lo_obj ? lo_obj : Py_None,
+                        hi_obj ? hi_obj : Py_None};
+    for (int k = 0; k < 6; k++) Py_INCREF(own[k]);
+    return Py_BuildValue("(ONNNNNNniOO)", tid, own[0], own[1], own[2], own[3], own[4], own[5], n, root != NULL,
+                         now, now);
 }
 
 PyObject *cw_bookkeeping(PyObject *self, PyObject *args) {
