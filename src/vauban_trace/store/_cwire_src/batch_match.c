@@ -19,6 +19,10 @@ PyObject *cw_match_batch(PyObject *self, PyObject *args) {
     PyObject *tid, *blob, *incoming;
     if (!PyArg_ParseTuple(args, "OOO", &tid, &blob, &incoming)) return NULL;
     if (!PyUnicode_CheckExact(tid) || !PyBytes_CheckExact(blob) || !PyDict_CheckExact(incoming)) Py_RETURN_NONE;
+    /* the result dict first: a collection at this tracked allocation can run a finalizer that
+     * changes ``incoming``, whose keys and payloads are borrowed below (none allocated after) */
+    PyObject *found = PyDict_New();
+    if (!found) return NULL;
     Py_ssize_t k = PyDict_GET_SIZE(incoming), cap = 8;
     while (cap < 2 * k) cap *= 2;
     uint64_t *keys = PyMem_Malloc(sizeof(uint64_t) * (size_t)cap);
@@ -106,17 +110,14 @@ PyObject *cw_match_batch(PyObject *self, PyObject *args) {
         res[slot[s]] = (signed char)eq;
     }
     if (p != end) BAD();
-    PyObject *found = PyDict_New();
-    if (!found) goto end;
     for (Py_ssize_t i = 0; i < j; i++) {
-        if (res[i] >= 0 && PyDict_SetItem(found, ids[i], res[i] ? Py_True : Py_False) < 0) {
-            Py_DECREF(found);
-            goto end;
-        }
+        if (res[i] >= 0 && PyDict_SetItem(found, ids[i], res[i] ? Py_True : Py_False) < 0) goto end;
     }
     out = Py_BuildValue("(KN)", (unsigned long long)n_span, found);
+    found = NULL; /* given to out (or freed by Py_BuildValue's failure) */
 done:
 end:
+    Py_XDECREF(found);
     PyMem_Free(keys);
     PyMem_Free(slot);
     PyMem_Free(ids);
