@@ -85,6 +85,25 @@ def test_request_line_and_keep_alive_rules(make_collector):
     assert span_count(req) == sum(len(c.store.spans_for(t).resource_spans[0].scope_spans[0].spans) for t in tids)
 
 
+def test_content_length_is_digits_and_one_length(make_collector):
+    """RFC 9110 8.6 / RFC 9112 6.3: a Content-Length that is not 1*DIGIT, or several that differ,
+    is a 400 and the connection closes (behind a proxy a lenient reading lets requests be smuggled);
+    the same length repeated is one length."""
+    c = make_collector(grpc=None)
+    req, _ = vauban_request(1, salt=63)
+    data = req.SerializeToString()
+    n = len(data)
+    for lengths in ([f"+{n}"], [f"{n // 10}_{n % 10}"], ["1\u00b2"], [str(n), str(n + 1)], [str(n), f" {n - 1}"]):
+        head = f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\n" + "".join(
+            f"Content-Length: {v}\r\n" for v in lengths) + "\r\n"
+        reply = _exchange(c.http_address, head.encode("latin-1") + data)
+        assert reply.startswith(b"HTTP/1.1 400 "), (lengths, reply[:80])
+        assert b"Content-Length" in reply
+    head = f"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: {PB}\r\nContent-Length: {n}\r\n" \
+           f"Content-Length: {n}\r\nConnection: close\r\n\r\n"
+    assert _exchange(c.http_address, head.encode() + data).startswith(b"HTTP/1.1 200 ")
+
+
 def test_expect_100_continue_and_first_field_wins(make_collector):
     c = make_collector(grpc=None)
     req, _ = vauban_request(1, salt=62)

@@ -263,7 +263,13 @@ class _Handler(BaseHTTPRequestHandler):
                 return None
             if line in HEAD_ENDS:
                 break
-        return parse_fields(lines)
+        fields = parse_fields(lines)
+        if "content-length" in fields and len(lines) > 2:
+            lengths = {line.split(b":", 1)[1].strip() for line in lines[:-1]
+                       if line[:15].lower() == b"content-length:"}
+            if len(lengths) > 1:  # RFC 9112 6.3: differing lengths make the framing unknowable
+                fields["content-length"] = ", ".join(sorted(v.decode("iso-8859-1") for v in lengths))
+        return fields
 
     # -- replies --------------------------------------------------------------------------
     def _reply(self, status: int, media: str, body: bytes, *, close: bool = False,
@@ -304,10 +310,9 @@ class _Handler(BaseHTTPRequestHandler):
         raw = fields.get("content-length")
         if raw is None:
             return 0
-        try:
-            length = int(raw.strip())
-        except ValueError:
-            length = -1
+        digits = raw.strip()
+        # 1*DIGIT only (RFC 9110 8.6): int() would also take "+10", "1_0" or non-ASCII digits
+        length = int(digits) if digits.isascii() and digits.isdigit() else -1
         if length < 0:
             raise _Refusal(400, _INVALID_ARGUMENT, f"invalid Content-Length {raw!r}", field="Content-Length",
                            close=True)
