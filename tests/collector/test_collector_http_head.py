@@ -9,6 +9,7 @@ import threading
 import time
 from http.client import _read_headers, parse_headers  # type: ignore[attr-defined]
 
+import pytest
 from collector_helpers import span_count, vauban_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -271,3 +272,27 @@ def test_a_failed_write_is_reported_and_the_next_one_succeeds():
     finally:
         ingestor.close()
     assert metrics.spans_rejected.labels("store_error")._value.get() == 2 * span_count(vauban_request(1)[0])
+
+
+def test_out_of_descriptors_is_a_503_to_retry_not_a_hang_up(make_collector, monkeypatch):
+    """With no descriptor left for the receiver's wait (EMFILE), the client gets a 503 with
+    Retry-After (it retries later) instead of a closed connection; then the next request works."""
+    import errno
+
+    from vauban_trace.collector import _ingest
+
+    if not _ingest._EVENTFD:
+        pytest.skip("eventfd only (Linux)")
+    c = make_collector(grpc=None)
+    req, _ = vauban_request(1, salt=64)
+    data = req.SerializeToString()
+
+    def no_fd(*_args):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(_ingest.os, "eventfd", no_fd)
+    reply = _exchange(c.http_address, _head(data, extra="Connection: close\r\n"))
+    assert reply.startswith(b"HTTP/1.1 503 "), reply[:80]
+    assert b"Retry-After:" in reply
+    monkeypatch.undo()
+    assert _exchange(c.http_address, _head(data, extra="Connection: close\r\n")).startswith(b"HTTP/1.1 200 ")

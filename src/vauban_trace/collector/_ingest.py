@@ -264,7 +264,10 @@ class Ingestor:
                 if self._closed:
                     raise StoreUnavailable(_CLOSED)
                 fds = self._fds
-                fd = job.done = fds.pop() if fds else os.eventfd(0, os.EFD_CLOEXEC)
+                try:
+                    fd = job.done = fds.pop() if fds else os.eventfd(0, os.EFD_CLOEXEC)
+                except OSError as exc:  # EMFILE / ENFILE: the client gets a 503 to retry, not a hang-up
+                    raise StoreUnavailable(f"cannot wait for the write: {exc}") from exc
                 self._pending.append(job)
                 self._wakeup.set()
             os.eventfd_read(fd)  # the writer signals it once, after every job queued before close()
