@@ -101,7 +101,7 @@ from vauban_trace.store._segments import (
     unlink_segment,
 )
 from vauban_trace.store._split import CutRequest, split_rows
-from vauban_trace.store._sql import connect, initialise
+from vauban_trace.store._sql import connect, initialise, pending_query
 
 _log = logging.getLogger("vauban_trace.store")
 #: every open store object of this process: a forked child gets fresh locks for each (below)
@@ -444,22 +444,11 @@ class TraceStore(RebuiltTraces, StoreMaintenance):
         index instead of a listing of everything pending (which, under a long quiet period,
         holds many traces not due yet).
         """
-        sql = (
-            "SELECT trace_id, version, rebuilt_version, raw_span_count, has_root, service, root_name, "
-            "first_received_unix_nano, last_received_unix_nano FROM traces "
-            "WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version)"
+        sql, params = pending_query(
+            "trace_id, version, rebuilt_version, raw_span_count, has_root, service, root_name, "
+            "first_received_unix_nano, last_received_unix_nano",
+            limit=limit, received_by=received_by, rootless_received_by=rootless_received_by,
         )
-        params: tuple[object, ...] = ()
-        if received_by is not None:
-            sql += " AND last_received_unix_nano <= ?"
-            params += (int(received_by),)
-        if rootless_received_by is not None:
-            sql += " AND (has_root OR last_received_unix_nano <= ?)"
-            params += (int(rootless_received_by),)
-        sql += " ORDER BY last_received_unix_nano"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params += (int(limit),)
         return [
             PendingTrace(
                 trace_id=str(r[0]), version=int(r[1]), rebuilt_version=None if r[2] is None else int(r[2]),

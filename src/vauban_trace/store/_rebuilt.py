@@ -52,6 +52,7 @@ from vauban_trace.store._segments import (
     read_document,
     unlink_segment,
 )
+from vauban_trace.store._sql import pending_query
 
 _log = logging.getLogger("vauban_trace.store")
 #: :func:`_remove_mirrors` lists ``traces/`` up to this many entries (plus two per trace put) before
@@ -368,21 +369,8 @@ class RebuiltTraces:
         """``(trace id, version)`` of each trace :meth:`TraceStore.pending_traces` lists with the
         same arguments, in the same order, without making a :class:`PendingTrace` of each (the
         collector's assembler needs no more: a record costs more than the query's row)."""
-        sql = (
-            "SELECT trace_id, version FROM traces "
-            "WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version)"
-        )  # the condition of pending_traces and of the traces_pending index (_sql)
-        params: tuple[object, ...] = ()
-        if received_by is not None:
-            sql += " AND last_received_unix_nano <= ?"
-            params += (int(received_by),)
-        if rootless_received_by is not None:
-            sql += " AND (has_root OR last_received_unix_nano <= ?)"
-            params += (int(rootless_received_by),)
-        sql += " ORDER BY last_received_unix_nano"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params += (int(limit),)
+        sql, params = pending_query("trace_id, version", limit=limit, received_by=received_by,
+                                    rootless_received_by=rootless_received_by)
         return cast("list[tuple[str, int]]", self._read(sql, params))  # rows of (TEXT PRIMARY KEY, INTEGER NOT NULL)
 
     def trace_count(self) -> int:

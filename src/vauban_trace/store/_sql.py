@@ -230,4 +230,25 @@ def initialise(conn: sqlite3.Connection, path: Path) -> None:
         raise TraceStoreError(f"trace database {str(path)!r} is unusable: {exc}") from exc
 
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "connect", "initialise"]
+def pending_query(columns: str, *, limit: int | None, received_by: int | None,
+                  rootless_received_by: int | None) -> tuple[str, tuple[object, ...]]:
+    """The SELECT of ``columns`` over the traces whose raw spans changed after their last
+    rebuild, oldest activity first (the condition of the ``traces_pending`` index), with the
+    filters of :meth:`TraceStore.pending_traces`; returns (sql, params)."""
+    sql = (f"SELECT {columns} FROM traces "
+           "WHERE version > 0 AND (rebuilt_version IS NULL OR rebuilt_version < version)")
+    params: tuple[object, ...] = ()
+    if received_by is not None:
+        sql += " AND last_received_unix_nano <= ?"
+        params += (int(received_by),)
+    if rootless_received_by is not None:
+        sql += " AND (has_root OR last_received_unix_nano <= ?)"
+        params += (int(rootless_received_by),)
+    sql += " ORDER BY last_received_unix_nano"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params += (int(limit),)
+    return sql, params
+
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "connect", "initialise", "pending_query"]
