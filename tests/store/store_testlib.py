@@ -1,10 +1,14 @@
-"""Builders of OTLP requests for the trace store tests."""
+"""Builders of OTLP requests and of stored documents for the trace store tests."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from vauban_trace.contract import Trace, TraceSpan
 
 TRACE_A = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACE_B = "0af7651916cd43dd8448eb211c80319c"
@@ -90,3 +94,29 @@ def rewrite_batch(ts: object, trace_id: str, blob: bytes) -> None:
         conn.execute("UPDATE span_segments SET bytes = ? WHERE id = ?", (off + len(blob), seg))
         conn.execute("UPDATE span_segments SET live_bytes = (SELECT SUM(len) FROM span_batches WHERE seg = ?) "
                      "WHERE id = ?", (seg, seg))
+
+
+@dataclass(frozen=True)
+class Doc:
+    """What ``TraceStore.put_documents`` reads of a ``TraceDocument``."""
+
+    trace_id: str
+    json: str
+    complete: bool
+    service: str | None
+    root_name: str | None
+    start_unix_nano: int
+    end_unix_nano: int
+    span_count: int
+
+
+def doc_trace(tid: str, note: int | None = None) -> Trace:
+    """A one-span rebuilt trace (root 10 ns -> 2 s later, service ``svc``); ``note`` goes into
+    its metadata, so that two texts of one trace differ."""
+    return Trace(id=tid, spans=(TraceSpan(id=ROOT, name="root", start_unix_nano=10, end_unix_nano=2_000_000_010),),
+                 resource={"service.name": "svc"}, metadata={} if note is None else {"note": note})
+
+
+def doc_of(trace: Trace, tid: str | None = None) -> Doc:
+    """The document of :func:`doc_trace`'s trace (under id ``tid`` if given)."""
+    return Doc(trace.id if tid is None else tid, trace.to_json(), trace.complete, "svc", "root", 10, 2_000_000_010, 1)

@@ -2,49 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from store_testlib import CHILD, ROOT, TRACE_A, TRACE_B, make_request, make_span
+from store_testlib import CHILD, ROOT, TRACE_A, TRACE_B, Doc, doc_of, doc_trace, make_request, make_span
 
-from vauban_trace.contract import Trace, TraceSpan
+from vauban_trace.contract import Trace
 from vauban_trace.store import TraceStore, TraceStoreError
 from vauban_trace.store._ingest import extract_rows
 
 
-@dataclass(frozen=True)
-class _Doc:
-    trace_id: str
-    json: str
-    complete: bool
-    service: str | None
-    root_name: str | None
-    start_unix_nano: int
-    end_unix_nano: int
-    span_count: int
-
-
-def _trace(tid: str) -> Trace:
-    return Trace(id=tid, spans=(TraceSpan(id=ROOT, name="root", start_unix_nano=10, end_unix_nano=2_000_000_010),),
-                 resource={"service.name": "svc"})
-
-
-def _doc(trace: Trace) -> _Doc:
-    return _Doc(trace.id, trace.to_json(), trace.complete, "svc", "root", 10, 2_000_000_010, 1)
-
-
 def test_put_documents_stores_the_text_and_the_index(tmp_path: Path) -> None:
     ts = TraceStore(tmp_path)
-    trace = _trace(TRACE_A)
-    assert ts.put_documents([(_doc(trace), None)]) == 1
+    trace = doc_trace(TRACE_A)
+    assert ts.put_documents([(doc_of(trace), None)]) == 1
     assert ts.trace_json_path(TRACE_A).read_text() == trace.to_json()
     assert ts.get_trace(TRACE_A) == trace
     [summary] = ts.list_traces()
     assert (summary.trace_id, summary.service, summary.root_name, summary.duration_s, summary.span_count) == (
         TRACE_A, "svc", "root", 2.0, 1)
     with pytest.raises(TraceStoreError, match="trace.id"):
-        ts.put_documents([(_Doc("nope", "{}", True, None, None, 0, 0, 0), None)])
+        ts.put_documents([(Doc("nope", "{}", True, None, None, 0, 0, 0), None)])
 
 
 def test_put_documents_without_waiting_for_the_disk(tmp_path: Path) -> None:
@@ -54,12 +32,12 @@ def test_put_documents_without_waiting_for_the_disk(tmp_path: Path) -> None:
     ts = TraceStore(tmp_path, trace_files="on_read")
     ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
     (pending,) = ts.pending_traces()
-    trace = _trace(TRACE_A)
-    assert ts.put_documents([(_doc(trace), pending.version)], durable=False) == 1
+    trace = doc_trace(TRACE_A)
+    assert ts.put_documents([(doc_of(trace), pending.version)], durable=False) == 1
     assert ts._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     with TraceStore(tmp_path) as other:
         assert other.get_trace(TRACE_A) == trace and other.pending_traces() == []
-    unbindable = _Doc(TRACE_B, object(), True, None, None, 0, 0, 0)  # type: ignore[arg-type]
+    unbindable = Doc(TRACE_B, object(), True, None, None, 0, 0, 0)  # type: ignore[arg-type]
     with pytest.raises(TraceStoreError, match="put_trace"):  # fails inside the transaction
         ts.put_documents([(unbindable, None)], durable=False)
     assert ts._conn().execute("PRAGMA synchronous").fetchone()[0] == 2
@@ -77,22 +55,22 @@ def test_store_sql_raises_no_deprecation_warning(tmp_path: Path) -> None:
         ts.add_spans(make_request(make_span(TRACE_A, ROOT, "root")))
         ts.add_spans(make_request(make_span(TRACE_A, CHILD, "late", parent=ROOT)))
         (pending,) = ts.pending_traces()
-        ts.put_documents([(_doc(_trace(TRACE_A)), pending.version)])
-        ts.put_documents([(_doc(_trace(TRACE_A)), None), (_doc(_trace(TRACE_B)), None)], durable=False)
-        assert ts.get_trace(TRACE_B) == _trace(TRACE_B)
+        ts.put_documents([(doc_of(doc_trace(TRACE_A)), pending.version)])
+        ts.put_documents([(doc_of(doc_trace(TRACE_A)), None), (doc_of(doc_trace(TRACE_B)), None)], durable=False)
+        assert ts.get_trace(TRACE_B) == doc_trace(TRACE_B)
         assert ts.spans_for_bytes(TRACE_A) and ts.list_traces() and ts.pending_traces() == []
         ts.close()
 
 
 def test_on_read_files_are_written_when_asked_and_never_stale(tmp_path: Path) -> None:
     ts = TraceStore(tmp_path, trace_files="on_read")
-    first = _trace(TRACE_A)
+    first = doc_trace(TRACE_A)
     ts.put_traces([(first, None)])
     path = ts.trace_json_path(TRACE_A)
     assert not path.exists()  # not written by the put
     assert ts.trace_json_file(TRACE_A) == path and Trace.from_json(path.read_text()) == first
     second = Trace(id=TRACE_A, spans=first.spans, resource={"service.name": "svc"}, metadata={"v": 2})
-    ts.put_documents([(_doc(second), None)])
+    ts.put_documents([(doc_of(second), None)])
     assert not path.exists()  # the stale mirror is gone at once
     assert Trace.from_json(ts.trace_json_file(TRACE_A).read_text()) == second  # type: ignore[union-attr]
     assert ts.trace_json_file(TRACE_B) is None  # never rebuilt
