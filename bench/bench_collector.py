@@ -28,6 +28,7 @@ import argparse
 import http.client
 import os
 import platform
+import signal
 import socket
 import sqlite3
 import statistics
@@ -82,12 +83,13 @@ def _free_port() -> int:
 
 def end_to_end(payloads: list[bytes], warmup: list[bytes], core: int, store: Path,
                *, assemble: bool = True, code: Path | None = None, native: bool = True,
-               args: tuple[str, ...] = ()) -> dict[str, float]:
+               args: tuple[str, ...] = (), perf: str | None = None) -> dict[str, float]:
     """Post ``payloads`` to a collector subprocess pinned to ``core``; with ``assemble`` False the
     quiet period is an hour, so only the durable ingest is measured. ``code``: run the collector
     of that source tree (``<code>/src``) instead of this one (the ``--baseline`` comparison);
     ``native`` False: with ``VAUBAN_TRACE_NO_NATIVE=1`` (the pure-Python rebuild and split);
-    ``args``: more collector flags."""
+    ``args``: more collector flags; ``perf``: ``perf record -g`` the collector into that file
+    while the timed payloads go through (bench/collector_probe.py)."""
     port = _free_port()
     cmd = [sys.executable, "-c", "from vauban_trace.cli import main; raise SystemExit(main())", "collector",
            "--store", str(store), "--http", f"127.0.0.1:{port}", "--grpc", "off", "--metrics", "off",
@@ -128,6 +130,11 @@ def end_to_end(payloads: list[bytes], warmup: list[bytes], core: int, store: Pat
         send(warmup)
         if assemble:
             wait_rebuilt(len(warmup) * TRACES_PER_BATCH)
+        recorder = None
+        if perf is not None:
+            recorder = subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-o", perf, "-p", str(proc.pid)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)  # perf attaches
         cpu0, wchar0 = _proc_cpu(proc.pid), _proc_wchar(proc.pid)
         t0 = time.perf_counter()
         send(payloads)
@@ -137,6 +144,9 @@ def end_to_end(payloads: list[bytes], warmup: list[bytes], core: int, store: Pat
         t_total = time.perf_counter() - t0
         cpu = _proc_cpu(proc.pid) - cpu0
         wchar = _proc_wchar(proc.pid) - wchar0
+        if recorder is not None:
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait()
         conn.close()
         reader.close()
     finally:

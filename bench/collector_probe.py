@@ -12,7 +12,7 @@ old one, with its own C extensions built in place) and compare medians:
   settings ``vauban-trace collector`` makes first.
 - ``e2e``: ``vauban-trace collector`` in a subprocess pinned to core 0 (quiet period 0 s), fed
   ``--requests`` OTLP/HTTP protobuf requests of 512 spans over one connection after 4 warm-up
-  ones; the clock stops when every trace is rebuilt. Prints the wall rate, the rate per collector
+  ones; the clock stops when every trace is rebuilt (``bench_collector.end_to_end``). Prints the wall rate, the rate per collector
   CPU-second and CPU µs per span. ``--perf FILE`` records the collector with ``perf record -g``
   meanwhile.
 
@@ -23,15 +23,11 @@ with its documented figures is ``bench/bench_collector.py``.
 from __future__ import annotations
 
 import argparse
-import http.client
-import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench_collector import _free_port, _pin, _proc_cpu
+from bench_collector import end_to_end
 from collector_payloads import SPANS_PER_TRACE, TRACES_PER_BATCH, make_batch
 
 SPANS_PER_REQUEST = TRACES_PER_BATCH * SPANS_PER_TRACE
@@ -83,55 +79,8 @@ def e2e(requests: int, perf: str | None) -> tuple[float, float]:
     payloads = [make_batch(1000 + i) for i in range(requests)]
     warm = [make_batch(9000 + i) for i in range(4)]
     with tempfile.TemporaryDirectory(prefix="vauban-probe-") as tmp:
-        store = Path(tmp) / "store"
-        port = _free_port()
-        cmd = [sys.executable, "-c", "from vauban_trace.cli import main; raise SystemExit(main())", "collector",
-               "--store", str(store), "--http", f"127.0.0.1:{port}", "--grpc", "off", "--metrics", "off",
-               "--quiet-period", "0s"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                preexec_fn=lambda: _pin(0))
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if " store " in line:
-                    break
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            reader = sqlite3.connect(f"file:{store / 'traces.sqlite'}?mode=ro", uri=True, timeout=30)
-
-            def send(bodies: list[bytes]) -> None:
-                for body in bodies:
-                    conn.request("POST", "/v1/traces", body=body, headers={"Content-Type": "application/x-protobuf"})
-                    resp = conn.getresponse()
-                    resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"collector answered {resp.status}")
-
-            def wait(traces: int) -> None:
-                sql = "SELECT COUNT(*) FROM traces WHERE rebuilt_at_unix_nano IS NOT NULL"
-                while reader.execute(sql).fetchone()[0] < traces:
-                    time.sleep(0.002)
-
-            send(warm)
-            wait(len(warm) * TRACES_PER_BATCH)
-            recorder = None
-            if perf:
-                recorder = subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-o", perf, "-p", str(proc.pid)],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1)
-            cpu0, t0 = _proc_cpu(proc.pid), time.perf_counter()
-            send(payloads)
-            wait((len(warm) + len(payloads)) * TRACES_PER_BATCH)
-            wall, cpu = time.perf_counter() - t0, _proc_cpu(proc.pid) - cpu0
-            if recorder is not None:
-                recorder.send_signal(2)
-                recorder.wait()
-            conn.close()
-            reader.close()
-        finally:
-            proc.terminate()
-            proc.wait(60)
-    spans = len(payloads) * SPANS_PER_REQUEST
-    return spans / wall, cpu / spans * 1e6
+        got = end_to_end(payloads, warm, 0, Path(tmp) / "store", perf=perf)
+    return got["rebuilt"], got["cpu_s"] / (len(payloads) * SPANS_PER_REQUEST) * 1e6
 
 
 def main() -> int:
