@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from vauban_trace.contract import Trace, TraceSpan
+from vauban_trace.rebuild import TraceDocument, document_of
 
 TRACE_A = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACE_B = "0af7651916cd43dd8448eb211c80319c"
@@ -96,20 +97,6 @@ def rewrite_batch(ts: object, trace_id: str, blob: bytes) -> None:
                      "WHERE id = ?", (seg, seg))
 
 
-@dataclass(frozen=True)
-class Doc:
-    """What ``TraceStore.put_documents`` reads of a ``TraceDocument``."""
-
-    trace_id: str
-    json: str
-    complete: bool
-    service: str | None
-    root_name: str | None
-    start_unix_nano: int
-    end_unix_nano: int
-    span_count: int
-
-
 def doc_trace(tid: str, note: int | None = None) -> Trace:
     """A one-span rebuilt trace (root 10 ns -> 2 s later, service ``svc``); ``note`` goes into
     its metadata, so that two texts of one trace differ."""
@@ -117,6 +104,13 @@ def doc_trace(tid: str, note: int | None = None) -> Trace:
                  resource={"service.name": "svc"}, metadata={} if note is None else {"note": note})
 
 
-def doc_of(trace: Trace, tid: str | None = None) -> Doc:
-    """The document of :func:`doc_trace`'s trace (under id ``tid`` if given)."""
-    return Doc(trace.id if tid is None else tid, trace.to_json(), trace.complete, "svc", "root", 10, 2_000_000_010, 1)
+def doc_of(trace: Trace, tid: str | None = None) -> TraceDocument:
+    """The stored document of ``trace`` (the rebuild's own ``document_of``), under id ``tid`` if
+    given."""
+    doc = document_of(trace, None)
+    return doc if tid is None else dataclasses.replace(doc, trace_id=tid)
+
+
+def raw_doc(trace_id: str, json: object) -> TraceDocument:
+    """A document with any id and text, for the checks ``put_documents`` makes."""
+    return TraceDocument(trace_id, json, True, None, None, 0, 0, 0, (), None, False)  # type: ignore[arg-type]

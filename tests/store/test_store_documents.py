@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from store_testlib import CHILD, ROOT, TRACE_A, TRACE_B, Doc, doc_of, doc_trace, make_request, make_span
+from store_testlib import CHILD, ROOT, TRACE_A, TRACE_B, doc_of, doc_trace, make_request, make_span, raw_doc
 
 from vauban_trace.contract import Trace
 from vauban_trace.store import TraceStore, TraceStoreError
@@ -22,7 +22,7 @@ def test_put_documents_stores_the_text_and_the_index(tmp_path: Path) -> None:
     assert (summary.trace_id, summary.service, summary.root_name, summary.duration_s, summary.span_count) == (
         TRACE_A, "svc", "root", 2.0, 1)
     with pytest.raises(TraceStoreError, match="trace.id"):
-        ts.put_documents([(Doc("nope", "{}", True, None, None, 0, 0, 0), None)])
+        ts.put_documents([(raw_doc("nope", "{}"), None)])
 
 
 def test_put_documents_without_waiting_for_the_disk(tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_put_documents_without_waiting_for_the_disk(tmp_path: Path) -> None:
     assert ts._conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     with TraceStore(tmp_path) as other:
         assert other.get_trace(TRACE_A) == trace and other.pending_traces() == []
-    unbindable = Doc(TRACE_B, object(), True, None, None, 0, 0, 0)  # type: ignore[arg-type]
+    unbindable = raw_doc(TRACE_B, object())
     with pytest.raises(TraceStoreError, match="put_trace"):  # fails inside the transaction
         ts.put_documents([(unbindable, None)], durable=False)
     assert ts._conn().execute("PRAGMA synchronous").fetchone()[0] == 2
